@@ -1,0 +1,675 @@
+/*
+** codec.c - procman's codec: Lua values <-> MessagePack.
+**
+** Wire format (docs/codec.md): standard MessagePack, canonical subset.
+**   nil, false, true        c0 c2 c3
+**   integers                shortest of fixint / uint 8..64 / int 8..64
+**   floats                  always float64 (cb), NaN as 7ff8000000000000
+**   strings                 str family when valid UTF-8, bin family if not
+**   tables 1..n (n >= 1)    array family
+**   other tables            map family, keys sorted: false < true <
+**                           numbers (by value) < strings (bytewise)
+** The decoder also accepts float32 and non-shortest forms from other
+** producers; it refuses ext types, 0xc1, duplicate keys and nil/NaN keys.
+*/
+#include <limits.h>
+#include <stdarg.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "lauxlib.h"
+#include "buffer.h"
+#include "codec.h"
+
+/* Maps with at most this many pairs are sorted on the C stack. */
+#define SMALL_MAP 16
+/* Room for the path of the failing value in an encoder error. */
+#define PATH_SIZE 256
+
+/* ===================================================================
+** Encoder
+** =================================================================== */
+
+typedef struct Encoder {
+  lua_State *L;
+  int bidx;                              /* stack index of the Buffer */
+  int depth;                             /* tables open right now */
+  const void *open[CODEC_MAX_DEPTH];     /* those tables, for cycles */
+  char why[96];                          /* what went wrong */
+  char path[PATH_SIZE];                  /* where: filled from the end */
+  size_t path_start;
+  int path_cut;                          /* outer parts did not fit */
+} Encoder;
+
+/* One map key, ready to sort and to write. */
+typedef struct Key {
+  int kind;               /* KEY_FALSE .. KEY_STRING: also the sort order */
+  lua_Integer i;
+  lua_Number f;
+  const char *s;
+  size_t len;
+  int slot;               /* where its value is: stack index or pair number */
+} Key;
+
+enum { KEY_FALSE, KEY_TRUE, KEY_INT, KEY_FLOAT, KEY_STRING };
+
+static int encode_value(Encoder *e, int idx);
+
+static void put(Encoder *e, const void *p, size_t n) {
+  buffer_append(e->L, e->bidx, p, n);
+}
+
+static void put_byte(Encoder *e, unsigned char c) {
+  put(e, &c, 1);
+}
+
+/* A tag byte followed by 'width' big-endian bytes of 'v'. */
+static void put_tagged(Encoder *e, unsigned char tag, unsigned long long v,
+                       int width) {
+  unsigned char out[9];
+  int i;
+  out[0] = tag;
+  for (i = width; i >= 1; i--, v >>= 8)
+    out[i] = (unsigned char)(v & 0xff);
+  put(e, out, (size_t)width + 1);
+}
+
+/*
+** Length header of a str/bin/array/map: the fix form ('fix' | n) when
+** n <= fixmax, else the 8 (if the type has one: tag8 != 0), 16 or 32-bit
+** form.  Types without a fix form pass fixmax = -1 (none fits).
+*/
+static void put_header(Encoder *e, size_t n, int fix, long fixmax,
+                       unsigned char tag8, unsigned char tag16,
+                       unsigned char tag32) {
+  if ((long)n <= fixmax && n <= 31)
+    put_byte(e, (unsigned char)((unsigned)fix | n));
+  else if (tag8 != 0 && n <= 0xff)
+    put_tagged(e, tag8, n, 1);
+  else if (n <= 0xffff)
+    put_tagged(e, tag16, n, 2);
+  else
+    put_tagged(e, tag32, n, 4);
+}
+
+static void encode_integer(Encoder *e, lua_Integer v) {
+  if (v >= 0) {
+    unsigned long long u = (unsigned long long)v;
+    if (u <= 0x7f) put_byte(e, (unsigned char)u);
+    else if (u <= 0xff) put_tagged(e, 0xcc, u, 1);
+    else if (u <= 0xffff) put_tagged(e, 0xcd, u, 2);
+    else if (u <= 0xffffffffULL) put_tagged(e, 0xce, u, 4);
+    else put_tagged(e, 0xcf, u, 8);
+  }
+  else {
+    unsigned long long u = (unsigned long long)v;  /* two's complement */
+    if (v >= -32) put_byte(e, (unsigned char)(u & 0xff));
+    else if (v >= INT8_MIN) put_tagged(e, 0xd0, u & 0xff, 1);
+    else if (v >= INT16_MIN) put_tagged(e, 0xd1, u & 0xffff, 2);
+    else if (v >= INT32_MIN) put_tagged(e, 0xd2, u & 0xffffffffULL, 4);
+    else put_tagged(e, 0xd3, u, 8);
+  }
+}
+
+static void encode_float(Encoder *e, double f) {
+  unsigned long long bits;
+  if (isnan(f))
+    bits = 0x7ff8000000000000ULL;  /* one NaN, so output is deterministic */
+  else
+    memcpy(&bits, &f, sizeof bits);
+  put_tagged(e, 0xcb, bits, 8);
+}
+
+/* Strict UTF-8: no overlongs, no surrogates, nothing past U+10FFFF. */
+static int is_utf8(const unsigned char *s, size_t n) {
+  size_t i = 0;
+  while (i < n) {
+    unsigned c = s[i];
+    size_t need;
+    unsigned min, cp;
+    if (c < 0x80) { i++; continue; }
+    if (c >= 0xc2 && c <= 0xdf) { need = 1; min = 0x80; cp = c & 0x1f; }
+    else if (c >= 0xe0 && c <= 0xef) { need = 2; min = 0x800; cp = c & 0x0f; }
+    else if (c >= 0xf0 && c <= 0xf4) { need = 3; min = 0x10000; cp = c & 0x07; }
+    else return 0;
+    if (n - i - 1 < need) return 0;
+    for (i++; need > 0; need--, i++) {
+      if ((s[i] & 0xc0) != 0x80) return 0;
+      cp = (cp << 6) | (s[i] & 0x3f);
+    }
+    if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
+      return 0;
+  }
+  return 1;
+}
+
+static void encode_string(Encoder *e, const char *s, size_t n) {
+  if (is_utf8((const unsigned char *)s, n))
+    put_header(e, n, 0xa0, 31, 0xd9, 0xda, 0xdb);
+  else
+    put_header(e, n, 0, -1, 0xc4, 0xc5, 0xc6);
+  put(e, s, n);
+}
+
+/* ---- error reporting: reason plus the path to the value -------------- */
+
+static int fail(Encoder *e, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(e->why, sizeof e->why, fmt, ap);
+  va_end(ap);
+  return 0;
+}
+
+/* Prepend a segment; once one does not fit, keep the inner part only. */
+static void path_prepend(Encoder *e, const char *seg) {
+  size_t n = strlen(seg);
+  if (e->path_cut || n > e->path_start) {
+    e->path_cut = 1;
+    return;
+  }
+  e->path_start -= n;
+  memcpy(e->path + e->path_start, seg, n);
+}
+
+/* Can the key be shown as ".name"? (A Lua name of at most 40 bytes.) */
+static int is_identifier(const char *s, size_t n) {
+  size_t i;
+  if (n == 0 || n > 40 || (s[0] >= '0' && s[0] <= '9'))
+    return 0;
+  for (i = 0; i < n; i++) {
+    char c = s[i];
+    if (!(c == '_' || (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') ||
+          (c >= 'A' && c <= 'Z')))
+      return 0;
+  }
+  return 1;
+}
+
+/* Record "the failing value sits under key 'k'" on the way out. */
+static int fail_under(Encoder *e, const Key *k) {
+  char seg[64];
+  switch (k->kind) {
+    case KEY_FALSE: snprintf(seg, sizeof seg, "[false]"); break;
+    case KEY_TRUE: snprintf(seg, sizeof seg, "[true]"); break;
+    case KEY_INT: snprintf(seg, sizeof seg, "[" LUA_INTEGER_FMT "]", k->i); break;
+    case KEY_FLOAT: snprintf(seg, sizeof seg, "[%.17g]", (double)k->f); break;
+    default:
+      if (is_identifier(k->s, k->len))
+        snprintf(seg, sizeof seg, ".%.*s", (int)k->len, k->s);
+      else
+        snprintf(seg, sizeof seg, "[\"%.*s%s\"]", (int)(k->len > 40 ? 40 : k->len),
+                 k->s, k->len > 40 ? "..." : "");
+  }
+  path_prepend(e, seg);
+  return 0;
+}
+
+/* ---- tables -------------------------------------------------------- */
+
+/* Sort order of keys; keys of one table are never equal. */
+static int key_compare(const void *pa, const void *pb) {
+  const Key *a = (const Key *)pa, *b = (const Key *)pb;
+  if ((a->kind == KEY_INT || a->kind == KEY_FLOAT) &&
+      (b->kind == KEY_INT || b->kind == KEY_FLOAT)) {
+    if (a->kind == KEY_INT && b->kind == KEY_INT)
+      return a->i < b->i ? -1 : a->i > b->i;
+    if (a->kind == KEY_FLOAT && b->kind == KEY_FLOAT)
+      return a->f < b->f ? -1 : a->f > b->f;
+    if (a->kind == KEY_FLOAT)
+      return -key_compare(b, a);
+    /* integer a against float b, exactly (no rounding of a to double) */
+    if (b->f >= 9223372036854775808.0) return -1;
+    if (b->f < -9223372036854775808.0) return 1;
+    {
+      lua_Number fl = floor(b->f);
+      lua_Integer bi = (lua_Integer)fl;
+      if (a->i != bi) return a->i < bi ? -1 : 1;
+      return -1;  /* a == floor(b) < b: b is not integral, or it'd be int */
+    }
+  }
+  if (a->kind != b->kind)
+    return a->kind < b->kind ? -1 : 1;
+  if (a->kind == KEY_STRING) {
+    size_t n = a->len < b->len ? a->len : b->len;
+    int c = memcmp(a->s, b->s, n);
+    if (c != 0) return c;
+    return a->len < b->len ? -1 : a->len > b->len;
+  }
+  return 0;
+}
+
+/* Describe the key at stack index 'idx'; 0 if it cannot be a map key. */
+static int key_describe(lua_State *L, int idx, Key *k) {
+  switch (lua_type(L, idx)) {
+    case LUA_TBOOLEAN:
+      k->kind = lua_toboolean(L, idx) ? KEY_TRUE : KEY_FALSE;
+      return 1;
+    case LUA_TNUMBER:
+      if (lua_isinteger(L, idx)) { k->kind = KEY_INT; k->i = lua_tointeger(L, idx); }
+      else { k->kind = KEY_FLOAT; k->f = lua_tonumber(L, idx); }
+      return 1;
+    case LUA_TSTRING:
+      k->kind = KEY_STRING;
+      k->s = lua_tolstring(L, idx, &k->len);
+      return 1;
+    default:
+      return 0;
+  }
+}
+
+static void encode_key(Encoder *e, const Key *k) {
+  switch (k->kind) {
+    case KEY_FALSE: put_byte(e, 0xc2); break;
+    case KEY_TRUE: put_byte(e, 0xc3); break;
+    case KEY_INT: encode_integer(e, k->i); break;
+    case KEY_FLOAT: encode_float(e, k->f); break;
+    default: encode_string(e, k->s, k->len);
+  }
+}
+
+/*
+** Count the entries of table 't' and tell whether it is a sequence 1..n
+** (n >= 1), which is encoded as an array.
+*/
+static size_t table_count(lua_State *L, int t, int *is_array) {
+  size_t n = 0;
+  lua_Integer max = 0;
+  *is_array = 1;
+  lua_pushnil(L);
+  while (lua_next(L, t)) {
+    n++;
+    if (*is_array && lua_isinteger(L, -2) && lua_tointeger(L, -2) > 0) {
+      lua_Integer k = lua_tointeger(L, -2);
+      if (k > max) max = k;
+    }
+    else
+      *is_array = 0;
+    lua_pop(L, 1);
+  }
+  if (n == 0 || (lua_Unsigned)max != n)
+    *is_array = 0;
+  return n;
+}
+
+static int encode_array(Encoder *e, int t, size_t n) {
+  size_t i;
+  put_header(e, n, 0x90, 15, 0, 0xdc, 0xdd);
+  for (i = 1; i <= n; i++) {
+    int ok;
+    lua_rawgeti(e->L, t, (lua_Integer)i);
+    ok = encode_value(e, -1);
+    lua_pop(e->L, 1);
+    if (!ok) {
+      Key k;
+      k.kind = KEY_INT;
+      k.i = (lua_Integer)i;
+      return fail_under(e, &k);
+    }
+  }
+  return 1;
+}
+
+/*
+** Collect the pairs of table 't' into 'keys' (values: 'slot' says where).
+** Small maps keep key and value on the stack; large ones in a pairs table
+** at stack index 'store', so every key string stays anchored.
+*/
+static int collect_pairs(Encoder *e, int t, Key *keys, size_t n, int store) {
+  lua_State *L = e->L;
+  size_t j = 0;
+  lua_pushnil(L);
+  while (lua_next(L, t)) {
+    Key *k = &keys[j];
+    if (j == n) {  /* the table grew while we looked: cannot happen */
+      lua_pop(L, 2);
+      return fail(e, "a table that changed while being encoded");
+    }
+    if (store == 0) {  /* stack: leave key and value, push key to go on */
+      k->slot = lua_gettop(L);
+      lua_pushvalue(L, -2);
+      if (!key_describe(L, -3, k))
+        return fail(e, "a key of type %s (keys must be strings, numbers or booleans)",
+                    luaL_typename(L, -3));
+    }
+    else {
+      lua_pushvalue(L, -2);
+      lua_rawseti(L, store, (lua_Integer)(2 * j + 1));
+      lua_rawseti(L, store, (lua_Integer)(2 * j + 2));
+      lua_rawgeti(L, store, (lua_Integer)(2 * j + 1));
+      k->slot = (int)j;
+      if (!key_describe(L, -1, k))
+        return fail(e, "a key of type %s (keys must be strings, numbers or booleans)",
+                    luaL_typename(L, -1));
+      lua_pop(L, 1);
+    }
+    j++;
+  }
+  return 1;
+}
+
+static int encode_map(Encoder *e, int t, size_t n) {
+  lua_State *L = e->L;
+  Key small[SMALL_MAP];
+  Key *keys = small;
+  int base = lua_gettop(L), store = 0;
+  size_t j;
+  if (n <= SMALL_MAP)
+    luaL_checkstack(L, (int)(2 * n + 4), "procman: table too large to encode");
+  else {
+    if (n > (size_t)INT_MAX / 2 || n > (size_t)-1 / sizeof(Key))
+      return fail(e, "a table with too many entries");
+    lua_createtable(L, (int)(2 * n), 0);
+    store = lua_gettop(L);
+    keys = (Key *)lua_newuserdatauv(L, n * sizeof(Key), 0);
+  }
+  if (!collect_pairs(e, t, keys, n, store))
+    return 0;
+  qsort(keys, n, sizeof(Key), key_compare);
+  put_header(e, n, 0x80, 15, 0, 0xde, 0xdf);
+  for (j = 0; j < n; j++) {
+    int ok;
+    encode_key(e, &keys[j]);
+    if (store == 0)
+      lua_pushvalue(L, keys[j].slot);
+    else
+      lua_rawgeti(L, store, (lua_Integer)(2 * keys[j].slot + 2));
+    ok = encode_value(e, -1);
+    lua_pop(L, 1);
+    if (!ok)
+      return fail_under(e, &keys[j]);
+  }
+  lua_settop(L, base);
+  return 1;
+}
+
+static int encode_table(Encoder *e, int t) {
+  const void *p = lua_topointer(e->L, t);
+  int i, is_array, ok;
+  size_t n;
+  for (i = 0; i < e->depth; i++)
+    if (e->open[i] == p)
+      return fail(e, "a cycle (a table that contains itself)");
+  if (e->depth == CODEC_MAX_DEPTH)
+    return fail(e, "tables nested more than %d deep", CODEC_MAX_DEPTH);
+  luaL_checkstack(e->L, 8, "procman: tables nested too deep to encode");
+  e->open[e->depth++] = p;
+  n = table_count(e->L, t, &is_array);
+  ok = is_array ? encode_array(e, t, n) : encode_map(e, t, n);
+  e->depth--;
+  return ok;
+}
+
+static int encode_value(Encoder *e, int idx) {
+  lua_State *L = e->L;
+  idx = lua_absindex(L, idx);
+  switch (lua_type(L, idx)) {
+    case LUA_TNIL: put_byte(e, 0xc0); return 1;
+    case LUA_TBOOLEAN: put_byte(e, lua_toboolean(L, idx) ? 0xc3 : 0xc2); return 1;
+    case LUA_TNUMBER:
+      if (lua_isinteger(L, idx)) encode_integer(e, lua_tointeger(L, idx));
+      else encode_float(e, (double)lua_tonumber(L, idx));
+      return 1;
+    case LUA_TSTRING: {
+      size_t n;
+      const char *s = lua_tolstring(L, idx, &n);
+      encode_string(e, s, n);
+      return 1;
+    }
+    case LUA_TTABLE:
+      return encode_table(e, idx);
+    default: {
+      const char *name = luaL_typename(L, idx);
+      if (luaL_getmetafield(L, idx, "__name") == LUA_TSTRING)
+        name = lua_tostring(L, -1);  /* "FILE*", "procman.pm": say which */
+      return fail(e, "a %s (only nil, booleans, numbers, strings and tables are data)",
+                  name);
+    }
+  }
+}
+
+int codec_encode(lua_State *L, int idx, int bidx, const char *root) {
+  Encoder e;
+  int top = lua_gettop(L);
+  e.L = L;
+  e.bidx = lua_absindex(L, bidx);
+  e.depth = 0;
+  e.why[0] = '\0';
+  e.path_start = PATH_SIZE - 1;
+  e.path[PATH_SIZE - 1] = '\0';
+  e.path_cut = 0;
+  if (encode_value(&e, idx))
+    return 1;
+  lua_settop(L, top);
+  lua_pushfstring(L, "cannot encode %s at %s%s%s", e.why, root,
+                  e.path_cut ? "..." : "", e.path + e.path_start);
+  return 0;
+}
+
+/* ===================================================================
+** Decoder
+** =================================================================== */
+
+typedef struct Decoder {
+  lua_State *L;
+  const unsigned char *s;
+  size_t len, pos;
+  int depth;
+} Decoder;
+
+static int decode_value(Decoder *d);
+
+static int decode_error(Decoder *d, size_t at, const char *fmt, ...) {
+  char msg[160];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(msg, sizeof msg, fmt, ap);
+  va_end(ap);
+  lua_pushfstring(d->L, "cannot decode: %s at byte %I", msg, (lua_Integer)at);
+  return 0;
+}
+
+/* Is there room for 'n' more bytes? Reports truncation if not. */
+static int need(Decoder *d, size_t n, const char *what) {
+  if (d->len - d->pos >= n)
+    return 1;
+  return decode_error(d, d->pos, "input ends inside %s (%zu more bytes needed)",
+                      what, n - (d->len - d->pos));
+}
+
+static unsigned long long read_be(Decoder *d, int width) {
+  unsigned long long v = 0;
+  int i;
+  for (i = 0; i < width; i++)
+    v = (v << 8) | d->s[d->pos++];
+  return v;
+}
+
+/* Length field of 'width' bytes; 0 on truncation. */
+static int read_length(Decoder *d, int width, const char *what, size_t *n) {
+  if (!need(d, (size_t)width, what))
+    return 0;
+  *n = (size_t)read_be(d, width);
+  return 1;
+}
+
+static int decode_bytes(Decoder *d, size_t n, const char *what) {
+  if (!need(d, n, what))
+    return 0;
+  lua_pushlstring(d->L, (const char *)d->s + d->pos, n);
+  d->pos += n;
+  return 1;
+}
+
+/* Refuse element counts the remaining input cannot hold (>= 1 byte each). */
+static int check_count(Decoder *d, size_t start, size_t n, size_t per,
+                       const char *what) {
+  if (n > (d->len - d->pos) / per || n > (size_t)INT_MAX)
+    return decode_error(d, start, "%s of %zu elements is larger than the input",
+                        what, n);
+  if (d->depth == CODEC_MAX_DEPTH)
+    return decode_error(d, start, "%s nested more than %d deep", what,
+                        CODEC_MAX_DEPTH);
+  luaL_checkstack(d->L, 4, "procman: tables nested too deep to decode");
+  return 1;
+}
+
+static int decode_array(Decoder *d, size_t start, size_t n) {
+  size_t i;
+  if (!check_count(d, start, n, 1, "array"))
+    return 0;
+  lua_createtable(d->L, (int)n, 0);
+  d->depth++;
+  for (i = 1; i <= n; i++) {
+    if (!decode_value(d))
+      return 0;
+    lua_rawseti(d->L, -2, (lua_Integer)i);
+  }
+  d->depth--;
+  return 1;
+}
+
+/* A map key must be a string, a boolean or a number other than NaN. */
+static int check_key(Decoder *d, size_t at) {
+  int t = lua_type(d->L, -1);
+  if (t == LUA_TSTRING || t == LUA_TBOOLEAN ||
+      (t == LUA_TNUMBER && lua_tonumber(d->L, -1) == lua_tonumber(d->L, -1)))
+    return 1;
+  return decode_error(d, at, "map key %s is not allowed",
+                      t == LUA_TNUMBER ? "NaN" : lua_typename(d->L, t));
+}
+
+static int decode_map(Decoder *d, size_t start, size_t n) {
+  lua_State *L = d->L;
+  size_t i;
+  if (!check_count(d, start, n, 2, "map"))
+    return 0;
+  lua_createtable(L, 0, (int)n);
+  d->depth++;
+  for (i = 0; i < n; i++) {
+    size_t at = d->pos;
+    if (!decode_value(d) || !check_key(d, at))
+      return 0;
+    lua_pushvalue(L, -1);
+    if (lua_rawget(L, -3) != LUA_TNIL)
+      return decode_error(d, at, "duplicate map key");
+    lua_pop(L, 1);
+    if (!decode_value(d))
+      return 0;
+    lua_rawset(L, -3);  /* a nil value just leaves the key absent */
+  }
+  d->depth--;
+  return 1;
+}
+
+static int decode_integer(Decoder *d, unsigned char tag, size_t start) {
+  static const int widths[] = { 1, 2, 4, 8 };
+  int width = widths[(tag - 0xcc) & 3];
+  unsigned long long u;
+  lua_Integer v;
+  if (!need(d, (size_t)width, "an integer"))
+    return 0;
+  u = read_be(d, width);
+  if (tag <= 0xcf) {  /* unsigned */
+    if (u > (unsigned long long)LUA_MAXINTEGER)
+      return decode_error(d, start, "unsigned integer %llu is out of Lua's range", u);
+    v = (lua_Integer)u;
+  }
+  else {  /* signed: sign-extend from 'width' bytes */
+    unsigned long long sign = 1ULL << (width * 8 - 1);
+    v = (lua_Integer)((u ^ sign) - sign);
+  }
+  lua_pushinteger(d->L, v);
+  return 1;
+}
+
+static int decode_float(Decoder *d, int width) {
+  if (!need(d, (size_t)width, "a float"))
+    return 0;
+  if (width == 4) {
+    uint32_t bits = (uint32_t)read_be(d, 4);
+    float f;
+    memcpy(&f, &bits, sizeof f);
+    lua_pushnumber(d->L, (lua_Number)f);
+  }
+  else {
+    unsigned long long bits = read_be(d, 8);
+    double f;
+    memcpy(&f, &bits, sizeof f);
+    lua_pushnumber(d->L, (lua_Number)f);
+  }
+  return 1;
+}
+
+/* Types with a 1-, 2- or 4-byte length field after the tag. */
+static int decode_sized(Decoder *d, unsigned char tag, size_t start) {
+  static const int width_of[3] = { 1, 2, 4 };
+  size_t n;
+  switch (tag) {
+    case 0xc4: case 0xc5: case 0xc6:
+      return read_length(d, width_of[tag - 0xc4], "a bin length", &n) &&
+             decode_bytes(d, n, "a bin");
+    case 0xd9: case 0xda: case 0xdb:
+      return read_length(d, width_of[tag - 0xd9], "a str length", &n) &&
+             decode_bytes(d, n, "a str");
+    case 0xdc: case 0xdd:
+      return read_length(d, width_of[tag - 0xdc + 1], "an array length", &n) &&
+             decode_array(d, start, n);
+    default:  /* 0xde, 0xdf */
+      return read_length(d, width_of[tag - 0xde + 1], "a map length", &n) &&
+             decode_map(d, start, n);
+  }
+}
+
+static int decode_value(Decoder *d) {
+  size_t start = d->pos;
+  unsigned char tag;
+  if (!need(d, 1, "a value"))
+    return 0;
+  tag = d->s[d->pos++];
+  if (tag <= 0x7f) { lua_pushinteger(d->L, tag); return 1; }
+  if (tag >= 0xe0) { lua_pushinteger(d->L, (lua_Integer)tag - 256); return 1; }
+  if (tag <= 0x8f) return decode_map(d, start, tag & 0x0f);
+  if (tag <= 0x9f) return decode_array(d, start, tag & 0x0f);
+  if (tag <= 0xbf) return decode_bytes(d, tag & 0x1f, "a str");
+  switch (tag) {
+    case 0xc0: lua_pushnil(d->L); return 1;
+    case 0xc2: lua_pushboolean(d->L, 0); return 1;
+    case 0xc3: lua_pushboolean(d->L, 1); return 1;
+    case 0xca: return decode_float(d, 4);
+    case 0xcb: return decode_float(d, 8);
+    case 0xcc: case 0xcd: case 0xce: case 0xcf:
+    case 0xd0: case 0xd1: case 0xd2: case 0xd3:
+      return decode_integer(d, tag, start);
+    case 0xc4: case 0xc5: case 0xc6: case 0xd9: case 0xda: case 0xdb:
+    case 0xdc: case 0xdd: case 0xde: case 0xdf:
+      return decode_sized(d, tag, start);
+    case 0xc1:
+      return decode_error(d, start, "byte 0xc1 is never used in MessagePack");
+    default:  /* 0xc7-0xc9, 0xd4-0xd8 */
+      return decode_error(d, start, "MessagePack ext types are not supported (tag 0x%02x)",
+                          (unsigned)tag);
+  }
+}
+
+int codec_decode(lua_State *L, const char *s, size_t len, size_t *pos) {
+  Decoder d;
+  int top = lua_gettop(L);
+  d.L = L;
+  d.s = (const unsigned char *)s;
+  d.len = len;
+  d.pos = *pos;
+  d.depth = 0;
+  if (d.pos > len)
+    return decode_error(&d, d.pos, "start past the end of a %zu-byte input", len);
+  if (decode_value(&d)) {
+    *pos = d.pos;
+    return 1;
+  }
+  lua_copy(L, -1, top + 1);  /* keep only the message */
+  lua_settop(L, top + 1);
+  return 0;
+}

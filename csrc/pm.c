@@ -1,0 +1,555 @@
+/*
+** pm.c - the procman.pm userdata: one live flow of one workflow.
+**
+** A flow's state is the fold of the events it handled.  The flow keeps
+** those events, encoded by the codec, in its history buffer; the state
+** table is a cache of the fold.  That makes handle() atomic without
+** copying the state per event: the handler mutates the state in place, and
+** if anything fails before the event is committed the state is marked
+** dirty and rebuilt by replaying the history.  Every step that can fail
+** (a Lua error or an out-of-memory longjmp) happens before the commit, and
+** the commit itself allocates nothing, so an interrupted handle() leaves
+** the committed history, version and dedup set exactly as they were.
+*/
+#include <stdarg.h>
+#include <string.h>
+
+#include "lauxlib.h"
+#include "buffer.h"
+#include "codec.h"
+#include "pm.h"
+
+/* The flow's Lua values live in user values, not registry references. */
+enum {
+  UV_WORKFLOW = 1,  /* the checked workflow definition (a table) */
+  UV_ID,            /* the flow id: non-empty string or integer */
+  UV_STATE,         /* the state table (cache of the fold) */
+  UV_HISTORY,       /* Buffer: the encoded events, then scratch space */
+  UV_SEEN,          /* event_id -> true (handled) / false (tried): or nil */
+  UV_COUNT = UV_SEEN
+};
+
+typedef struct PM {
+  lua_Integer version;   /* events committed */
+  size_t history_len;    /* committed bytes in the history buffer */
+  int state_ok;          /* 0: the state cache must be rebuilt */
+  int busy;              /* a handler or replay of this flow is running */
+  int closed;
+} PM;
+
+/* ===================================================================
+** Helpers
+** =================================================================== */
+
+static PM *to_pm(lua_State *L) {
+  return (PM *)luaL_checkudata(L, 1, PM_TYPENAME);
+}
+
+/* Push field 'name' of the flow's workflow definition. */
+static int workflow_field(lua_State *L, int pm, const char *name) {
+  int t;
+  lua_getiuservalue(L, pm, UV_WORKFLOW);
+  t = lua_getfield(L, -1, name);
+  lua_remove(L, -2);
+  return t;
+}
+
+/* Push "workflow/flow_id", the flow's name in messages. */
+static void push_label(lua_State *L, int pm) {
+  const char *name, *id;
+  workflow_field(L, pm, "name");
+  lua_getiuservalue(L, pm, UV_ID);
+  id = luaL_tolstring(L, -1, NULL);
+  name = lua_tostring(L, -3);
+  lua_pushfstring(L, "%s/%s", name, id);
+  lua_replace(L, -4);
+  lua_pop(L, 2);
+}
+
+/* Raise "workflow/flow: <message>" (the message is formatted like
+** lua_pushfstring). */
+static int flow_error(lua_State *L, int pm, const char *fmt, ...) {
+  va_list ap;
+  push_label(L, pm);
+  va_start(ap, fmt);
+  lua_pushvfstring(L, fmt, ap);
+  va_end(ap);
+  lua_pushfstring(L, "%s: %s", lua_tostring(L, -2), lua_tostring(L, -1));
+  return lua_error(L);
+}
+
+/* The flow at index 1, usable: open and not inside its own handler. */
+static PM *check_usable(lua_State *L) {
+  PM *p = to_pm(L);
+  if (p->closed)
+    flow_error(L, 1, "this procman.pm is closed");
+  if (p->busy)
+    flow_error(L, 1, "a handler may not use its own flow (pure handlers only)");
+  return p;
+}
+
+/* ===================================================================
+** Replay: the state is the fold of the history
+** =================================================================== */
+
+/* Push the handler for the event type at stack index 'type' (or nil);
+** true if there is one. */
+static int push_handler(lua_State *L, int pm, int type) {
+  type = lua_absindex(L, type);
+  workflow_field(L, pm, "on");
+  lua_pushvalue(L, type);
+  lua_rawget(L, -2);
+  lua_remove(L, -2);
+  return lua_type(L, -1) == LUA_TFUNCTION;
+}
+
+/* Push a fresh state: init(id), or {} without init. */
+static void push_initial_state(lua_State *L, int pm) {
+  if (workflow_field(L, pm, "init") == LUA_TNIL) {
+    lua_pop(L, 1);
+    lua_newtable(L);
+    return;
+  }
+  lua_getiuservalue(L, pm, UV_ID);
+  lua_call(L, 1, 1);
+  if (!lua_istable(L, -1))
+    flow_error(L, pm, "init must return a table, got %s", luaL_typename(L, -1));
+}
+
+/*
+** (pm) -> (): rebuild the state from init and the committed history.
+** Runs under lua_pcall, so any error leaves the flow dirty, never broken.
+*/
+static int replay(lua_State *L) {
+  PM *p = (PM *)lua_touserdata(L, 1);
+  const char *bytes = NULL;
+  size_t pos = 0;
+  lua_Integer n = 0;
+  push_initial_state(L, 1);                          /* 2: state */
+  if (lua_getiuservalue(L, 1, UV_HISTORY) != LUA_TNIL)  /* 3: history */
+    bytes = buffer_at(L, 3)->data;
+  while (pos < p->history_len) {
+    n++;
+    if (!codec_decode(L, bytes, p->history_len, &pos))
+      return flow_error(L, 1, "history event #%I is damaged: %s", n,
+                        lua_tostring(L, -1));
+    lua_pushliteral(L, "event_type");
+    lua_rawget(L, -2);                               /* event type */
+    if (!push_handler(L, 1, -1))
+      return flow_error(L, 1, "replay of event #%I: no handler for '%s' any more",
+                        n, lua_tostring(L, -2));
+    lua_replace(L, -2);                              /* event handler */
+    lua_pushvalue(L, 2);
+    lua_rotate(L, -3, -1);                           /* handler state event */
+    lua_call(L, 2, 0);
+  }
+  lua_settop(L, 2);
+  lua_setiuservalue(L, 1, UV_STATE);
+  p->state_ok = 1;
+  return 0;
+}
+
+/* Rebuild the state of the flow at 'pm'; 0 and a message pushed if that
+** failed (the flow stays dirty and the next use tries again). */
+static int try_replay(lua_State *L, int pm) {
+  PM *p = (PM *)lua_touserdata(L, pm);
+  int status;
+  lua_pushcfunction(L, replay);
+  lua_pushvalue(L, pm);
+  p->busy = 1;
+  status = lua_pcall(L, 1, 0, 0);
+  p->busy = 0;
+  return status == LUA_OK;
+}
+
+/* Make sure the state cache is valid, rebuilding it if it is dirty. */
+static void ensure_state(lua_State *L, PM *p) {
+  if (!p->state_ok && !try_replay(L, 1))
+    flow_error(L, 1, "cannot rebuild the state: %s", lua_tostring(L, -1));
+}
+
+/* ===================================================================
+** handle(event)
+** =================================================================== */
+
+/* Check the event at index 2 and push its non-empty event_type. */
+static const char *check_event_type(lua_State *L) {
+  int t;
+  if (!lua_istable(L, 2))
+    flow_error(L, 1, "event must be a table, got %s", luaL_typename(L, 2));
+  lua_pushliteral(L, "event_type");
+  t = lua_rawget(L, 2);
+  if (t == LUA_TSTRING && lua_rawlen(L, -1) > 0)
+    return lua_tostring(L, -1);
+  return flow_error(L, 1, "event.event_type must be a non-empty string, got %s",
+                    t == LUA_TSTRING ? "an empty string" : lua_typename(L, t)), NULL;
+}
+
+/* One flow per process manager: refuse an event naming another flow. */
+static void check_correlation(lua_State *L, const char *type) {
+  int t = workflow_field(L, 1, "correlate");         /* field or function */
+  if (t == LUA_TNIL) {
+    lua_pop(L, 1);
+    return;
+  }
+  if (t == LUA_TSTRING) {
+    lua_pushvalue(L, -1);
+    lua_rawget(L, 2);
+  }
+  else {
+    lua_pushvalue(L, 2);
+    lua_call(L, 1, 1);
+    lua_pushnil(L);
+    lua_insert(L, -2);  /* no field name to report */
+  }
+  lua_getiuservalue(L, 1, UV_ID);                    /* field, flow, id */
+  if (!lua_isnil(L, -2) && !lua_rawequal(L, -1, -2)) {
+    const char *other = luaL_tolstring(L, -2, NULL);
+    const char *field = lua_tostring(L, -4);
+    flow_error(L, 1, "event '%s' belongs to flow '%s'%s%s%s, not to this one",
+               type, other, field ? " (event." : "", field ? field : "",
+               field ? ")" : "");
+  }
+  lua_pop(L, 3);
+}
+
+/* Push the event's event_id (nil if none); check its type. */
+static void push_event_id(lua_State *L) {
+  int t;
+  lua_pushliteral(L, "event_id");
+  t = lua_rawget(L, 2);
+  if (t != LUA_TNIL && t != LUA_TSTRING && !lua_isinteger(L, -1))
+    flow_error(L, 1, "event.event_id must be a string or an integer, got %s",
+               t == LUA_TNUMBER ? "a float" : luaL_typename(L, -1));
+}
+
+/* Was the event id at 'id' already handled by this flow? */
+static int already_handled(lua_State *L, int id) {
+  int seen;
+  if (lua_isnil(L, id))
+    return 0;
+  if (lua_getiuservalue(L, 1, UV_SEEN) != LUA_TTABLE) {
+    lua_pop(L, 1);
+    return 0;
+  }
+  lua_pushvalue(L, id);
+  seen = lua_rawget(L, -2) == LUA_TBOOLEAN && lua_toboolean(L, -1);
+  lua_pop(L, 2);
+  return seen;
+}
+
+/*
+** Note the event id at 'id' as tried (false), so that the commit only has
+** to flip it to true: assigning an existing key never allocates.
+*/
+static void reserve_event_id(lua_State *L, int id) {
+  if (lua_isnil(L, id))
+    return;
+  if (lua_getiuservalue(L, 1, UV_SEEN) == LUA_TNIL) {
+    lua_pop(L, 1);
+    lua_newtable(L);
+    lua_pushvalue(L, -1);
+    lua_setiuservalue(L, 1, UV_SEEN);
+  }
+  lua_pushvalue(L, id);
+  if (lua_rawget(L, -2) == LUA_TNIL) {
+    lua_pushvalue(L, id);
+    lua_pushboolean(L, 0);
+    lua_rawset(L, -4);
+  }
+  lua_pop(L, 2);
+}
+
+/*
+** Encode the event at index 2 after the committed history, and push a
+** decoded copy of it: the handler gets that copy, so it sees exactly what
+** a replay will see and cannot keep references into the caller's tables.
+*/
+static void stage_event(lua_State *L, PM *p, const char *type) {
+  Buffer *b;
+  size_t pos;
+  if (lua_getiuservalue(L, 1, UV_HISTORY) == LUA_TNIL) {
+    lua_pop(L, 1);
+    buffer_new(L, 0);
+  }
+  buffer_at(L, -1)->len = p->history_len;  /* drop an aborted attempt */
+  if (!codec_encode(L, 2, -1, "event"))
+    flow_error(L, 1, "event '%s' is not data: %s", type, lua_tostring(L, -1));
+  lua_pushvalue(L, -1);
+  lua_setiuservalue(L, 1, UV_HISTORY);  /* it may have grown */
+  b = buffer_at(L, -1);
+  pos = p->history_len;
+  if (!codec_decode(L, b->data, b->len, &pos))  /* cannot fail: we wrote it */
+    flow_error(L, 1, "internal error: %s", lua_tostring(L, -1));
+  lua_remove(L, -2);
+}
+
+/* Check what a handler returned (at 'r'); NULL or a message pushed. */
+static const char *check_commands(lua_State *L, int r, const char *type) {
+  lua_Integer i, n;
+  if (!lua_istable(L, r))
+    return lua_pushfstring(L, "handler for '%s' must return an array of "
+                           "commands or nil, got %s", type, luaL_typename(L, r));
+  n = (lua_Integer)lua_rawlen(L, r);
+  for (i = 1; i <= n; i++) {
+    int ok = 0;
+    if (lua_rawgeti(L, r, i) == LUA_TTABLE) {
+      lua_pushliteral(L, "command_type");
+      ok = lua_rawget(L, -2) == LUA_TSTRING && lua_rawlen(L, -1) > 0;
+    }
+    lua_settop(L, r);
+    if (!ok)
+      return lua_pushfstring(L, "handler for '%s' returned a bad command at "
+                             "[%I]: each command must be a table with a "
+                             "non-empty string command_type", type, i);
+  }
+  lua_pushnil(L);
+  for (i = 0; lua_next(L, r); i++)
+    lua_pop(L, 1);
+  if (i != n)
+    return lua_pushfstring(L, "handler for '%s' must return an array of "
+                           "commands; its table has keys other than 1..%I",
+                           type, n);
+  return NULL;
+}
+
+/*
+** Undo a failed handle and raise the error at the top: the state is
+** rebuilt from the committed history (if that fails too, it stays dirty
+** and the next use rebuilds it).  'status' is the handler's pcall status,
+** or LUA_OK when the handler ran but returned bad commands.
+*/
+static int abort_handle(lua_State *L, int status, const char *type) {
+  if (!try_replay(L, 1))
+    lua_pop(L, 1);
+  if (status == LUA_OK)
+    return flow_error(L, 1, "%s", lua_tostring(L, -1));
+  if (status == LUA_ERRMEM || lua_type(L, -1) != LUA_TSTRING)
+    return lua_error(L);  /* memory errors and error objects pass as they are */
+  return flow_error(L, 1, "handler for '%s' failed: %s", type, lua_tostring(L, -1));
+}
+
+static int pm_handle(lua_State *L) {
+  PM *p = check_usable(L);
+  const char *type = check_event_type(L);            /* 3: event_type */
+  int status, id;
+  if (!push_handler(L, 1, 3))                          /* 4: handler */
+    return flow_error(L, 1, "workflow has no handler for event type '%s'", type);
+  check_correlation(L, type);
+  push_event_id(L);                                   /* 5: event_id */
+  id = lua_gettop(L);
+  if (already_handled(L, id)) {
+    lua_newtable(L);
+    return 1;  /* at-least-once delivery: a redelivery changes nothing */
+  }
+  ensure_state(L, p);
+  lua_newtable(L);                                    /* 6: {} for nil */
+  lua_pushvalue(L, 4);                                /* 7: handler */
+  lua_getiuservalue(L, 1, UV_STATE);                  /* 8: state */
+  stage_event(L, p, type);                            /* 9: event copy */
+  reserve_event_id(L, id);
+  p->state_ok = 0;  /* dirty until committed */
+  p->busy = 1;
+  status = lua_pcall(L, 2, 1, 0);                     /* 7: result */
+  p->busy = 0;
+  if (status != LUA_OK)
+    return abort_handle(L, status, type);
+  if (lua_isnil(L, 7)) {  /* no commands */
+    lua_pushvalue(L, 6);
+    lua_replace(L, 7);
+  }
+  if (check_commands(L, 7, type) != NULL)
+    return abort_handle(L, LUA_OK, type);
+  /* commit: nothing below allocates */
+  lua_getiuservalue(L, 1, UV_HISTORY);
+  p->history_len = buffer_at(L, -1)->len;
+  p->version++;
+  p->state_ok = 1;
+  if (!lua_isnil(L, id) && lua_getiuservalue(L, 1, UV_SEEN) == LUA_TTABLE) {
+    lua_pushvalue(L, id);
+    lua_pushboolean(L, 1);
+    lua_rawset(L, -3);  /* the key exists: no allocation */
+  }
+  lua_settop(L, 7);
+  return 1;
+}
+
+/* ===================================================================
+** Queries
+** =================================================================== */
+
+/* Push the state as the workflow shows it: view(state), or the state. */
+static void push_view(lua_State *L, PM *p) {
+  ensure_state(L, p);
+  if (workflow_field(L, 1, "view") == LUA_TNIL) {
+    lua_pop(L, 1);
+    lua_getiuservalue(L, 1, UV_STATE);
+    return;
+  }
+  lua_getiuservalue(L, 1, UV_STATE);
+  lua_call(L, 1, 1);
+}
+
+/* Replace the value at the top by a deep copy (encode, then decode). */
+static void deep_copy(lua_State *L, const char *what) {
+  size_t pos = 0;
+  Buffer *b;
+  buffer_new(L, 0);
+  if (!codec_encode(L, -2, -1, what))
+    flow_error(L, 1, "%s is not data: %s", what, lua_tostring(L, -1));
+  b = buffer_at(L, -1);
+  if (!codec_decode(L, b->data, b->len, &pos))
+    flow_error(L, 1, "internal error: %s", lua_tostring(L, -1));
+  lua_replace(L, -3);
+  lua_pop(L, 1);
+}
+
+static int pm_state(lua_State *L) {
+  PM *p = check_usable(L);
+  push_view(L, p);
+  deep_copy(L, "state");
+  return 1;
+}
+
+/* Push the flow's status string: status(state), or state.status. */
+static void push_status(lua_State *L, PM *p) {
+  int t;
+  ensure_state(L, p);
+  if (workflow_field(L, 1, "status") == LUA_TNIL) {
+    lua_pop(L, 1);
+    lua_getiuservalue(L, 1, UV_STATE);
+    lua_getfield(L, -1, "status");
+    lua_remove(L, -2);
+  }
+  else {
+    lua_getiuservalue(L, 1, UV_STATE);
+    lua_call(L, 1, 1);
+  }
+  t = lua_type(L, -1);
+  if (t == LUA_TNIL) {
+    lua_pop(L, 1);
+    lua_pushliteral(L, "none");
+  }
+  else if (t != LUA_TSTRING)
+    flow_error(L, 1, "status must be a string or nil, got %s", lua_typename(L, t));
+}
+
+static int pm_status(lua_State *L) {
+  push_status(L, check_usable(L));
+  return 1;
+}
+
+static int pm_version(lua_State *L) {
+  lua_pushinteger(L, to_pm(L)->version);
+  return 1;
+}
+
+static int pm_id(lua_State *L) {
+  to_pm(L);
+  lua_getiuservalue(L, 1, UV_ID);
+  return 1;
+}
+
+/* The handled events, decoded, in order. */
+static int pm_history(lua_State *L) {
+  PM *p = check_usable(L);
+  size_t pos = 0;
+  lua_Integer n = 0;
+  lua_createtable(L, (int)(p->version < 1 << 20 ? p->version : 1 << 20), 0);
+  if (lua_getiuservalue(L, 1, UV_HISTORY) == LUA_TNIL) {
+    lua_pop(L, 1);
+    return 1;
+  }
+  while (pos < p->history_len) {
+    if (!codec_decode(L, buffer_at(L, 3)->data, p->history_len, &pos))
+      return flow_error(L, 1, "history event #%I is damaged: %s", n + 1,
+                        lua_tostring(L, -1));
+    lua_rawseti(L, 2, ++n);
+  }
+  lua_settop(L, 2);
+  return 1;
+}
+
+/* "procman.pm: batch/batch1 (success, v4)"; never raises for the flow. */
+static int pm_tostring(lua_State *L) {
+  PM *p = to_pm(L);
+  push_label(L, 1);
+  if (p->closed || p->busy)
+    lua_pushfstring(L, "%s: %s (%s)", PM_TYPENAME, lua_tostring(L, -1),
+                    p->closed ? "closed" : "running");
+  else {
+    lua_pushcfunction(L, pm_status);
+    lua_pushvalue(L, 1);
+    if (lua_pcall(L, 1, 1, 0) != LUA_OK) {
+      lua_pop(L, 1);
+      lua_pushliteral(L, "status unknown");
+    }
+    lua_pushfstring(L, "%s: %s (%s, v%I)", PM_TYPENAME, lua_tostring(L, -2),
+                    lua_tostring(L, -1), p->version);
+  }
+  return 1;
+}
+
+/* __gc and __close: release the state and history; safe to call twice. */
+static int pm_close(lua_State *L) {
+  PM *p = to_pm(L);
+  p->closed = 1;
+  lua_pushnil(L);
+  lua_setiuservalue(L, 1, UV_STATE);
+  lua_pushnil(L);
+  lua_setiuservalue(L, 1, UV_HISTORY);
+  lua_pushnil(L);
+  lua_setiuservalue(L, 1, UV_SEEN);
+  return 0;
+}
+
+/* ===================================================================
+** Construction and registration
+** =================================================================== */
+
+int pm_new(lua_State *L) {
+  PM *p;
+  int id_ok = lua_isinteger(L, 2) ||
+              (lua_type(L, 2) == LUA_TSTRING && lua_rawlen(L, 2) > 0);
+  luaL_checktype(L, 1, LUA_TTABLE);
+  luaL_argexpected(L, id_ok, 2, "non-empty string or integer flow id");
+  p = (PM *)lua_newuserdatauv(L, sizeof(PM), UV_COUNT);  /* 3 */
+  memset(p, 0, sizeof *p);
+  luaL_setmetatable(L, PM_TYPENAME);
+  lua_pushvalue(L, 1);
+  lua_setiuservalue(L, 3, UV_WORKFLOW);
+  lua_pushvalue(L, 2);
+  lua_setiuservalue(L, 3, UV_ID);
+  lua_replace(L, 1);
+  lua_settop(L, 1);
+  if (!try_replay(L, 1))  /* runs init(id) */
+    return lua_error(L);
+  return 1;
+}
+
+static const luaL_Reg pm_methods[] = {
+  { "handle", pm_handle },
+  { "state", pm_state },
+  { "status", pm_status },
+  { "version", pm_version },
+  { "id", pm_id },
+  { "history", pm_history },
+  { "close", pm_close },
+  { NULL, NULL }
+};
+
+static const luaL_Reg pm_metamethods[] = {
+  { "__tostring", pm_tostring },
+  { "__gc", pm_close },
+  { "__close", pm_close },
+  { "__index", NULL },  /* placeholder, set to the methods table */
+  { NULL, NULL }
+};
+
+void pm_register(lua_State *L) {
+  luaL_newmetatable(L, PM_TYPENAME);
+  luaL_setfuncs(L, pm_metamethods, 0);
+  luaL_newlib(L, pm_methods);
+  lua_setfield(L, -2, "__index");
+  lua_pop(L, 1);
+}

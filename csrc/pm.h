@@ -1,0 +1,18 @@
+/*
+** pm.h - the procman.pm userdata: one live flow of one workflow.
+*/
+#ifndef PROCMAN_PM_H
+#define PROCMAN_PM_H
+
+#include "lua.h"
+
+#define PM_TYPENAME "procman.pm"
+
+/* Create the procman.pm metatable (once per lua_State). */
+void pm_register(lua_State *L);
+
+/* core.new(spec, flow_id) -> procman.pm.  'spec' is the checked workflow
+** definition built by lua/procman/workflow.lua. */
+int pm_new(lua_State *L);
+
+#endif

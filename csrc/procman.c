@@ -1,0 +1,53 @@
+/*
+** procman.c - the procman.core module: the process-manager userdata and
+** the codec, for lua/procman/init.lua to wrap.
+*/
+#include "lauxlib.h"
+#include "buffer.h"
+#include "codec.h"
+#include "pm.h"
+
+#define PROCMAN_CORE_VERSION "0.1.0"
+
+LUAMOD_API int luaopen_procman_core(lua_State *L);
+
+/* procman.encode(v) -> the MessagePack bytes of v. */
+static int core_encode(lua_State *L) {
+  luaL_checkany(L, 1);
+  lua_settop(L, 1);
+  buffer_new(L, 0);
+  if (!codec_encode(L, 1, 2, "value"))
+    return luaL_error(L, "procman.encode: %s", lua_tostring(L, -1));
+  lua_pushlstring(L, buffer_at(L, 2)->data, buffer_at(L, 2)->len);
+  return 1;
+}
+
+/* procman.decode(s) -> the one value that s encodes. */
+static int core_decode(lua_State *L) {
+  size_t len, pos = 0;
+  const char *s = luaL_checklstring(L, 1, &len);
+  if (!codec_decode(L, s, len, &pos))
+    return luaL_error(L, "procman.decode: %s", lua_tostring(L, -1));
+  if (pos != len)
+    return luaL_error(L, "procman.decode: %I bytes left over after the value "
+                      "that ends at byte %I", (lua_Integer)(len - pos),
+                      (lua_Integer)pos);
+  return 1;
+}
+
+static const luaL_Reg core_functions[] = {
+  { "new", pm_new },
+  { "encode", core_encode },
+  { "decode", core_decode },
+  { NULL, NULL }
+};
+
+LUAMOD_API int luaopen_procman_core(lua_State *L) {
+  pm_register(L);
+  luaL_newlib(L, core_functions);
+  lua_pushinteger(L, CODEC_MAX_DEPTH);
+  lua_setfield(L, -2, "max_depth");
+  lua_pushliteral(L, PROCMAN_CORE_VERSION);
+  lua_setfield(L, -2, "version");
+  return 1;
+}

@@ -1,0 +1,20 @@
+--- procman: durable, event-sourced process managers for Lua 5.4.
+--
+-- The public API. See docs/api.md for the contract.
+local core = require "procman.core"
+local workflow = require "procman.workflow"
+
+local procman = {
+  _VERSION = "procman " .. core.version,
+  version = core.version,
+  --- procman.workflow(def) -> a workflow; wf:new(id) -> a procman.pm
+  workflow = workflow.define,
+  is_workflow = workflow.is_workflow,
+  --- procman.encode(v) -> bytes; procman.decode(bytes) -> v (MessagePack)
+  encode = core.encode,
+  decode = core.decode,
+  --- tables nested deeper than this cannot be encoded or decoded
+  max_depth = core.max_depth,
+}
+
+return procman

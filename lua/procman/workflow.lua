@@ -1,0 +1,210 @@
+--- procman.workflow: check a workflow definition and build the workflow.
+--
+-- A workflow is the code of one kind of flow: its handlers per event type,
+-- its initial state and how to find and finish its flows. The definition
+-- is checked once, here, so that mistakes surface where they are written
+-- (with the caller's file and line), not at the first event.
+local core = require "procman.core"
+
+local M = {}
+
+-- Each field a definition may have, and how to check it.
+local FIELDS = { "name", "on", "init", "correlate", "starts", "done", "status", "view" }
+local KNOWN = {}
+for _, f in ipairs(FIELDS) do KNOWN[f] = true end
+
+-- The checked definitions behind workflow objects (weak: a workflow that
+-- is no longer used may be collected).
+local specs = setmetatable({}, { __mode = "k" })
+
+local function describe(v)
+  if type(v) == "string" then return string.format("%q", v) end
+  return type(v)
+end
+
+-- Levenshtein distance, for "did you mean" on misspelt fields.
+local function distance(a, b)
+  local prev = {}
+  for j = 0, #b do prev[j] = j end
+  for i = 1, #a do
+    local cur = { [0] = i }
+    for j = 1, #b do
+      local cost = a:sub(i, i) == b:sub(j, j) and 0 or 1
+      cur[j] = math.min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + cost)
+    end
+    prev = cur
+  end
+  return prev[#b]
+end
+
+local function suggestion(key)
+  if type(key) ~= "string" then return "" end
+  local best, best_d = nil, 3
+  for _, f in ipairs(FIELDS) do
+    local d = distance(key, f)
+    if d < best_d then best, best_d = f, d end
+  end
+  return best and string.format(" (did you mean '%s'?)", best) or ""
+end
+
+-- Raise "procman.workflow 'name': message" at the caller of define().
+local function fail(name, fmt, ...)
+  local who = name and string.format("procman.workflow '%s'", name) or "procman.workflow"
+  error(who .. ": " .. string.format(fmt, ...), 4)
+end
+
+local function check_optional_function(def, field)
+  local v = rawget(def, field)
+  if v ~= nil and type(v) ~= "function" then
+    fail(def.name, "%s must be a function, got %s", field, describe(v))
+  end
+  return v
+end
+
+local function check_name(def)
+  if type(def) ~= "table" then
+    fail(nil, "the definition must be a table, got %s", describe(def))
+  end
+  local name = rawget(def, "name")
+  if type(name) ~= "string" or name == "" then
+    fail(nil, "name must be a non-empty string, got %s", describe(name))
+  end
+  if name:find("/", 1, true) then
+    fail(nil, "name %q must not contain '/' (flows are named workflow/id)", name)
+  end
+  return name
+end
+
+local function check_handlers(def, name)
+  local on = rawget(def, "on")
+  if type(on) ~= "table" then
+    fail(name, "on must be a table of handlers by event type, got %s", describe(on))
+  end
+  local copy = {}
+  for event_type, handler in next, on do
+    if type(event_type) ~= "string" or event_type == "" then
+      fail(name, "on has a key %s: event types are non-empty strings", describe(event_type))
+    end
+    if type(handler) ~= "function" then
+      fail(name, "on.%s must be a function(state, event), got %s", event_type, describe(handler))
+    end
+    copy[event_type] = handler
+  end
+  if next(copy) == nil then
+    fail(name, "on must have at least one handler")
+  end
+  return copy
+end
+
+local function check_correlate(def, name)
+  local c = rawget(def, "correlate")
+  if c == nil or type(c) == "function" or (type(c) == "string" and c ~= "") then
+    return c
+  end
+  fail(name, "correlate must be an event field name or a function(event), got %s", describe(c))
+end
+
+local function check_starts(def, name, on)
+  local starts = rawget(def, "starts")
+  if starts == nil then return {} end
+  if type(starts) ~= "table" then
+    fail(name, "starts must be an array of event types, got %s", describe(starts))
+  end
+  local copy = {}
+  for i = 1, #starts do
+    local t = starts[i]
+    if type(t) ~= "string" or on[t] == nil then
+      fail(name, "starts[%d] is %s, which has no handler in on", i, describe(t))
+    end
+    copy[i] = t
+  end
+  for k in next, starts do
+    if math.type(k) ~= "integer" or k < 1 or k > #starts then
+      fail(name, "starts must be an array, but has the key %s", describe(k))
+    end
+  end
+  return copy
+end
+
+local function check_fields(def)
+  for key in next, def do
+    if not KNOWN[key] then
+      fail(rawget(def, "name"), "unknown field %s%s; the fields are %s",
+           describe(key), suggestion(key), table.concat(FIELDS, ", "))
+    end
+  end
+end
+
+-- The workflow object users see: read-only, fields and methods.
+local Workflow = {}
+
+local meta = {
+  __name = "procman.workflow",
+  __index = function(self, key)
+    local m = Workflow[key]
+    if m ~= nil then return m end
+    local v = specs[self][key]
+    if type(v) == "table" then  -- hand out copies: the definition is frozen
+      local copy = {}
+      for k, x in next, v do copy[k] = x end
+      return copy
+    end
+    return v
+  end,
+  __newindex = function(self, key)
+    error(string.format("procman.workflow '%s' is read-only (tried to set %s)",
+                        specs[self].name, describe(key)), 2)
+  end,
+  __tostring = function(self) return "procman.workflow: " .. specs[self].name end,
+}
+
+--- wf:new(flow_id) -> a procman.pm for flow 'flow_id'.
+function Workflow:new(flow_id)
+  local spec = specs[self]
+  if spec == nil then error("procman.workflow: new must be called as wf:new(id)", 2) end
+  return core.new(spec, flow_id)
+end
+
+--- wf:handles(event_type) -> true if the workflow has a handler for it.
+function Workflow:handles(event_type)
+  return specs[self].on[event_type] ~= nil
+end
+
+--- wf:starts_on(event_type) -> true if that event type may start a flow.
+function Workflow:starts_on(event_type)
+  return specs[self].starts_set[event_type] == true
+end
+
+--- procman.workflow(def) -> workflow. Raises on a bad definition.
+function M.define(def)
+  local name = check_name(def)
+  check_fields(def)
+  local on = check_handlers(def, name)
+  local spec = {
+    name = name,
+    on = on,
+    init = check_optional_function(def, "init"),
+    correlate = check_correlate(def, name),
+    starts = check_starts(def, name, on),
+    done = check_optional_function(def, "done"),
+    status = check_optional_function(def, "status"),
+    view = check_optional_function(def, "view"),
+    starts_set = {},
+  }
+  for _, t in ipairs(spec.starts) do spec.starts_set[t] = true end
+  local wf = setmetatable({}, meta)
+  specs[wf] = spec
+  return wf
+end
+
+--- The checked definition behind a workflow object (for the runtime).
+function M.spec(wf)
+  return specs[wf]
+end
+
+--- Is 'v' a workflow object?
+function M.is_workflow(v)
+  return specs[v] ~= nil
+end
+
+return M

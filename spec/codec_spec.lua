@@ -1,0 +1,250 @@
+-- procman.encode / procman.decode: the MessagePack codec.
+local procman = require "procman"
+
+local encode, decode = procman.encode, procman.decode
+
+local function hex(s)
+  return (s:gsub(".", function(c) return string.format("%02x", c:byte()) end))
+end
+
+local function unhex(h)
+  return (h:gsub("%s", ""):gsub("..", function(x) return string.char(tonumber(x, 16)) end))
+end
+
+-- Deep equality that tells integers from floats, -0.0 from 0.0, and
+-- treats NaN as equal to NaN.
+local function same(a, b)
+  if type(a) ~= type(b) then return false end
+  if type(a) == "number" then
+    if math.type(a) ~= math.type(b) then return false end
+    if a ~= a then return b ~= b end
+    return a == b and (a ~= 0 or 1 / a == 1 / b)
+  end
+  if type(a) ~= "table" then return a == b end
+  for k, v in pairs(a) do
+    if not same(v, b[k]) then return false end
+  end
+  for k in pairs(b) do
+    if a[k] == nil then return false end
+  end
+  return true
+end
+
+-- Random values: a large, reproducible sample of everything the codec takes.
+local INTS = { 0, 1, 31, 32, 127, 128, 255, 256, 65535, 65536, 4294967295, 4294967296,
+               math.maxinteger, math.mininteger, -1, -31, -32, -33, -127, -128, -129,
+               -32768, -32769, -2147483648, -2147483649 }
+local FLOATS = { 0.0, -0.0, 1 / 0, -1 / 0, 0 / 0, 0.5, -1.5, 1e308, 5e-324, math.pi, 2 ^ 63, -(2 ^ 63) }
+
+local random_value
+
+local function random_string()
+  local n = ({ 0, 1, 5, 31, 32, 255, 256, 300 })[math.random(8)]
+  local bytes = {}
+  local binary = math.random() < 0.3
+  for i = 1, n do bytes[i] = binary and math.random(0, 255) or math.random(32, 126) end
+  return string.char(table.unpack(bytes))
+end
+
+local function random_key()
+  local r = math.random(5)
+  if r == 1 then return math.random(-1000, 1000) end
+  if r == 2 then return math.random() * 100 end
+  if r == 3 then return math.random() < 0.5 end
+  return random_string()
+end
+
+local function random_table(depth, width)
+  local t = {}
+  width = width or 8
+  if math.random() < 0.5 then
+    for i = 1, math.random(0, width) do t[i] = random_value(depth + 1) end
+  else
+    for _ = 1, math.random(0, width) do
+      local k = random_key()
+      if k == k then t[k] = random_value(depth + 1) end
+    end
+  end
+  return t
+end
+
+function random_value(depth)
+  local r = math.random(depth > 3 and 6 or 8)
+  if r == 1 then return INTS[math.random(#INTS)] end
+  if r == 2 then return math.random(math.mininteger, math.maxinteger) end
+  if r == 3 then return FLOATS[math.random(#FLOATS)] end
+  if r == 4 then return (math.random() - 0.5) * 10 ^ math.random(-300, 300) end
+  if r == 5 then return random_string() end
+  if r == 6 then return math.random() < 0.5 end
+  return random_table(depth)
+end
+
+describe("the codec", function()
+  it("round-trips a large random sample of values, deterministically", function()
+    math.randomseed(20261130)
+    for _ = 1, 3000 do
+      local v = random_value(0)
+      local bytes = encode(v)
+      local back = decode(bytes)
+      if not same(v, back) then
+        error("round trip changed a value; encoding " .. hex(bytes))
+      end
+      assert.equal(bytes, encode(back))
+    end
+  end)
+
+  it("writes standard MessagePack in its shortest form", function()
+    local cases = {
+      { nil, "c0" }, { false, "c2" }, { true, "c3" },
+      { 0, "00" }, { 127, "7f" }, { 128, "cc80" }, { 255, "ccff" }, { 256, "cd0100" },
+      { 65536, "ce00010000" }, { 4294967296, "cf0000000100000000" },
+      { -1, "ff" }, { -32, "e0" }, { -33, "d0df" }, { -129, "d1ff7f" },
+      { -32769, "d2ffff7fff" }, { -2147483649, "d3ffffffff7fffffff" },
+      { math.maxinteger, "cf7fffffffffffffff" }, { math.mininteger, "d38000000000000000" },
+      { 1.5, "cb3ff8000000000000" }, { -0.0, "cb8000000000000000" },
+      { 1 / 0, "cb7ff0000000000000" }, { 0 / 0, "cb7ff8000000000000" },
+      { "", "a0" }, { "abc", "a3616263" }, { string.rep("x", 32), "d920" .. string.rep("78", 32) },
+      { "\xff", "c401ff" }, { "é", "a2c3a9" },
+      { {}, "80" }, { { 1, 2 }, "920102" }, { { a = 1 }, "81a16101" },
+      { { [2] = "x" }, "8102a178" },
+    }
+    for _, c in ipairs(cases) do
+      assert.equal(c[2], hex(encode(c[1])))
+    end
+  end)
+
+  it("sorts map keys: false, true, numbers by value, then strings bytewise", function()
+    local t = { b = 1, a = 2, ab = 3, [10] = 4, [-1] = 5, [2.5] = 6, [true] = 7, [false] = 8 }
+    assert.equal("88" .. "c208" .. "c307" .. "ff05" .. "cb400400000000000006" .. "0a04"
+                 .. "a16102" .. "a2616203" .. "a16201", hex(encode(t)))
+  end)
+
+  it("gives the same bytes whatever the insertion order", function()
+    local a, b = {}, {}
+    for i = 1, 200 do a["k" .. i] = i end
+    for i = 200, 1, -1 do b["k" .. i] = i end
+    b.extra = 1
+    b.extra = nil
+    assert.equal(encode(a), encode(b))
+  end)
+
+  it("orders integer and float keys exactly, even beyond 2^53", function()
+    local t = { [math.maxinteger] = "i", [2.0 ^ 63] = "f", [-(2.0 ^ 63) * 2] = "g" }
+    local bytes = encode(t)
+    assert.equal(bytes, encode(decode(bytes)))
+    assert.same(t, decode(bytes))
+  end)
+
+  it("keeps integers integers and floats floats", function()
+    assert.equal("integer", math.type(decode(encode(3))))
+    assert.equal("float", math.type(decode(encode(3.0))))
+    assert.equal(-1 / 0, 1 / decode(encode(-0.0)))
+  end)
+
+  it("nests up to max_depth tables, and no deeper", function()
+    assert.equal(100, procman.max_depth)
+    local t = {}
+    for _ = 2, procman.max_depth do t = { t } end
+    assert.is_true(same(t, decode(encode(t))))
+    local ok, err = pcall(encode, { t })
+    assert.is_false(ok)
+    assert.matches("^procman%.encode: cannot encode tables nested more than 100 deep at value%.%.%.%[1%]", err)
+    assert.matches(string.rep("%[1%]", 50) .. "$", err)
+  end)
+
+  describe("refuses to encode", function()
+    local function refuses(v, message)
+      local ok, err = pcall(encode, v)
+      assert.is_false(ok)
+      assert.equal(message, err)
+    end
+    it("functions, threads and userdata, saying where", function()
+      refuses(print, "procman.encode: cannot encode a function (only nil, booleans, numbers, strings "
+              .. "and tables are data) at value")
+      refuses({ a = { 1, coroutine.create(print) } }, "procman.encode: cannot encode a thread (only nil, "
+              .. "booleans, numbers, strings and tables are data) at value.a[2]")
+      refuses({ ["a b"] = io.stdout }, "procman.encode: cannot encode a FILE* (only nil, booleans, "
+              .. "numbers, strings and tables are data) at value[\"a b\"]")
+    end)
+    it("cycles", function()
+      local t = { x = {} }
+      t.x.back = t
+      refuses(t, "procman.encode: cannot encode a cycle (a table that contains itself) at value.x.back")
+    end)
+    it("keys that are not strings, numbers or booleans", function()
+      refuses({ [{}] = 1 }, "procman.encode: cannot encode a key of type table (keys must be strings, "
+              .. "numbers or booleans) at value")
+      local big = {}
+      for i = 1, 40 do big["k" .. i] = i end
+      big[print] = 1
+      assert.has_error(function() encode(big) end)
+    end)
+    it("but encodes shared (acyclic) subtables twice", function()
+      local shared = { 1 }
+      assert.same({ a = { 1 }, b = { 1 } }, decode(encode({ a = shared, b = shared })))
+    end)
+  end)
+
+  describe("refuses to decode, never crashing", function()
+    local function refuses(bytes, message)
+      local ok, err = pcall(decode, bytes)
+      assert.is_false(ok)
+      assert.is_string(err)
+      if message and not err:find(message, 1, true) then
+        error(string.format("%q does not contain %q", err, message), 2)
+      end
+    end
+    it("every truncation of a valid encoding", function()
+      math.randomseed(7)
+      for _ = 1, 100 do
+        local bytes = encode(random_table(1, 4))
+        for n = 0, #bytes - 1 do refuses(bytes:sub(1, n)) end
+      end
+      refuses("", "procman.decode: cannot decode: input ends inside a value (1 more bytes needed) at byte 0")
+      refuses(unhex("92 cd 00"), "input ends inside an integer (1 more bytes needed) at byte 2")
+      refuses(unhex("a5 6162"), "input ends inside a str (3 more bytes needed) at byte 1")
+    end)
+    it("bytes left over", function()
+      refuses(unhex("01 02"), "procman.decode: 1 bytes left over after the value that ends at byte 1")
+    end)
+    it("tags MessagePack never uses, and ext types", function()
+      refuses(unhex("c1"), "byte 0xc1 is never used in MessagePack at byte 0")
+      for _, tag in ipairs({ "c7", "c8", "c9", "d4", "d5", "d6", "d7", "d8" }) do
+        refuses(unhex(tag .. "0000000000000000000000"), "ext types are not supported (tag 0x" .. tag .. ")")
+      end
+    end)
+    it("lengths larger than the input", function()
+      refuses(unhex("dd ffffffff 01"), "array of 4294967295 elements is larger than the input at byte 0")
+      refuses(unhex("df ffffffff 01"), "map of 4294967295 elements is larger than the input")
+      refuses(unhex("db ffffffff 61"), "input ends inside a str (4294967294 more bytes needed)")
+      refuses(unhex("c6 7fffffff"), "input ends inside a bin")
+      refuses(unhex("81 01"), "map of 1 elements is larger than the input")
+    end)
+    it("bad map keys", function()
+      refuses(unhex("82 a161 01 a161 02"), "duplicate map key at byte 4")
+      refuses(unhex("82 01 01 cb3ff0000000000000 02"), "duplicate map key")
+      refuses(unhex("81 c0 01"), "map key nil is not allowed at byte 1")
+      refuses(unhex("81 cb7ff8000000000000 01"), "map key NaN is not allowed")
+      refuses(unhex("81 80 01"), "map key table is not allowed")
+    end)
+    it("integers beyond Lua's range", function()
+      refuses(unhex("cf 8000000000000000"), "unsigned integer 9223372036854775808 is out of Lua's range at byte 0")
+    end)
+    it("nesting past max_depth", function()
+      assert.is_table(decode(string.rep("\x91", 100) .. "\xc0"))
+      refuses(string.rep("\x91", 101) .. "\xc0", "array nested more than 100 deep at byte 100")
+    end)
+    it("anything but a string", function()
+      assert.has_error(function() decode({}) end)
+    end)
+  end)
+
+  it("reads what other producers may write", function()
+    assert.equal(1.5, decode(unhex("ca 3fc00000")))            -- float32
+    assert.equal(5, decode(unhex("cd 0005")))                  -- non-shortest integer
+    assert.equal(-2, decode(unhex("d3 fffffffffffffffe")))
+    assert.equal("ab", decode(unhex("c4 02 6162")))            -- bin
+    assert.same({ a = 1 }, decode(unhex("82 a161 01 a162 c0")))  -- nil value: absent
+    assert.same({ 1, 2 }, decode(unhex("dc 0002 01 02")))
+  end)
+end)

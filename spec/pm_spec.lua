@@ -1,0 +1,322 @@
+-- The procman.pm userdata: the rules of pm:handle in DESIGN.md, for
+-- workflows other than the shipped ones.
+local procman = require "procman"
+local flow = require "spec.support.flow"
+
+-- A counter workflow: small enough to see every rule at work.
+local function counter(extra)
+  local def = {
+    name = "counter",
+    init = function(id) return { id = id, n = 0, log = {} } end,
+    on = {
+      add = function(state, event)
+        state.n = state.n + (event.by or 1)
+        state.log[#state.log + 1] = event.by or 1
+        if event.emit then return { { command_type = "added", n = state.n } } end
+      end,
+      -- changes the state, then fails: atomicity must undo the change
+      half_then_fail = function(state)
+        state.n = state.n + 1000
+        state.log[#state.log + 1] = "poison"
+        error("boom", 0)
+      end,
+      bad_return = function(state, event)
+        state.n = -1
+        return event.ret
+      end,
+      raise_table = function(state)
+        state.n = -2
+        error({ code = 42 })
+      end,
+      keep_event = function(state, event)
+        state.kept = event.payload
+      end,
+    },
+    status = function(state) return state.n >= 10 and "big" or "small" end,
+  }
+  for k, v in pairs(extra or {}) do def[k] = v end
+  return procman.workflow(def)
+end
+
+describe("procman.pm", function()
+  it("has the metatable name procman.pm", function()
+    local pm = counter():new("c1")
+    assert.equal("procman.pm", getmetatable(pm).__name)
+    assert.equal("c1", pm:id())
+    assert.equal(0, pm:version())
+    assert.equal("small", pm:status())
+    assert.equal("procman.pm: counter/c1 (small, v0)", tostring(pm))
+  end)
+
+  it("accepts integer flow ids and refuses others", function()
+    assert.equal(7, counter():new(7):id())
+    for _, bad in ipairs({ "", 1.5, true, {} }) do
+      local ok, err = pcall(counter().new, counter(), bad)
+      assert.is_false(ok)
+      assert.matches("non%-empty string or integer flow id expected", err)
+    end
+    assert.has_error(function() counter():new() end)
+  end)
+
+  it("applies events and counts versions", function()
+    local pm = counter():new("c1")
+    assert.same({}, pm:handle { event_type = "add" })
+    assert.same({ { command_type = "added", n = 6 } }, pm:handle { event_type = "add", by = 5, emit = true })
+    assert.equal(2, pm:version())
+    assert.same({ id = "c1", n = 6, log = { 1, 5 } }, pm:state())
+  end)
+
+  describe("refuses bad events and changes nothing", function()
+    local pm
+    before_each(function()
+      pm = counter({ correlate = "counter_id" }):new("c1")
+      pm:handle { event_type = "add", by = 2 }
+    end)
+
+    it("not a table", function()
+      flow.refuses(pm, nil, "counter/c1: event must be a table, got nil")
+      flow.refuses(pm, "add", "event must be a table, got string")
+    end)
+    it("without an event_type", function()
+      flow.refuses(pm, {}, "event.event_type must be a non-empty string, got nil")
+      flow.refuses(pm, { event_type = "" }, "got an empty string")
+      flow.refuses(pm, { event_type = 3 }, "got number")
+    end)
+    it("of a type the workflow does not handle", function()
+      flow.refuses(pm, { event_type = "nope" }, "counter/c1: workflow has no handler for event type 'nope'")
+    end)
+    it("for another flow", function()
+      flow.refuses(pm, { event_type = "add", counter_id = "c2" },
+                   "event 'add' belongs to flow 'c2' (event.counter_id), not to this one")
+    end)
+    it("that is not data", function()
+      flow.refuses(pm, { event_type = "add", f = print }, "cannot encode a function")
+      local cyclic = { event_type = "add" }
+      cyclic.self = cyclic
+      flow.refuses(pm, cyclic, "cannot encode a cycle")
+    end)
+    it("with an event_id that is not a string or integer", function()
+      flow.refuses(pm, { event_type = "add", event_id = 1.5 }, "event.event_id must be a string or an integer, got a float")
+      flow.refuses(pm, { event_type = "add", event_id = {} }, "got table")
+    end)
+  end)
+
+  it("accepts an event without the correlation field", function()
+    local pm = counter({ correlate = "counter_id" }):new("c1")
+    pm:handle { event_type = "add" }
+    pm:handle { event_type = "add", counter_id = "c1" }
+    assert.equal(2, pm:version())
+  end)
+
+  it("correlates with a function", function()
+    local wf = counter({ correlate = function(e) return e.key and e.key.flow end })
+    local pm = wf:new("c1")
+    pm:handle { event_type = "add", key = { flow = "c1" } }
+    pm:handle { event_type = "add" }
+    flow.refuses(pm, { event_type = "add", key = { flow = "zz" } }, "belongs to flow 'zz', not to this one")
+  end)
+
+  describe("is atomic", function()
+    it("when the handler changes the state and then fails", function()
+      local pm = counter():new("c1")
+      pm:handle { event_type = "add", by = 3 }
+      local err = flow.refuses(pm, { event_type = "half_then_fail" }, "counter/c1: handler for 'half_then_fail' failed: boom")
+      assert.equal("counter/c1: handler for 'half_then_fail' failed: boom", err)
+      assert.same({ id = "c1", n = 3, log = { 3 } }, pm:state())
+      -- and the flow goes on from there
+      pm:handle { event_type = "add", by = 4 }
+      assert.same({ id = "c1", n = 7, log = { 3, 4 } }, pm:state())
+      assert.equal(2, pm:version())
+    end)
+
+    it("when the handler returns something that is not commands", function()
+      local pm = counter():new("c1")
+      pm:handle { event_type = "add" }
+      flow.refuses(pm, { event_type = "bad_return", ret = "x" },
+                   "handler for 'bad_return' must return an array of commands or nil, got string")
+      flow.refuses(pm, { event_type = "bad_return", ret = { {} } },
+                   "handler for 'bad_return' returned a bad command at [1]")
+      flow.refuses(pm, { event_type = "bad_return", ret = { { command_type = "" } } }, "bad command at [1]")
+      flow.refuses(pm, { event_type = "bad_return", ret = { { command_type = "ok" }, 5 } }, "bad command at [2]")
+      flow.refuses(pm, { event_type = "bad_return", ret = { { command_type = "ok" }, x = 1 } },
+                   "its table has keys other than 1..1")
+      flow.refuses(pm, { event_type = "bad_return", ret = { [2] = { command_type = "ok" } } },
+                   "its table has keys other than 1..0")
+    end)
+
+    it("keeps error objects that are not strings as they are", function()
+      local pm = counter():new("c1")
+      local before = flow.snapshot(pm)
+      local ok, err = pcall(pm.handle, pm, { event_type = "raise_table" })
+      assert.is_false(ok)
+      assert.same({ code = 42 }, err)
+      assert.same(before, flow.snapshot(pm))
+    end)
+
+    it("does not record the event_id of a failed event", function()
+      local pm = counter():new("c1")
+      flow.refuses(pm, { event_type = "half_then_fail", event_id = "e1" }, "boom")
+      pm:handle { event_type = "add", event_id = "e1" }
+      assert.equal(1, pm:version())
+    end)
+  end)
+
+  describe("deduplicates by event_id", function()
+    it("returns {} for a redelivered event and changes nothing", function()
+      local pm = counter():new("c1")
+      assert.same({ { command_type = "added", n = 1 } }, pm:handle { event_type = "add", event_id = "e1", emit = true })
+      local before = flow.snapshot(pm)
+      assert.same({}, pm:handle { event_type = "add", event_id = "e1", emit = true })
+      assert.same({}, pm:handle { event_type = "add", event_id = "e1", by = 100 })
+      assert.same(before, flow.snapshot(pm))
+    end)
+
+    it("tells string and integer ids apart", function()
+      local pm = counter():new("c1")
+      pm:handle { event_type = "add", event_id = 1 }
+      pm:handle { event_type = "add", event_id = "1" }
+      pm:handle { event_type = "add", event_id = 1 }
+      assert.equal(2, pm:version())
+    end)
+
+    it("still refuses a redelivery meant for another flow", function()
+      local pm = counter({ correlate = "counter_id" }):new("c1")
+      pm:handle { event_type = "add", event_id = "e1" }
+      flow.refuses(pm, { event_type = "add", event_id = "e1", counter_id = "c2" }, "belongs to flow 'c2'")
+    end)
+  end)
+
+  describe("state()", function()
+    it("returns a deep copy", function()
+      local pm = counter():new("c1")
+      pm:handle { event_type = "add", by = 2 }
+      local s = pm:state()
+      s.n = 99
+      s.log[1] = "changed"
+      s.log[2] = "added"
+      assert.same({ id = "c1", n = 2, log = { 2 } }, pm:state())
+    end)
+
+    it("shows what view returns", function()
+      local wf = counter({ view = function(state) return { total = state.n } end })
+      local pm = wf:new("c1")
+      pm:handle { event_type = "add", by = 4 }
+      assert.same({ total = 4 }, pm:state())
+    end)
+
+    it("gives the handler a copy of the event, not the caller's table", function()
+      local pm = counter():new("c1")
+      local payload = { a = 1 }
+      pm:handle { event_type = "keep_event", payload = payload }
+      payload.a = 2
+      assert.same({ a = 1 }, pm:state().kept)
+    end)
+
+    it("raises when the view is not data", function()
+      local pm = counter({ view = function() return { f = print } end }):new("c1")
+      assert.has_error(function() pm:state() end,
+        "counter/c1: state is not data: cannot encode a function (only nil, booleans, numbers, "
+        .. "strings and tables are data) at state.f")
+    end)
+  end)
+
+  describe("status()", function()
+    it("defaults to state.status, and 'none' when there is none", function()
+      local wf = procman.workflow { name = "s", on = { set = function(state, e) state.status = e.to end } }
+      local pm = wf:new("x")
+      assert.equal("none", pm:status())
+      pm:handle { event_type = "set", to = "running" }
+      assert.equal("running", pm:status())
+      assert.equal("procman.pm: s/x (running, v1)", tostring(pm))
+    end)
+
+    it("refuses a status that is not a string", function()
+      local wf = procman.workflow { name = "s", on = { x = function() end }, status = function() return 5 end }
+      local pm = wf:new("x")
+      assert.has_error(function() pm:status() end, "s/x: status must be a string or nil, got number")
+      assert.equal("procman.pm: s/x (status unknown, v0)", tostring(pm))
+    end)
+  end)
+
+  it("history() lists committed events only", function()
+    local pm = counter():new("c1")
+    assert.same({}, pm:history())
+    pm:handle { event_type = "add", by = 1 }
+    pcall(pm.handle, pm, { event_type = "half_then_fail" })
+    pm:handle { event_type = "add", by = 2, event_id = "x" }
+    pm:handle { event_type = "add", by = 2, event_id = "x" }
+    assert.same({ { event_type = "add", by = 1 }, { event_type = "add", by = 2, event_id = "x" } }, pm:history())
+  end)
+
+  describe("init", function()
+    it("is called with the flow id", function()
+      local wf = procman.workflow { name = "i", on = { x = function() end },
+                                    init = function(id) return { me = id } end }
+      assert.same({ me = "a" }, wf:new("a"):state())
+    end)
+
+    it("must return a table", function()
+      local wf = procman.workflow { name = "i", on = { x = function() end }, init = function() return 1 end }
+      assert.has_error(function() wf:new("a") end, "i/a: init must return a table, got number")
+    end)
+
+    it("may raise, and then no flow is made", function()
+      local wf = procman.workflow { name = "i", on = { x = function() end },
+                                    init = function() error("no init", 0) end }
+      assert.has_error(function() wf:new("a") end, "no init")
+    end)
+  end)
+
+  it("refuses to be used from inside its own handler", function()
+    local pm
+    local wf = procman.workflow { name = "r", on = {
+      again = function() pm:handle { event_type = "again" } end,
+      peek = function() pm:state() end,
+    } }
+    pm = wf:new("a")
+    flow.refuses(pm, { event_type = "again" }, "a handler may not use its own flow")
+    flow.refuses(pm, { event_type = "peek" }, "a handler may not use its own flow")
+    assert.matches("%(running%)", (function()
+      local seen
+      local w2 = procman.workflow { name = "t", on = { look = function() seen = tostring(pm) end } }
+      pm = w2:new("b")
+      pm:handle { event_type = "look" }
+      return seen
+    end)())
+  end)
+
+  describe("close", function()
+    it("is __close and __gc, safe twice, and makes the flow unusable", function()
+      local mt = getmetatable(counter():new("c"))
+      assert.equal(mt.__gc, mt.__close)
+      local pm
+      do
+        local scoped <close> = counter():new("c1")
+        scoped:handle { event_type = "add" }
+        pm = scoped
+      end
+      assert.equal("procman.pm: counter/c1 (closed)", tostring(pm))
+      assert.has_error(function() pm:handle { event_type = "add" } end, "counter/c1: this procman.pm is closed")
+      assert.has_error(function() pm:state() end, "counter/c1: this procman.pm is closed")
+      assert.equal(1, pm:version())
+      assert.equal("c1", pm:id())
+      pm:close()
+      mt.__gc(pm)
+    end)
+
+    it("lets the garbage collector take flows", function()
+      local weak = setmetatable({}, { __mode = "v" })
+      weak[1] = counter():new("c1")
+      weak[1]:handle { event_type = "add" }
+      collectgarbage()
+      collectgarbage()
+      assert.is_nil(weak[1])
+    end)
+  end)
+
+  it("checks its self argument", function()
+    local pm = counter():new("c1")
+    assert.has_error(function() pm.handle({}, { event_type = "add" }) end)
+    assert.matches("procman.pm expected", select(2, pcall(pm.version, "x")))
+  end)
+end)

@@ -1,0 +1,32 @@
+--- Helpers for specs: snapshots of a flow, to assert that a failed call
+-- changed nothing.
+local assert = require "luassert"
+
+local flow = {}
+
+--- Everything observable about a flow.
+function flow.snapshot(pm)
+  return {
+    state = pm:state(),
+    status = pm:status(),
+    version = pm:version(),
+    history = pm:history(),
+    text = tostring(pm),
+  }
+end
+
+--- Call pm:handle(event), expect an error matching 'pattern' (plain
+-- text), and assert that the flow is exactly as it was. Returns the error.
+function flow.refuses(pm, event, pattern)
+  local before = flow.snapshot(pm)
+  local ok, err = pcall(pm.handle, pm, event)
+  assert(not ok, "expected pm:handle to fail with: " .. pattern)
+  assert(type(err) == "string", "errors are strings, got " .. type(err))
+  if not err:find(pattern, 1, true) then
+    error(string.format("error %q does not contain %q", err, pattern), 2)
+  end
+  assert.same(before, flow.snapshot(pm))
+  return err
+end
+
+return flow
