@@ -67,12 +67,14 @@ sanitize: deps
 	$(MAKE) clean
 	$(MAKE) all test-c CFLAGS="-O1 -g $(SANFLAGS)" LUA_LIBS="$(LUA_LIBS) $(SANFLAGS)"
 	ASAN_OPTIONS=detect_leaks=0 LD_PRELOAD="$$($(CC) -print-file-name=libasan.so) $$($(CC) -print-file-name=libubsan.so)" \
-	  busted --lua=$(LUA)
+	  $(LUA) $$(command -v busted)
 	$(MAKE) clean
 
-valgrind: deps all
+valgrind: deps all $(BUILD)/test/test_codec
 	valgrind --quiet --error-exitcode=1 --leak-check=full --errors-for-leak-kinds=definite \
-	  $(LUA) $$(command -v busted) --lua=$(LUA)
+	  $(LUA) $$(command -v busted)
+	valgrind --quiet --error-exitcode=1 --leak-check=full --errors-for-leak-kinds=all \
+	  $(BUILD)/test/test_codec
 
 clean:
 	rm -rf $(BUILD)

@@ -1,0 +1,425 @@
+/*
+** test_codec.c - cmocka tests of the codec and the buffers beneath it:
+** edge values, exact bytes, nesting limits, and malformed input of every
+** kind, which must give an error and never a crash.
+*/
+#include <float.h>
+#include <math.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "lauxlib.h"
+#include "lualib.h"
+#include "buffer.h"
+#include "codec.h"
+
+/* ---- fixtures and helpers ------------------------------------------ */
+
+static int setup(void **state) {
+  lua_State *L = luaL_newstate();
+  if (L == NULL)
+    return -1;
+  *state = L;
+  return 0;
+}
+
+static int teardown(void **state) {
+  lua_close((lua_State *)*state);
+  return 0;
+}
+
+/* Encode the value at the top (popping it); the bytes are returned in a
+** Buffer left on the stack. */
+static Buffer *encode_top(lua_State *L) {
+  int v = lua_gettop(L);
+  buffer_new(L, 0);
+  assert_int_equal(codec_encode(L, v, -1, "value"), 1);
+  lua_remove(L, v);
+  return buffer_at(L, -1);
+}
+
+static void assert_bytes(const Buffer *b, const char *expected, size_t n) {
+  assert_int_equal(b->len, n);
+  assert_memory_equal(b->data, expected, n);
+}
+
+/* Decode 'n' bytes completely, leaving the value on the stack. */
+static void decode_all(lua_State *L, const char *s, size_t n) {
+  size_t pos = 0;
+  int ok = codec_decode(L, s, n, &pos);
+  if (!ok)
+    fail_msg("decode failed: %s", lua_tostring(L, -1));
+  assert_int_equal(pos, n);
+}
+
+/* Decoding must fail: the stack grows by one message, pos is unchanged. */
+static void assert_decode_fails(lua_State *L, const char *s, size_t n,
+                                const char *fragment) {
+  size_t pos = 0;
+  int top = lua_gettop(L);
+  assert_int_equal(codec_decode(L, s, n, &pos), 0);
+  assert_int_equal(pos, 0);
+  assert_int_equal(lua_gettop(L), top + 1);
+  assert_int_equal(lua_type(L, -1), LUA_TSTRING);
+  if (fragment != NULL && strstr(lua_tostring(L, -1), fragment) == NULL)
+    fail_msg("message \"%s\" lacks \"%s\"", lua_tostring(L, -1), fragment);
+  lua_pop(L, 1);
+}
+
+/* ---- integers ------------------------------------------------------ */
+
+typedef struct IntCase {
+  lua_Integer v;
+  const char *bytes;
+  size_t n;
+} IntCase;
+
+static void test_integer_limits(void **state) {
+  static const IntCase cases[] = {
+    { 0, "\x00", 1 }, { 127, "\x7f", 1 }, { 128, "\xcc\x80", 2 },
+    { 255, "\xcc\xff", 2 }, { 256, "\xcd\x01\x00", 3 },
+    { 65535, "\xcd\xff\xff", 3 }, { 65536, "\xce\x00\x01\x00\x00", 5 },
+    { 4294967295LL, "\xce\xff\xff\xff\xff", 5 },
+    { 4294967296LL, "\xcf\x00\x00\x00\x01\x00\x00\x00\x00", 9 },
+    { LUA_MAXINTEGER, "\xcf\x7f\xff\xff\xff\xff\xff\xff\xff", 9 },
+    { -1, "\xff", 1 }, { -32, "\xe0", 1 }, { -33, "\xd0\xdf", 2 },
+    { -128, "\xd0\x80", 2 }, { -129, "\xd1\xff\x7f", 3 },
+    { -32768, "\xd1\x80\x00", 3 }, { -32769, "\xd2\xff\xff\x7f\xff", 5 },
+    { INT32_MIN, "\xd2\x80\x00\x00\x00", 5 },
+    { (lua_Integer)INT32_MIN - 1, "\xd3\xff\xff\xff\xff\x7f\xff\xff\xff", 9 },
+    { LUA_MININTEGER, "\xd3\x80\x00\x00\x00\x00\x00\x00\x00", 9 },
+  };
+  lua_State *L = *state;
+  size_t i;
+  for (i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    Buffer *b;
+    lua_pushinteger(L, cases[i].v);
+    b = encode_top(L);
+    assert_bytes(b, cases[i].bytes, cases[i].n);
+    decode_all(L, b->data, b->len);
+    assert_true(lua_isinteger(L, -1));
+    assert_true(lua_tointeger(L, -1) == cases[i].v);
+    lua_settop(L, 0);
+  }
+}
+
+static void test_integer_out_of_range(void **state) {
+  lua_State *L = *state;
+  assert_decode_fails(L, "\xcf\x80\x00\x00\x00\x00\x00\x00\x00", 9,
+                      "unsigned integer 9223372036854775808 is out of Lua's range at byte 0");
+  assert_decode_fails(L, "\xcf\xff\xff\xff\xff\xff\xff\xff\xff", 9, "out of Lua's range");
+}
+
+/* ---- floats -------------------------------------------------------- */
+
+static double roundtrip_float(lua_State *L, double f, const char *bytes) {
+  Buffer *b;
+  double back;
+  lua_pushnumber(L, f);
+  b = encode_top(L);
+  if (bytes != NULL)
+    assert_bytes(b, bytes, 9);
+  decode_all(L, b->data, b->len);
+  assert_false(lua_isinteger(L, -1));
+  back = lua_tonumber(L, -1);
+  lua_settop(L, 0);
+  return back;
+}
+
+static void test_float_specials(void **state) {
+  lua_State *L = *state;
+  double z;
+  assert_true(isnan(roundtrip_float(L, NAN, "\xcb\x7f\xf8\x00\x00\x00\x00\x00\x00")));
+  assert_true(isnan(roundtrip_float(L, -NAN, "\xcb\x7f\xf8\x00\x00\x00\x00\x00\x00")));
+  assert_true(roundtrip_float(L, INFINITY, "\xcb\x7f\xf0\x00\x00\x00\x00\x00\x00") == INFINITY);
+  assert_true(roundtrip_float(L, -INFINITY, "\xcb\xff\xf0\x00\x00\x00\x00\x00\x00") == -INFINITY);
+  z = roundtrip_float(L, -0.0, "\xcb\x80\x00\x00\x00\x00\x00\x00\x00");
+  assert_true(z == 0.0 && signbit(z));
+  z = roundtrip_float(L, 0.0, "\xcb\x00\x00\x00\x00\x00\x00\x00\x00");
+  assert_true(z == 0.0 && !signbit(z));
+  assert_true(roundtrip_float(L, DBL_MAX, NULL) == DBL_MAX);
+  assert_true(roundtrip_float(L, DBL_MIN, NULL) == DBL_MIN);
+  assert_true(roundtrip_float(L, 4.9406564584124654e-324, NULL) == 4.9406564584124654e-324);
+  assert_true(roundtrip_float(L, 1.0, "\xcb\x3f\xf0\x00\x00\x00\x00\x00\x00") == 1.0);
+}
+
+static void test_float32_is_read(void **state) {
+  lua_State *L = *state;
+  decode_all(L, "\xca\x3f\xc0\x00\x00", 5);
+  assert_true(lua_tonumber(L, -1) == 1.5);
+  assert_false(lua_isinteger(L, -1));
+}
+
+/* ---- strings ------------------------------------------------------- */
+
+static void check_string_header(lua_State *L, size_t n, int binary,
+                                const char *header, size_t hlen) {
+  char *s = malloc(n + 1);
+  Buffer *b;
+  size_t len;
+  const char *back;
+  assert_non_null(s);
+  memset(s, binary ? 0xff : 'x', n);
+  lua_pushlstring(L, s, n);
+  b = encode_top(L);
+  assert_int_equal(b->len, hlen + n);
+  assert_memory_equal(b->data, header, hlen);
+  decode_all(L, b->data, b->len);
+  back = lua_tolstring(L, -1, &len);
+  assert_int_equal(len, n);
+  assert_memory_equal(back, s, n);
+  lua_settop(L, 0);
+  free(s);
+}
+
+static void test_string_lengths(void **state) {
+  lua_State *L = *state;
+  check_string_header(L, 0, 0, "\xa0", 1);
+  check_string_header(L, 31, 0, "\xbf", 1);
+  check_string_header(L, 32, 0, "\xd9\x20", 2);
+  check_string_header(L, 255, 0, "\xd9\xff", 2);
+  check_string_header(L, 256, 0, "\xda\x01\x00", 3);
+  check_string_header(L, 65535, 0, "\xda\xff\xff", 3);
+  check_string_header(L, 65536, 0, "\xdb\x00\x01\x00\x00", 5);
+  check_string_header(L, 1, 1, "\xc4\x01", 2);
+  check_string_header(L, 256, 1, "\xc5\x01\x00", 3);
+  check_string_header(L, 65536, 1, "\xc6\x00\x01\x00\x00", 5);
+}
+
+static void test_binary_strings(void **state) {
+  static const char *const samples[] = {
+    "a\0b", "\xc3\x28", "\xed\xa0\x80", "\xf4\x90\x80\x80", "\xc0\x80", "\xe2\x82",
+  };
+  static const size_t lengths[] = { 3, 2, 3, 4, 2, 2 };
+  lua_State *L = *state;
+  size_t i;
+  for (i = 0; i < sizeof lengths / sizeof lengths[0]; i++) {
+    Buffer *b;
+    size_t n;
+    const char *back;
+    lua_pushlstring(L, samples[i], lengths[i]);
+    b = encode_top(L);
+    /* NUL is valid UTF-8; the others are not: bin */
+    assert_int_equal((unsigned char)b->data[0], i == 0 ? 0xa3 : 0xc4);
+    decode_all(L, b->data, b->len);
+    back = lua_tolstring(L, -1, &n);
+    assert_int_equal(n, lengths[i]);
+    assert_memory_equal(back, samples[i], n);
+    lua_settop(L, 0);
+  }
+}
+
+/* ---- tables and nesting -------------------------------------------- */
+
+static void push_nested(lua_State *L, int depth) {
+  int i;
+  lua_newtable(L);
+  for (i = 1; i < depth; i++) {
+    lua_createtable(L, 1, 0);
+    lua_insert(L, -2);
+    lua_rawseti(L, -2, 1);
+  }
+}
+
+static void test_nesting_at_the_limit(void **state) {
+  lua_State *L = *state;
+  Buffer *b;
+  push_nested(L, CODEC_MAX_DEPTH);
+  b = encode_top(L);
+  assert_int_equal(b->len, CODEC_MAX_DEPTH);  /* 0x91 ... 0x80 */
+  decode_all(L, b->data, b->len);
+  assert_true(lua_istable(L, -1));
+}
+
+static void test_nesting_past_the_limit(void **state) {
+  lua_State *L = *state;
+  char deep[CODEC_MAX_DEPTH + 2];
+  push_nested(L, CODEC_MAX_DEPTH + 1);
+  buffer_new(L, 0);
+  assert_int_equal(codec_encode(L, 1, 2, "event"), 0);
+  assert_non_null(strstr(lua_tostring(L, -1), "tables nested more than 100 deep at event..."));
+  lua_settop(L, 0);
+  memset(deep, 0x91, sizeof deep);
+  deep[CODEC_MAX_DEPTH + 1] = '\x80';
+  assert_decode_fails(L, deep, sizeof deep, "array nested more than 100 deep at byte 100");
+}
+
+static int a_function(lua_State *L) {
+  (void)L;
+  return 0;
+}
+
+static void test_refused_values(void **state) {
+  lua_State *L = *state;
+  buffer_new(L, 0);
+  lua_pushcfunction(L, a_function);
+  assert_int_equal(codec_encode(L, -1, 1, "v"), 0);
+  assert_non_null(strstr(lua_tostring(L, -1), "cannot encode a function"));
+  lua_settop(L, 1);
+  lua_newtable(L);                   /* { [{}] = true } */
+  lua_newtable(L);
+  lua_pushboolean(L, 1);
+  lua_rawset(L, -3);
+  assert_int_equal(codec_encode(L, -1, 1, "v"), 0);
+  assert_non_null(strstr(lua_tostring(L, -1), "a key of type table"));
+  lua_settop(L, 1);
+  lua_newtable(L);                   /* t.self = t */
+  lua_pushvalue(L, -1);
+  lua_setfield(L, -2, "self");
+  assert_int_equal(codec_encode(L, -1, 1, "v"), 0);
+  assert_string_equal(lua_tostring(L, -1),
+                      "cannot encode a cycle (a table that contains itself) at v.self");
+}
+
+static void test_large_map_keys_sorted(void **state) {
+  lua_State *L = *state;
+  Buffer *b;
+  int i;
+  lua_newtable(L);
+  for (i = 100; i >= 1; i--) {       /* more than the small-map path holds */
+    char key[16];
+    snprintf(key, sizeof key, "k%03d", i);
+    lua_pushinteger(L, i);
+    lua_setfield(L, -2, key);
+  }
+  b = encode_top(L);
+  assert_memory_equal(b->data, "\xde\x00\x64\xa4k001\x01\xa4k002\x02", 14);
+}
+
+/* ---- malformed input ----------------------------------------------- */
+
+static void test_every_truncation_fails(void **state) {
+  lua_State *L = *state;
+  Buffer *b;
+  size_t n;
+  lua_newtable(L);                   /* { a = { 1, -200, "xyz", 1.5 }, b = true } */
+  lua_createtable(L, 4, 0);
+  lua_pushinteger(L, 1);
+  lua_rawseti(L, -2, 1);
+  lua_pushinteger(L, -200);
+  lua_rawseti(L, -2, 2);
+  lua_pushliteral(L, "xyz");
+  lua_rawseti(L, -2, 3);
+  lua_pushnumber(L, 1.5);
+  lua_rawseti(L, -2, 4);
+  lua_setfield(L, -2, "a");
+  lua_pushboolean(L, 1);
+  lua_setfield(L, -2, "b");
+  b = encode_top(L);
+  for (n = 0; n < b->len; n++) {
+    char *copy = malloc(n + 1);     /* exact size: ASan sees any overread */
+    assert_non_null(copy);
+    memcpy(copy, b->data, n);
+    assert_decode_fails(L, copy, n, "cannot decode: ");
+    free(copy);
+  }
+}
+
+static void test_bad_tags(void **state) {
+  static const unsigned char ext[] = { 0xc7, 0xc8, 0xc9, 0xd4, 0xd5, 0xd6, 0xd7, 0xd8 };
+  lua_State *L = *state;
+  size_t i;
+  assert_decode_fails(L, "\xc1", 1, "byte 0xc1 is never used in MessagePack at byte 0");
+  for (i = 0; i < sizeof ext; i++) {
+    char s[16] = { 0 };
+    s[0] = (char)ext[i];
+    assert_decode_fails(L, s, sizeof s, "ext types are not supported");
+  }
+}
+
+static void test_lengths_beyond_input(void **state) {
+  lua_State *L = *state;
+  assert_decode_fails(L, "\xdd\xff\xff\xff\xff\x01", 6, "array of 4294967295 elements is larger than the input");
+  assert_decode_fails(L, "\xdf\xff\xff\xff\xff\x01\x01", 7, "map of 4294967295 elements is larger than the input");
+  assert_decode_fails(L, "\xdb\xff\xff\xff\xff", 5, "input ends inside a str");
+  assert_decode_fails(L, "\xc6\xff\xff\xff\xff", 5, "input ends inside a bin");
+  assert_decode_fails(L, "\xdc\x00\x03\x01\x02", 5, "array of 3 elements is larger than the input");
+  assert_decode_fails(L, "\x82\x01\x01\x01", 4, "map of 2 elements is larger than the input");
+}
+
+static void test_bad_keys(void **state) {
+  lua_State *L = *state;
+  assert_decode_fails(L, "\x82\xa1\x61\x01\xa1\x61\x02", 7, "duplicate map key at byte 4");
+  assert_decode_fails(L, "\x81\xc0\x01", 3, "map key nil is not allowed at byte 1");
+  assert_decode_fails(L, "\x81\xcb\x7f\xf8\x00\x00\x00\x00\x00\x00\x01", 11, "map key NaN");
+  assert_decode_fails(L, "\x81\x90\x01", 3, "map key table is not allowed");
+}
+
+static void test_start_past_end(void **state) {
+  lua_State *L = *state;
+  size_t pos = 5;
+  assert_int_equal(codec_decode(L, "\x01", 1, &pos), 0);
+  assert_int_equal(pos, 5);
+  assert_non_null(strstr(lua_tostring(L, -1), "start past the end"));
+}
+
+/* Deterministic random bytes: decoding must never crash nor overread. */
+static void test_random_bytes_never_crash(void **state) {
+  lua_State *L = *state;
+  unsigned long long x = 88172645463325252ULL;
+  int round;
+  for (round = 0; round < 50000; round++) {
+    size_t n, i, pos = 0;
+    char *s;
+    x ^= x << 13; x ^= x >> 7; x ^= x << 17;
+    n = (size_t)(x % 48);
+    s = malloc(n + 1);
+    assert_non_null(s);
+    for (i = 0; i < n; i++) {
+      x ^= x << 13; x ^= x >> 7; x ^= x << 17;
+      /* bias towards container and length tags to get deep */
+      s[i] = (char)((x & 3) == 0 ? 0x90 + (x >> 8) % 0x10 : (x >> 16) & 0xff);
+    }
+    (void)codec_decode(L, s, n, &pos);
+    lua_settop(L, 0);
+    free(s);
+  }
+}
+
+/* ---- buffers ------------------------------------------------------- */
+
+static void test_buffer_growth_keeps_bytes(void **state) {
+  lua_State *L = *state;
+  Buffer *b;
+  int i;
+  buffer_new(L, 0);
+  for (i = 0; i < 10000; i++) {
+    unsigned char c = (unsigned char)(i * 7);
+    b = buffer_append(L, 1, &c, 1);
+  }
+  b = buffer_at(L, 1);
+  assert_int_equal(b->len, 10000);
+  assert_true(b->cap >= b->len);
+  for (i = 0; i < 10000; i++)
+    assert_int_equal((unsigned char)b->data[i], (unsigned char)(i * 7));
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+    cmocka_unit_test_setup_teardown(test_integer_limits, setup, teardown),
+    cmocka_unit_test_setup_teardown(test_integer_out_of_range, setup, teardown),
+    cmocka_unit_test_setup_teardown(test_float_specials, setup, teardown),
+    cmocka_unit_test_setup_teardown(test_float32_is_read, setup, teardown),
+    cmocka_unit_test_setup_teardown(test_string_lengths, setup, teardown),
+    cmocka_unit_test_setup_teardown(test_binary_strings, setup, teardown),
+    cmocka_unit_test_setup_teardown(test_nesting_at_the_limit, setup, teardown),
+    cmocka_unit_test_setup_teardown(test_nesting_past_the_limit, setup, teardown),
+    cmocka_unit_test_setup_teardown(test_refused_values, setup, teardown),
+    cmocka_unit_test_setup_teardown(test_large_map_keys_sorted, setup, teardown),
+    cmocka_unit_test_setup_teardown(test_every_truncation_fails, setup, teardown),
+    cmocka_unit_test_setup_teardown(test_bad_tags, setup, teardown),
+    cmocka_unit_test_setup_teardown(test_lengths_beyond_input, setup, teardown),
+    cmocka_unit_test_setup_teardown(test_bad_keys, setup, teardown),
+    cmocka_unit_test_setup_teardown(test_start_past_end, setup, teardown),
+    cmocka_unit_test_setup_teardown(test_random_bytes_never_crash, setup, teardown),
+    cmocka_unit_test_setup_teardown(test_buffer_growth_keeps_bytes, setup, teardown),
+  };
+  return cmocka_run_group_tests_name("codec", tests, NULL, NULL);
+}
