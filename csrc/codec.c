@@ -24,8 +24,11 @@
 #include "buffer.h"
 #include "codec.h"
 
-/* Maps with at most this many pairs are sorted on the C stack. */
+/* Tables with at most this many pairs are encoded in one pass, from the
+** Lua stack; collect_small() answers TOO_LARGE for others, or FAILED. */
 #define SMALL_MAP 16
+#define TOO_LARGE (-1)
+#define FAILED (-2)
 /* Room for the path of the failing value in an encoder error. */
 #define PATH_SIZE 256
 
@@ -36,6 +39,7 @@
 typedef struct Encoder {
   lua_State *L;
   int bidx;                              /* stack index of the Buffer */
+  Buffer *b;                             /* the Buffer there, right now */
   int depth;                             /* tables open right now */
   const void *open[CODEC_MAX_DEPTH];     /* those tables, for cycles */
   char why[96];                          /* what went wrong */
@@ -59,11 +63,16 @@ enum { KEY_FALSE, KEY_TRUE, KEY_INT, KEY_FLOAT, KEY_STRING };
 static int encode_value(Encoder *e, int idx);
 
 static void put(Encoder *e, const void *p, size_t n) {
-  buffer_append(e->L, e->bidx, p, n);
+  if (e->b->cap - e->b->len < n)
+    e->b = buffer_reserve(e->L, e->bidx, n);
+  memcpy(e->b->data + e->b->len, p, n);
+  e->b->len += n;
 }
 
 static void put_byte(Encoder *e, unsigned char c) {
-  put(e, &c, 1);
+  if (e->b->cap == e->b->len)
+    e->b = buffer_reserve(e->L, e->bidx, 1);
+  e->b->data[e->b->len++] = (char)c;
 }
 
 /* A tag byte followed by 'width' big-endian bytes of 'v'. */
@@ -271,31 +280,92 @@ static void encode_key(Encoder *e, const Key *k) {
   }
 }
 
-/*
-** Count the entries of table 't' and tell whether it is a sequence 1..n
-** (n >= 1), which is encoded as an array.
-*/
-static size_t table_count(lua_State *L, int t, int *is_array) {
-  size_t n = 0;
-  lua_Integer max = 0;
-  *is_array = 1;
-  lua_pushnil(L);
-  while (lua_next(L, t)) {
-    n++;
-    if (*is_array && lua_isinteger(L, -2) && lua_tointeger(L, -2) > 0) {
-      lua_Integer k = lua_tointeger(L, -2);
-      if (k > max) max = k;
-    }
-    else
-      *is_array = 0;
-    lua_pop(L, 1);
+/* Sort keys in place: insertion sort for the small maps, which are most. */
+static void sort_keys(Key *keys, size_t n) {
+  size_t i, j;
+  if (n > SMALL_MAP) {
+    qsort(keys, n, sizeof(Key), key_compare);
+    return;
   }
-  if (n == 0 || (lua_Unsigned)max != n)
-    *is_array = 0;
-  return n;
+  for (i = 1; i < n; i++) {
+    Key k = keys[i];
+    for (j = i; j > 0 && key_compare(&keys[j - 1], &k) > 0; j--)
+      keys[j] = keys[j - 1];
+    keys[j] = k;
+  }
 }
 
-static int encode_array(Encoder *e, int t, size_t n) {
+/* Sorted keys that are exactly the integers 1..n (n >= 1): an array. */
+static int keys_are_sequence(const Key *keys, size_t n) {
+  size_t i;
+  for (i = 0; i < n; i++)
+    if (keys[i].kind != KEY_INT || keys[i].i != (lua_Integer)(i + 1))
+      return 0;
+  return n > 0;
+}
+
+/* Push the value of the j-th sorted key (see collect_*). */
+static void push_value(lua_State *L, const Key *k, int store) {
+  if (store == 0)
+    lua_pushvalue(L, k->slot);
+  else
+    lua_rawgeti(L, store, (lua_Integer)(2 * k->slot + 2));
+}
+
+/* Write the sorted pairs as an array or a map. */
+static int encode_pairs(Encoder *e, Key *keys, size_t n, int store) {
+  int as_array = keys_are_sequence(keys, n);
+  size_t j;
+  if (as_array)
+    put_header(e, n, 0x90, 15, 0, 0xdc, 0xdd);
+  else
+    put_header(e, n, 0x80, 15, 0, 0xde, 0xdf);
+  for (j = 0; j < n; j++) {
+    int ok;
+    if (!as_array)
+      encode_key(e, &keys[j]);
+    push_value(e->L, &keys[j], store);
+    ok = encode_value(e, -1);
+    lua_pop(e->L, 1);
+    if (!ok)
+      return fail_under(e, &keys[j]);
+  }
+  return 1;
+}
+
+static int bad_key(Encoder *e, int idx) {
+  return fail(e, "a key of type %s (keys must be strings, numbers or booleans)",
+              luaL_typename(e->L, idx));
+}
+
+/*
+** One pass over a table of at most SMALL_MAP pairs: keys and values stay
+** on the stack (anchored) and are described in 'keys'.  Returns the pair
+** count, TOO_LARGE (stack restored) or FAILED (a bad key).
+*/
+static long collect_small(Encoder *e, int t, Key *keys) {
+  lua_State *L = e->L;
+  int base = lua_gettop(L);
+  size_t n = 0;
+  lua_pushnil(L);
+  while (lua_next(L, t)) {
+    if (n == SMALL_MAP) {
+      lua_settop(L, base);
+      return TOO_LARGE;
+    }
+    keys[n].slot = lua_gettop(L);
+    if (!key_describe(L, -2, &keys[n])) {
+      bad_key(e, -2);
+      return FAILED;
+    }
+    n++;
+    lua_pushvalue(L, -2);  /* the key again, for lua_next */
+  }
+  return (long)n;
+}
+
+/* A large sequence 1..n, written straight from the table. */
+static int encode_large_array(Encoder *e, int t, size_t n) {
   size_t i;
   put_header(e, n, 0x90, 15, 0, 0xdc, 0xdd);
   for (i = 1; i <= n; i++) {
@@ -314,92 +384,73 @@ static int encode_array(Encoder *e, int t, size_t n) {
 }
 
 /*
-** Collect the pairs of table 't' into 'keys' (values: 'slot' says where).
-** Small maps keep key and value on the stack; large ones in a pairs table
-** at stack index 'store', so every key string stays anchored.
+** Tables too large for the stack: count (a sequence 1..n is written as it
+** is), else keep keys and values in a pairs table (anchoring every key
+** string) and the descriptions in a userdata, so an error cannot leak them.
 */
-static int collect_pairs(Encoder *e, int t, Key *keys, size_t n, int store) {
+static int encode_large(Encoder *e, int t) {
   lua_State *L = e->L;
-  size_t j = 0;
+  size_t n = 0, j = 0;
+  lua_Integer max = 0;
+  int store, sequence = 1;
+  Key *keys;
   lua_pushnil(L);
   while (lua_next(L, t)) {
-    Key *k = &keys[j];
-    if (j == n) {  /* the table grew while we looked: cannot happen */
-      lua_pop(L, 2);
-      return fail(e, "a table that changed while being encoded");
+    n++;
+    if (sequence && lua_isinteger(L, -2) && lua_tointeger(L, -2) > 0) {
+      if (lua_tointeger(L, -2) > max) max = lua_tointeger(L, -2);
     }
-    if (store == 0) {  /* stack: leave key and value, push key to go on */
-      k->slot = lua_gettop(L);
-      lua_pushvalue(L, -2);
-      if (!key_describe(L, -3, k))
-        return fail(e, "a key of type %s (keys must be strings, numbers or booleans)",
-                    luaL_typename(L, -3));
-    }
-    else {
-      lua_pushvalue(L, -2);
-      lua_rawseti(L, store, (lua_Integer)(2 * j + 1));
-      lua_rawseti(L, store, (lua_Integer)(2 * j + 2));
-      lua_rawgeti(L, store, (lua_Integer)(2 * j + 1));
-      k->slot = (int)j;
-      if (!key_describe(L, -1, k))
-        return fail(e, "a key of type %s (keys must be strings, numbers or booleans)",
-                    luaL_typename(L, -1));
-      lua_pop(L, 1);
-    }
+    else
+      sequence = 0;
+    lua_pop(L, 1);
+  }
+  if (sequence && (lua_Unsigned)max == n)
+    return encode_large_array(e, t, n);
+  if (n > (size_t)INT_MAX / 2 || n > (size_t)-1 / sizeof(Key))
+    return fail(e, "a table with too many entries");
+  lua_createtable(L, (int)(2 * n), 0);
+  store = lua_gettop(L);
+  keys = (Key *)lua_newuserdatauv(L, n * sizeof(Key), 0);
+  lua_pushnil(L);
+  while (lua_next(L, t) && j < n) {
+    lua_pushvalue(L, -2);
+    lua_rawseti(L, store, (lua_Integer)(2 * j + 1));
+    lua_rawseti(L, store, (lua_Integer)(2 * j + 2));
+    lua_rawgeti(L, store, (lua_Integer)(2 * j + 1));
+    keys[j].slot = (int)j;
+    if (!key_describe(L, -1, &keys[j]))
+      return bad_key(e, -1);
+    lua_pop(L, 1);
     j++;
   }
-  return 1;
-}
-
-static int encode_map(Encoder *e, int t, size_t n) {
-  lua_State *L = e->L;
-  Key small[SMALL_MAP];
-  Key *keys = small;
-  int base = lua_gettop(L), store = 0;
-  size_t j;
-  if (n <= SMALL_MAP)
-    luaL_checkstack(L, (int)(2 * n + 4), "procman: table too large to encode");
-  else {
-    if (n > (size_t)INT_MAX / 2 || n > (size_t)-1 / sizeof(Key))
-      return fail(e, "a table with too many entries");
-    lua_createtable(L, (int)(2 * n), 0);
-    store = lua_gettop(L);
-    keys = (Key *)lua_newuserdatauv(L, n * sizeof(Key), 0);
-  }
-  if (!collect_pairs(e, t, keys, n, store))
-    return 0;
-  qsort(keys, n, sizeof(Key), key_compare);
-  put_header(e, n, 0x80, 15, 0, 0xde, 0xdf);
-  for (j = 0; j < n; j++) {
-    int ok;
-    encode_key(e, &keys[j]);
-    if (store == 0)
-      lua_pushvalue(L, keys[j].slot);
-    else
-      lua_rawgeti(L, store, (lua_Integer)(2 * keys[j].slot + 2));
-    ok = encode_value(e, -1);
-    lua_pop(L, 1);
-    if (!ok)
-      return fail_under(e, &keys[j]);
-  }
-  lua_settop(L, base);
-  return 1;
+  sort_keys(keys, n);
+  return encode_pairs(e, keys, n, store);
 }
 
 static int encode_table(Encoder *e, int t) {
-  const void *p = lua_topointer(e->L, t);
-  int i, is_array, ok;
-  size_t n;
+  lua_State *L = e->L;
+  const void *p = lua_topointer(L, t);
+  Key keys[SMALL_MAP];
+  int i, base = lua_gettop(L), ok;
+  long n;
   for (i = 0; i < e->depth; i++)
     if (e->open[i] == p)
       return fail(e, "a cycle (a table that contains itself)");
   if (e->depth == CODEC_MAX_DEPTH)
     return fail(e, "tables nested more than %d deep", CODEC_MAX_DEPTH);
-  luaL_checkstack(e->L, 8, "procman: tables nested too deep to encode");
+  luaL_checkstack(L, 2 * SMALL_MAP + 8, "procman: tables nested too deep to encode");
   e->open[e->depth++] = p;
-  n = table_count(e->L, t, &is_array);
-  ok = is_array ? encode_array(e, t, n) : encode_map(e, t, n);
+  n = collect_small(e, t, keys);
+  if (n == FAILED)
+    return 0;
+  if (n == TOO_LARGE)
+    ok = encode_large(e, t);
+  else {
+    sort_keys(keys, (size_t)n);
+    ok = encode_pairs(e, keys, (size_t)n, 0);
+  }
   e->depth--;
+  lua_settop(L, base);
   return ok;
 }
 
@@ -436,6 +487,7 @@ int codec_encode(lua_State *L, int idx, int bidx, const char *root) {
   int top = lua_gettop(L);
   e.L = L;
   e.bidx = lua_absindex(L, bidx);
+  e.b = buffer_at(L, e.bidx);
   e.depth = 0;
   e.why[0] = '\0';
   e.path_start = PATH_SIZE - 1;

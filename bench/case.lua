@@ -1,0 +1,75 @@
+--- One benchmark measurement, in a process of its own so that its peak
+-- memory is its own. Usage: lua5.4 bench/case.lua IMPL CASE N
+--   IMPL: seed | counters | procman      CASE: batch | flows
+-- Prints one line: key=value pairs.
+local impl_name, case, n = arg[1], arg[2], tonumber(arg[3])
+
+local impl
+if impl_name == "procman" then
+  local batch = require "procman.workflows.batch"
+  impl = {
+    new = function(id) return batch:new(id) end,
+    handle = function(pm, event) return pm:handle(event) end,
+  }
+else
+  local baseline = require "baseline"
+  impl = baseline[impl_name] or error("no implementation " .. tostring(impl_name))
+  local handle = impl.handle
+  impl = { new = impl.new, handle = function(state, event) return handle(state, event) end }
+end
+
+local function peak_rss_kb()
+  local f = io.open("/proc/self/status")
+  if not f then return 0 end
+  local kb = f:read("a"):match("VmHWM:%s*(%d+)")
+  f:close()
+  return tonumber(kb) or 0
+end
+
+local clock = os.clock
+
+-- One batch of n files: batch_created, then n file_processed events, each
+-- with an event_id (so procman's dedup is on) and built inside the loop.
+local function batch_case()
+  local names = {}
+  for i = 1, n do names[i] = "f" .. i end
+  collectgarbage()
+  local t0 = clock()
+  local flow = impl.new("batch1")
+  local commands = impl.handle(flow, { event_type = "batch_created", event_id = 0, files = names })
+  assert(#commands == n)
+  local handle = impl.handle
+  for i = 1, n do
+    handle(flow, { event_type = "file_processed", event_id = i, file = { id = names[i], status = "success" } })
+  end
+  local elapsed = clock() - t0
+  return string.format("us_per_event=%.4f peak_kb=%d", elapsed * 1e6 / (n + 1), peak_rss_kb())
+end
+
+-- n flows of 3 files, 4 events each, all kept alive to weigh them.
+local function flows_case()
+  local files = { "a", "b", "c" }
+  local flows = {}
+  collectgarbage()
+  collectgarbage()
+  local before = collectgarbage("count")
+  local t0 = clock()
+  for i = 1, n do
+    local flow = impl.new(i)
+    impl.handle(flow, { event_type = "batch_created", event_id = 1, files = files })
+    for j = 1, 3 do
+      impl.handle(flow, { event_type = "file_processed", event_id = j + 1,
+                          file = { id = files[j], status = "success" } })
+    end
+    flows[i] = flow
+  end
+  local elapsed = clock() - t0
+  collectgarbage()
+  collectgarbage()
+  local bytes = (collectgarbage("count") - before) * 1024 / n
+  return string.format("events_per_s=%.0f bytes_per_flow=%.0f peak_kb=%d",
+                       4 * n / elapsed, bytes, peak_rss_kb())
+end
+
+local cases = { batch = batch_case, flows = flows_case }
+print((cases[case] or error("no case " .. tostring(case)))())

@@ -1,0 +1,44 @@
+-- procman: durable, event-sourced process managers for Lua 5.4.
+-- Build and install from a checkout: luarocks --lua-version=5.4 make
+rockspec_format = "3.0"
+package = "procman"
+version = "0.1.0-1"
+source = {
+  url = "git+file://.",  -- built from a checkout with `luarocks make`
+}
+description = {
+  summary = "Durable, event-sourced process managers for Lua 5.4, with a C core",
+  detailed = [[
+A process manager owns one flow (a batch of files, an order): it takes
+events, keeps the flow's state and returns commands for gateways to carry
+out. procman gives each flow a C userdata whose handle(event) is atomic,
+deduplicates redelivered events, and keeps the flow's state as the fold of
+its events; a deterministic MessagePack codec; and the seed's batch
+workflow.
+]],
+  license = "MIT",
+  labels = { "event-sourcing", "process-manager", "saga", "workflow" },
+}
+dependencies = {
+  "lua >= 5.4, < 5.5",
+}
+build = {
+  type = "builtin",
+  modules = {
+    ["procman.core"] = {
+      sources = { "csrc/buffer.c", "csrc/codec.c", "csrc/pm.c", "csrc/procman.c" },
+      incdirs = { "csrc" },
+    },
+    ["procman"] = "lua/procman/init.lua",
+    ["procman.workflow"] = "lua/procman/workflow.lua",
+    ["procman.pretty"] = "lua/procman/pretty.lua",
+    ["procman.workflows.batch"] = "lua/procman/workflows/batch.lua",
+  },
+  install = {
+    bin = { procman = "bin/procman" },
+  },
+}
+test = {
+  type = "busted",
+  flags = { "--lua=lua5.4" },
+}

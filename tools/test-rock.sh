@@ -1,0 +1,26 @@
+#!/bin/sh
+# Install the rock with LuaRocks into an empty tree, then use it from there
+# (and only from there): require the modules, run the seed session, run the
+# installed command.
+set -eu
+tree=$(mktemp -d /tmp/procman-rock.XXXXXX)
+trap 'rm -rf "$tree"' EXIT
+luarocks --lua-version=5.4 make --tree "$tree" procman-*.rockspec >"$tree.log" 2>&1 ||
+  { cat "$tree.log"; rm -f "$tree.log"; exit 1; }
+rm -f "$tree.log"
+TREE="$tree" LUA_PATH="$tree/share/lua/5.4/?.lua;$tree/share/lua/5.4/?/init.lua" \
+LUA_CPATH="$tree/lib/lua/5.4/?.so" \
+lua5.4 -e '
+  local procman = require "procman"
+  local batch = require "procman.workflows.batch"
+  assert(package.searchpath("procman.core", package.cpath):find(os.getenv("TREE"), 1, true))
+  local pm = batch:new("batch1")
+  assert(#pm:handle{ event_type = "batch_created", files = { "f1", "f2", "f3" } } == 3)
+  for _, f in ipairs({ "f1", "f2", "f3" }) do
+    pm:handle{ event_type = "file_processed", file = { id = f, status = "success" } }
+  end
+  assert(pm:status() == "success" and procman.decode(procman.encode({ 1 }))[1] == 1)
+'
+LUA_PATH="$tree/share/lua/5.4/?.lua;$tree/share/lua/5.4/?/init.lua" \
+LUA_CPATH="$tree/lib/lua/5.4/?.so" "$tree/bin/procman" --version
+echo "test-rock: luarocks make into an empty tree: ok"
