@@ -40,6 +40,7 @@ typedef struct Encoder {
   lua_State *L;
   int bidx;                              /* stack index of the Buffer */
   Buffer *b;                             /* the Buffer there, right now */
+  int copy;                              /* also push a copy of the value */
   int depth;                             /* tables open right now */
   const void *open[CODEC_MAX_DEPTH];     /* those tables, for cycles */
   char why[96];                          /* what went wrong */
@@ -123,13 +124,28 @@ static void encode_integer(Encoder *e, lua_Integer v) {
   }
 }
 
+#define CANONICAL_NAN 0x7ff8000000000000ULL
+
 static void encode_float(Encoder *e, double f) {
   unsigned long long bits;
   if (isnan(f))
-    bits = 0x7ff8000000000000ULL;  /* one NaN, so output is deterministic */
+    bits = CANONICAL_NAN;  /* one NaN, so output is deterministic */
   else
     memcpy(&bits, &f, sizeof bits);
   put_tagged(e, 0xcb, bits, 8);
+}
+
+/* Push what decoding the encoding of the scalar at 'idx' would give. */
+static void push_scalar_copy(lua_State *L, int idx) {
+  if (lua_type(L, idx) == LUA_TNUMBER && !lua_isinteger(L, idx) &&
+      isnan(lua_tonumber(L, idx))) {
+    unsigned long long bits = CANONICAL_NAN;
+    double nan;
+    memcpy(&nan, &bits, sizeof nan);
+    lua_pushnumber(L, (lua_Number)nan);
+  }
+  else
+    lua_pushvalue(L, idx);
 }
 
 /* Strict UTF-8: no overlongs, no surrogates, nothing past U+10FFFF. */
@@ -304,31 +320,45 @@ static int keys_are_sequence(const Key *keys, size_t n) {
   return n > 0;
 }
 
-/* Push the value of the j-th sorted key (see collect_*). */
-static void push_value(lua_State *L, const Key *k, int store) {
+/* Push the value (or with 'key' the key) of a collected pair: it is on
+** the stack (key just below its value) or in the pairs table 'store'. */
+static void push_pair(lua_State *L, const Key *k, int store, int key) {
   if (store == 0)
-    lua_pushvalue(L, k->slot);
+    lua_pushvalue(L, k->slot - key);
   else
-    lua_rawgeti(L, store, (lua_Integer)(2 * k->slot + 2));
+    lua_rawgeti(L, store, (lua_Integer)(2 * k->slot + 2 - key));
 }
 
-/* Write the sorted pairs as an array or a map. */
+/*
+** Write the sorted pairs as an array or a map.  In copy mode the copy of
+** the table is built alongside and left at the top.
+*/
 static int encode_pairs(Encoder *e, Key *keys, size_t n, int store) {
-  int as_array = keys_are_sequence(keys, n);
+  lua_State *L = e->L;
+  int as_array = keys_are_sequence(keys, n), copy = 0;
   size_t j;
+  if (e->copy) {
+    lua_createtable(L, as_array ? (int)n : 0, as_array ? 0 : (int)n);
+    copy = lua_gettop(L);
+  }
   if (as_array)
     put_header(e, n, 0x90, 15, 0, 0xdc, 0xdd);
   else
     put_header(e, n, 0x80, 15, 0, 0xde, 0xdf);
   for (j = 0; j < n; j++) {
-    int ok;
     if (!as_array)
       encode_key(e, &keys[j]);
-    push_value(e->L, &keys[j], store);
-    ok = encode_value(e, -1);
-    lua_pop(e->L, 1);
-    if (!ok)
+    push_pair(L, &keys[j], store, 0);
+    if (!encode_value(e, -1))
       return fail_under(e, &keys[j]);
+    if (copy && as_array)
+      lua_rawseti(L, copy, (lua_Integer)(j + 1));
+    else if (copy) {
+      push_pair(L, &keys[j], store, 1);
+      lua_insert(L, -2);
+      lua_rawset(L, copy);
+    }
+    lua_pop(L, 1);
   }
   return 1;
 }
@@ -364,21 +394,28 @@ static long collect_small(Encoder *e, int t, Key *keys) {
   return (long)n;
 }
 
-/* A large sequence 1..n, written straight from the table. */
+/* A large sequence 1..n, written straight from the table (and copied,
+** in copy mode, to a table left at the top). */
 static int encode_large_array(Encoder *e, int t, size_t n) {
+  lua_State *L = e->L;
   size_t i;
+  int copy = 0;
+  if (e->copy) {
+    lua_createtable(L, (int)n, 0);
+    copy = lua_gettop(L);
+  }
   put_header(e, n, 0x90, 15, 0, 0xdc, 0xdd);
   for (i = 1; i <= n; i++) {
-    int ok;
-    lua_rawgeti(e->L, t, (lua_Integer)i);
-    ok = encode_value(e, -1);
-    lua_pop(e->L, 1);
-    if (!ok) {
+    lua_rawgeti(L, t, (lua_Integer)i);
+    if (!encode_value(e, -1)) {
       Key k;
       k.kind = KEY_INT;
       k.i = (lua_Integer)i;
       return fail_under(e, &k);
     }
+    if (copy)
+      lua_rawseti(L, copy, (lua_Integer)i);
+    lua_pop(L, 1);
   }
   return 1;
 }
@@ -404,7 +441,7 @@ static int encode_large(Encoder *e, int t) {
       sequence = 0;
     lua_pop(L, 1);
   }
-  if (sequence && (lua_Unsigned)max == n)
+  if (sequence && (lua_Unsigned)max == n && n <= (size_t)INT_MAX)
     return encode_large_array(e, t, n);
   if (n > (size_t)INT_MAX / 2 || n > (size_t)-1 / sizeof(Key))
     return fail(e, "a table with too many entries");
@@ -450,25 +487,31 @@ static int encode_table(Encoder *e, int t) {
     ok = encode_pairs(e, keys, (size_t)n, 0);
   }
   e->depth--;
-  lua_settop(L, base);
+  if (ok && e->copy) {  /* keep only the copy, at the top */
+    lua_copy(L, -1, base + 1);
+    lua_settop(L, base + 1);
+  }
+  else
+    lua_settop(L, base);
   return ok;
 }
 
+/* Encode the value at 'idx'; in copy mode, push its copy on success. */
 static int encode_value(Encoder *e, int idx) {
   lua_State *L = e->L;
   idx = lua_absindex(L, idx);
   switch (lua_type(L, idx)) {
-    case LUA_TNIL: put_byte(e, 0xc0); return 1;
-    case LUA_TBOOLEAN: put_byte(e, lua_toboolean(L, idx) ? 0xc3 : 0xc2); return 1;
+    case LUA_TNIL: put_byte(e, 0xc0); break;
+    case LUA_TBOOLEAN: put_byte(e, lua_toboolean(L, idx) ? 0xc3 : 0xc2); break;
     case LUA_TNUMBER:
       if (lua_isinteger(L, idx)) encode_integer(e, lua_tointeger(L, idx));
       else encode_float(e, (double)lua_tonumber(L, idx));
-      return 1;
+      break;
     case LUA_TSTRING: {
       size_t n;
       const char *s = lua_tolstring(L, idx, &n);
       encode_string(e, s, n);
-      return 1;
+      break;
     }
     case LUA_TTABLE:
       return encode_table(e, idx);
@@ -480,12 +523,18 @@ static int encode_value(Encoder *e, int idx) {
                   name);
     }
   }
+  if (e->copy)
+    push_scalar_copy(L, idx);
+  return 1;
 }
 
-int codec_encode(lua_State *L, int idx, int bidx, const char *root) {
+static int encode_root(lua_State *L, int idx, int bidx, const char *root,
+                       int copy) {
   Encoder e;
   int top = lua_gettop(L);
+  idx = lua_absindex(L, idx);
   e.L = L;
+  e.copy = copy;
   e.bidx = lua_absindex(L, bidx);
   e.b = buffer_at(L, e.bidx);
   e.depth = 0;
@@ -499,6 +548,14 @@ int codec_encode(lua_State *L, int idx, int bidx, const char *root) {
   lua_pushfstring(L, "cannot encode %s at %s%s%s", e.why, root,
                   e.path_cut ? "..." : "", e.path + e.path_start);
   return 0;
+}
+
+int codec_encode(lua_State *L, int idx, int bidx, const char *root) {
+  return encode_root(L, idx, bidx, root, 0);
+}
+
+int codec_encode_copy(lua_State *L, int idx, int bidx, const char *root) {
+  return encode_root(L, idx, bidx, root, 1);
 }
 
 /* ===================================================================

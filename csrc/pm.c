@@ -41,8 +41,21 @@ typedef struct PM {
 ** Helpers
 ** =================================================================== */
 
+/*
+** The procman.pm at index 1.  Every method has the metatable as its
+** upvalue, so the check is a pointer comparison rather than luaL_checkudata's
+** registry lookup: handle() is the hot path.
+*/
 static PM *to_pm(lua_State *L) {
-  return (PM *)luaL_checkudata(L, 1, PM_TYPENAME);
+  PM *p = (PM *)lua_touserdata(L, 1);
+  int ok = p != NULL && lua_getmetatable(L, 1);
+  if (ok) {
+    ok = lua_rawequal(L, -1, lua_upvalueindex(1));
+    lua_pop(L, 1);
+  }
+  if (!ok)
+    luaL_typeerror(L, 1, PM_TYPENAME);
+  return p;
 }
 
 /* Push field 'name' of the flow's workflow definition. */
@@ -131,17 +144,19 @@ static int replay(lua_State *L) {
   while (pos < p->history_len) {
     n++;
     if (!codec_decode(L, bytes, p->history_len, &pos))
-      return flow_error(L, 1, "history event #%I is damaged: %s", n,
-                        lua_tostring(L, -1));
+      return luaL_error(L, "history event #%I is damaged: %s", n, lua_tostring(L, -1));
     lua_pushliteral(L, "event_type");
     lua_rawget(L, -2);                               /* event type */
     if (!push_handler(L, 1, -1))
-      return flow_error(L, 1, "replay of event #%I: no handler for '%s' any more",
-                        n, lua_tostring(L, -2));
-    lua_replace(L, -2);                              /* event handler */
+      return luaL_error(L, "event #%I ('%s'): the workflow has no handler for it "
+                        "any more", n, lua_tostring(L, -2));
+    lua_rotate(L, -3, -1);                           /* type handler event */
     lua_pushvalue(L, 2);
-    lua_rotate(L, -3, -1);                           /* handler state event */
-    lua_call(L, 2, 0);
+    lua_insert(L, -2);                               /* type handler state event */
+    if (lua_pcall(L, 2, 0, 0) != LUA_OK)
+      return luaL_error(L, "event #%I ('%s') failed on replay: %s", n,
+                        lua_tostring(L, -2), luaL_tolstring(L, -1, NULL));
+    lua_pop(L, 1);                                   /* type */
   }
   lua_settop(L, 2);
   lua_setiuservalue(L, 1, UV_STATE);
@@ -185,9 +200,10 @@ static const char *check_event_type(lua_State *L) {
                     t == LUA_TSTRING ? "an empty string" : lua_typename(L, t)), NULL;
 }
 
-/* One flow per process manager: refuse an event naming another flow. */
-static void check_correlation(lua_State *L, const char *type) {
-  int t = workflow_field(L, 1, "correlate");         /* field or function */
+/* One flow per process manager: refuse an event naming another flow.
+** 'spec' is the stack index of the workflow definition. */
+static void check_correlation(lua_State *L, int spec, const char *type) {
+  int t = lua_getfield(L, spec, "correlate");        /* field or function */
   if (t == LUA_TNIL) {
     lua_pop(L, 1);
     return;
@@ -223,28 +239,20 @@ static void push_event_id(lua_State *L) {
                t == LUA_TNUMBER ? "a float" : luaL_typename(L, -1));
 }
 
-/* Was the event id at 'id' already handled by this flow? */
-static int already_handled(lua_State *L, int id) {
-  int seen;
-  if (lua_isnil(L, id))
-    return 0;
-  if (lua_getiuservalue(L, 1, UV_SEEN) != LUA_TTABLE) {
-    lua_pop(L, 1);
+/*
+** Claim the event id at 'id' for this attempt and push the flow's set of
+** seen ids (or nil when the event has no id).  Returns 1 if the flow has
+** handled that id already.  A new id is noted as tried (false), so that
+** the commit only flips it to true: assigning an existing key never
+** allocates, and an abandoned attempt leaves an id that still counts as
+** new.
+*/
+static int claim_event_id(lua_State *L, int id) {
+  int t, handled;
+  if (lua_isnil(L, id)) {
+    lua_pushnil(L);
     return 0;
   }
-  lua_pushvalue(L, id);
-  seen = lua_rawget(L, -2) == LUA_TBOOLEAN && lua_toboolean(L, -1);
-  lua_pop(L, 2);
-  return seen;
-}
-
-/*
-** Note the event id at 'id' as tried (false), so that the commit only has
-** to flip it to true: assigning an existing key never allocates.
-*/
-static void reserve_event_id(lua_State *L, int id) {
-  if (lua_isnil(L, id))
-    return;
   if (lua_getiuservalue(L, 1, UV_SEEN) == LUA_TNIL) {
     lua_pop(L, 1);
     lua_newtable(L);
@@ -252,35 +260,33 @@ static void reserve_event_id(lua_State *L, int id) {
     lua_setiuservalue(L, 1, UV_SEEN);
   }
   lua_pushvalue(L, id);
-  if (lua_rawget(L, -2) == LUA_TNIL) {
+  t = lua_rawget(L, -2);
+  handled = t == LUA_TBOOLEAN && lua_toboolean(L, -1);
+  lua_pop(L, 1);
+  if (t == LUA_TNIL) {
     lua_pushvalue(L, id);
     lua_pushboolean(L, 0);
-    lua_rawset(L, -4);
+    lua_rawset(L, -3);
   }
-  lua_pop(L, 2);
+  return handled;
 }
 
 /*
 ** Encode the event at index 2 after the committed history, and push a
-** decoded copy of it: the handler gets that copy, so it sees exactly what
-** a replay will see and cannot keep references into the caller's tables.
+** copy of it (what decoding it gives): the handler gets that copy, so it
+** sees exactly what a replay will see and cannot keep references into the
+** caller's tables.
 */
 static void stage_event(lua_State *L, PM *p, const char *type) {
-  Buffer *b;
-  size_t pos;
   if (lua_getiuservalue(L, 1, UV_HISTORY) == LUA_TNIL) {
     lua_pop(L, 1);
     buffer_new(L, 0);
   }
   buffer_at(L, -1)->len = p->history_len;  /* drop an aborted attempt */
-  if (!codec_encode(L, 2, -1, "event"))
+  if (!codec_encode_copy(L, 2, -1, "event"))
     flow_error(L, 1, "event '%s' is not data: %s", type, lua_tostring(L, -1));
-  lua_pushvalue(L, -1);
+  lua_pushvalue(L, -2);
   lua_setiuservalue(L, 1, UV_HISTORY);  /* it may have grown */
-  b = buffer_at(L, -1);
-  pos = p->history_len;
-  if (!codec_decode(L, b->data, b->len, &pos))  /* cannot fail: we wrote it */
-    flow_error(L, 1, "internal error: %s", lua_tostring(L, -1));
   lua_remove(L, -2);
 }
 
@@ -329,48 +335,52 @@ static int abort_handle(lua_State *L, int status, const char *type) {
   return flow_error(L, 1, "handler for '%s' failed: %s", type, lua_tostring(L, -1));
 }
 
+/*
+** pm:handle(event) -> commands.  Stack: 1 pm, 2 event, 3 workflow,
+** 4 event_type, 5 handler, 6 event_id, 7 seen ids, 8 commands.
+*/
 static int pm_handle(lua_State *L) {
   PM *p = check_usable(L);
-  const char *type = check_event_type(L);            /* 3: event_type */
-  int status, id;
-  if (!push_handler(L, 1, 3))                          /* 4: handler */
+  const char *type;
+  int status;
+  lua_settop(L, 2);
+  lua_getiuservalue(L, 1, UV_WORKFLOW);
+  type = check_event_type(L);
+  if (!push_handler(L, 1, 4))
     return flow_error(L, 1, "workflow has no handler for event type '%s'", type);
-  check_correlation(L, type);
-  push_event_id(L);                                   /* 5: event_id */
-  id = lua_gettop(L);
-  if (already_handled(L, id)) {
+  check_correlation(L, 3, type);
+  push_event_id(L);
+  if (claim_event_id(L, 6)) {
     lua_newtable(L);
     return 1;  /* at-least-once delivery: a redelivery changes nothing */
   }
   ensure_state(L, p);
-  lua_newtable(L);                                    /* 6: {} for nil */
-  lua_pushvalue(L, 4);                                /* 7: handler */
-  lua_getiuservalue(L, 1, UV_STATE);                  /* 8: state */
-  stage_event(L, p, type);                            /* 9: event copy */
-  reserve_event_id(L, id);
-  p->state_ok = 0;  /* dirty until committed */
+  lua_pushvalue(L, 5);
+  lua_getiuservalue(L, 1, UV_STATE);
+  stage_event(L, p, type);
+  p->state_ok = 0;  /* dirty until committed: any error below replays */
   p->busy = 1;
-  status = lua_pcall(L, 2, 1, 0);                     /* 7: result */
+  status = lua_pcall(L, 2, 1, 0);
   p->busy = 0;
   if (status != LUA_OK)
     return abort_handle(L, status, type);
-  if (lua_isnil(L, 7)) {  /* no commands */
-    lua_pushvalue(L, 6);
-    lua_replace(L, 7);
+  if (lua_isnil(L, 8)) {  /* no commands */
+    lua_newtable(L);
+    lua_replace(L, 8);
   }
-  if (check_commands(L, 7, type) != NULL)
+  if (check_commands(L, 8, type) != NULL)
     return abort_handle(L, LUA_OK, type);
   /* commit: nothing below allocates */
   lua_getiuservalue(L, 1, UV_HISTORY);
   p->history_len = buffer_at(L, -1)->len;
   p->version++;
   p->state_ok = 1;
-  if (!lua_isnil(L, id) && lua_getiuservalue(L, 1, UV_SEEN) == LUA_TTABLE) {
-    lua_pushvalue(L, id);
+  if (lua_istable(L, 7)) {
+    lua_pushvalue(L, 6);
     lua_pushboolean(L, 1);
-    lua_rawset(L, -3);  /* the key exists: no allocation */
+    lua_rawset(L, 7);  /* the key exists: no allocation */
   }
-  lua_settop(L, 7);
+  lua_settop(L, 8);
   return 1;
 }
 
@@ -390,16 +400,11 @@ static void push_view(lua_State *L, PM *p) {
   lua_call(L, 1, 1);
 }
 
-/* Replace the value at the top by a deep copy (encode, then decode). */
+/* Replace the value at the top by a deep copy, checking that it is data. */
 static void deep_copy(lua_State *L, const char *what) {
-  size_t pos = 0;
-  Buffer *b;
   buffer_new(L, 0);
-  if (!codec_encode(L, -2, -1, what))
+  if (!codec_encode_copy(L, -2, -1, what))
     flow_error(L, 1, "%s is not data: %s", what, lua_tostring(L, -1));
-  b = buffer_at(L, -1);
-  if (!codec_decode(L, b->data, b->len, &pos))
-    flow_error(L, 1, "internal error: %s", lua_tostring(L, -1));
   lua_replace(L, -3);
   lua_pop(L, 1);
 }
@@ -478,7 +483,8 @@ static int pm_tostring(lua_State *L) {
     lua_pushfstring(L, "%s: %s (%s)", PM_TYPENAME, lua_tostring(L, -1),
                     p->closed ? "closed" : "running");
   else {
-    lua_pushcfunction(L, pm_status);
+    lua_pushvalue(L, lua_upvalueindex(1));  /* pm_status checks its self */
+    lua_pushcclosure(L, pm_status, 1);
     lua_pushvalue(L, 1);
     if (lua_pcall(L, 1, 1, 0) != LUA_OK) {
       lua_pop(L, 1);
@@ -534,22 +540,27 @@ static const luaL_Reg pm_methods[] = {
   { "version", pm_version },
   { "id", pm_id },
   { "history", pm_history },
-  { "close", pm_close },
   { NULL, NULL }
 };
 
 static const luaL_Reg pm_metamethods[] = {
   { "__tostring", pm_tostring },
   { "__gc", pm_close },
-  { "__close", pm_close },
   { "__index", NULL },  /* placeholder, set to the methods table */
   { NULL, NULL }
 };
 
 void pm_register(lua_State *L) {
   luaL_newmetatable(L, PM_TYPENAME);
-  luaL_setfuncs(L, pm_metamethods, 0);
-  luaL_newlib(L, pm_methods);
+  lua_pushvalue(L, -1);
+  luaL_setfuncs(L, pm_metamethods, 1);
+  luaL_newlibtable(L, pm_methods);
+  lua_pushvalue(L, -2);
+  luaL_setfuncs(L, pm_methods, 1);
+  lua_getfield(L, -2, "__gc");  /* one function: __gc, __close and close */
+  lua_pushvalue(L, -1);
+  lua_setfield(L, -4, "__close");
+  lua_setfield(L, -2, "close");
   lua_setfield(L, -2, "__index");
   lua_pop(L, 1);
 }

@@ -90,7 +90,29 @@ describe("the codec", function()
         error("round trip changed a value; encoding " .. hex(bytes))
       end
       assert.equal(bytes, encode(back))
+      local copy = procman.copy(v)
+      if not same(back, copy) then
+        error("copy differs from decode(encode(v)); encoding " .. hex(bytes))
+      end
     end
+  end)
+
+  it("copy() gives fresh tables, canonical NaN, and refuses what encode refuses", function()
+    local inner = { 1 }
+    local v = { a = inner, b = inner, n = -(0 / 0), z = -0.0 }
+    local c = procman.copy(v)
+    assert.are_not.equal(inner, c.a)
+    assert.are_not.equal(c.a, c.b)
+    assert.same({ 1 }, c.b)
+    -- NaNs of either sign copy to the one NaN decode gives (tostring shows the sign)
+    local nan1, nan2 = procman.copy(0 / 0), procman.copy(-(0 / 0))
+    assert.equal(tostring(decode(encode(0 / 0))), tostring(nan1))
+    assert.equal(tostring(nan1), tostring(nan2))
+    assert.is_true(c.n ~= c.n)
+    assert.equal(-1 / 0, 1 / c.z)
+    assert.equal("x", procman.copy("x"))
+    assert.has_error(function() procman.copy({ f = print }) end,
+      "procman.copy: cannot encode a function (only nil, booleans, numbers, strings and tables are data) at value.f")
   end)
 
   it("writes standard MessagePack in its shortest form", function()

@@ -153,6 +153,30 @@ describe("procman.pm", function()
       assert.same(before, flow.snapshot(pm))
     end)
 
+    it("stays dirty when the rebuild fails too, and rebuilds on a later use", function()
+      local flaky = false
+      local wf = procman.workflow { name = "d", on = {
+        add = function(state)
+          if flaky then error("flaky", 0) end
+          state.n = (state.n or 0) + 1
+        end,
+        poison = function(state)
+          state.n = 99
+          error("poison", 0)
+        end,
+      } }
+      local pm = wf:new("x")
+      pm:handle { event_type = "add" }
+      flaky = true  -- the replay after the poison fails as well
+      assert.has_error(function() pm:handle { event_type = "poison" } end, "d/x: handler for 'poison' failed: poison")
+      assert.has_error(function() pm:state() end,
+        "d/x: cannot rebuild the state: event #1 ('add') failed on replay: flaky")
+      assert.equal(1, pm:version())
+      flaky = false
+      assert.same({ n = 1 }, pm:state())
+      assert.same({ { event_type = "add" } }, pm:history())
+    end)
+
     it("does not record the event_id of a failed event", function()
       local pm = counter():new("c1")
       flow.refuses(pm, { event_type = "half_then_fail", event_id = "e1" }, "boom")

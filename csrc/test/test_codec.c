@@ -383,6 +383,56 @@ static void test_random_bytes_never_crash(void **state) {
   }
 }
 
+/* ---- copy while encoding ------------------------------------------- */
+
+static void test_encode_copy_is_a_decoded_twin(void **state) {
+  lua_State *L = *state;
+  Buffer *b;
+  size_t pos = 0;
+  lua_newtable(L);                   /* 1: { list = { 1, 2.5, NaN }, [true] = "x" } */
+  lua_createtable(L, 3, 0);
+  lua_pushinteger(L, 1);
+  lua_rawseti(L, -2, 1);
+  lua_pushnumber(L, 2.5);
+  lua_rawseti(L, -2, 2);
+  lua_pushnumber(L, -NAN);
+  lua_rawseti(L, -2, 3);
+  lua_setfield(L, -2, "list");
+  lua_pushboolean(L, 1);
+  lua_pushliteral(L, "x");
+  lua_rawset(L, -3);
+  buffer_new(L, 0);                  /* 2 */
+  assert_int_equal(codec_encode_copy(L, 1, 2, "v"), 1);  /* 3: the copy */
+  assert_int_equal(lua_gettop(L), 3);
+  assert_false(lua_rawequal(L, 1, 3));
+  b = buffer_at(L, 2);
+  assert_int_equal(codec_decode(L, b->data, b->len, &pos), 1);  /* 4 */
+  buffer_new(L, 0);                  /* 5: encode the copy, compare bytes */
+  assert_int_equal(codec_encode(L, 3, 5, "v"), 1);
+  b = buffer_at(L, 2);
+  assert_int_equal(buffer_at(L, 5)->len, b->len);
+  assert_memory_equal(buffer_at(L, 5)->data, b->data, b->len);
+  lua_getfield(L, 3, "list");
+  lua_rawgeti(L, -1, 3);             /* canonical NaN: 0x7ff8000000000000 */
+  {
+    double nan = lua_tonumber(L, -1);
+    unsigned long long bits;
+    memcpy(&bits, &nan, sizeof bits);
+    assert_true(bits == 0x7ff8000000000000ULL);
+  }
+}
+
+static void test_encode_copy_failure_pushes_only_a_message(void **state) {
+  lua_State *L = *state;
+  lua_newtable(L);
+  lua_pushcfunction(L, a_function);
+  lua_setfield(L, -2, "f");
+  buffer_new(L, 0);
+  assert_int_equal(codec_encode_copy(L, 1, 2, "v"), 0);
+  assert_int_equal(lua_gettop(L), 3);
+  assert_non_null(strstr(lua_tostring(L, -1), "cannot encode a function"));
+}
+
 /* ---- buffers ------------------------------------------------------- */
 
 static void test_buffer_growth_keeps_bytes(void **state) {
@@ -419,6 +469,8 @@ int main(void) {
     cmocka_unit_test_setup_teardown(test_bad_keys, setup, teardown),
     cmocka_unit_test_setup_teardown(test_start_past_end, setup, teardown),
     cmocka_unit_test_setup_teardown(test_random_bytes_never_crash, setup, teardown),
+    cmocka_unit_test_setup_teardown(test_encode_copy_is_a_decoded_twin, setup, teardown),
+    cmocka_unit_test_setup_teardown(test_encode_copy_failure_pushes_only_a_message, setup, teardown),
     cmocka_unit_test_setup_teardown(test_buffer_growth_keeps_bytes, setup, teardown),
   };
   return cmocka_run_group_tests_name("codec", tests, NULL, NULL);

@@ -13,6 +13,8 @@ local procman = {
   --- procman.encode(v) -> bytes; procman.decode(bytes) -> v (MessagePack)
   encode = core.encode,
   decode = core.decode,
+  --- procman.copy(v) -> a deep copy of the data v, exactly decode(encode(v))
+  copy = core.copy,
   --- tables nested deeper than this cannot be encoded or decoded
   max_depth = core.max_depth,
 }

@@ -1,0 +1,83 @@
+--- make bench: procman's batch process manager against plain-Lua baselines
+-- (bench/baseline.lua), in the same run, each measurement in a process of
+-- its own (bench/case.lua), best of RUNS. Prints tables with ratios and
+-- says which targets are met.
+local RUNS = tonumber(os.getenv("BENCH_RUNS")) or 3
+local SEED_MAX = tonumber(os.getenv("BENCH_SEED_MAX")) or 10000  -- O(n^2): 100k would take hours
+local SIZES = { 1000, 10000, 100000, 1000000 }
+local FLOWS = tonumber(os.getenv("BENCH_FLOWS")) or 100000
+
+local function measure(impl, case, n)
+  local best
+  for _ = 1, RUNS do
+    local cmd = string.format("%s bench/case.lua %s %s %d", arg[-1] or "lua5.4", impl, case, n)
+    local p = assert(io.popen(cmd))
+    local line = p:read("a")
+    assert(p:close(), "benchmark failed: " .. cmd)
+    local r = {}
+    for k, v in line:gmatch("(%w[%w_]*)=([%d%.]+)") do r[k] = tonumber(v) end
+    if best == nil then
+      best = r
+    else  -- keep the best of each figure
+      for k, v in pairs(r) do
+        if k == "events_per_s" then best[k] = math.max(best[k], v) else best[k] = math.min(best[k], v) end
+      end
+    end
+  end
+  return best
+end
+
+local function fmt(v, pattern) return v and string.format(pattern, v) or "-" end
+local function ratio(a, b) return (a and b) and string.format("%.2fx", a / b) or "-" end
+
+local verdicts = {}
+local function target(ok, text)
+  verdicts[#verdicts + 1] = string.format("  [%s] %s", ok and "met" or "MISSED", text)
+end
+
+print(string.format("procman bench: %s, best of %d runs, %s", _VERSION, RUNS, os.date("!%Y-%m-%d %H:%M UTC")))
+print()
+print("One batch of N files: batch_created + N file_processed (each with an event_id), us per event;")
+print("peak RSS of the process. seed = the seed's O(n) rescan, plain = O(1) counters, both plain Lua.")
+print()
+print(string.format("| %9s | %10s | %10s | %10s | %13s | %12s | %12s | %13s |",
+  "N", "seed us", "plain us", "procman us", "procman/plain", "plain MB", "procman MB", "procman/plain"))
+print("|" .. string.rep("-", 11) .. "|" .. string.rep("-", 12) .. "|" .. string.rep("-", 12) .. "|"
+  .. string.rep("-", 12) .. "|" .. string.rep("-", 15) .. "|" .. string.rep("-", 14) .. "|"
+  .. string.rep("-", 14) .. "|" .. string.rep("-", 15) .. "|")
+local per_event = {}
+for _, n in ipairs(SIZES) do
+  local seed = n <= SEED_MAX and measure("seed", "batch", n) or nil
+  local plain = measure("counters", "batch", n)
+  local pm = measure("procman", "batch", n)
+  per_event[n] = { plain = plain.us_per_event, procman = pm.us_per_event }
+  print(string.format("| %9d | %10s | %10.3f | %10.3f | %13s | %12.1f | %12.1f | %13s |",
+    n, fmt(seed and seed.us_per_event, "%.3f"), plain.us_per_event, pm.us_per_event,
+    ratio(pm.us_per_event, plain.us_per_event), plain.peak_kb / 1024, pm.peak_kb / 1024,
+    ratio(pm.peak_kb, plain.peak_kb)))
+end
+print()
+print(string.format("%d flows of 3 files, 4 events each, all kept alive:", FLOWS))
+print()
+local plain = measure("counters", "flows", FLOWS)
+local pm = measure("procman", "flows", FLOWS)
+print("| impl    | events/s | bytes/flow |")
+print("|---------|----------|------------|")
+print(string.format("| plain   | %8.0f | %10.0f |", plain.events_per_s, plain.bytes_per_flow))
+print(string.format("| procman | %8.0f | %10.0f |", pm.events_per_s, pm.bytes_per_flow))
+print(string.format("| ratio   | %8s | %10s |", ratio(plain.events_per_s, pm.events_per_s) .. " slower",
+                    ratio(pm.bytes_per_flow, plain.bytes_per_flow)))
+print()
+
+local big, small = per_event[1000000], per_event[10000]
+if big and small then
+  target(big.procman <= 2 * big.plain, string.format(
+    "us/event at N=1M within 2x of plain O(1): %.2fx", big.procman / big.plain))
+  target(big.procman <= 1.5 * small.procman, string.format(
+    "us/event at N=1M within 1.5x of N=10k (linear): %.2fx (plain: %.2fx)",
+    big.procman / small.procman, big.plain / small.plain))
+end
+target(pm.bytes_per_flow <= 2 * plain.bytes_per_flow, string.format(
+  "bytes per flow within 2x of plain: %.2fx", pm.bytes_per_flow / plain.bytes_per_flow))
+print("Targets:")
+print(table.concat(verdicts, "\n"))
