@@ -153,9 +153,11 @@ static int replay(lua_State *L) {
     lua_rotate(L, -3, -1);                           /* type handler event */
     lua_pushvalue(L, 2);
     lua_insert(L, -2);                               /* type handler state event */
-    if (lua_pcall(L, 2, 0, 0) != LUA_OK)
-      return luaL_error(L, "event #%I ('%s') failed on replay: %s", n,
-                        lua_tostring(L, -2), luaL_tolstring(L, -1, NULL));
+    if (lua_pcall(L, 2, 0, 0) != LUA_OK) {
+      const char *type = lua_tostring(L, -2);
+      const char *why = luaL_tolstring(L, -1, NULL);
+      return luaL_error(L, "event #%I ('%s') failed on replay: %s", n, type, why);
+    }
     lua_pop(L, 1);                                   /* type */
   }
   lua_settop(L, 2);
