@@ -1,3 +1,5 @@
 std = "lua54"
 max_line_length = 110
-files["spec"] = { std = "+busted" }
+-- Specs quote whole error messages: let their lines run longer.
+files["spec"] = { std = "+busted", max_line_length = 140 }
+files["examples"] = { max_line_length = 120 }

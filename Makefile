@@ -42,7 +42,7 @@ test-lua: all
 	busted --lua=$(LUA)
 
 lint:
-	luacheck --quiet lua spec bench bin/procman
+	luacheck --quiet lua spec bench examples bin/procman
 
 test-rock:
 	@sh tools/test-rock.sh

@@ -39,7 +39,8 @@ local function batch_case()
   assert(#impl.handle(flow, { event_type = "batch_created", event_id = 0, files = names }) == n)
   local handle = impl.handle
   for i = 1, n do
-    handle(flow, { event_type = "file_processed", event_id = i, file = { id = names[i], status = "success" } })
+    handle(flow, { event_type = "file_processed", event_id = i,
+                   file = { id = names[i], status = "success" } })
   end
   local elapsed = clock() - t0
   return string.format("us_per_event=%.4f peak_kb=%d", elapsed * 1e6 / (n + 1), peak_rss_kb())
@@ -66,6 +67,7 @@ local function flows_case()
   collectgarbage()
   collectgarbage()
   local bytes = (collectgarbage("count") - before) * 1024 / n
+  assert(#flows == n)  -- kept alive until weighed
   return string.format("events_per_s=%.0f bytes_per_flow=%.0f peak_kb=%d",
                        4 * n / elapsed, bytes, peak_rss_kb())
 end
