@@ -30,10 +30,10 @@ local clock = os.clock
 
 -- One batch of n files: batch_created, then n file_processed events, each
 -- with an event_id (so procman's dedup is on) and built inside the loop.
-local function batch_case()
-  local names = {}
-  for i = 1, n do names[i] = "f" .. i end
-  collectgarbage()
+-- Small batches are repeated (fresh flows) until some 200k events have
+-- run, and the fastest repetition counts: the least disturbed by the rest
+-- of the machine.
+local function one_batch(names)
   local t0 = clock()
   local flow = impl.new("batch1")
   assert(#impl.handle(flow, { event_type = "batch_created", event_id = 0, files = names }) == n)
@@ -42,8 +42,19 @@ local function batch_case()
     handle(flow, { event_type = "file_processed", event_id = i,
                    file = { id = names[i], status = "success" } })
   end
-  local elapsed = clock() - t0
-  return string.format("us_per_event=%.4f peak_kb=%d", elapsed * 1e6 / (n + 1), peak_rss_kb())
+  return clock() - t0
+end
+
+local function batch_case()
+  local names = {}
+  for i = 1, n do names[i] = "f" .. i end
+  local best = math.huge
+  local reps = tonumber(os.getenv("BENCH_REPS")) or math.max(1, 200000 // n)
+  for _ = 1, reps do
+    collectgarbage()
+    best = math.min(best, one_batch(names))
+  end
+  return string.format("us_per_event=%.4f peak_kb=%d", best * 1e6 / (n + 1), peak_rss_kb())
 end
 
 -- n flows of 3 files, 4 events each, all kept alive to weigh them.

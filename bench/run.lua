@@ -69,6 +69,39 @@ print(string.format("| ratio   | %8s | %10s |", ratio(plain.events_per_s, pm.eve
                     ratio(pm.bytes_per_flow, plain.bytes_per_flow)))
 print()
 
+-- Instructions, counted by callgrind: repeatable whatever else the machine
+-- is doing, unlike the clock. One batch of N and one of 2N events, run
+-- once each: the difference over N is the cost of one more event, with
+-- start-up and teardown cancelled out.
+local function instructions(impl, n)
+  local out = os.tmpname()
+  local cmd = string.format("BENCH_REPS=1 valgrind --tool=callgrind --callgrind-out-file=%s %s "
+                            .. "bench/case.lua %s batch %d 2>&1", out, arg[-1] or "lua5.4", impl, n)
+  local p = assert(io.popen(cmd))
+  local text = p:read("a")
+  p:close()
+  os.remove(out)
+  local count = text:match("I%s+refs:%s+([%d,]+)")
+  return count and tonumber((count:gsub(",", "")))
+end
+
+if os.getenv("BENCH_INSTRUCTIONS") ~= "0" and os.execute("command -v valgrind >/dev/null 2>&1") then
+  local n = 20000
+  local counts = {}
+  for _, impl in ipairs({ "counters", "procman" }) do
+    local one, two = instructions(impl, n), instructions(impl, 2 * n)
+    counts[impl] = one and two and (two - one) / n
+  end
+  print(string.format("Instructions per file_processed event (callgrind, batch of %d vs %d files):", n, 2 * n))
+  print()
+  print("| impl    | instructions/event |")
+  print("|---------|--------------------|")
+  print(string.format("| plain   | %18s |", fmt(counts.counters, "%.0f")))
+  print(string.format("| procman | %18s |", fmt(counts.procman, "%.0f")))
+  print(string.format("| ratio   | %18s |", ratio(counts.procman, counts.counters)))
+  print()
+end
+
 local big, small = per_event[1000000], per_event[10000]
 if big and small then
   target(big.procman <= 2 * big.plain, string.format(

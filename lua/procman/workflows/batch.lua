@@ -20,8 +20,6 @@
 -- Map.put), with the counters kept right.
 local procman = require "procman"
 
-local RESULTS = { success = true, error = true }
-
 local function status_of(state)
   if state.failed > 0 then return "error" end
   if state.pending == 0 then return "success" end
@@ -72,27 +70,33 @@ local function batch_created(state, event)
   return commands
 end
 
+-- Checks come before any change, so a refused event costs no replay; the
+-- common path makes no function calls.
 local function file_processed(state, event)
   if state.status == "idle" then
     error("the batch has not been created yet", 0)
   end
   local file = event.file
-  if type(file) ~= "table" or type(file.id) ~= "string" then
-    error("file must be a table { id = <file name>, status = ... }", 0)
-  end
-  local old = state.files[file.id]
+  local id = type(file) == "table" and file.id
+  local old = state.files[id]
   if old == nil then
-    error(string.format("file %q is not in this batch", file.id), 0)
+    if type(id) ~= "string" then
+      error("file must be a table { id = <file name>, status = ... }", 0)
+    end
+    error(string.format("file %q is not in this batch", id), 0)
   end
-  if not RESULTS[file.status] then
-    error(string.format("file %q has status %s; expected \"success\" or \"error\"",
-                        file.id, type(file.status) == "string" and string.format("%q", file.status)
-                                                                or tostring(file.status)), 0)
+  local result = file.status
+  if result ~= "success" and result ~= "error" then
+    error(string.format("file %q has status %s; expected \"success\" or \"error\"", id,
+                        type(result) == "string" and string.format("%q", result) or tostring(result)), 0)
   end
-  if old == "pending" then state.pending = state.pending - 1 end
-  if old == "error" then state.failed = state.failed - 1 end
-  if file.status == "error" then state.failed = state.failed + 1 end
-  state.files[file.id] = file.status
+  if old == "pending" then
+    state.pending = state.pending - 1
+  elseif old == "error" then
+    state.failed = state.failed - 1
+  end
+  if result == "error" then state.failed = state.failed + 1 end
+  state.files[id] = result
   state.status = status_of(state)
 end
 
