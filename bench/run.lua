@@ -92,7 +92,8 @@ if os.getenv("BENCH_INSTRUCTIONS") ~= "0" and os.execute("command -v valgrind >/
     local one, two = instructions(impl, n), instructions(impl, 2 * n)
     counts[impl] = one and two and (two - one) / n
   end
-  print(string.format("Instructions per file_processed event (callgrind, batch of %d vs %d files):", n, 2 * n))
+  print(string.format("Instructions per file_processed event (callgrind, batch of %d vs %d files):",
+                      n, 2 * n))
   print()
   print("| impl    | instructions/event |")
   print("|---------|--------------------|")
