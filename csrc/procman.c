@@ -11,14 +11,30 @@
 
 LUAMOD_API int luaopen_procman_core(lua_State *L);
 
-/* procman.encode(v) -> the MessagePack bytes of v. */
-static int core_encode(lua_State *L) {
+/*
+** Encode argument 1 into a new buffer (index 2); with 'copy', also push
+** the copy (index 3).  Errors name the Lua function, 'who'.
+*/
+static void encode_argument(lua_State *L, const char *who, int copy) {
+  int ok;
   luaL_checkany(L, 1);
   lua_settop(L, 1);
   buffer_new(L, 0);
-  if (!codec_encode(L, 1, 2, "value"))
-    return luaL_error(L, "procman.encode: %s", lua_tostring(L, -1));
+  ok = copy ? codec_encode_copy(L, 1, 2, "value") : codec_encode(L, 1, 2, "value");
+  if (!ok)
+    luaL_error(L, "%s: %s", who, lua_tostring(L, -1));
+}
+
+/* procman.encode(v) -> the MessagePack bytes of v. */
+static int core_encode(lua_State *L) {
+  encode_argument(L, "procman.encode", 0);
   lua_pushlstring(L, buffer_at(L, 2)->data, buffer_at(L, 2)->len);
+  return 1;
+}
+
+/* procman.copy(v) -> a deep copy of the data v: decode(encode(v)), faster. */
+static int core_copy(lua_State *L) {
+  encode_argument(L, "procman.copy", 1);
   return 1;
 }
 
@@ -32,16 +48,6 @@ static int core_decode(lua_State *L) {
     return luaL_error(L, "procman.decode: %I bytes left over after the value "
                       "that ends at byte %I", (lua_Integer)(len - pos),
                       (lua_Integer)pos);
-  return 1;
-}
-
-/* procman.copy(v) -> a deep copy of the data v: decode(encode(v)), faster. */
-static int core_copy(lua_State *L) {
-  luaL_checkany(L, 1);
-  lua_settop(L, 1);
-  buffer_new(L, 0);
-  if (!codec_encode_copy(L, 1, 2, "value"))
-    return luaL_error(L, "procman.copy: %s", lua_tostring(L, -1));
   return 1;
 }
 
