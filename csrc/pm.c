@@ -501,6 +501,8 @@ static int pm_tostring(lua_State *L) {
 /* __gc and __close: release the state and history; safe to call twice. */
 static int pm_close(lua_State *L) {
   PM *p = to_pm(L);
+  if (p->busy)  /* never for __gc: a running flow is on the stack */
+    flow_error(L, 1, "a handler may not close its own flow");
   p->closed = 1;
   lua_pushnil(L);
   lua_setiuservalue(L, 1, UV_STATE);

@@ -300,6 +300,14 @@ describe("procman.pm", function()
     pm = wf:new("a")
     flow.refuses(pm, { event_type = "again" }, "a handler may not use its own flow")
     flow.refuses(pm, { event_type = "peek" }, "a handler may not use its own flow")
+    local closer = procman.workflow { name = "c", on = {
+      close = function() pm:close() end,
+      scoped = function() local _ <close> = pm end,
+    } }
+    pm = closer:new("a")
+    flow.refuses(pm, { event_type = "close" }, "c/a: handler for 'close' failed: c/a: a handler may not close its own flow")
+    flow.refuses(pm, { event_type = "scoped" }, "a handler may not close its own flow")
+    assert.equal(0, pm:version())
     assert.matches("%(running%)", (function()
       local seen
       local w2 = procman.workflow { name = "t", on = { look = function() seen = tostring(pm) end } }
