@@ -49,8 +49,8 @@ test-rock:
 
 $(BUILD)/test/%: csrc/test/%.c $(CORE_SRC) $(CORE_HDR)
 	@mkdir -p $(dir $@)
-	$(CC) $(CSTD) $(CFLAGS) $(WARN) $(LUA_CFLAGS) -Icsrc $< $(filter-out csrc/procman.c,$(CORE_SRC)) \
-	  -o $@ $(LUA_LIBS) -lcmocka -lm
+	$(CC) $(CSTD) $(CFLAGS) $(WARN) $(LUA_CFLAGS) -Icsrc -DPROCMAN_LUA_DIR='"$(CURDIR)/lua"' \
+	  $< $(CORE_SRC) -o $@ $(LUA_LIBS) -lcmocka -lm
 
 test-c: $(patsubst csrc/test/%.c,$(BUILD)/test/%,$(TEST_SRC))
 	@for t in $^; do echo "== $$t"; $$t || exit 1; done
@@ -70,11 +70,13 @@ sanitize: deps
 	  $(LUA) $$(command -v busted)
 	$(MAKE) clean
 
-valgrind: deps all $(BUILD)/test/test_codec
+valgrind: deps all $(patsubst csrc/test/%.c,$(BUILD)/test/%,$(TEST_SRC))
 	valgrind --quiet --error-exitcode=1 --leak-check=full --errors-for-leak-kinds=definite \
 	  $(LUA) $$(command -v busted)
-	valgrind --quiet --error-exitcode=1 --leak-check=full --errors-for-leak-kinds=all \
-	  $(BUILD)/test/test_codec
+	@for t in $(patsubst csrc/test/%.c,$(BUILD)/test/%,$(TEST_SRC)); do \
+	  echo "== valgrind $$t"; \
+	  valgrind --quiet --error-exitcode=1 --leak-check=full --errors-for-leak-kinds=all $$t || exit 1; \
+	done
 
 clean:
 	rm -rf $(BUILD)
