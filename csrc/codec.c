@@ -151,6 +151,12 @@ static void push_scalar_copy(lua_State *L, int idx) {
 /* Strict UTF-8: no overlongs, no surrogates, nothing past U+10FFFF. */
 static int is_utf8(const unsigned char *s, size_t n) {
   size_t i = 0;
+  for (; i + 8 <= n; i += 8) {  /* ASCII, the common case, 8 bytes a step */
+    uint64_t w;
+    memcpy(&w, s + i, 8);
+    if (w & 0x8080808080808080ULL)
+      break;
+  }
   while (i < n) {
     unsigned c = s[i];
     size_t need;

@@ -20,12 +20,6 @@
 -- Map.put), with the counters kept right.
 local procman = require "procman"
 
-local function status_of(state)
-  if state.failed > 0 then return "error" end
-  if state.pending == 0 then return "success" end
-  return "pending"
-end
-
 -- Check the file list of batch_created; returns its length.
 local function check_files(files)
   if type(files) ~= "table" then
@@ -95,9 +89,14 @@ local function file_processed(state, event)
   elseif old == "error" then
     state.failed = state.failed - 1
   end
-  if result == "error" then state.failed = state.failed + 1 end
+  local failed = state.failed
+  if result == "error" then
+    failed = failed + 1
+    state.failed = failed
+  end
   state.files[id] = result
-  state.status = status_of(state)
+  -- the seed's determine_status, from the counters
+  state.status = failed > 0 and "error" or state.pending == 0 and "success" or "pending"
 end
 
 return procman.workflow {
