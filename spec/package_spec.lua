@@ -1,0 +1,75 @@
+-- The package: the rockspec lists every module, versions agree, and the
+-- command-line tool behaves like a Unix tool.
+local procman = require "procman"
+
+local function read(path)
+  local f = assert(io.open(path))
+  local text = f:read("a")
+  f:close()
+  return text
+end
+
+local function rockspec()
+  local name = assert(io.popen("ls procman-*.rockspec")):read("l")
+  local env = {}
+  assert(load(read(name), "=" .. name, "t", env))()
+  return env, name
+end
+
+describe("the rockspec", function()
+  it("lists every Lua module under lua/, by its module name", function()
+    local spec = rockspec()
+    local listed = {}
+    for module, source in pairs(spec.build.modules) do
+      if type(source) == "string" then listed[source] = module end
+    end
+    local p = assert(io.popen("find lua -name '*.lua' | sort"))
+    for path in p:lines() do
+      local module = path:gsub("^lua/", ""):gsub("/init%.lua$", ""):gsub("%.lua$", ""):gsub("/", ".")
+      assert.equal(module, listed[path], path .. " is not listed in the rockspec")
+    end
+    p:close()
+  end)
+
+  it("builds procman.core from every C source but the tests", function()
+    local spec = rockspec()
+    local sources = {}
+    for _, s in ipairs(spec.build.modules["procman.core"].sources) do sources[s] = true end
+    local p = assert(io.popen("ls csrc/*.c"))
+    for path in p:lines() do assert.is_true(sources[path], path .. " is not in the rockspec") end
+    p:close()
+  end)
+
+  it("has the version of the C core, and installs the command", function()
+    local spec, name = rockspec()
+    assert.equal(procman.version .. "-1", spec.version)
+    assert.equal("procman-" .. spec.version .. ".rockspec", name)
+    assert.equal("bin/procman", spec.build.install.bin.procman)
+    assert.equal("3.0", spec.rockspec_format)
+  end)
+end)
+
+describe("bin/procman", function()
+  local function procman_cmd(args)
+    local p = assert(io.popen("LUA_PATH='lua/?.lua;lua/?/init.lua' LUA_CPATH='build/?.so' "
+                              .. "lua5.4 bin/procman " .. args .. " 2>&1; echo \"exit=$?\""))
+    local out = p:read("a")
+    p:close()
+    return out:match("^(.-)exit=(%d+)%s*$")
+  end
+
+  it("prints its version and its help", function()
+    local out, code = procman_cmd("--version")
+    assert.equal("0", code)
+    assert.equal(procman._VERSION .. "\n", out)
+    out, code = procman_cmd("--help")
+    assert.equal("0", code)
+    assert.matches("^usage: procman", out)
+  end)
+
+  it("exits 2 with usage on stderr for what it does not know", function()
+    local out, code = procman_cmd("frobnicate")
+    assert.equal("2", code)
+    assert.matches("procman: unknown command or option 'frobnicate'", out)
+  end)
+end)
