@@ -1,0 +1,101 @@
+-- Hostile input at pm:handle: whatever is thrown at it, it either handles a
+-- valid event or raises a string naming the flow, and a refused call
+-- changes nothing. It never crashes.
+local procman = require "procman"
+local batch = require "procman.workflows.batch"
+local flow = require "spec.support.flow"
+
+local function throwing_meta()
+  local boom = function() error("metamethod called", 0) end
+  return { __index = boom, __newindex = boom, __pairs = boom, __len = boom, __eq = boom }
+end
+
+local junk_value
+
+local function junk_table(depth)
+  local t = {}
+  local r = math.random(8)
+  if r == 1 then                       -- a cycle
+    t.self = t
+  elseif r == 2 then                   -- deeper than the codec takes
+    for _ = 1, procman.max_depth + 1 do t = { t } end
+  elseif r == 3 then
+    setmetatable(t, throwing_meta())
+  end
+  for _ = 1, math.random(0, 4) do
+    local k = junk_value(depth + 1)
+    if k ~= nil and k == k then rawset(t, k, junk_value(depth + 1)) end
+  end
+  return t
+end
+
+function junk_value(depth)
+  local r = math.random(depth > 2 and 9 or 11)
+  if r == 1 then return nil end
+  if r == 2 then return math.random() < 0.5 end
+  if r == 3 then return math.random(math.mininteger, math.maxinteger) end
+  if r == 4 then return ({ 0 / 0, 1 / 0, -0.0, 1.5 })[math.random(4)] end
+  if r == 5 then return string.rep("\0\xff", math.random(0, 3) * 5000) end
+  if r == 6 then return ({ "batch_created", "file_processed", "add", "", "b1" })[math.random(5)] end
+  if r == 7 then return print end
+  if r == 8 then return coroutine.create(print) end
+  if r == 9 then return io.stdout end
+  return junk_table(depth)
+end
+
+-- A junk event: sometimes with a real event_type, so handlers see junk too.
+local function junk_event()
+  local e = junk_value(0)
+  if type(e) == "table" and getmetatable(e) == nil and math.random() < 0.7 then
+    rawset(e, "event_type", ({ "batch_created", "file_processed", "add" })[math.random(3)])
+  end
+  return e
+end
+
+local function hammer(pm, rounds)
+  for _ = 1, rounds do
+    local before = flow.snapshot(pm)
+    local ok, err = pcall(pm.handle, pm, junk_event())
+    if not ok then
+      assert.is_string(err)
+      assert.matches("^batch/b1: ", err)
+      assert.same(before, flow.snapshot(pm))
+    end
+  end
+end
+
+describe("hostile input", function()
+  it("at the batch workflow", function()
+    math.randomseed(4242)
+    local pm = batch:new("b1")
+    pm:handle { event_type = "batch_created", files = { "a", "b" } }
+    hammer(pm, 1500)
+  end)
+
+  it("at a workflow the tests do not know", function()
+    math.randomseed(77)
+    local wf = procman.workflow {
+      name = "anon",
+      on = {
+        add = function(state, event)
+          state.n = (state.n or 0) + 1
+          state.last = event              -- keeps the (copied) event
+          if state.n % 3 == 0 then error({ "not a string" }) end
+          if state.n % 5 == 0 then return "not commands" end
+          return { { command_type = "x", payload = event } }
+        end,
+      },
+    }
+    local pm = wf:new("a1")
+    for _ = 1, 1500 do
+      local before = flow.snapshot(pm)
+      local ok, err = pcall(pm.handle, pm, junk_event())
+      if not ok then
+        assert.is_true(type(err) == "string" or (type(err) == "table" and err[1] == "not a string"))
+        if type(err) == "string" then assert.matches("^anon/a1: ", err) end
+        assert.same(before, flow.snapshot(pm))
+      end
+    end
+    assert.is_true(pm:version() > 0)
+  end)
+end)
