@@ -14,8 +14,13 @@ for w in ([[and break do else elseif end false for function goto if in
   KEYWORDS[w] = true
 end
 
+-- A string as Lua source: UTF-8 text shown as it is, other bytes as \ddd.
 local function quote(s)
-  return (string.format("%q", s):gsub("\\\n", "\\n"):gsub("\r", "\\r"))
+  local q = string.format("%q", s):gsub("\\\n", "\\n")
+  if utf8.len(s) == nil then
+    q = q:gsub("[\128-\255]", function(c) return "\\" .. c:byte() end)
+  end
+  return q
 end
 
 local function number(n)
