@@ -5,6 +5,7 @@
 #include "lauxlib.h"
 #include "buffer.h"
 #include "codec.h"
+#include "journal_lua.h"
 #include "pm.h"
 
 #define PROCMAN_CORE_VERSION "0.1.0"
@@ -56,11 +57,13 @@ static const luaL_Reg core_functions[] = {
   { "encode", core_encode },
   { "decode", core_decode },
   { "copy", core_copy },
+  { "journal_open", journal_lua_open },
   { NULL, NULL }
 };
 
 LUAMOD_API int luaopen_procman_core(lua_State *L) {
   pm_register(L);
+  journal_lua_register(L);
   luaL_newlib(L, core_functions);
   lua_pushinteger(L, CODEC_MAX_DEPTH);
   lua_setfield(L, -2, "max_depth");

@@ -1,0 +1,415 @@
+/*
+** journal.c - the journal's file format and file (see journal.h and
+** docs/journal-format.md).  Plain C and POSIX: no Lua here, so the format
+** can be tested, fuzzed and read by other programs on its own.
+*/
+#define _POSIX_C_SOURCE 200809L
+#define _DEFAULT_SOURCE  /* flock, MAP_FAILED on glibc */
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include "crc32c.h"
+#include "journal.h"
+
+/* ===================================================================
+** The format
+** =================================================================== */
+
+static void put_u32(unsigned char *p, uint32_t v) {
+  p[0] = (unsigned char)(v & 0xff);
+  p[1] = (unsigned char)((v >> 8) & 0xff);
+  p[2] = (unsigned char)((v >> 16) & 0xff);
+  p[3] = (unsigned char)((v >> 24) & 0xff);
+}
+
+static uint32_t get_u32(const unsigned char *p) {
+  return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 |
+         (uint32_t)p[3] << 24;
+}
+
+void journal_header(unsigned char out[JOURNAL_HEADER_SIZE]) {
+  memcpy(out, JOURNAL_MAGIC, 8);
+  put_u32(out + 8, JOURNAL_VERSION);
+  put_u32(out + 12, crc32c_mask(crc32c(out, 12)));
+}
+
+/* The checksum covers the type byte and the payload. */
+static uint32_t record_crc(int type, const void *p, size_t n) {
+  unsigned char t = (unsigned char)type;
+  return crc32c_mask(crc32c_extend(crc32c(&t, 1), p, n));
+}
+
+void journal_frame(unsigned char out[JOURNAL_RECORD_HEADER_SIZE], int type,
+                   const void *p, size_t n) {
+  put_u32(out, (uint32_t)n);
+  put_u32(out + 4, record_crc(type, p, n));
+  out[8] = (unsigned char)type;
+}
+
+int journal_record_at(const unsigned char *buf, size_t size, size_t off,
+                      int *type, size_t *len, const char **why) {
+  size_t n;
+  if (off > size || size - off < JOURNAL_RECORD_HEADER_SIZE) {
+    *why = "a record header cut short";
+    return 0;
+  }
+  n = get_u32(buf + off);
+  if (buf[off + 8] == 0) {
+    *why = "a record of type 0";  /* zeroed space, never written by us */
+    return 0;
+  }
+  if (n > JOURNAL_MAX_PAYLOAD) {
+    *why = "a record length beyond the limit";
+    return 0;
+  }
+  if (size - off - JOURNAL_RECORD_HEADER_SIZE < n) {
+    *why = "a record cut short";
+    return 0;
+  }
+  if (get_u32(buf + off + 4) !=
+      record_crc(buf[off + 8], buf + off + JOURNAL_RECORD_HEADER_SIZE, n)) {
+    *why = "a record whose checksum does not match";
+    return 0;
+  }
+  *type = buf[off + 8];
+  *len = n;
+  return 1;
+}
+
+size_t journal_resync(const unsigned char *buf, size_t size, size_t off) {
+  for (; off < size; off++) {
+    int type;
+    size_t len;
+    const char *why;
+    if (journal_record_at(buf, size, off, &type, &len, &why))
+      return off;
+  }
+  return size;
+}
+
+static int check_header(const unsigned char *buf, const char **why) {
+  if (memcmp(buf, JOURNAL_MAGIC, 8) != 0) {
+    *why = "not a procman journal (bad magic)";
+    return 0;
+  }
+  if (get_u32(buf + 12) != crc32c_mask(crc32c(buf, 12))) {
+    *why = "a journal header whose checksum does not match";
+    return 0;
+  }
+  if (get_u32(buf + 8) != JOURNAL_VERSION) {
+    *why = "a journal format version this procman cannot read";
+    return 0;
+  }
+  return 1;
+}
+
+/* Are the 'size' (< 16) bytes the start of a header we would write? */
+static int is_header_prefix(const unsigned char *buf, size_t size) {
+  unsigned char h[JOURNAL_HEADER_SIZE];
+  journal_header(h);
+  return memcmp(buf, h, size) == 0;
+}
+
+/* Walk intact records from 'off'; returns where they stop. */
+static size_t scan_intact(const unsigned char *buf, size_t size, size_t off,
+                          uint64_t *records, const char **why) {
+  int type;
+  size_t len;
+  while (off < size && journal_record_at(buf, size, off, &type, &len, why)) {
+    off += JOURNAL_RECORD_HEADER_SIZE + len;
+    (*records)++;
+  }
+  return off;
+}
+
+void journal_scan(const unsigned char *buf, size_t size, JournalScan *scan) {
+  size_t off = JOURNAL_HEADER_SIZE;
+  memset(scan, 0, sizeof *scan);
+  if (size < JOURNAL_HEADER_SIZE) {  /* empty, or torn while being created */
+    if (size > 0 && !is_header_prefix(buf, size)) {
+      scan->bad_header = 1;  /* someone else's file: never overwrite it */
+      scan->why = "not a procman journal (bad magic)";
+      return;
+    }
+    scan->dropped = size;
+    scan->why = size > 0 ? "a journal header cut short" : NULL;
+    return;
+  }
+  if (!check_header(buf, &scan->why)) {
+    scan->bad_header = 1;
+    return;
+  }
+  scan->end = scan_intact(buf, size, off, &scan->records, &scan->why);
+  if (scan->end == size) {
+    scan->why = NULL;
+    return;
+  }
+  scan->resume_at = journal_resync(buf, size, scan->end + 1);
+  if (scan->resume_at == size) {  /* nothing intact follows: a torn tail */
+    scan->dropped = size - scan->end;
+    return;
+  }
+  /* damage in the middle: note where, and count what is intact after it,
+  ** for readers that skip it (repair); a torn tail may still follow */
+  scan->damaged_at = scan->end;
+  off = scan->resume_at;
+  for (;;) {
+    const char *why;
+    off = scan_intact(buf, size, off, &scan->records, &why);
+    scan->end = off;
+    if (off == size)
+      break;
+    off = journal_resync(buf, size, off + 1);
+    if (off == size) {
+      scan->dropped = size - scan->end;
+      break;
+    }
+  }
+}
+
+/* ===================================================================
+** The file
+** =================================================================== */
+
+static int fail(const char **why, const char *what) {
+  int e = errno;
+  *why = what;
+  return e != 0 ? e : EIO;
+}
+
+/* Write all of iov (two parts), retrying short writes and EINTR. */
+static int write_all(int fd, struct iovec *iov, int count) {
+  while (count > 0) {
+    ssize_t w = writev(fd, iov, count);
+    if (w < 0) {
+      if (errno == EINTR)
+        continue;
+      return -1;
+    }
+    while (count > 0 && (size_t)w >= iov->iov_len) {
+      w -= (ssize_t)iov->iov_len;
+      iov++;
+      count--;
+    }
+    if (count > 0) {
+      iov->iov_base = (char *)iov->iov_base + w;
+      iov->iov_len -= (size_t)w;
+    }
+  }
+  return 0;
+}
+
+static int sync_fd(int fd) {
+  int r;
+  do r = fdatasync(fd); while (r != 0 && errno == EINTR);
+  return r;
+}
+
+/* Make a file's creation durable: fsync the directory that holds it. */
+static int sync_parent_dir(const char *path) {
+  char dir[PATH_MAX];
+  const char *slash = strrchr(path, '/');
+  size_t n = slash == NULL ? 1 : (slash == path ? 1 : (size_t)(slash - path));
+  int fd, r;
+  if (n >= sizeof dir) {
+    errno = ENAMETOOLONG;
+    return -1;
+  }
+  memcpy(dir, slash == NULL ? "." : path, n);
+  dir[n] = '\0';
+  fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0)
+    return -1;
+  r = fsync(fd);
+  close(fd);
+  return r;
+}
+
+/* Give an empty (or torn-header) file its header, durably. */
+static int write_header(Journal *j, const char *path, const char **why) {
+  unsigned char h[JOURNAL_HEADER_SIZE];
+  struct iovec iov;
+  journal_header(h);
+  iov.iov_base = h;
+  iov.iov_len = sizeof h;
+  if (ftruncate(j->fd, 0) != 0 || write_all(j->fd, &iov, 1) != 0)
+    return fail(why, "cannot write the journal header");
+  if (sync_fd(j->fd) != 0 || sync_parent_dir(path) != 0)
+    return fail(why, "cannot sync the new journal");
+  j->size = JOURNAL_HEADER_SIZE;
+  return 0;
+}
+
+/* Scan the file as it is on disk; 0 or an errno. */
+static int scan_file(Journal *j, size_t size, JournalScan *scan, const char **why) {
+  const unsigned char *buf;
+  if (size == 0) {
+    journal_scan(NULL, 0, scan);
+    return 0;
+  }
+  buf = mmap(NULL, size, PROT_READ, MAP_PRIVATE, j->fd, 0);
+  if (buf == MAP_FAILED)
+    return fail(why, "cannot map the journal to read it");
+  journal_scan(buf, size, scan);
+  munmap((void *)buf, size);
+  return 0;
+}
+
+static int open_locked(Journal *j, const char *path, size_t *size, const char **why) {
+  struct stat st;
+  j->fd = open(path, O_RDWR | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+  if (j->fd < 0)
+    return fail(why, "cannot open the journal");
+  if (flock(j->fd, LOCK_EX | LOCK_NB) != 0)
+    return fail(why, errno == EWOULDBLOCK ? "the journal is in use by another process"
+                                          : "cannot lock the journal");
+  if (fstat(j->fd, &st) != 0)
+    return fail(why, "cannot stat the journal");
+  if (!S_ISREG(st.st_mode)) {
+    errno = EINVAL;
+    return fail(why, "the journal is not a regular file");
+  }
+  if ((uintmax_t)st.st_size > SIZE_MAX) {
+    errno = EFBIG;
+    return fail(why, "the journal is too large to read here");
+  }
+  *size = (size_t)st.st_size;
+  return 0;
+}
+
+/* Act on what the scan found: new header, cut tail, or refuse damage. */
+static int settle(Journal *j, const char *path, size_t size, int repair,
+                  const JournalScan *scan, const char **why) {
+  if (scan->bad_header) {
+    errno = EILSEQ;
+    return fail(why, scan->why);
+  }
+  if (scan->damaged_at != 0 && !repair) {
+    errno = EILSEQ;
+    return fail(why, scan->why);
+  }
+  if (size < JOURNAL_HEADER_SIZE)
+    return write_header(j, path, why);
+  if (scan->dropped > 0) {  /* cut the torn tail, durably */
+    if (ftruncate(j->fd, (off_t)scan->end) != 0 || sync_fd(j->fd) != 0)
+      return fail(why, "cannot cut the torn tail of the journal");
+    size = scan->end;
+  }
+  j->size = size;
+  return 0;
+}
+
+int journal_open(Journal *j, const char *path, JournalSync sync, int repair,
+                 JournalScan *scan, const char **why) {
+  size_t size = 0;
+  int e;
+  memset(j, 0, sizeof *j);
+  j->fd = -1;
+  j->sync = sync;
+  memset(scan, 0, sizeof *scan);
+  errno = 0;
+  e = open_locked(j, path, &size, why);
+  if (e == 0)
+    e = scan_file(j, size, scan, why);
+  if (e == 0)
+    e = settle(j, path, size, repair, scan, why);
+  if (e != 0 && j->fd >= 0) {
+    close(j->fd);
+    j->fd = -1;
+  }
+  return e;
+}
+
+int journal_append(Journal *j, int type, const void *p, size_t n, const char **why) {
+  unsigned char frame[JOURNAL_RECORD_HEADER_SIZE];
+  struct iovec iov[2];
+  if (j->fd < 0) {
+    *why = "the journal is closed";
+    return EBADF;
+  }
+  if (j->failed != 0) {
+    *why = "an earlier write or sync of the journal failed; reopen it";
+    return j->failed;
+  }
+  if (type < 1 || type > 255 || n > JOURNAL_MAX_PAYLOAD) {
+    *why = "a record type outside 1..255 or a payload beyond the limit";
+    return EINVAL;
+  }
+  journal_frame(frame, type, p, n);
+  iov[0].iov_base = frame;
+  iov[0].iov_len = sizeof frame;
+  iov[1].iov_base = (void *)p;
+  iov[1].iov_len = n;
+  if (write_all(j->fd, iov, 2) != 0) {
+    int e = fail(why, "cannot write to the journal");
+    if (ftruncate(j->fd, (off_t)j->size) != 0)  /* whole or absent */
+      j->failed = e;
+    return e;
+  }
+  j->size += sizeof frame + n;
+  j->dirty = 1;
+  if (j->sync == JOURNAL_SYNC_ALWAYS)
+    return journal_sync(j, why);
+  return 0;
+}
+
+int journal_sync(Journal *j, const char **why) {
+  if (j->fd < 0) {
+    *why = "the journal is closed";
+    return EBADF;
+  }
+  if (j->failed != 0) {
+    *why = "an earlier write or sync of the journal failed; reopen it";
+    return j->failed;
+  }
+  if (!j->dirty)
+    return 0;
+  if (sync_fd(j->fd) != 0) {
+    /* after a failed fsync the kernel may have dropped the dirty pages: no
+    ** later fsync can be trusted to mean anything, so stop here */
+    j->failed = fail(why, "cannot sync the journal");
+    return j->failed;
+  }
+  j->dirty = 0;
+  return 0;
+}
+
+int journal_close(Journal *j, const char **why) {
+  int e = 0;
+  if (j->fd < 0)
+    return 0;
+  if (j->sync != JOURNAL_SYNC_NONE && j->failed == 0)
+    e = journal_sync(j, why);
+  if (close(j->fd) != 0 && e == 0)
+    e = fail(why, "cannot close the journal");
+  j->fd = -1;
+  return e;
+}
+
+int journal_read(Journal *j, void *buf, size_t size, const char **why) {
+  size_t done = 0;
+  if (j->fd < 0) {
+    *why = "the journal is closed";
+    return EBADF;
+  }
+  while (done < size) {
+    ssize_t r = pread(j->fd, (char *)buf + done, size - done, (off_t)done);
+    if (r < 0 && errno == EINTR)
+      continue;
+    if (r <= 0) {
+      if (r == 0)
+        errno = EIO;  /* shorter than we know it is: someone cut it */
+      return fail(why, "cannot read the journal");
+    }
+    done += (size_t)r;
+  }
+  return 0;
+}

@@ -1,0 +1,239 @@
+/*
+** journal_lua.c - the procman.journal userdata: a journal file for Lua.
+**
+**   j, info = core.journal_open(path [, { sync = "always"|"batch"|"none",
+**                                          repair = false }])
+**   -- or nil, message, errno (the file cannot be opened, is not a
+**   -- journal, or is damaged in the middle)
+**   info = { records = n, bytes = size, dropped = torn tail bytes cut,
+**            damaged_at = offset or nil (with repair) }
+**   j:append(type, payload) -> offset of the record | nil, message, errno
+**   j:sync() -> true | nil, message, errno
+**   for offset, type, payload in j:records() do ... end
+**   j:size(), j:close(), <close>, tostring(j)
+**
+** The layer above (the router) gives records their meaning.
+*/
+#include <errno.h>
+#include <string.h>
+
+#include "lauxlib.h"
+#include "journal.h"
+#include "journal_lua.h"
+
+#define JOURNAL_TYPENAME "procman.journal"
+
+typedef struct LJournal {
+  Journal j;
+  int open;
+} LJournal;
+
+static LJournal *check_journal(lua_State *L) {
+  return (LJournal *)luaL_checkudata(L, 1, JOURNAL_TYPENAME);
+}
+
+static LJournal *check_open(lua_State *L) {
+  LJournal *lj = check_journal(L);
+  if (!lj->open)
+    luaL_error(L, "procman.journal: the journal is closed");
+  return lj;
+}
+
+/* Lua's convention for a failure of the outside world: nil, message, errno.
+** EILSEQ marks a file that is not (or no longer) a readable journal. */
+static int io_failure(lua_State *L, const char *path, const char *why, int e) {
+  lua_pushnil(L);
+  if (e == EILSEQ)
+    lua_pushfstring(L, "%s: %s", path, why);
+  else if (path != NULL)
+    lua_pushfstring(L, "%s: %s (%s)", path, why, strerror(e));
+  else
+    lua_pushfstring(L, "%s (%s)", why, strerror(e));
+  lua_pushinteger(L, e);
+  return 3;
+}
+
+static JournalSync check_sync(lua_State *L, int opts) {
+  static const char *const names[] = { "always", "batch", "none" };
+  int i;
+  if (lua_getfield(L, opts, "sync") == LUA_TNIL)
+    return JOURNAL_SYNC_ALWAYS;  /* the safe choice is the default */
+  for (i = 0; i < 3; i++)
+    if (lua_type(L, -1) == LUA_TSTRING && strcmp(lua_tostring(L, -1), names[i]) == 0)
+      return (JournalSync)i;
+  return (JournalSync)luaL_error(L, "procman.journal: sync must be \"always\", "
+                                 "\"batch\" or \"none\", got %s", luaL_tolstring(L, -1, NULL));
+}
+
+static void push_info(lua_State *L, const JournalScan *scan, size_t size) {
+  lua_createtable(L, 0, 4);
+  lua_pushinteger(L, (lua_Integer)scan->records);
+  lua_setfield(L, -2, "records");
+  lua_pushinteger(L, (lua_Integer)size);
+  lua_setfield(L, -2, "bytes");
+  lua_pushinteger(L, (lua_Integer)scan->dropped);
+  lua_setfield(L, -2, "dropped");
+  if (scan->damaged_at != 0) {
+    lua_pushinteger(L, (lua_Integer)scan->damaged_at);
+    lua_setfield(L, -2, "damaged_at");
+  }
+}
+
+int journal_lua_open(lua_State *L) {
+  const char *path = luaL_checkstring(L, 1);
+  JournalSync sync = JOURNAL_SYNC_ALWAYS;
+  int repair = 0, e;
+  JournalScan scan;
+  const char *why = NULL;
+  LJournal *lj;
+  if (!lua_isnoneornil(L, 2)) {
+    luaL_checktype(L, 2, LUA_TTABLE);
+    sync = check_sync(L, 2);
+    lua_getfield(L, 2, "repair");
+    repair = lua_toboolean(L, -1);
+    lua_pop(L, 1);
+  }
+  lj = (LJournal *)lua_newuserdatauv(L, sizeof *lj, 0);  /* closed until open */
+  lj->open = 0;
+  lj->j.fd = -1;
+  luaL_setmetatable(L, JOURNAL_TYPENAME);
+  e = journal_open(&lj->j, path, sync, repair, &scan, &why);
+  if (e != 0 && e == EILSEQ && scan.damaged_at != 0) {
+    lua_pushfstring(L, "damaged record at byte %I: %s (intact records follow "
+                    "at byte %I; open with repair = true to skip it)",
+                    (lua_Integer)scan.damaged_at, why, (lua_Integer)scan.resume_at);
+    return io_failure(L, path, lua_tostring(L, -1), e);
+  }
+  if (e != 0)
+    return io_failure(L, path, why, e);
+  lj->open = 1;
+  push_info(L, &scan, lj->j.size);
+  return 2;
+}
+
+static int j_append(lua_State *L) {
+  LJournal *lj = check_open(L);
+  lua_Integer type = luaL_checkinteger(L, 2);
+  size_t n;
+  const char *p = luaL_checklstring(L, 3, &n);
+  size_t at = lj->j.size;
+  const char *why = NULL;
+  int e;
+  luaL_argcheck(L, type >= 1 && type <= 255, 2, "record type must be 1..255");
+  e = journal_append(&lj->j, (int)type, p, n, &why);
+  if (e != 0)
+    return io_failure(L, NULL, why, e);
+  lua_pushinteger(L, (lua_Integer)at);
+  return 1;
+}
+
+static int j_sync(lua_State *L) {
+  LJournal *lj = check_open(L);
+  const char *why = NULL;
+  int e = journal_sync(&lj->j, &why);
+  if (e != 0)
+    return io_failure(L, NULL, why, e);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+static int j_size(lua_State *L) {
+  lua_pushinteger(L, (lua_Integer)check_journal(L)->j.size);
+  return 1;
+}
+
+/* __gc, __close and close: safe twice; returns true or nil, message. */
+static int j_close(lua_State *L) {
+  LJournal *lj = check_journal(L);
+  const char *why = NULL;
+  int e;
+  if (!lj->open) {
+    lua_pushboolean(L, 1);
+    return 1;
+  }
+  lj->open = 0;
+  e = journal_close(&lj->j, &why);
+  if (e != 0)
+    return io_failure(L, NULL, why, e);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+static int j_tostring(lua_State *L) {
+  LJournal *lj = check_journal(L);
+  if (lj->open)
+    lua_pushfstring(L, "%s (%I bytes)", JOURNAL_TYPENAME, (lua_Integer)lj->j.size);
+  else
+    lua_pushfstring(L, "%s (closed)", JOURNAL_TYPENAME);
+  return 1;
+}
+
+/* ---- reading records ------------------------------------------------ */
+
+/* The bytes being read live in the reader userdata itself (upvalue 1 of
+** the iterator), so the garbage collector owns them. */
+typedef struct Reader {
+  size_t size;
+  size_t pos;
+  unsigned char buf[];
+} Reader;
+
+/* The iterator: offset, type, payload of the next intact record. */
+static int reader_next(lua_State *L) {
+  Reader *r = (Reader *)lua_touserdata(L, lua_upvalueindex(1));
+  int type;
+  size_t len;
+  const char *why;
+  if (r->pos >= r->size)
+    return 0;
+  if (!journal_record_at(r->buf, r->size, r->pos, &type, &len, &why)) {
+    r->pos = journal_resync(r->buf, r->size, r->pos);  /* a repaired range */
+    if (r->pos >= r->size)
+      return 0;
+    journal_record_at(r->buf, r->size, r->pos, &type, &len, &why);
+  }
+  lua_pushinteger(L, (lua_Integer)r->pos);
+  lua_pushinteger(L, type);
+  lua_pushlstring(L, (const char *)r->buf + r->pos + JOURNAL_RECORD_HEADER_SIZE, len);
+  r->pos += JOURNAL_RECORD_HEADER_SIZE + len;
+  return 3;
+}
+
+/* j:records(): the records as they are now (later appends are not seen). */
+static int j_records(lua_State *L) {
+  LJournal *lj = check_open(L);
+  size_t size = lj->j.size;
+  const char *why = NULL;
+  Reader *r = (Reader *)lua_newuserdatauv(L, sizeof(Reader) + size, 0);
+  int e;
+  r->size = 0;  /* empty until read */
+  r->pos = JOURNAL_HEADER_SIZE;
+  e = journal_read(&lj->j, r->buf, size, &why);
+  if (e != 0)
+    return luaL_error(L, "procman.journal: %s (%s)", why, strerror(e));
+  r->size = size;
+  lua_pushcclosure(L, reader_next, 1);
+  return 1;
+}
+
+static const luaL_Reg journal_methods[] = {
+  { "append", j_append },
+  { "sync", j_sync },
+  { "size", j_size },
+  { "records", j_records },
+  { "close", j_close },
+  { NULL, NULL }
+};
+
+void journal_lua_register(lua_State *L) {
+  luaL_newmetatable(L, JOURNAL_TYPENAME);
+  lua_pushcfunction(L, j_close);
+  lua_pushvalue(L, -1);
+  lua_setfield(L, -3, "__gc");
+  lua_setfield(L, -2, "__close");
+  lua_pushcfunction(L, j_tostring);
+  lua_setfield(L, -2, "__tostring");
+  luaL_newlib(L, journal_methods);
+  lua_setfield(L, -2, "__index");
+  lua_pop(L, 1);
+}

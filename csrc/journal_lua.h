@@ -1,0 +1,15 @@
+/*
+** journal_lua.h - the procman.journal userdata (see journal_lua.c).
+*/
+#ifndef PROCMAN_JOURNAL_LUA_H
+#define PROCMAN_JOURNAL_LUA_H
+
+#include "lua.h"
+
+/* Create the procman.journal metatables (once per lua_State). */
+void journal_lua_register(lua_State *L);
+
+/* core.journal_open(path [, opts]) -> journal, info | nil, message, errno */
+int journal_lua_open(lua_State *L);
+
+#endif

@@ -1,0 +1,277 @@
+/*
+** test_journal.c - cmocka tests of CRC-32C and the journal format: known
+** vectors, every truncation (a torn tail), every flipped bit (damage in
+** the middle, or a torn last record), headers, and the file layer.
+*/
+#define _POSIX_C_SOURCE 200809L
+#include <errno.h>
+#include <fcntl.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "crc32c.h"
+#include "journal.h"
+
+/* ---- CRC-32C ------------------------------------------------------- */
+
+static void test_crc32c_vectors(void **state) {
+  unsigned char zeros[32] = { 0 }, ones[32], inc[32];
+  int i;
+  (void)state;
+  for (i = 0; i < 32; i++) {
+    ones[i] = 0xff;
+    inc[i] = (unsigned char)i;
+  }
+  /* RFC 3720, B.4, and the classic check value */
+  assert_int_equal(crc32c("123456789", 9), 0xe3069283u);
+  assert_int_equal(crc32c(zeros, 32), 0x8a9136aau);
+  assert_int_equal(crc32c(ones, 32), 0x62a8ab43u);
+  assert_int_equal(crc32c(inc, 32), 0x46dd794eu);
+  assert_int_equal(crc32c("", 0), 0);
+  assert_int_equal(crc32c_extend(crc32c("1234", 4), "56789", 5), 0xe3069283u);
+  assert_int_equal(crc32c_unmask(crc32c_mask(0xe3069283u)), 0xe3069283u);
+  assert_int_not_equal(crc32c_mask(0xe3069283u), 0xe3069283u);
+}
+
+/* ---- a journal in memory ------------------------------------------- */
+
+typedef struct Image {
+  unsigned char bytes[4096];
+  size_t size;
+  size_t ends[16];  /* where each record ends */
+  int count;
+} Image;
+
+static void image_append(Image *im, int type, const char *payload) {
+  size_t n = strlen(payload);
+  journal_frame(im->bytes + im->size, type, payload, n);
+  memcpy(im->bytes + im->size + JOURNAL_RECORD_HEADER_SIZE, payload, n);
+  im->size += JOURNAL_RECORD_HEADER_SIZE + n;
+  im->ends[im->count++] = im->size;
+}
+
+static void image_build(Image *im) {
+  memset(im, 0, sizeof *im);
+  journal_header(im->bytes);
+  im->size = JOURNAL_HEADER_SIZE;
+  image_append(im, 1, "first");
+  image_append(im, 2, "");
+  image_append(im, 3, "the third record, a little longer");
+  image_append(im, 255, "last");
+}
+
+static void test_scan_intact(void **state) {
+  Image im;
+  JournalScan scan;
+  (void)state;
+  image_build(&im);
+  journal_scan(im.bytes, im.size, &scan);
+  assert_int_equal(scan.records, 4);
+  assert_int_equal(scan.end, im.size);
+  assert_int_equal(scan.dropped, 0);
+  assert_int_equal(scan.damaged_at, 0);
+  assert_null(scan.why);
+}
+
+/* A crash can cut the file anywhere: every cut is a torn tail whose intact
+** records are exactly those that end before it. */
+static void test_every_truncation_is_a_torn_tail(void **state) {
+  Image im;
+  size_t cut;
+  (void)state;
+  image_build(&im);
+  for (cut = JOURNAL_HEADER_SIZE; cut <= im.size; cut++) {
+    JournalScan scan;
+    int whole = 0;
+    unsigned char *copy = malloc(cut + 1);  /* exact size: ASan sees overreads */
+    assert_non_null(copy);
+    memcpy(copy, im.bytes, cut);
+    while (whole < im.count && im.ends[whole] <= cut)
+      whole++;
+    journal_scan(copy, cut, &scan);
+    assert_int_equal(scan.records, whole);
+    assert_int_equal(scan.end, whole == 0 ? JOURNAL_HEADER_SIZE : im.ends[whole - 1]);
+    assert_int_equal(scan.dropped, cut - scan.end);
+    assert_int_equal(scan.damaged_at, 0);
+    assert_int_equal(scan.bad_header, 0);
+    free(copy);
+  }
+}
+
+/* A flipped bit in a record that intact records follow is damage in the
+** middle, at that record; in the last record it looks like a torn tail. */
+static void test_every_flipped_bit(void **state) {
+  Image im;
+  size_t byte;
+  (void)state;
+  image_build(&im);
+  for (byte = JOURNAL_HEADER_SIZE; byte < im.size; byte++) {
+    int bit, rec = 0;
+    while (im.ends[rec] <= byte)
+      rec++;
+    for (bit = 0; bit < 8; bit++) {
+      JournalScan scan;
+      size_t start = rec == 0 ? JOURNAL_HEADER_SIZE : im.ends[rec - 1];
+      im.bytes[byte] ^= (unsigned char)(1 << bit);
+      journal_scan(im.bytes, im.size, &scan);
+      im.bytes[byte] ^= (unsigned char)(1 << bit);
+      if (rec == im.count - 1) {
+        assert_int_equal(scan.damaged_at, 0);
+        assert_int_equal(scan.end, start);
+        assert_int_equal(scan.dropped, im.size - start);
+      }
+      else {
+        assert_int_equal(scan.damaged_at, start);
+        assert_int_equal(scan.resume_at, im.ends[rec]);
+        assert_int_equal(scan.records, im.count - 1);
+        assert_int_equal(scan.end, im.size);
+      }
+    }
+  }
+}
+
+static void test_headers(void **state) {
+  Image im;
+  JournalScan scan;
+  size_t n;
+  (void)state;
+  image_build(&im);
+  journal_scan(im.bytes, 0, &scan);               /* new, empty */
+  assert_int_equal(scan.dropped, 0);
+  assert_int_equal(scan.bad_header, 0);
+  for (n = 1; n < JOURNAL_HEADER_SIZE; n++) {     /* torn while created */
+    journal_scan(im.bytes, n, &scan);
+    assert_int_equal(scan.bad_header, 0);
+    assert_int_equal(scan.dropped, n);
+  }
+  journal_scan((const unsigned char *)"hello", 5, &scan);  /* someone else's */
+  assert_int_equal(scan.bad_header, 1);
+  im.bytes[0] = 'P';
+  journal_scan(im.bytes, im.size, &scan);
+  assert_int_equal(scan.bad_header, 1);
+  assert_string_equal(scan.why, "not a procman journal (bad magic)");
+  im.bytes[0] = 'p';
+  im.bytes[8] = 2;                                /* another version */
+  journal_scan(im.bytes, im.size, &scan);
+  assert_int_equal(scan.bad_header, 1);
+  assert_non_null(strstr(scan.why, "checksum"));  /* the CRC covers the version */
+}
+
+static void test_zeroed_space_is_not_a_record(void **state) {
+  unsigned char zeros[64] = { 0 };
+  int type;
+  size_t len;
+  const char *why;
+  (void)state;
+  assert_int_equal(journal_record_at(zeros, sizeof zeros, 0, &type, &len, &why), 0);
+  assert_string_equal(why, "a record of type 0");
+  assert_int_equal(journal_resync(zeros, sizeof zeros, 0), sizeof zeros);
+}
+
+/* ---- the file -------------------------------------------------------- */
+
+static void temp_path(char *out, size_t n) {
+  snprintf(out, n, "/tmp/procman-test-journal-%ld.pmj", (long)getpid());
+  unlink(out);
+}
+
+static void test_file_append_reopen(void **state) {
+  char path[128];
+  Journal j, k;
+  JournalScan scan;
+  const char *why = NULL;
+  struct stat st;
+  unsigned char buf[256];
+  (void)state;
+  temp_path(path, sizeof path);
+  assert_int_equal(journal_open(&j, path, JOURNAL_SYNC_ALWAYS, 0, &scan, &why), 0);
+  assert_int_equal(j.size, JOURNAL_HEADER_SIZE);
+  assert_int_equal(stat(path, &st), 0);
+  assert_int_equal(st.st_mode & 0777, 0600);
+  assert_int_equal(journal_append(&j, 7, "abc", 3, &why), 0);
+  assert_int_equal(journal_append(&j, 0, "x", 1, &why), EINVAL);
+  assert_int_equal(journal_append(&j, 256, "x", 1, &why), EINVAL);
+  assert_int_equal(j.size, JOURNAL_HEADER_SIZE + JOURNAL_RECORD_HEADER_SIZE + 3);
+  /* a second opener is refused while the first holds the lock */
+  assert_int_equal(journal_open(&k, path, JOURNAL_SYNC_NONE, 0, &scan, &why), EWOULDBLOCK);
+  assert_string_equal(why, "the journal is in use by another process");
+  assert_int_equal(journal_read(&j, buf, j.size, &why), 0);
+  journal_scan(buf, j.size, &scan);
+  assert_int_equal(scan.records, 1);
+  assert_int_equal(journal_close(&j, &why), 0);
+  assert_int_equal(journal_close(&j, &why), 0);  /* safe twice */
+  assert_int_equal(journal_append(&j, 1, "x", 1, &why), EBADF);
+  /* reopen: the record is there */
+  assert_int_equal(journal_open(&k, path, JOURNAL_SYNC_BATCH, 0, &scan, &why), 0);
+  assert_int_equal(scan.records, 1);
+  assert_int_equal(journal_close(&k, &why), 0);
+  unlink(path);
+}
+
+static void test_file_torn_tail_is_cut(void **state) {
+  char path[128];
+  Journal j;
+  JournalScan scan;
+  const char *why = NULL;
+  struct stat st;
+  int fd;
+  (void)state;
+  temp_path(path, sizeof path);
+  assert_int_equal(journal_open(&j, path, JOURNAL_SYNC_NONE, 0, &scan, &why), 0);
+  assert_int_equal(journal_append(&j, 1, "kept", 4, &why), 0);
+  assert_int_equal(journal_close(&j, &why), 0);
+  fd = open(path, O_WRONLY | O_APPEND);
+  assert_true(fd >= 0);
+  assert_int_equal(write(fd, "\x20\0\0\0\1\2", 6), 6);  /* a record cut short */
+  close(fd);
+  assert_int_equal(journal_open(&j, path, JOURNAL_SYNC_NONE, 0, &scan, &why), 0);
+  assert_int_equal(scan.records, 1);
+  assert_int_equal(scan.dropped, 6);
+  assert_int_equal(stat(path, &st), 0);
+  assert_int_equal((size_t)st.st_size, JOURNAL_HEADER_SIZE + JOURNAL_RECORD_HEADER_SIZE + 4);
+  assert_int_equal(journal_close(&j, &why), 0);
+  unlink(path);
+}
+
+static void test_file_foreign_is_untouched(void **state) {
+  char path[128];
+  Journal j;
+  JournalScan scan;
+  const char *why = NULL;
+  struct stat st;
+  int fd;
+  (void)state;
+  temp_path(path, sizeof path);
+  fd = open(path, O_WRONLY | O_CREAT, 0600);
+  assert_true(fd >= 0);
+  assert_int_equal(write(fd, "notes", 5), 5);
+  close(fd);
+  assert_int_equal(journal_open(&j, path, JOURNAL_SYNC_NONE, 0, &scan, &why), EILSEQ);
+  assert_int_equal(stat(path, &st), 0);
+  assert_int_equal(st.st_size, 5);
+  unlink(path);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+    cmocka_unit_test(test_crc32c_vectors),
+    cmocka_unit_test(test_scan_intact),
+    cmocka_unit_test(test_every_truncation_is_a_torn_tail),
+    cmocka_unit_test(test_every_flipped_bit),
+    cmocka_unit_test(test_headers),
+    cmocka_unit_test(test_zeroed_space_is_not_a_record),
+    cmocka_unit_test(test_file_append_reopen),
+    cmocka_unit_test(test_file_torn_tail_is_cut),
+    cmocka_unit_test(test_file_foreign_is_untouched),
+  };
+  return cmocka_run_group_tests_name("journal", tests, NULL, NULL);
+}
