@@ -34,6 +34,7 @@ build = {
     ["procman.workflow"] = "lua/procman/workflow.lua",
     ["procman.pretty"] = "lua/procman/pretty.lua",
     ["procman.workflows.batch"] = "lua/procman/workflows/batch.lua",
+    ["procman.workflows.order"] = "lua/procman/workflows/order.lua",
   },
   install = {
     bin = { procman = "bin/procman" },
