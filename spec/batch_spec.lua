@@ -68,11 +68,7 @@ describe("procman.workflows.batch", function()
 
   it("is done when no file is pending", function()
     local done = batch.done
-    local function raw_state(pm) -- done() sees the raw state: rebuild it from history
-      local s = batch.init(pm:id())
-      for _, e in ipairs(pm:history()) do batch.on[e.event_type](s, e) end
-      return s
-    end
+    local function raw_state(pm) return flow.raw_state(batch, pm) end
     local pm = batch:new("b1")
     assert.is_false(done(raw_state(pm)))
     pm:handle { event_type = "batch_created", files = { "a", "b" } }

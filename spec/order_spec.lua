@@ -18,10 +18,8 @@ local function per_item(command_type)
   }
 end
 
-local function done(pm)  -- done() sees the raw state: rebuild it from history
-  local state = order.init(pm:id())
-  for _, e in ipairs(pm:history()) do order.on[e.event_type](state, e) end
-  return order.done(state)
+local function done(pm)
+  return order.done(flow.raw_state(order, pm))
 end
 
 describe("procman.workflows.order", function()

@@ -29,4 +29,12 @@ function flow.refuses(pm, event, pattern)
   return err
 end
 
+--- The flow's raw state (what done() and status() see, before view):
+-- the fold of its history through the workflow's handlers.
+function flow.raw_state(wf, pm)
+  local state = wf.init and wf.init(pm:id()) or {}
+  for _, event in ipairs(pm:history()) do wf.on[event.event_type](state, event) end
+  return state
+end
+
 return flow
