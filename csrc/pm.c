@@ -198,8 +198,9 @@ static const char *check_event_type(lua_State *L) {
   t = lua_rawget(L, 2);
   if (t == LUA_TSTRING && lua_rawlen(L, -1) > 0)
     return lua_tostring(L, -1);
-  return flow_error(L, 1, "event.event_type must be a non-empty string, got %s",
-                    t == LUA_TSTRING ? "an empty string" : lua_typename(L, t)), NULL;
+  flow_error(L, 1, "event.event_type must be a non-empty string, got %s",
+             t == LUA_TSTRING ? "an empty string" : lua_typename(L, t));
+  return NULL;  /* not reached: flow_error raises */
 }
 
 /* One flow per process manager: refuse an event naming another flow.
