@@ -32,6 +32,8 @@ enum {
 typedef struct PM {
   lua_Integer version;   /* events committed */
   size_t history_len;    /* committed bytes in the history buffer */
+  size_t undo_len;       /* history_len before the last commit */
+  int can_undo;          /* the last commit may still be taken back */
   int state_ok;          /* 0: the state cache must be rebuilt */
   int busy;              /* a handler or replay of this flow is running */
   int closed;
@@ -375,6 +377,8 @@ static int pm_handle(lua_State *L) {
     return abort_handle(L, LUA_OK, type);
   /* commit: nothing below allocates */
   lua_getiuservalue(L, 1, UV_HISTORY);
+  p->undo_len = p->history_len;
+  p->can_undo = 1;
   p->history_len = buffer_at(L, -1)->len;
   p->version++;
   p->state_ok = 1;
@@ -440,6 +444,53 @@ static void push_status(lua_State *L, PM *p) {
   }
   else if (t != LUA_TSTRING)
     flow_error(L, 1, "status must be a string or nil, got %s", lua_typename(L, t));
+}
+
+/* pm:done() -> true once the workflow's done(state) says so. */
+static int pm_done(lua_State *L) {
+  PM *p = check_usable(L);
+  ensure_state(L, p);
+  if (workflow_field(L, 1, "done") == LUA_TNIL) {
+    lua_pushboolean(L, 0);
+    return 1;
+  }
+  lua_getiuservalue(L, 1, UV_STATE);
+  lua_call(L, 1, 1);
+  lua_pushboolean(L, lua_toboolean(L, -1));
+  return 1;
+}
+
+/*
+** core.undo(pm): take back the flow's last committed event, forgetting its
+** event_id.  For the router, whose handle() is atomic across the flows of
+** several workflows.  Everything that can fail comes before the change.
+*/
+static int pm_undo(lua_State *L) {
+  PM *p = check_usable(L);
+  size_t pos;
+  if (!p->can_undo)
+    return flow_error(L, 1, "no committed event to take back");
+  lua_settop(L, 1);
+  lua_getiuservalue(L, 1, UV_HISTORY);                /* 2 */
+  pos = p->undo_len;
+  if (!codec_decode(L, buffer_at(L, 2)->data, p->history_len, &pos))  /* 3 */
+    return flow_error(L, 1, "history event #%I is damaged: %s", p->version,
+                      lua_tostring(L, -1));
+  lua_pushliteral(L, "event_id");
+  lua_rawget(L, 3);                                   /* 4 */
+  lua_getiuservalue(L, 1, UV_SEEN);                   /* 5 */
+  p->history_len = p->undo_len;
+  p->version--;
+  p->can_undo = 0;
+  p->state_ok = 0;
+  if (!lua_isnil(L, 4) && lua_istable(L, 5)) {
+    lua_pushvalue(L, 4);
+    lua_pushnil(L);
+    lua_rawset(L, 5);  /* removing a key never allocates */
+  }
+  if (!try_replay(L, 1))
+    lua_pop(L, 1);  /* stays dirty: the next use replays */
+  return 0;
 }
 
 static int pm_status(lua_State *L) {
@@ -545,6 +596,7 @@ static const luaL_Reg pm_methods[] = {
   { "version", pm_version },
   { "id", pm_id },
   { "history", pm_history },
+  { "done", pm_done },
   { NULL, NULL }
 };
 
@@ -555,7 +607,8 @@ static const luaL_Reg pm_metamethods[] = {
   { NULL, NULL }
 };
 
-void pm_register(lua_State *L) {
+void pm_register(lua_State *L, int core) {
+  core = lua_absindex(L, core);
   luaL_newmetatable(L, PM_TYPENAME);
   lua_pushvalue(L, -1);
   luaL_setfuncs(L, pm_metamethods, 1);
@@ -567,5 +620,6 @@ void pm_register(lua_State *L) {
   lua_setfield(L, -4, "__close");
   lua_setfield(L, -2, "close");
   lua_setfield(L, -2, "__index");
-  lua_pop(L, 1);
+  lua_pushcclosure(L, pm_undo, 1);  /* the metatable is its upvalue */
+  lua_setfield(L, core, "undo");
 }

@@ -8,8 +8,9 @@
 
 #define PM_TYPENAME "procman.pm"
 
-/* Create the procman.pm metatable (once per lua_State). */
-void pm_register(lua_State *L);
+/* Create the procman.pm metatable (once per lua_State) and set core.undo
+** in the module table at index 'core'. */
+void pm_register(lua_State *L, int core);
 
 /* core.new(spec, flow_id) -> procman.pm.  'spec' is the checked workflow
 ** definition built by lua/procman/workflow.lua. */

@@ -62,9 +62,9 @@ static const luaL_Reg core_functions[] = {
 };
 
 LUAMOD_API int luaopen_procman_core(lua_State *L) {
-  pm_register(L);
   journal_lua_register(L);
   luaL_newlib(L, core_functions);
+  pm_register(L, -1);
   lua_pushinteger(L, CODEC_MAX_DEPTH);
   lua_setfield(L, -2, "max_depth");
   lua_pushliteral(L, PROCMAN_CORE_VERSION);

@@ -317,6 +317,43 @@ describe("procman.pm", function()
     end)())
   end)
 
+  it("done() asks the workflow's done(state), false without one", function()
+    local batch = require "procman.workflows.batch"
+    local b = batch:new("b1")
+    assert.is_false(b:done())
+    b:handle { event_type = "batch_created", files = { "a" } }
+    assert.is_false(b:done())
+    b:handle { event_type = "file_processed", file = { id = "a", status = "error" } }
+    assert.is_true(b:done())
+    assert.is_false(counter():new("c1"):done())
+  end)
+
+  describe("core.undo (for the router)", function()
+    local core = require "procman.core"
+
+    it("takes back the last committed event and forgets its id", function()
+      local pm = counter():new("c1")
+      pm:handle { event_type = "add", by = 2, event_id = "e1" }
+      local before = flow.snapshot(pm)
+      pm:handle { event_type = "add", by = 5, event_id = "e2" }
+      core.undo(pm)
+      assert.same(before, flow.snapshot(pm))
+      assert.same({ { command_type = "added", n = 7 } }, pm:handle { event_type = "add", by = 5, event_id = "e2", emit = true })
+      assert.equal(2, pm:version())
+    end)
+
+    it("takes back one event only, and nothing before a commit", function()
+      local pm = counter():new("c1")
+      assert.has_error(function() core.undo(pm) end, "counter/c1: no committed event to take back")
+      pm:handle { event_type = "add" }
+      pcall(pm.handle, pm, { event_type = "half_then_fail" })
+      core.undo(pm)  -- the failed call committed nothing: this takes back "add"
+      assert.equal(0, pm:version())
+      assert.has_error(function() core.undo(pm) end, "no committed event to take back")
+      assert.has_error(function() core.undo({}) end)
+    end)
+  end)
+
   describe("close", function()
     it("is __close and __gc, safe twice, and makes the flow unusable", function()
       local mt = getmetatable(counter():new("c"))
