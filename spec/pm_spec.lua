@@ -349,7 +349,7 @@ describe("procman.pm", function()
       pcall(pm.handle, pm, { event_type = "half_then_fail" })
       core.undo(pm)  -- the failed call committed nothing: this takes back "add"
       assert.equal(0, pm:version())
-      assert.has_error(function() core.undo(pm) end, "no committed event to take back")
+      assert.has_error(function() core.undo(pm) end, "counter/c1: no committed event to take back")
       assert.has_error(function() core.undo({}) end)
     end)
   end)
