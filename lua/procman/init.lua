@@ -3,6 +3,7 @@
 -- The public API. See docs/api.md for the contract.
 local core = require "procman.core"
 local workflow = require "procman.workflow"
+local router = require "procman.router"
 
 local procman = {
   _VERSION = "procman " .. core.version,
@@ -10,6 +11,8 @@ local procman = {
   --- procman.workflow(def) -> a workflow; wf:new(id) -> a procman.pm
   workflow = workflow.define,
   is_workflow = workflow.is_workflow,
+  --- procman.router(opts) -> a router of many flows, journaled (docs/api.md)
+  router = router,
   --- procman.encode(v) -> bytes; procman.decode(bytes) -> v (MessagePack)
   encode = core.encode,
   decode = core.decode,

@@ -1,0 +1,456 @@
+--- procman.router: many flows of many workflows, routed by correlation id,
+-- journaled, with an outbox of commands that stay pending until acked.
+--
+--   local r <close> = procman.router { workflows = { batch, order },
+--                                      journal = "flows.pmj", sync = "always" }
+--   for _, envelope in ipairs(r:handle(event)) do ... end
+--   r:dispatch(function(command, envelope) gateway.send(command, envelope.id) end)
+--
+-- Journal records (docs/journal-format.md gives the framing; payloads are
+-- the codec's MessagePack):
+--   type 1, an event:  { seq = n, event = {...},
+--                        flows = { { workflow = w, flow = id, commands = {...} }, ... } }
+--   type 2, an ack:    { id = "<command id>" }
+-- Recovery replays event records through the handlers (their commands are
+-- compared with the journaled ones, not emitted again), then applies acks.
+local core = require "procman.core"
+local workflow = require "procman.workflow"
+local pretty = require "procman.pretty"
+
+local encode, decode, copy = core.encode, core.decode, core.copy
+
+local RECORD_EVENT, RECORD_ACK = 1, 2
+local OPTIONS = { workflows = true, journal = true, sync = true, repair = true,
+                  on_divergence = true, warn = true }
+local SYNC = { always = true, batch = true, none = true }
+
+local Router = {}
+
+-- Raise "procman.router: ...". Like the errors of procman.pm, they carry
+-- no position: the message says what and where (workflow, flow, event).
+local function fail(fmt, ...)
+  error("procman.router: " .. string.format(fmt, ...), 0)
+end
+
+local function check_open(self)
+  if self.closed then error("procman.router: this router is closed", 0) end
+end
+
+local function label(name, flow_id)
+  return string.format("%s/%s", name, tostring(flow_id))
+end
+
+-- ---------------------------------------------------------------------
+-- Options
+-- ---------------------------------------------------------------------
+
+local function check_workflows(list)
+  if type(list) ~= "table" or #list == 0 then
+    fail("workflows must be a non-empty array of workflows, got %s", type(list))
+  end
+  local specs, by_name = {}, {}
+  for i, wf in ipairs(list) do
+    local spec = workflow.spec(wf)
+    if spec == nil then
+      -- { require "m" } also keeps require's second result, the file name
+      local hint = (type(wf) == "string" and wf:match("%.lua$"))
+                   and "; a second result of require? write (require \"...\")" or ""
+      fail("workflows[%d] is not a workflow (see procman.workflow)%s", i, hint)
+    end
+    if by_name[spec.name] then fail("workflows[%d]: two workflows are named %q", i, spec.name) end
+    if spec.correlate == nil then
+      fail("workflow %q has no correlate: the router cannot tell its flows apart", spec.name)
+    end
+    specs[i], by_name[spec.name] = spec, spec
+  end
+  return specs, by_name
+end
+
+local function check_options(opts)
+  if type(opts) ~= "table" then fail("options must be a table, got %s", type(opts)) end
+  for k in pairs(opts) do
+    if not OPTIONS[k] then fail("unknown option %s", tostring(k)) end
+  end
+  if opts.journal ~= nil and (type(opts.journal) ~= "string" or opts.journal == "") then
+    fail("journal must be a file path, got %s", type(opts.journal))
+  end
+  if opts.sync ~= nil and not SYNC[opts.sync] then
+    fail('sync must be "always", "batch" or "none", got %s', tostring(opts.sync))
+  end
+  local d = opts.on_divergence
+  if d ~= nil and d ~= "error" and d ~= "warn" then
+    fail('on_divergence must be "error" or "warn", got %s', tostring(d))
+  end
+  if opts.warn ~= nil and type(opts.warn) ~= "function" then
+    fail("warn must be a function, got %s", type(opts.warn))
+  end
+end
+
+-- ---------------------------------------------------------------------
+-- The outbox
+-- ---------------------------------------------------------------------
+
+-- Add the envelopes of one flow's commands; ids are deterministic: the
+-- workflow, the flow, the flow's version after the event, the index.
+local function emit(self, name, flow_id, version, commands, out)
+  for i, command in ipairs(commands) do
+    local envelope = { id = string.format("%s/%s/%d/%d", name, tostring(flow_id), version, i),
+                       workflow = name, flow = flow_id, command = command }
+    self.queue[#self.queue + 1] = envelope
+    self.pending_by_id[envelope.id] = envelope
+    self.pending_count = self.pending_count + 1
+    if out then out[#out + 1] = copy(envelope) end
+  end
+end
+
+local function forget_pending(self, id)
+  self.pending_by_id[id] = nil
+  self.pending_count = self.pending_count - 1
+  -- drop acked envelopes from the front, so the queue does not grow forever
+  local q, head = self.queue, self.head
+  while head <= #q and self.pending_by_id[q[head].id] == nil do
+    q[head] = nil
+    head = head + 1
+  end
+  if head > #q then self.queue, head = {}, 1 end
+  self.head = head
+end
+
+-- ---------------------------------------------------------------------
+-- Flows
+-- ---------------------------------------------------------------------
+
+local function flow_id_of(spec, event)
+  local c = spec.correlate
+  local id
+  if type(c) == "string" then id = rawget(event, c) else id = c(event) end
+  if id == nil then
+    local how = type(c) == "string" and ("the field " .. c) or "a flow id (correlate returned nil)"
+    fail("event '%s' lacks %s, which workflow %q needs", rawget(event, "event_type"), how, spec.name)
+  end
+  if not (math.type(id) == "integer" or (type(id) == "string" and id ~= "")) then
+    fail("event '%s': flow id for workflow %q must be a non-empty string or an integer, got %s",
+         rawget(event, "event_type"), spec.name, type(id))
+  end
+  return id
+end
+
+-- The flows an event goes to: { spec, flow, pm (nil: a new flow) }.
+local function targets_of(self, event, event_type)
+  local targets = {}
+  for _, spec in ipairs(self.specs) do
+    if spec.on[event_type] then
+      local flow_id = flow_id_of(spec, event)
+      local pm = self.live[spec.name][flow_id]
+      if pm == nil then
+        local final = self.finished[spec.name][flow_id]
+        if final ~= nil then
+          fail("flow %s is complete (%s): event '%s' came after it finished",
+               label(spec.name, flow_id), final, event_type)
+        elseif not spec.starts_set[event_type] then
+          fail("no flow %s for %s", label(spec.name, flow_id), event_type)
+        end
+      end
+      targets[#targets + 1] = { spec = spec, flow = flow_id, pm = pm }
+    end
+  end
+  return targets
+end
+
+-- Take back what the first n targets committed.
+local function undo(targets, n)
+  for i = n, 1, -1 do
+    if targets[i].committed then core.undo(targets[i].pm) end
+  end
+end
+
+-- Run the event through every target; on any failure undo and re-raise.
+local function apply(targets, event)
+  for i, t in ipairs(targets) do
+    local ok, err = pcall(function()
+      t.pm = t.pm or core.new(t.spec, t.flow)
+      local before = t.pm:version()
+      t.commands = t.pm:handle(event)
+      t.committed = t.pm:version() > before
+    end)
+    if not ok then
+      undo(targets, i - 1)
+      error(err, 0)
+    end
+  end
+end
+
+-- After a commit: live flows, completed flows, outbox.
+local function settle(self, targets, out)
+  for _, t in ipairs(targets) do
+    if t.committed then
+      local name = t.spec.name
+      self.live[name][t.flow] = t.pm
+      emit(self, name, t.flow, t.pm:version(), t.commands, out)
+      if t.pm:done() then
+        self.live[name][t.flow] = nil
+        self.finished[name][t.flow] = t.pm:status()
+        self.finished_count = self.finished_count + 1
+      end
+    end
+  end
+end
+
+-- ---------------------------------------------------------------------
+-- Journal and recovery
+-- ---------------------------------------------------------------------
+
+local function event_record(self, targets, event)
+  local flows = {}
+  for _, t in ipairs(targets) do
+    if t.committed then
+      flows[#flows + 1] = { workflow = t.spec.name, flow = t.flow, commands = t.commands }
+    end
+  end
+  return { seq = self.seq + 1, event = event, flows = flows }
+end
+
+local function diverged(self, where, journaled, now)
+  local msg = string.format("replay diverged at %s: the journal says the handler returned %s, "
+                            .. "but now it returns %s", where, pretty.format(journaled),
+                            pretty.format(now))
+  if self.on_divergence == "warn" then
+    self.warn("procman.router: " .. msg)
+  else
+    error("procman.router: " .. msg, 0)
+  end
+end
+
+-- Replay one event record: the flows handle it again; their commands are
+-- compared with the journaled ones, and the journaled ones go to the outbox.
+local function replay_event(self, rec, offset)
+  for _, f in ipairs(rec.flows) do
+    local spec = self.by_name[f.workflow]
+    local where = string.format("%s, sequence %d (byte %d of %s)", label(f.workflow, f.flow),
+                                rec.seq, offset, self.journal_path)
+    if spec == nil then
+      error(string.format("procman.router: the journal has flows of workflow %q, "
+                          .. "which this router was not given (%s)", f.workflow, where), 0)
+    end
+    local pm = self.live[spec.name][f.flow] or core.new(spec, f.flow)
+    local ok, now = pcall(pm.handle, pm, rec.event)
+    if not ok then
+      error(string.format("procman.router: replay failed at %s: %s", where, tostring(now)), 0)
+    end
+    if encode(now) ~= encode(f.commands) then diverged(self, where, f.commands, now) end
+    settle(self, { { spec = spec, flow = f.flow, pm = pm, committed = true,
+                     commands = f.commands } })
+  end
+  self.seq = rec.seq
+end
+
+local function recover(self, j)
+  for offset, kind, payload in j:records() do
+    local rec = decode(payload)
+    if kind == RECORD_EVENT then
+      replay_event(self, rec, offset)
+    elseif kind == RECORD_ACK then
+      if self.pending_by_id[rec.id] then forget_pending(self, rec.id) end
+    else
+      error(string.format("procman.router: %s: unknown record type %d at byte %d",
+                          self.journal_path, kind, offset), 0)
+    end
+    self.recovered = self.recovered + 1
+  end
+end
+
+local function open_journal(self, opts)
+  local j, info, code = core.journal_open(opts.journal, { sync = opts.sync, repair = opts.repair })
+  if j == nil then
+    if code == 84 then error("procman.router: " .. info, 0) end  -- EILSEQ: damaged
+    return nil, "procman.router: " .. info
+  end
+  self.journal, self.dropped = j, info.dropped
+  if info.dropped > 0 then
+    self.warn(string.format("procman.router: %s: cut a torn tail of %d bytes (a crash while writing)",
+                            opts.journal, info.dropped))
+  end
+  local ok, err = pcall(recover, self, j)
+  if not ok then
+    j:close()
+    error(err, 0)
+  end
+  return true
+end
+
+-- ---------------------------------------------------------------------
+-- The public methods
+-- ---------------------------------------------------------------------
+
+--- r:handle(event) -> envelopes { id, workflow, flow, command }
+-- Atomic: if any flow fails, or the journal cannot take the record,
+-- nothing changes. A failure of the journal returns nil, message.
+function Router:handle(event)
+  check_open(self)
+  if type(event) ~= "table" then fail("event must be a table, got %s", type(event)) end
+  local event_type = rawget(event, "event_type")
+  if type(event_type) ~= "string" or event_type == "" then
+    fail("event.event_type must be a non-empty string, got %s", type(event_type))
+  end
+  local targets = targets_of(self, event, event_type)
+  apply(targets, event)
+  local record = event_record(self, targets, event)
+  if #record.flows == 0 then return {} end  -- a redelivery everywhere
+  local ok, bytes = pcall(encode, record)
+  if not ok then
+    undo(targets, #targets)
+    fail("a handler returned commands that are not data: %s", bytes)
+  end
+  if self.journal then
+    local at, err = self.journal:append(RECORD_EVENT, bytes)
+    if not at then
+      undo(targets, #targets)
+      return nil, "procman.router: " .. err
+    end
+  end
+  self.seq = record.seq
+  local out = {}
+  settle(self, targets, out)
+  return out
+end
+
+--- r:pending() -> the envelopes not yet acked, in emission order (copies).
+function Router:pending()
+  check_open(self)
+  local out = {}
+  for i = self.head, #self.queue do
+    local e = self.queue[i]
+    if self.pending_by_id[e.id] then out[#out + 1] = copy(e) end
+  end
+  return out
+end
+
+--- r:ack(id) -> true, or nil, message if the journal cannot take it.
+function Router:ack(id)
+  check_open(self)
+  if type(id) ~= "string" or self.pending_by_id[id] == nil then
+    fail("no pending command with id %s", tostring(id))
+  end
+  if self.journal then
+    local at, err = self.journal:append(RECORD_ACK, encode({ id = id }))
+    if not at then return nil, "procman.router: " .. err end
+  end
+  forget_pending(self, id)
+  return true
+end
+
+--- r:dispatch(fn) -> count[, error]: fn(command, envelope) for each pending
+-- envelope in order, acking each that returns; stops at the first error.
+function Router:dispatch(fn)
+  check_open(self)
+  if type(fn) ~= "function" then fail("dispatch needs a function(command, envelope)") end
+  local count = 0
+  for _, envelope in ipairs(self:pending()) do
+    local ok, err = pcall(fn, envelope.command, envelope)
+    if not ok then return count, err end
+    local acked, why = self:ack(envelope.id)
+    if not acked then return count, why end
+    count = count + 1
+  end
+  return count
+end
+
+--- r:flow(workflow_name, flow_id) -> the live procman.pm, or nil.
+function Router:flow(name, flow_id)
+  check_open(self)
+  if self.by_name[name] == nil then fail("no workflow named %s", tostring(name)) end
+  return self.live[name][flow_id]
+end
+
+--- for pm in r:flows() do ... end: the live flows.
+function Router:flows()
+  check_open(self)
+  local list = {}
+  for _, spec in ipairs(self.specs) do
+    for _, pm in pairs(self.live[spec.name]) do list[#list + 1] = pm end
+  end
+  local i = 0
+  return function()
+    i = i + 1
+    return list[i]
+  end
+end
+
+--- r:completed(workflow_name, flow_id) -> the final status, or nil.
+function Router:completed(name, flow_id)
+  check_open(self)
+  if self.by_name[name] == nil then fail("no workflow named %s", tostring(name)) end
+  return self.finished[name][flow_id]
+end
+
+--- r:stats() -> counts.
+function Router:stats()
+  check_open(self)
+  local live = 0
+  for _, spec in ipairs(self.specs) do
+    for _ in pairs(self.live[spec.name]) do live = live + 1 end
+  end
+  return { live = live, completed = self.finished_count, pending = self.pending_count,
+           journal_bytes = self.journal and self.journal:size() or 0,
+           recovered = self.recovered, dropped = self.dropped, seq = self.seq }
+end
+
+--- r:flush() -> true, or nil, message: make every record durable.
+function Router:flush()
+  check_open(self)
+  if self.journal then
+    local ok, err = self.journal:sync()
+    if not ok then return nil, "procman.router: " .. err end
+  end
+  return true
+end
+
+--- r:close(), <close>, __gc: flush and close the journal; safe twice.
+function Router:close()
+  if self.closed then return true end
+  self.closed = true
+  if self.journal then
+    local ok, err = self.journal:close()
+    if not ok then return nil, "procman.router: " .. err end
+  end
+  return true
+end
+
+local meta = {
+  __name = "procman.router",
+  __index = Router,
+  __close = function(self) self:close() end,
+  __gc = function(self) self:close() end,
+  __tostring = function(self)
+    if self.closed then return "procman.router (closed)" end
+    local s = self:stats()
+    return string.format("procman.router (%d live, %d completed, %d pending)",
+                         s.live, s.completed, s.pending)
+  end,
+}
+
+--- procman.router(opts) -> router, or nil, message if the journal cannot
+-- be opened. Misuse and a damaged journal raise.
+return function(opts)
+  check_options(opts)
+  local specs, by_name = check_workflows(opts.workflows)
+  local self = setmetatable({
+    specs = specs, by_name = by_name, live = {}, finished = {}, finished_count = 0,
+    queue = {}, head = 1, pending_by_id = {}, pending_count = 0,
+    seq = 0, recovered = 0, dropped = 0, closed = false,
+    on_divergence = opts.on_divergence or "error",
+    warn = opts.warn or function(msg) warn(msg) end,
+    journal_path = opts.journal,
+  }, meta)
+  for _, spec in ipairs(specs) do
+    self.live[spec.name], self.finished[spec.name] = {}, {}
+  end
+  if opts.journal then
+    local ok, err = open_journal(self, opts)
+    if not ok then
+      self.closed = true
+      return nil, err
+    end
+  end
+  return self
+end

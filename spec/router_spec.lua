@@ -1,0 +1,361 @@
+-- procman.router: routing, atomicity, the outbox, the journal and recovery.
+local procman = require "procman"
+local batch = require "procman.workflows.batch"
+local order = require "procman.workflows.order"
+
+local function temp_path()
+  local path = os.tmpname()
+  os.remove(path)
+  return path .. ".pmj"
+end
+
+local function file_bytes(path)
+  local f = assert(io.open(path, "rb"))
+  local s = f:read("a")
+  f:close()
+  return s
+end
+
+local function write_bytes(path, s)
+  local f = assert(io.open(path, "wb"))
+  f:write(s)
+  f:close()
+end
+
+-- Everything observable about a router, to compare two of them.
+local function snapshot(r)
+  local flows = {}
+  for pm in r:flows() do
+    flows[tostring(pm)] = { state = pm:state(), version = pm:version(), history = pm:history() }
+  end
+  local pending = {}
+  for i, e in ipairs(r:pending()) do pending[i] = e end
+  local s = r:stats()
+  return { flows = flows, pending = pending, live = s.live, completed = s.completed, seq = s.seq }
+end
+
+local function refuses(r, event, message)
+  local before = snapshot(r)
+  local bytes = r:stats().journal_bytes
+  local ok, err = pcall(r.handle, r, event)
+  assert.is_false(ok)
+  if not err:find(message, 1, true) then
+    error(string.format("%q does not contain %q", err, message), 2)
+  end
+  assert.same(before, snapshot(r))
+  assert.equal(bytes, r:stats().journal_bytes)
+end
+
+describe("procman.router", function()
+  describe("routing", function()
+    it("starts flows, routes by correlation id, and returns envelopes", function()
+      local r = procman.router { workflows = { batch, order } }
+      assert.same({
+        { id = "batch/b7/1/1", workflow = "batch", flow = "b7", command = { command_type = "process_file", file = "a" } },
+        { id = "batch/b7/1/2", workflow = "batch", flow = "b7", command = { command_type = "process_file", file = "b" } },
+      }, r:handle { event_type = "batch_created", batch_id = "b7", files = { "a", "b" } })
+      assert.same({}, r:handle { event_type = "file_processed", batch_id = "b7", file = { id = "a", status = "success" } })
+      assert.equal("pending", r:flow("batch", "b7"):status())
+      assert.is_nil(r:flow("batch", "nope"))
+      assert.same({}, r:handle { event_type = "no_one_handles_this" })
+      assert.equal("procman.router (1 live, 0 completed, 2 pending)", tostring(r))
+    end)
+
+    it("completes flows, and refuses late events for them", function()
+      local r = procman.router { workflows = { batch } }
+      r:handle { event_type = "batch_created", batch_id = "b1", files = { "a" } }
+      r:handle { event_type = "file_processed", batch_id = "b1", file = { id = "a", status = "error" } }
+      assert.is_nil(r:flow("batch", "b1"))
+      assert.equal("error", r:completed("batch", "b1"))
+      assert.is_nil(r:completed("batch", "b2"))
+      refuses(r, { event_type = "file_processed", batch_id = "b1", file = { id = "a", status = "success" } },
+              "procman.router: flow batch/b1 is complete (error): event 'file_processed' came after it finished")
+      refuses(r, { event_type = "batch_created", batch_id = "b1", files = { "z" } }, "flow batch/b1 is complete")
+      assert.same({ live = 0, completed = 1, pending = 1, journal_bytes = 0, recovered = 0, dropped = 0, seq = 2 },
+                  r:stats())
+    end)
+
+    it("refuses events it cannot route, changing nothing", function()
+      local r = procman.router { workflows = { batch, order } }
+      r:handle { event_type = "batch_created", batch_id = "b1", files = { "a" } }
+      refuses(r, { event_type = "file_processed", batch_id = "b9", file = { id = "a", status = "success" } },
+              "procman.router: no flow batch/b9 for file_processed")
+      refuses(r, { event_type = "file_processed", file = { id = "a", status = "success" } },
+              "procman.router: event 'file_processed' lacks the field batch_id, which workflow \"batch\" needs")
+      refuses(r, { event_type = "batch_created", batch_id = {}, files = {} }, "must be a non-empty string or an integer")
+      refuses(r, "x", "procman.router: event must be a table, got string")
+      refuses(r, {}, "procman.router: event.event_type must be a non-empty string, got nil")
+      refuses(r, { event_type = "file_processed", batch_id = "b1", file = { id = "zz", status = "success" } },
+              'batch/b1: handler for \'file_processed\' failed: file "zz" is not in this batch')
+    end)
+
+    it("is atomic across workflows: one failing flow undoes the others", function()
+      local seen = procman.workflow { name = "audit", correlate = "batch_id", starts = { "file_processed" },
+                                      on = { file_processed = function(state) state.n = (state.n or 0) + 1
+                                                                return { { command_type = "log" } } end } }
+      local r = procman.router { workflows = { seen, batch }, journal = temp_path() }
+      r:handle { event_type = "batch_created", batch_id = "b1", files = { "a" } }
+      -- audit/b1 would start and handle it; batch/b1 refuses it: neither changes
+      refuses(r, { event_type = "file_processed", batch_id = "b1", file = { id = "zz", status = "success" } },
+              "not in this batch")
+      assert.is_nil(r:flow("audit", "b1"))
+      -- a live audit flow is taken back too
+      r:handle { event_type = "file_processed", batch_id = "b1", file = { id = "a", status = "success" }, event_id = "e1" }
+      r:handle { event_type = "batch_created", batch_id = "b2", files = { "a" } }
+      local audit = r:flow("audit", "b1")
+      assert.equal(1, audit:version())
+      refuses(r, { event_type = "file_processed", batch_id = "b2", file = { id = "zz", status = "success" } },
+              "not in this batch")
+      r:close()
+    end)
+
+    it("refuses commands that are not data, changing nothing", function()
+      local bad = procman.workflow { name = "bad", correlate = "id", starts = { "go" },
+                                     on = { go = function() return { { command_type = "x", f = print } } end } }
+      local r = procman.router { workflows = { bad } }
+      refuses(r, { event_type = "go", id = 1 }, "a handler returned commands that are not data")
+    end)
+  end)
+
+  describe("the outbox", function()
+    it("keeps commands pending in order until acked", function()
+      local r = procman.router { workflows = { batch } }
+      r:handle { event_type = "batch_created", batch_id = "b1", files = { "a", "b", "c" } }
+      local ids = {}
+      for i, e in ipairs(r:pending()) do ids[i] = e.id end
+      assert.same({ "batch/b1/1/1", "batch/b1/1/2", "batch/b1/1/3" }, ids)
+      assert.is_true(r:ack("batch/b1/1/2"))
+      assert.same({ "batch/b1/1/1", "batch/b1/1/3" }, { r:pending()[1].id, r:pending()[2].id })
+      assert.has_error(function() r:ack("batch/b1/1/2") end, "procman.router: no pending command with id batch/b1/1/2")
+      r:pending()[1].command.file = "changed"  -- copies
+      assert.equal("a", r:pending()[1].command.file)
+    end)
+
+    it("dispatches in order, acks each sent, stops at the first error", function()
+      local r = procman.router { workflows = { batch } }
+      r:handle { event_type = "batch_created", batch_id = "b1", files = { "a", "b", "c" } }
+      local sent = {}
+      local count, err = r:dispatch(function(command, envelope)
+        if command.file == "b" then error("gateway down", 0) end
+        sent[#sent + 1] = envelope.id
+      end)
+      assert.equal(1, count)
+      assert.equal("gateway down", err)
+      assert.same({ "batch/b1/1/1" }, sent)
+      assert.equal(2, #r:pending())
+      assert.equal(2, r:dispatch(function() end))
+      assert.equal(0, #r:pending())
+    end)
+  end)
+
+  describe("with a journal", function()
+    local path
+    before_each(function() path = temp_path() end)
+    after_each(function() os.remove(path) end)
+
+    -- A random workload of interleaved batch and order flows, with acks.
+    local function workload(seed, steps)
+      math.randomseed(seed)
+      local events, open_batches, open_orders = {}, {}, {}
+      for i = 1, steps do
+        local r = math.random(6)
+        if r == 1 or #open_batches + #open_orders == 0 then
+          local id = "b" .. i
+          open_batches[#open_batches + 1] = { id = id, files = { "x", "y" }, left = 2 }
+          events[#events + 1] = { event_type = "batch_created", batch_id = id, files = { "x", "y" } }
+        elseif r == 2 then
+          local id = "o" .. i
+          open_orders[#open_orders + 1] = { id = id, step = 1 }
+          events[#events + 1] = { event_type = "order_created", order_id = id,
+                                  items = { { sku = "s" .. i, quantity = i } } }
+        elseif r <= 4 and #open_batches > 0 then
+          local k = math.random(#open_batches)
+          local b = open_batches[k]
+          local file = b.left == 2 and "x" or "y"
+          b.left = b.left - 1
+          events[#events + 1] = { event_type = "file_processed", batch_id = b.id, event_id = "ev" .. i,
+                                  file = { id = file, status = math.random() < 0.8 and "success" or "error" } }
+          if b.left == 0 then table.remove(open_batches, k) end
+        elseif #open_orders > 0 then
+          local k = math.random(#open_orders)
+          local o = open_orders[k]
+          local t = ({ "payment_approved", "order_shipped" })[o.step]
+          events[#events + 1] = { event_type = t, order_id = o.id }
+          o.step = o.step + 1
+          if o.step > 2 then table.remove(open_orders, k) end
+        else
+          events[#events + 1] = { event_type = "ack_one" }
+        end
+      end
+      return events
+    end
+
+    local function run(r, e)
+      if e.event_type == "ack_one" then
+        local p = r:pending()
+        if #p > 0 then assert(r:ack(p[math.random(#p)].id)) end
+      else
+        assert(r:handle(e))
+      end
+    end
+
+    it("recovers exactly what an uninterrupted run has, at any cut point", function()
+      local events = workload(11, 300)
+      local reference = procman.router { workflows = { batch, order } }
+      math.randomseed(99)
+      for _, e in ipairs(events) do run(reference, e) end
+      for _, cut in ipairs({ 1, 17, 150, 299 }) do
+        os.remove(path)
+        math.randomseed(99)
+        local r = procman.router { workflows = { batch, order }, journal = path, sync = "none" }
+        for i = 1, cut do run(r, events[i]) end
+        r:close()
+        r = assert(procman.router { workflows = { batch, order }, journal = path, sync = "batch" })
+        for i = cut + 1, #events do run(r, events[i]) end
+        assert.same(snapshot(reference), snapshot(r))
+        r:close()
+      end
+    end)
+
+    it("remembers event ids across restarts", function()
+      local r = procman.router { workflows = { batch }, journal = path }
+      r:handle { event_type = "batch_created", batch_id = "b1", files = { "a", "b" } }
+      local e = { event_type = "file_processed", batch_id = "b1", event_id = "e1", file = { id = "a", status = "success" } }
+      r:handle(e)
+      r:close()
+      r = procman.router { workflows = { batch }, journal = path }
+      local bytes = r:stats().journal_bytes
+      assert.same({}, r:handle(e))
+      assert.equal(bytes, r:stats().journal_bytes)
+      assert.equal(2, r:flow("batch", "b1"):version())
+      r:close()
+    end)
+
+    it("keeps every event whose handle returned when killed with SIGKILL", function()
+      local child = [[
+        package.path = "lua/?.lua;lua/?/init.lua;" .. package.path
+        package.cpath = "build/?.so;" .. package.cpath
+        local procman = require "procman"
+        local r = procman.router { workflows = { (require "procman.workflows.batch") },
+                                   journal = arg[1], sync = "always" }
+        local done = io.open(arg[2], "w")
+        for i = 1, 100000 do
+          r:handle { event_type = "batch_created", batch_id = "b" .. i, files = { "f" } }
+          done:write(i, "\n")
+          done:flush()
+        end
+      ]]
+      local script = os.tmpname()
+      write_bytes(script, child)
+      for round = 1, 8 do
+        os.remove(path)
+        local progress = os.tmpname()
+        os.execute(string.format("lua5.4 %s %s %s & pid=$!; sleep 0.%d; kill -9 $pid; wait $pid 2>/dev/null",
+                                 script, path, progress, 2 + round % 5))
+        local last = 0
+        for line in io.lines(progress) do last = tonumber(line) end
+        os.remove(progress)
+        assert.is_true(last > 0, "the child handled no event before it was killed")
+        local r = assert(procman.router { workflows = { batch }, journal = path })
+        local s = r:stats()
+        assert.is_true(s.seq >= last, string.format("handled %d, recovered %d", last, s.seq))
+        assert.is_true(s.seq <= last + 1)  -- at most the one in flight
+        for i = 1, s.seq do assert.is_not_nil(r:flow("batch", "b" .. i)) end
+        r:close()
+      end
+      os.remove(script)
+    end)
+
+    it("cuts a torn tail and says so", function()
+      local r = procman.router { workflows = { batch }, journal = path }
+      r:handle { event_type = "batch_created", batch_id = "b1", files = { "a" } }
+      r:close()
+      local whole = file_bytes(path)
+      write_bytes(path, whole .. "\x40\0\0\0\1\2\3")
+      local warnings = {}
+      r = procman.router { workflows = { batch }, journal = path, warn = function(m) warnings[#warnings + 1] = m end }
+      assert.equal(7, r:stats().dropped)
+      assert.equal(1, r:stats().recovered)
+      assert.matches("cut a torn tail of 7 bytes", warnings[1])
+      r:close()
+    end)
+
+    it("refuses a journal damaged in the middle, naming file and offset, unless repairing", function()
+      local r = procman.router { workflows = { batch }, journal = path }
+      r:handle { event_type = "batch_created", batch_id = "b1", files = { "a" } }
+      r:handle { event_type = "batch_created", batch_id = "b2", files = { "a" } }
+      r:close()
+      local bytes = file_bytes(path)
+      write_bytes(path, bytes:sub(1, 30) .. string.char(bytes:byte(31) ~ 1) .. bytes:sub(32))
+      assert.has_error(function() procman.router { workflows = { batch }, journal = path } end,
+        "procman.router: " .. path .. ": damaged record at byte 16: a record whose checksum does not match "
+        .. "(intact records follow at byte " .. (#bytes - (#bytes - 16) // 2) .. "; open with repair = true to skip it)")
+      r = procman.router { workflows = { batch }, journal = path, repair = true }
+      assert.is_nil(r:flow("batch", "b1"))
+      assert.is_not_nil(r:flow("batch", "b2"))
+      r:close()
+    end)
+
+    it("detects replay divergence: workflow code that changed the past", function()
+      local r = procman.router { workflows = { batch }, journal = path }
+      r:handle { event_type = "batch_created", batch_id = "b1", files = { "a" } }
+      r:close()
+      local changed = procman.workflow { name = "batch", correlate = "batch_id", starts = { "batch_created" },
+        on = { batch_created = function(state, event)
+          state.files = event.files
+          return { { command_type = "process_file_v2", file = event.files[1] } }
+        end } }
+      assert.has_error(function() procman.router { workflows = { changed }, journal = path } end,
+        "procman.router: replay diverged at batch/b1, sequence 1 (byte 16 of " .. path .. "): the journal says "
+        .. 'the handler returned { { command_type = "process_file", file = "a" } }, but now it returns '
+        .. '{ { command_type = "process_file_v2", file = "a" } }')
+      local warnings = {}
+      r = procman.router { workflows = { changed }, journal = path, on_divergence = "warn",
+                           warn = function(m) warnings[#warnings + 1] = m end }
+      assert.equal(1, #warnings)
+      assert.equal("process_file", r:pending()[1].command.command_type)  -- the journal's
+      r:close()
+    end)
+
+    it("says why it cannot open the journal, the Lua way", function()
+      local r, err = procman.router { workflows = { batch }, journal = "/nonexistent-dir/x.pmj" }
+      assert.is_nil(r)
+      assert.equal("procman.router: /nonexistent-dir/x.pmj: cannot open the journal (No such file or directory)", err)
+    end)
+  end)
+
+  it("checks its options", function()
+    local function refused(opts, message)
+      local ok, err = pcall(procman.router, opts)
+      assert.is_false(ok)
+      assert.equal("procman.router: " .. message, err)
+    end
+    refused(nil, "options must be a table, got nil")
+    refused({}, "workflows must be a non-empty array of workflows, got nil")
+    refused({ workflows = { {} } }, "workflows[1] is not a workflow (see procman.workflow)")
+    refused({ workflows = { batch, "./x/batch.lua" } },
+            'workflows[2] is not a workflow (see procman.workflow); a second result of require? write (require "...")')
+    refused({ workflows = { batch, batch } }, 'workflows[2]: two workflows are named "batch"')
+    refused({ workflows = { procman.workflow { name = "w", on = { a = function() end } } } },
+            'workflow "w" has no correlate: the router cannot tell its flows apart')
+    refused({ workflows = { batch }, sync = "sometimes" }, 'sync must be "always", "batch" or "none", got sometimes')
+    refused({ workflows = { batch }, journal = 5 }, "journal must be a file path, got number")
+    refused({ workflows = { batch }, on_divergence = "ignore" }, 'on_divergence must be "error" or "warn", got ignore')
+    refused({ workflows = { batch }, jounral = "x" }, "unknown option jounral")
+  end)
+
+  it("is closed by close(), <close> and the garbage collector", function()
+    local path = temp_path()
+    do
+      local r <close> = procman.router { workflows = { batch }, journal = path }
+      r:handle { event_type = "batch_created", batch_id = "b1", files = { "a" } }
+    end
+    local r = procman.router { workflows = { batch }, journal = path }  -- the lock was released
+    assert.is_true(r:close())
+    assert.is_true(r:close())
+    assert.equal("procman.router (closed)", tostring(r))
+    assert.has_error(function() r:handle { event_type = "x" } end, "procman.router: this router is closed")
+    assert.has_error(function() r:pending() end, "procman.router: this router is closed")
+    os.remove(path)
+  end)
+end)
