@@ -9,6 +9,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <stdio.h>
 #include <string.h>
 #include <sys/file.h>
 #include <sys/mman.h>
@@ -263,9 +264,10 @@ static int scan_file(Journal *j, size_t size, JournalScan *scan, const char **wh
   return 0;
 }
 
-static int open_locked(Journal *j, const char *path, size_t *size, const char **why) {
+static int open_locked(Journal *j, const char *path, int flags, size_t *size,
+                       const char **why) {
   struct stat st;
-  j->fd = open(path, O_RDWR | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+  j->fd = open(path, O_RDWR | O_CREAT | O_APPEND | O_CLOEXEC | flags, 0600);
   if (j->fd < 0)
     return fail(why, "cannot open the journal");
   if (flock(j->fd, LOCK_EX | LOCK_NB) != 0)
@@ -316,7 +318,7 @@ int journal_open(Journal *j, const char *path, JournalSync sync, int repair,
   j->sync = sync;
   memset(scan, 0, sizeof *scan);
   errno = 0;
-  e = open_locked(j, path, &size, why);
+  e = open_locked(j, path, 0, &size, why);
   if (e == 0)
     e = scan_file(j, size, scan, why);
   if (e == 0)
@@ -326,6 +328,32 @@ int journal_open(Journal *j, const char *path, JournalSync sync, int repair,
     j->fd = -1;
   }
   return e;
+}
+
+int journal_create(Journal *j, const char *path, JournalSync sync, const char **why) {
+  size_t size = 0;
+  int e;
+  memset(j, 0, sizeof *j);
+  j->fd = -1;
+  j->sync = sync;
+  errno = 0;
+  e = open_locked(j, path, O_EXCL, &size, why);
+  if (e == 0)
+    e = write_header(j, path, why);
+  if (e != 0 && j->fd >= 0) {
+    close(j->fd);
+    j->fd = -1;
+  }
+  return e;
+}
+
+int journal_replace(const char *from, const char *to, const char **why) {
+  errno = 0;
+  if (rename(from, to) != 0)
+    return fail(why, "cannot rename the new journal into place");
+  if (sync_parent_dir(to) != 0)
+    return fail(why, "cannot sync the journal's directory");
+  return 0;
 }
 
 int journal_append(Journal *j, int type, const void *p, size_t n, const char **why) {

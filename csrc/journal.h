@@ -86,6 +86,13 @@ typedef struct Journal {
 int journal_open(Journal *j, const char *path, JournalSync sync, int repair,
                  JournalScan *scan, const char **why);
 
+/* Create a new, empty journal at 'path', which must not exist (O_EXCL: no
+** following a planted symlink); for compaction's temporary file. */
+int journal_create(Journal *j, const char *path, JournalSync sync, const char **why);
+
+/* Rename 'from' over 'to' and fsync the directory: durable replacement. */
+int journal_replace(const char *from, const char *to, const char **why);
+
 /* Append one record, whole or not at all: on a failed write the file is cut
 ** back.  Syncs when the policy is "always".  Returns 0 or an errno. */
 int journal_append(Journal *j, int type, const void *p, size_t n, const char **why);

@@ -79,6 +79,40 @@ static void push_info(lua_State *L, const JournalScan *scan, size_t size) {
   }
 }
 
+/* core.journal_create(path [, opts]) -> a new journal (path must not exist). */
+int journal_lua_create(lua_State *L) {
+  const char *path = luaL_checkstring(L, 1);
+  JournalSync sync = JOURNAL_SYNC_ALWAYS;
+  const char *why = NULL;
+  LJournal *lj;
+  int e;
+  if (!lua_isnoneornil(L, 2)) {
+    luaL_checktype(L, 2, LUA_TTABLE);
+    sync = check_sync(L, 2);
+  }
+  lj = (LJournal *)lua_newuserdatauv(L, sizeof *lj, 0);
+  lj->open = 0;
+  lj->j.fd = -1;
+  luaL_setmetatable(L, JOURNAL_TYPENAME);
+  e = journal_create(&lj->j, path, sync, &why);
+  if (e != 0)
+    return io_failure(L, path, why, e);
+  lj->open = 1;
+  return 1;
+}
+
+/* core.journal_replace(from, to) -> true | nil, message, errno */
+int journal_lua_replace(lua_State *L) {
+  const char *from = luaL_checkstring(L, 1);
+  const char *to = luaL_checkstring(L, 2);
+  const char *why = NULL;
+  int e = journal_replace(from, to, &why);
+  if (e != 0)
+    return io_failure(L, to, why, e);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
 int journal_lua_open(lua_State *L) {
   const char *path = luaL_checkstring(L, 1);
   JournalSync sync = JOURNAL_SYNC_ALWAYS;

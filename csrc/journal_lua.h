@@ -12,4 +12,10 @@ void journal_lua_register(lua_State *L);
 /* core.journal_open(path [, opts]) -> journal, info | nil, message, errno */
 int journal_lua_open(lua_State *L);
 
+/* core.journal_create(path [, opts]) -> journal | nil, message, errno */
+int journal_lua_create(lua_State *L);
+
+/* core.journal_replace(from, to) -> true | nil, message, errno */
+int journal_lua_replace(lua_State *L);
+
 #endif

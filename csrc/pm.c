@@ -26,7 +26,8 @@ enum {
   UV_STATE,         /* the state table (cache of the fold) */
   UV_HISTORY,       /* Buffer: the encoded events, then scratch space */
   UV_SEEN,          /* event_id -> true (handled) / false (tried): or nil */
-  UV_COUNT = UV_SEEN
+  UV_BASE,          /* encoded state of a snapshot the history starts from, or nil */
+  UV_COUNT = UV_BASE
 };
 
 typedef struct PM {
@@ -118,8 +119,18 @@ static int push_handler(lua_State *L, int pm, int type) {
   return lua_type(L, -1) == LUA_TFUNCTION;
 }
 
-/* Push a fresh state: init(id), or {} without init. */
+/* Push the state the history starts from: the snapshot the flow was
+** restored from, else init(id), else {}. */
 static void push_initial_state(lua_State *L, int pm) {
+  if (lua_getiuservalue(L, pm, UV_BASE) == LUA_TSTRING) {
+    size_t len, pos = 0;
+    const char *base = lua_tolstring(L, -1, &len);
+    if (!codec_decode(L, base, len, &pos))
+      luaL_error(L, "the snapshot state is damaged: %s", lua_tostring(L, -1));
+    lua_remove(L, -2);
+    return;
+  }
+  lua_pop(L, 1);
   if (workflow_field(L, pm, "init") == LUA_TNIL) {
     lua_pop(L, 1);
     lua_newtable(L);
@@ -569,24 +580,95 @@ static int pm_close(lua_State *L) {
 ** Construction and registration
 ** =================================================================== */
 
-int pm_new(lua_State *L) {
+/* Push a new flow of workflow 'spec' (index 1) with id (index 2). */
+static PM *push_flow(lua_State *L) {
   PM *p;
   int id_ok = lua_isinteger(L, 2) ||
               (lua_type(L, 2) == LUA_TSTRING && lua_rawlen(L, 2) > 0);
   luaL_checktype(L, 1, LUA_TTABLE);
   luaL_argexpected(L, id_ok, 2, "non-empty string or integer flow id");
-  p = (PM *)lua_newuserdatauv(L, sizeof(PM), UV_COUNT);  /* 3 */
+  p = (PM *)lua_newuserdatauv(L, sizeof(PM), UV_COUNT);
   memset(p, 0, sizeof *p);
   luaL_setmetatable(L, PM_TYPENAME);
   lua_pushvalue(L, 1);
-  lua_setiuservalue(L, 3, UV_WORKFLOW);
+  lua_setiuservalue(L, -2, UV_WORKFLOW);
   lua_pushvalue(L, 2);
-  lua_setiuservalue(L, 3, UV_ID);
+  lua_setiuservalue(L, -2, UV_ID);
+  return p;
+}
+
+/* Leave only the flow (at the top) and build its state, or raise. */
+static int finish_flow(lua_State *L) {
   lua_replace(L, 1);
   lua_settop(L, 1);
-  if (!try_replay(L, 1))  /* runs init(id) */
+  if (!try_replay(L, 1))  /* runs init(id), or decodes the snapshot */
     return lua_error(L);
   return 1;
+}
+
+int pm_new(lua_State *L) {
+  push_flow(L);
+  return finish_flow(L);
+}
+
+/*
+** core.snapshot(pm) -> state, version, seen_ids: the flow's raw state (a
+** copy), its version and the event ids it remembers, for compaction.
+*/
+static int pm_snapshot(lua_State *L) {
+  PM *p = check_usable(L);
+  lua_Integer n = 0;
+  ensure_state(L, p);
+  lua_getiuservalue(L, 1, UV_STATE);
+  deep_copy(L, "state");                              /* 2 */
+  lua_pushinteger(L, p->version);                     /* 3 */
+  lua_newtable(L);                                    /* 4 */
+  if (lua_getiuservalue(L, 1, UV_SEEN) == LUA_TTABLE) {  /* 5 */
+    lua_pushnil(L);
+    while (lua_next(L, 5)) {
+      if (lua_toboolean(L, -1)) {  /* handled, not merely tried */
+        lua_pushvalue(L, -2);
+        lua_rawseti(L, 4, ++n);
+      }
+      lua_pop(L, 1);
+    }
+  }
+  lua_settop(L, 4);
+  return 3;
+}
+
+/*
+** core.restore(spec, id, state, version, seen_ids) -> a flow that starts
+** from a snapshot: its history (and pm:history()) holds only the events
+** handled after it; replay starts from the snapshot's state.
+*/
+static int pm_restore(lua_State *L) {
+  lua_Integer version = luaL_checkinteger(L, 4);
+  lua_Integer i, n;
+  PM *p;
+  luaL_checktype(L, 3, LUA_TTABLE);
+  luaL_checktype(L, 5, LUA_TTABLE);
+  luaL_argcheck(L, version >= 0, 4, "version must not be negative");
+  lua_settop(L, 5);
+  p = push_flow(L);                                   /* 6 */
+  p->version = version;
+  buffer_new(L, 0);                                   /* 7 */
+  if (!codec_encode(L, 3, 7, "state"))
+    return luaL_error(L, "core.restore: %s", lua_tostring(L, -1));
+  lua_pushlstring(L, buffer_at(L, 7)->data, buffer_at(L, 7)->len);
+  lua_setiuservalue(L, 6, UV_BASE);
+  lua_pop(L, 1);
+  n = (lua_Integer)lua_rawlen(L, 5);
+  lua_createtable(L, 0, (int)(n < 1 << 20 ? n : 1 << 20));  /* 7: seen */
+  for (i = 1; i <= n; i++) {
+    int t = lua_rawgeti(L, 5, i);
+    if (t != LUA_TSTRING && !lua_isinteger(L, -1))
+      return luaL_error(L, "core.restore: seen_ids[%I] must be a string or an integer", i);
+    lua_pushboolean(L, 1);
+    lua_rawset(L, 7);
+  }
+  lua_setiuservalue(L, 6, UV_SEEN);
+  return finish_flow(L);
 }
 
 static const luaL_Reg pm_methods[] = {
@@ -620,6 +702,12 @@ void pm_register(lua_State *L, int core) {
   lua_setfield(L, -4, "__close");
   lua_setfield(L, -2, "close");
   lua_setfield(L, -2, "__index");
-  lua_pushcclosure(L, pm_undo, 1);  /* the metatable is its upvalue */
+  lua_pushvalue(L, -1);
+  lua_pushvalue(L, -1);
+  lua_pushcclosure(L, pm_undo, 1);  /* the metatable is their upvalue */
   lua_setfield(L, core, "undo");
+  lua_pushcclosure(L, pm_snapshot, 1);
+  lua_setfield(L, core, "snapshot");
+  lua_pushcclosure(L, pm_restore, 1);
+  lua_setfield(L, core, "restore");
 }

@@ -58,6 +58,8 @@ static const luaL_Reg core_functions[] = {
   { "decode", core_decode },
   { "copy", core_copy },
   { "journal_open", journal_lua_open },
+  { "journal_create", journal_lua_create },
+  { "journal_replace", journal_lua_replace },
   { NULL, NULL }
 };
 

@@ -354,6 +354,41 @@ describe("procman.pm", function()
     end)
   end)
 
+  describe("core.snapshot and core.restore (for compaction)", function()
+    local core = require "procman.core"
+    local workflow = require "procman.workflow"
+
+    it("restore a flow that goes on exactly as the original", function()
+      local wf = counter()
+      local pm = wf:new("c1")
+      pm:handle { event_type = "add", by = 2, event_id = "e1" }
+      pm:handle { event_type = "add", by = 3 }
+      pcall(pm.handle, pm, { event_type = "half_then_fail", event_id = "e9" })
+      local state, version, seen = core.snapshot(pm)
+      assert.same({ id = "c1", n = 5, log = { 2, 3 } }, state)
+      assert.equal(2, version)
+      assert.same({ "e1" }, seen)  -- e9 failed: not remembered
+      local copy = core.restore(workflow.spec(wf), "c1", state, version, seen)
+      assert.equal(2, copy:version())
+      assert.same({}, copy:history())  -- the history starts at the snapshot
+      assert.same(pm:state(), copy:state())
+      assert.same({}, copy:handle { event_type = "add", event_id = "e1", by = 100 })
+      flow.refuses(copy, { event_type = "half_then_fail" }, "boom")  -- replays from the snapshot
+      for _, p in ipairs({ pm, copy }) do p:handle { event_type = "add", by = 1, emit = true } end
+      assert.same(pm:state(), copy:state())
+      assert.equal(pm:version(), copy:version())
+    end)
+
+    it("restore checks its arguments", function()
+      local spec = workflow.spec(counter())
+      assert.has_error(function() core.restore(spec, "c1", { f = print }, 1, {}) end,
+                       "core.restore: cannot encode a function (only nil, booleans, numbers, strings and tables are data) at state.f")
+      assert.has_error(function() core.restore(spec, "c1", {}, -1, {}) end)
+      assert.has_error(function() core.restore(spec, "c1", {}, 1, { {} }) end,
+                       "core.restore: seen_ids[1] must be a string or an integer")
+    end)
+  end)
+
   describe("close", function()
     it("is __close and __gc, safe twice, and makes the flow unusable", function()
       local mt = getmetatable(counter():new("c"))

@@ -261,6 +261,29 @@ static void test_file_foreign_is_untouched(void **state) {
   unlink(path);
 }
 
+static void test_file_create_and_replace(void **state) {
+  char path[128], tmp[160];
+  Journal j, k;
+  JournalScan scan;
+  const char *why = NULL;
+  (void)state;
+  temp_path(path, sizeof path);
+  snprintf(tmp, sizeof tmp, "%s.compact", path);
+  unlink(tmp);
+  assert_int_equal(journal_create(&j, tmp, JOURNAL_SYNC_BATCH, &why), 0);
+  assert_int_equal(journal_append(&j, 3, "snap", 4, &why), 0);
+  assert_int_equal(journal_close(&j, &why), 0);
+  /* O_EXCL: an existing file (or a planted symlink) is never reused */
+  assert_int_equal(journal_create(&k, tmp, JOURNAL_SYNC_BATCH, &why), EEXIST);
+  assert_int_equal(journal_replace(tmp, path, &why), 0);
+  assert_int_equal(access(tmp, F_OK), -1);
+  assert_int_equal(journal_open(&k, path, JOURNAL_SYNC_NONE, 0, &scan, &why), 0);
+  assert_int_equal(scan.records, 1);
+  assert_int_equal(journal_close(&k, &why), 0);
+  assert_int_equal(journal_replace(tmp, path, &why), ENOENT);
+  unlink(path);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_crc32c_vectors),
@@ -272,6 +295,7 @@ int main(void) {
     cmocka_unit_test(test_file_append_reopen),
     cmocka_unit_test(test_file_torn_tail_is_cut),
     cmocka_unit_test(test_file_foreign_is_untouched),
+    cmocka_unit_test(test_file_create_and_replace),
   };
   return cmocka_run_group_tests_name("journal", tests, NULL, NULL);
 }

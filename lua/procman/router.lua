@@ -8,18 +8,25 @@
 --
 -- Journal records (docs/journal-format.md gives the framing; payloads are
 -- the codec's MessagePack):
---   type 1, an event:  { seq = n, event = {...},
---                        flows = { { workflow = w, flow = id, commands = {...} }, ... } }
---   type 2, an ack:    { id = "<command id>" }
+--   type 1, an event:     { seq = n, event = {...},
+--                           flows = { { workflow = w, flow = id, commands = {...} }, ... } }
+--   type 2, an ack:       { id = "<command id>" }
+-- and, written by compaction at the start of a new journal:
+--   type 3, a live flow:  { workflow = w, flow = id, state = {...}, version = n, seen = { ids } }
+--   type 4, a pending command: an envelope { id, workflow, flow, command }
+--   type 5, a completed flow:  { workflow = w, flow = id, status = s }
+--   type 6, the sequence:      { seq = n }
 -- Recovery replays event records through the handlers (their commands are
--- compared with the journaled ones, not emitted again), then applies acks.
+-- compared with the journaled ones, not emitted again), restores snapshot
+-- records as they are, and applies acks.
 local core = require "procman.core"
 local workflow = require "procman.workflow"
 local pretty = require "procman.pretty"
 
 local encode, decode, copy = core.encode, core.decode, core.copy
 
-local RECORD_EVENT, RECORD_ACK = 1, 2
+local RECORD_EVENT, RECORD_ACK, RECORD_FLOW, RECORD_OUTBOX, RECORD_COMPLETED, RECORD_SEQ =
+  1, 2, 3, 4, 5, 6
 local OPTIONS = { workflows = true, journal = true, sync = true, repair = true,
                   on_divergence = true, warn = true }
 local SYNC = { always = true, batch = true, none = true }
@@ -244,6 +251,32 @@ local function replay_event(self, rec, offset)
   self.seq = rec.seq
 end
 
+local function spec_for(self, name, offset)
+  local spec = self.by_name[name]
+  if spec == nil then
+    error(string.format("procman.router: the journal has flows of workflow %q, which this router "
+                        .. "was not given (byte %d of %s)", name, offset, self.journal_path), 0)
+  end
+  return spec
+end
+
+-- Records written by compaction: the router's state, as it was.
+local function restore_record(self, kind, rec, offset)
+  if kind == RECORD_FLOW then
+    local spec = spec_for(self, rec.workflow, offset)
+    self.live[spec.name][rec.flow] = core.restore(spec, rec.flow, rec.state, rec.version, rec.seen)
+  elseif kind == RECORD_OUTBOX then
+    self.queue[#self.queue + 1] = rec
+    self.pending_by_id[rec.id] = rec
+    self.pending_count = self.pending_count + 1
+  elseif kind == RECORD_COMPLETED then
+    self.finished[spec_for(self, rec.workflow, offset).name][rec.flow] = rec.status
+    self.finished_count = self.finished_count + 1
+  else
+    self.seq = rec.seq
+  end
+end
+
 local function recover(self, j)
   for offset, kind, payload in j:records() do
     local rec = decode(payload)
@@ -251,6 +284,8 @@ local function recover(self, j)
       replay_event(self, rec, offset)
     elseif kind == RECORD_ACK then
       if self.pending_by_id[rec.id] then forget_pending(self, rec.id) end
+    elseif kind >= RECORD_FLOW and kind <= RECORD_SEQ then
+      restore_record(self, kind, rec, offset)
     else
       error(string.format("procman.router: %s: unknown record type %d at byte %d",
                           self.journal_path, kind, offset), 0)
@@ -395,6 +430,71 @@ function Router:stats()
            recovered = self.recovered, dropped = self.dropped, seq = self.seq }
 end
 
+-- The records of a compacted journal: the router's state now.
+local function state_records(self)
+  local records = { { RECORD_SEQ, { seq = self.seq } } }
+  for _, spec in ipairs(self.specs) do
+    for flow_id, status in pairs(self.finished[spec.name]) do
+      records[#records + 1] = { RECORD_COMPLETED, { workflow = spec.name, flow = flow_id, status = status } }
+    end
+    for flow_id, pm in pairs(self.live[spec.name]) do
+      local state, version, seen = core.snapshot(pm)
+      records[#records + 1] = { RECORD_FLOW, { workflow = spec.name, flow = flow_id, state = state,
+                                               version = version, seen = seen } }
+    end
+  end
+  for _, envelope in ipairs(self:pending()) do
+    records[#records + 1] = { RECORD_OUTBOX, envelope }
+  end
+  return records
+end
+
+-- Write 'records' to a new journal at 'tmp', durably; true or nil, message.
+local function write_journal(tmp, records)
+  os.remove(tmp)  -- left by a compaction that crashed: we hold the lock
+  local j, err = core.journal_create(tmp, { sync = "batch" })
+  if not j then return nil, err end
+  for _, r in ipairs(records) do
+    local at, why = j:append(r[1], encode(r[2]))
+    if not at then
+      j:close()
+      os.remove(tmp)
+      return nil, why
+    end
+  end
+  local ok, why = j:close()  -- syncs
+  if not ok then
+    os.remove(tmp)
+    return nil, why
+  end
+  return true
+end
+
+--- r:compact() -> true, or nil, message: rewrite the journal as snapshots
+-- of the live flows, the completed set and the pending outbox, so that
+-- recovery time depends on live state, not on all of history. Written to a
+-- temporary file in the same directory, synced, renamed over the journal.
+function Router:compact()
+  check_open(self)
+  if not self.journal then fail("compact needs a journal") end
+  local tmp = self.journal_path .. ".compact"
+  local ok, err = write_journal(tmp, state_records(self))
+  if not ok then return nil, "procman.router: compaction failed, the journal is unchanged: " .. err end
+  ok, err = core.journal_replace(tmp, self.journal_path)
+  if not ok then
+    os.remove(tmp)
+    return nil, "procman.router: compaction failed, the journal is unchanged: " .. err
+  end
+  self.journal:close()  -- the old file, now unlinked
+  local j, info = core.journal_open(self.journal_path, { sync = self.sync })
+  if not j then  -- past the point of no return: the new journal is in place
+    self.closed = true
+    error("procman.router: compacted, but cannot reopen the journal: " .. info, 0)
+  end
+  self.journal = j
+  return true
+end
+
 --- r:flush() -> true, or nil, message: make every record durable.
 function Router:flush()
   check_open(self)
@@ -440,7 +540,7 @@ return function(opts)
     seq = 0, recovered = 0, dropped = 0, closed = false,
     on_divergence = opts.on_divergence or "error",
     warn = opts.warn or function(msg) warn(msg) end,
-    journal_path = opts.journal,
+    journal_path = opts.journal, sync = opts.sync,
   }, meta)
   for _, spec in ipairs(specs) do
     self.live[spec.name], self.finished[spec.name] = {}, {}
