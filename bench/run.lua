@@ -103,6 +103,67 @@ if os.getenv("BENCH_INSTRUCTIONS") ~= "0" and os.execute("command -v valgrind >/
   print()
 end
 
+-- The router: throughput in memory and at each sync level, recovery,
+-- compaction, bytes per live flow; plain Lua (a table of batch states)
+-- side by side.
+local ROUTER_EVENTS = tonumber(os.getenv("BENCH_ROUTER_EVENTS")) or 200000
+local RECOVER_EVENTS = tonumber(os.getenv("BENCH_RECOVER_EVENTS")) or 1000000
+local ALWAYS_EVENTS = tonumber(os.getenv("BENCH_ALWAYS_EVENTS")) or 2000
+local journal_path = os.tmpname() .. ".pmj"
+
+local function router_measure(case, n, runs)
+  local best
+  for _ = 1, runs or RUNS do
+    local cmd = string.format("%s bench/router_case.lua %s %d %s", arg[-1] or "lua5.4",
+                              case, n, journal_path)
+    local p = assert(io.popen(cmd))
+    local line = p:read("a")
+    assert(p:close(), "benchmark failed: " .. cmd)
+    local r = {}
+    for k, v in line:gmatch("(%w[%w_]*)=([%d%.]+)") do r[k] = tonumber(v) end
+    if best == nil or (r.events_per_s or 0) > (best.events_per_s or 0) then best = r end
+  end
+  return best
+end
+
+print(string.format("The router: flows of 3 files, 4 events each (%d events; sync always: %d; recovery: %d)",
+                    ROUTER_EVENTS, ALWAYS_EVENTS, RECOVER_EVENTS))
+print()
+print("| run                         |   events/s | vs in-memory router |")
+print("|-----------------------------|------------|---------------------|")
+local plain_r = router_measure("plain", ROUTER_EVENTS)
+local memory = router_measure("memory", ROUTER_EVENTS)
+local rows = {
+  { "plain Lua (baseline)", plain_r },
+  { "router, in memory", memory },
+  { "router, journal, sync none", router_measure("none", ROUTER_EVENTS) },
+  { "router, journal, sync batch", router_measure("batch", ROUTER_EVENTS) },
+  { "router, journal, sync always", router_measure("always", ALWAYS_EVENTS) },
+}
+local recovery = router_measure("recover", RECOVER_EVENTS, 1)
+rows[#rows + 1] = { "recovery (replay) of journal", recovery }
+for _, row in ipairs(rows) do
+  print(string.format("| %-27s | %10.0f | %19s |", row[1], row[2].events_per_s,
+                      ratio(row[2].events_per_s, memory.events_per_s)))
+end
+print()
+print(string.format("Journal of %d events: %.1f MB; compaction %.2f s, to %.1f MB.",
+                    RECOVER_EVENTS, recovery.journal_mb, recovery.compact_s, recovery.compacted_mb))
+local live = router_measure("live", 100000, 1)
+local live_plain = router_measure("live-plain", 100000, 1)
+print(string.format("Bytes per live flow (100,000 flows, outbox dispatched): router %.0f, plain %.0f: %s",
+                    live.bytes_per_flow, live_plain.bytes_per_flow,
+                    ratio(live.bytes_per_flow, live_plain.bytes_per_flow)))
+print()
+local none = rows[3][2]
+target(none.events_per_s >= 0.5 * memory.events_per_s, string.format(
+  "router with a journal, sync none, at least half the in-memory throughput: %.2fx",
+  none.events_per_s / memory.events_per_s))
+target(recovery.events_per_s >= 0.8 * memory.events_per_s, string.format(
+  "recovery at least 0.8x the in-memory handle throughput: %.2fx", recovery.events_per_s / memory.events_per_s))
+target(live.bytes_per_flow <= 2 * live_plain.bytes_per_flow, string.format(
+  "bytes per live flow within 2x of plain: %.2fx", live.bytes_per_flow / live_plain.bytes_per_flow))
+
 local big, small = per_event[1000000], per_event[10000]
 if big and small then
   target(big.procman <= 2 * big.plain, string.format(

@@ -174,16 +174,18 @@ end
 -- Run the event through every target; on any failure undo and re-raise.
 local function apply(targets, event)
   for i, t in ipairs(targets) do
-    local ok, err = pcall(function()
-      t.pm = t.pm or core.new(t.spec, t.flow)
-      local before = t.pm:version()
-      t.commands = t.pm:handle(event)
-      t.committed = t.pm:version() > before
-    end)
+    local ok, result = true, t.pm
+    if result == nil then ok, result = pcall(core.new, t.spec, t.flow) end
+    local before = ok and result:version()
+    if ok then
+      t.pm = result
+      ok, result = pcall(result.handle, result, event)
+    end
     if not ok then
       undo(targets, i - 1)
-      error(err, 0)
+      error(result, 0)
     end
+    t.commands, t.committed = result, t.pm:version() > before
   end
 end
 

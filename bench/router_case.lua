@@ -1,0 +1,141 @@
+--- One router measurement, in a process of its own.
+-- Usage: lua5.4 bench/router_case.lua CASE N [JOURNAL]
+--   plain              plain Lua: a table of batch states by id (baseline)
+--   memory             procman.router without a journal
+--   none|batch|always  procman.router journaled with that sync level
+--   recover            write N events (sync none), then time reopening
+--   live               N live flows kept: bytes per flow (plain: CASE live-plain)
+-- The workload: flows of 3 files, 4 events each (batch_created, then three
+-- file_processed), events carry event ids. Prints key=value pairs.
+local procman = require "procman"
+local batch = require "procman.workflows.batch"
+local baseline = require "baseline"
+
+local case, n, journal = arg[1], tonumber(arg[2]), arg[3]
+local clock = os.clock
+local FILES = { "a", "b", "c" }
+
+-- The i-th event of the workload (i from 1): flow (i-1)//4, step (i-1)%4.
+local function event(i)
+  local flow, step = (i - 1) // 4, (i - 1) % 4
+  if step == 0 then
+    return { event_type = "batch_created", batch_id = flow, event_id = i, files = FILES }
+  end
+  return { event_type = "file_processed", batch_id = flow, event_id = i,
+           file = { id = FILES[step], status = "success" } }
+end
+
+local function wall()  -- fsync waits are not CPU time: measure real time too
+  local p = io.popen("date +%s.%N")
+  local t = tonumber(p:read("l"))
+  p:close()
+  return t
+end
+
+local function plain_run(count)
+  local impl, flows = baseline.counters, {}
+  for i = 1, count do
+    local e = event(i)
+    local state = flows[e.batch_id]
+    if state == nil then
+      state = impl.new(e.batch_id)
+      flows[e.batch_id] = state
+    end
+    impl.handle(state, e)
+    if state.pending == 0 then flows[e.batch_id] = nil end
+  end
+  return flows
+end
+
+local function router_run(r, count)
+  for i = 1, count do assert(r:handle(event(i))) end
+  r:dispatch(function() end)
+end
+
+local cases = {}
+
+function cases.plain()
+  local t0 = clock()
+  plain_run(n)
+  return string.format("events_per_s=%.0f", n / (clock() - t0))
+end
+
+function cases.memory()
+  local r = procman.router { workflows = { batch } }
+  local t0 = clock()
+  router_run(r, n)
+  return string.format("events_per_s=%.0f", n / (clock() - t0))
+end
+
+local function journaled(sync)
+  os.remove(journal)
+  local r = assert(procman.router { workflows = { batch }, journal = journal, sync = sync })
+  local t0 = wall()
+  router_run(r, n)
+  assert(r:close())
+  local s = wall() - t0
+  os.remove(journal)
+  return string.format("events_per_s=%.0f", n / s)
+end
+cases.none = function() return journaled("none") end
+cases.batch = function() return journaled("batch") end
+cases.always = function() return journaled("always") end
+
+function cases.recover()
+  os.remove(journal)
+  local r = assert(procman.router { workflows = { batch }, journal = journal, sync = "none" })
+  for i = 1, n do assert(r:handle(event(i))) end  -- leave the outbox pending
+  local bytes = r:stats().journal_bytes
+  r:close()
+  r = nil  -- luacheck: ignore
+  collectgarbage()
+  local t0 = wall()
+  local again = assert(procman.router { workflows = { batch }, journal = journal })
+  local s = wall() - t0
+  assert(again:stats().seq == n)
+  local c0 = wall()
+  assert(again:compact())
+  local compact_s = wall() - c0
+  local compacted = again:stats().journal_bytes
+  again:close()
+  os.remove(journal)
+  return string.format("events_per_s=%.0f journal_mb=%.1f compact_s=%.3f compacted_mb=%.1f",
+                       n / s, bytes / 1e6, compact_s, compacted / 1e6)
+end
+
+-- n live flows (batch_created only), weighed with the GC's count.
+local function weigh(make)
+  collectgarbage()
+  collectgarbage()
+  local before = collectgarbage("count")
+  local keep = make()
+  collectgarbage()
+  collectgarbage()
+  local bytes = (collectgarbage("count") - before) * 1024 / n
+  assert(keep)
+  return string.format("bytes_per_flow=%.0f", bytes)
+end
+
+function cases.live()
+  return weigh(function()
+    local r = procman.router { workflows = { batch } }
+    for i = 1, n do r:handle(event(4 * i - 3)) end
+    r:dispatch(function() end)  -- weigh the flows, not their pending commands
+    return r
+  end)
+end
+
+cases["live-plain"] = function()
+  return weigh(function()
+    local flows = {}
+    for i = 1, n do
+      local e = event(4 * i - 3)
+      local state = baseline.counters.new(e.batch_id)
+      baseline.counters.handle(state, e)
+      flows[e.batch_id] = state
+    end
+    return flows
+  end)
+end
+
+print((cases[case] or error("no case " .. tostring(case)))())
