@@ -160,7 +160,8 @@ target(none.events_per_s >= 0.5 * memory.events_per_s, string.format(
   "router with a journal, sync none, at least half the in-memory throughput: %.2fx",
   none.events_per_s / memory.events_per_s))
 target(recovery.events_per_s >= 0.8 * memory.events_per_s, string.format(
-  "recovery at least 0.8x the in-memory handle throughput: %.2fx", recovery.events_per_s / memory.events_per_s))
+  "recovery at least 0.8x the in-memory handle throughput: %.2fx",
+  recovery.events_per_s / memory.events_per_s))
 target(live.bytes_per_flow <= 2 * live_plain.bytes_per_flow, string.format(
   "bytes per live flow within 2x of plain: %.2fx", live.bytes_per_flow / live_plain.bytes_per_flow))
 
