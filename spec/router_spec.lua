@@ -288,7 +288,7 @@ describe("procman.router", function()
       ]]
       local script = os.tmpname()
       write_bytes(script, child)
-      for round = 1, 8 do
+      for round = 1, 20 do
         os.remove(path)
         local progress = os.tmpname()
         os.execute(string.format("lua5.4 %s %s %s & pid=$!; sleep 0.%d; kill -9 $pid; wait $pid 2>/dev/null",
@@ -305,6 +305,30 @@ describe("procman.router", function()
         r:close()
       end
       os.remove(script)
+    end)
+
+    it("recovers from a journal cut at every byte of its last records", function()
+      local r = procman.router { workflows = { batch }, journal = path }
+      local ends = {}
+      for i = 1, 3 do
+        r:handle { event_type = "batch_created", batch_id = "b" .. i, files = { "a" } }
+        ends[i] = r:stats().journal_bytes
+      end
+      r:ack("batch/b3/1/1")
+      ends[4] = r:stats().journal_bytes
+      r:close()
+      local whole = file_bytes(path)
+      for cut = ends[1], #whole do
+        write_bytes(path, whole:sub(1, cut))
+        local kept = 0
+        for i = 1, 4 do if ends[i] <= cut then kept = i end end
+        local k = assert(procman.router { workflows = { batch }, journal = path, warn = function() end })
+        local s = k:stats()
+        assert.equal(math.min(kept, 3), s.seq)
+        assert.equal(cut - ends[kept], s.dropped)
+        assert.equal(kept == 4 and 2 or kept, s.pending)
+        k:close()
+      end
     end)
 
     it("cuts a torn tail and says so", function()
