@@ -288,11 +288,14 @@ describe("procman.router", function()
       ]]
       local script = os.tmpname()
       write_bytes(script, child)
-      for round = 1, 20 do
+      for _ = 1, 20 do
         os.remove(path)
         local progress = os.tmpname()
-        os.execute(string.format("lua5.4 %s %s %s & pid=$!; sleep 0.%d; kill -9 $pid; wait $pid 2>/dev/null",
-                                 script, path, progress, 2 + round % 5))
+        -- kill at a random moment after the first event (waiting at most 10 s for it)
+        os.execute(string.format("lua5.4 %s %s %s & pid=$!; i=0; "
+                                 .. "while [ ! -s %s ] && [ $i -lt 1000 ]; do sleep 0.01; i=$((i+1)); done; "
+                                 .. "sleep 0.%02d; kill -9 $pid; wait $pid 2>/dev/null",
+                                 script, path, progress, progress, math.random(1, 30)))
         local last = 0
         for line in io.lines(progress) do last = tonumber(line) end
         os.remove(progress)
