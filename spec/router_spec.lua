@@ -134,6 +134,25 @@ describe("procman.router", function()
       assert.equal("a", r:pending()[1].command.file)
     end)
 
+    it("keeps its order when commands are acked from the front and more arrive", function()
+      local r = procman.router { workflows = { batch } }
+      local expected = {}
+      local function add(from, to)
+        for i = from, to do
+          r:handle { event_type = "batch_created", batch_id = "b" .. i, files = { "a", "b" } }
+          expected[#expected + 1] = "batch/b" .. i .. "/1/1"
+          expected[#expected + 1] = "batch/b" .. i .. "/1/2"
+        end
+      end
+      add(1, 500)
+      for _ = 1, 990 do r:ack(table.remove(expected, 1)) end  -- most of the front goes
+      add(501, 700)  -- and the queue grows again (its table is rehashed)
+      local ids = {}
+      for k, e in ipairs(r:pending()) do ids[k] = e.id end
+      assert.same(expected, ids)
+      assert.equal(#expected, r:stats().pending)
+    end)
+
     it("dispatches in order, acks each sent, stops at the first error", function()
       local r = procman.router { workflows = { batch } }
       r:handle { event_type = "batch_created", batch_id = "b1", files = { "a", "b", "c" } }

@@ -97,15 +97,23 @@ end
 -- The outbox
 -- ---------------------------------------------------------------------
 
+-- The queue holds envelopes in emission order from 'head' to 'tail'; acked
+-- ones are dropped from the front. (Not '#queue': with the front cleared
+-- the length of the table is not defined.)
+local function enqueue(self, envelope)
+  self.tail = self.tail + 1
+  self.queue[self.tail] = envelope
+  self.pending_by_id[envelope.id] = envelope
+  self.pending_count = self.pending_count + 1
+end
+
 -- Add the envelopes of one flow's commands; ids are deterministic: the
 -- workflow, the flow, the flow's version after the event, the index.
 local function emit(self, name, flow_id, version, commands, out)
   for i, command in ipairs(commands) do
     local envelope = { id = string.format("%s/%s/%d/%d", name, tostring(flow_id), version, i),
                        workflow = name, flow = flow_id, command = command }
-    self.queue[#self.queue + 1] = envelope
-    self.pending_by_id[envelope.id] = envelope
-    self.pending_count = self.pending_count + 1
+    enqueue(self, envelope)
     if out then out[#out + 1] = copy(envelope) end
   end
 end
@@ -113,13 +121,12 @@ end
 local function forget_pending(self, id)
   self.pending_by_id[id] = nil
   self.pending_count = self.pending_count - 1
-  -- drop acked envelopes from the front, so the queue does not grow forever
   local q, head = self.queue, self.head
-  while head <= #q and self.pending_by_id[q[head].id] == nil do
+  while head <= self.tail and self.pending_by_id[q[head].id] == nil do
     q[head] = nil
     head = head + 1
   end
-  if head > #q then self.queue, head = {}, 1 end
+  if head > self.tail then self.queue, head, self.tail = {}, 1, 0 end
   self.head = head
 end
 
@@ -268,9 +275,7 @@ local function restore_record(self, kind, rec, offset)
     local spec = spec_for(self, rec.workflow, offset)
     self.live[spec.name][rec.flow] = core.restore(spec, rec.flow, rec.state, rec.version, rec.seen)
   elseif kind == RECORD_OUTBOX then
-    self.queue[#self.queue + 1] = rec
-    self.pending_by_id[rec.id] = rec
-    self.pending_count = self.pending_count + 1
+    enqueue(self, rec)
   elseif kind == RECORD_COMPLETED then
     self.finished[spec_for(self, rec.workflow, offset).name][rec.flow] = rec.status
     self.finished_count = self.finished_count + 1
@@ -355,7 +360,7 @@ end
 function Router:pending()
   check_open(self)
   local out = {}
-  for i = self.head, #self.queue do
+  for i = self.head, self.tail do
     local e = self.queue[i]
     if self.pending_by_id[e.id] then out[#out + 1] = copy(e) end
   end
@@ -538,7 +543,7 @@ return function(opts)
   local specs, by_name = check_workflows(opts.workflows)
   local self = setmetatable({
     specs = specs, by_name = by_name, live = {}, finished = {}, finished_count = 0,
-    queue = {}, head = 1, pending_by_id = {}, pending_count = 0,
+    queue = {}, head = 1, tail = 0, pending_by_id = {}, pending_count = 0,
     seq = 0, recovered = 0, dropped = 0, closed = false,
     on_divergence = opts.on_divergence or "error",
     warn = opts.warn or function(msg) warn(msg) end,
