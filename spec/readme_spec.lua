@@ -31,6 +31,12 @@ describe("README.md", function()
     it("example " .. i .. " runs", function() run(i) end)
   end
 
+  it("example 3 recovers the flow it shows", function()
+    local printed = run(3)
+    assert.same({ "send\tbatch/b7/1/1\ta", "send\tbatch/b7/1/2\tb",
+                  "procman.pm: batch/b7 (pending, v2)" }, printed)
+  end)
+
   it("example 2 prints what it says", function()
     local printed = run(2)
     assert.equal("procman.pm: refund/r-421 (requested, v1)", printed[1])
