@@ -33,6 +33,7 @@ build = {
     ["procman"] = "lua/procman/init.lua",
     ["procman.workflow"] = "lua/procman/workflow.lua",
     ["procman.pretty"] = "lua/procman/pretty.lua",
+    ["procman.repl"] = "lua/procman/repl.lua",
     ["procman.router"] = "lua/procman/router.lua",
     ["procman.workflows.batch"] = "lua/procman/workflows/batch.lua",
     ["procman.workflows.order"] = "lua/procman/workflows/order.lua",

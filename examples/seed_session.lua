@@ -2,22 +2,15 @@
 -- Process Manager"), typed in Lua and printed as a transcript. `make demo`
 -- runs it. You play the "meatspace aggregate": you turn the commands the
 -- process manager returns into the events it receives next.
-local pretty = require "procman.pretty"
+local repl = require "procman.repl"
 
-local env = setmetatable({}, { __index = _G })
+local session = repl.new()
 
--- Run one line like a REPL does: as an expression first, then as a statement.
+-- Type one line at the REPL and show the transcript.
 local function run(line)
-  print("> " .. line)
-  local chunk = load("return " .. line, "=demo", "t", env) or assert(load(line, "=demo", "t", env))
-  local results = table.pack(pcall(chunk))
-  if not results[1] then
-    print("error: " .. tostring(results[2]))
-  else
-    local assigned = line:match("^([%a_][%w_]*) = ")  -- show it, as iex does
-    if assigned then print(pretty.format(env[assigned])) end
-    for i = 2, results.n do print(pretty.format(results[i])) end
-  end
+  print(session:prompt() .. line)
+  local output = session:feed(line)
+  if output ~= "" then print(output) end
   print()
 end
 

@@ -1,0 +1,95 @@
+-- procman.repl: the REPL's core, fed lines without a terminal.
+local repl = require "procman.repl"
+
+local function feed_all(session, lines)
+  local out = {}
+  for _, line in ipairs(lines) do
+    local text, more = session:feed(line)
+    out[#out + 1] = { text, more }
+  end
+  return out
+end
+
+describe("procman.repl", function()
+  it("evaluates expressions first, then statements", function()
+    local s = repl.new()
+    assert.same({ "2", false }, { s:feed("1+1") })
+    assert.same({ "5", false }, { s:feed("x = 5") })       -- an assignment shows the value, as iex does
+    assert.same({ "10", false }, { s:feed("x * 2") })
+    assert.same({ "", false }, { s:feed("local y = 1") })  -- other statements show nothing
+    assert.same({ "1\n2", false }, { s:feed("return 1, 2") })
+    assert.same({ "nil", false }, { s:feed("nil") })
+  end)
+
+  it("continues an incomplete chunk, with its own prompt", function()
+    local s = repl.new()
+    assert.equal("> ", s:prompt())
+    assert.same({ { "", true }, { "", true }, { "", false } },
+                feed_all(s, { "function twice(n)", "  return 2 * n", "end" }))
+    assert.equal("> ", s:prompt())
+    s:feed("t = {")
+    assert.equal(">> ", s:prompt())
+    s:reset()
+    assert.equal("> ", s:prompt())
+    assert.same({ "42", false }, { s:feed("twice(21)") })
+  end)
+
+  it("shows errors and goes on", function()
+    local s = repl.new()
+    assert.same({ "error: stdin:1: boom", false }, { s:feed('error("boom")') })
+    assert.same({ "error: stdin:1: attempt to index a nil value (global 'nosuch')", false },
+                { s:feed("nosuch.field") })
+    assert.same({ "error: { code = 7 }", false }, { s:feed("error({ code = 7 })") })
+    s:feed("(")
+    assert.same({ "error: stdin:2: unexpected symbol near ')'", false }, { s:feed(")") })
+    assert.same({ "3", false }, { s:feed("1 + 2") })
+  end)
+
+  it("runs the seed's session line by line, with procman, batch and order loaded", function()
+    local s = repl.new()
+    assert.equal("procman.pm: batch/batch1 (idle, v0)", (s:feed('pm = batch:new("batch1")')))
+    assert.equal(table.concat({
+      "{",
+      '  { command_type = "process_file", file = "f1" },',
+      '  { command_type = "process_file", file = "f2" },',
+      '  { command_type = "process_file", file = "f3" }',
+      "}" }, "\n"), (s:feed('pm:handle{ event_type = "batch_created", files = { "f1", "f2", "f3" } }')))
+    for _, f in ipairs({ "f1", "f2", "f3" }) do
+      assert.equal("{}", (s:feed('pm:handle{ event_type = "file_processed", file = { id = "' .. f .. '", status = "success" } }')))
+    end
+    assert.equal(table.concat({
+      "{",
+      '  files = { f1 = "success", f2 = "success", f3 = "success" },',
+      '  id = "batch1",',
+      '  status = "success"',
+      "}" }, "\n"), (s:feed("pm:state()")))
+    assert.equal("procman.workflow: order", (s:feed("order")))
+    assert.equal('"procman 0.1.0"', (s:feed("procman._VERSION")))
+  end)
+
+  it("completes globals, fields, keywords and procman.pm methods", function()
+    local s = repl.new()
+    s:feed('pm = batch:new("b1")')
+    s:feed("t = { alpha = 1, beta = { gamma = 2 } }")
+    assert.same({ "pm:handle", "pm:history" }, s:complete("pm:h"))
+    assert.same({ "pm:close", "pm:done", "pm:handle", "pm:history", "pm:id", "pm:state", "pm:status", "pm:version" },
+                s:complete("pm:"))
+    assert.same({ "procman.workflow" }, s:complete("procman.wo"))
+    assert.same({ "t.beta.gamma" }, s:complete("t.beta.g"))
+    assert.same({ "print(t.alpha" }, s:complete("print(t.al"))
+    assert.same({ "string.format" }, s:complete("string.fo"))
+    assert.same({ "while" }, s:complete("whi"))
+    assert.same({ "batch" }, s:complete("bat"))
+    assert.same({}, s:complete("nosuch.x"))
+  end)
+
+  it("never runs user code to complete", function()
+    local s = repl.new()
+    local called = false
+    s.env.trap = setmetatable({}, { __index = function() called = true return {} end,
+                                    __pairs = function() called = true return next, {} end })
+    s:complete("trap.x.y")
+    s:complete("trap.")
+    assert.is_false(called)
+  end)
+end)
