@@ -9,15 +9,15 @@ CFLAGS     ?= -O2 -g
 CSTD       := -std=c99
 SANFLAGS   := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
 
-CORE_SRC   := csrc/buffer.c csrc/codec.c csrc/crc32c.c csrc/journal.c csrc/journal_lua.c \
-              csrc/pm.c csrc/procman.c
+CORE_SRC   := csrc/buffer.c csrc/codec.c csrc/crc32c.c csrc/interrupt.c csrc/journal.c \
+              csrc/journal_lua.c csrc/pm.c csrc/procman.c
 CORE_HDR   := $(wildcard csrc/*.h)
 TEST_SRC   := $(wildcard csrc/test/test_*.c)
 BUILD      := build
 
 # Debian packages the build and the tests need (make deps installs them).
 DEB_PKGS   := lua5.4 liblua5.4-dev lua-busted libcmocka-dev lua-check luarocks \
-              pkg-config gcc make valgrind
+              lua-argparse pkg-config gcc make valgrind
 
 export LUA_PATH  := $(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;$(CURDIR)/bench/?.lua;;
 export LUA_CPATH := $(CURDIR)/$(BUILD)/?.so;;

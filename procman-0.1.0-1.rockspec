@@ -26,8 +26,8 @@ build = {
   type = "builtin",
   modules = {
     ["procman.core"] = {
-      sources = { "csrc/buffer.c", "csrc/codec.c", "csrc/crc32c.c", "csrc/journal.c",
-                  "csrc/journal_lua.c", "csrc/pm.c", "csrc/procman.c" },
+      sources = { "csrc/buffer.c", "csrc/codec.c", "csrc/crc32c.c", "csrc/interrupt.c",
+                  "csrc/journal.c", "csrc/journal_lua.c", "csrc/pm.c", "csrc/procman.c" },
       incdirs = { "csrc" },
     },
     ["procman"] = "lua/procman/init.lua",

@@ -2,9 +2,13 @@
 ** procman.c - the procman.core module: the process-manager userdata and
 ** the codec, for lua/procman/init.lua to wrap.
 */
+#define _POSIX_C_SOURCE 200809L
+#include <unistd.h>
+
 #include "lauxlib.h"
 #include "buffer.h"
 #include "codec.h"
+#include "interrupt.h"
 #include "journal_lua.h"
 #include "pm.h"
 
@@ -52,6 +56,14 @@ static int core_decode(lua_State *L) {
   return 1;
 }
 
+/* core.is_terminal(fd) -> is that file descriptor (0, 1, 2) a terminal? */
+static int core_is_terminal(lua_State *L) {
+  lua_Integer fd = luaL_checkinteger(L, 1);
+  luaL_argcheck(L, fd >= 0 && fd <= 2, 1, "0, 1 or 2 expected");
+  lua_pushboolean(L, isatty((int)fd));
+  return 1;
+}
+
 static const luaL_Reg core_functions[] = {
   { "new", pm_new },
   { "encode", core_encode },
@@ -60,6 +72,8 @@ static const luaL_Reg core_functions[] = {
   { "journal_open", journal_lua_open },
   { "journal_create", journal_lua_create },
   { "journal_replace", journal_lua_replace },
+  { "interruptible", interrupt_call },
+  { "is_terminal", core_is_terminal },
   { NULL, NULL }
 };
 

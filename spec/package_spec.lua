@@ -51,7 +51,7 @@ end)
 
 describe("bin/procman", function()
   local function procman_cmd(args)
-    local p = assert(io.popen("LUA_PATH='lua/?.lua;lua/?/init.lua' LUA_CPATH='build/?.so' "
+    local p = assert(io.popen("LUA_PATH='lua/?.lua;lua/?/init.lua;;' LUA_CPATH='build/?.so;;' "
                               .. "lua5.4 bin/procman " .. args .. " 2>&1; echo \"exit=$?\""))
     local out = p:read("a")
     p:close()
@@ -64,12 +64,58 @@ describe("bin/procman", function()
     assert.equal(procman._VERSION .. "\n", out)
     out, code = procman_cmd("--help")
     assert.equal("0", code)
-    assert.matches("^usage: procman", out)
+    assert.matches("^Usage: procman", out)
+    assert.matches("repl", out)
   end)
 
   it("exits 2 with usage on stderr for what it does not know", function()
     local out, code = procman_cmd("frobnicate")
     assert.equal("2", code)
-    assert.matches("procman: unknown command or option 'frobnicate'", out)
+    assert.matches("^Usage: procman", out)
+    assert.matches("procman: unknown command 'frobnicate'", out)
+    out, code = procman_cmd("--frobnicate")
+    assert.equal("2", code)
+    assert.matches("procman: unknown option '%-%-frobnicate'", out)
+  end)
+
+  it("runs the seed's session piped into its REPL, as a transcript", function()
+    local session = table.concat({
+      'pm = batch:new("batch1")',
+      'pm:handle{ event_type = "batch_created", files = { "f1", "f2", "f3" } }',
+      'for _, f in ipairs({ "f1", "f2", "f3" }) do',
+      '  pm:handle{ event_type = "file_processed", file = { id = f, status = "success" } }',
+      'end',
+      "pm:state()",
+      "nosuch()",
+    }, "\n")
+    local input = os.tmpname()
+    local f = assert(io.open(input, "w"))
+    f:write(session, "\n")
+    f:close()
+    local out, code = procman_cmd("repl < " .. input)
+    os.remove(input)
+    assert.equal("0", code)
+    assert.equal(table.concat({
+      '> pm = batch:new("batch1")',
+      "procman.pm: batch/batch1 (idle, v0)",
+      '> pm:handle{ event_type = "batch_created", files = { "f1", "f2", "f3" } }',
+      "{",
+      '  { command_type = "process_file", file = "f1" },',
+      '  { command_type = "process_file", file = "f2" },',
+      '  { command_type = "process_file", file = "f3" }',
+      "}",
+      '> for _, f in ipairs({ "f1", "f2", "f3" }) do',
+      '>>   pm:handle{ event_type = "file_processed", file = { id = f, status = "success" } }',
+      ">> end",
+      "> pm:state()",
+      "{",
+      '  files = { f1 = "success", f2 = "success", f3 = "success" },',
+      '  id = "batch1",',
+      '  status = "success"',
+      "}",
+      "> nosuch()",
+      "error: stdin:1: attempt to call a nil value (global 'nosuch')",
+      "> ",
+      "" }, "\n"), out)
   end)
 end)

@@ -151,4 +151,30 @@ function Session:complete(text)
   return out
 end
 
+--- repl.loop(opts): read, evaluate, print until the input ends.
+-- opts.read() -> a line or nil (the end: Ctrl-D); opts.write(text);
+-- opts.echo: write each line after its prompt (for input that is not a
+-- terminal, so the output reads as a transcript); opts.call(fn, ...): how
+-- to run an evaluation (procman's CLI passes core.interruptible, so Ctrl-C
+-- stops running code, not the REPL); opts.session: the session to use.
+function repl.loop(opts)
+  local session = opts.session or repl.new()
+  local call = opts.call or function(fn, ...) return fn(...) end
+  while true do
+    opts.write(session:prompt())
+    local line = opts.read()
+    if line == nil then
+      opts.write("\n")
+      return session
+    end
+    if opts.echo then opts.write(line .. "\n") end
+    local ok, output = pcall(call, session.feed, session, line)
+    if not ok then  -- interrupted between feed's own protected calls
+      session:reset()
+      output = "error: " .. tostring(output)
+    end
+    if output ~= "" then opts.write(output .. "\n") end
+  end
+end
+
 return repl
