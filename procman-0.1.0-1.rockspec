@@ -19,6 +19,9 @@ workflow.
   license = "MIT",
   labels = { "event-sourcing", "process-manager", "saga", "workflow" },
 }
+-- bin/procman also needs argparse (Debian: lua-argparse; or luarocks install
+-- argparse). It is not listed here so that `luarocks make` works offline,
+-- as on Debian machines without a rock server; the command says if it is missing.
 dependencies = {
   "lua >= 5.4, < 5.5",
 }
