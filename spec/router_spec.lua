@@ -78,6 +78,32 @@ describe("procman.router", function()
                   r:stats())
     end)
 
+    it("returns {} for a redelivery to a completed flow, until compaction", function()
+      local path = temp_path()
+      local r = procman.router { workflows = { batch }, journal = path }
+      r:handle { event_type = "batch_created", batch_id = "b1", files = { "a" }, event_id = "c1" }
+      local last = { event_type = "file_processed", batch_id = "b1", event_id = "p1", file = { id = "a", status = "success" } }
+      r:handle(last)
+      assert.equal("success", r:completed("batch", "b1"))
+      local bytes = r:stats().journal_bytes
+      assert.same({}, r:handle(last))
+      assert.same({}, r:handle { event_type = "batch_created", batch_id = "b1", files = { "a" }, event_id = "c1" })
+      assert.equal(bytes, r:stats().journal_bytes)
+      refuses(r, { event_type = "file_processed", batch_id = "b1", event_id = "p2", file = { id = "a", status = "error" } },
+              "flow batch/b1 is complete (success)")
+      r:close()
+      r = procman.router { workflows = { batch }, journal = path }  -- remembered across a restart
+      assert.same({}, r:handle(last))
+      assert(r:compact())  -- compaction lets the ids go, now and after a restart
+      refuses(r, last, "flow batch/b1 is complete (success)")
+      r:close()
+      r = procman.router { workflows = { batch }, journal = path }
+      refuses(r, last, "flow batch/b1 is complete (success)")
+      assert.equal("success", r:completed("batch", "b1"))
+      r:close()
+      os.remove(path)
+    end)
+
     it("refuses events it cannot route, changing nothing", function()
       local r = procman.router { workflows = { batch, order } }
       r:handle { event_type = "batch_created", batch_id = "b1", files = { "a" } }

@@ -149,23 +149,37 @@ local function flow_id_of(spec, event)
   return id
 end
 
--- The flows an event goes to: { spec, flow, pm (nil: a new flow) }.
+-- A completed flow is remembered with its final status and, until the
+-- journal is compacted, the event ids it handled (redeliveries stay no-ops).
+local function remember_completed(self, name, flow_id, status, seen_ids)
+  local set
+  if seen_ids and #seen_ids > 0 then
+    set = {}
+    for _, id in ipairs(seen_ids) do set[id] = true end
+  end
+  self.finished[name][flow_id] = { status = status, seen = set }
+  self.finished_count = self.finished_count + 1
+end
+
+-- The flows an event goes to: { spec, flow, pm (nil: a new flow) }. A
+-- redelivery to a completed flow goes nowhere.
 local function targets_of(self, event, event_type)
   local targets = {}
   for _, spec in ipairs(self.specs) do
     if spec.on[event_type] then
       local flow_id = flow_id_of(spec, event)
       local pm = self.live[spec.name][flow_id]
-      if pm == nil then
-        local final = self.finished[spec.name][flow_id]
-        if final ~= nil then
-          fail("flow %s is complete (%s): event '%s' came after it finished",
-               label(spec.name, flow_id), final, event_type)
-        elseif not spec.starts_set[event_type] then
-          fail("no flow %s for %s", label(spec.name, flow_id), event_type)
-        end
+      local final = pm == nil and self.finished[spec.name][flow_id]
+      local event_id = rawget(event, "event_id")
+      if final and final.seen and event_id ~= nil and final.seen[event_id] then
+        pm = false  -- already handled: at-least-once delivery
+      elseif final then
+        fail("flow %s is complete (%s): event '%s' came after it finished",
+             label(spec.name, flow_id), final.status, event_type)
+      elseif pm == nil and not spec.starts_set[event_type] then
+        fail("no flow %s for %s", label(spec.name, flow_id), event_type)
       end
-      targets[#targets + 1] = { spec = spec, flow = flow_id, pm = pm }
+      if pm ~= false then targets[#targets + 1] = { spec = spec, flow = flow_id, pm = pm } end
     end
   end
   return targets
@@ -205,8 +219,8 @@ local function settle(self, targets, out)
       emit(self, name, t.flow, t.pm:version(), t.commands, out)
       if t.pm:done() then
         self.live[name][t.flow] = nil
-        self.finished[name][t.flow] = t.pm:status()
-        self.finished_count = self.finished_count + 1
+        local _, _, seen = core.snapshot(t.pm)
+        remember_completed(self, name, t.flow, t.pm:status(), seen)
       end
     end
   end
@@ -277,8 +291,7 @@ local function restore_record(self, kind, rec, offset)
   elseif kind == RECORD_OUTBOX then
     enqueue(self, rec)
   elseif kind == RECORD_COMPLETED then
-    self.finished[spec_for(self, rec.workflow, offset).name][rec.flow] = rec.status
-    self.finished_count = self.finished_count + 1
+    remember_completed(self, spec_for(self, rec.workflow, offset).name, rec.flow, rec.status)
   else
     self.seq = rec.seq
   end
@@ -422,7 +435,8 @@ end
 function Router:completed(name, flow_id)
   check_open(self)
   if self.by_name[name] == nil then fail("no workflow named %s", tostring(name)) end
-  return self.finished[name][flow_id]
+  local final = self.finished[name][flow_id]
+  return final and final.status
 end
 
 --- r:stats() -> counts.
@@ -441,8 +455,9 @@ end
 local function state_records(self)
   local records = { { RECORD_SEQ, { seq = self.seq } } }
   for _, spec in ipairs(self.specs) do
-    for flow_id, status in pairs(self.finished[spec.name]) do
-      records[#records + 1] = { RECORD_COMPLETED, { workflow = spec.name, flow = flow_id, status = status } }
+    for flow_id, final in pairs(self.finished[spec.name]) do  -- ids are let go here
+      records[#records + 1] = { RECORD_COMPLETED, { workflow = spec.name, flow = flow_id,
+                                                    status = final.status } }
     end
     for flow_id, pm in pairs(self.live[spec.name]) do
       local state, version, seen = core.snapshot(pm)
@@ -499,6 +514,9 @@ function Router:compact()
     error("procman.router: compacted, but cannot reopen the journal: " .. info, 0)
   end
   self.journal = j
+  for _, spec in ipairs(self.specs) do  -- as after a restart: completed flows' ids are gone
+    for _, final in pairs(self.finished[spec.name]) do final.seen = nil end
+  end
   return true
 end
 
