@@ -611,29 +611,46 @@ int pm_new(lua_State *L) {
   return finish_flow(L);
 }
 
-/*
-** core.snapshot(pm) -> state, version, seen_ids: the flow's raw state (a
-** copy), its version and the event ids it remembers, for compaction.
-*/
-static int pm_snapshot(lua_State *L) {
-  PM *p = check_usable(L);
+/* Push an array of the event ids the flow at index 1 has handled. */
+static void push_event_ids(lua_State *L) {
+  int ids, seen;
   lua_Integer n = 0;
-  ensure_state(L, p);
-  lua_getiuservalue(L, 1, UV_STATE);
-  deep_copy(L, "state");                              /* 2 */
-  lua_pushinteger(L, p->version);                     /* 3 */
-  lua_newtable(L);                                    /* 4 */
-  if (lua_getiuservalue(L, 1, UV_SEEN) == LUA_TTABLE) {  /* 5 */
+  lua_newtable(L);
+  ids = lua_gettop(L);
+  if (lua_getiuservalue(L, 1, UV_SEEN) == LUA_TTABLE) {
+    seen = lua_gettop(L);
     lua_pushnil(L);
-    while (lua_next(L, 5)) {
+    while (lua_next(L, seen)) {
       if (lua_toboolean(L, -1)) {  /* handled, not merely tried */
         lua_pushvalue(L, -2);
-        lua_rawseti(L, 4, ++n);
+        lua_rawseti(L, ids, ++n);
       }
       lua_pop(L, 1);
     }
   }
-  lua_settop(L, 4);
+  lua_settop(L, ids);
+}
+
+/* core.event_ids(pm) -> the event ids the flow has handled (an array). */
+static int pm_event_ids(lua_State *L) {
+  check_usable(L);
+  lua_settop(L, 1);
+  push_event_ids(L);
+  return 1;
+}
+
+/*
+** core.snapshot(pm) -> state, version, event_ids: the flow's raw state (a
+** copy), its version and the event ids it remembers, for compaction.
+*/
+static int pm_snapshot(lua_State *L) {
+  PM *p = check_usable(L);
+  lua_settop(L, 1);
+  ensure_state(L, p);
+  lua_getiuservalue(L, 1, UV_STATE);
+  deep_copy(L, "state");                              /* 2 */
+  lua_pushinteger(L, p->version);                     /* 3 */
+  push_event_ids(L);                                  /* 4 */
   return 3;
 }
 
@@ -704,7 +721,10 @@ void pm_register(lua_State *L, int core) {
   lua_setfield(L, -2, "__index");
   lua_pushvalue(L, -1);
   lua_pushvalue(L, -1);
-  lua_pushcclosure(L, pm_undo, 1);  /* the metatable is their upvalue */
+  lua_pushvalue(L, -1);
+  lua_pushcclosure(L, pm_event_ids, 1);  /* the metatable is their upvalue */
+  lua_setfield(L, core, "event_ids");
+  lua_pushcclosure(L, pm_undo, 1);
   lua_setfield(L, core, "undo");
   lua_pushcclosure(L, pm_snapshot, 1);
   lua_setfield(L, core, "snapshot");

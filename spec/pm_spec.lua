@@ -368,6 +368,7 @@ describe("procman.pm", function()
       assert.same({ id = "c1", n = 5, log = { 2, 3 } }, state)
       assert.equal(2, version)
       assert.same({ "e1" }, seen)  -- e9 failed: not remembered
+      assert.same({ "e1" }, core.event_ids(pm))
       local copy = core.restore(workflow.spec(wf), "c1", state, version, seen)
       assert.equal(2, copy:version())
       assert.same({}, copy:history())  -- the history starts at the snapshot

@@ -219,8 +219,7 @@ local function settle(self, targets, out)
       emit(self, name, t.flow, t.pm:version(), t.commands, out)
       if t.pm:done() then
         self.live[name][t.flow] = nil
-        local _, _, seen = core.snapshot(t.pm)
-        remember_completed(self, name, t.flow, t.pm:status(), seen)
+        remember_completed(self, name, t.flow, t.pm:status(), core.event_ids(t.pm))
       end
     end
   end
