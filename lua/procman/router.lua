@@ -252,21 +252,33 @@ end
 
 -- Replay one event record: the flows handle it again; their commands are
 -- compared with the journaled ones, and the journaled ones go to the outbox.
+-- Where a journaled flow event is, for messages (built only when needed).
+local function where(self, f, rec, offset)
+  return string.format("%s, sequence %d (byte %d of %s)", label(f.workflow, f.flow),
+                       rec.seq, offset, self.journal_path)
+end
+
+-- Do two command lists differ? Most are empty: no need to encode those.
+local function differ(a, b)
+  if next(a) == nil and next(b) == nil then return false end
+  return encode(a) ~= encode(b)
+end
+
 local function replay_event(self, rec, offset)
   for _, f in ipairs(rec.flows) do
     local spec = self.by_name[f.workflow]
-    local where = string.format("%s, sequence %d (byte %d of %s)", label(f.workflow, f.flow),
-                                rec.seq, offset, self.journal_path)
     if spec == nil then
       error(string.format("procman.router: the journal has flows of workflow %q, "
-                          .. "which this router was not given (%s)", f.workflow, where), 0)
+                          .. "which this router was not given (%s)", f.workflow,
+                          where(self, f, rec, offset)), 0)
     end
     local pm = self.live[spec.name][f.flow] or core.new(spec, f.flow)
     local ok, now = pcall(pm.handle, pm, rec.event)
     if not ok then
-      error(string.format("procman.router: replay failed at %s: %s", where, tostring(now)), 0)
+      error(string.format("procman.router: replay failed at %s: %s", where(self, f, rec, offset),
+                          tostring(now)), 0)
     end
-    if encode(now) ~= encode(f.commands) then diverged(self, where, f.commands, now) end
+    if differ(now, f.commands) then diverged(self, where(self, f, rec, offset), f.commands, now) end
     settle(self, { { spec = spec, flow = f.flow, pm = pm, committed = true,
                      commands = f.commands } })
   end
