@@ -149,6 +149,9 @@ for _, row in ipairs(rows) do
                       ratio(row[2].events_per_s, memory.events_per_s)))
 end
 print()
+print(string.format("Recovery of %d events: %.0f events/s; the in-memory router on the same events: "
+                    .. "%.0f events/s (%s).", RECOVER_EVENTS, recovery.events_per_s,
+                    recovery.memory_events_per_s, ratio(recovery.events_per_s, recovery.memory_events_per_s)))
 print(string.format("Journal of %d events: %.1f MB; compaction %.2f s, to %.1f MB.",
                     RECOVER_EVENTS, recovery.journal_mb, recovery.compact_s, recovery.compacted_mb))
 local live = router_measure("live", 100000, 1)
@@ -161,9 +164,9 @@ local none = rows[3][2]
 target(none.events_per_s >= 0.5 * memory.events_per_s, string.format(
   "router with a journal, sync none, at least half the in-memory throughput: %.2fx",
   none.events_per_s / memory.events_per_s))
-target(recovery.events_per_s >= 0.8 * memory.events_per_s, string.format(
-  "recovery at least 0.8x the in-memory handle throughput: %.2fx",
-  recovery.events_per_s / memory.events_per_s))
+target(recovery.events_per_s >= 0.8 * recovery.memory_events_per_s, string.format(
+  "recovery at least 0.8x the in-memory handle throughput (same %d events): %.2fx",
+  RECOVER_EVENTS, recovery.events_per_s / recovery.memory_events_per_s))
 target(live.bytes_per_flow <= 2 * live_plain.bytes_per_flow, string.format(
   "bytes per live flow within 2x of plain: %.2fx", live.bytes_per_flow / live_plain.bytes_per_flow))
 
