@@ -1,24 +1,8 @@
 -- procman.core.journal_open: the journal file, from Lua.
 local core = require "procman.core"
 
-local function temp_path()
-  local path = os.tmpname()
-  os.remove(path)
-  return path .. ".pmj"
-end
-
-local function file_bytes(path)
-  local f = assert(io.open(path, "rb"))
-  local s = f:read("a")
-  f:close()
-  return s
-end
-
-local function write_bytes(path, s)
-  local f = assert(io.open(path, "wb"))
-  f:write(s)
-  f:close()
-end
+local files = require "spec.support.files"
+local temp_path, file_bytes, write_bytes = files.temp_path, files.bytes, files.write
 
 local function records(j)
   local out = {}

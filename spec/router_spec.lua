@@ -3,24 +3,8 @@ local procman = require "procman"
 local batch = require "procman.workflows.batch"
 local order = require "procman.workflows.order"
 
-local function temp_path()
-  local path = os.tmpname()
-  os.remove(path)
-  return path .. ".pmj"
-end
-
-local function file_bytes(path)
-  local f = assert(io.open(path, "rb"))
-  local s = f:read("a")
-  f:close()
-  return s
-end
-
-local function write_bytes(path, s)
-  local f = assert(io.open(path, "wb"))
-  f:write(s)
-  f:close()
-end
+local files = require "spec.support.files"
+local temp_path, file_bytes, write_bytes = files.temp_path, files.bytes, files.write
 
 -- Everything observable about a router, to compare two of them (a flow's
 -- history is left out with 'no_history': after compaction it starts at the
