@@ -163,6 +163,25 @@ describe("procman.router", function()
       assert.equal(#expected, r:stats().pending)
     end)
 
+    it("keeps its own copy of each command", function()
+      local kept
+      local sneaky = procman.workflow { name = "sneaky", correlate = "id", starts = { "go", "again" }, on = {
+        go = function(state)
+          kept = { command_type = "pay", amount = 10 }
+          state.n = 1
+          return { kept }
+        end,
+        again = function(state)
+          kept.amount = 1000000  -- a handler changing a command it returned earlier
+          state.n = 2
+        end,
+      } }
+      local r = procman.router { workflows = { sneaky } }
+      r:handle { event_type = "go", id = 1 }
+      r:handle { event_type = "again", id = 1 }
+      assert.equal(10, r:pending()[1].command.amount)
+    end)
+
     it("dispatches in order, acks each sent, stops at the first error", function()
       local r = procman.router { workflows = { batch } }
       r:handle { event_type = "batch_created", batch_id = "b1", files = { "a", "b", "c" } }

@@ -108,11 +108,14 @@ local function enqueue(self, envelope)
 end
 
 -- Add the envelopes of one flow's commands; ids are deterministic: the
--- workflow, the flow, the flow's version after the event, the index.
+-- workflow, the flow, the flow's version after the event, the index. The
+-- outbox keeps its own copy of each command: a handler that kept the table
+-- cannot change a pending command later, nor make the live outbox differ
+-- from a recovered one.
 local function emit(self, name, flow_id, version, commands, out)
   for i, command in ipairs(commands) do
     local envelope = { id = string.format("%s/%s/%d/%d", name, tostring(flow_id), version, i),
-                       workflow = name, flow = flow_id, command = command }
+                       workflow = name, flow = flow_id, command = copy(command) }
     enqueue(self, envelope)
     if out then out[#out + 1] = copy(envelope) end
   end
