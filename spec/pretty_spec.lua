@@ -59,6 +59,21 @@ describe("procman.pretty", function()
     assert.equal("{ { {...} } }", format({ { { { 1 } } } }, { max_depth = 1 }))
   end)
 
+  it("install() makes the stock REPL's print pretty", function()
+    local p = assert(io.popen("printf '{ b = 2, a = { 1, 2 } }\\n\"text\"\\n' | "
+      .. "LUA_PATH='lua/?.lua;lua/?/init.lua;;' LUA_CPATH='build/?.so;;' "
+      .. "lua5.4 -i -e 'require(\"procman.pretty\").install()' 2>&1"))
+    local out = p:read("a")
+    p:close()
+    assert.matches("{ a = { 1, 2 }, b = 2 }", out, 1, true)
+    assert.matches("\ntext\n", out, 1, true)  -- strings print as print prints them
+    local saved = print
+    local original = pretty.install()
+    assert.equal(saved, original)
+    assert.are_not.equal(saved, print)
+    _G.print = original
+  end)
+
   it("honours __tostring, for procman.pm too", function()
     local obj = setmetatable({}, { __tostring = function() return "<obj>" end })
     assert.equal("{ <obj> }", format({ obj }))

@@ -130,4 +130,23 @@ function pretty.format(v, opts)
   return render(v, ctx, 0)
 end
 
+--- pretty.install() -> the print it replaced: make the global print show
+-- tables (and values with __tostring) the way pretty.format does, and
+-- everything else as print does. The stock REPL prints results through
+-- the global print, so `lua5.4 -i -e 'require("procman.pretty").install()'`
+-- gives it procman's output.
+function pretty.install()
+  local original = print
+  _G.print = function(...)
+    local n = select("#", ...)
+    local parts = {}
+    for i = 1, n do
+      local v = select(i, ...)
+      parts[i] = type(v) == "table" and pretty.format(v) or tostring(v)
+    end
+    io.write(table.concat(parts, "\t"), "\n")
+  end
+  return original
+end
+
 return pretty
