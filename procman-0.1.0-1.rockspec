@@ -29,7 +29,7 @@ build = {
   type = "builtin",
   modules = {
     ["procman.core"] = {
-      sources = { "csrc/buffer.c", "csrc/codec.c", "csrc/crc32c.c", "csrc/interrupt.c",
+      sources = { "csrc/budget.c", "csrc/buffer.c", "csrc/codec.c", "csrc/crc32c.c", "csrc/interrupt.c",
                   "csrc/journal.c", "csrc/journal_lua.c", "csrc/pm.c", "csrc/procman.c" },
       incdirs = { "csrc" },
     },
@@ -38,6 +38,7 @@ build = {
     ["procman.pretty"] = "lua/procman/pretty.lua",
     ["procman.repl"] = "lua/procman/repl.lua",
     ["procman.router"] = "lua/procman/router.lua",
+    ["procman.timers"] = "lua/procman/timers.lua",
     ["procman.workflows.batch"] = "lua/procman/workflows/batch.lua",
     ["procman.workflows.order"] = "lua/procman/workflows/order.lua",
   },

@@ -58,7 +58,8 @@ describe("procman.router", function()
       refuses(r, { event_type = "file_processed", batch_id = "b1", file = { id = "a", status = "success" } },
               "procman.router: flow batch/b1 is complete (error): event 'file_processed' came after it finished")
       refuses(r, { event_type = "batch_created", batch_id = "b1", files = { "z" } }, "flow batch/b1 is complete")
-      assert.same({ live = 0, completed = 1, pending = 1, journal_bytes = 0, recovered = 0, dropped = 0, seq = 2 },
+      assert.same({ live = 0, completed = 1, pending = 1, parked = 0, timers = 0, dead_letters = 0,
+                    journal_bytes = 0, recovered = 0, dropped = 0, seq = 2 },
                   r:stats())
     end)
 

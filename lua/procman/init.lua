@@ -4,6 +4,7 @@
 local core = require "procman.core"
 local workflow = require "procman.workflow"
 local router = require "procman.router"
+local timers = require "procman.timers"
 
 local procman = {
   _VERSION = "procman " .. core.version,
@@ -13,6 +14,10 @@ local procman = {
   is_workflow = workflow.is_workflow,
   --- procman.router(opts) -> a router of many flows, journaled (docs/api.md)
   router = router,
+  --- timer directives a handler returns among its commands (docs/api.md)
+  after = timers.after,
+  at = timers.at,
+  cancel = timers.cancel,
   --- procman.encode(v) -> bytes; procman.decode(bytes) -> v (MessagePack)
   encode = core.encode,
   decode = core.decode,

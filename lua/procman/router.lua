@@ -1,34 +1,38 @@
 --- procman.router: many flows of many workflows, routed by correlation id,
--- journaled, with an outbox of commands that stay pending until acked.
+-- journaled, with an outbox of commands that stay pending until acked,
+-- timers injected as events, and parking of flows whose handlers fail.
 --
 --   local r <close> = procman.router { workflows = { batch, order },
 --                                      journal = "flows.pmj", sync = "always" }
 --   for _, envelope in ipairs(r:handle(event)) do ... end
 --   r:dispatch(function(command, envelope) gateway.send(command, envelope.id) end)
+--   r:tick(now)   -- inject the events of the timers due at 'now'
 --
--- Journal records (docs/journal-format.md gives the framing; payloads are
--- the codec's MessagePack):
---   type 1, an event:     { seq = n, event = {...},
---                           flows = { { workflow = w, flow = id, commands = {...} }, ... } }
---   type 2, an ack:       { id = "<command id>" }
--- and, written by compaction at the start of a new journal:
---   type 3, a live flow:  { workflow = w, flow = id, state = {...}, version = n, seen = { ids } }
---   type 4, a pending command: an envelope { id, workflow, flow, command }
---   type 5, a completed flow:  { workflow = w, flow = id, status = s }
---   type 6, the sequence:      { seq = n }
+-- Journal records (docs/journal-format.md gives the framing and the table
+-- of record types; payloads are the codec's MessagePack). Type 1, an event,
+-- lists what each flow it went to did with it:
+--   { seq = n, event = {...}, now = t (when an 'after' needed the time),
+--     fired = { workflow, flow, seq, index } (when a timer injected it),
+--     flows = { { workflow, flow, commands = {...} },     -- applied
+--               { workflow, flow, parked = "error" },     -- failed: parked
+--               { workflow, flow, held = true }, ... } }  -- kept for a parked flow
+-- with resumed = true on the entry when r:resume retried a parked event.
 -- Recovery replays event records through the handlers (their commands are
 -- compared with the journaled ones, not emitted again), restores snapshot
--- records as they are, and applies acks.
+-- records as they are, and applies acks, skips and dead letters.
 local core = require "procman.core"
 local workflow = require "procman.workflow"
 local pretty = require "procman.pretty"
+local timers = require "procman.timers"
 
 local encode, decode, copy = core.encode, core.decode, core.copy
 
 local RECORD_EVENT, RECORD_ACK, RECORD_FLOW, RECORD_OUTBOX, RECORD_COMPLETED, RECORD_SEQ =
   1, 2, 3, 4, 5, 6
+local RECORD_SKIP, RECORD_TIMER, RECORD_PARKED, RECORD_DEAD = 7, 8, 9, 10
 local OPTIONS = { workflows = true, journal = true, sync = true, repair = true,
-                  on_divergence = true, warn = true }
+                  on_divergence = true, warn = true, clock = true, on_error = true,
+                  on_unroutable = true }
 local SYNC = { always = true, batch = true, none = true }
 
 local Router = {}
@@ -88,8 +92,17 @@ local function check_options(opts)
   if d ~= nil and d ~= "error" and d ~= "warn" then
     fail('on_divergence must be "error" or "warn", got %s', tostring(d))
   end
-  if opts.warn ~= nil and type(opts.warn) ~= "function" then
-    fail("warn must be a function, got %s", type(opts.warn))
+  for _, f in ipairs { "warn", "clock" } do
+    if opts[f] ~= nil and type(opts[f]) ~= "function" then
+      fail("%s must be a function, got %s", f, type(opts[f]))
+    end
+  end
+  if opts.on_error ~= nil and opts.on_error ~= "raise" and opts.on_error ~= "park" then
+    fail('on_error must be "raise" or "park", got %s', tostring(opts.on_error))
+  end
+  local u = opts.on_unroutable
+  if u ~= nil and u ~= "raise" and u ~= "dead_letter" then
+    fail('on_unroutable must be "raise" or "dead_letter", got %s', tostring(u))
   end
 end
 
@@ -164,25 +177,29 @@ local function remember_completed(self, name, flow_id, status, seen_ids)
   self.finished_count = self.finished_count + 1
 end
 
--- The flows an event goes to: { spec, flow, pm (nil: a new flow) }. A
--- redelivery to a completed flow goes nowhere.
+-- The flows an event goes to: { spec, flow, pm (nil: a new flow), held
+-- (the flow is parked) }. A redelivery to a completed flow goes nowhere.
 local function targets_of(self, event, event_type)
   local targets = {}
   for _, spec in ipairs(self.specs) do
     if spec.on[event_type] then
+      local name = spec.name
       local flow_id = flow_id_of(spec, event)
-      local pm = self.live[spec.name][flow_id]
-      local final = pm == nil and self.finished[spec.name][flow_id]
+      local pm = self.live[name][flow_id]
+      local parked = self.parked[name][flow_id] ~= nil
+      local final = pm == nil and not parked and self.finished[name][flow_id]
       local event_id = rawget(event, "event_id")
       if final and final.seen and event_id ~= nil and final.seen[event_id] then
         pm = false  -- already handled: at-least-once delivery
       elseif final then
         fail("flow %s is complete (%s): event '%s' came after it finished",
-             label(spec.name, flow_id), final.status, event_type)
-      elseif pm == nil and not spec.starts_set[event_type] then
-        fail("no flow %s for %s", label(spec.name, flow_id), event_type)
+             label(name, flow_id), final.status, event_type)
+      elseif pm == nil and not parked and not spec.starts_set[event_type] then
+        fail("no flow %s for %s", label(name, flow_id), event_type)
       end
-      if pm ~= false then targets[#targets + 1] = { spec = spec, flow = flow_id, pm = pm } end
+      if pm ~= false then
+        targets[#targets + 1] = { spec = spec, flow = flow_id, pm = pm, held = parked }
+      end
     end
   end
   return targets
@@ -191,39 +208,135 @@ end
 -- Take back what the first n targets committed.
 local function undo(targets, n)
   for i = n, 1, -1 do
-    if targets[i].committed then core.undo(targets[i].pm) end
-  end
-end
-
--- Run the event through every target; on any failure undo and re-raise.
-local function apply(targets, event)
-  for i, t in ipairs(targets) do
-    local ok, result = true, t.pm
-    if result == nil then ok, result = pcall(core.new, t.spec, t.flow) end
-    local before = ok and result:version()
-    if ok then
-      t.pm = result
-      ok, result = pcall(result.handle, result, event)
-    end
-    if not ok then
-      undo(targets, i - 1)
-      error(result, 0)
-    end
-    t.commands, t.committed = result, t.pm:version() > before
-  end
-end
-
--- After a commit: live flows, completed flows, outbox.
-local function settle(self, targets, out)
-  for _, t in ipairs(targets) do
+    local t = targets[i]
     if t.committed then
-      local name = t.spec.name
-      self.live[name][t.flow] = t.pm
-      emit(self, name, t.flow, t.pm:version(), t.commands, out)
-      if t.pm:done() then
-        self.live[name][t.flow] = nil
-        remember_completed(self, name, t.flow, t.pm:status(), core.event_ids(t.pm))
+      core.undo(t.pm)
+      t.committed = false
+    end
+  end
+end
+
+-- Run the event through one target's flow: t.committed, t.commands (as the
+-- handler returned them), t.plain (the commands for the outbox) and
+-- t.directives (timers; nil for none). Returns nil, or the error message
+-- with the flow unchanged.
+local function run(t, event)
+  local ok, result = true, t.pm
+  if result == nil then ok, result = pcall(core.new, t.spec, t.flow) end
+  if not ok then return tostring(result) end
+  t.pm = result
+  local before = result:version()
+  ok, result = pcall(result.handle, result, event)
+  if not ok then return tostring(result) end
+  t.committed = t.pm:version() > before
+  local plain, directives
+  ok, plain, directives = pcall(timers.split, result)
+  if not ok then
+    undo({ t }, 1)
+    return string.format("%s: handler for '%s' returned a bad timer directive: %s",
+                         label(t.spec.name, t.flow), rawget(event, "event_type"), plain)
+  end
+  t.commands, t.plain, t.directives = result, plain, directives
+  return nil
+end
+
+-- Run the event through every target that is not parked. A failure parks
+-- its flow when the router parks (or when the event is a parked one being
+-- retried); otherwise everything is undone and the error raised.
+local function apply(self, targets, event)
+  for i, t in ipairs(targets) do
+    if not t.held then
+      local err = run(t, event)
+      if err then
+        if self.on_error ~= "park" and not t.resumed then
+          undo(targets, i - 1)
+          error(err, 0)
+        end
+        t.parked_error = err
       end
+    end
+  end
+end
+
+-- ---------------------------------------------------------------------
+-- Parked flows, timers, dead letters: the router's state besides flows
+-- ---------------------------------------------------------------------
+
+local function dead_letter(self, event, err)
+  self.dead[#self.dead + 1] = { event = copy(event), error = err }
+end
+
+local function park(self, name, flow_id, event, err)
+  local p = self.parked[name][flow_id]
+  if p then
+    p.error = err  -- a retried event failed again
+  else
+    self.parked[name][flow_id] = { events = { copy(event) }, error = err }
+    self.parked_count = self.parked_count + 1
+  end
+end
+
+local function hold(self, name, flow_id, event)
+  local events = self.parked[name][flow_id].events
+  events[#events + 1] = copy(event)
+end
+
+-- Drop the first parked event of a flow; unpark it when none is left.
+local function unpark_front(self, name, flow_id)
+  local p = self.parked[name][flow_id]
+  table.remove(p.events, 1)
+  if #p.events == 0 then
+    self.parked[name][flow_id] = nil
+    self.parked_count = self.parked_count - 1
+  end
+end
+
+-- A flow is done: it leaves the live set with its timers. Events still
+-- parked for it (a retried event finished it) can no longer be applied:
+-- they become dead letters.
+local function complete(self, name, flow_id, pm)
+  self.live[name][flow_id] = nil
+  self.timers[name][flow_id] = nil
+  remember_completed(self, name, flow_id, pm:status(), core.event_ids(pm))
+  local p = self.parked[name][flow_id]
+  if p then
+    for _, event in ipairs(p.events) do
+      dead_letter(self, event, string.format("flow %s completed while this event was parked",
+                                             label(name, flow_id)))
+    end
+    self.parked[name][flow_id] = nil
+    self.parked_count = self.parked_count - 1
+  end
+end
+
+local function set_timers(self, name, flow_id, directives, record)
+  local by_flow = self.timers[name]
+  by_flow[flow_id] = timers.apply(by_flow[flow_id], directives, record.now, record.seq)
+end
+
+local function remove_fired(self, fired)
+  local by_flow = self.timers[fired.workflow]
+  by_flow[fired.flow] = timers.remove(by_flow[fired.flow], fired.seq, fired.index)
+end
+
+-- After a record is journaled (or replayed): flows, timers, parked flows,
+-- completed flows, outbox. Live and recovery both come through here, so
+-- the same journal always gives the same router.
+local function settle(self, targets, record, out)
+  if record.fired then remove_fired(self, record.fired) end
+  for _, t in ipairs(targets) do
+    local name, flow_id = t.spec.name, t.flow
+    if t.resumed and not t.parked_error then unpark_front(self, name, flow_id) end
+    if t.committed then
+      self.live[name][flow_id] = t.pm
+      emit(self, name, flow_id, t.pm:version(), t.plain, out)
+      if t.directives then set_timers(self, name, flow_id, t.directives, record) end
+      if t.pm:done() then complete(self, name, flow_id, t.pm) end
+    elseif t.parked_error then
+      if t.pm then self.live[name][flow_id] = t.pm end
+      park(self, name, flow_id, record.event, t.parked_error)
+    elseif t.held then
+      hold(self, name, flow_id, record.event)
     end
   end
 end
@@ -232,14 +345,90 @@ end
 -- Journal and recovery
 -- ---------------------------------------------------------------------
 
-local function event_record(self, targets, event)
-  local flows = {}
+local function read_clock(self)
+  local now = self.clock()
+  if type(now) ~= "number" or now ~= now then
+    fail("clock() must return a number, got %s", tostring(now))
+  end
+  return now
+end
+
+-- The journal record of an event: nil when no flow did anything with it
+-- (a redelivery everywhere) and it fired no timer.
+local function event_record(self, targets, event, extra)
+  local flows, need_now = {}, false
   for _, t in ipairs(targets) do
+    local f = { workflow = t.spec.name, flow = t.flow, resumed = t.resumed or nil }
     if t.committed then
-      flows[#flows + 1] = { workflow = t.spec.name, flow = t.flow, commands = t.commands }
+      f.commands = t.commands
+      need_now = need_now or (t.directives ~= nil and timers.need_now(t.directives))
+    elseif t.parked_error then
+      f.parked = t.parked_error
+    elseif t.held then
+      f.held = true
+    end
+    if t.committed or t.parked_error or t.held or t.resumed then flows[#flows + 1] = f end
+  end
+  if #flows == 0 and not extra.fired then return nil end
+  local now = extra.now
+  if need_now and now == nil then now = read_clock(self) end
+  return { seq = self.seq + 1, event = event, flows = flows, fired = extra.fired,
+           now = need_now and now or nil }
+end
+
+-- Encode the record. Commands that are not data are the handler's fault:
+-- that flow is parked (when the router parks) or everything is undone.
+local function encode_record(self, targets, event, extra)
+  local record = event_record(self, targets, event, extra)
+  if record == nil then return nil end
+  local ok, bytes = pcall(encode, record)
+  if ok then return record, bytes end
+  for _, t in ipairs(targets) do
+    local fine, why = true, nil
+    if t.committed then fine, why = pcall(encode, t.commands) end
+    if not fine then
+      if self.on_error ~= "park" and not t.resumed then
+        undo(targets, #targets)
+        fail("a handler returned commands that are not data: %s", why)
+      end
+      undo({ t }, 1)
+      t.parked_error = string.format("%s: handler for '%s' returned commands that are not data: %s",
+                                     label(t.spec.name, t.flow), rawget(event, "event_type"), why)
     end
   end
-  return { seq = self.seq + 1, event = event, flows = flows }
+  record = event_record(self, targets, event, extra)
+  ok, bytes = pcall(encode, record)
+  if not ok then
+    undo(targets, #targets)
+    fail("event '%s' is not data: %s", rawget(event, "event_type"), bytes)
+  end
+  return record, bytes
+end
+
+-- Append a record; on failure undo the targets and return nil, message.
+local function append(self, kind, bytes, targets)
+  if self.journal then
+    local at, err = self.journal:append(kind, bytes)
+    if not at then
+      if targets then undo(targets, #targets) end
+      return nil, "procman.router: " .. err
+    end
+  end
+  return true
+end
+
+-- Apply an event to its targets, journal it, settle. Atomic: on any
+-- failure that is not parked, nothing changes.
+local function deliver(self, event, targets, extra)
+  apply(self, targets, event)
+  local record, bytes = encode_record(self, targets, event, extra or {})
+  if record == nil then return {} end
+  local ok, err = append(self, RECORD_EVENT, bytes, targets)
+  if not ok then return nil, err end
+  self.seq = record.seq
+  local out = {}
+  settle(self, targets, record, out)
+  return out
 end
 
 local function diverged(self, where, journaled, now)
@@ -253,8 +442,6 @@ local function diverged(self, where, journaled, now)
   end
 end
 
--- Replay one event record: the flows handle it again; their commands are
--- compared with the journaled ones, and the journaled ones go to the outbox.
 -- Where a journaled flow event is, for messages (built only when needed).
 local function where(self, f, rec, offset)
   return string.format("%s, sequence %d (byte %d of %s)", label(f.workflow, f.flow),
@@ -267,27 +454,6 @@ local function differ(a, b)
   return encode(a) ~= encode(b)
 end
 
-local function replay_event(self, rec, offset)
-  for _, f in ipairs(rec.flows) do
-    local spec = self.by_name[f.workflow]
-    if spec == nil then
-      error(string.format("procman.router: the journal has flows of workflow %q, "
-                          .. "which this router was not given (%s)", f.workflow,
-                          where(self, f, rec, offset)), 0)
-    end
-    local pm = self.live[spec.name][f.flow] or core.new(spec, f.flow)
-    local ok, now = pcall(pm.handle, pm, rec.event)
-    if not ok then
-      error(string.format("procman.router: replay failed at %s: %s", where(self, f, rec, offset),
-                          tostring(now)), 0)
-    end
-    if differ(now, f.commands) then diverged(self, where(self, f, rec, offset), f.commands, now) end
-    settle(self, { { spec = spec, flow = f.flow, pm = pm, committed = true,
-                     commands = f.commands } })
-  end
-  self.seq = rec.seq
-end
-
 local function spec_for(self, name, offset)
   local spec = self.by_name[name]
   if spec == nil then
@@ -297,7 +463,41 @@ local function spec_for(self, name, offset)
   return spec
 end
 
--- Records written by compaction: the router's state, as it was.
+-- Replay one flow's part of an event record: the flow handles the event
+-- again; its commands are compared with the journaled ones, and the
+-- journaled ones are the ones that count.
+local function replay_target(self, f, rec, offset)
+  local spec = spec_for(self, f.workflow, offset)
+  local t = { spec = spec, flow = f.flow, pm = self.live[spec.name][f.flow], resumed = f.resumed,
+              held = f.held, parked_error = f.parked }
+  if f.parked then
+    if t.pm == nil then
+      local ok, pm = pcall(core.new, spec, f.flow)
+      t.pm = ok and pm or nil
+    end
+  elseif f.commands then
+    t.pm = t.pm or core.new(spec, f.flow)
+    local ok, now = pcall(t.pm.handle, t.pm, rec.event)
+    if not ok then
+      error(string.format("procman.router: replay failed at %s: %s", where(self, f, rec, offset),
+                          tostring(now)), 0)
+    end
+    if differ(now, f.commands) then diverged(self, where(self, f, rec, offset), f.commands, now) end
+    t.committed, t.commands = true, f.commands
+    t.plain, t.directives = timers.split(f.commands)
+  end
+  return t
+end
+
+local function replay_event(self, rec, offset)
+  local targets = {}
+  for i, f in ipairs(rec.flows) do targets[i] = replay_target(self, f, rec, offset) end
+  settle(self, targets, rec)
+  self.seq = rec.seq
+end
+
+-- Records written by compaction: the router's state, as it was; and the
+-- records of r:skip and of a retried event that failed again.
 local function restore_record(self, kind, rec, offset)
   if kind == RECORD_FLOW then
     local spec = spec_for(self, rec.workflow, offset)
@@ -306,8 +506,26 @@ local function restore_record(self, kind, rec, offset)
     enqueue(self, rec)
   elseif kind == RECORD_COMPLETED then
     remember_completed(self, spec_for(self, rec.workflow, offset).name, rec.flow, rec.status)
-  else
+  elseif kind == RECORD_SEQ then
     self.seq = rec.seq
+  elseif kind == RECORD_SKIP then
+    unpark_front(self, spec_for(self, rec.workflow, offset).name, rec.flow)
+  elseif kind == RECORD_TIMER then
+    local by_flow = self.timers[spec_for(self, rec.workflow, offset).name]
+    local list = by_flow[rec.flow] or {}
+    list[#list + 1] = { key = rec.key, due = rec.due, event = rec.event, seq = rec.seq,
+                        index = rec.index }
+    by_flow[rec.flow] = list
+  elseif kind == RECORD_PARKED then
+    local name = spec_for(self, rec.workflow, offset).name
+    if rec.events then
+      self.parked[name][rec.flow] = { events = rec.events, error = rec.error }
+      self.parked_count = self.parked_count + 1
+    else
+      self.parked[name][rec.flow].error = rec.error
+    end
+  else
+    self.dead[#self.dead + 1] = rec
   end
 end
 
@@ -318,7 +536,7 @@ local function recover(self, j)
       replay_event(self, rec, offset)
     elseif kind == RECORD_ACK then
       if self.pending_by_id[rec.id] then forget_pending(self, rec.id) end
-    elseif kind >= RECORD_FLOW and kind <= RECORD_SEQ then
+    elseif kind >= RECORD_FLOW and kind <= RECORD_DEAD then
       restore_record(self, kind, rec, offset)
     else
       error(string.format("procman.router: %s: unknown record type %d at byte %d",
@@ -351,36 +569,163 @@ end
 -- The public methods
 -- ---------------------------------------------------------------------
 
---- r:handle(event) -> envelopes { id, workflow, flow, command }
--- Atomic: if any flow fails, or the journal cannot take the record,
--- nothing changes. A failure of the journal returns nil, message.
-function Router:handle(event)
-  check_open(self)
+local function check_event(event)
   if type(event) ~= "table" then fail("event must be a table, got %s", type(event)) end
   local event_type = rawget(event, "event_type")
   if type(event_type) ~= "string" or event_type == "" then
     fail("event.event_type must be a non-empty string, got %s", type(event_type))
   end
-  local targets = targets_of(self, event, event_type)
-  apply(targets, event)
-  local record = event_record(self, targets, event)
-  if #record.flows == 0 then return {} end  -- a redelivery everywhere
-  local ok, bytes = pcall(encode, record)
-  if not ok then
-    undo(targets, #targets)
-    fail("a handler returned commands that are not data: %s", bytes)
-  end
-  if self.journal then
-    local at, err = self.journal:append(RECORD_EVENT, bytes)
-    if not at then
-      undo(targets, #targets)
-      return nil, "procman.router: " .. err
+  return event_type
+end
+
+-- An event the router cannot route: raise, or keep it as a dead letter.
+local function unroutable(self, event, err)
+  if self.on_unroutable ~= "dead_letter" then error(err, 0) end
+  local ok, bytes = pcall(encode, { event = event, error = tostring(err) })
+  if not ok then fail("event '%s' is not data: %s", rawget(event, "event_type"), bytes) end
+  local appended, why = append(self, RECORD_DEAD, bytes)
+  if not appended then return nil, why end
+  self.dead[#self.dead + 1] = decode(bytes)
+  return {}
+end
+
+--- r:handle(event) -> envelopes { id, workflow, flow, command }
+-- Atomic: if any flow fails (and the router does not park), or the journal
+-- cannot take the record, nothing changes. A failure of the journal
+-- returns nil, message.
+function Router:handle(event)
+  check_open(self)
+  local event_type = check_event(event)
+  local ok, targets = pcall(targets_of, self, event, event_type)
+  if not ok then return unroutable(self, event, targets) end
+  return deliver(self, event, targets)
+end
+
+local function check_flow_args(self, name, flow_id)
+  if self.by_name[name] == nil then fail("no workflow named %s", tostring(name)) end
+  if flow_id == nil then fail("needs a flow id") end
+end
+
+--- r:tick([now]) -> envelopes: inject the event of every timer due at
+-- 'now' (default: the clock), in due order. Each is handled and journaled
+-- like an arriving event, and atomic on its own: when one raises, the
+-- ones before it stay handled. Timers set while ticking fire at a later
+-- tick, so a handler that always asks for "now" cannot loop.
+function Router:tick(now)
+  check_open(self)
+  if now == nil then now = read_clock(self) end
+  if type(now) ~= "number" or now ~= now then fail("tick needs a time (a number), got %s", tostring(now)) end
+  local due = {}
+  for _, spec in ipairs(self.specs) do
+    for flow_id, list in pairs(self.timers[spec.name]) do
+      for _, timer in ipairs(timers.due(list, now, {})) do
+        due[#due + 1] = { spec = spec, flow = flow_id, timer = timer, due = timer.due,
+                          seq = timer.seq, index = timer.index }
+      end
     end
   end
-  self.seq = record.seq
+  table.sort(due, timers.before)
   local out = {}
-  settle(self, targets, out)
+  for _, d in ipairs(due) do
+    local name = d.spec.name
+    if timers.find(self.timers[name][d.flow], d.seq, d.index) then  -- not cancelled meanwhile
+      local targets = { { spec = d.spec, flow = d.flow, pm = self.live[name][d.flow],
+                          held = self.parked[name][d.flow] ~= nil } }
+      local envelopes, err = deliver(self, d.timer.event, targets,
+                                     { now = now, fired = { workflow = name, flow = d.flow,
+                                                            seq = d.seq, index = d.index } })
+      if not envelopes then return nil, err end
+      table.move(envelopes, 1, #envelopes, #out + 1, out)
+    end
+  end
   return out
+end
+
+--- r:timers([workflow[, flow]]) -> the pending timers, by due time:
+-- { workflow, flow, key, due, event } (copies).
+function Router:timers(name, flow_id)
+  check_open(self)
+  if name ~= nil and self.by_name[name] == nil then fail("no workflow named %s", tostring(name)) end
+  local list = {}
+  for _, spec in ipairs(self.specs) do
+    if name == nil or spec.name == name then
+      for id, flow_timers in pairs(self.timers[spec.name]) do
+        if flow_id == nil or id == flow_id then
+          for _, t in ipairs(flow_timers) do
+            list[#list + 1] = { workflow = spec.name, flow = id, key = t.key, due = t.due,
+                                event = copy(t.event), seq = t.seq, index = t.index }
+          end
+        end
+      end
+    end
+  end
+  table.sort(list, timers.before)
+  for _, t in ipairs(list) do t.seq, t.index = nil, nil end
+  return list
+end
+
+--- r:parked() -> the parked flows: { workflow, flow, error, event (the
+-- first parked one, which failed), held (how many events wait) }.
+function Router:parked()
+  check_open(self)
+  local list = {}
+  for _, spec in ipairs(self.specs) do
+    for flow_id, p in pairs(self.parked[spec.name]) do
+      list[#list + 1] = { workflow = spec.name, flow = flow_id, error = p.error,
+                          event = copy(p.events[1]), held = #p.events }
+    end
+  end
+  table.sort(list, function(a, b)
+    if a.workflow ~= b.workflow then return a.workflow < b.workflow end
+    return tostring(a.flow) < tostring(b.flow)
+  end)
+  return list
+end
+
+local function check_parked(self, name, flow_id)
+  check_flow_args(self, name, flow_id)
+  if self.parked[name][flow_id] == nil then fail("flow %s is not parked", label(name, flow_id)) end
+end
+
+-- Retry the parked events of a flow in order, until none is left or one
+-- fails again.
+local function retry(self, name, flow_id)
+  local spec, out = self.by_name[name], {}
+  while self.parked[name][flow_id] do
+    local t = { spec = spec, flow = flow_id, pm = self.live[name][flow_id], resumed = true }
+    local envelopes, err = deliver(self, self.parked[name][flow_id].events[1], { t })
+    if not envelopes then return nil, err end
+    table.move(envelopes, 1, #envelopes, #out + 1, out)
+    if t.parked_error then return out, t.parked_error end
+  end
+  return out
+end
+
+--- r:resume(workflow, flow) -> envelopes[, error]: retry the flow's parked
+-- events in order (after a fix of the workflow code). When one fails
+-- again the flow stays parked with that error, returned second.
+function Router:resume(name, flow_id)
+  check_open(self)
+  check_parked(self, name, flow_id)
+  return retry(self, name, flow_id)
+end
+
+--- r:skip(workflow, flow) -> envelopes[, error]: drop the first parked
+-- event (journaled as skipped), then resume the rest.
+function Router:skip(name, flow_id)
+  check_open(self)
+  check_parked(self, name, flow_id)
+  local ok, err = append(self, RECORD_SKIP, encode({ workflow = name, flow = flow_id }))
+  if not ok then return nil, err end
+  unpark_front(self, name, flow_id)
+  return retry(self, name, flow_id)
+end
+
+--- r:dead_letters() -> the events the router could not route (with
+-- on_unroutable = "dead_letter"): { event, error } (copies), oldest first.
+function Router:dead_letters()
+  check_open(self)
+  return copy(self.dead)
 end
 
 --- r:pending() -> the envelopes not yet acked, in emission order (copies).
@@ -460,7 +805,12 @@ function Router:stats()
   for _, spec in ipairs(self.specs) do
     for _ in pairs(self.live[spec.name]) do live = live + 1 end
   end
+  local timer_count = 0
+  for _, spec in ipairs(self.specs) do
+    for _, list in pairs(self.timers[spec.name]) do timer_count = timer_count + #list end
+  end
   return { live = live, completed = self.finished_count, pending = self.pending_count,
+           parked = self.parked_count, timers = timer_count, dead_letters = #self.dead,
            journal_bytes = self.journal and self.journal:size() or 0,
            recovered = self.recovered, dropped = self.dropped, seq = self.seq }
 end
@@ -479,6 +829,21 @@ local function state_records(self)
                                                version = version, seen = seen } }
     end
   end
+  for _, spec in ipairs(self.specs) do
+    local name = spec.name
+    for flow_id, p in pairs(self.parked[name]) do
+      records[#records + 1] = { RECORD_PARKED, { workflow = name, flow = flow_id, error = p.error,
+                                                 events = p.events } }
+    end
+    for flow_id, list in pairs(self.timers[name]) do
+      for _, t in ipairs(list) do
+        records[#records + 1] = { RECORD_TIMER, { workflow = name, flow = flow_id, key = t.key,
+                                                  due = t.due, event = t.event, seq = t.seq,
+                                                  index = t.index } }
+      end
+    end
+  end
+  for _, letter in ipairs(self.dead) do records[#records + 1] = { RECORD_DEAD, letter } end
   for _, envelope in ipairs(self:pending()) do
     records[#records + 1] = { RECORD_OUTBOX, envelope }
   end
@@ -576,13 +941,18 @@ return function(opts)
   local self = setmetatable({
     specs = specs, by_name = by_name, live = {}, finished = {}, finished_count = 0,
     queue = {}, head = 1, tail = 0, pending_by_id = {}, pending_count = 0,
+    timers = {}, parked = {}, parked_count = 0, dead = {},
     seq = 0, recovered = 0, dropped = 0, closed = false,
+    clock = opts.clock or os.time,
+    on_error = opts.on_error or "raise",
+    on_unroutable = opts.on_unroutable or "raise",
     on_divergence = opts.on_divergence or "error",
     warn = opts.warn or function(msg) warn(msg) end,
     journal_path = opts.journal, sync = opts.sync,
   }, meta)
   for _, spec in ipairs(specs) do
-    self.live[spec.name], self.finished[spec.name] = {}, {}
+    local name = spec.name
+    self.live[name], self.finished[name], self.timers[name], self.parked[name] = {}, {}, {}, {}
   end
   if opts.journal then
     local ok, err = open_journal(self, opts)

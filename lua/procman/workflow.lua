@@ -9,7 +9,13 @@ local core = require "procman.core"
 local M = {}
 
 -- Each field a definition may have, and how to check it.
-local FIELDS = { "name", "on", "init", "correlate", "starts", "done", "status", "view" }
+local FIELDS = { "name", "on", "init", "correlate", "starts", "done", "status", "view", "budget" }
+
+-- Instructions one handler call may run before it is stopped: enough for
+-- a batch of millions of files, little enough to stop a runaway loop in
+-- about a second.
+local DEFAULT_BUDGET = 100000000
+M.DEFAULT_BUDGET = DEFAULT_BUDGET
 local KNOWN = {}
 for _, f in ipairs(FIELDS) do KNOWN[f] = true end
 
@@ -126,6 +132,16 @@ local function check_starts(def, name, on)
   return copy
 end
 
+-- budget: a positive integer of VM instructions per handler call, or
+-- false for none.
+local function check_budget(def, name)
+  local b = rawget(def, "budget")
+  if b == nil then return DEFAULT_BUDGET end
+  if b == false or (math.type(b) == "integer" and b > 0) then return b end
+  fail(name, "budget must be a positive integer (instructions per handler call) or false, got %s",
+       describe(b))
+end
+
 local function check_fields(def)
   for key in next, def do
     if not KNOWN[key] then
@@ -189,6 +205,7 @@ function M.define(def)
     done = check_optional_function(def, "done"),
     status = check_optional_function(def, "status"),
     view = check_optional_function(def, "view"),
+    budget = check_budget(def, name),
     starts_set = {},
   }
   for _, t in ipairs(spec.starts) do spec.starts_set[t] = true end
