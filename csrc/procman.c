@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include "lauxlib.h"
+#include "budget.h"
 #include "buffer.h"
 #include "codec.h"
 #include "interrupt.h"
@@ -64,6 +65,21 @@ static int core_is_terminal(lua_State *L) {
   return 1;
 }
 
+/* core.budget_call(budget, fn, ...) -> true, results | false, error: like
+** pcall, with at most 'budget' instructions (<= 0: no limit). */
+static int core_budget_call(lua_State *L) {
+  lua_Integer budget = luaL_checkinteger(L, 1);
+  luaL_checktype(L, 2, LUA_TFUNCTION);
+  lua_pushboolean(L, 1);
+  lua_replace(L, 1);  /* the 'true' of success */
+  if (budget_pcall(L, lua_gettop(L) - 2, LUA_MULTRET, budget) != LUA_OK) {
+    lua_pushboolean(L, 0);
+    lua_insert(L, -2);
+    return 2;
+  }
+  return lua_gettop(L);
+}
+
 static const luaL_Reg core_functions[] = {
   { "new", pm_new },
   { "encode", core_encode },
@@ -74,6 +90,7 @@ static const luaL_Reg core_functions[] = {
   { "journal_replace", journal_lua_replace },
   { "interruptible", interrupt_call },
   { "is_terminal", core_is_terminal },
+  { "budget_call", core_budget_call },
   { NULL, NULL }
 };
 

@@ -6,32 +6,8 @@ local order = require "procman.workflows.order"
 local files = require "spec.support.files"
 local temp_path, file_bytes, write_bytes = files.temp_path, files.bytes, files.write
 
--- Everything observable about a router, to compare two of them (a flow's
--- history is left out with 'no_history': after compaction it starts at the
--- snapshot).
-local function snapshot(r, no_history)
-  local flows = {}
-  for pm in r:flows() do
-    flows[tostring(pm)] = { state = pm:state(), version = pm:version(),
-                            history = not no_history and pm:history() or nil }
-  end
-  local pending = {}
-  for i, e in ipairs(r:pending()) do pending[i] = e end
-  local s = r:stats()
-  return { flows = flows, pending = pending, live = s.live, completed = s.completed, seq = s.seq }
-end
-
-local function refuses(r, event, message)
-  local before = snapshot(r)
-  local bytes = r:stats().journal_bytes
-  local ok, err = pcall(r.handle, r, event)
-  assert.is_false(ok)
-  if not err:find(message, 1, true) then
-    error(string.format("%q does not contain %q", err, message), 2)
-  end
-  assert.same(before, snapshot(r))
-  assert.equal(bytes, r:stats().journal_bytes)
-end
+local routers = require "spec.support.routers"
+local snapshot, refuses = routers.snapshot, routers.refuses
 
 describe("procman.router", function()
   describe("routing", function()

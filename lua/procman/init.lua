@@ -5,6 +5,7 @@ local core = require "procman.core"
 local workflow = require "procman.workflow"
 local router = require "procman.router"
 local timers = require "procman.timers"
+local sandbox = require "procman.sandbox"
 
 local procman = {
   _VERSION = "procman " .. core.version,
@@ -14,6 +15,10 @@ local procman = {
   is_workflow = workflow.is_workflow,
   --- procman.router(opts) -> a router of many flows, journaled (docs/api.md)
   router = router,
+  --- procman.load(path), procman.loadstring(source[, name]) -> a workflow
+  -- from a file run in the sandbox, or nil, message (docs/writing-workflows.md)
+  load = sandbox.load,
+  loadstring = sandbox.loadstring,
   --- timer directives a handler returns among its commands (docs/api.md)
   after = timers.after,
   at = timers.at,

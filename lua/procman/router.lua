@@ -186,7 +186,7 @@ local function targets_of(self, event, event_type)
       local name = spec.name
       local flow_id = flow_id_of(spec, event)
       local pm = self.live[name][flow_id]
-      local parked = self.parked[name][flow_id] ~= nil
+      local parked = self.parked_of[name][flow_id] ~= nil
       local final = pm == nil and not parked and self.finished[name][flow_id]
       local event_id = rawget(event, "event_id")
       if final and final.seen and event_id ~= nil and final.seen[event_id] then
@@ -267,26 +267,26 @@ local function dead_letter(self, event, err)
 end
 
 local function park(self, name, flow_id, event, err)
-  local p = self.parked[name][flow_id]
+  local p = self.parked_of[name][flow_id]
   if p then
     p.error = err  -- a retried event failed again
   else
-    self.parked[name][flow_id] = { events = { copy(event) }, error = err }
+    self.parked_of[name][flow_id] = { events = { copy(event) }, error = err }
     self.parked_count = self.parked_count + 1
   end
 end
 
 local function hold(self, name, flow_id, event)
-  local events = self.parked[name][flow_id].events
+  local events = self.parked_of[name][flow_id].events
   events[#events + 1] = copy(event)
 end
 
 -- Drop the first parked event of a flow; unpark it when none is left.
 local function unpark_front(self, name, flow_id)
-  local p = self.parked[name][flow_id]
+  local p = self.parked_of[name][flow_id]
   table.remove(p.events, 1)
   if #p.events == 0 then
-    self.parked[name][flow_id] = nil
+    self.parked_of[name][flow_id] = nil
     self.parked_count = self.parked_count - 1
   end
 end
@@ -296,26 +296,26 @@ end
 -- they become dead letters.
 local function complete(self, name, flow_id, pm)
   self.live[name][flow_id] = nil
-  self.timers[name][flow_id] = nil
+  self.timers_of[name][flow_id] = nil
   remember_completed(self, name, flow_id, pm:status(), core.event_ids(pm))
-  local p = self.parked[name][flow_id]
+  local p = self.parked_of[name][flow_id]
   if p then
     for _, event in ipairs(p.events) do
       dead_letter(self, event, string.format("flow %s completed while this event was parked",
                                              label(name, flow_id)))
     end
-    self.parked[name][flow_id] = nil
+    self.parked_of[name][flow_id] = nil
     self.parked_count = self.parked_count - 1
   end
 end
 
 local function set_timers(self, name, flow_id, directives, record)
-  local by_flow = self.timers[name]
+  local by_flow = self.timers_of[name]
   by_flow[flow_id] = timers.apply(by_flow[flow_id], directives, record.now, record.seq)
 end
 
 local function remove_fired(self, fired)
-  local by_flow = self.timers[fired.workflow]
+  local by_flow = self.timers_of[fired.workflow]
   by_flow[fired.flow] = timers.remove(by_flow[fired.flow], fired.seq, fired.index)
 end
 
@@ -511,7 +511,7 @@ local function restore_record(self, kind, rec, offset)
   elseif kind == RECORD_SKIP then
     unpark_front(self, spec_for(self, rec.workflow, offset).name, rec.flow)
   elseif kind == RECORD_TIMER then
-    local by_flow = self.timers[spec_for(self, rec.workflow, offset).name]
+    local by_flow = self.timers_of[spec_for(self, rec.workflow, offset).name]
     local list = by_flow[rec.flow] or {}
     list[#list + 1] = { key = rec.key, due = rec.due, event = rec.event, seq = rec.seq,
                         index = rec.index }
@@ -519,10 +519,10 @@ local function restore_record(self, kind, rec, offset)
   elseif kind == RECORD_PARKED then
     local name = spec_for(self, rec.workflow, offset).name
     if rec.events then
-      self.parked[name][rec.flow] = { events = rec.events, error = rec.error }
+      self.parked_of[name][rec.flow] = { events = rec.events, error = rec.error }
       self.parked_count = self.parked_count + 1
     else
-      self.parked[name][rec.flow].error = rec.error
+      self.parked_of[name][rec.flow].error = rec.error
     end
   else
     self.dead[#self.dead + 1] = rec
@@ -617,7 +617,7 @@ function Router:tick(now)
   if type(now) ~= "number" or now ~= now then fail("tick needs a time (a number), got %s", tostring(now)) end
   local due = {}
   for _, spec in ipairs(self.specs) do
-    for flow_id, list in pairs(self.timers[spec.name]) do
+    for flow_id, list in pairs(self.timers_of[spec.name]) do
       for _, timer in ipairs(timers.due(list, now, {})) do
         due[#due + 1] = { spec = spec, flow = flow_id, timer = timer, due = timer.due,
                           seq = timer.seq, index = timer.index }
@@ -628,9 +628,9 @@ function Router:tick(now)
   local out = {}
   for _, d in ipairs(due) do
     local name = d.spec.name
-    if timers.find(self.timers[name][d.flow], d.seq, d.index) then  -- not cancelled meanwhile
+    if timers.find(self.timers_of[name][d.flow], d.seq, d.index) then  -- not cancelled meanwhile
       local targets = { { spec = d.spec, flow = d.flow, pm = self.live[name][d.flow],
-                          held = self.parked[name][d.flow] ~= nil } }
+                          held = self.parked_of[name][d.flow] ~= nil } }
       local envelopes, err = deliver(self, d.timer.event, targets,
                                      { now = now, fired = { workflow = name, flow = d.flow,
                                                             seq = d.seq, index = d.index } })
@@ -649,7 +649,7 @@ function Router:timers(name, flow_id)
   local list = {}
   for _, spec in ipairs(self.specs) do
     if name == nil or spec.name == name then
-      for id, flow_timers in pairs(self.timers[spec.name]) do
+      for id, flow_timers in pairs(self.timers_of[spec.name]) do
         if flow_id == nil or id == flow_id then
           for _, t in ipairs(flow_timers) do
             list[#list + 1] = { workflow = spec.name, flow = id, key = t.key, due = t.due,
@@ -670,7 +670,7 @@ function Router:parked()
   check_open(self)
   local list = {}
   for _, spec in ipairs(self.specs) do
-    for flow_id, p in pairs(self.parked[spec.name]) do
+    for flow_id, p in pairs(self.parked_of[spec.name]) do
       list[#list + 1] = { workflow = spec.name, flow = flow_id, error = p.error,
                           event = copy(p.events[1]), held = #p.events }
     end
@@ -684,16 +684,16 @@ end
 
 local function check_parked(self, name, flow_id)
   check_flow_args(self, name, flow_id)
-  if self.parked[name][flow_id] == nil then fail("flow %s is not parked", label(name, flow_id)) end
+  if self.parked_of[name][flow_id] == nil then fail("flow %s is not parked", label(name, flow_id)) end
 end
 
 -- Retry the parked events of a flow in order, until none is left or one
 -- fails again.
 local function retry(self, name, flow_id)
   local spec, out = self.by_name[name], {}
-  while self.parked[name][flow_id] do
+  while self.parked_of[name][flow_id] do
     local t = { spec = spec, flow = flow_id, pm = self.live[name][flow_id], resumed = true }
-    local envelopes, err = deliver(self, self.parked[name][flow_id].events[1], { t })
+    local envelopes, err = deliver(self, self.parked_of[name][flow_id].events[1], { t })
     if not envelopes then return nil, err end
     table.move(envelopes, 1, #envelopes, #out + 1, out)
     if t.parked_error then return out, t.parked_error end
@@ -807,7 +807,7 @@ function Router:stats()
   end
   local timer_count = 0
   for _, spec in ipairs(self.specs) do
-    for _, list in pairs(self.timers[spec.name]) do timer_count = timer_count + #list end
+    for _, list in pairs(self.timers_of[spec.name]) do timer_count = timer_count + #list end
   end
   return { live = live, completed = self.finished_count, pending = self.pending_count,
            parked = self.parked_count, timers = timer_count, dead_letters = #self.dead,
@@ -831,11 +831,11 @@ local function state_records(self)
   end
   for _, spec in ipairs(self.specs) do
     local name = spec.name
-    for flow_id, p in pairs(self.parked[name]) do
+    for flow_id, p in pairs(self.parked_of[name]) do
       records[#records + 1] = { RECORD_PARKED, { workflow = name, flow = flow_id, error = p.error,
                                                  events = p.events } }
     end
-    for flow_id, list in pairs(self.timers[name]) do
+    for flow_id, list in pairs(self.timers_of[name]) do
       for _, t in ipairs(list) do
         records[#records + 1] = { RECORD_TIMER, { workflow = name, flow = flow_id, key = t.key,
                                                   due = t.due, event = t.event, seq = t.seq,
@@ -941,7 +941,7 @@ return function(opts)
   local self = setmetatable({
     specs = specs, by_name = by_name, live = {}, finished = {}, finished_count = 0,
     queue = {}, head = 1, tail = 0, pending_by_id = {}, pending_count = 0,
-    timers = {}, parked = {}, parked_count = 0, dead = {},
+    timers_of = {}, parked_of = {}, parked_count = 0, dead = {},
     seq = 0, recovered = 0, dropped = 0, closed = false,
     clock = opts.clock or os.time,
     on_error = opts.on_error or "raise",
@@ -952,7 +952,7 @@ return function(opts)
   }, meta)
   for _, spec in ipairs(specs) do
     local name = spec.name
-    self.live[name], self.finished[name], self.timers[name], self.parked[name] = {}, {}, {}, {}
+    self.live[name], self.finished[name], self.timers_of[name], self.parked_of[name] = {}, {}, {}, {}
   end
   if opts.journal then
     local ok, err = open_journal(self, opts)

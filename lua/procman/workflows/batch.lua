@@ -18,7 +18,9 @@
 -- not in the batch, a result other than "success"/"error", a file listed
 -- twice. Reporting a file again replaces its earlier result (the seed's
 -- Map.put), with the counters kept right.
-local procman = require "procman"
+-- Loads with require and in the sandbox (procman.load), where the global
+-- 'procman' holds what a workflow needs and require is not available.
+local procman = rawget(_ENV, "procman") or require "procman"
 
 -- Check the file list of batch_created; returns its length.
 local function check_files(files)

@@ -21,7 +21,9 @@
 --   order_shipped                              after "shipping"
 --   order_canceled                             before shipping: "created" or "payment_failure"
 --   anything                                   before order_created, or after "shipped"/"canceled"
-local procman = require "procman"
+-- Loads with require and in the sandbox (procman.load), where the global
+-- 'procman' holds what a workflow needs and require is not available.
+local procman = rawget(_ENV, "procman") or require "procman"
 
 -- Statuses each event may follow.
 local ALLOWED = {
