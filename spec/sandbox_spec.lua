@@ -1,0 +1,205 @@
+-- Workflow files run in a sandbox: work is a side effect.
+local procman = require "procman"
+local files = require "spec.support.files"
+local flow = require "spec.support.flow"
+
+-- Load a workflow whose one handler, 'go', runs 'body'.
+local function handler_doing(body, extra)
+  return assert(procman.loadstring(string.format([[
+    return procman.workflow { name = "w", %s on = { ok = function(s) s.n = (s.n or 0) + 1 end,
+                                                     go = function(state, event) %s end } }
+  ]], extra or "", body), "=test"))
+end
+
+-- pm:handle{go} fails with 'message', leaving the flow as it was.
+local function handler_refused(body, message)
+  local pm = handler_doing(body, "budget = 1000000,"):new(1)
+  pm:handle { event_type = "ok" }
+  flow.refuses(pm, { event_type = "go" }, message)
+end
+
+local SIDE_EFFECT = "work is a side effect: do it in a gateway"
+
+describe("procman.load and the sandbox", function()
+  local path
+  before_each(function() path = files.temp_path() end)
+  after_each(function() os.remove(path) end)
+
+  it("loads a workflow file and returns its workflow", function()
+    files.write(path, [[
+      local function greet(state, event) state.name = event.name
+        return { { command_type = "say", text = string.format("hi %s", event.name) } } end
+      return procman.workflow { name = "greeter", on = { greet = greet } }
+    ]])
+    local wf = assert(procman.load(path))
+    assert.is_true(procman.is_workflow(wf))
+    assert.same({ { command_type = "say", text = "hi ann" } },
+                wf:new(1):handle { event_type = "greet", name = "ann" })
+  end)
+
+  it("loads the shipped workflows, which then behave as with require", function()
+    for _, name in ipairs { "batch", "order" } do
+      local file = assert(package.searchpath("procman.workflows." .. name, package.path))
+      local wf = assert(procman.load(file))
+      assert.equal(name, wf.name)
+    end
+    local batch = assert(procman.load(package.searchpath("procman.workflows.batch", package.path)))
+    local pm = batch:new("b1")
+    assert.same({ { command_type = "process_file", file = "f1" } },
+                pm:handle { event_type = "batch_created", files = { "f1" } })
+    pm:handle { event_type = "file_processed", file = { id = "f1", status = "success" } }
+    assert.same({ id = "b1", files = { f1 = "success" }, status = "success" }, pm:state())
+  end)
+
+  it("returns nil and a message for files that cannot be loaded", function()
+    local wf, err = procman.load(path)
+    assert.is_nil(wf)
+    assert.matches("cannot open", err)
+    files.write(path, "return procman.workflow {")
+    wf, err = procman.load(path)
+    assert.is_nil(wf)
+    assert.matches(path:gsub("%p", "%%%0") .. ":1:", err)
+    files.write(path, "return 42")
+    assert.same({ nil, path .. ": a workflow file must return a workflow (procman.workflow { ... }), got number" },
+                { procman.load(path) })
+    files.write(path, "local f = io.open('/etc/passwd')")
+    wf, err = procman.load(path)
+    assert.is_nil(wf)
+    assert.matches(":1: io is not available in a workflow: " .. SIDE_EFFECT:gsub("%p", "%%%0"), err)
+    assert.same({ nil, "x: a workflow file must return a workflow (procman.workflow { ... }), got nil" },
+                { procman.loadstring("", "=x") })
+    assert.error_matches(function() procman.load(nil) end, "procman.load: path must be a string, got nil")
+    assert.error_matches(function() procman.loadstring(1) end, "procman.loadstring: source must be a string")
+  end)
+
+  it("refuses precompiled chunks", function()
+    local wf, err = procman.loadstring(string.dump(function() return 1 end))
+    assert.is_nil(wf)
+    assert.matches("attempt to load a binary chunk", err)
+  end)
+
+  it("stops a file that never returns", function()
+    local wf, err = procman.loadstring("while true do end")
+    assert.is_nil(wf)
+    assert.matches("ran past its instruction budget", err)
+  end)
+
+  it("gives each file its own environment", function()
+    assert(procman.loadstring("shared = 1; string.mine = 1; return procman.workflow { name = 'a', on = { x = function() end } }"))
+    local seen = assert(procman.loadstring([[
+      local found = { shared = rawget(_ENV, "shared"), mine = string.mine }
+      return procman.workflow { name = "b", on = { x = function() return { { command_type = "found", found = found } } end } }
+    ]]))
+    assert.same({ { command_type = "found", found = {} } }, seen:new(1):handle { event_type = "x" })
+    assert.is_nil(rawget(_G, "shared"))
+    assert.is_nil(string.mine)
+  end)
+
+  it("holds only what defining a workflow needs in its procman", function()
+    local wf = handler_doing([[local names = {}
+      for k in pairs(procman) do names[#names + 1] = k end
+      table.sort(names)
+      return { { command_type = "names", names = names } }]])
+    assert.same({ { command_type = "names", names = { "after", "at", "cancel", "workflow" } } },
+                wf:new(1):handle { event_type = "go" })
+  end)
+
+  describe("refuses, with the reason, and changes nothing", function()
+    local cases = {
+      { "io.write('x')", "io is not available in a workflow: " .. SIDE_EFFECT },
+      { "_G.io.write('x')", "io is not available" },
+      { "_ENV.io.write('x')", "io is not available" },
+      { "os.time()", "os is not available in a workflow: " .. SIDE_EFFECT },
+      { "os.execute('touch /tmp/pwned')", "os is not available" },
+      { "print('x')", "print is not available" },
+      { "require('io')", "require is not available in a workflow: a workflow file loads no code" },
+      { "load('return 1')", "load is not available" },
+      { "loadfile('/etc/passwd')", "loadfile is not available" },
+      { "dofile('/etc/passwd')", "dofile is not available" },
+      { "package.loaded.io.write('x')", "package is not available" },
+      { "debug.sethook()", "debug is not available" },
+      { "collectgarbage()", "collectgarbage is not available" },
+      { "coroutine.wrap(function() end)()", "coroutine is not available in a workflow: a handler runs to completion" },
+      { "string.dump(function() end)", "string.dump is not available in a workflow: string.dump turns code" },
+      { "getmetatable('').__index.dump(function() end)", "string.dump is not available" },
+      { "local d = ('').dump; d(function() end)", "string.dump is not available" },
+      { "return { { command_type = 'x', v = math.random() } }",
+        "math.random is not available in a workflow: time and chance come from events" },
+      { "math.randomseed(1)", "math.randomseed is not available" },
+      { "setmetatable(_G, nil)", "cannot change a protected metatable" },
+      { "getmetatable('').__index = {}", "the string metatable is read-only in a workflow" },
+      { "local io = rawget(_G, 'io'); io.write('x')", "attempt to index a nil value" },
+      { "while true do end", "ran past its instruction budget" },
+      { "while true do pcall(function() while true do end end) end", "ran past its instruction budget" },
+      { "for i = 1, 1e9 do pcall(error, i) end", "ran past its instruction budget" },
+    }
+    for _, case in ipairs(cases) do
+      it(case[1], function() handler_refused(case[1], case[2]) end)
+    end
+  end)
+
+  it("has no way to get load from an event: functions are not data", function()
+    local pm = handler_doing("return { event.f() }"):new(1)
+    flow.refuses(pm, { event_type = "go", f = load }, "event 'go' is not data")
+  end)
+
+  it("keeps the pure part of the library", function()
+    local wf = handler_doing([[
+      return { { command_type = "ok", v = { math.floor(2.5), ("ab"):upper(), table.concat({ 1, 2 }, ","),
+                 utf8.char(72), select("#", 1, 2), tostring(getmetatable(_G)),
+                 getmetatable("").__index.rep("x", 2), pcall(error, "e") } } }]])
+    assert.same({ { command_type = "ok", v = { 2, "AB", "1,2", "H", 2, "false", "xx", false, "e" } } },
+                wf:new(1):handle { event_type = "go" })
+  end)
+
+  it("leaves string methods working outside the sandbox", function()
+    string.procman_test_extra = function(s) return s .. "!" end
+    assert.equal("hi!", ("hi"):procman_test_extra())
+    string.procman_test_extra = nil
+    assert.equal("HI", ("hi"):upper())
+    assert.equal("function", type(string.dump))
+  end)
+end)
+
+describe("the instruction budget", function()
+  local function looping(budget)
+    return procman.workflow { name = "loop", budget = budget,
+                              on = { go = function(s, e) for i = 1, e.n do s.i = i end end } }
+  end
+
+  it("stops a runaway handler, atomically, with a clear error", function()
+    local pm = looping(10000):new(1)
+    pm:handle { event_type = "go", n = 10 }
+    flow.refuses(pm, { event_type = "go", n = 1e6 },
+                 "loop/1: handler for 'go' failed: ran past its instruction budget (a runaway loop? "
+                 .. "see the workflow's budget option)")
+    assert.equal(10, pm:state().i)
+    pm:handle { event_type = "go", n = 20 }
+    assert.equal(20, pm:state().i)
+    assert.is_nil(debug.gethook())
+  end)
+
+  it("is on by default, and off with budget = false", function()
+    assert.equal(100000000, looping(nil).budget)
+    local pm = looping(false):new(1)
+    pm:handle { event_type = "go", n = 200000 }
+    assert.equal(200000, pm:state().i)
+  end)
+
+  it("leaves an existing hook alone (a debugger, coverage), and runs without a budget", function()
+    local calls = 0
+    debug.sethook(function() calls = calls + 1 end, "", 1000)
+    local pm = looping(1000):new(1)
+    local ok = pcall(pm.handle, pm, { event_type = "go", n = 10000 })
+    debug.sethook()
+    assert.is_true(ok)
+    assert.is_true(calls > 0)
+  end)
+
+  it("is checked where the workflow is defined", function()
+    for _, bad in ipairs { 0, -1, 1.5, "lots", true } do
+      assert.error_matches(function() looping(bad) end,
+                           "budget must be a positive integer %(instructions per handler call%) or false")
+    end
+  end)
+end)
