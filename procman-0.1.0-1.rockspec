@@ -40,6 +40,7 @@ build = {
     ["procman.router"] = "lua/procman/router.lua",
     ["procman.timers"] = "lua/procman/timers.lua",
     ["procman.sandbox"] = "lua/procman/sandbox.lua",
+    ["procman.testing"] = "lua/procman/testing.lua",
     ["procman.workflows.batch"] = "lua/procman/workflows/batch.lua",
     ["procman.workflows.order"] = "lua/procman/workflows/order.lua",
   },

@@ -134,3 +134,110 @@ describe("procman.workflows.batch", function()
     end)())
   end)
 end)
+
+describe("procman.workflows.batch retries and timeouts", function()
+  local procman = require "procman"
+  local given = require("procman.testing").given
+
+  local function batch_event(opts)
+    local e = { event_type = "batch_created", batch_id = "b1", files = { "a", "b" } }
+    for k, v in pairs(opts or {}) do e[k] = v end
+    return e
+  end
+  local function processed(id, status, attempt)
+    return { event_type = "file_processed", batch_id = "b1", file = { id = id, status = status, attempt = attempt } }
+  end
+  local function timed_out(id, attempt)
+    return { event_type = "file_timed_out", batch_id = "b1", file = id, attempt = attempt }
+  end
+
+  it("keeps the seed's commands and state with the default options", function()
+    local s = given(batch, {}):when(batch_event())
+      :expect { { command_type = "process_file", file = "a" }, { command_type = "process_file", file = "b" } }
+      :when(processed("a", "error")):expect {}
+    assert.equal("error", s:flow():status())
+    assert.same({ id = "b1", files = { a = "error", b = "pending" }, status = "error" }, s:flow():state())
+    given(batch, {}):when(batch_event { max_attempts = 1 })
+      :expect { { command_type = "process_file", file = "a" }, { command_type = "process_file", file = "b" } }
+  end)
+
+  it("sends a failed file again while it has attempts left, then fails it", function()
+    local s = given(batch, { batch_event { max_attempts = 3 } })
+      :when(processed("a", "error")):expect { { command_type = "process_file", file = "a", attempt = 2 } }
+    assert.equal("pending", s:flow():status())
+    assert.same({ a = "pending", b = "pending" }, s:flow():state().files)
+    s:when(processed("a", "error")):expect { { command_type = "process_file", file = "a", attempt = 3 } }
+     :when(processed("b", "success")):expect {}
+    assert.equal("pending", s:flow():status())
+    s:when(processed("a", "error")):expect {}
+    assert.equal("error", s:flow():status())
+    assert.is_true(s:flow():done())
+    assert.same({ id = "b1", files = { a = "error", b = "success" }, status = "error" }, s:flow():state())
+  end)
+
+  it("succeeds when a retry succeeds", function()
+    local s = given(batch, { batch_event { max_attempts = 2 }, processed("a", "error"), processed("b", "success") })
+      :when(processed("a", "success", 2)):expect {}
+    assert.equal("success", s:flow():status())
+  end)
+
+  it("ignores a late failure of an attempt already retried", function()
+    local s = given(batch, { batch_event { max_attempts = 3 }, processed("a", "error") })
+      :when(processed("a", "error", 1)):expect {}
+      :when(processed("a", "error", 2)):expect { { command_type = "process_file", file = "a", attempt = 3 } }
+    assert.equal("pending", s:flow():status())
+    s:when(processed("a", "error", "x")):expect_error('file "a": attempt must be an integer, got x')
+  end)
+
+  it("times out a file with no result, through a stimulus event", function()
+    local tick = function(id, attempt) return { event_type = "file_timed_out", batch_id = "b1", file = id, attempt = attempt } end
+    local s = given(batch, {}):when(batch_event { file_timeout = 60, max_attempts = 2 })
+      :expect { { command_type = "process_file", file = "a" }, procman.after(60, tick("a", 1), "timeout:a"),
+                { command_type = "process_file", file = "b" }, procman.after(60, tick("b", 1), "timeout:b") }
+      :after(30)
+      :when(processed("b", "success")):expect { procman.cancel("timeout:b") }
+      :after(30)
+      :expect { { command_type = "process_file", file = "a", attempt = 2 }, procman.after(60, tick("a", 2), "timeout:a") }
+      :after(59):expect {}
+      :after(1):expect {}
+    assert.equal("error", s:flow():status())
+    assert.same({ a = "error", b = "success" }, s:flow():state().files)
+  end)
+
+  it("ignores a stale timeout, and refuses one for a file not in the batch", function()
+    given(batch, { batch_event { file_timeout = 5, max_attempts = 2 }, processed("a", "error") })
+      :when(timed_out("a", 1)):expect {}
+      :when(timed_out("zz", 1)):expect_error("file_timed_out: file zz is not in this batch")
+    given(batch, { batch_event { file_timeout = 5 }, processed("a", "success") })
+      :when(timed_out("a", 1)):expect {}
+  end)
+
+  it("refuses bad options, changing nothing", function()
+    given(batch, {}):when(batch_event { max_attempts = 0 }):expect_error("max_attempts must be a positive integer, got 0")
+    given(batch, {}):when(batch_event { max_attempts = 1.5 }):expect_error("max_attempts must be a positive integer")
+    given(batch, {}):when(batch_event { file_timeout = -1 }):expect_error("file_timeout must be a positive number of seconds, got -1")
+    given(batch, {}):when(batch_event { file_timeout = "1m" }):expect_error("file_timeout must be a positive number")
+  end)
+
+  it("retries through the router, timers journaled, across a restart", function()
+    local files = require "spec.support.files"
+    local path = files.temp_path()
+    local now = 100
+    local r = procman.router { workflows = { batch }, journal = path, clock = function() return now end }
+    r:handle(batch_event { file_timeout = 60, max_attempts = 2 })
+    assert.equal(2, #r:pending())
+    assert.equal(2, #r:timers())
+    r:close()
+    r = procman.router { workflows = { batch }, journal = path, clock = function() return now end }
+    local out = r:tick(160)
+    assert.same({ { command_type = "process_file", file = "a", attempt = 2 },
+                  { command_type = "process_file", file = "b", attempt = 2 } }, { out[1].command, out[2].command })
+    assert.same({ 220, 220 }, { r:timers()[1].due, r:timers()[2].due })
+    r:handle(processed("a", "success"))
+    r:handle(processed("b", "error"))
+    assert.equal("error", r:completed("batch", "b1"))
+    assert.same({}, r:timers())
+    r:close()
+    os.remove(path)
+  end)
+end)

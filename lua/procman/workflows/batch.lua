@@ -1,4 +1,6 @@
---- procman.workflows.batch: the seed's batch-of-files process manager.
+--- procman.workflows.batch: the seed's batch-of-files process manager,
+-- with retries and timeouts (the seed's exercise: "send retry commands for
+-- those files that have failed").
 --
 -- A batch starts with batch_created, which lists its files; the manager
 -- answers with one process_file command per file, then follows each
@@ -6,17 +8,33 @@
 --   "idle"     before batch_created
 --   "created"  after batch_created, before any file_processed
 --   "success"  every file succeeded (an empty batch is "success" at once)
---   "error"    at least one file failed
+--   "error"    at least one file failed for good
 --   "pending"  otherwise
 -- The seed rescans every file per event (O(n) per event, O(n^2) per
 -- batch); here counters keep the status in O(1) per event. They are kept
 -- in the state (state is only ever the fold of events) and hidden by view,
 -- so pm:state() shows exactly the seed's keys: id, files, status.
 --
+-- Retries and timeouts, both off by default (then every command and state
+-- is exactly the seed's). batch_created may carry:
+--   max_attempts  attempts per file (default 1: no retry). A file that
+--                 fails with attempts left goes back to "pending" and the
+--                 manager sends { command_type = "process_file", file = f,
+--                 attempt = n } again; only a file out of attempts is
+--                 "error" (and makes the batch "error").
+--   file_timeout  seconds (default none). A file with no result that long
+--                 after its command counts as failed: the manager asks
+--                 for a file_timed_out stimulus (procman.after, keyed by
+--                 the file) and cancels it when the result comes.
+-- A file_processed may say which attempt it reports (file.attempt): a
+-- failure of an earlier attempt than the one running is ignored, so a
+-- late report cannot start a retry twice.
+--
 -- Where the seed is silent, these are errors that leave the flow as it
 -- was: a second batch_created, file_processed before batch_created, a file
 -- not in the batch, a result other than "success"/"error", a file listed
--- twice. Reporting a file again replaces its earlier result (the seed's
+-- twice, max_attempts or file_timeout that are not positive numbers.
+-- Reporting a finished file again replaces its earlier result (the seed's
 -- Map.put), with the counters kept right.
 -- Loads with require and in the sandbox (procman.load), where the global
 -- 'procman' holds what a workflow needs and require is not available.
@@ -50,24 +68,93 @@ local function check_files(files)
   return n
 end
 
+-- The retry options of batch_created: max_attempts, file_timeout (nil
+-- when not given).
+local function check_options(event)
+  local max, timeout = event.max_attempts, event.file_timeout
+  if max ~= nil and not (math.type(max) == "integer" and max >= 1) then
+    error(string.format("max_attempts must be a positive integer, got %s", tostring(max)), 0)
+  end
+  if timeout ~= nil and not (type(timeout) == "number" and timeout > 0 and timeout < math.huge) then
+    error(string.format("file_timeout must be a positive number of seconds, got %s",
+                        tostring(timeout)), 0)
+  end
+  return max, timeout
+end
+
+local function timeout_key(file)
+  return "timeout:" .. file
+end
+
+-- The commands that start attempt n of a file: process_file (with the
+-- attempt number on retries) and, with a timeout, its stimulus.
+local function start_attempt(state, file, n, commands)
+  local command = { command_type = "process_file", file = file }
+  if n > 1 then command.attempt = n end
+  commands[#commands + 1] = command
+  if state.file_timeout then
+    commands[#commands + 1] = procman.after(state.file_timeout, {
+      event_type = "file_timed_out", batch_id = state.id, file = file, attempt = n,
+    }, timeout_key(file))
+  end
+end
+
 local function batch_created(state, event)
   if state.status ~= "idle" then
     error("the batch was already created", 0)
   end
   local files = event.files
   local n = check_files(files)
+  local max_attempts, file_timeout = check_options(event)
+  if max_attempts and max_attempts > 1 then
+    state.max_attempts, state.attempts = max_attempts, {}
+  end
+  state.file_timeout = file_timeout
   local commands = {}
   for i = 1, n do
     state.files[files[i]] = "pending"
-    commands[i] = { command_type = "process_file", file = files[i] }
+    start_attempt(state, files[i], 1, commands)
   end
   state.pending = n
   state.status = n == 0 and "success" or "created"
   return commands
 end
 
+-- The seed's determine_status, from the counters.
+local function update_status(state)
+  state.status = state.failed > 0 and "error" or state.pending == 0 and "success" or "pending"
+end
+
+-- The attempt of a file now running (1 until a retry).
+local function attempt_of(state, id)
+  return state.attempts and state.attempts[id] or 1
+end
+
+-- A pending file failed: retry it if it has attempts left. Returns the
+-- retry's commands, or nil when the file is out of attempts.
+local function retry(state, id)
+  local n = attempt_of(state, id)
+  if n >= (state.max_attempts or 1) then return nil end
+  state.attempts[id] = n + 1
+  local commands = {}
+  start_attempt(state, id, n + 1, commands)
+  return commands
+end
+
+-- Record a file's result; the status follows.
+local function settle_file(state, id, old, result)
+  if old == "pending" then
+    state.pending = state.pending - 1
+  elseif old == "error" then
+    state.failed = state.failed - 1
+  end
+  if result == "error" then state.failed = state.failed + 1 end
+  state.files[id] = result
+  update_status(state)
+end
+
 -- Checks come before any change, so a refused event costs no replay; the
--- common path makes no function calls.
+-- common path (no retries, no timeout) makes few function calls.
 local function file_processed(state, event)
   if state.status == "idle" then
     error("the batch has not been created yet", 0)
@@ -86,19 +173,44 @@ local function file_processed(state, event)
     error(string.format("file %q has status %s; expected \"success\" or \"error\"", id,
                         type(result) == "string" and string.format("%q", result) or tostring(result)), 0)
   end
+  local commands
   if old == "pending" then
-    state.pending = state.pending - 1
-  elseif old == "error" then
-    state.failed = state.failed - 1
+    if result == "error" then
+      local reported = file.attempt
+      if reported ~= nil and math.type(reported) ~= "integer" then
+        error(string.format("file %q: attempt must be an integer, got %s", id, tostring(reported)), 0)
+      end
+      if reported ~= nil and reported < attempt_of(state, id) then
+        return nil  -- a late failure of an attempt already retried
+      end
+      commands = state.max_attempts and retry(state, id)
+      if commands then
+        update_status(state)
+        return commands
+      end
+    end
+    if state.file_timeout then commands = { procman.cancel(timeout_key(id)) } end
   end
-  local failed = state.failed
-  if result == "error" then
-    failed = failed + 1
-    state.failed = failed
+  settle_file(state, id, old, result)
+  return commands
+end
+
+-- A file's attempt got no result in time: a failure, unless the file has
+-- moved on (a result came, or a later attempt runs).
+local function file_timed_out(state, event)
+  local id = event.file
+  if state.files[id] == nil then
+    error(string.format("file_timed_out: file %s is not in this batch", tostring(id)), 0)
   end
-  state.files[id] = result
-  -- the seed's determine_status, from the counters
-  state.status = failed > 0 and "error" or state.pending == 0 and "success" or "pending"
+  if state.files[id] ~= "pending" or event.attempt ~= attempt_of(state, id) then
+    return nil
+  end
+  local commands = state.max_attempts and retry(state, id)
+  if commands then
+    update_status(state)
+    return commands
+  end
+  settle_file(state, id, "pending", "error")
 end
 
 return procman.workflow {
@@ -111,6 +223,7 @@ return procman.workflow {
   on = {
     batch_created = batch_created,
     file_processed = file_processed,
+    file_timed_out = file_timed_out,
   },
   done = function(state)
     return state.status ~= "idle" and state.pending == 0
