@@ -496,8 +496,8 @@ local function replay_event(self, rec, offset)
   self.seq = rec.seq
 end
 
--- Records written by compaction: the router's state, as it was; and the
--- records of r:skip and of a retried event that failed again.
+-- Records written by compaction: the router's state, as it was; and those
+-- of r:skip and dead letters.
 local function restore_record(self, kind, rec, offset)
   if kind == RECORD_FLOW then
     local spec = spec_for(self, rec.workflow, offset)
@@ -518,12 +518,8 @@ local function restore_record(self, kind, rec, offset)
     by_flow[rec.flow] = list
   elseif kind == RECORD_PARKED then
     local name = spec_for(self, rec.workflow, offset).name
-    if rec.events then
-      self.parked_of[name][rec.flow] = { events = rec.events, error = rec.error }
-      self.parked_count = self.parked_count + 1
-    else
-      self.parked_of[name][rec.flow].error = rec.error
-    end
+    self.parked_of[name][rec.flow] = { events = rec.events, error = rec.error }
+    self.parked_count = self.parked_count + 1
   else
     self.dead[#self.dead + 1] = rec
   end
