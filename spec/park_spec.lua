@@ -183,6 +183,28 @@ describe("parking", function()
     assert.truthy(r:completed("counter", "a"))
   end)
 
+  it("parks a flow whose timer event fails, and holds the timer events of a parked flow", function()
+    local wf = procman.workflow {
+      name = "t", correlate = "id", starts = { "go" },
+      on = { go = function() return { procman.after(1, { event_type = "boom" }), procman.after(2, { event_type = "ok" }) } end,
+             boom = function() if broken then error("boom", 0) end end,
+             ok = function() return { { command_type = "fine" } } end },
+    }
+    local r = router { workflows = { wf }, journal = path, clock = function() return 0 end }
+    r:handle { event_type = "go", id = 1 }
+    assert.same({}, r:tick(10))
+    assert.same({}, r:timers())
+    assert.same({ { workflow = "t", flow = 1, error = "t/1: handler for 'boom' failed: boom",
+                    event = { event_type = "boom" }, held = 2 } }, r:parked())
+    r:close()
+    r = router { workflows = { wf }, journal = path }
+    broken = false
+    local out = r:resume("t", 1)
+    assert.same({ command_type = "fine" }, out[1].command)
+    assert.equal(3, r:flow("t", 1):version())
+    r:close()
+  end)
+
   it("does not hold up 10,000 other flows", function()
     local r = router { workflows = { batch, counter } }
     r:handle(add("stuck", 1, true))

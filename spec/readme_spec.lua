@@ -37,6 +37,10 @@ describe("README.md", function()
                   "procman.pm: batch/b7 (pending, v2)" }, printed)
   end)
 
+  it("example 4 prints what it says", function()
+    assert.same({ "1\t30", "0\terror" }, run(4))
+  end)
+
   it("example 2 prints what it says", function()
     local printed = run(2)
     assert.equal("procman.pm: refund/r-421 (requested, v1)", printed[1])
