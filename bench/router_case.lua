@@ -5,6 +5,10 @@
 --   none|batch|always  procman.router journaled with that sync level
 --   recover            write N events (sync none), then time reopening
 --   live               N live flows kept: bytes per flow (plain: CASE live-plain)
+--   no-budget          as memory, with the batch workflow's instruction budget off
+--   timeouts           as memory, each batch with file_timeout (a timer per file,
+--                      cancelled by its result)
+--   tick               N/4 flows whose 3 files all time out: time r:tick firing them
 -- The workload: flows of 3 files, 4 events each (batch_created, then three
 -- file_processed), events carry event ids. Prints key=value pairs.
 local procman = require "procman"
@@ -16,10 +20,12 @@ local clock = os.clock
 local FILES = { "a", "b", "c" }
 
 -- The i-th event of the workload (i from 1): flow (i-1)//4, step (i-1)%4.
-local function event(i)
+-- With 'timeout', batches ask for a timeout per file.
+local function event(i, timeout)
   local flow, step = (i - 1) // 4, (i - 1) % 4
   if step == 0 then
-    return { event_type = "batch_created", batch_id = flow, event_id = i, files = FILES }
+    return { event_type = "batch_created", batch_id = flow, event_id = i, files = FILES,
+             file_timeout = timeout }
   end
   return { event_type = "file_processed", batch_id = flow, event_id = i,
            file = { id = FILES[step], status = "success" } }
@@ -47,8 +53,8 @@ local function plain_run(count)
   return flows
 end
 
-local function router_run(r, count)
-  for i = 1, count do assert(r:handle(event(i))) end
+local function router_run(r, count, timeout)
+  for i = 1, count do assert(r:handle(event(i, timeout))) end
   r:dispatch(function() end)
 end
 
@@ -65,6 +71,35 @@ function cases.memory()
   local t0 = clock()
   router_run(r, n)
   return string.format("events_per_s=%.0f", n / (clock() - t0))
+end
+
+cases["no-budget"] = function()
+  local unlimited = procman.workflow { name = "batch", on = batch.on, init = batch.init,
+                                       correlate = batch.correlate, starts = batch.starts,
+                                       done = batch.done, view = batch.view, budget = false }
+  local r = procman.router { workflows = { unlimited } }
+  local t0 = clock()
+  router_run(r, n)
+  return string.format("events_per_s=%.0f", n / (clock() - t0))
+end
+
+function cases.timeouts()
+  local r = procman.router { workflows = { batch }, clock = function() return 0 end }
+  local t0 = clock()
+  router_run(r, n, 60)
+  assert(r:stats().timers == 0)
+  return string.format("events_per_s=%.0f", n / (clock() - t0))
+end
+
+function cases.tick()
+  local r = procman.router { workflows = { batch }, clock = function() return 0 end }
+  for i = 1, n, 4 do r:handle(event(i, 60)) end
+  local timers = r:stats().timers
+  local t0 = clock()
+  r:tick(60)
+  local s = clock() - t0
+  assert(r:stats().timers == 0 and r:stats().completed == n // 4)
+  return string.format("events_per_s=%.0f", timers / s)
 end
 
 local function journaled(sync)

@@ -142,6 +142,9 @@ local rows = {
   { "router, journal, sync batch", router_measure("batch", ROUTER_EVENTS) },
   { "router, journal, sync always", router_measure("always", ALWAYS_EVENTS) },
 }
+rows[#rows + 1] = { "router, budget off", router_measure("no-budget", ROUTER_EVENTS) }
+rows[#rows + 1] = { "router, file timeouts", router_measure("timeouts", ROUTER_EVENTS) }
+rows[#rows + 1] = { "r:tick firing timeouts", router_measure("tick", ROUTER_EVENTS) }
 local recovery = router_measure("recover", RECOVER_EVENTS, 1)
 rows[#rows + 1] = { "recovery (replay) of journal", recovery }
 for _, row in ipairs(rows) do
