@@ -12,10 +12,16 @@
 **   for offset, type, payload in j:records() do ... end
 **   j:size(), j:close(), <close>, tostring(j)
 **
+**   iter, info = core.journal_scan(path)   -- read-only, no lock
+**   -- info = { records, bytes, dropped (a torn tail, not cut), damaged_at,
+**   --          resume_at }; or nil, message, errno
+**
 ** The layer above (the router) gives records their meaning.
 */
 #include <errno.h>
+#include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "lauxlib.h"
 #include "journal.h"
@@ -248,6 +254,75 @@ static int j_records(lua_State *L) {
   r->size = size;
   lua_pushcclosure(L, reader_next, 1);
   return 1;
+}
+
+/*
+** Read the file at 'path' into a new Reader (pushed even on failure); 0 or
+** errno.  The size comes from stat() and the buffer is allocated before
+** the file is opened, so a memory error cannot leak the FILE.  Bytes
+** appended meanwhile are not read (they would look like a torn tail).
+*/
+static int read_whole_file(lua_State *L, const char *path) {
+  struct stat st;
+  FILE *f;
+  Reader *r;
+  size_t got;
+  int e = 0;
+  if (stat(path, &st) != 0) {
+    e = errno;
+    lua_pushnil(L);
+    return e;
+  }
+  r = (Reader *)lua_newuserdatauv(L, sizeof(Reader) + (size_t)st.st_size, 0);
+  r->size = 0;
+  r->pos = JOURNAL_HEADER_SIZE;
+  f = fopen(path, "rb");
+  if (f == NULL)
+    return errno;
+  got = fread(r->buf, 1, (size_t)st.st_size, f);
+  if (got != (size_t)st.st_size)
+    e = ferror(f) ? EIO : EAGAIN;  /* cut shorter while we read */
+  fclose(f);
+  r->size = got;
+  return e;
+}
+
+/*
+** core.journal_scan(path) -> iterator, info | nil, message, errno: the
+** records of a journal as it is on disk, without taking its lock or
+** changing it (for tools that look at a journal a router may be using).
+** A torn tail is left out (and counted in info.dropped); a damaged range
+** is skipped (info.damaged_at, info.resume_at).
+*/
+int journal_lua_scan(lua_State *L) {
+  const char *path = luaL_checkstring(L, 1);
+  JournalScan scan;
+  Reader *r;
+  int e;
+  lua_settop(L, 1);
+  e = read_whole_file(L, path);  /* 2: the reader (or nothing) */
+  if (e != 0)
+    return io_failure(L, path, "cannot read the journal", e);
+  r = (Reader *)lua_touserdata(L, 2);
+  journal_scan(r->buf, r->size, &scan);
+  if (scan.bad_header)
+    return io_failure(L, path, scan.why, EILSEQ);
+  r->size = scan.end;
+  lua_pushcclosure(L, reader_next, 1);
+  lua_createtable(L, 0, 5);
+  lua_pushinteger(L, (lua_Integer)scan.records);
+  lua_setfield(L, -2, "records");
+  lua_pushinteger(L, (lua_Integer)(scan.end + scan.dropped));
+  lua_setfield(L, -2, "bytes");
+  lua_pushinteger(L, (lua_Integer)scan.dropped);
+  lua_setfield(L, -2, "dropped");
+  if (scan.damaged_at != 0) {
+    lua_pushinteger(L, (lua_Integer)scan.damaged_at);
+    lua_setfield(L, -2, "damaged_at");
+    lua_pushinteger(L, (lua_Integer)scan.resume_at);
+    lua_setfield(L, -2, "resume_at");
+  }
+  return 2;
 }
 
 static const luaL_Reg journal_methods[] = {

@@ -15,6 +15,9 @@ int journal_lua_open(lua_State *L);
 /* core.journal_create(path [, opts]) -> journal | nil, message, errno */
 int journal_lua_create(lua_State *L);
 
+/* core.journal_scan(path) -> iterator, info | nil, message, errno: read-only */
+int journal_lua_scan(lua_State *L);
+
 /* core.journal_replace(from, to) -> true | nil, message, errno */
 int journal_lua_replace(lua_State *L);
 

@@ -88,6 +88,7 @@ static const luaL_Reg core_functions[] = {
   { "journal_open", journal_lua_open },
   { "journal_create", journal_lua_create },
   { "journal_replace", journal_lua_replace },
+  { "journal_scan", journal_lua_scan },
   { "interruptible", interrupt_call },
   { "is_terminal", core_is_terminal },
   { "budget_call", core_budget_call },

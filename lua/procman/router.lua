@@ -13,7 +13,8 @@
 -- lists what each flow it went to did with it:
 --   { seq = n, event = {...}, now = t (when an 'after' needed the time),
 --     fired = { workflow, flow, seq, index } (when a timer injected it),
---     flows = { { workflow, flow, commands = {...} },     -- applied
+--     flows = { { workflow, flow, commands = {...},       -- applied, with
+--                 status = s, done = true|nil },          -- the flow's status after
 --               { workflow, flow, parked = "error" },     -- failed: parked
 --               { workflow, flow, held = true }, ... } }  -- kept for a parked flow
 -- with resumed = true on the entry when r:resume retried a parked event.
@@ -237,6 +238,9 @@ local function run(t, event)
                          label(t.spec.name, t.flow), rawget(event, "event_type"), plain)
   end
   t.commands, t.plain, t.directives = result, plain, directives
+  if t.committed then  -- journaled with the event, so tools can read flows without the code
+    t.status, t.done = t.pm:status(), t.pm:done()
+  end
   return nil
 end
 
@@ -331,7 +335,9 @@ local function settle(self, targets, record, out)
       self.live[name][flow_id] = t.pm
       emit(self, name, flow_id, t.pm:version(), t.plain, out)
       if t.directives then set_timers(self, name, flow_id, t.directives, record) end
-      if t.pm:done() then complete(self, name, flow_id, t.pm) end
+      local done = t.done
+      if done == nil then done = t.pm:done() end  -- replay: what the code says now
+      if done then complete(self, name, flow_id, t.pm) end
     elseif t.parked_error then
       if t.pm then self.live[name][flow_id] = t.pm end
       park(self, name, flow_id, record.event, t.parked_error)
@@ -360,7 +366,7 @@ local function event_record(self, targets, event, extra)
   for _, t in ipairs(targets) do
     local f = { workflow = t.spec.name, flow = t.flow, resumed = t.resumed or nil }
     if t.committed then
-      f.commands = t.commands
+      f.commands, f.status, f.done = t.commands, t.status, t.done or nil
       need_now = need_now or (t.directives ~= nil and timers.need_now(t.directives))
     elseif t.parked_error then
       f.parked = t.parked_error
@@ -822,7 +828,7 @@ local function state_records(self)
     for flow_id, pm in pairs(self.live[spec.name]) do
       local state, version, seen = core.snapshot(pm)
       records[#records + 1] = { RECORD_FLOW, { workflow = spec.name, flow = flow_id, state = state,
-                                               version = version, seen = seen } }
+                                               version = version, seen = seen, status = pm:status() } }
     end
   end
   for _, spec in ipairs(self.specs) do
