@@ -39,6 +39,7 @@ build = {
     ["procman.repl"] = "lua/procman/repl.lua",
     ["procman.router"] = "lua/procman/router.lua",
     ["procman.timers"] = "lua/procman/timers.lua",
+    ["procman.records"] = "lua/procman/records.lua",
     ["procman.sandbox"] = "lua/procman/sandbox.lua",
     ["procman.testing"] = "lua/procman/testing.lua",
     ["procman.workflows.batch"] = "lua/procman/workflows/batch.lua",

@@ -25,12 +25,14 @@ local core = require "procman.core"
 local workflow = require "procman.workflow"
 local pretty = require "procman.pretty"
 local timers = require "procman.timers"
+local records = require "procman.records"
 
 local encode, decode, copy = core.encode, core.decode, core.copy
 
 local RECORD_EVENT, RECORD_ACK, RECORD_FLOW, RECORD_OUTBOX, RECORD_COMPLETED, RECORD_SEQ =
-  1, 2, 3, 4, 5, 6
-local RECORD_SKIP, RECORD_TIMER, RECORD_PARKED, RECORD_DEAD = 7, 8, 9, 10
+  records.EVENT, records.ACK, records.FLOW, records.OUTBOX, records.COMPLETED, records.SEQ
+local RECORD_SKIP, RECORD_TIMER, RECORD_PARKED, RECORD_DEAD =
+  records.SKIP, records.TIMER, records.PARKED, records.DEAD
 local OPTIONS = { workflows = true, journal = true, sync = true, repair = true,
                   on_divergence = true, warn = true, clock = true, on_error = true,
                   on_unroutable = true }
@@ -128,7 +130,7 @@ end
 -- from a recovered one.
 local function emit(self, name, flow_id, version, commands, out)
   for i, command in ipairs(commands) do
-    local envelope = { id = string.format("%s/%s/%d/%d", name, tostring(flow_id), version, i),
+    local envelope = { id = records.command_id(name, flow_id, version, i),
                        workflow = name, flow = flow_id, command = copy(command) }
     enqueue(self, envelope)
     if out then out[#out + 1] = copy(envelope) end
@@ -819,45 +821,45 @@ end
 
 -- The records of a compacted journal: the router's state now.
 local function state_records(self)
-  local records = { { RECORD_SEQ, { seq = self.seq } } }
+  local out = { { RECORD_SEQ, { seq = self.seq } } }
   for _, spec in ipairs(self.specs) do
     for flow_id, final in pairs(self.finished[spec.name]) do  -- ids are let go here
-      records[#records + 1] = { RECORD_COMPLETED, { workflow = spec.name, flow = flow_id,
+      out[#out + 1] = { RECORD_COMPLETED, { workflow = spec.name, flow = flow_id,
                                                     status = final.status } }
     end
     for flow_id, pm in pairs(self.live[spec.name]) do
       local state, version, seen = core.snapshot(pm)
-      records[#records + 1] = { RECORD_FLOW, { workflow = spec.name, flow = flow_id, state = state,
+      out[#out + 1] = { RECORD_FLOW, { workflow = spec.name, flow = flow_id, state = state,
                                                version = version, seen = seen, status = pm:status() } }
     end
   end
   for _, spec in ipairs(self.specs) do
     local name = spec.name
     for flow_id, p in pairs(self.parked_of[name]) do
-      records[#records + 1] = { RECORD_PARKED, { workflow = name, flow = flow_id, error = p.error,
+      out[#out + 1] = { RECORD_PARKED, { workflow = name, flow = flow_id, error = p.error,
                                                  events = p.events } }
     end
     for flow_id, list in pairs(self.timers_of[name]) do
       for _, t in ipairs(list) do
-        records[#records + 1] = { RECORD_TIMER, { workflow = name, flow = flow_id, key = t.key,
+        out[#out + 1] = { RECORD_TIMER, { workflow = name, flow = flow_id, key = t.key,
                                                   due = t.due, event = t.event, seq = t.seq,
                                                   index = t.index } }
       end
     end
   end
-  for _, letter in ipairs(self.dead) do records[#records + 1] = { RECORD_DEAD, letter } end
+  for _, letter in ipairs(self.dead) do out[#out + 1] = { RECORD_DEAD, letter } end
   for _, envelope in ipairs(self:pending()) do
-    records[#records + 1] = { RECORD_OUTBOX, envelope }
+    out[#out + 1] = { RECORD_OUTBOX, envelope }
   end
-  return records
+  return out
 end
 
--- Write 'records' to a new journal at 'tmp', durably; true or nil, message.
-local function write_journal(tmp, records)
+-- Write the records of 'list' to a new journal at 'tmp', durably; true or nil, message.
+local function write_journal(tmp, list)
   os.remove(tmp)  -- left by a compaction that crashed: we hold the lock
   local j, err = core.journal_create(tmp, { sync = "batch" })
   if not j then return nil, err end
-  for _, r in ipairs(records) do
+  for _, r in ipairs(list) do
     local at, why = j:append(r[1], encode(r[2]))
     if not at then
       j:close()

@@ -1,0 +1,26 @@
+--- procman.records: the router's journal records, for the router and for
+-- tools that read a journal without the workflow code (procman inspect,
+-- diagram, verify). docs/journal-format.md describes each payload.
+local M = {
+  EVENT = 1,      -- { seq, event, flows = { entry, ... }, now, fired }
+  ACK = 2,        -- { id }
+  FLOW = 3,       -- compaction: { workflow, flow, state, version, status, seen }
+  OUTBOX = 4,     -- compaction: an envelope { id, workflow, flow, command }
+  COMPLETED = 5,  -- compaction: { workflow, flow, status }
+  SEQ = 6,        -- compaction: { seq }
+  SKIP = 7,       -- { workflow, flow }
+  TIMER = 8,      -- compaction: { workflow, flow, key, due, event, seq, index }
+  PARKED = 9,     -- compaction: { workflow, flow, error, events }
+  DEAD = 10,      -- { event, error }
+}
+
+M.NAMES = { "event", "ack", "flow", "outbox", "completed", "seq", "skip", "timer", "parked",
+            "dead letter" }
+
+--- The id of a flow's i-th command after the event that took it to
+-- 'version': deterministic, so receivers can deduplicate.
+function M.command_id(workflow, flow_id, version, i)
+  return string.format("%s/%s/%d/%d", workflow, tostring(flow_id), version, i)
+end
+
+return M
