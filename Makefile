@@ -17,25 +17,31 @@ BUILD      := build
 
 # Debian packages the build and the tests need (make deps installs them).
 DEB_PKGS   := lua5.4 liblua5.4-dev lua-busted libcmocka-dev lua-check luarocks \
-              lua-argparse pkg-config gcc make valgrind
+              lua-argparse lua-cjson libedit-dev pkg-config gcc make valgrind
 
 export LUA_PATH  := $(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;$(CURDIR)/bench/?.lua;;
 export LUA_CPATH := $(CURDIR)/$(BUILD)/?.so;;
 
 .PHONY: all deps test test-lua test-c lint test-rock demo bench sanitize valgrind clean
 
-all: $(BUILD)/procman/core.so
+all: $(BUILD)/procman/core.so $(BUILD)/procman/lineedit.so
 
 $(BUILD)/procman/core.so: $(CORE_SRC) $(CORE_HDR) | deps-build
 	@mkdir -p $(dir $@)
 	$(CC) $(CSTD) $(CFLAGS) $(WARN) -fPIC -shared $(LUA_CFLAGS) $(CORE_SRC) -o $@
+
+# Line editing for the REPL (libedit, BSD licensed): a module of its own,
+# so the core links nothing but Lua.
+$(BUILD)/procman/lineedit.so: csrc/lineedit.c | deps-build
+	@mkdir -p $(dir $@)
+	$(CC) $(CSTD) $(CFLAGS) $(WARN) -fPIC -shared $(LUA_CFLAGS) csrc/lineedit.c -o $@ -ledit
 
 # Install missing Debian packages: as root with apt-get, else say how.
 deps:
 	@sh tools/deps.sh $(DEB_PKGS)
 
 deps-build:
-	@sh tools/deps.sh lua5.4 liblua5.4-dev pkg-config gcc make
+	@sh tools/deps.sh lua5.4 liblua5.4-dev libedit-dev pkg-config gcc make
 
 test: deps all test-lua lint test-rock test-c
 

@@ -670,6 +670,25 @@ static int pm_snapshot(lua_State *L) {
 ** from a snapshot: its history (and pm:history()) holds only the events
 ** handled after it; replay starts from the snapshot's state.
 */
+/*
+** core.origin(pm) -> spec, base state or nil: where the flow's history
+** starts, so tools can replay it step by step (the REPL's .timeline).  The
+** base is the snapshot a restored flow started from.
+*/
+static int pm_origin(lua_State *L) {
+  size_t len, pos = 0;
+  to_pm(L);
+  lua_settop(L, 1);
+  lua_getiuservalue(L, 1, UV_WORKFLOW);                      /* 2 */
+  if (lua_getiuservalue(L, 1, UV_BASE) == LUA_TSTRING) {    /* 3 */
+    const char *base = lua_tolstring(L, 3, &len);
+    if (!codec_decode(L, base, len, &pos))
+      return luaL_error(L, "the snapshot state is damaged: %s", lua_tostring(L, -1));
+    lua_replace(L, 3);
+  }
+  return 2;
+}
+
 static int pm_restore(lua_State *L) {
   lua_Integer version = luaL_checkinteger(L, 4);
   lua_Integer i, n;
@@ -733,6 +752,7 @@ void pm_register(lua_State *L, int core) {
   lua_pushvalue(L, -1);
   lua_pushvalue(L, -1);
   lua_pushvalue(L, -1);
+  lua_pushvalue(L, -1);
   lua_pushcclosure(L, pm_event_ids, 1);  /* the metatable is their upvalue */
   lua_setfield(L, core, "event_ids");
   lua_pushcclosure(L, pm_undo, 1);
@@ -741,4 +761,6 @@ void pm_register(lua_State *L, int core) {
   lua_setfield(L, core, "snapshot");
   lua_pushcclosure(L, pm_restore, 1);
   lua_setfield(L, core, "restore");
+  lua_pushcclosure(L, pm_origin, 1);
+  lua_setfield(L, core, "origin");
 }

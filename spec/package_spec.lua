@@ -31,10 +31,12 @@ describe("the rockspec", function()
     p:close()
   end)
 
-  it("builds procman.core from every C source but the tests", function()
+  it("builds procman.core and procman.lineedit from every C source but the tests", function()
     local spec = rockspec()
     local sources = {}
-    for _, s in ipairs(spec.build.modules["procman.core"].sources) do sources[s] = true end
+    for _, m in ipairs { "procman.core", "procman.lineedit" } do
+      for _, s in ipairs(spec.build.modules[m].sources) do sources[s] = true end
+    end
     local p = assert(io.popen("ls csrc/*.c"))
     for path in p:lines() do assert.is_true(sources[path], path .. " is not in the rockspec") end
     p:close()

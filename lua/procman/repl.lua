@@ -9,8 +9,10 @@
 -- then as a statement; a chunk whose syntax error ends at <eof> is
 -- incomplete, and the next lines continue it. Results are pretty-printed
 -- (procman.pretty); errors are shown and the session goes on. Completion
--- walks tables with rawget and never runs user code.
+-- walks tables with rawget and never runs user code. Lines starting with
+-- '.' are commands for exploring flows (procman.repl_commands: .help).
 local pretty = require "procman.pretty"
+local commands = require "procman.repl_commands"
 
 local repl = {}
 local Session = {}
@@ -26,13 +28,16 @@ for w in ([[and break do else elseif end false for function goto if in local nil
 function repl.new(opts)
   opts = opts or {}
   local env = opts.env
+  local batch, order = require "procman.workflows.batch", require "procman.workflows.order"
   if env == nil then
     env = setmetatable({}, { __index = _G })
     env.procman = require "procman"
-    env.batch = require "procman.workflows.batch"
-    env.order = require "procman.workflows.order"
+    env.batch, env.order = batch, order
   end
-  return setmetatable({ env = env, pending = nil, width = opts.width }, Session)
+  -- the workflows .journal opens a router with (.load adds to them)
+  local workflows = { batch = batch, order = order }
+  return setmetatable({ env = env, pending = nil, width = opts.width, workflows = workflows,
+                        warnings = {} }, Session)
 end
 
 function Session:prompt()
@@ -67,8 +72,22 @@ local function run(self, fn, source)
   return show_results(self, table.pack(table.unpack(results, 2, results.n)))
 end
 
+-- A dot command (.help, .load, ...): its output, or nil if 'line' is Lua.
+local function command(self, line)
+  if self.pending or not line:find("^%s*%.") then return nil end
+  local ok, output = pcall(commands.run, self, line)
+  if not ok then return "error: " .. tostring(output) end
+  if #self.warnings > 0 then
+    output = table.concat(self.warnings, "\n") .. "\n" .. output
+    self.warnings = {}
+  end
+  return output
+end
+
 --- session:feed(line) -> output (may be ""), more (true: the chunk goes on)
 function Session:feed(line)
+  local output = command(self, line)
+  if output then return output, false end
   local source = self.pending and (self.pending .. "\n" .. line) or line
   -- an expression first: "1+1" shows 2; then the line as a statement
   local fn = not self.pending and load("return " .. source, "=stdin", "t", self.env)
@@ -152,7 +171,8 @@ function Session:complete(text)
 end
 
 --- repl.loop(opts): read, evaluate, print until the input ends.
--- opts.read() -> a line or nil (the end: Ctrl-D); opts.write(text);
+-- opts.read() -> a line or nil (the end: Ctrl-D), or opts.read(prompt)
+-- with opts.prompt_in_read (a line editor shows the prompt); opts.write(text);
 -- opts.echo: write each line after its prompt (for input that is not a
 -- terminal, so the output reads as a transcript); opts.call(fn, ...): how
 -- to run an evaluation (procman's CLI passes core.interruptible, so Ctrl-C
@@ -161,8 +181,13 @@ function repl.loop(opts)
   local session = opts.session or repl.new()
   local call = opts.call or function(fn, ...) return fn(...) end
   while true do
-    opts.write(session:prompt())
-    local line = opts.read()
+    local line
+    if opts.prompt_in_read then
+      line = opts.read(session:prompt())
+    else
+      opts.write(session:prompt())
+      line = opts.read()
+    end
     if line == nil then
       opts.write("\n")
       return session

@@ -135,6 +135,16 @@ function M.loadstring(source, chunkname)
   return run(chunk, (chunkname:gsub("^[=@]", "")))
 end
 
+--- path_of(name) -> the file of a workflow named on a command line: a
+-- path as it is, or the name of a shipped workflow ("batch", "order");
+-- nil and a message for a bare name that is neither.
+function M.path_of(name)
+  if name:find("[/.]") then return name end
+  local path = package.searchpath("procman.workflows." .. name, package.path)
+  if path then return path end
+  return nil, string.format("%s: no such file, and not a shipped workflow (batch, order)", name)
+end
+
 --- procman.load(path) -> workflow, or nil, message.
 function M.load(path)
   if type(path) ~= "string" then error("procman.load: path must be a string, got " .. type(path), 2) end

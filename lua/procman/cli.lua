@@ -1,0 +1,121 @@
+--- procman.cli: the procman command (bin/procman is a thin wrapper).
+--
+--   procman [repl] [--journal FILE] [WORKFLOW_FILE ...]
+--   procman run WORKFLOW_FILE... --journal FILE [--sync S] [--strict] [--quiet]
+--   procman inspect FILE [--workflow W] [--flow ID] [--status S] [--json]
+--   procman verify FILE WORKFLOW_FILE...
+--   procman diagram FILE [--workflow W] [--format mermaid|dot]
+--
+-- Unix habits: results on stdout, errors on stderr, status 0 for success,
+-- 1 for a failure, 2 for a usage error. docs/cli.md is the manual.
+local procman = require "procman"
+local sandbox = require "procman.sandbox"
+
+local M = {}
+
+--- The streams a command uses (tests may pass their own).
+M.io = { stdin = io.stdin, stdout = io.stdout, stderr = io.stderr }
+
+--- A failure the command reports on stderr, with its exit status.
+local Failure = {}
+Failure.__index = Failure
+Failure.__tostring = function(f) return f.message end
+
+function M.fail(status, fmt, ...)
+  error(setmetatable({ status = status, message = string.format(fmt, ...) }, Failure), 0)
+end
+
+--- A workflow named on the command line: a file (loaded in the sandbox),
+-- or the name of a shipped workflow ("batch", "order").
+function M.load_workflow(name)
+  local path, why = sandbox.path_of(name)
+  if not path then M.fail(1, "%s", why) end
+  local wf, err = procman.load(path)
+  if not wf then M.fail(1, "%s", err) end
+  return wf
+end
+
+function M.load_workflows(names)
+  local list, seen = {}, {}
+  for i, name in ipairs(names) do
+    list[i] = M.load_workflow(name)
+    if seen[list[i].name] then M.fail(1, "two workflows are named %q (%s)", list[i].name, name) end
+    seen[list[i].name] = true
+  end
+  return list
+end
+
+--- Parse a flow id from the command line: digits are an integer id.
+function M.flow_id(text)
+  return math.tointeger(tonumber(text)) or text
+end
+
+local function parser()
+  local argparse = require "argparse"
+  local p = argparse("procman", "Durable, event-sourced process managers for Lua 5.4.")
+    :epilog("Each command has --help. From Lua: local procman = require \"procman\" (docs/api.md).")
+    :command_target("command")
+    :require_command(false)
+  p:flag("-v --version", "Print the version and exit.")
+
+  local repl = p:command("repl", "Explore flows interactively (the default): procman, batch and order are loaded.")
+  repl:option("-j --journal", "Open a router on this journal, as the global r.")
+  repl:argument("workflows", "Workflow files to load (sandboxed), as globals named after them."):args("*")
+
+  local run = p:command("run", "Run workflows over JSON-lines events on stdin; commands as JSON lines on stdout.")
+  run:argument("workflows", "Workflow files (or batch, order)."):args("+")
+  run:option("-j --journal", "The journal file (created if missing)."):count(1)
+  run:option("--sync", "When the journal syncs: always, batch or none."):choices { "always", "batch", "none" }
+     :default("always")
+  run:flag("--strict", "Stop at the first bad line, with status 1.")
+  run:flag("-q --quiet", "No progress line on stderr.")
+  run:flag("--park", "Park a flow whose handler fails (on_error = \"park\") instead of reporting the line.")
+  run:flag("--dead-letter", "Keep events no flow can take as dead letters instead of reporting the line.")
+
+  local inspect = p:command("inspect", "Summarize a journal, list a workflow's flows, or show one flow's timeline.")
+  inspect:argument("journal", "The journal file.")
+  inspect:option("-w --workflow", "List this workflow's flows.")
+  inspect:option("-f --flow", "Show this flow's timeline (with --workflow when several workflows have it).")
+  inspect:option("-s --status", "Only flows with this status.")
+  inspect:flag("--json", "Print JSON instead of text.")
+
+  local verify = p:command("verify", "Replay a journal through workflow code and report every divergence.")
+  verify:argument("journal", "The journal file.")
+  verify:argument("workflows", "Workflow files (or batch, order)."):args("+")
+
+  local diagram = p:command("diagram", "Draw a workflow's observed state machine from a journal.")
+  diagram:argument("journal", "The journal file.")
+  diagram:option("-w --workflow", "The workflow (needed when the journal has several).")
+  diagram:option("--format", "mermaid or dot."):choices { "mermaid", "dot" }:default("mermaid")
+  return p, { repl = repl, run = run, inspect = inspect, verify = verify, diagram = diagram }
+end
+
+--- main(args) -> exit status.
+function M.main(args)
+  local has_argparse = pcall(require, "argparse")
+  if not has_argparse then
+    M.io.stderr:write("procman: needs lua-argparse (Debian: apt-get install lua-argparse)\n")
+    return 1
+  end
+  local p, commands = parser()
+  local ok, parsed = p:pparse(args)
+  if not ok then  -- the usage of the command that was meant, if any
+    local usage = (commands[args[1]] or p):get_usage()
+    M.io.stderr:write(usage, "\n\nprocman: ", parsed, "\n")
+    return 2
+  end
+  if parsed.version then
+    M.io.stdout:write(procman._VERSION, "\n")
+    return 0
+  end
+  local command = parsed.command or "repl"
+  local done, status = pcall(require("procman.cli." .. command), parsed, M)
+  if done then return status or 0 end
+  if getmetatable(status) == Failure then
+    M.io.stderr:write("procman ", command, ": ", status.message, "\n")
+    return status.status
+  end
+  error(status, 0)
+end
+
+return M

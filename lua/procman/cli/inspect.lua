@@ -1,0 +1,151 @@
+--- procman inspect FILE [--workflow W] [--flow ID] [--status S] [--json]
+--
+-- Reads a journal without the workflow code and without its lock (a
+-- router may be running on it):
+--   no option     a summary: flows by workflow and status, pending
+--                 commands, parked flows, timers, dead letters, size
+--   --workflow W  W's flows, with status and version (--status filters)
+--   --flow ID     that flow's timeline: for each version, the event, the
+--                 commands, the status after it
+local pretty = require "procman.pretty"
+local journal_view = require "procman.journal_view"
+local json = require "procman.cli.json"
+
+local function sorted_keys(t)
+  local keys = {}
+  for k in pairs(t) do keys[#keys + 1] = k end
+  table.sort(keys, function(a, b) return tostring(a) < tostring(b) end)
+  return keys
+end
+
+-- Counts by workflow, live/completed and status.
+local function summary(view)
+  local s = { journal = view.path, bytes = view.bytes, records = view.records, seq = view.seq,
+              dropped = view.dropped, damaged_at = view.damaged_at, workflows = {},
+              pending = #journal_view.pending(view), parked = json.array(journal_view.parked(view)),
+              timers = json.array(journal_view.timers(view)), dead_letters = #view.dead }
+  for _, name in ipairs(view.workflows) do
+    local w = { live = 0, completed = 0, live_by_status = {}, completed_by_status = {} }
+    for _, f in pairs(view.flows[name]) do
+      local kind = f.completed and "completed" or "live"
+      w[kind] = w[kind] + 1
+      local by = w[kind .. "_by_status"]
+      by[f.status] = (by[f.status] or 0) + 1
+    end
+    s.workflows[name] = w
+  end
+  return s
+end
+
+local function by_status_text(by)
+  local parts = {}
+  for _, status in ipairs(sorted_keys(by)) do parts[#parts + 1] = string.format("%s %d", status, by[status]) end
+  return #parts > 0 and " (" .. table.concat(parts, ", ") .. ")" or ""
+end
+
+local function summary_text(s)
+  local lines = { string.format("%s: %d bytes, %d records, sequence %d", s.journal, s.bytes, s.records, s.seq) }
+  if s.dropped > 0 then lines[#lines + 1] = string.format("torn tail: %d bytes (cut when a router opens it)", s.dropped) end
+  if s.damaged_at then lines[#lines + 1] = string.format("damaged at byte %d (skipped)", s.damaged_at) end
+  lines[#lines + 1] = "flows:"
+  for _, name in ipairs(sorted_keys(s.workflows)) do
+    local w = s.workflows[name]
+    lines[#lines + 1] = string.format("  %-12s live %d%s; completed %d%s", name, w.live,
+                                      by_status_text(w.live_by_status), w.completed,
+                                      by_status_text(w.completed_by_status))
+  end
+  lines[#lines + 1] = string.format("pending commands: %d", s.pending)
+  lines[#lines + 1] = string.format("parked flows: %d", #s.parked)
+  for _, p in ipairs(s.parked) do
+    lines[#lines + 1] = string.format("  %s/%s (%d events held): %s", p.workflow, tostring(p.flow), p.held, p.error)
+  end
+  local next_due = s.timers[1] and string.format(" (next due at %s: %s/%s %s)", pretty.format(s.timers[1].due),
+                                                 s.timers[1].workflow, tostring(s.timers[1].flow),
+                                                 s.timers[1].event.event_type) or ""
+  lines[#lines + 1] = string.format("timers: %d%s", #s.timers, next_due)
+  lines[#lines + 1] = string.format("dead letters: %d", s.dead_letters)
+  return table.concat(lines, "\n")
+end
+
+local function flows_of(view, args, cli)
+  local by_id = view.flows[args.workflow]
+  if by_id == nil then cli.fail(1, "%s has no flows of workflow %q", view.path, args.workflow) end
+  local list = json.array {}
+  for _, id in ipairs(sorted_keys(by_id)) do
+    local f = by_id[id]
+    if args.status == nil or f.status == args.status then
+      list[#list + 1] = { flow = f.flow, status = f.status, version = f.version,
+                          state = f.completed and "completed" or f.parked and "parked" or "live" }
+    end
+  end
+  return list
+end
+
+local function flows_text(list)
+  local lines = { string.format("%-24s %-16s %8s  %s", "flow", "status", "version", "") }
+  for _, f in ipairs(list) do
+    lines[#lines + 1] = string.format("%-24s %-16s %8d  %s", tostring(f.flow), f.status, f.version, f.state)
+  end
+  return table.concat(lines, "\n")
+end
+
+-- The workflow a --flow belongs to: --workflow, or the only one that has it.
+local function flow_workflow(view, args, cli, id)
+  if args.workflow then return args.workflow end
+  local found = {}
+  for _, name in ipairs(view.workflows) do
+    if view.flows[name][id] then found[#found + 1] = name end
+  end
+  if #found == 0 then cli.fail(1, "%s has no flow %s", view.path, tostring(id)) end
+  if #found > 1 then cli.fail(1, "flow %s is in several workflows (%s): say which with --workflow",
+                              tostring(id), table.concat(found, ", ")) end
+  return found[1]
+end
+
+-- Multi-line text, indented under the first line.
+local function indented(text)
+  return (text:gsub("\n", "\n    "))
+end
+
+local function timeline_text(f)
+  local lines = { string.format("%s/%s: %s, version %d%s", f.workflow, tostring(f.flow), f.status, f.version,
+                                f.completed and " (completed)" or f.parked and " (parked)" or "") }
+  for _, step in ipairs(f.timeline or {}) do
+    lines[#lines + 1] = string.format("v%d  %s", step.version, indented(pretty.format(step.event)))
+    lines[#lines + 1] = "    commands: " .. indented(pretty.format(step.commands))
+    lines[#lines + 1] = "    status: " .. step.status
+  end
+  if f.parked then
+    lines[#lines + 1] = string.format("parked: %s (%d events held)", f.parked.error, #f.parked.events)
+  end
+  return table.concat(lines, "\n")
+end
+
+return function(args, cli)
+  local id = args.flow and cli.flow_id(args.flow)
+  local view, err = journal_view.read(args.journal)
+  if not view then cli.fail(1, "%s", err) end
+  local result, text
+  if id ~= nil then
+    local name = flow_workflow(view, args, cli, id)
+    if view.flows[name] == nil or view.flows[name][id] == nil then
+      cli.fail(1, "%s has no flow %s/%s", view.path, name, tostring(id))
+    end
+    view = assert(journal_view.read(args.journal, { timeline = { name, id } }))
+    result = view.flows[name][id]
+    text = timeline_text(result)
+    result.timeline = json.array(result.timeline or {})
+    result.timers = result.timers and json.array(result.timers)
+  elseif args.workflow then
+    result = flows_of(view, args, cli)
+    text = flows_text(result)
+  else
+    result = summary(view)
+    text = summary_text(result)
+  end
+  if args.json then
+    text = assert(json.encode(result))
+  end
+  cli.io.stdout:write(text, "\n")
+  return 0
+end
