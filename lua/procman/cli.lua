@@ -58,11 +58,13 @@ local function parser()
     :require_command(false)
   p:flag("-v --version", "Print the version and exit.")
 
-  local repl = p:command("repl", "Explore flows interactively (the default): procman, batch and order are loaded.")
+  local repl = p:command("repl", "Explore flows interactively (the default): procman, batch and order "
+                                 .. "are loaded.")
   repl:option("-j --journal", "Open a router on this journal, as the global r.")
   repl:argument("workflows", "Workflow files to load (sandboxed), as globals named after them."):args("*")
 
-  local run = p:command("run", "Run workflows over JSON-lines events on stdin; commands as JSON lines on stdout.")
+  local run = p:command("run", "Run workflows over JSON-lines events on stdin; commands as JSON lines "
+                               .. "on stdout.")
   run:argument("workflows", "Workflow files (or batch, order)."):args("+")
   run:option("-j --journal", "The journal file (created if missing)."):count(1)
   run:option("--sync", "When the journal syncs: always, batch or none."):choices { "always", "batch", "none" }
@@ -72,7 +74,8 @@ local function parser()
   run:flag("--park", "Park a flow whose handler fails (on_error = \"park\") instead of reporting the line.")
   run:flag("--dead-letter", "Keep events no flow can take as dead letters instead of reporting the line.")
 
-  local inspect = p:command("inspect", "Summarize a journal, list a workflow's flows, or show one flow's timeline.")
+  local inspect = p:command("inspect", "Summarize a journal, list a workflow's flows, or show one "
+                                       .. "flow's timeline.")
   inspect:argument("journal", "The journal file.")
   inspect:option("-w --workflow", "List this workflow's flows.")
   inspect:option("-f --flow", "Show this flow's timeline (with --workflow when several workflows have it).")

@@ -35,7 +35,8 @@ local function edges_of(view, name)
   end
   table.sort(edges, function(a, b)
     if a.from ~= b.from then return a.from == START or (b.from ~= START and a.from < b.from) end
-    if (a.event_type or "") ~= (b.event_type or "") then return (a.event_type or "") < (b.event_type or "") end
+    local ta, tb = a.event_type or "", b.event_type or ""
+    if ta ~= tb then return ta < tb end
     return tostring(a.to) < tostring(b.to)
   end)
   return edges
@@ -56,7 +57,8 @@ local function mermaid(name, edges)
   for _, e in ipairs(edges) do
     local from, to = id(e.from), id(e.to)
     if e.event_type then
-      body[#body + 1] = string.format("    %s --> %s : %s (%d)", from, to, e.event_type:gsub("[:;]", "_"), e.count)
+      local label = e.event_type:gsub("[:;]", "_")  -- Mermaid's separators
+      body[#body + 1] = string.format("    %s --> %s : %s (%d)", from, to, label, e.count)
     else
       body[#body + 1] = string.format("    %s --> %s : completed (%d)", from, to, e.count)
     end

@@ -39,13 +39,18 @@ end
 
 local function by_status_text(by)
   local parts = {}
-  for _, status in ipairs(sorted_keys(by)) do parts[#parts + 1] = string.format("%s %d", status, by[status]) end
+  for _, status in ipairs(sorted_keys(by)) do
+    parts[#parts + 1] = string.format("%s %d", status, by[status])
+  end
   return #parts > 0 and " (" .. table.concat(parts, ", ") .. ")" or ""
 end
 
 local function summary_text(s)
-  local lines = { string.format("%s: %d bytes, %d records, sequence %d", s.journal, s.bytes, s.records, s.seq) }
-  if s.dropped > 0 then lines[#lines + 1] = string.format("torn tail: %d bytes (cut when a router opens it)", s.dropped) end
+  local lines = { string.format("%s: %d bytes, %d records, sequence %d", s.journal, s.bytes,
+                                s.records, s.seq) }
+  if s.dropped > 0 then
+    lines[#lines + 1] = string.format("torn tail: %d bytes (cut when a router opens it)", s.dropped)
+  end
   if s.damaged_at then lines[#lines + 1] = string.format("damaged at byte %d (skipped)", s.damaged_at) end
   lines[#lines + 1] = "flows:"
   for _, name in ipairs(sorted_keys(s.workflows)) do
@@ -57,11 +62,12 @@ local function summary_text(s)
   lines[#lines + 1] = string.format("pending commands: %d", s.pending)
   lines[#lines + 1] = string.format("parked flows: %d", #s.parked)
   for _, p in ipairs(s.parked) do
-    lines[#lines + 1] = string.format("  %s/%s (%d events held): %s", p.workflow, tostring(p.flow), p.held, p.error)
+    lines[#lines + 1] = string.format("  %s/%s (%d events held): %s", p.workflow, tostring(p.flow),
+                                      p.held, p.error)
   end
-  local next_due = s.timers[1] and string.format(" (next due at %s: %s/%s %s)", pretty.format(s.timers[1].due),
-                                                 s.timers[1].workflow, tostring(s.timers[1].flow),
-                                                 s.timers[1].event.event_type) or ""
+  local t = s.timers[1]
+  local next_due = t and string.format(" (next due at %s: %s/%s %s)", pretty.format(t.due), t.workflow,
+                                       tostring(t.flow), t.event.event_type) or ""
   lines[#lines + 1] = string.format("timers: %d%s", #s.timers, next_due)
   lines[#lines + 1] = string.format("dead letters: %d", s.dead_letters)
   return table.concat(lines, "\n")
