@@ -1,189 +1,265 @@
 /*
 ** lineedit.c - the procman.lineedit module: line editing for the REPL,
-** through libedit (BSD licensed) and its readline-compatible interface.
+** through libedit (BSD licensed), with its own API (el_*, history).
 **
 **   local editor = lineedit.new { history = path, complete = fn }
 **   editor:read(prompt) -> line | false (Ctrl-C: the line is dropped) | nil (Ctrl-D)
-**   editor:close()      -- writes the history; also __gc and __close
+**   editor:close()      -- saves the history; also __gc and __close
 **
 ** complete(text) -> array of candidates for the word before the cursor
 ** ("pm:ha" -> { "pm:handle" }).  Words break at spaces and operators, not
 ** at '.' or ':', so table paths and method calls complete as one word.
 **
-** libedit keeps one global state, so one editor at a time reads.  The Lua
-** state and the editor are kept in statics only while read() runs, which
-** is when libedit may call the completion back.
+** Not libedit's readline-compatible functions: Debian's lua5.4 links GNU
+** readline, whose symbols of the same names would be the ones called.
 */
 #define _POSIX_C_SOURCE 200809L
 #include <errno.h>
+#include <locale.h>
 #include <signal.h>
 #include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
 
-#include <editline/readline.h>
+#include <histedit.h>
 
 #include "lauxlib.h"
 
 #define EDITOR_TYPENAME "procman.lineedit"
 #define HISTORY_MAX 1000
+#define WORD_BREAKS " \t\n\"'`@$><=;|&{}()[],+-*/%^#~"
 
 LUAMOD_API int luaopen_procman_lineedit(lua_State *L);
 
-enum { UV_COMPLETE = 1, UV_HISTORY, UV_CANDIDATES };
+enum { UV_COMPLETE = 1, UV_HISTORY };
 
 typedef struct Editor {
-  int open;
+  EditLine *el;
+  History *history;
+  const char *prompt;   /* during read(): the prompt, a string on the stack */
+  lua_State *L;         /* during read(): for completion */
+  int index;            /* during read(): the editor's stack index */
 } Editor;
 
-static lua_State *reading_state = NULL;  /* set during read() only */
-static int reading_editor = 0;           /* its stack index */
 static volatile sig_atomic_t interrupted = 0;
+
+static Editor *check_editor(lua_State *L) {
+  return (Editor *)luaL_checkudata(L, 1, EDITOR_TYPENAME);
+}
+
+static Editor *editor_of(EditLine *el) {
+  void *e = NULL;
+  el_get(el, EL_CLIENTDATA, &e);
+  return (Editor *)e;
+}
+
+static char *prompt_of(EditLine *el) {
+  return (char *)editor_of(el)->prompt;
+}
 
 /* ---- completion ------------------------------------------------------ */
 
-/* Call complete(text) and keep its candidates in the editor; 0 if none. */
-static int fetch_candidates(lua_State *L, const char *text) {
-  int ok;
-  lua_getiuservalue(L, reading_editor, UV_COMPLETE);
-  lua_pushstring(L, text);
-  ok = lua_pcall(L, 1, 1, 0) == LUA_OK && lua_istable(L, -1);
-  if (!ok) {
-    lua_pop(L, 1);
-    return 0;
-  }
-  lua_setiuservalue(L, reading_editor, UV_CANDIDATES);
-  return 1;
-}
-
-/* readline's generator: the state-th candidate, malloc'd, or NULL. */
-static char *candidate(const char *text, int state) {
-  lua_State *L = reading_state;
-  char *copy = NULL;
-  if (L == NULL)
-    return NULL;
-  if (state == 0 && !fetch_candidates(L, text))
-    return NULL;
-  if (lua_getiuservalue(L, reading_editor, UV_CANDIDATES) == LUA_TTABLE &&
-      lua_rawgeti(L, -1, state + 1) == LUA_TSTRING) {
-    const char *s = lua_tostring(L, -1);
-    copy = malloc(strlen(s) + 1);
-    if (copy != NULL)
-      strcpy(copy, s);
-    lua_pop(L, 1);
-  } else if (lua_istable(L, -1)) {
+/* The length of the longest common prefix of the n candidates at the top. */
+static size_t common_prefix(lua_State *L, int list, lua_Integer n) {
+  size_t len, i;
+  const char *first;
+  lua_Integer k;
+  lua_rawgeti(L, list, 1);
+  first = lua_tolstring(L, -1, &len);
+  for (k = 2; k <= n; k++) {
+    size_t other_len;
+    const char *other;
+    lua_rawgeti(L, list, k);
+    other = lua_tolstring(L, -1, &other_len);
+    for (i = 0; i < len && i < other_len && first[i] == other[i]; i++) {
+    }
+    len = i;
     lua_pop(L, 1);
   }
   lua_pop(L, 1);
-  return copy;
+  return len;
 }
 
-static char **complete(const char *text, int start, int end) {
-  (void)start;
-  (void)end;
-  rl_attempted_completion_over = 1;  /* never fall back to file names */
-  return rl_completion_matches(text, candidate);
+/* Show the candidates under the line, as a shell does. */
+static void list_candidates(lua_State *L, int list, lua_Integer n) {
+  lua_Integer k;
+  fputc('\n', stdout);
+  for (k = 1; k <= n; k++) {
+    lua_rawgeti(L, list, k);
+    fputs(lua_tostring(L, -1), stdout);
+    fputs(k < n ? "  " : "\n", stdout);
+    lua_pop(L, 1);
+  }
+  fflush(stdout);
+}
+
+/* Bound to Tab: complete the word before the cursor. */
+static unsigned char complete_word(EditLine *el, int ch) {
+  Editor *e = editor_of(el);
+  lua_State *L = e->L;
+  const LineInfo *li = el_line(el);
+  const char *start = li->cursor;
+  unsigned char result = CC_REFRESH_BEEP;
+  int top;
+  lua_Integer n = 0;
+  size_t typed, common;
+  (void)ch;
+  if (L == NULL)
+    return CC_ERROR;
+  top = lua_gettop(L);
+  while (start > li->buffer && strchr(WORD_BREAKS, start[-1]) == NULL)
+    start--;
+  typed = (size_t)(li->cursor - start);
+  lua_getiuservalue(L, e->index, UV_COMPLETE);
+  lua_pushlstring(L, start, typed);
+  if (lua_isfunction(L, top + 1) && lua_pcall(L, 1, 1, 0) == LUA_OK && lua_istable(L, -1))
+    n = (lua_Integer)lua_rawlen(L, -1);
+  if (n > 0) {
+    common = common_prefix(L, top + 1, n);
+    lua_rawgeti(L, top + 1, 1);
+    if (common > typed) {  /* insert what all candidates share */
+      lua_pushlstring(L, lua_tostring(L, -1) + typed, common - typed);
+      el_insertstr(el, lua_tostring(L, -1));
+      result = CC_REFRESH;
+    } else if (n > 1) {
+      list_candidates(L, top + 1, n);
+      result = CC_REDISPLAY;
+    }
+  }
+  lua_settop(L, top);
+  return result;
 }
 
 /* ---- reading --------------------------------------------------------- */
 
+/* Ctrl-C at the prompt: installed without SA_RESTART (and with libedit's
+** own signal handling off), it makes libedit's read fail, el_gets()
+** returns, and editor_read() sees 'interrupted' and drops the line. */
 static void on_sigint(int sig) {
   (void)sig;
   interrupted = 1;
 }
 
-static int push_string(lua_State *L) {
-  lua_pushstring(L, (const char *)lua_touserdata(L, 1));
-  return 1;
-}
-
-/* Push the malloc'd 'line' and free it, even if pushing raises (memory). */
-static int push_and_free(lua_State *L, char *line) {
-  int status;
-  lua_pushcfunction(L, push_string);
-  lua_pushlightuserdata(L, line);
-  status = lua_pcall(L, 1, 1, 0);
-  free(line);
-  if (status != LUA_OK)
-    return lua_error(L);
-  return 1;
-}
-
 /* editor:read(prompt) -> line | false (interrupted) | nil (end of input) */
 static int editor_read(lua_State *L) {
-  Editor *e = (Editor *)luaL_checkudata(L, 1, EDITOR_TYPENAME);
-  const char *prompt = luaL_optstring(L, 2, "> ");
+  Editor *e = check_editor(L);
   struct sigaction ours, theirs;
-  char *line;
-  if (!e->open)
+  const char *line;
+  int count = 0;
+  if (e->el == NULL)
     return luaL_error(L, "procman.lineedit: the editor is closed");
-  lua_settop(L, 2);
+  e->prompt = luaL_optstring(L, 2, "> ");
+  lua_settop(L, 2);  /* the prompt stays on the stack while reading */
   ours.sa_handler = on_sigint;
-  ours.sa_flags = 0;  /* no SA_RESTART: Ctrl-C ends the read */
+  ours.sa_flags = 0;
   sigemptyset(&ours.sa_mask);
   interrupted = 0;
+  e->L = L;
+  e->index = 1;
   sigaction(SIGINT, &ours, &theirs);
-  reading_state = L;
-  reading_editor = 1;
-  line = readline(prompt);
-  reading_state = NULL;
+  line = el_gets(e->el, &count);
   sigaction(SIGINT, &theirs, NULL);
+  e->L = NULL;
   if (interrupted) {
-    free(line);
+    el_reset(e->el);
     fputc('\n', stdout);
     fflush(stdout);
     lua_pushboolean(L, 0);
     return 1;
   }
-  if (line == NULL) {
+  if (line == NULL || count <= 0) {
     lua_pushnil(L);
     return 1;
   }
-  if (line[0] != '\0')
-    add_history(line);
-  return push_and_free(L, line);
+  if (count > 0 && line[count - 1] == '\n')
+    count--;
+  lua_pushlstring(L, line, (size_t)count);  /* libedit owns 'line' */
+  if (count > 0) {
+    HistEvent ev;
+    history(e->history, &ev, H_ENTER, lua_tostring(L, -1));
+  }
+  return 1;
 }
 
 /* ---- life ------------------------------------------------------------- */
 
-/* __gc, __close and close: write the history; safe twice. */
+/* __gc, __close and close: save the history, free libedit's state; safe
+** twice. */
 static int editor_close(lua_State *L) {
-  Editor *e = (Editor *)luaL_checkudata(L, 1, EDITOR_TYPENAME);
-  if (!e->open)
+  Editor *e = check_editor(L);
+  HistEvent ev;
+  if (e->el == NULL)
     return 0;
-  e->open = 0;
   if (lua_getiuservalue(L, 1, UV_HISTORY) == LUA_TSTRING)
-    write_history(lua_tostring(L, -1));
+    history(e->history, &ev, H_SAVE, lua_tostring(L, -1));
+  el_end(e->el);
+  history_end(e->history);
+  e->el = NULL;
+  e->history = NULL;
   return 0;
 }
 
-/* lineedit.new { history = path?, complete = fn? } -> editor */
+/* libedit works in wide characters through the C library's locale; in
+** Lua's "C" locale it drops every non-ASCII character typed. */
+static void use_utf8_locale(void) {
+  const char *now = setlocale(LC_CTYPE, "");
+  if (now == NULL || strcmp(now, "C") == 0 || strcmp(now, "POSIX") == 0)
+    setlocale(LC_CTYPE, "C.UTF-8");
+}
+
+/* Set up the editor's EditLine and History (e->el NULL on failure). */
+static void start_libedit(Editor *e, const char *history_file) {
+  HistEvent ev;
+  use_utf8_locale();
+  e->history = history_init();
+  e->el = el_init("procman", stdin, stdout, stderr);
+  if (e->history == NULL || e->el == NULL) {
+    if (e->el != NULL)
+      el_end(e->el);
+    if (e->history != NULL)
+      history_end(e->history);
+    e->el = NULL;
+    e->history = NULL;
+    return;
+  }
+  history(e->history, &ev, H_SETSIZE, HISTORY_MAX);
+  history(e->history, &ev, H_SETUNIQUE, 1);
+  if (history_file != NULL)
+    history(e->history, &ev, H_LOAD, history_file);  /* none yet: a first session */
+  el_set(e->el, EL_CLIENTDATA, (void *)e);
+  el_set(e->el, EL_EDITOR, "emacs");
+  el_set(e->el, EL_SIGNAL, 0);  /* SIGINT is ours while reading */
+  el_set(e->el, EL_PROMPT, prompt_of);
+  el_set(e->el, EL_HIST, history, e->history);
+  el_set(e->el, EL_ADDFN, "procman-complete", "Complete a Lua name", complete_word);
+  el_set(e->el, EL_BIND, "^I", "procman-complete", NULL);
+  el_source(e->el, NULL);  /* the user's ~/.editrc, if any */
+}
+
+/* lineedit.new { history = path?, complete = fn? } -> editor, or nil,
+** message when libedit cannot start (no terminal description). */
 static int editor_new(lua_State *L) {
   Editor *e;
+  const char *history_file = NULL;
   luaL_checktype(L, 1, LUA_TTABLE);
-  e = (Editor *)lua_newuserdatauv(L, sizeof(Editor), 3);
-  e->open = 0;
+  e = (Editor *)lua_newuserdatauv(L, sizeof(Editor), 2);
+  memset(e, 0, sizeof *e);
   luaL_setmetatable(L, EDITOR_TYPENAME);
-  if (lua_getfield(L, 1, "complete") != LUA_TNIL) {
+  if (lua_getfield(L, 1, "complete") != LUA_TNIL)
     luaL_argexpected(L, lua_isfunction(L, -1), 1, "complete: a function");
-    lua_setiuservalue(L, -2, UV_COMPLETE);
-    rl_attempted_completion_function = complete;
-  } else {
-    lua_pop(L, 1);
-    rl_attempted_completion_function = NULL;
-  }
+  lua_setiuservalue(L, -2, UV_COMPLETE);  /* nil: Tab beeps */
   if (lua_getfield(L, 1, "history") != LUA_TNIL) {
-    luaL_argexpected(L, lua_isstring(L, -1), 1, "history: a file path");
+    luaL_argexpected(L, lua_type(L, -1) == LUA_TSTRING, 1, "history: a file path");
+    history_file = lua_tostring(L, -1);
     lua_pushvalue(L, -1);
     lua_setiuservalue(L, -3, UV_HISTORY);
-    read_history(lua_tostring(L, -1));  /* a missing file is a first session */
   }
+  start_libedit(e, history_file);
   lua_pop(L, 1);
-  stifle_history(HISTORY_MAX);
-  rl_readline_name = "procman";
-  rl_basic_word_break_characters = " \t\n\"'`@$><=;|&{}()[],+-*/%^#~";
-  rl_completion_append_character = '\0';
-  e->open = 1;
+  if (e->el == NULL) {
+    lua_pushnil(L);
+    lua_pushstring(L, "procman.lineedit: libedit cannot start on this terminal");
+    return 2;
+  }
   return 1;
 }
 

@@ -171,7 +171,8 @@ function Session:complete(text)
 end
 
 --- repl.loop(opts): read, evaluate, print until the input ends.
--- opts.read() -> a line or nil (the end: Ctrl-D), or opts.read(prompt)
+-- opts.read() -> a line, false (Ctrl-C: drop the line), or nil (the end:
+-- Ctrl-D); or opts.read(prompt)
 -- with opts.prompt_in_read (a line editor shows the prompt); opts.write(text);
 -- opts.echo: write each line after its prompt (for input that is not a
 -- terminal, so the output reads as a transcript); opts.call(fn, ...): how
@@ -192,6 +193,10 @@ function repl.loop(opts)
       opts.write("\n")
       return session
     end
+    if line == false then  -- Ctrl-C at the prompt: the line (and any open chunk) is dropped
+      session:reset()
+      goto continue
+    end
     if opts.echo then opts.write(line .. "\n") end
     local ok, output = pcall(call, session.feed, session, line)
     if not ok then  -- interrupted between feed's own protected calls
@@ -199,6 +204,7 @@ function repl.loop(opts)
       output = "error: " .. tostring(output)
     end
     if output ~= "" then opts.write(output .. "\n") end
+    ::continue::
   end
 end
 
