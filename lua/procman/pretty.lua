@@ -130,6 +130,13 @@ function pretty.format(v, opts)
   return render(v, ctx, 0)
 end
 
+--- pretty.block(v [, indent]) -> pretty.format(v), its lines after the
+-- first indented by 'indent' (default four spaces): for a value shown
+-- after a label ("    commands: {...").
+function pretty.block(v, indent)
+  return (pretty.format(v):gsub("\n", "\n" .. (indent or "    ")))
+end
+
 --- pretty.install() -> the print it replaced: make the global print show
 -- tables (and values with __tostring) the way pretty.format does, and
 -- everything else as print does. The stock REPL prints results through

@@ -88,10 +88,10 @@ function M.timeline(session, arg)
                                 base and string.format(" since its snapshot at v%d", version) or "") }
   for _, event in ipairs(history) do
     local commands = replica:handle(event)
-    lines[#lines + 1] = string.format("v%d  %s", replica:version(), pretty.format(event))
-    lines[#lines + 1] = "    commands: " .. pretty.format(commands)
+    lines[#lines + 1] = string.format("v%d  %s", replica:version(), pretty.block(event))
+    lines[#lines + 1] = "    commands: " .. pretty.block(commands)
     lines[#lines + 1] = string.format("    status: %s  state: %s", replica:status(),
-                                      pretty.format(replica:state()))
+                                      pretty.block(replica:state()))
   end
   return table.concat(lines, "\n")
 end

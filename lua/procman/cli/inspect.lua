@@ -108,17 +108,12 @@ local function flow_workflow(view, args, cli, id)
   return found[1]
 end
 
--- Multi-line text, indented under the first line.
-local function indented(text)
-  return (text:gsub("\n", "\n    "))
-end
-
 local function timeline_text(f)
   local lines = { string.format("%s/%s: %s, version %d%s", f.workflow, tostring(f.flow), f.status, f.version,
                                 f.completed and " (completed)" or f.parked and " (parked)" or "") }
   for _, step in ipairs(f.timeline or {}) do
-    lines[#lines + 1] = string.format("v%d  %s", step.version, indented(pretty.format(step.event)))
-    lines[#lines + 1] = "    commands: " .. indented(pretty.format(step.commands))
+    lines[#lines + 1] = string.format("v%d  %s", step.version, pretty.block(step.event))
+    lines[#lines + 1] = "    commands: " .. pretty.block(step.commands)
     lines[#lines + 1] = "    status: " .. step.status
   end
   if f.parked then
