@@ -175,7 +175,12 @@ describe("procman inspect, verify and diagram", function()
     local r = procman_cmd("verify " .. path .. " batch")
     assert.equal(0, r.code)
     assert.equal(path .. ": 5 events replayed, 0 divergences\n", r.out)
-    r = procman_cmd("verify " .. path .. " spec/fixtures/batch_renamed.lua")
+    -- a deliberately changed workflow: the batch workflow with its command renamed
+    local source = files.bytes(package.searchpath("procman.workflows.batch", package.path))
+    local renamed = files.temp_path() .. ".lua"
+    files.write(renamed, (source:gsub('"process_file"', '"handle_file"')))
+    r = procman_cmd("verify " .. path .. " " .. renamed)
+    os.remove(renamed)
     assert.equal(1, r.code)
     assert.matches("batch/b1 v1 %(sequence 1, byte 16%): 'batch_created' returns other commands\n"
                    .. '  journal: { { command_type = "process_file", file = "a" }, '

@@ -30,6 +30,13 @@ local function add(id, n, poison, event_id)
   return { event_type = "add", id = id, n = n, poison = poison, event_id = event_id }
 end
 
+-- Flow "a": 1 applied, then 2 (poison: parks the flow), then 3 (held).
+local function park_a(r)
+  r:handle(add("a", 1))
+  r:handle(add("a", 2, true))
+  r:handle(add("a", 3))
+end
+
 describe("parking", function()
   local path
   before_each(function()
@@ -72,9 +79,7 @@ describe("parking", function()
 
   it("resumes the parked events in order after a fix", function()
     local r = router { journal = path }
-    r:handle(add("a", 1))
-    r:handle(add("a", 2, true))
-    r:handle(add("a", 3))
+    park_a(r)
     local out, err = r:resume("counter", "a")
     assert.is_nil(out[1])
     assert.equal("counter/a: handler for 'add' failed: cannot add 2", err)
@@ -97,9 +102,7 @@ describe("parking", function()
 
   it("skips the first parked event, journaled, then resumes the rest", function()
     local r = router { journal = path }
-    r:handle(add("a", 1))
-    r:handle(add("a", 2, true))
-    r:handle(add("a", 3))
+    park_a(r)
     r:handle(add("a", 4, true))
     local out, err = r:skip("counter", "a")
     assert.equal(1, #out)
@@ -119,9 +122,7 @@ describe("parking", function()
 
   it("keeps parked flows across restart, also when the fix comes with the restart", function()
     local r = router { journal = path }
-    r:handle(add("a", 1))
-    r:handle(add("a", 2, true))
-    r:handle(add("a", 3))
+    park_a(r)
     local before = routers.snapshot(r)
     r:close()
     broken = false  -- the journal, not the code, says what happened
@@ -153,9 +154,7 @@ describe("parking", function()
 
   it("keeps parked flows through compaction", function()
     local r = router { journal = path }
-    r:handle(add("a", 1))
-    r:handle(add("a", 2, true))
-    r:handle(add("a", 3))
+    park_a(r)
     r:handle(add("b", 3))
     local before = routers.snapshot(r, true)
     assert.truthy(r:compact())

@@ -197,13 +197,9 @@ end
 function M.parked(view)
   local out = {}
   for f in pairs(view.parked) do
-    out[#out + 1] = { workflow = f.workflow, flow = f.flow, error = f.parked.error,
-                      event = f.parked.events[1], held = #f.parked.events }
+    out[#out + 1] = records.parked_entry(f.workflow, f.flow, f.parked.error, f.parked.events)
   end
-  table.sort(out, function(a, b)
-    if a.workflow ~= b.workflow then return a.workflow < b.workflow end
-    return tostring(a.flow) < tostring(b.flow)
-  end)
+  table.sort(out, records.by_flow)
   return out
 end
 

@@ -23,4 +23,16 @@ function M.command_id(workflow, flow_id, version, i)
   return string.format("%s/%s/%d/%d", workflow, tostring(flow_id), version, i)
 end
 
+--- Order for listings of flows: by workflow, then flow id (as text, since
+-- ids are strings or integers).
+function M.by_flow(a, b)
+  if a.workflow ~= b.workflow then return a.workflow < b.workflow end
+  return tostring(a.flow) < tostring(b.flow)
+end
+
+--- A parked flow as r:parked() and procman inspect list it.
+function M.parked_entry(workflow, flow_id, error, events)
+  return { workflow = workflow, flow = flow_id, error = error, event = events[1], held = #events }
+end
+
 return M

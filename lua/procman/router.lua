@@ -675,14 +675,10 @@ function Router:parked()
   local list = {}
   for _, spec in ipairs(self.specs) do
     for flow_id, p in pairs(self.parked_of[spec.name]) do
-      list[#list + 1] = { workflow = spec.name, flow = flow_id, error = p.error,
-                          event = copy(p.events[1]), held = #p.events }
+      list[#list + 1] = copy(records.parked_entry(spec.name, flow_id, p.error, p.events))
     end
   end
-  table.sort(list, function(a, b)
-    if a.workflow ~= b.workflow then return a.workflow < b.workflow end
-    return tostring(a.flow) < tostring(b.flow)
-  end)
+  table.sort(list, records.by_flow)
   return list
 end
 
