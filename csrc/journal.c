@@ -180,6 +180,81 @@ void journal_scan(const unsigned char *buf, size_t size, JournalScan *scan) {
 ** The file
 ** =================================================================== */
 
+/* ---- fault injection: one gate in front of every file operation ---- */
+
+static long fault_calls = 0;   /* calls since arming */
+static long fault_at = 0;      /* 0: disarmed */
+static int fault_errno = 0;
+static int fault_short = 0;
+
+void journal_faults_arm(long at, int err, int short_write) {
+  fault_calls = 0;
+  fault_at = at;
+  fault_errno = err;
+  fault_short = short_write;
+}
+
+long journal_faults_disarm(void) {
+  long n = fault_calls;
+  fault_at = 0;
+  fault_calls = 0;
+  return n;
+}
+
+/* Count a call; nonzero (errno set) when this one must fail. */
+static int faulty(void) {
+  fault_calls++;
+  if (fault_at == 0 || fault_calls != fault_at)
+    return 0;
+  errno = fault_errno;
+  return 1;
+}
+
+static int io_open(const char *path, int flags, mode_t mode) {
+  return faulty() ? -1 : open(path, flags, mode);
+}
+
+static ssize_t io_writev(int fd, struct iovec *iov, int count) {
+  if (faulty()) {
+    if (fault_short && count > 0 && iov[0].iov_len > 1) {  /* half, then the error */
+      struct iovec half = { iov[0].iov_base, iov[0].iov_len / 2 };
+      int e = errno;
+      ssize_t w = writev(fd, &half, 1);
+      fault_at++;  /* the retry of the rest fails too */
+      errno = e;
+      return w;
+    }
+    return -1;
+  }
+  return writev(fd, iov, count);
+}
+
+static int io_fdatasync(int fd) {
+  return faulty() ? -1 : fdatasync(fd);
+}
+
+static int io_fsync(int fd) {
+  return faulty() ? -1 : fsync(fd);
+}
+
+static int io_ftruncate(int fd, off_t len) {
+  return faulty() ? -1 : ftruncate(fd, len);
+}
+
+static int io_rename(const char *from, const char *to) {
+  return faulty() ? -1 : rename(from, to);
+}
+
+static ssize_t io_pread(int fd, void *buf, size_t n, off_t off) {
+  return faulty() ? -1 : pread(fd, buf, n, off);
+}
+
+static void *io_mmap(size_t size, int fd) {
+  return faulty() ? MAP_FAILED : mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0);
+}
+
+/* ---- failures ---- */
+
 static int fail(const char **why, const char *what) {
   int e = errno;
   *why = what;
@@ -189,7 +264,7 @@ static int fail(const char **why, const char *what) {
 /* Write all of iov (two parts), retrying short writes and EINTR. */
 static int write_all(int fd, struct iovec *iov, int count) {
   while (count > 0) {
-    ssize_t w = writev(fd, iov, count);
+    ssize_t w = io_writev(fd, iov, count);
     if (w < 0) {
       if (errno == EINTR)
         continue;
@@ -210,7 +285,7 @@ static int write_all(int fd, struct iovec *iov, int count) {
 
 static int sync_fd(int fd) {
   int r;
-  do r = fdatasync(fd); while (r != 0 && errno == EINTR);
+  do r = io_fdatasync(fd); while (r != 0 && errno == EINTR);
   return r;
 }
 
@@ -226,10 +301,10 @@ static int sync_parent_dir(const char *path) {
   }
   memcpy(dir, slash == NULL ? "." : path, n);
   dir[n] = '\0';
-  fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  fd = io_open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC, 0);
   if (fd < 0)
     return -1;
-  r = fsync(fd);
+  r = io_fsync(fd);
   close(fd);
   return r;
 }
@@ -241,7 +316,7 @@ static int write_header(Journal *j, const char *path, const char **why) {
   journal_header(h);
   iov.iov_base = h;
   iov.iov_len = sizeof h;
-  if (ftruncate(j->fd, 0) != 0 || write_all(j->fd, &iov, 1) != 0)
+  if (io_ftruncate(j->fd, 0) != 0 || write_all(j->fd, &iov, 1) != 0)
     return fail(why, "cannot write the journal header");
   if (sync_fd(j->fd) != 0 || sync_parent_dir(path) != 0)
     return fail(why, "cannot sync the new journal");
@@ -256,7 +331,7 @@ static int scan_file(Journal *j, size_t size, JournalScan *scan, const char **wh
     journal_scan(NULL, 0, scan);
     return 0;
   }
-  buf = mmap(NULL, size, PROT_READ, MAP_PRIVATE, j->fd, 0);
+  buf = io_mmap(size, j->fd);
   if (buf == MAP_FAILED)
     return fail(why, "cannot map the journal to read it");
   journal_scan(buf, size, scan);
@@ -267,7 +342,7 @@ static int scan_file(Journal *j, size_t size, JournalScan *scan, const char **wh
 static int open_locked(Journal *j, const char *path, int flags, size_t *size,
                        const char **why) {
   struct stat st;
-  j->fd = open(path, O_RDWR | O_CREAT | O_APPEND | O_CLOEXEC | flags, 0600);
+  j->fd = io_open(path, O_RDWR | O_CREAT | O_APPEND | O_CLOEXEC | flags, 0600);
   if (j->fd < 0)
     return fail(why, "cannot open the journal");
   if (flock(j->fd, LOCK_EX | LOCK_NB) != 0)
@@ -301,7 +376,7 @@ static int settle(Journal *j, const char *path, size_t size, int repair,
   if (size < JOURNAL_HEADER_SIZE)
     return write_header(j, path, why);
   if (scan->dropped > 0) {  /* cut the torn tail, durably */
-    if (ftruncate(j->fd, (off_t)scan->end) != 0 || sync_fd(j->fd) != 0)
+    if (io_ftruncate(j->fd, (off_t)scan->end) != 0 || sync_fd(j->fd) != 0)
       return fail(why, "cannot cut the torn tail of the journal");
     size = scan->end;
   }
@@ -347,10 +422,12 @@ int journal_create(Journal *j, const char *path, JournalSync sync, const char **
   return e;
 }
 
-int journal_replace(const char *from, const char *to, const char **why) {
+int journal_replace(const char *from, const char *to, int *renamed, const char **why) {
   errno = 0;
-  if (rename(from, to) != 0)
+  *renamed = 0;
+  if (io_rename(from, to) != 0)
     return fail(why, "cannot rename the new journal into place");
+  *renamed = 1;
   if (sync_parent_dir(to) != 0)
     return fail(why, "cannot sync the journal's directory");
   return 0;
@@ -378,14 +455,19 @@ int journal_append(Journal *j, int type, const void *p, size_t n, const char **w
   iov[1].iov_len = n;
   if (write_all(j->fd, iov, 2) != 0) {
     int e = fail(why, "cannot write to the journal");
-    if (ftruncate(j->fd, (off_t)j->size) != 0)  /* whole or absent */
+    if (io_ftruncate(j->fd, (off_t)j->size) != 0)  /* whole or absent */
       j->failed = e;
     return e;
   }
-  j->size += sizeof frame + n;
   j->dirty = 1;
-  if (j->sync == JOURNAL_SYNC_ALWAYS)
-    return journal_sync(j, why);
+  if (j->sync == JOURNAL_SYNC_ALWAYS) {
+    int e = journal_sync(j, why);
+    if (e != 0) {  /* the caller is told it failed: take the record back */
+      io_ftruncate(j->fd, (off_t)j->size);
+      return e;
+    }
+  }
+  j->size += sizeof frame + n;
   return 0;
 }
 
@@ -429,7 +511,7 @@ int journal_read(Journal *j, void *buf, size_t size, const char **why) {
     return EBADF;
   }
   while (done < size) {
-    ssize_t r = pread(j->fd, (char *)buf + done, size - done, (off_t)done);
+    ssize_t r = io_pread(j->fd, (char *)buf + done, size - done, (off_t)done);
     if (r < 0 && errno == EINTR)
       continue;
     if (r <= 0) {

@@ -90,11 +90,14 @@ int journal_open(Journal *j, const char *path, JournalSync sync, int repair,
 ** following a planted symlink); for compaction's temporary file. */
 int journal_create(Journal *j, const char *path, JournalSync sync, const char **why);
 
-/* Rename 'from' over 'to' and fsync the directory: durable replacement. */
-int journal_replace(const char *from, const char *to, const char **why);
+/* Rename 'from' over 'to' and fsync the directory: durable replacement.
+** On failure '*renamed' says whether the rename itself happened (then only
+** the directory sync failed: 'to' is the new file, not known durable). */
+int journal_replace(const char *from, const char *to, int *renamed, const char **why);
 
-/* Append one record, whole or not at all: on a failed write the file is cut
-** back.  Syncs when the policy is "always".  Returns 0 or an errno. */
+/* Append one record, whole or not at all: on a failed write, or a failed
+** sync under the "always" policy, the file is cut back (and after a failed
+** sync no later write is accepted).  Returns 0 or an errno. */
 int journal_append(Journal *j, int type, const void *p, size_t n, const char **why);
 
 /* Make everything appended so far durable (fdatasync).  0 or an errno. */
@@ -107,5 +110,18 @@ int journal_close(Journal *j, const char **why);
 ** 0 or an errno.  (Not a mapping: a mapping would keep the file, and so
 ** its lock, alive after close.) */
 int journal_read(Journal *j, void *buf, size_t size, const char **why);
+
+/* ---- fault injection (tests) ------------------------------------------ */
+
+/*
+** Every file operation of the journal (open, write, sync, truncate, rename,
+** read, map) counts as one call.  Armed, the 'at'-th call from now fails
+** with errno 'err'; with 'short_write', a write call writes half of what it
+** was asked before the failure (the torn write of a full disk).  Disarming
+** returns how many calls were made since arming.  For procman's own tests:
+** see core.journal_faults.
+*/
+void journal_faults_arm(long at, int err, int short_write);
+long journal_faults_disarm(void);
 
 #endif

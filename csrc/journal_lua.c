@@ -107,16 +107,42 @@ int journal_lua_create(lua_State *L) {
   return 1;
 }
 
-/* core.journal_replace(from, to) -> true | nil, message, errno */
+/* core.journal_replace(from, to) -> true | nil, message, errno, renamed
+** (renamed: the rename happened and only the directory sync failed) */
 int journal_lua_replace(lua_State *L) {
   const char *from = luaL_checkstring(L, 1);
   const char *to = luaL_checkstring(L, 2);
   const char *why = NULL;
-  int e = journal_replace(from, to, &why);
-  if (e != 0)
-    return io_failure(L, to, why, e);
+  int renamed = 0;
+  int e = journal_replace(from, to, &renamed, &why);
+  if (e != 0) {
+    io_failure(L, to, why, e);
+    lua_pushboolean(L, renamed);
+    return 4;
+  }
   lua_pushboolean(L, 1);
   return 1;
+}
+
+/*
+** core.journal_faults(at, errno_name [, short]) arms fault injection: the
+** at-th file operation of any journal from now fails with that errno
+** ("ENOSPC", "EIO", ...; with 'short', a write first writes half).
+** core.journal_faults() disarms it and returns how many file operations
+** were made meanwhile.  For procman's own fault tests.
+*/
+int journal_lua_faults(lua_State *L) {
+  static const char *const names[] = { "ENOSPC", "EIO", "EDQUOT", "EROFS", "EINTR", NULL };
+  static const int codes[] = { ENOSPC, EIO, EDQUOT, EROFS, EINTR };
+  lua_Integer at;
+  if (lua_isnoneornil(L, 1)) {
+    lua_pushinteger(L, (lua_Integer)journal_faults_disarm());
+    return 1;
+  }
+  at = luaL_checkinteger(L, 1);
+  luaL_argcheck(L, at >= 1, 1, "a call number from 1");
+  journal_faults_arm((long)at, codes[luaL_checkoption(L, 2, NULL, names)], lua_toboolean(L, 3));
+  return 0;
 }
 
 int journal_lua_open(lua_State *L) {

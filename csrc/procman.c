@@ -89,6 +89,7 @@ static const luaL_Reg core_functions[] = {
   { "journal_create", journal_lua_create },
   { "journal_replace", journal_lua_replace },
   { "journal_scan", journal_lua_scan },
+  { "journal_faults", journal_lua_faults },
   { "interruptible", interrupt_call },
   { "is_terminal", core_is_terminal },
   { "budget_call", core_budget_call },

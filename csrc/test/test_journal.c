@@ -262,6 +262,7 @@ static void test_file_foreign_is_untouched(void **state) {
 }
 
 static void test_file_create_and_replace(void **state) {
+  int renamed = 0;
   char path[128], tmp[160];
   Journal j, k;
   JournalScan scan;
@@ -275,12 +276,14 @@ static void test_file_create_and_replace(void **state) {
   assert_int_equal(journal_close(&j, &why), 0);
   /* O_EXCL: an existing file (or a planted symlink) is never reused */
   assert_int_equal(journal_create(&k, tmp, JOURNAL_SYNC_BATCH, &why), EEXIST);
-  assert_int_equal(journal_replace(tmp, path, &why), 0);
+  assert_int_equal(journal_replace(tmp, path, &renamed, &why), 0);
+  assert_int_equal(renamed, 1);
   assert_int_equal(access(tmp, F_OK), -1);
   assert_int_equal(journal_open(&k, path, JOURNAL_SYNC_NONE, 0, &scan, &why), 0);
   assert_int_equal(scan.records, 1);
   assert_int_equal(journal_close(&k, &why), 0);
-  assert_int_equal(journal_replace(tmp, path, &why), ENOENT);
+  assert_int_equal(journal_replace(tmp, path, &renamed, &why), ENOENT);
+  assert_int_equal(renamed, 0);
   unlink(path);
 }
 

@@ -881,10 +881,19 @@ function Router:compact()
   local tmp = self.journal_path .. ".compact"
   local ok, err = write_journal(tmp, state_records(self))
   if not ok then return nil, "procman.router: compaction failed, the journal is unchanged: " .. err end
-  ok, err = core.journal_replace(tmp, self.journal_path)
-  if not ok then
+  local _, renamed
+  ok, err, _, renamed = core.journal_replace(tmp, self.journal_path)
+  if not ok and not renamed then
     os.remove(tmp)
     return nil, "procman.router: compaction failed, the journal is unchanged: " .. err
+  end
+  if not ok then
+    -- past the point of no return: the new file is in place but its name may
+    -- not survive a crash, and records appended to it would go with it
+    self.journal:close()
+    self.closed = true
+    error("procman.router: compacted, but " .. err .. "; this router is closed: open the "
+          .. "journal again (before or after a crash it holds the same state)", 0)
   end
   self.journal:close()  -- the old file, now unlinked
   local j, info = core.journal_open(self.journal_path, { sync = self.sync })
