@@ -1,12 +1,18 @@
 --- One benchmark measurement, in a process of its own so that its peak
 -- memory is its own. Usage: lua5.4 bench/case.lua IMPL CASE N
---   IMPL: seed | counters | procman      CASE: batch | flows
+--   IMPL: seed | counters | procman | procman-nobudget (the instruction budget off)
+--   CASE: batch | flows
 -- Prints one line: key=value pairs.
 local impl_name, case, n = arg[1], arg[2], tonumber(arg[3])
 
 local impl
-if impl_name == "procman" then
+if impl_name == "procman" or impl_name == "procman-nobudget" then
   local batch = require "procman.workflows.batch"
+  if impl_name == "procman-nobudget" then
+    batch = require("procman").workflow { name = "batch", on = batch.on, init = batch.init,
+                                          correlate = batch.correlate, starts = batch.starts,
+                                          done = batch.done, view = batch.view, budget = false }
+  end
   impl = {
     new = function(id) return batch:new(id) end,
     handle = function(pm, event) return pm:handle(event) end,

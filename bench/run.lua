@@ -90,18 +90,20 @@ end
 if os.getenv("BENCH_INSTRUCTIONS") ~= "0" and os.execute("command -v valgrind >/dev/null 2>&1") then
   local n = 20000
   local counts = {}
-  for _, impl in ipairs({ "counters", "procman" }) do
+  for _, impl in ipairs({ "counters", "procman", "procman-nobudget" }) do
     local one, two = instructions(impl, n), instructions(impl, 2 * n)
     counts[impl] = one and two and (two - one) / n
   end
   print(string.format("Instructions per file_processed event (callgrind, batch of %d vs %d files):",
                       n, 2 * n))
   print()
-  print("| impl    | instructions/event |")
-  print("|---------|--------------------|")
-  print(string.format("| plain   | %18s |", fmt(counts.counters, "%.0f")))
-  print(string.format("| procman | %18s |", fmt(counts.procman, "%.0f")))
-  print(string.format("| ratio   | %18s |", ratio(counts.procman, counts.counters)))
+  print("| impl                    | instructions/event | vs plain |")
+  print("|-------------------------|--------------------|----------|")
+  for _, row in ipairs { { "plain", "counters" }, { "procman", "procman" },
+                         { "procman, budget off", "procman-nobudget" } } do
+    print(string.format("| %-23s | %18s | %8s |", row[1], fmt(counts[row[2]], "%.0f"),
+                        ratio(counts[row[2]], counts.counters)))
+  end
   print()
 end
 
