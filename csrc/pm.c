@@ -28,7 +28,8 @@ enum {
   UV_HISTORY,       /* Buffer: the encoded events, then scratch space */
   UV_SEEN,          /* event_id -> true (handled) / false (tried): or nil */
   UV_BASE,          /* encoded state of a snapshot the history starts from, or nil */
-  UV_COUNT = UV_BASE
+  UV_LAST_ID,       /* the event_id of the last commit (for undo), or nil */
+  UV_COUNT = UV_LAST_ID
 };
 
 typedef struct PM {
@@ -409,6 +410,8 @@ static int pm_handle(lua_State *L) {
     lua_pushboolean(L, 1);
     lua_rawset(L, 7);  /* the key exists: no allocation */
   }
+  lua_pushvalue(L, 6);
+  lua_setiuservalue(L, 1, UV_LAST_ID);  /* for undo; no allocation */
   lua_settop(L, 8);
   return 1;
 }
@@ -489,26 +492,21 @@ static int pm_done(lua_State *L) {
 */
 static int pm_undo(lua_State *L) {
   PM *p = check_usable(L);
-  size_t pos;
   if (!p->can_undo)
     return flow_error(L, 1, "no committed event to take back");
+  /* nothing allocates until the replay, which is protected: undo works
+  ** when memory has run out, which is when callers need it most */
   lua_settop(L, 1);
-  lua_getiuservalue(L, 1, UV_HISTORY);                /* 2 */
-  pos = p->undo_len;
-  if (!codec_decode(L, buffer_at(L, 2)->data, p->history_len, &pos))  /* 3 */
-    return flow_error(L, 1, "history event #%I is damaged: %s", p->version,
-                      lua_tostring(L, -1));
-  lua_pushliteral(L, "event_id");
-  lua_rawget(L, 3);                                   /* 4 */
-  lua_getiuservalue(L, 1, UV_SEEN);                   /* 5 */
+  lua_getiuservalue(L, 1, UV_LAST_ID);                /* 2 */
+  lua_getiuservalue(L, 1, UV_SEEN);                   /* 3 */
   p->history_len = p->undo_len;
   p->version--;
   p->can_undo = 0;
   p->state_ok = 0;
-  if (!lua_isnil(L, 4) && lua_istable(L, 5)) {
-    lua_pushvalue(L, 4);
+  if (!lua_isnil(L, 2) && lua_istable(L, 3)) {
+    lua_pushvalue(L, 2);
     lua_pushnil(L);
-    lua_rawset(L, 5);  /* removing a key never allocates */
+    lua_rawset(L, 3);  /* removing a key never allocates */
   }
   if (!try_replay(L, 1))
     lua_pop(L, 1);  /* stays dirty: the next use replays */

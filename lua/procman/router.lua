@@ -246,15 +246,19 @@ local function run(t, event)
   return nil
 end
 
+-- Lua's message for a memory error: never a reason to park a flow.
+local NO_MEMORY = "not enough memory"
+
 -- Run the event through every target that is not parked. A failure parks
 -- its flow when the router parks (or when the event is a parked one being
--- retried); otherwise everything is undone and the error raised.
+-- retried); otherwise, and always for a memory error, everything is undone
+-- and the error raised.
 local function apply(self, targets, event)
   for i, t in ipairs(targets) do
     if not t.held then
       local err = run(t, event)
       if err then
-        if self.on_error ~= "park" and not t.resumed then
+        if (self.on_error ~= "park" and not t.resumed) or err:find(NO_MEMORY, 1, true) then
           undo(targets, i - 1)
           error(err, 0)
         end
@@ -391,6 +395,10 @@ local function encode_record(self, targets, event, extra)
   if record == nil then return nil end
   local ok, bytes = pcall(encode, record)
   if ok then return record, bytes end
+  if tostring(bytes):find(NO_MEMORY, 1, true) then
+    undo(targets, #targets)
+    error(bytes, 0)
+  end
   for _, t in ipairs(targets) do
     local fine, why = true, nil
     if t.committed then fine, why = pcall(encode, t.commands) end
@@ -425,17 +433,45 @@ local function append(self, kind, bytes, targets)
   return true
 end
 
+-- Once a record is in the journal, the router's memory must follow it. If
+-- that fails (out of memory), the router stops rather than go on differing
+-- from its journal; reopening it recovers the journaled state.
+local function after_journaling(self, ok, err)
+  if ok then return end
+  if self.journal then self.journal:close() end
+  self.closed = true
+  error(string.format("procman.router: %s after journaling (sequence %d); this router is closed: "
+                      .. "open the journal again to go on", tostring(err), self.seq), 0)
+end
+
 -- Apply an event to its targets, journal it, settle. Atomic: on any
 -- failure that is not parked, nothing changes.
-local function deliver(self, event, targets, extra)
+-- settle(), returning the envelopes in a new table (allocated inside the
+-- protected call: after the journal took the record, nothing may raise
+-- unprotected).
+local function settle_into_new(self, targets, record)
+  local out = {}
+  settle(self, targets, record, out)
+  return out
+end
+
+local function prepare(self, event, targets, extra)
   apply(self, targets, event)
-  local record, bytes = encode_record(self, targets, event, extra or {})
+  return encode_record(self, targets, event, extra or {})
+end
+
+local function deliver(self, event, targets, extra)
+  local prepared, record, bytes = pcall(prepare, self, event, targets, extra)
+  if not prepared then  -- any error before the journal, out of memory included
+    undo(targets, #targets)
+    error(record, 0)
+  end
   if record == nil then return {} end
   local ok, err = append(self, RECORD_EVENT, bytes, targets)
   if not ok then return nil, err end
   self.seq = record.seq
-  local out = {}
-  settle(self, targets, record, out)
+  local settled, out = pcall(settle_into_new, self, targets, record)
+  after_journaling(self, settled, out)
   return out
 end
 
@@ -589,7 +625,7 @@ local function unroutable(self, event, err)
   if not ok then fail("event '%s' is not data: %s", rawget(event, "event_type"), bytes) end
   local appended, why = append(self, RECORD_DEAD, bytes)
   if not appended then return nil, why end
-  self.dead[#self.dead + 1] = decode(bytes)
+  after_journaling(self, pcall(function() self.dead[#self.dead + 1] = decode(bytes) end))
   return {}
 end
 
@@ -717,7 +753,7 @@ function Router:skip(name, flow_id)
   check_parked(self, name, flow_id)
   local ok, err = append(self, RECORD_SKIP, encode({ workflow = name, flow = flow_id }))
   if not ok then return nil, err end
-  unpark_front(self, name, flow_id)
+  after_journaling(self, pcall(unpark_front, self, name, flow_id))
   return retry(self, name, flow_id)
 end
 
@@ -745,11 +781,9 @@ function Router:ack(id)
   if type(id) ~= "string" or self.pending_by_id[id] == nil then
     fail("no pending command with id %s", tostring(id))
   end
-  if self.journal then
-    local at, err = self.journal:append(RECORD_ACK, encode({ id = id }))
-    if not at then return nil, "procman.router: " .. err end
-  end
-  forget_pending(self, id)
+  local ok, err = append(self, RECORD_ACK, encode({ id = id }))
+  if not ok then return nil, err end
+  after_journaling(self, pcall(forget_pending, self, id))
   return true
 end
 
@@ -875,35 +909,28 @@ end
 -- of the live flows, the completed set and the pending outbox, so that
 -- recovery time depends on live state, not on all of history. Written to a
 -- temporary file in the same directory, synced, renamed over the journal.
+-- A failure before the rename leaves everything as it was; one after it
+-- closes the router (reopening the journal gives the same state).
 function Router:compact()
   check_open(self)
   if not self.journal then fail("compact needs a journal") end
   local tmp = self.journal_path .. ".compact"
   local ok, err = write_journal(tmp, state_records(self))
   if not ok then return nil, "procman.router: compaction failed, the journal is unchanged: " .. err end
-  local _, renamed
-  ok, err, _, renamed = core.journal_replace(tmp, self.journal_path)
-  if not ok and not renamed then
+  local called, replaced, why, _, renamed = pcall(core.journal_replace, tmp, self.journal_path)
+  if not called then  -- raised (out of memory): whether it renamed is unknown
+    replaced, why, renamed = false, replaced, true
+  end
+  if not replaced and not renamed then
     os.remove(tmp)
-    return nil, "procman.router: compaction failed, the journal is unchanged: " .. err
+    return nil, "procman.router: compaction failed, the journal is unchanged: " .. why
   end
-  if not ok then
-    -- past the point of no return: the new file is in place but its name may
-    -- not survive a crash, and records appended to it would go with it
-    self.journal:close()
+  local switched, problem = pcall(switch_journal, self, replaced, why)
+  if not switched then
     self.closed = true
-    error("procman.router: compacted, but " .. err .. "; this router is closed: open the "
-          .. "journal again (before or after a crash it holds the same state)", 0)
-  end
-  self.journal:close()  -- the old file, now unlinked
-  local j, info = core.journal_open(self.journal_path, { sync = self.sync })
-  if not j then  -- past the point of no return: the new journal is in place
-    self.closed = true
-    error("procman.router: compacted, but cannot reopen the journal: " .. info, 0)
-  end
-  self.journal = j
-  for _, spec in ipairs(self.specs) do  -- as after a restart: completed flows' ids are gone
-    for _, final in pairs(self.finished[spec.name]) do final.seen = nil end
+    pcall(self.journal.close, self.journal)
+    error("procman.router: compacted, but " .. tostring(problem) .. "; this router is closed: open "
+          .. "the journal again (before or after a crash it holds the same state)", 0)
   end
   return true
 end

@@ -1,0 +1,425 @@
+/*
+** test_oom.c - the core under memory failure.
+**
+** A lua_State whose allocator fails at the k-th allocation, for every k
+** until the call succeeds: encode and decode, pm:handle (with history and
+** rollback), a router's handle with its journal, recovery of a journal, and
+** compaction.  Each failed call must raise (a memory error, or the
+** handler's own error) and leave everything as it was: a flow's state,
+** status, version, history and remembered ids; a router's flows, outbox
+** and journal bytes; the journal file.  The one exception is documented:
+** a router that runs out of memory after its journal took the record
+** closes itself, and reopening the journal must give the state with the
+** event.  Run under ASan and valgrind by `make sanitize` and `make
+** valgrind`, which also catch leaks.
+*/
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "lauxlib.h"
+#include "lualib.h"
+
+#ifndef PROCMAN_LUA_DIR
+#error "build with -DPROCMAN_LUA_DIR=\"<checkout>/lua\""
+#endif
+
+LUAMOD_API int luaopen_procman_core(lua_State *L);
+
+/* An allocator that fails every growing request once 'fail_at' is hit. */
+typedef struct Limit {
+  long count;     /* growing requests since armed */
+  long fail_at;   /* 0: never fail */
+} Limit;
+
+static void *limited_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
+  Limit *limit = (Limit *)ud;
+  if (nsize == 0) {
+    free(ptr);
+    return NULL;
+  }
+  /* Lua requires that shrinking never fails: only growing requests count */
+  if (limit->fail_at > 0 && (ptr == NULL || nsize > osize) &&
+      ++limit->count >= limit->fail_at)
+    return NULL;
+  return realloc(ptr, nsize);
+}
+
+typedef struct Fixture {
+  lua_State *L;
+  Limit limit;
+} Fixture;
+
+static void run(lua_State *L, const char *code) {
+  if (luaL_dostring(L, code) != LUA_OK)
+    fail_msg("setup chunk failed: %s", lua_tostring(L, -1));
+}
+
+/* A flow of the batch workflow with some history, and helpers in Lua. */
+static int setup(void **state) {
+  Fixture *f = calloc(1, sizeof *f);
+  if (f == NULL)
+    return -1;
+  f->L = lua_newstate(limited_alloc, &f->limit);
+  if (f->L == NULL)
+    return -1;
+  luaL_openlibs(f->L);
+  luaL_getsubtable(f->L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
+  lua_pushcfunction(f->L, luaopen_procman_core);
+  lua_setfield(f->L, -2, "procman.core");
+  lua_pop(f->L, 1);
+  run(f->L, "package.path = '" PROCMAN_LUA_DIR "/?.lua;" PROCMAN_LUA_DIR "/?/init.lua'");
+  run(f->L,
+      "procman = require 'procman'\n"
+      "batch = require 'procman.workflows.batch'\n"
+      "pm = batch:new('b1')\n"
+      "pm:handle{ event_type = 'batch_created', files = { 'f1', 'f2', 'f3' } }\n"
+      "pm:handle{ event_type = 'file_processed', event_id = 'e1', file = { id = 'f1', status = 'success' } }\n"
+      "function snapshot()\n"
+      "  return procman.encode{ pm:state(), pm:status(), pm:version(), pm:history() }\n"
+      "end\n"
+      "function ok_event()\n"
+      "  return pm:handle{ event_type = 'file_processed', event_id = 'e2',\n"
+      "                    file = { id = 'f2', status = 'error' } }\n"
+      "end\n"
+      "grower = procman.workflow{ name = 'grow', init = function() return { n = 0, items = {} } end,\n"
+      "  on = { add = function(state, event)\n"
+      "    state.n = state.n + 1                       -- a change first,\n"
+      "    state.items[#state.items + 1] = { event.x }  -- then allocations\n"
+      "    return { { command_type = 'added', n = state.n, copy = { event.x } } }\n"
+      "  end } }\n"
+      "g = grower:new('g1')\n"
+      "g:handle{ event_type = 'add', x = 1 }\n"
+      "function grow_snapshot()\n"
+      "  return procman.encode{ g:state(), g:version(), g:history() }\n"
+      "end\n"
+      "function grow_event()\n"
+      "  return g:handle{ event_type = 'add', event_id = 'a2', x = string.rep('x', 100) }\n"
+      "end\n"
+      "function bad_event()\n"
+      "  return pm:handle{ event_type = 'file_processed', event_id = 'e3',\n"
+      "                    file = { id = 'f9', status = 'error' } }\n"
+      "end\n");
+  run(f->L,
+      "function file_bytes(path)\n"
+      "  local file = assert(io.open(path, 'rb'))\n"
+      "  local s = file:read('a')\n"
+      "  file:close()\n"
+      "  return s\n"
+      "end\n"
+      "function temp_journal()\n"
+      "  local p = os.tmpname()\n"
+      "  os.remove(p)\n"
+      "  return p .. '.pmj'\n"
+      "end\n"
+      "function open_router(path)\n"
+      "  return assert(procman.router{ workflows = { batch }, journal = path, sync = 'none' })\n"
+      "end\n"
+      "function router_state(router)\n"
+      "  local flows = {}\n"
+      "  for flow in router:flows() do\n"
+      "    flows[#flows + 1] = { tostring(flow), flow:state(), flow:version() }\n"
+      "  end\n"
+      "  table.sort(flows, function(a, b) return a[1] < b[1] end)\n"
+      "  local s = router:stats()\n"
+      "  return procman.encode{ flows, router:pending(), s.seq, s.completed }\n"
+      "end\n"
+      "function fill(router, n)\n"
+      "  for i = 1, n do\n"
+      "    router:handle{ event_type = 'batch_created', batch_id = 'b' .. i, files = { 'a', 'b' } }\n"
+      "    router:handle{ event_type = 'file_processed', batch_id = 'b' .. i,\n"
+      "                   file = { id = 'a', status = 'success' } }\n"
+      "  end\n"
+      "  router:ack('batch/b1/1/1')\n"
+      "end\n"
+      "value = { 1, -2, 3.5, 'text', '\\255binary', true, { a = { b = { c = { 1, 2, 3 } } } },\n"
+      "          [-1] = 'negative', [2^40] = 'large' }\n"
+      "function codec_roundtrip()\n"
+      "  local bytes = procman.encode(value)\n"
+      "  assert(procman.encode(procman.decode(bytes)) == bytes)\n"
+      "  assert(procman.encode(procman.copy(value)) == bytes)\n"
+      "  return bytes\n"
+      "end\n"
+      "function nothing() return '' end\n"
+      "function debug_diff(a, b)\n"
+      "  local pretty = require 'procman.pretty'\n"
+      "  local function show(x) local ok, v = pcall(procman.decode, x:sub(1, (x:find('procmanJ', 1, true) or 0) - 1)) return ok and pretty.format(v) or #x end\n"
+      "  print('BEFORE', show(a)) print('AFTER', show(b))\n"
+      "end\n");
+  *state = f;
+  return 0;
+}
+
+static int teardown(void **state) {
+  Fixture *f = *state;
+  lua_close(f->L);
+  free(f);
+  return 0;
+}
+
+/* Push a flow's snapshot, made by global 'fn' (allocation unlimited). */
+static void push_snapshot_by(Fixture *f, const char *fn) {
+  f->limit.fail_at = 0;
+  lua_getglobal(f->L, fn);
+  if (lua_pcall(f->L, 0, 1, 0) != LUA_OK)
+    fail_msg("snapshot failed: %s", lua_tostring(f->L, -1));
+}
+
+static void push_snapshot(Fixture *f) {
+  push_snapshot_by(f, "snapshot");
+}
+
+/* Call global 'fn' with the k-th allocation failing; returns the status
+** and leaves the result or error on the stack. */
+static int call_failing_at(Fixture *f, const char *fn, long k) {
+  int status;
+  lua_getglobal(f->L, fn);
+  f->limit.count = 0;
+  f->limit.fail_at = k;
+  status = lua_pcall(f->L, 0, 1, 0);
+  f->limit.fail_at = 0;
+  return status;
+}
+
+static void assert_same_top_two(lua_State *L) {
+  size_t n1, n2;
+  const char *a = lua_tolstring(L, -2, &n1);
+  const char *b = lua_tolstring(L, -1, &n2);
+  if (getenv("OOM_DEBUG") && (n1 != n2 || memcmp(a, b, n1) != 0)) {
+    lua_getglobal(L, "debug_diff");
+    lua_pushvalue(L, -3);
+    lua_pushvalue(L, -3);
+    lua_pcall(L, 2, 0, 0);
+  }
+  assert_int_equal(n1, n2);
+  assert_memory_equal(a, b, n1);
+}
+
+/*
+** Fail every allocation of a successful call of global 'call', in turn;
+** after each failure the snapshot made by 'snap' must be unchanged.
+** Returns how many failures were tried.
+*/
+static long fail_each_allocation(Fixture *f, const char *call, const char *snap) {
+  lua_State *L = f->L;
+  long k;
+  lua_settop(L, 0);
+  push_snapshot_by(f, snap);                         /* 1: before */
+  for (k = 1; k < 100000; k++) {
+    int status = call_failing_at(f, call, k);
+    if (status == LUA_OK)
+      break;
+    /* a memory error, possibly wrapped by the flow's message */
+    if (status != LUA_ERRMEM && strstr(luaL_tolstring(L, -1, NULL), "not enough memory") == NULL)
+      fail_msg("%s, k=%ld: unexpected error: %s", call, k, lua_tostring(L, -1));
+    lua_settop(L, 1);
+    push_snapshot_by(f, snap);
+    assert_same_top_two(L);
+    lua_settop(L, 1);
+  }
+  lua_settop(L, 0);
+  return k - 1;
+}
+
+static void test_handle_atomic_under_oom(void **state) {
+  Fixture *f = *state;
+  long tried = fail_each_allocation(f, "ok_event", "snapshot");
+  print_message("pm:handle: %ld allocations failed in turn\n", tried);
+  assert_true(tried > 1);
+  run(f->L, "assert(pm:version() == 3 and pm:state().files.f2 == 'error' and pm:status() == 'error')\n"
+            "assert(#ok_event() == 0 and pm:version() == 3)  -- e2 is remembered: a redelivery");
+}
+
+/* A handler that allocates after changing the state. */
+static void test_handler_allocating_after_a_change(void **state) {
+  Fixture *f = *state;
+  assert_true(fail_each_allocation(f, "grow_event", "grow_snapshot") > 3);
+  run(f->L, "assert(g:version() == 2 and g:state().n == 2 and #g:state().items == 2)");
+}
+
+/* A handler that refuses the event, with allocations failing meanwhile
+** (in the handler, in the replay that undoes it, anywhere). */
+static void test_refused_event_under_oom(void **state) {
+  Fixture *f = *state;
+  lua_State *L = f->L;
+  long k;
+  push_snapshot(f);                                  /* 1: before */
+  for (k = 1; k < 400; k++) {
+    int status = call_failing_at(f, "bad_event", k);
+    const char *msg = luaL_tolstring(L, -1, NULL);
+    assert_int_not_equal(status, LUA_OK);
+    if (status != LUA_ERRMEM && strstr(msg, "not in this batch") == NULL &&
+        strstr(msg, "not enough memory") == NULL)
+      fail_msg("k=%ld: unexpected error: %s", k, msg);
+    lua_settop(L, 1);
+    push_snapshot(f);
+    assert_same_top_two(L);
+    lua_settop(L, 1);
+  }
+}
+
+/* Encode, decode and copy: each either works or raises a memory error. */
+static void test_codec_under_oom(void **state) {
+  Fixture *f = *state;
+  long tried = fail_each_allocation(f, "codec_roundtrip", "nothing");
+  print_message("codec: %ld allocations failed in turn\n", tried);
+  assert_true(tried > 3);
+}
+
+/* Whether global 'r' (a router) closed itself. */
+static int router_closed(Fixture *f) {
+  int closed;
+  f->limit.fail_at = 0;
+  run(f->L, "closed = tostring(r) == 'procman.router (closed)'");
+  lua_getglobal(f->L, "closed");
+  closed = lua_toboolean(f->L, -1);
+  lua_pop(f->L, 1);
+  return closed;
+}
+
+/*
+** A router's handle with a journal, each allocation failing in turn: the
+** router and its journal stay as they were, or (out of memory after the
+** record was journaled) the router closes, and reopening the journal gives
+** the router with the event.
+*/
+static void test_router_handle_under_oom(void **state) {
+  Fixture *f = *state;
+  lua_State *L = f->L;
+  long k, closings = 0;
+  run(L, "path = temp_journal()\n"
+         "r = open_router(path)\n"
+         "fill(r, 3)\n"
+         "function router_snapshot() return router_state(r) .. file_bytes(path) end\n"
+         "function router_event()\n"
+         "  return r:handle{ event_type = 'file_processed', batch_id = 'b2', event_id = 'x',\n"
+         "                   file = { id = 'b', status = 'success' } }\n"
+         "end");
+  for (k = 1; k < 100000; k++) {
+    int status;
+    lua_settop(L, 0);
+    push_snapshot_by(f, "router_snapshot");                 /* 1: before */
+    status = call_failing_at(f, "router_event", k);
+    if (status == LUA_OK)
+      break;
+    if (strstr(luaL_tolstring(L, -1, NULL), "not enough memory") == NULL)
+      fail_msg("k=%ld: unexpected error: %s", k, lua_tostring(L, -1));
+    if (getenv("OOM_DEBUG")) printf("k=%ld err=%s\n", k, lua_tostring(L, -1));
+    if (router_closed(f)) {
+      closings++;
+      run(L, "collectgarbage()\n"
+             "r = open_router(path)\n"
+             "assert(r:completed('batch', 'b2') == 'success', 'the journaled event is lost')");
+      break;
+    }
+    lua_settop(L, 1);
+    push_snapshot_by(f, "router_snapshot");
+    assert_same_top_two(L);
+  }
+  run(L, "assert(r:completed('batch', 'b2') == 'success')\n"
+         "r:close()\n"
+         "os.remove(path)");
+  print_message("router handle: %ld allocations failed in turn (%ld closed the router)\n", k - 1,
+                closings);
+  assert_true(k > 3);
+}
+
+/* Recovery of a journal, each allocation failing in turn: it works, or
+** raises a memory error and leaves the file as it was. */
+static void test_recovery_under_oom(void **state) {
+  Fixture *f = *state;
+  lua_State *L = f->L;
+  long k;
+  run(L, "path = temp_journal()\n"
+         "local w = open_router(path)\n"
+         "fill(w, 4)\n"
+         "expected = router_state(w)\n"
+         "w:close()\n"
+         "bytes = file_bytes(path)\n"
+         "function recover()\n"
+         "  local again = open_router(path)\n"
+         "  local state = router_state(again)\n"
+         "  again:close()\n"
+         "  return state\n"
+         "end");
+  for (k = 1; k < 100000; k++) {
+    int status = call_failing_at(f, "recover", k);
+    const char *msg;
+    if (status == LUA_OK) {
+      run(L, "assert(recover() == expected)");
+      break;
+    }
+    msg = luaL_tolstring(L, -1, NULL);
+    if (strstr(msg, "not enough memory") == NULL)
+      fail_msg("k=%ld: unexpected error: %s", k, msg);
+    lua_settop(L, 0);
+    f->limit.fail_at = 0;
+    run(L, "collectgarbage()  -- a half-opened journal lets its lock go\n"
+           "assert(file_bytes(path) == bytes, 'recovery changed the journal')");
+  }
+  run(L, "os.remove(path)");
+  print_message("recovery: %ld allocations failed in turn\n", k - 1);
+  assert_true(k > 10);
+}
+
+/* Compaction, each allocation failing in turn: it works; or it fails and
+** the router and the journal are as they were; or, past the rename, the
+** router closes and reopening the journal gives the same state. */
+static void test_compaction_under_oom(void **state) {
+  Fixture *f = *state;
+  lua_State *L = f->L;
+  long k;
+  run(L, "path = temp_journal()\n"
+         "r = open_router(path)\n"
+         "fill(r, 4)\n"
+         "expected = router_state(r)\n"
+         "function compact_snapshot() return router_state(r) .. file_bytes(path) end\n"
+         "function compact() assert(r:compact()) return true end");
+  for (k = 1; k < 100000; k++) {
+    int status;
+    lua_settop(L, 0);
+    push_snapshot_by(f, "compact_snapshot");                /* 1: before */
+    status = call_failing_at(f, "compact", k);
+    if (status == LUA_OK)
+      break;
+    /* past the rename the router closes, whatever the error (out of
+    ** memory, Lua may fail to even make a call and say something else) */
+    if (!router_closed(f) && strstr(luaL_tolstring(L, -1, NULL), "not enough memory") == NULL)
+      fail_msg("k=%ld: unexpected error: %s", k, lua_tostring(L, -1));
+    if (router_closed(f)) {
+      run(L, "collectgarbage()\n"
+             "r = open_router(path)\n"
+             "assert(router_state(r) == expected, 'compaction lost state')");
+      continue;
+    }
+    lua_settop(L, 1);
+    push_snapshot_by(f, "compact_snapshot");
+    assert_same_top_two(L);
+  }
+  run(L, "assert(router_state(r) == expected)\n"
+         "r:close()\n"
+         "collectgarbage()\n"
+         "assert(router_state(open_router(path)) == expected)\n"
+         "collectgarbage()\n"
+         "os.remove(path)\n"
+         "os.remove(path .. '.compact')");
+  print_message("compaction: %ld allocations failed in turn\n", k - 1);
+  assert_true(k > 10);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+    cmocka_unit_test_setup_teardown(test_handle_atomic_under_oom, setup, teardown),
+    cmocka_unit_test_setup_teardown(test_handler_allocating_after_a_change, setup, teardown),
+    cmocka_unit_test_setup_teardown(test_refused_event_under_oom, setup, teardown),
+    cmocka_unit_test_setup_teardown(test_codec_under_oom, setup, teardown),
+    cmocka_unit_test_setup_teardown(test_router_handle_under_oom, setup, teardown),
+    cmocka_unit_test_setup_teardown(test_recovery_under_oom, setup, teardown),
+    cmocka_unit_test_setup_teardown(test_compaction_under_oom, setup, teardown),
+  };
+  return cmocka_run_group_tests_name("the core under memory failure", tests, NULL, NULL);
+}
