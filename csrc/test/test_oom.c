@@ -325,7 +325,7 @@ static void test_router_handle_under_oom(void **state) {
          "os.remove(path)");
   print_message("router handle: %ld allocations failed in turn (%ld closed the router)\n", k - 1,
                 closings);
-  assert_true(k > 3);
+  assert_true(k > 3 && k < 100000);
 }
 
 /* Recovery of a journal, each allocation failing in turn: it works, or
@@ -363,7 +363,7 @@ static void test_recovery_under_oom(void **state) {
   }
   run(L, "os.remove(path)");
   print_message("recovery: %ld allocations failed in turn\n", k - 1);
-  assert_true(k > 10);
+  assert_true(k > 10 && k < 100000);
 }
 
 /* Compaction, each allocation failing in turn: it works; or it fails and
@@ -408,7 +408,7 @@ static void test_compaction_under_oom(void **state) {
          "os.remove(path)\n"
          "os.remove(path .. '.compact')");
   print_message("compaction: %ld allocations failed in turn\n", k - 1);
-  assert_true(k > 10);
+  assert_true(k > 10 && k < 100000);  /* and in the end it worked */
 }
 
 int main(void) {

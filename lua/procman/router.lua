@@ -905,6 +905,21 @@ local function write_journal(tmp, list)
   return true
 end
 
+-- Past compaction's point of no return: the new journal is in place. Use
+-- it, as after a restart (completed flows' ids are gone). 'replaced' is
+-- false when its name is not known to be durable: then records appended
+-- to it could go with it in a crash, so the router stops instead.
+local function switch_journal(self, replaced, why)
+  if not replaced then error(why, 0) end
+  self.journal:close()  -- the old file, now unlinked
+  local j, info = core.journal_open(self.journal_path, { sync = self.sync })
+  if not j then error("cannot reopen the journal: " .. info, 0) end
+  self.journal = j
+  for _, spec in ipairs(self.specs) do
+    for _, final in pairs(self.finished[spec.name]) do final.seen = nil end
+  end
+end
+
 --- r:compact() -> true, or nil, message: rewrite the journal as snapshots
 -- of the live flows, the completed set and the pending outbox, so that
 -- recovery time depends on live state, not on all of history. Written to a
