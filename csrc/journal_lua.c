@@ -275,8 +275,10 @@ static int j_records(lua_State *L) {
   r->size = 0;  /* empty until read */
   r->pos = JOURNAL_HEADER_SIZE;
   e = journal_read(&lj->j, r->buf, size, &why);
-  if (e != 0)
-    return luaL_error(L, "procman.journal: %s (%s)", why, strerror(e));
+  if (e != 0) {  /* no position: this is the file's fault, not the caller's */
+    lua_pushfstring(L, "procman.journal: %s (%s)", why, strerror(e));
+    return lua_error(L);
+  }
   r->size = size;
   lua_pushcclosure(L, reader_next, 1);
   return 1;

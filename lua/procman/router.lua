@@ -600,7 +600,8 @@ local function open_journal(self, opts)
   local ok, err = pcall(recover, self, j)
   if not ok then
     j:close()
-    error(err, 0)
+    err = tostring(err)
+    error(err:find("^procman%.router: ") and err or "procman.router: " .. err, 0)
   end
   return true
 end

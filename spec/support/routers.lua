@@ -17,6 +17,11 @@ function routers.snapshot(r, no_history)
            seq = s.seq, timers = r:timers(), parked = r:parked(), dead = r:dead_letters() }
 end
 
+--- Are two snapshots the same? (deep comparison, as assert.same)
+function routers.same(a, b)
+  return require("luassert.util").deepcompare(a, b, true)
+end
+
 --- r:handle(event) raises an error containing 'message', and changes
 -- nothing: flows, outbox, timers, parked flows, journal.
 function routers.refuses(r, event, message, level)
