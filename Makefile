@@ -22,7 +22,7 @@ DEB_PKGS   := lua5.4 liblua5.4-dev lua-busted libcmocka-dev lua-check luarocks \
 export LUA_PATH  := $(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;$(CURDIR)/bench/?.lua;;
 export LUA_CPATH := $(CURDIR)/$(BUILD)/?.so;;
 
-.PHONY: all deps test test-lua test-c lint test-rock demo bench sanitize valgrind clean
+.PHONY: all deps test test-lua test-c lint test-rock demo bench sanitize valgrind soak clean
 
 all: $(BUILD)/procman/core.so $(BUILD)/procman/lineedit.so
 
@@ -49,7 +49,7 @@ test-lua: all
 	busted --lua=$(LUA)
 
 lint:
-	luacheck --quiet lua spec bench examples bin/procman
+	luacheck --quiet lua spec bench examples tools bin/procman
 
 test-rock:
 	@sh tools/test-rock.sh
@@ -84,6 +84,11 @@ valgrind: deps all $(patsubst csrc/test/%.c,$(BUILD)/test/%,$(TEST_SRC))
 	  echo "== valgrind $$t"; \
 	  valgrind --quiet --error-exitcode=1 --leak-check=full --errors-for-leak-kinds=all $$t || exit 1; \
 	done
+
+# The crash soak, long (make test runs 15 rounds): SOAK_ROUNDS kills.
+SOAK_ROUNDS ?= 300
+soak: deps all
+	$(LUA) tools/soak.lua --rounds $(SOAK_ROUNDS)
 
 clean:
 	rm -rf $(BUILD)
