@@ -1,9 +1,12 @@
--- Hostile input at pm:handle: whatever is thrown at it, it either handles a
--- valid event or raises a string naming the flow, and a refused call
--- changes nothing. It never crashes.
+-- Hostile input at the Lua boundary: pm:handle, procman.workflow,
+-- procman.router and the router's methods. Whatever is thrown at them,
+-- they either do their job or raise a string that says what is wrong, and
+-- a refused call changes nothing. They never crash.
 local procman = require "procman"
 local batch = require "procman.workflows.batch"
 local flow = require "spec.support.flow"
+local routers = require "spec.support.routers"
+local files = require "spec.support.files"
 
 local function throwing_meta()
   local boom = function() error("metamethod called", 0) end
@@ -37,7 +40,7 @@ function junk_value(depth)
   if r == 4 then return ({ 0 / 0, 1 / 0, -0.0, 1.5 })[math.random(4)] end
   if r == 5 then return string.rep("\0\xff", math.random(0, 3) * 5000) end
   if r == 6 then return ({ "batch_created", "file_processed", "add", "", "b1" })[math.random(5)] end
-  if r == 7 then return print end
+  if r == 7 then return tostring end
   if r == 8 then return coroutine.create(print) end
   if r == 9 then return io.stdout end
   return junk_table(depth)
@@ -97,5 +100,66 @@ describe("hostile input", function()
       end
     end
     assert.is_true(pm:version() > 0)
+  end)
+
+  it("at procman.workflow", function()
+    math.randomseed(99)
+    for _ = 1, 2000 do
+      local def = junk_value(0)
+      if type(def) == "table" and getmetatable(def) == nil and math.random() < 0.5 then
+        rawset(def, "name", "w")
+        if math.random() < 0.5 then rawset(def, "on", { x = junk_value(2) }) end
+      end
+      local ok, wf = pcall(procman.workflow, def)
+      if ok then
+        assert.is_true(procman.is_workflow(wf))
+      else
+        assert.is_string(wf)
+        assert.matches("procman.workflow", wf)
+      end
+    end
+  end)
+
+  it("at procman.router's options", function()
+    math.randomseed(5)
+    for _ = 1, 2000 do
+      local opts = junk_value(0)
+      if type(opts) == "table" and getmetatable(opts) == nil and math.random() < 0.5 then
+        rawset(opts, "workflows", math.random() < 0.5 and { batch } or junk_value(1))
+      end
+      local ok, r = pcall(procman.router, opts)
+      if ok and r then
+        r:close()
+      elseif not ok then
+        assert.is_string(r)
+        assert.matches("^procman%.", r)
+      end
+    end
+  end)
+
+  it("at the router's methods, which change nothing when they refuse", function()
+    math.randomseed(2024)
+    local path = files.temp_path()
+    local r = assert(procman.router { workflows = { batch }, journal = path, on_unroutable = "raise",
+                                      clock = function() return 0 end })
+    r:handle { event_type = "batch_created", batch_id = "b1", files = { "a", "b" }, file_timeout = 9 }
+    local methods = { "handle", "ack", "flow", "completed", "timers", "resume", "skip", "tick",
+                      "dispatch", "pending", "stats", "parked", "dead_letters" }
+    for _ = 1, 3000 do
+      local name = methods[math.random(#methods)]
+      local before, bytes = routers.snapshot(r), r:stats().journal_bytes
+      local a, b = junk_value(1), junk_value(1)
+      if name == "handle" then a = junk_event() end
+      if name == "tick" and math.random() < 0.3 then a = nil end
+      local ok, err = pcall(r[name], r, a, b)
+      if not ok then
+        assert.is_string(err)
+        assert.matches("procman", err)
+        assert.same(before, routers.snapshot(r))
+        assert.equal(bytes, r:stats().journal_bytes)
+      end
+    end
+    r:close()
+    os.remove(path)
   end)
 end)

@@ -59,11 +59,12 @@ end
 -- ---------------------------------------------------------------------
 
 local function check_workflows(list)
-  if type(list) ~= "table" or #list == 0 then
+  if type(list) ~= "table" or rawlen(list) == 0 then
     fail("workflows must be a non-empty array of workflows, got %s", type(list))
   end
   local specs, by_name = {}, {}
-  for i, wf in ipairs(list) do
+  for i = 1, rawlen(list) do
+    local wf = rawget(list, i)
     local spec = workflow.spec(wf)
     if spec == nil then
       -- { require "m" } also keeps require's second result, the file name
@@ -80,10 +81,14 @@ local function check_workflows(list)
   return specs, by_name
 end
 
-local function check_options(opts)
-  if type(opts) ~= "table" then fail("options must be a table, got %s", type(opts)) end
-  for k in pairs(opts) do
-    if not OPTIONS[k] then fail("unknown option %s", tostring(k)) end
+-- The options, checked, as a plain table: read with next and rawget, so a
+-- table with metamethods runs none of them.
+local function check_options(given)
+  if type(given) ~= "table" then fail("options must be a table, got %s", type(given)) end
+  local opts = {}
+  for k, v in next, given do
+    if not OPTIONS[k] then fail("unknown option %s", type(k) == "string" and k or type(k)) end
+    opts[k] = v
   end
   if opts.journal ~= nil and (type(opts.journal) ~= "string" or opts.journal == "") then
     fail("journal must be a file path, got %s", type(opts.journal))
@@ -107,6 +112,7 @@ local function check_options(opts)
   if u ~= nil and u ~= "raise" and u ~= "dead_letter" then
     fail('on_unroutable must be "raise" or "dead_letter", got %s', tostring(u))
   end
+  return opts
 end
 
 -- ---------------------------------------------------------------------
@@ -987,8 +993,8 @@ local meta = {
 
 --- procman.router(opts) -> router, or nil, message if the journal cannot
 -- be opened. Misuse and a damaged journal raise.
-return function(opts)
-  check_options(opts)
+return function(given)
+  local opts = check_options(given)
   local specs, by_name = check_workflows(opts.workflows)
   local self = setmetatable({
     specs = specs, by_name = by_name, live = {}, finished = {}, finished_count = 0,
