@@ -653,15 +653,20 @@ local function check_flow_args(self, name, flow_id)
   if flow_id == nil then fail("needs a flow id") end
 end
 
---- r:tick([now]) -> envelopes: inject the event of every timer due at
--- 'now' (default: the clock), in due order. Each is handled and journaled
--- like an arriving event, and atomic on its own: when one raises, the
--- ones before it stay handled. Timers set while ticking fire at a later
+--- r:tick([now[, max]]) -> envelopes: inject the event of every timer due
+-- at 'now' (default: the clock), in due order; with 'max', of at most that
+-- many (the rest stay due, for the next tick). Each is handled and
+-- journaled like an arriving event, and atomic on its own: when one
+-- raises, or a crash stops the tick, the ones before it stay handled and
+-- the rest fire at the next tick. Timers set while ticking fire at a later
 -- tick, so a handler that always asks for "now" cannot loop.
-function Router:tick(now)
+function Router:tick(now, max)
   check_open(self)
   if now == nil then now = read_clock(self) end
   if type(now) ~= "number" or now ~= now then fail("tick needs a time (a number), got %s", tostring(now)) end
+  if max ~= nil and not (math.type(max) == "integer" and max >= 0) then
+    fail("tick's max must be an integer >= 0, got %s", tostring(max))
+  end
   local due = {}
   for _, spec in ipairs(self.specs) do
     for flow_id, list in pairs(self.timers_of[spec.name]) do
@@ -673,6 +678,7 @@ function Router:tick(now)
   end
   table.sort(due, timers.before)
   local out = {}
+  for i = #due, (max or #due) + 1, -1 do due[i] = nil end
   for _, d in ipairs(due) do
     local name = d.spec.name
     if timers.find(self.timers_of[name][d.flow], d.seq, d.index) then  -- not cancelled meanwhile
