@@ -123,6 +123,17 @@ describe("timers", function()
       assert.same({ "c", "b", "c", "a" }, fired)  -- c at 5, b at 10, c at 10 (set before), a at 30
     end)
 
+    it("fires at most max timers when asked, leaving the rest due", function()
+      local r = procman.router { workflows = { reminder }, clock = function() return 0 end }
+      for _, id in ipairs { "a", "b", "c" } do r:handle { event_type = "open", id = id } end
+      assert.same({}, r:tick(100, 0))
+      assert.same({ "a" }, { r:tick(100, 1)[1].flow })
+      assert.equal(2, #r:timers())
+      assert.equal(2, #r:tick(100, 5))
+      assert.error_matches(function() r:tick(100, -1) end, "tick's max must be an integer >= 0, got %-1")
+      assert.error_matches(function() r:tick(100, 1.5) end, "tick's max must be an integer")
+    end)
+
     it("replaces a timer with the same key, and cancels by key", function()
       local r = procman.router { workflows = { reminder }, clock = function() return 0 end }
       r:handle { event_type = "open", id = "a" }
