@@ -22,7 +22,7 @@ DEB_PKGS   := lua5.4 liblua5.4-dev lua-busted libcmocka-dev lua-check luarocks \
 export LUA_PATH  := $(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;$(CURDIR)/bench/?.lua;;
 export LUA_CPATH := $(CURDIR)/$(BUILD)/?.so;;
 
-.PHONY: all deps test test-lua test-c lint test-rock demo bench sanitize valgrind soak clean
+.PHONY: all deps test test-lua test-c lint test-rock demo bench sanitize valgrind soak fuzz clean
 
 all: $(BUILD)/procman/core.so $(BUILD)/procman/lineedit.so
 
@@ -59,8 +59,20 @@ $(BUILD)/test/%: csrc/test/%.c $(CORE_SRC) $(CORE_HDR)
 	$(CC) $(CSTD) $(CFLAGS) $(WARN) $(LUA_CFLAGS) -Icsrc -DPROCMAN_LUA_DIR='"$(CURDIR)/lua"' \
 	  $< $(CORE_SRC) -o $@ $(LUA_LIBS) -lcmocka -lm
 
-test-c: $(patsubst csrc/test/%.c,$(BUILD)/test/%,$(TEST_SRC))
-	@for t in $^; do echo "== $$t"; $$t || exit 1; done
+# The fuzz harnesses (fuzz/) run over their seed corpus and the crashers
+# kept in fuzz/regressions/, with the normal compiler: no libFuzzer needed.
+FUZZERS    := decode journal handle
+REGRESS    := $(patsubst %,$(BUILD)/fuzz/regress_%,$(FUZZERS))
+
+$(BUILD)/fuzz/regress_%: fuzz/fuzz_%.c fuzz/run_corpus.c $(CORE_SRC) $(CORE_HDR)
+	@mkdir -p $(dir $@)
+	$(CC) $(CSTD) $(CFLAGS) $(WARN) $(LUA_CFLAGS) -Icsrc -DPROCMAN_LUA_DIR='"$(CURDIR)/lua"' \
+	  $< fuzz/run_corpus.c $(CORE_SRC) -o $@ $(LUA_LIBS) -lm
+
+test-c: $(patsubst csrc/test/%.c,$(BUILD)/test/%,$(TEST_SRC)) $(REGRESS)
+	@for t in $(patsubst csrc/test/%.c,$(BUILD)/test/%,$(TEST_SRC)); do echo "== $$t"; $$t || exit 1; done
+	@for f in $(FUZZERS); do echo "== fuzz corpus: $$f"; \
+	  $(BUILD)/fuzz/regress_$$f fuzz/corpus/$$f $$(ls -d fuzz/regressions/$$f 2>/dev/null) || exit 1; done
 
 demo: deps-build all
 	@$(LUA) examples/seed_session.lua
@@ -84,11 +96,40 @@ valgrind: deps all $(patsubst csrc/test/%.c,$(BUILD)/test/%,$(TEST_SRC))
 	  echo "== valgrind $$t"; \
 	  valgrind --quiet --error-exitcode=1 --leak-check=full --errors-for-leak-kinds=all $$t || exit 1; \
 	done
+	@$(MAKE) --no-print-directory $(REGRESS)
+	@for f in $(FUZZERS); do echo "== valgrind fuzz corpus: $$f"; \
+	  valgrind --quiet --error-exitcode=1 --leak-check=full --errors-for-leak-kinds=definite \
+	    $(BUILD)/fuzz/regress_$$f fuzz/corpus/$$f $$(ls -d fuzz/regressions/$$f 2>/dev/null) || exit 1; done
 
 # The crash soak, long (make test runs 15 rounds): SOAK_ROUNDS kills.
 SOAK_ROUNDS ?= 300
 soak: deps all
 	$(LUA) tools/soak.lua --rounds $(SOAK_ROUNDS)
+
+# libFuzzer (clang), each harness for FUZZ_SECONDS under ASan and UBSan. New
+# inputs go to build/fuzz/corpus-<name>; a crasher stops the run, saved as
+# build/fuzz/crash-<name>-*: keep it in fuzz/regressions/<name>/ once fixed.
+FUZZ_SECONDS ?= 60
+FUZZ_FLAGS := -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all
+
+$(BUILD)/fuzz/fuzz_%: fuzz/fuzz_%.c $(CORE_SRC) $(CORE_HDR) | deps-fuzz
+	@mkdir -p $(dir $@)
+	clang $(FUZZ_FLAGS) $(LUA_CFLAGS) -Icsrc -DPROCMAN_LUA_DIR='"$(CURDIR)/lua"' \
+	  $< $(CORE_SRC) -o $@ $(LUA_LIBS) -lm
+
+deps-fuzz:
+	@sh tools/deps.sh clang libclang-rt-14-dev lua5.4 liblua5.4-dev pkg-config
+
+fuzz: $(patsubst %,$(BUILD)/fuzz/fuzz_%,$(FUZZERS))
+	@for f in $(FUZZERS); do \
+	  echo "== fuzz $$f for $(FUZZ_SECONDS) s"; \
+	  mkdir -p $(BUILD)/fuzz/corpus-$$f; \
+	  $(BUILD)/fuzz/fuzz_$$f -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 -timeout=10 \
+	    -rss_limit_mb=2048 -artifact_prefix=$(BUILD)/fuzz/crash-$$f- \
+	    $(BUILD)/fuzz/corpus-$$f fuzz/corpus/$$f > $(BUILD)/fuzz/log-$$f 2>&1 \
+	    || { tail -40 $(BUILD)/fuzz/log-$$f; exit 1; }; \
+	  grep -E 'DONE|stat::number_of_executed_units|stat::peak_rss' $(BUILD)/fuzz/log-$$f; \
+	done
 
 clean:
 	rm -rf $(BUILD)

@@ -1,0 +1,87 @@
+/*
+** fuzz_handle.c - libFuzzer harness for pm:handle with decoded events.
+**
+** The input is decoded as an event (procman's codec) and handed to a flow
+** of the batch workflow and to a flow of a workflow that keeps whatever it
+** gets; every refused event must leave the flow exactly as it was, and
+** errors must be strings. The flows are renewed now and then so that the
+** history stays short.
+*/
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <stdio.h>
+
+#include "lauxlib.h"
+#include "lualib.h"
+
+#ifndef PROCMAN_LUA_DIR
+#error "build with -DPROCMAN_LUA_DIR=\"<checkout>/lua\""
+#endif
+
+LUAMOD_API int luaopen_procman_core(lua_State *L);
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+static const char *const SETUP =
+  "package.path = '" PROCMAN_LUA_DIR "/?.lua;" PROCMAN_LUA_DIR "/?/init.lua'\n"
+  "local procman = require 'procman'\n"
+  "local batch = require 'procman.workflows.batch'\n"
+  "local keeper = procman.workflow { name = 'keeper', budget = 100000, on = {\n"
+  "  x = function(s, e)\n"
+  "    s.n = (s.n or 0) + 1\n"
+  "    s.last = e\n"
+  "    if e.boom then error(e.boom) end\n"
+  "    if e.loop then while true do end end\n"
+  "    return e.commands or { { command_type = 'kept', e = e } }\n"
+  "  end } }\n"
+  "local flows\n"
+  "local function renew()\n"
+  "  flows = { batch:new('b1'), keeper:new('k1') }\n"
+  "  flows[1]:handle{ event_type = 'batch_created', files = { 'a', 'b', 'c' }, max_attempts = 2 }\n"
+  "end\n"
+  "renew()\n"
+  "local function snap(pm)\n"
+  "  return procman.encode{ pm:state(), pm:status(), pm:version(), pm:history() }\n"
+  "end\n"
+  "function fuzz(bytes)\n"
+  "  local ok, event = pcall(procman.decode, bytes)\n"
+  "  if not ok or type(event) ~= 'table' then return end\n"
+  "  for _, pm in ipairs(flows) do\n"
+  "    local before = snap(pm)\n"
+  "    local done, err = pcall(pm.handle, pm, event)\n"
+  "    if not done then\n"
+  "      assert(type(err) == 'string', 'an error that is not a string')\n"
+  "      assert(snap(pm) == before, 'a refused event changed ' .. tostring(pm) .. ': ' .. err)\n"
+  "    end\n"
+  "  end\n"
+  "  if flows[2]:version() > 20 then renew() end\n"
+  "end\n";
+
+static lua_State *state(void) {
+  static lua_State *L = NULL;
+  if (L == NULL) {
+    L = luaL_newstate();
+    luaL_openlibs(L);
+    luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
+    lua_pushcfunction(L, luaopen_procman_core);
+    lua_setfield(L, -2, "procman.core");
+    lua_pop(L, 1);
+    if (luaL_dostring(L, SETUP) != LUA_OK) {
+      fprintf(stderr, "setup: %s\n", lua_tostring(L, -1));
+      abort();
+    }
+  }
+  return L;
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
+  lua_State *L = state();
+  lua_settop(L, 0);
+  lua_getglobal(L, "fuzz");
+  lua_pushlstring(L, (const char *)data, size);
+  if (lua_pcall(L, 1, 0, 0) != LUA_OK) {
+    fprintf(stderr, "%s\n", lua_tostring(L, -1));
+    abort();
+  }
+  return 0;
+}

@@ -1,0 +1,57 @@
+--- Write the fuzzers' seed corpora (fuzz/corpus/<harness>/): run once from
+-- the checkout when the formats change; the files are kept in the repo.
+--   lua5.4 fuzz/make_corpus.lua
+package.path = "lua/?.lua;lua/?/init.lua;" .. package.path
+package.cpath = "build/?.so;" .. package.cpath
+local procman = require "procman"
+local batch = require "procman.workflows.batch"
+
+local function write(dir, name, bytes)
+  os.execute("mkdir -p fuzz/corpus/" .. dir)
+  local f = assert(io.open("fuzz/corpus/" .. dir .. "/" .. name, "wb"))
+  f:write(bytes)
+  f:close()
+end
+
+-- decode: encodings of values of every kind
+local values = {
+  0, 1, -1, 127, 128, -33, 255, 65536, math.maxinteger, math.mininteger, 1.5, -0.0, 1 / 0, 0 / 0,
+  "", "text", string.rep("x", 40), string.rep("y", 300), "\0\255binary", true, false,
+  {}, { 1, 2, 3 }, { a = 1, b = { c = { d = { 1 } } } }, { [1] = "a", [3] = "c", x = false },
+  { [-5] = 1, [2 ^ 40] = 2, [1.5] = 3 },
+}
+for i, v in ipairs(values) do write("decode", string.format("value%02d", i), procman.encode(v)) end
+
+-- handle: events, as the harness decodes them
+local events = {
+  { event_type = "batch_created", files = { "a", "b" } },
+  { event_type = "file_processed", file = { id = "a", status = "success" } },
+  { event_type = "file_processed", file = { id = "b", status = "error" }, event_id = "e1" },
+  { event_type = "file_processed", file = { id = "c", status = "error", attempt = 1 } },
+  { event_type = "file_timed_out", file = "a", attempt = 1 },
+  { event_type = "x", payload = { 1, 2, { deep = true } } },
+  { event_type = "x", boom = "refused" },
+  { event_type = "x", loop = true },
+  { event_type = "x", commands = { { command_type = "c" }, { nope = 1 } } },
+  { event_type = "x", commands = { procman.after(5, { event_type = "x" }, "k") } },
+  { event_type = "nope" },
+}
+for i, e in ipairs(events) do write("handle", string.format("event%02d", i), procman.encode(e)) end
+
+-- journal: a real router journal, and damaged copies of it
+local path = os.tmpname() .. ".pmj"
+local r = assert(procman.router { workflows = { batch }, journal = path, clock = function() return 0 end })
+r:handle { event_type = "batch_created", batch_id = "b1", files = { "a", "b" }, file_timeout = 5 }
+r:handle { event_type = "file_processed", batch_id = "b1", file = { id = "a", status = "success" } }
+r:ack("batch/b1/1/1")
+r:tick(10)
+r:close()
+local f = assert(io.open(path, "rb"))
+local journal = f:read("a")
+f:close()
+os.remove(path)
+write("journal", "whole", journal)
+write("journal", "torn", journal:sub(1, #journal - 7))
+write("journal", "header", journal:sub(1, 16))
+write("journal", "damaged", journal:sub(1, 40) .. "\0" .. journal:sub(42))
+print("corpora written under fuzz/corpus/")
