@@ -17,12 +17,13 @@ BUILD      := build
 
 # Debian packages the build and the tests need (make deps installs them).
 DEB_PKGS   := lua5.4 liblua5.4-dev lua-busted libcmocka-dev lua-check luarocks \
-              lua-argparse lua-cjson libedit-dev pkg-config gcc make valgrind
+              lua-argparse lua-cjson libedit-dev pkg-config gcc make valgrind \
+              postgresql libpq-dev
 
-export LUA_PATH  := $(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;$(CURDIR)/bench/?.lua;;
+export LUA_PATH  := $(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;$(CURDIR)/pg/lua/?.lua;$(CURDIR)/pg/lua/?/init.lua;$(CURDIR)/bench/?.lua;;
 export LUA_CPATH := $(CURDIR)/$(BUILD)/?.so;;
 
-.PHONY: all deps test test-lua test-c lint test-rock demo bench sanitize valgrind soak fuzz clean
+.PHONY: all deps test test-lua test-c test-pg lint test-rock demo bench sanitize valgrind soak fuzz clean
 
 all: $(BUILD)/procman/core.so $(BUILD)/procman/lineedit.so
 
@@ -36,20 +37,36 @@ $(BUILD)/procman/lineedit.so: csrc/lineedit.c | deps-build
 	@mkdir -p $(dir $@)
 	$(CC) $(CSTD) $(CFLAGS) $(WARN) -fPIC -shared $(LUA_CFLAGS) csrc/lineedit.c -o $@ -ledit
 
+# procman.pg's binding of libpq (its own rock: procman-pg-*.rockspec).
+PQ_CFLAGS = $(shell pkg-config --cflags libpq 2>/dev/null)
+PQ_LIBS   = $(shell pkg-config --libs libpq 2>/dev/null)
+
+$(BUILD)/procman/pg/core.so: pg/csrc/pg.c | deps-build
+	@mkdir -p $(dir $@)
+	$(CC) $(CSTD) $(CFLAGS) $(WARN) -fPIC -shared $(LUA_CFLAGS) $(PQ_CFLAGS) $< -o $@ $(PQ_LIBS)
+
+# procman.pg against a throwaway PostgreSQL cluster (Unix socket only, in a
+# temporary directory, stopped and removed afterwards).
+test-pg: deps all $(BUILD)/procman/pg/core.so
+	@dir=$$(mktemp -d /tmp/procman-pg.XXXXXX); \
+	conninfo=$$(sh tools/pg-cluster.sh start $$dir) || { cat $$dir/*.log; sh tools/pg-cluster.sh stop $$dir; exit 1; }; \
+	PROCMAN_PG="$$conninfo" busted --lua=$(LUA) spec/pg_spec.lua; status=$$?; \
+	sh tools/pg-cluster.sh stop $$dir; exit $$status
+
 # Install missing Debian packages: as root with apt-get, else say how.
 deps:
 	@sh tools/deps.sh $(DEB_PKGS)
 
 deps-build:
-	@sh tools/deps.sh lua5.4 liblua5.4-dev libedit-dev pkg-config gcc make
+	@sh tools/deps.sh lua5.4 liblua5.4-dev libedit-dev libpq-dev pkg-config gcc make
 
-test: deps all test-lua lint test-rock test-c
+test: deps all test-lua lint test-rock test-c test-pg
 
 test-lua: all
 	busted --lua=$(LUA)
 
 lint:
-	luacheck --quiet lua spec bench examples tools bin/procman
+	luacheck --quiet lua pg/lua spec bench examples tools bin/procman
 
 test-rock:
 	@sh tools/test-rock.sh

@@ -9,8 +9,8 @@ local function read(path)
   return text
 end
 
-local function rockspec()
-  local name = assert(io.popen("ls procman-*.rockspec")):read("l")
+local function rockspec(pattern)
+  local name = assert(io.popen("ls " .. (pattern or "procman-[0-9]*.rockspec"))):read("l")
   local env = {}
   assert(load(read(name), "=" .. name, "t", env))()
   return env, name
@@ -29,6 +29,22 @@ describe("the rockspec", function()
       assert.equal(module, listed[path], path .. " is not listed in the rockspec")
     end
     p:close()
+  end)
+
+  it("of procman-pg lists every module under pg/lua/, and builds procman.pg.core", function()
+    local spec = rockspec("procman-pg-*.rockspec")
+    local listed = {}
+    for module, source in pairs(spec.build.modules) do
+      if type(source) == "string" then listed[source] = module end
+    end
+    local p = assert(io.popen("find pg/lua -name '*.lua' | sort"))
+    for path in p:lines() do
+      local module = path:gsub("^pg/lua/", ""):gsub("/init%.lua$", ""):gsub("%.lua$", ""):gsub("/", ".")
+      assert.equal(module, listed[path], path .. " is not listed in procman-pg's rockspec")
+    end
+    p:close()
+    assert.same({ "pg/csrc/pg.c" }, spec.build.modules["procman.pg.core"].sources)
+    assert.equal(procman.version .. "-1", spec.version)
   end)
 
   it("builds procman.core and procman.lineedit from every C source but the tests", function()

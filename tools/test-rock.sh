@@ -1,12 +1,14 @@
 #!/bin/sh
-# Install the rock with LuaRocks into an empty tree, then use it from there
-# (and only from there): require the modules, run the seed session, run the
-# installed command.
+# Install the rocks (procman, then procman-pg) with LuaRocks into an empty
+# tree, then use them from there (and only from there): require the
+# modules, run the seed session, run the installed command.
 set -eu
 tree=$(mktemp -d /tmp/procman-rock.XXXXXX)
 trap 'rm -rf "$tree"' EXIT
-luarocks --lua-version=5.4 make --tree "$tree" procman-*.rockspec >"$tree.log" 2>&1 ||
-  { cat "$tree.log"; rm -f "$tree.log"; exit 1; }
+for rockspec in procman-[0-9]*.rockspec procman-pg-*.rockspec; do
+  luarocks --lua-version=5.4 make --tree "$tree" "$rockspec" >"$tree.log" 2>&1 ||
+    { cat "$tree.log"; rm -f "$tree.log"; exit 1; }
+done
 rm -f "$tree.log"
 TREE="$tree" LUA_PATH="$tree/share/lua/5.4/?.lua;$tree/share/lua/5.4/?/init.lua" \
 LUA_CPATH="$tree/lib/lua/5.4/?.so" \
@@ -20,6 +22,9 @@ lua5.4 -e '
     pm:handle{ event_type = "file_processed", file = { id = f, status = "success" } }
   end
   assert(pm:status() == "success" and procman.decode(procman.encode({ 1 }))[1] == 1)
+  local pg = require "procman.pg"
+  assert(package.searchpath("procman.pg.core", package.cpath):find(os.getenv("TREE"), 1, true))
+  assert(type(pg.worker) == "function" and type(pg.migrate) == "function")
 '
 # the command from the tree; argparse from the system (lua-argparse)
 LUA_PATH="$tree/share/lua/5.4/?.lua;$tree/share/lua/5.4/?/init.lua;;" \
