@@ -23,7 +23,7 @@ DEB_PKGS   := lua5.4 liblua5.4-dev lua-busted libcmocka-dev lua-check luarocks \
 export LUA_PATH  := $(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;$(CURDIR)/pg/lua/?.lua;$(CURDIR)/pg/lua/?/init.lua;$(CURDIR)/bench/?.lua;;
 export LUA_CPATH := $(CURDIR)/$(BUILD)/?.so;;
 
-.PHONY: all deps test test-lua test-c test-pg lint test-rock demo bench sanitize valgrind soak fuzz clean
+.PHONY: all deps test test-lua test-c test-pg bench-pg lint test-rock demo bench sanitize valgrind soak fuzz clean
 
 all: $(BUILD)/procman/core.so $(BUILD)/procman/lineedit.so
 
@@ -96,6 +96,10 @@ demo: deps-build all
 
 bench: deps-build all
 	$(LUA) bench/run.lua
+
+# procman.pg: 1, 2 and 3 workers, appends, latency; the journal side by side.
+bench-pg: deps all $(BUILD)/procman/pg/core.so
+	$(LUA) bench/pg_bench.lua
 
 # AddressSanitizer + UndefinedBehaviorSanitizer: the C tests, and the
 # busted suite against a sanitized build of the module.
