@@ -103,8 +103,9 @@ local function latency(samples)
   local times = {}
   for i = 1, samples do
     local t0 = wall()
-    pg.append(conn, { event_type = "batch_created", batch_id = "lat" .. i, event_id = "lat" .. i, files = { "f" } })
-    while not one("SELECT 1 AS x FROM procman_outbox WHERE command_id = $1", "batch/lat" .. i .. "/1/1") do end
+    local id = "lat" .. i
+    pg.append(conn, { event_type = "batch_created", batch_id = id, event_id = id, files = { "f" } })
+    while not one("SELECT 1 AS x FROM procman_outbox WHERE command_id = $1", "batch/" .. id .. "/1/1") do end
     times[i] = (wall() - t0) * 1000
   end
   os.execute("kill -9 " .. pid)
@@ -124,7 +125,8 @@ local appended
 for k = 1, 3 do
   local rate, append_rate = workers(k, 8)
   appended = appended or append_rate
-  print(string.format("| PostgreSQL, %d worker%s (8 partitions)    | %10.0f |", k, k == 1 and " " or "s", rate))
+  local label = string.format("PostgreSQL, %d worker%s (8 partitions)", k, k == 1 and "" or "s")
+  print(string.format("| %-37s | %10.0f |", label, rate))
 end
 print(string.format("| PostgreSQL, appends (one producer)     | %10.0f |", appended))
 print()

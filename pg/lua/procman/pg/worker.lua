@@ -109,7 +109,9 @@ end
 
 local function live_workers(conn)
   local rows = db.exec(conn, "SELECT count(*) AS n FROM pg_locks WHERE locktype = 'advisory' "
-                             .. "AND classid = $1 AND granted", PRESENCE_LOCK)
+                             .. "AND classid = $1 AND granted AND database = "
+                             .. "(SELECT oid FROM pg_database WHERE datname = current_database())",
+                       PRESENCE_LOCK)
   return math.max(rows[1].n, 1)
 end
 
