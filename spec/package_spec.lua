@@ -17,32 +17,27 @@ local function rockspec(pattern)
 end
 
 describe("the rockspec", function()
-  it("lists every Lua module under lua/, by its module name", function()
-    local spec = rockspec()
+  -- Every Lua file under 'root' is listed in the rockspec, by its module name.
+  local function lists_every_module(spec, root, name)
     local listed = {}
     for module, source in pairs(spec.build.modules) do
       if type(source) == "string" then listed[source] = module end
     end
-    local p = assert(io.popen("find lua -name '*.lua' | sort"))
+    local p = assert(io.popen("find " .. root .. " -name '*.lua' | sort"))
     for path in p:lines() do
-      local module = path:gsub("^lua/", ""):gsub("/init%.lua$", ""):gsub("%.lua$", ""):gsub("/", ".")
-      assert.equal(module, listed[path], path .. " is not listed in the rockspec")
+      local module = path:sub(#root + 2):gsub("/init%.lua$", ""):gsub("%.lua$", ""):gsub("/", ".")
+      assert.equal(module, listed[path], path .. " is not listed in " .. name)
     end
     p:close()
+  end
+
+  it("lists every Lua module under lua/, by its module name", function()
+    lists_every_module(rockspec(), "lua", "the rockspec")
   end)
 
   it("of procman-pg lists every module under pg/lua/, and builds procman.pg.core", function()
     local spec = rockspec("procman-pg-*.rockspec")
-    local listed = {}
-    for module, source in pairs(spec.build.modules) do
-      if type(source) == "string" then listed[source] = module end
-    end
-    local p = assert(io.popen("find pg/lua -name '*.lua' | sort"))
-    for path in p:lines() do
-      local module = path:gsub("^pg/lua/", ""):gsub("/init%.lua$", ""):gsub("%.lua$", ""):gsub("/", ".")
-      assert.equal(module, listed[path], path .. " is not listed in procman-pg's rockspec")
-    end
-    p:close()
+    lists_every_module(spec, "pg/lua", "procman-pg's rockspec")
     assert.same({ "pg/csrc/pg.c" }, spec.build.modules["procman.pg.core"].sources)
     assert.equal(procman.version .. "-1", spec.version)
   end)
