@@ -12,7 +12,7 @@ local batch = require "procman.workflows.batch"
 local order = require "procman.workflows.order"
 local events_of = require "spec.support.pg_workload"
 
-local FLOWS = tonumber(arg[1]) or 2000
+local FLOWS = tonumber(arg[1]) or 6000
 local SEED = 11
 
 local function wall()
@@ -119,16 +119,16 @@ print(string.format("procman.pg on this machine (%s cores, PostgreSQL on the sam
 print()
 print("| run                                   |   events/s |")
 print("|---------------------------------------|------------|")
-print(string.format("| embedded journal, sync always          | %10.0f |", embedded("always")))
-print(string.format("| embedded journal, sync none            | %10.0f |", embedded("none")))
+local function row(label, rate) print(string.format("| %-37s | %10.0f |", label, rate)) end
+row("embedded journal, sync always", embedded("always"))
+row("embedded journal, sync none", embedded("none"))
 local appended
 for k = 1, 3 do
   local rate, append_rate = workers(k, 8)
   appended = appended or append_rate
-  local label = string.format("PostgreSQL, %d worker%s (8 partitions)", k, k == 1 and "" or "s")
-  print(string.format("| %-37s | %10.0f |", label, rate))
+  row(string.format("PostgreSQL, %d worker%s (8 partitions)", k, k == 1 and "" or "s"), rate)
 end
-print(string.format("| PostgreSQL, appends (one producer)     | %10.0f |", appended))
+row("PostgreSQL, appends (one producer)", appended)
 print()
 local median, p99 = latency(200)
 print(string.format("Latency from append to its command in the outbox (1 worker polling every 20 ms, "
