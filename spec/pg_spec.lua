@@ -80,6 +80,25 @@ describe("procman.pg", function()
                          "event is not data")
   end)
 
+  it("appends several events in one transaction, visible together at the commit", function()
+    local positions = pg.transaction(conn, function(c)
+      local list = {}
+      for i = 1, 3 do
+        list[i] = pg.append(c, { event_type = "batch_created", batch_id = "t" .. i, event_id = "t" .. i, files = {} })
+      end
+      return list
+    end)
+    assert.same({ positions[1], positions[1] + 1, positions[1] + 2 }, positions)
+    assert.equal(3, one("SELECT count(*) AS n FROM procman_events").n)
+    assert.error_matches(function()
+      pg.transaction(conn, function(c)
+        pg.append(c, { event_type = "batch_created", batch_id = "t9", event_id = "t9", files = {} })
+        error("the producer changed its mind")
+      end)
+    end, "the producer changed its mind")
+    assert.equal(3, one("SELECT count(*) AS n FROM procman_events").n)  -- rolled back
+  end)
+
   it("sends parameters as parameters: SQL in data stays data", function()
     local evil = "x'); DROP TABLE procman_events; --"
     assert.truthy(pg.append(conn, { event_type = "batch_created", batch_id = evil, event_id = evil, files = {} }))
