@@ -26,6 +26,8 @@ local workflow = require "procman.workflow"
 local pretty = require "procman.pretty"
 local timers = require "procman.timers"
 local records = require "procman.records"
+local outbox = require "procman.outbox"
+local compaction = require "procman.compaction"
 
 local encode, decode, copy = core.encode, core.decode, core.copy
 
@@ -113,46 +115,6 @@ local function check_options(given)
     fail('on_unroutable must be "raise" or "dead_letter", got %s', tostring(u))
   end
   return opts
-end
-
--- ---------------------------------------------------------------------
--- The outbox
--- ---------------------------------------------------------------------
-
--- The queue holds envelopes in emission order from 'head' to 'tail'; acked
--- ones are dropped from the front. (Not '#queue': with the front cleared
--- the length of the table is not defined.)
-local function enqueue(self, envelope)
-  self.tail = self.tail + 1
-  self.queue[self.tail] = envelope
-  self.pending_by_id[envelope.id] = envelope
-  self.pending_count = self.pending_count + 1
-end
-
--- Add the envelopes of one flow's commands; ids are deterministic: the
--- workflow, the flow, the flow's version after the event, the index. The
--- outbox keeps its own copy of each command: a handler that kept the table
--- cannot change a pending command later, nor make the live outbox differ
--- from a recovered one.
-local function emit(self, name, flow_id, version, commands, out)
-  for i, command in ipairs(commands) do
-    local envelope = { id = records.command_id(name, flow_id, version, i),
-                       workflow = name, flow = flow_id, command = copy(command) }
-    enqueue(self, envelope)
-    if out then out[#out + 1] = copy(envelope) end
-  end
-end
-
-local function forget_pending(self, id)
-  self.pending_by_id[id] = nil
-  self.pending_count = self.pending_count - 1
-  local q, head = self.queue, self.head
-  while head <= self.tail and self.pending_by_id[q[head].id] == nil do
-    q[head] = nil
-    head = head + 1
-  end
-  if head > self.tail then self.queue, head, self.tail = {}, 1, 0 end
-  self.head = head
 end
 
 -- ---------------------------------------------------------------------
@@ -345,7 +307,7 @@ local function settle(self, targets, record, out)
     if t.resumed and not t.parked_error then unpark_front(self, name, flow_id) end
     if t.committed then
       self.live[name][flow_id] = t.pm
-      emit(self, name, flow_id, t.pm:version(), t.plain, out)
+      self.outbox:emit(name, flow_id, t.pm:version(), t.plain, out)
       if t.directives then set_timers(self, name, flow_id, t.directives, record) end
       local done = t.done
       if done == nil then done = t.pm:done() end  -- replay: what the code says now
@@ -553,7 +515,7 @@ local function restore_record(self, kind, rec, offset)
     local spec = spec_for(self, rec.workflow, offset)
     self.live[spec.name][rec.flow] = core.restore(spec, rec.flow, rec.state, rec.version, rec.seen)
   elseif kind == RECORD_OUTBOX then
-    enqueue(self, rec)
+    self.outbox:add(rec)
   elseif kind == RECORD_COMPLETED then
     remember_completed(self, spec_for(self, rec.workflow, offset).name, rec.flow, rec.status)
   elseif kind == RECORD_SEQ then
@@ -581,7 +543,7 @@ local function recover(self, j)
     if kind == RECORD_EVENT then
       replay_event(self, rec, offset)
     elseif kind == RECORD_ACK then
-      if self.pending_by_id[rec.id] then forget_pending(self, rec.id) end
+      if self.outbox:has(rec.id) then self.outbox:forget(rec.id) end
     elseif kind >= RECORD_FLOW and kind <= RECORD_DEAD then
       restore_record(self, kind, rec, offset)
     else
@@ -780,23 +742,18 @@ end
 --- r:pending() -> the envelopes not yet acked, in emission order (copies).
 function Router:pending()
   check_open(self)
-  local out = {}
-  for i = self.head, self.tail do
-    local e = self.queue[i]
-    if self.pending_by_id[e.id] then out[#out + 1] = copy(e) end
-  end
-  return out
+  return self.outbox:list()
 end
 
 --- r:ack(id) -> true, or nil, message if the journal cannot take it.
 function Router:ack(id)
   check_open(self)
-  if type(id) ~= "string" or self.pending_by_id[id] == nil then
+  if type(id) ~= "string" or not self.outbox:has(id) then
     fail("no pending command with id %s", tostring(id))
   end
   local ok, err = append(self, RECORD_ACK, encode({ id = id }))
   if not ok then return nil, err end
-  after_journaling(self, pcall(forget_pending, self, id))
+  after_journaling(self, pcall(self.outbox.forget, self.outbox, id))
   return true
 end
 
@@ -856,81 +813,10 @@ function Router:stats()
   for _, spec in ipairs(self.specs) do
     for _, list in pairs(self.timers_of[spec.name]) do timer_count = timer_count + #list end
   end
-  return { live = live, completed = self.finished_count, pending = self.pending_count,
+  return { live = live, completed = self.finished_count, pending = self.outbox.count,
            parked = self.parked_count, timers = timer_count, dead_letters = #self.dead,
            journal_bytes = self.journal and self.journal:size() or 0,
            recovered = self.recovered, dropped = self.dropped, seq = self.seq }
-end
-
--- The records of a compacted journal: the router's state now.
-local function state_records(self)
-  local out = { { RECORD_SEQ, { seq = self.seq } } }
-  for _, spec in ipairs(self.specs) do
-    for flow_id, final in pairs(self.finished[spec.name]) do  -- ids are let go here
-      out[#out + 1] = { RECORD_COMPLETED, { workflow = spec.name, flow = flow_id,
-                                                    status = final.status } }
-    end
-    for flow_id, pm in pairs(self.live[spec.name]) do
-      local state, version, seen = core.snapshot(pm)
-      out[#out + 1] = { RECORD_FLOW, { workflow = spec.name, flow = flow_id, state = state,
-                                               version = version, seen = seen, status = pm:status() } }
-    end
-  end
-  for _, spec in ipairs(self.specs) do
-    local name = spec.name
-    for flow_id, p in pairs(self.parked_of[name]) do
-      out[#out + 1] = { RECORD_PARKED, { workflow = name, flow = flow_id, error = p.error,
-                                                 events = p.events } }
-    end
-    for flow_id, list in pairs(self.timers_of[name]) do
-      for _, t in ipairs(list) do
-        out[#out + 1] = { RECORD_TIMER, { workflow = name, flow = flow_id, key = t.key,
-                                                  due = t.due, event = t.event, seq = t.seq,
-                                                  index = t.index } }
-      end
-    end
-  end
-  for _, letter in ipairs(self.dead) do out[#out + 1] = { RECORD_DEAD, letter } end
-  for _, envelope in ipairs(self:pending()) do
-    out[#out + 1] = { RECORD_OUTBOX, envelope }
-  end
-  return out
-end
-
--- Write the records of 'list' to a new journal at 'tmp', durably; true or nil, message.
-local function write_journal(tmp, list)
-  os.remove(tmp)  -- left by a compaction that crashed: we hold the lock
-  local j, err = core.journal_create(tmp, { sync = "batch" })
-  if not j then return nil, err end
-  for _, r in ipairs(list) do
-    local at, why = j:append(r[1], encode(r[2]))
-    if not at then
-      j:close()
-      os.remove(tmp)
-      return nil, why
-    end
-  end
-  local ok, why = j:close()  -- syncs
-  if not ok then
-    os.remove(tmp)
-    return nil, why
-  end
-  return true
-end
-
--- Past compaction's point of no return: the new journal is in place. Use
--- it, as after a restart (completed flows' ids are gone). 'replaced' is
--- false when its name is not known to be durable: then records appended
--- to it could go with it in a crash, so the router stops instead.
-local function switch_journal(self, replaced, why)
-  if not replaced then error(why, 0) end
-  self.journal:close()  -- the old file, now unlinked
-  local j, info = core.journal_open(self.journal_path, { sync = self.sync })
-  if not j then error("cannot reopen the journal: " .. info, 0) end
-  self.journal = j
-  for _, spec in ipairs(self.specs) do
-    for _, final in pairs(self.finished[spec.name]) do final.seen = nil end
-  end
 end
 
 --- r:compact() -> true, or nil, message: rewrite the journal as snapshots
@@ -942,25 +828,7 @@ end
 function Router:compact()
   check_open(self)
   if not self.journal then fail("compact needs a journal") end
-  local tmp = self.journal_path .. ".compact"
-  local ok, err = write_journal(tmp, state_records(self))
-  if not ok then return nil, "procman.router: compaction failed, the journal is unchanged: " .. err end
-  local called, replaced, why, _, renamed = pcall(core.journal_replace, tmp, self.journal_path)
-  if not called then  -- raised (out of memory): whether it renamed is unknown
-    replaced, why, renamed = false, replaced, true
-  end
-  if not replaced and not renamed then
-    os.remove(tmp)
-    return nil, "procman.router: compaction failed, the journal is unchanged: " .. why
-  end
-  local switched, problem = pcall(switch_journal, self, replaced, why)
-  if not switched then
-    self.closed = true
-    pcall(self.journal.close, self.journal)
-    error("procman.router: compacted, but " .. tostring(problem) .. "; this router is closed: open "
-          .. "the journal again (before or after a crash it holds the same state)", 0)
-  end
-  return true
+  return compaction.compact(self)
 end
 
 --- r:flush() -> true, or nil, message: make every record durable.
@@ -1004,7 +872,7 @@ return function(given)
   local specs, by_name = check_workflows(opts.workflows)
   local self = setmetatable({
     specs = specs, by_name = by_name, live = {}, finished = {}, finished_count = 0,
-    queue = {}, head = 1, tail = 0, pending_by_id = {}, pending_count = 0,
+    outbox = outbox.new(),
     timers_of = {}, parked_of = {}, parked_count = 0, dead = {},
     seq = 0, recovered = 0, dropped = 0, closed = false,
     clock = opts.clock or os.time,
