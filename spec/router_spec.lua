@@ -10,6 +10,24 @@ local routers = require "spec.support.routers"
 local snapshot, refuses = routers.snapshot, routers.refuses
 
 describe("procman.router", function()
+  describe("depth", function()
+    local deep = procman.workflow { name = "deep", correlate = "id", starts = { "x" },
+                                    on = { x = function(state, event) state.last = event.v end } }
+    local function nested(depth)  -- an event 'depth' tables deep
+      local v = {}
+      for _ = 1, depth - 2 do v = { v } end
+      return { event_type = "x", id = 1, v = v }
+    end
+
+    it("takes events nested 99 deep, and refuses deeper ones, changing nothing", function()
+      local r = procman.router { workflows = { deep } }
+      refuses(r, nested(100), "procman.router: event 'x' is not data: procman.encode: cannot encode "
+                              .. "tables nested more than 100 deep")
+      assert.same({}, r:handle(nested(99)))
+      assert.equal(1, r:flow("deep", 1):version())
+    end)
+  end)
+
   describe("routing", function()
     it("starts flows, routes by correlation id, and returns envelopes", function()
       local r = procman.router { workflows = { batch, order } }
