@@ -448,7 +448,7 @@ describe("procman.router", function()
             'workflows[2] is not a workflow (see procman.workflow); a second result of require? write (require "...")')
     refused({ workflows = { batch, batch } }, 'workflows[2]: two workflows are named "batch"')
     refused({ workflows = { procman.workflow { name = "w", on = { a = function() end } } } },
-            'workflow "w" has no correlate: the router cannot tell its flows apart')
+            'workflow "w" has no correlate: its flows cannot be told apart')
     refused({ workflows = { batch }, sync = "sometimes" }, 'sync must be "always", "batch" or "none", got sometimes')
     refused({ workflows = { batch }, journal = 5 }, "journal must be a file path, got number")
     refused({ workflows = { batch }, on_divergence = "ignore" }, 'on_divergence must be "error" or "warn", got ignore')

@@ -61,25 +61,8 @@ end
 -- ---------------------------------------------------------------------
 
 local function check_workflows(list)
-  if type(list) ~= "table" or rawlen(list) == 0 then
-    fail("workflows must be a non-empty array of workflows, got %s", type(list))
-  end
-  local specs, by_name = {}, {}
-  for i = 1, rawlen(list) do
-    local wf = rawget(list, i)
-    local spec = workflow.spec(wf)
-    if spec == nil then
-      -- { require "m" } also keeps require's second result, the file name
-      local hint = (type(wf) == "string" and wf:match("%.lua$"))
-                   and "; a second result of require? write (require \"...\")" or ""
-      fail("workflows[%d] is not a workflow (see procman.workflow)%s", i, hint)
-    end
-    if by_name[spec.name] then fail("workflows[%d]: two workflows are named %q", i, spec.name) end
-    if spec.correlate == nil then
-      fail("workflow %q has no correlate: the router cannot tell its flows apart", spec.name)
-    end
-    specs[i], by_name[spec.name] = spec, spec
-  end
+  local specs, by_name = workflow.routable(list)
+  if not specs then fail("%s", by_name) end
   return specs, by_name
 end
 

@@ -219,6 +219,35 @@ function M.spec(wf)
   return specs[wf]
 end
 
+--- routable(list) -> specs (in order), by_name; or nil and what is wrong:
+-- the workflows of a router or a worker, which must be a non-empty array
+-- of workflows with distinct names, each with a correlate (a router cannot
+-- tell a workflow's flows apart without one). Read with rawlen/rawget.
+function M.routable(list)
+  if type(list) ~= "table" or rawlen(list) == 0 then
+    return nil, string.format("workflows must be a non-empty array of workflows, got %s", type(list))
+  end
+  local ordered, by_name = {}, {}
+  for i = 1, rawlen(list) do
+    local wf = rawget(list, i)
+    local spec = specs[wf]
+    if spec == nil then
+      -- { require "m" } also keeps require's second result, the file name
+      local hint = (type(wf) == "string" and wf:match("%.lua$"))
+                   and "; a second result of require? write (require \"...\")" or ""
+      return nil, string.format("workflows[%d] is not a workflow (see procman.workflow)%s", i, hint)
+    end
+    if by_name[spec.name] then
+      return nil, string.format("workflows[%d]: two workflows are named %q", i, spec.name)
+    end
+    if spec.correlate == nil then
+      return nil, string.format("workflow %q has no correlate: its flows cannot be told apart", spec.name)
+    end
+    ordered[i], by_name[spec.name] = spec, spec
+  end
+  return ordered, by_name
+end
+
 --- Is 'v' a workflow object?
 function M.is_workflow(v)
   return specs[v] ~= nil

@@ -51,9 +51,6 @@ end
 local function check_options(opts)
   if type(opts) ~= "table" then fail("options must be a table, got %s", type(opts)) end
   if type(opts.conninfo) ~= "string" then fail("conninfo must be a string, got %s", type(opts.conninfo)) end
-  if type(opts.workflows) ~= "table" or #opts.workflows == 0 then
-    fail("workflows must be a non-empty array of workflows")
-  end
   local n = opts.partitions or 16
   if math.type(n) ~= "integer" or n < 1 or n > 100000 then
     fail("partitions must be an integer from 1 to 100000, got %s", tostring(n))
@@ -65,14 +62,8 @@ local function check_options(opts)
 end
 
 local function specs_of(list)
-  local specs, by_name = {}, {}
-  for i, wf in ipairs(list) do
-    local spec = workflow.spec(wf)
-    if spec == nil then fail("workflows[%d] is not a workflow", i) end
-    if spec.correlate == nil then fail("workflow %q has no correlate", spec.name) end
-    if by_name[spec.name] then fail("two workflows are named %q", spec.name) end
-    specs[i], by_name[spec.name] = spec, spec
-  end
+  local specs, by_name = workflow.routable(list)
+  if not specs then fail("%s", by_name) end
   return specs, by_name
 end
 
