@@ -109,6 +109,7 @@ describe("procman.pg", function()
     local now = 100
     local w = pg.worker { conninfo = conninfo, workflows = { batch, order }, partitions = 4,
                           clock = function() return now end }
+    finally(function() w:close() end)
     pg.append(conn, { event_type = "batch_created", batch_id = "b1", event_id = "1", files = { "a", "b" },
                       file_timeout = 5 })
     pg.append(conn, { event_type = "file_processed", batch_id = "b1", event_id = "2",
@@ -130,6 +131,41 @@ describe("procman.pg", function()
     assert.equal(2, pg.dispatch(conn, function(_, envelope) sent[#sent + 1] = envelope.id end))
     assert.same({ "batch/b1/1/1", "batch/b1/1/2" }, sent)
     assert.equal(0, pg.dispatch(conn, function() end))
+    w:close()
+  end)
+
+  it("turns whatever a workflow does wrong into dead letters, and goes on", function()
+    local clumsy = procman.workflow {
+      name = "clumsy", correlate = "id", starts = { "go", "bad_init" },
+      init = function(id) if id == "bad" then error("init fails for " .. id, 0) end return { n = 0 } end,
+      on = {
+        go = function(state) state.n = state.n + 1 return { { command_type = "went", n = state.n } } end,
+        bad_init = function() end,
+        bad_directive = function(state) state.n = state.n + 1
+          return { { command_type = "procman.after", seconds = "soon", event = { event_type = "go" } } } end,
+        not_data = function(state) state.n = state.n + 1 return { { command_type = "x", f = print } } end,
+      },
+    }
+    local w = pg.worker { conninfo = conninfo, workflows = { clumsy }, partitions = 2 }
+    finally(function() w:close() end)  -- its locks would hold partitions from the next tests
+    for i, e in ipairs { { event_type = "go", id = "a" }, { event_type = "bad_init", id = "bad" },
+                         { event_type = "bad_directive", id = "a" }, { event_type = "not_data", id = "a" },
+                         { event_type = "go", id = "a" } } do
+      e.event_id = "e" .. i
+      pg.append(conn, e)
+    end
+    assert.equal(5, w:step())
+    local dead = assert(conn:exec("SELECT error FROM procman_dead_letters ORDER BY position"))
+    assert.equal(3, #dead)
+    assert.matches("init fails for bad", dead[1].error)
+    assert.matches("procman.after: seconds must be", dead[2].error)
+    assert.matches("cannot encode a function", dead[3].error)
+    assert.same({ version = 2, state = { n = 2 } },
+                (function()
+                  local f = one("SELECT version, state FROM procman_flows WHERE flow_id = 'a'")
+                  return { version = f.version, state = procman.decode(f.state) }
+                end)())
+    assert.equal(2, one("SELECT count(*) AS n FROM procman_outbox").n)
     w:close()
   end)
 

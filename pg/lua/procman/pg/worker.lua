@@ -192,44 +192,69 @@ local function dead_letter(work, position, name, flow_id, err, event)
                                 error = tostring(err), event = encode(event) }
 end
 
--- Handle an event on one flow of an owned partition, into 'work'.
-local function handle(self, work, spec, flow_id, p, event, position, fired)
+-- The commands of a handled event into 'work' (outbox rows, timers); may
+-- raise (bad directives, commands that are not data, a done() that fails).
+local function record_commands(work, entry, spec, flow_id, commands, position)
   local name = spec.name
-  local entry = load_flow(self, spec, flow_id, p)
-  if entry == nil then
-    if not spec.starts_set[event.event_type] then
-      local why = string.format("no flow %s/%s for %s", name, tostring(flow_id), event.event_type)
-      return dead_letter(work, position, name, flow_id, why, event)
-    end
-    entry = { partition = p, pm = core.new(spec, flow_id) }
-    self.cache[name][flow_id] = entry
-  elseif entry.done then
-    return dead_letter(work, position, name, flow_id, string.format(
-      "flow %s/%s is complete (%s): event '%s' came after it finished", name, tostring(flow_id),
-      tostring(entry.status), event.event_type), event)
-  end
-  if fired then entry.timers = timers.remove(entry.timers, fired.seq, fired.index) end
-  local before = entry.pm:version()
-  local ok, commands = pcall(entry.pm.handle, entry.pm, event)
-  if not ok then
-    if fired then work.changed[entry] = { spec = spec, flow = flow_id } end  -- the timer is gone
-    return dead_letter(work, position, name, flow_id, commands, event)
-  end
-  if entry.pm:version() == before and not fired then return end  -- a redelivery
   local plain, directives = timers.split(commands)
   local version = entry.pm:version()
+  local rows = {}
   for i, command in ipairs(plain) do
     local id = records.command_id(name, flow_id, version, i)
-    work.outbox[#work.outbox + 1] = { id = id, workflow = name, flow = flow_id, position = position,
-                                      envelope = encode { id = id, workflow = name, flow = flow_id,
-                                                          command = command } }
+    rows[i] = { id = id, workflow = name, flow = flow_id, position = position,
+                envelope = encode { id = id, workflow = name, flow = flow_id, command = command } }
   end
+  local done, status = entry.pm:done(), entry.pm:status()
+  -- nothing below raises: the flow and 'work' change together
+  table.move(rows, 1, #rows, #work.outbox + 1, work.outbox)
   if directives then  -- timers named by the flow's version: the same in every worker
     entry.timers = timers.apply(entry.timers, directives, work.now, version)
     entry.timers_changed = true
   end
-  if fired then entry.timers_changed = true end
-  entry.done, entry.status = entry.pm:done(), entry.pm:status()
+  entry.done, entry.status = done, status
+end
+
+-- A flow for an event: the cached or stored one, or a new one for an event
+-- that starts flows; nil and why it cannot take the event.
+local function flow_for(self, spec, flow_id, p, event)
+  local name = spec.name
+  local entry = load_flow(self, spec, flow_id, p)
+  if entry == nil then
+    if not spec.starts_set[event.event_type] then
+      return nil, string.format("no flow %s/%s for %s", name, tostring(flow_id), event.event_type)
+    end
+    local ok, pm = pcall(core.new, spec, flow_id)
+    if not ok then return nil, pm end
+    entry = { partition = p, pm = pm }
+    self.cache[name][flow_id] = entry
+  elseif entry.done then
+    return nil, string.format("flow %s/%s is complete (%s): event '%s' came after it finished", name,
+                              tostring(flow_id), tostring(entry.status), event.event_type)
+  end
+  return entry
+end
+
+-- Handle an event on one flow of an owned partition, into 'work'. Whatever
+-- the workflow does wrong (its handler refuses the event, returns bad
+-- commands or directives, init or done fail), the flow is left as it was
+-- and the event becomes a dead letter.
+local function handle(self, work, spec, flow_id, p, event, position, fired)
+  local name = spec.name
+  local entry, why = flow_for(self, spec, flow_id, p, event)
+  if entry == nil then return dead_letter(work, position, name, flow_id, why, event) end
+  if fired then  -- the timer is gone, whatever happens to its event
+    entry.timers = timers.remove(entry.timers, fired.seq, fired.index)
+    entry.timers_changed = true
+    work.changed[entry] = { spec = spec, flow = flow_id }
+  end
+  local before = entry.pm:version()
+  local ok, commands = pcall(entry.pm.handle, entry.pm, event)
+  if ok and entry.pm:version() == before then return end  -- a redelivery
+  if ok then ok, why = pcall(record_commands, work, entry, spec, flow_id, commands, position) end
+  if not ok then
+    if entry.pm:version() > before then core.undo(entry.pm) end
+    return dead_letter(work, position, name, flow_id, why or commands, event)
+  end
   work.changed[entry] = { spec = spec, flow = flow_id }
   work.handled = work.handled + 1
 end
@@ -351,9 +376,31 @@ local function route(self, work, event, position)
   end
 end
 
+-- Run a step or a tick; any error drops the cache (the store is the truth)
+-- and comes back as nil, message.
+local function protected(self, fn, ...)
+  local ok, n, err = pcall(fn, self, ...)
+  if ok then return n, err end
+  for _, spec in ipairs(self.specs) do self.cache[spec.name] = {} end
+  return nil, tostring(n)
+end
+
+local step, tick
+
 --- w:step() -> how many events it read (0: nothing new), or nil, message
 -- (the batch was rolled back; the next step reads it again).
 function Worker:step()
+  return protected(self, step)
+end
+
+--- w:tick([now]) -> how many timers fired, or nil, message: inject the
+-- events of the timers due at 'now' (default the clock) in this worker's
+-- partitions, in due order, in one transaction.
+function Worker:tick(now)
+  return protected(self, tick, now)
+end
+
+function step(self)
   self:claim()
   local from = lowest_checkpoint(self)
   if from == nil then return 0 end
@@ -369,10 +416,7 @@ function Worker:step()
   return #rows
 end
 
---- w:tick([now]) -> how many timers fired, or nil, message: inject the
--- events of the timers due at 'now' (default the clock) in this worker's
--- partitions, in due order, in one transaction.
-function Worker:tick(now)
+function tick(self, now)
   self:claim()
   now = now or self.clock()
   local list = self:owned_partitions()
