@@ -14,9 +14,6 @@ local M = {
   DEAD = 10,      -- { event, error }
 }
 
-M.NAMES = { "event", "ack", "flow", "outbox", "completed", "seq", "skip", "timer", "parked",
-            "dead letter" }
-
 --- The id of a flow's i-th command after the event that took it to
 -- 'version': deterministic, so receivers can deduplicate.
 function M.command_id(workflow, flow_id, version, i)
