@@ -53,6 +53,7 @@ build = {
     ["procman.cli.diagram"] = "lua/procman/cli/diagram.lua",
     ["procman.router"] = "lua/procman/router.lua",
     ["procman.timers"] = "lua/procman/timers.lua",
+    ["procman.message"] = "lua/procman/message.lua",
     ["procman.records"] = "lua/procman/records.lua",
     ["procman.outbox"] = "lua/procman/outbox.lua",
     ["procman.compaction"] = "lua/procman/compaction.lua",

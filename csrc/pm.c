@@ -358,8 +358,10 @@ static int abort_handle(lua_State *L, int status, const char *type) {
     lua_pop(L, 1);
   if (status == LUA_OK)
     return flow_error(L, 1, "%s", lua_tostring(L, -1));
-  if (status == LUA_ERRMEM || lua_type(L, -1) != LUA_TSTRING)
-    return lua_error(L);  /* memory errors and error objects pass as they are */
+  /* memory errors and error objects pass as they are; a number is a
+  ** message, as Lua's own message handler takes it */
+  if (status == LUA_ERRMEM || !lua_isstring(L, -1))
+    return lua_error(L);
   return flow_error(L, 1, "handler for '%s' failed: %s", type, lua_tostring(L, -1));
 }
 

@@ -137,6 +137,47 @@ describe("hostile input", function()
     end
   end)
 
+  describe("error objects whose __tostring fails", function()
+    local evil = setmetatable({}, { __tostring = function() error("gotcha", 0) end })
+    local odd = setmetatable({}, { __tostring = function() return {} end })
+    local function workflows(raised)
+      local calm = procman.workflow { name = "calm", correlate = "id", starts = { "go" }, on = {
+        go = function(state) state.n = 1 end,
+        poke = function(state) state.n = state.n + 1; return { { command_type = "poked" } } end } }
+      local wild = procman.workflow { name = "wild", correlate = "id", starts = { "go" }, on = {
+        go = function() end,
+        poke = function() error(raised) end } }
+      return { calm, wild }
+    end
+
+    for name, raised in pairs { evil = evil, odd = odd } do
+      it("are reported by a router that raises, " .. name, function()
+        local r = procman.router { workflows = workflows(raised) }
+        r:handle { event_type = "go", id = "f1" }
+        local before = routers.snapshot(r)
+        local ok, err = pcall(r.handle, r, { event_type = "poke", id = "f1" })
+        assert.is_false(ok)
+        assert.matches("^wild/f1: handler for 'poke' failed: %(an error object, a table, whose __tostring failed", err)
+        assert.same(before, routers.snapshot(r))
+      end)
+
+      it("park their flow with the report, " .. name, function()
+        local r = procman.router { workflows = workflows(raised), on_error = "park" }
+        r:handle { event_type = "go", id = "f1" }
+        local out = r:handle { event_type = "poke", id = "f1" }
+        assert.equal(1, #out)
+        assert.matches("__tostring failed", r:parked()[1].error)
+      end)
+    end
+
+    it("are reported by procman.testing", function()
+      local t = require "procman.testing"
+      t.given(workflows(evil)[2], { { event_type = "go", id = "f1" } })
+        :when { event_type = "poke", id = "f1" }
+        :expect_error "an error object, a table, whose __tostring failed: gotcha"
+    end)
+  end)
+
   it("at the router's methods, which change nothing when they refuse", function()
     math.randomseed(2024)
     local path = files.temp_path()

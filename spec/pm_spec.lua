@@ -28,6 +28,10 @@ local function counter(extra)
         state.n = -2
         error({ code = 42 })
       end,
+      raise_number = function(state)
+        state.n = -3
+        error(100)
+      end,
       keep_event = function(state, event)
         state.kept = event.payload
       end,
@@ -151,6 +155,11 @@ describe("procman.pm", function()
       assert.is_false(ok)
       assert.same({ code = 42 }, err)
       assert.same(before, flow.snapshot(pm))
+    end)
+
+    it("takes a number raised by a handler as a message, like a string", function()
+      local pm = counter():new("c1")
+      flow.refuses(pm, { event_type = "raise_number" }, "counter/c1: handler for 'raise_number' failed: 100")
     end)
 
     it("stays dirty when the rebuild fails too, and rebuilds on a later use", function()

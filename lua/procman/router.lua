@@ -28,6 +28,7 @@ local timers = require "procman.timers"
 local records = require "procman.records"
 local outbox = require "procman.outbox"
 local compaction = require "procman.compaction"
+local message = require "procman.message"
 
 local encode, decode, copy = core.encode, core.decode, core.copy
 
@@ -177,11 +178,15 @@ end
 local function run(t, event)
   local ok, result = true, t.pm
   if result == nil then ok, result = pcall(core.new, t.spec, t.flow) end
-  if not ok then return tostring(result) end
+  if not ok then return message(result) end
   t.pm = result
   local before = result:version()
   ok, result = pcall(result.handle, result, event)
-  if not ok then return tostring(result) end
+  if not ok and type(result) ~= "string" then  -- a handler's error object: pm:handle passed it as it is
+    return string.format("%s: handler for '%s' failed: %s", label(t.spec.name, t.flow),
+                         rawget(event, "event_type"), message(result))
+  end
+  if not ok then return result end
   t.committed = t.pm:version() > before
   local plain, directives
   ok, plain, directives = pcall(timers.split, result)
@@ -346,7 +351,7 @@ local function encode_record(self, targets, event, extra)
   if record == nil then return nil end
   local ok, bytes = pcall(encode, record)
   if ok then return record, bytes end
-  if tostring(bytes):find(NO_MEMORY, 1, true) then
+  if message(bytes):find(NO_MEMORY, 1, true) then
     undo(targets, #targets)
     error(bytes, 0)
   end
@@ -392,7 +397,7 @@ local function after_journaling(self, ok, err)
   if self.journal then self.journal:close() end
   self.closed = true
   error(string.format("procman.router: %s after journaling (sequence %d); this router is closed: "
-                      .. "open the journal again to go on", tostring(err), self.seq), 0)
+                      .. "open the journal again to go on", message(err), self.seq), 0)
 end
 
 -- Apply an event to its targets, journal it, settle. Atomic: on any
@@ -551,7 +556,7 @@ local function open_journal(self, opts)
   local ok, err = pcall(recover, self, j)
   if not ok then
     j:close()
-    err = tostring(err)
+    err = message(err)
     error(err:find("^procman%.router: ") and err or "procman.router: " .. err, 0)
   end
   return true
@@ -573,7 +578,7 @@ end
 -- An event the router cannot route: raise, or keep it as a dead letter.
 local function unroutable(self, event, err)
   if self.on_unroutable ~= "dead_letter" then error(err, 0) end
-  local ok, bytes = pcall(encode, { event = event, error = tostring(err) })
+  local ok, bytes = pcall(encode, { event = event, error = message(err) })
   if not ok then fail("event '%s' is not data: %s", rawget(event, "event_type"), bytes) end
   local appended, why = append(self, RECORD_DEAD, bytes)
   if not appended then return nil, why end

@@ -18,6 +18,7 @@ local core = require "procman.core"
 local pretty = require "procman.pretty"
 local timers = require "procman.timers"
 local workflow = require "procman.workflow"
+local message = require "procman.message"
 
 local M = {}
 
@@ -62,7 +63,7 @@ local function outcome(self, fn, ...)
   if ok then
     self.commands, self.error = result, nil
   else
-    self.commands, self.error = nil, tostring(result)
+    self.commands, self.error = nil, message(result)
   end
   return self
 end
@@ -79,7 +80,7 @@ function M.given(wf, events, opts)
   local self = setmetatable({ spec = spec, opts = opts, seq = 0, now = opts.now or 0 }, Scenario)
   for i, event in ipairs(events) do
     local ok, err = pcall(handle, self, event)
-    if not ok then fail("given event #%d (%s) failed: %s", i, tostring(event.event_type), tostring(err)) end
+    if not ok then fail("given event #%d (%s) failed: %s", i, tostring(event.event_type), message(err)) end
   end
   self.commands = {}
   return self

@@ -20,6 +20,7 @@ local core = require "procman.core"
 local workflow = require "procman.workflow"
 local timers = require "procman.timers"
 local records = require "procman.records"
+local message = require "procman.message"
 local db = require "procman.pg.db"
 local pgcore = require "procman.pg.core"
 
@@ -189,7 +190,7 @@ end
 
 local function dead_letter(work, position, name, flow_id, err, event)
   work.dead[#work.dead + 1] = { position = position, workflow = name, flow = flow_id,
-                                error = tostring(err), event = encode(event) }
+                                error = message(err), event = encode(event) }
 end
 
 -- The commands of a handled event into 'work' (outbox rows, timers); may
@@ -382,7 +383,7 @@ local function protected(self, fn, ...)
   local ok, n, err = pcall(fn, self, ...)
   if ok then return n, err end
   for _, spec in ipairs(self.specs) do self.cache[spec.name] = {} end
-  return nil, tostring(n)
+  return nil, message(n)
 end
 
 local step, tick
