@@ -54,6 +54,7 @@ build = {
     ["procman.router"] = "lua/procman/router.lua",
     ["procman.timers"] = "lua/procman/timers.lua",
     ["procman.message"] = "lua/procman/message.lua",
+    ["procman.schedule"] = "lua/procman/schedule.lua",
     ["procman.records"] = "lua/procman/records.lua",
     ["procman.outbox"] = "lua/procman/outbox.lua",
     ["procman.compaction"] = "lua/procman/compaction.lua",

@@ -9,6 +9,7 @@
 --   timeouts           as memory, each batch with file_timeout (a timer per file,
 --                      cancelled by its result)
 --   tick               N/4 flows whose 3 files all time out: time r:tick firing them
+--   idle-tick          N/4 flows waiting on 3 timers each: time r:tick with none due
 -- The workload: flows of 3 files, 4 events each (batch_created, then three
 -- file_processed), events carry event ids. Prints key=value pairs.
 local procman = require "procman"
@@ -100,6 +101,16 @@ function cases.tick()
   local s = clock() - t0
   assert(r:stats().timers == 0 and r:stats().completed == n // 4)
   return string.format("events_per_s=%.0f", timers / s)
+end
+
+cases["idle-tick"] = function()
+  local r = procman.router { workflows = { batch }, clock = function() return 0 end }
+  for i = 1, n, 4 do r:handle(event(i, 60)) end
+  local ticks = 1000
+  local t0 = clock()
+  for now = 1, ticks do assert(#r:tick(now * 0.01) == 0) end
+  local s = clock() - t0
+  return string.format("timers=%d us_per_tick=%.3f", r:stats().timers, s / ticks * 1e6)
 end
 
 local function journaled(sync)

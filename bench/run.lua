@@ -159,6 +159,10 @@ print(string.format("Recovery of %d events: %.0f events/s; the in-memory router 
                     recovery.memory_events_per_s, ratio(recovery.events_per_s, recovery.memory_events_per_s)))
 print(string.format("Journal of %d events: %.1f MB; compaction %.2f s, to %.1f MB.",
                     RECOVER_EVENTS, recovery.journal_mb, recovery.compact_s, recovery.compacted_mb))
+local idle = router_measure("idle-tick", ROUTER_EVENTS, 1)
+print(string.format("r:tick with nothing due, %d timers waiting: %.2f us a tick (%s the time of one "
+                    .. "event through the in-memory router)", idle.timers, idle.us_per_tick,
+                    ratio(idle.us_per_tick, 1e6 / memory.events_per_s)))
 local live = router_measure("live", 100000, 1)
 local live_plain = router_measure("live-plain", 100000, 1)
 print(string.format("Bytes per live flow (100,000 flows, outbox dispatched): router %.0f, plain %.0f: %s",

@@ -144,22 +144,28 @@ describe("procman.pg", function()
         bad_directive = function(state) state.n = state.n + 1
           return { { command_type = "procman.after", seconds = "soon", event = { event_type = "go" } } } end,
         not_data = function(state) state.n = state.n + 1 return { { command_type = "x", f = print } } end,
+        keep = function(state, event) state.n = state.n + 1; state.kept = event end,  -- one level deeper
       },
     }
+    local deep = { event_type = "keep", id = "a" }  -- as deep as an event may be: 100 tables
+    local inner = deep
+    for _ = 2, 100 do inner.n = {}; inner = inner.n end
     local w = pg.worker { conninfo = conninfo, workflows = { clumsy }, partitions = 2 }
     finally(function() w:close() end)  -- its locks would hold partitions from the next tests
     for i, e in ipairs { { event_type = "go", id = "a" }, { event_type = "bad_init", id = "bad" },
                          { event_type = "bad_directive", id = "a" }, { event_type = "not_data", id = "a" },
-                         { event_type = "go", id = "a" } } do
+                         deep, { event_type = "go", id = "a" } } do
       e.event_id = "e" .. i
       pg.append(conn, e)
     end
-    assert.equal(5, w:step())
+    assert.equal(6, w:step())
     local dead = assert(conn:exec("SELECT error FROM procman_dead_letters ORDER BY position"))
-    assert.equal(3, #dead)
+    assert.equal(4, #dead)
     assert.matches("init fails for bad", dead[1].error)
     assert.matches("procman.after: seconds must be", dead[2].error)
     assert.matches("cannot encode a function", dead[3].error)
+    assert.matches("clumsy/a: state is not data: cannot encode tables nested more than 100 deep "
+                   .. "at state.kept.n.n", dead[4].error)
     assert.same({ version = 2, state = { n = 2 } },
                 (function()
                   local f = one("SELECT version, state FROM procman_flows WHERE flow_id = 'a'")

@@ -301,6 +301,27 @@ describe("procman.router", function()
                        "procman.router: compact needs a journal")
     end)
 
+    it("refuses to compact a state deeper than data may be, naming the flow, losing nothing", function()
+      local keeper = procman.workflow { name = "keeper", correlate = "id", starts = { "x" },
+                                      on = { x = function(state, event) state.a = { b = event } end } }
+      local event = { event_type = "x", id = "k" }  -- 99 deep: as deep as the router takes
+      local inner = event
+      for _ = 2, 99 do inner.n = {}; inner = inner.n end
+      local r = procman.router { workflows = { keeper }, journal = path }
+      assert.same({}, r:handle(event))               -- the state is now 101 deep
+      local bytes, before = file_bytes(path), r:stats()
+      assert.error_matches(function() r:compact() end,
+                           "^keeper/k: state is not data: cannot encode tables nested more than 100 deep "
+                           .. "at state%.a%.b%.n%.n")
+      assert.equal(bytes, file_bytes(path))
+      assert.same(before, r:stats())
+      assert.is_nil(io.open(path .. ".compact"))
+      r:close()
+      local again = procman.router { workflows = { keeper }, journal = path }
+      assert.equal(1, again:flow("keeper", "k"):version())
+      again:close()
+    end)
+
     it("remembers event ids across restarts", function()
       local r = procman.router { workflows = { batch }, journal = path }
       r:handle { event_type = "batch_created", batch_id = "b1", files = { "a", "b" } }

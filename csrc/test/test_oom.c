@@ -328,6 +328,76 @@ static void test_router_handle_under_oom(void **state) {
   assert_true(k > 3 && k < 100000);
 }
 
+/*
+** A tick firing timers, each allocation failing in turn.  A tick is atomic
+** per timer: the timers before the failing one stay fired.  Whatever
+** failed, the router's memory follows its journal (or it closed), and the
+** next tick fires exactly the timers left: no timer falls out of the
+** router's due index, none fires twice.
+*/
+static void test_router_tick_under_oom(void **state) {
+  Fixture *f = *state;
+  lua_State *L = f->L;
+  long k, closings = 0;
+  run(L, "function open_ticking(p)\n"
+         "  return assert(procman.router{ workflows = { batch }, journal = p, sync = 'none',\n"
+         "                                clock = function() return 0 end })\n"
+         "end\n"
+         "function tick_setup()\n"
+         "  path = temp_journal()\n"
+         "  r = open_ticking(path)\n"
+         "  for i = 1, 3 do\n"
+         "    r:handle{ event_type = 'batch_created', batch_id = 't' .. i, files = { 'a', 'b' },\n"
+         "              file_timeout = 10 * i, max_attempts = 2 }\n"
+         "  end\n"
+         "  r:handle{ event_type = 'file_processed', batch_id = 't1', file = { id = 'a', status = 'success' } }\n"
+         "end\n"
+         "function tick_state() return router_state(r) .. procman.encode(r:timers()) end\n"
+         "function tick_all() return r:tick(100) end\n"
+         "function tick_done()\n"
+         "  r:close()\n"
+         "  collectgarbage()\n"
+         "  os.remove(path)\n"
+         "end\n"
+         "tick_setup()\n"
+         "tick_all()\n"
+         "expected = tick_state()\n"         "assert(#r:timers() > 0 and r:stats().seq > 5, 'the timeouts fired and set retries')\n"
+         "tick_done()");
+  for (k = 1; k < 100000; k++) {
+    int status;
+    run(L, "tick_setup()");
+    status = call_failing_at(f, "tick_all", k);
+    if (status == LUA_OK) {
+      run(L, "assert(tick_state() == expected)\n"
+             "tick_done()");
+      break;
+    }
+    if (!router_closed(f) && strstr(luaL_tolstring(L, -1, NULL), "not enough memory") == NULL)
+      fail_msg("k=%ld: unexpected error: %s", k, lua_tostring(L, -1));
+    lua_settop(L, 0);
+    if (router_closed(f)) {
+      closings++;
+      run(L, "collectgarbage()\n"
+             "r = open_ticking(path)\n"
+             "tick_all()\n"
+             "assert(tick_state() == expected, 'a timer lost or fired twice across the closing')\n"
+             "tick_done()");
+      continue;
+    }
+    run(L, "local memory = tick_state()\n"
+           "tick_all()\n"
+           "assert(tick_state() == expected, 'the next tick did not fire exactly the timers left')\n"
+           "r:close()\n"
+           "collectgarbage()\n"
+           "r = open_ticking(path)\n"
+           "assert(tick_state() == expected, 'the journal differs from the router')\n"
+           "tick_done()");
+  }
+  print_message("router tick: %ld allocations failed in turn (%ld closed the router)\n", k - 1,
+                closings);
+  assert_true(k > 10 && k < 100000);
+}
+
 /* Recovery of a journal, each allocation failing in turn: it works, or
 ** raises a memory error and leaves the file as it was. */
 static void test_recovery_under_oom(void **state) {
@@ -418,6 +488,7 @@ int main(void) {
     cmocka_unit_test_setup_teardown(test_refused_event_under_oom, setup, teardown),
     cmocka_unit_test_setup_teardown(test_codec_under_oom, setup, teardown),
     cmocka_unit_test_setup_teardown(test_router_handle_under_oom, setup, teardown),
+    cmocka_unit_test_setup_teardown(test_router_tick_under_oom, setup, teardown),
     cmocka_unit_test_setup_teardown(test_recovery_under_oom, setup, teardown),
     cmocka_unit_test_setup_teardown(test_compaction_under_oom, setup, teardown),
   };

@@ -34,7 +34,7 @@ local function state_records(self)
       out[#out + 1] = { RECORD_PARKED, { workflow = name, flow = flow_id, error = p.error,
                                                  events = p.events } }
     end
-    for flow_id, list in pairs(self.timers_of[name]) do
+    for flow_id, list in self.schedule:flows(name) do
       for _, t in ipairs(list) do
         out[#out + 1] = { RECORD_TIMER, { workflow = name, flow = flow_id, key = t.key,
                                                   due = t.due, event = t.event, seq = t.seq,

@@ -25,6 +25,7 @@ local core = require "procman.core"
 local workflow = require "procman.workflow"
 local pretty = require "procman.pretty"
 local timers = require "procman.timers"
+local schedule = require "procman.schedule"
 local records = require "procman.records"
 local outbox = require "procman.outbox"
 local compaction = require "procman.compaction"
@@ -160,14 +161,14 @@ local function targets_of(self, event, event_type)
   return targets
 end
 
--- Take back what the first n targets committed.
+-- Take back what the first n targets committed. Judged by the flow's
+-- version, not by t.committed: memory may run out between a handler's
+-- success and the assignment that would have said so.
 local function undo(targets, n)
   for i = n, 1, -1 do
     local t = targets[i]
-    if t.committed then
-      core.undo(t.pm)
-      t.committed = false
-    end
+    if t.before ~= nil and t.pm:version() > t.before then core.undo(t.pm) end
+    if t.committed then t.committed = false end  -- (assigning a new key could fail)
   end
 end
 
@@ -180,14 +181,14 @@ local function run(t, event)
   if result == nil then ok, result = pcall(core.new, t.spec, t.flow) end
   if not ok then return message(result) end
   t.pm = result
-  local before = result:version()
+  t.before = result:version()
   ok, result = pcall(result.handle, result, event)
   if not ok and type(result) ~= "string" then  -- a handler's error object: pm:handle passed it as it is
     return string.format("%s: handler for '%s' failed: %s", label(t.spec.name, t.flow),
                          rawget(event, "event_type"), message(result))
   end
   if not ok then return result end
-  t.committed = t.pm:version() > before
+  t.committed = t.pm:version() > t.before
   local plain, directives
   ok, plain, directives = pcall(timers.split, result)
   if not ok then
@@ -262,7 +263,7 @@ end
 -- they become dead letters.
 local function complete(self, name, flow_id, pm)
   self.live[name][flow_id] = nil
-  self.timers_of[name][flow_id] = nil
+  self.schedule:drop(name, flow_id)
   remember_completed(self, name, flow_id, pm:status(), core.event_ids(pm))
   local p = self.parked_of[name][flow_id]
   if p then
@@ -275,28 +276,20 @@ local function complete(self, name, flow_id, pm)
   end
 end
 
-local function set_timers(self, name, flow_id, directives, record)
-  local by_flow = self.timers_of[name]
-  by_flow[flow_id] = timers.apply(by_flow[flow_id], directives, record.now, record.seq)
-end
-
-local function remove_fired(self, fired)
-  local by_flow = self.timers_of[fired.workflow]
-  by_flow[fired.flow] = timers.remove(by_flow[fired.flow], fired.seq, fired.index)
-end
 
 -- After a record is journaled (or replayed): flows, timers, parked flows,
 -- completed flows, outbox. Live and recovery both come through here, so
 -- the same journal always gives the same router.
 local function settle(self, targets, record, out)
-  if record.fired then remove_fired(self, record.fired) end
+  local fired = record.fired
+  if fired then self.schedule:remove(fired.workflow, fired.flow, fired.seq, fired.index) end
   for _, t in ipairs(targets) do
     local name, flow_id = t.spec.name, t.flow
     if t.resumed and not t.parked_error then unpark_front(self, name, flow_id) end
     if t.committed then
       self.live[name][flow_id] = t.pm
       self.outbox:emit(name, flow_id, t.pm:version(), t.plain, out)
-      if t.directives then set_timers(self, name, flow_id, t.directives, record) end
+      if t.directives then self.schedule:set(name, flow_id, t.directives, record.now, record.seq) end
       local done = t.done
       if done == nil then done = t.pm:done() end  -- replay: what the code says now
       if done then complete(self, name, flow_id, t.pm) end
@@ -480,7 +473,7 @@ local function replay_target(self, f, rec, offset)
     local ok, now = pcall(t.pm.handle, t.pm, rec.event)
     if not ok then
       error(string.format("procman.router: replay failed at %s: %s", where(self, f, rec, offset),
-                          tostring(now)), 0)
+                          message(now)), 0)
     end
     if differ(now, f.commands) then diverged(self, where(self, f, rec, offset), f.commands, now) end
     t.committed, t.commands = true, f.commands
@@ -511,11 +504,8 @@ local function restore_record(self, kind, rec, offset)
   elseif kind == RECORD_SKIP then
     unpark_front(self, spec_for(self, rec.workflow, offset).name, rec.flow)
   elseif kind == RECORD_TIMER then
-    local by_flow = self.timers_of[spec_for(self, rec.workflow, offset).name]
-    local list = by_flow[rec.flow] or {}
-    list[#list + 1] = { key = rec.key, due = rec.due, event = rec.event, seq = rec.seq,
-                        index = rec.index }
-    by_flow[rec.flow] = list
+    local timer = { key = rec.key, due = rec.due, event = rec.event, seq = rec.seq, index = rec.index }
+    self.schedule:restore(spec_for(self, rec.workflow, offset).name, rec.flow, timer)
   elseif kind == RECORD_PARKED then
     local name = spec_for(self, rec.workflow, offset).name
     self.parked_of[name][rec.flow] = { events = rec.events, error = rec.error }
@@ -603,6 +593,24 @@ local function check_flow_args(self, name, flow_id)
   if flow_id == nil then fail("needs a flow id") end
 end
 
+-- Fire the timers taken from the schedule, each on its own (see tick).
+local function fire(self, due, now)
+  local out = {}
+  for _, d in ipairs(due) do
+    local name, flow_id, t = d.name, d.flow, d.timer
+    if self.schedule:find(name, flow_id, t.seq, t.index) then  -- not cancelled meanwhile
+      local targets = { { spec = self.by_name[name], flow = flow_id, pm = self.live[name][flow_id],
+                          held = self.parked_of[name][flow_id] ~= nil } }
+      local envelopes, err = deliver(self, t.event, targets,
+                                     { now = now, fired = { workflow = name, flow = flow_id,
+                                                            seq = t.seq, index = t.index } })
+      if not envelopes then return nil, err end
+      table.move(envelopes, 1, #envelopes, #out + 1, out)
+    end
+  end
+  return out
+end
+
 --- r:tick([now[, max]]) -> envelopes: inject the event of every timer due
 -- at 'now' (default: the clock), in due order; with 'max', of at most that
 -- many (the rest stay due, for the next tick). Each is handled and
@@ -617,31 +625,11 @@ function Router:tick(now, max)
   if max ~= nil and not (math.type(max) == "integer" and max >= 0) then
     fail("tick's max must be an integer >= 0, got %s", tostring(max))
   end
-  local due = {}
-  for _, spec in ipairs(self.specs) do
-    for flow_id, list in pairs(self.timers_of[spec.name]) do
-      for _, timer in ipairs(timers.due(list, now, {})) do
-        due[#due + 1] = { spec = spec, flow = flow_id, timer = timer, due = timer.due,
-                          seq = timer.seq, index = timer.index }
-      end
-    end
-  end
-  table.sort(due, timers.before)
-  local out = {}
-  for i = #due, (max or #due) + 1, -1 do due[i] = nil end
-  for _, d in ipairs(due) do
-    local name = d.spec.name
-    if timers.find(self.timers_of[name][d.flow], d.seq, d.index) then  -- not cancelled meanwhile
-      local targets = { { spec = d.spec, flow = d.flow, pm = self.live[name][d.flow],
-                          held = self.parked_of[name][d.flow] ~= nil } }
-      local envelopes, err = deliver(self, d.timer.event, targets,
-                                     { now = now, fired = { workflow = name, flow = d.flow,
-                                                            seq = d.seq, index = d.index } })
-      if not envelopes then return nil, err end
-      table.move(envelopes, 1, #envelopes, #out + 1, out)
-    end
-  end
-  return out
+  local due = self.schedule:take_due(now, max)
+  local ok, out, err = pcall(fire, self, due, now)
+  self.schedule:put_back(due)  -- those that did not fire
+  if not ok then error(out, 0) end
+  return out, err
 end
 
 --- r:timers([workflow[, flow]]) -> the pending timers, by due time:
@@ -649,22 +637,7 @@ end
 function Router:timers(name, flow_id)
   check_open(self)
   if name ~= nil and self.by_name[name] == nil then fail("no workflow named %s", tostring(name)) end
-  local list = {}
-  for _, spec in ipairs(self.specs) do
-    if name == nil or spec.name == name then
-      for id, flow_timers in pairs(self.timers_of[spec.name]) do
-        if flow_id == nil or id == flow_id then
-          for _, t in ipairs(flow_timers) do
-            list[#list + 1] = { workflow = spec.name, flow = id, key = t.key, due = t.due,
-                                event = copy(t.event), seq = t.seq, index = t.index }
-          end
-        end
-      end
-    end
-  end
-  table.sort(list, timers.before)
-  for _, t in ipairs(list) do t.seq, t.index = nil, nil end
-  return list
+  return self.schedule:list(name, flow_id)
 end
 
 --- r:parked() -> the parked flows: { workflow, flow, error, event (the
@@ -797,12 +770,8 @@ function Router:stats()
   for _, spec in ipairs(self.specs) do
     for _ in pairs(self.live[spec.name]) do live = live + 1 end
   end
-  local timer_count = 0
-  for _, spec in ipairs(self.specs) do
-    for _, list in pairs(self.timers_of[spec.name]) do timer_count = timer_count + #list end
-  end
   return { live = live, completed = self.finished_count, pending = self.outbox.count,
-           parked = self.parked_count, timers = timer_count, dead_letters = #self.dead,
+           parked = self.parked_count, timers = self.schedule:size(), dead_letters = #self.dead,
            journal_bytes = self.journal and self.journal:size() or 0,
            recovered = self.recovered, dropped = self.dropped, seq = self.seq }
 end
@@ -861,7 +830,7 @@ return function(given)
   local self = setmetatable({
     specs = specs, by_name = by_name, live = {}, finished = {}, finished_count = 0,
     outbox = outbox.new(),
-    timers_of = {}, parked_of = {}, parked_count = 0, dead = {},
+    parked_of = {}, parked_count = 0, dead = {},
     seq = 0, recovered = 0, dropped = 0, closed = false,
     clock = opts.clock or os.time,
     on_error = opts.on_error or "raise",
@@ -870,10 +839,13 @@ return function(given)
     warn = opts.warn or function(msg) warn(msg) end,
     journal_path = opts.journal, sync = opts.sync,
   }, meta)
-  for _, spec in ipairs(specs) do
+  local names = {}
+  for i, spec in ipairs(specs) do
     local name = spec.name
-    self.live[name], self.finished[name], self.timers_of[name], self.parked_of[name] = {}, {}, {}, {}
+    self.live[name], self.finished[name], self.parked_of[name] = {}, {}, {}
+    names[i] = name
   end
+  self.schedule = schedule.new(names)
   if opts.journal then
     local ok, err = open_journal(self, opts)
     if not ok then

@@ -206,6 +206,11 @@ local function record_commands(work, entry, spec, flow_id, commands, position)
                 envelope = encode { id = id, workflow = name, flow = flow_id, command = command } }
   end
   local done, status = entry.pm:done(), entry.pm:status()
+  -- The state is stored with the batch: one that is not data (a handler
+  -- kept an event in it, one level deeper than events may go) would fail
+  -- every commit of this partition. The event that made it so is refused
+  -- here, with the snapshot's error ("<flow>: state is not data: ...").
+  core.snapshot(entry.pm)
   -- nothing below raises: the flow and 'work' change together
   table.move(rows, 1, #rows, #work.outbox + 1, work.outbox)
   if directives then  -- timers named by the flow's version: the same in every worker
