@@ -30,7 +30,8 @@ build = {
   modules = {
     ["procman.core"] = {
       sources = { "csrc/budget.c", "csrc/buffer.c", "csrc/codec.c", "csrc/crc32c.c", "csrc/interrupt.c",
-                  "csrc/journal.c", "csrc/journal_lua.c", "csrc/pm.c", "csrc/procman.c" },
+                  "csrc/journal.c", "csrc/journal_lua.c", "csrc/line_reader.c", "csrc/pm.c",
+                  "csrc/procman.c" },
       incdirs = { "csrc" },
     },
     -- line editing for the REPL (libedit, BSD): Debian's libedit-dev

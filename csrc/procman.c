@@ -11,6 +11,7 @@
 #include "codec.h"
 #include "interrupt.h"
 #include "journal_lua.h"
+#include "line_reader.h"
 #include "pm.h"
 
 #define PROCMAN_CORE_VERSION "0.1.0"
@@ -92,12 +93,14 @@ static const luaL_Reg core_functions[] = {
   { "journal_faults", journal_lua_faults },
   { "interruptible", interrupt_call },
   { "is_terminal", core_is_terminal },
+  { "line_reader", line_reader_new },
   { "budget_call", core_budget_call },
   { NULL, NULL }
 };
 
 LUAMOD_API int luaopen_procman_core(lua_State *L) {
   journal_lua_register(L);
+  line_reader_register(L);
   luaL_newlib(L, core_functions);
   pm_register(L, -1);
   lua_pushinteger(L, CODEC_MAX_DEPTH);

@@ -97,6 +97,36 @@ describe("procman run", function()
     router:close()
   end)
 
+  it("fires timers while its input is quiet", function()
+    -- The feeder sends a flow that asks for a ping in a second, then waits
+    -- (up to a minute: a guard against hanging, not a time limit) until the
+    -- ping's command is out before it sends anything else. Reading lines
+    -- only as they come, the ping would wait for the next line.
+    local out, saw, fifo = os.tmpname(), os.tmpname(), os.tmpname()
+    os.remove(saw)
+    os.remove(fifo)
+    local script = table.concat({
+      "mkfifo %s || exit 1",
+      "( printf '%%s\\n' '{\"event_type\":\"open\",\"id\":\"a\"}' "
+        .. "'{\"event_type\":\"snooze\",\"id\":\"a\",\"seconds\":1}'",
+      "  i=0; while [ $i -lt 600 ] && ! grep -q pinged %s; do sleep 0.1; i=$((i+1)); done",
+      "  grep -q pinged %s && echo yes > %s",
+      "  printf '%%s\\n' '{\"event_type\":\"close\",\"id\":\"a\"}' ) > %s &",
+      "LUA_PATH=%q LUA_CPATH=%q lua5.4 bin/procman run spec/fixtures/reminder.lua --journal %s < %s > %s",
+      "status=$?; wait; exit $status",
+    }, "\n"):format(fifo, out, out, saw, fifo, package.path, package.cpath, path, fifo, out)
+    local ok = os.execute(script)
+    local written, seen = files.bytes(out), io.open(saw) ~= nil
+    os.remove(out)
+    os.remove(saw)
+    os.remove(fifo)
+    assert.is_true(ok)
+    assert.is_true(seen, "the ping was not written while the input waited")
+    assert.equal(lines('{"command":{"command_type":"hello","id":"a"},"flow":"a","id":"reminder/a/1/1","workflow":"reminder"}',
+                       '{"command":{"command_type":"pinged","id":"a","n":1},"flow":"a","id":"reminder/a/3/1",'
+                         .. '"workflow":"reminder"}'), written)
+  end)
+
   it("says what is wrong with its arguments", function()
     local r = procman_cmd("run batch", "")
     assert.equal(2, r.code)

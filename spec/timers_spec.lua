@@ -134,6 +134,21 @@ describe("timers", function()
       assert.error_matches(function() r:tick(100, 1.5) end, "tick's max must be an integer")
     end)
 
+    it("tells when the next timer is due, so a loop knows how long it may sleep", function()
+      local r = procman.router { workflows = { reminder }, clock = function() return 0 end }
+      assert.is_nil(r:next_due())
+      r:handle { event_type = "open", id = "a" }                 -- a: 10
+      r:handle { event_type = "open", id = "b" }                 -- b: 10
+      r:handle { event_type = "snooze", id = "a", seconds = 3 }  -- a: 3, replacing 10
+      assert.equal(3, r:next_due())
+      r:handle { event_type = "stop", id = "a" }
+      assert.equal(10, r:next_due())
+      assert.equal(1, #r:tick(10))
+      assert.is_nil(r:next_due())
+      r:close()
+      assert.error_matches(function() r:next_due() end, "closed")
+    end)
+
     it("replaces a timer with the same key, and cancels by key", function()
       local r = procman.router { workflows = { reminder }, clock = function() return 0 end }
       r:handle { event_type = "open", id = "a" }

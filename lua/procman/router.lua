@@ -640,6 +640,13 @@ function Router:timers(name, flow_id)
   return self.schedule:list(name, flow_id)
 end
 
+--- r:next_due() -> the due time of the earliest pending timer, or nil:
+-- how long an event loop may sleep before it must tick.
+function Router:next_due()
+  check_open(self)
+  return self.schedule:next_due()
+end
+
 --- r:parked() -> the parked flows: { workflow, flow, error, event (the
 -- first parked one, which failed), held (how many events wait) }.
 function Router:parked()

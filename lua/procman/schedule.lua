@@ -195,6 +195,19 @@ function Schedule:put_back(taken)
   self.unsure = false
 end
 
+--- schedule:next_due() -> the due time of the earliest timer, or nil.
+-- Entries of timers that are gone are dropped from the top on the way.
+function Schedule:next_due()
+  if self.unsure then rebuild(self) end
+  local heap = self.heap
+  while heap[1] ~= nil do
+    local top = heap[1]
+    if self:find(top.name, top.flow, top.seq, top.index) then return top.due end
+    pop(heap)
+  end
+  return nil
+end
+
 --- schedule:list([name[, flow_id]]) -> copies of the pending timers, by
 -- due time: { workflow, flow, key, due, event }.
 function Schedule:list(name, flow_id)

@@ -4,8 +4,9 @@
 -- Each envelope is acked once it is written and flushed, so a crash (or
 -- a closed pipe) between the two leaves it pending, and the next run
 -- sends it first: at-least-once, with ids receivers can deduplicate.
--- Timers fire as the wall clock passes them, checked at most once a
--- second between lines.
+-- Timers fire as the wall clock (os.time) passes them, also while the
+-- input is quiet: stdin is read through core.line_reader, which waits for
+-- a line at most until the next timer is due.
 local procman = require "procman"
 local core = require "procman.core"
 local json = require "procman.cli.json"
@@ -51,35 +52,68 @@ local function handle_line(r, line, cli)
   return true
 end
 
+-- The next line of input, waiting at most until the router's next timer
+-- is due: the line, false when that time came first, nil at the end.
+-- (When the CLI's stdin was replaced, as a library caller may, lines come
+-- from it and timers wait for them.)
+local function next_line_source(r, cli, timers)
+  if cli.io.stdin ~= io.stdin then
+    local lines = cli.io.stdin:lines()
+    return function() return lines() end
+  end
+  local reader = core.line_reader(0)
+  return function()
+    local due = r:next_due()
+    if due then due = math.max(0, math.max(due, timers.hold_until) - os.time()) end
+    local line, err = reader:read(due)
+    if line == nil and err then cli.fail(1, "%s", err) end
+    return line
+  end
+end
+
+-- Fire what is due. A timer whose event fails stays due: it is tried
+-- again a second later, not in a busy loop.
+local function tick(r, cli, timers)
+  local now = os.time()
+  local due = r:next_due()
+  if due == nil or due > now or now < timers.hold_until then return end
+  local ok, fired, err = pcall(r.tick, r, now)
+  if not ok then
+    cli.io.stderr:write("procman run: a timer's event failed: ", tostring(fired), "\n")
+    timers.hold_until = now + 1
+  end
+  if ok and fired == nil then cli.fail(1, "%s", err) end
+end
+
 return function(args, cli)
   local r <close> = open_router(args, cli)
   local counts = { lines = 0, events = 0, commands = 0, bad = 0 }
   local show = not args.quiet and core.is_terminal(2)
   send_pending(r, cli, counts)  -- what an earlier run left
-  local last_tick, last_progress = os.time(), os.time()
-  for line in cli.io.stdin:lines() do
-    counts.lines = counts.lines + 1
-    if line:find("%S") then
-      local ok, why = handle_line(r, line, cli)
-      if ok then
-        counts.events = counts.events + 1
-      else
-        counts.bad = counts.bad + 1
-        cli.io.stderr:write(string.format("procman run: line %d: %s\n", counts.lines, why))
-        if args.strict then cli.fail(1, "stopped at line %d (--strict)", counts.lines) end
+  local timers = { hold_until = 0 }
+  local next_line = next_line_source(r, cli, timers)
+  local last_progress = os.time()
+  while true do
+    local line = next_line()
+    if line == nil then break end
+    if line then
+      counts.lines = counts.lines + 1
+      if line:find("%S") then
+        local ok, why = handle_line(r, line, cli)
+        if ok then
+          counts.events = counts.events + 1
+        else
+          counts.bad = counts.bad + 1
+          cli.io.stderr:write(string.format("procman run: line %d: %s\n", counts.lines, why))
+          if args.strict then cli.fail(1, "stopped at line %d (--strict)", counts.lines) end
+        end
       end
     end
-    local now = os.time()
-    if now ~= last_tick then
-      local ok, fired, err = pcall(r.tick, r, now)
-      if not ok then cli.io.stderr:write("procman run: a timer's event failed: ", tostring(fired), "\n") end
-      if ok and fired == nil then cli.fail(1, "%s", err) end
-      last_tick = now
-    end
+    tick(r, cli, timers)
     send_pending(r, cli, counts)
-    if show and now - last_progress >= PROGRESS_EVERY then
+    if show and os.time() - last_progress >= PROGRESS_EVERY then
       progress(cli, counts)
-      last_progress = now
+      last_progress = os.time()
     end
   end
   if show then progress(cli, counts, true) end
