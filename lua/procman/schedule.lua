@@ -103,11 +103,6 @@ local function replace(self, name, flow_id, old_count, list)
   self.count = self.count - old_count + (list and #list or 0)
 end
 
---- schedule:of(name, flow_id) -> the flow's timer list, or nil (not a copy).
-function Schedule:of(name, flow_id)
-  return self.by_flow[name][flow_id]
-end
-
 --- schedule:flows(name) -> pairs over { flow_id = list } of a workflow.
 function Schedule:flows(name)
   return pairs(self.by_flow[name])
