@@ -276,7 +276,6 @@ local function complete(self, name, flow_id, pm)
   end
 end
 
-
 -- After a record is journaled (or replayed): flows, timers, parked flows,
 -- completed flows, outbox. Live and recovery both come through here, so
 -- the same journal always gives the same router.
