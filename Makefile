@@ -119,7 +119,7 @@ valgrind: deps all $(patsubst csrc/test/%.c,$(BUILD)/test/%,$(TEST_SRC))
 	done
 	@$(MAKE) --no-print-directory $(REGRESS)
 	@for f in $(FUZZERS); do echo "== valgrind fuzz corpus: $$f"; \
-	  valgrind --quiet --error-exitcode=1 --leak-check=full --errors-for-leak-kinds=definite \
+	  valgrind --quiet --error-exitcode=1 --leak-check=full --errors-for-leak-kinds=all \
 	    $(BUILD)/fuzz/regress_$$f fuzz/corpus/$$f $$(ls -d fuzz/regressions/$$f 2>/dev/null) || exit 1; done
 
 # The crash soak, long (make test runs 15 rounds): SOAK_ROUNDS kills.
