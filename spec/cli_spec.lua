@@ -127,6 +127,25 @@ describe("procman run", function()
                          .. '"workflow":"reminder"}'), written)
   end)
 
+  it("runs in-process on streams a caller passes (procman.cli.io)", function()
+    local cli = require "procman.cli"
+    local inp, out, err = io.tmpfile(), io.tmpfile(), io.tmpfile()
+    inp:write(lines(CREATED, "not json", A_DONE))
+    inp:seek("set")
+    local saved = cli.io
+    cli.io = { stdin = inp, stdout = out, stderr = err }
+    local ok, status = pcall(cli.main, { "run", "batch", "--journal", path, "--quiet" })
+    cli.io = saved
+    assert.is_true(ok, status)
+    assert.equal(0, status)
+    out:seek("set")
+    err:seek("set")
+    local written = {}
+    for line in out:lines() do written[#written + 1] = cjson.decode(line).id end
+    assert.same({ "batch/b1/1/1", "batch/b1/1/2" }, written)
+    assert.matches("^procman run: line 2: ", err:read("a"))
+  end)
+
   it("says what is wrong with its arguments", function()
     local r = procman_cmd("run batch", "")
     assert.equal(2, r.code)

@@ -57,10 +57,7 @@ end
 -- (When the CLI's stdin was replaced, as a library caller may, lines come
 -- from it and timers wait for them.)
 local function next_line_source(r, cli, timers)
-  if cli.io.stdin ~= io.stdin then
-    local lines = cli.io.stdin:lines()
-    return function() return lines() end
-  end
+  if cli.io.stdin ~= io.stdin then return cli.io.stdin:lines() end
   local reader = core.line_reader(0)
   return function()
     local due = r:next_due()
