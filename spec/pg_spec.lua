@@ -99,6 +99,27 @@ describe("procman.pg", function()
     assert.equal(3, one("SELECT count(*) AS n FROM procman_events").n)  -- rolled back
   end)
 
+  it("wakes an idle worker with the notification of an append's commit, not of a rollback", function()
+    local w = pg.worker { conninfo = conninfo, workflows = { batch }, partitions = 2 }
+    finally(function() w:close() end)
+    assert.is_false(w.conn:wait(0))                 -- nothing yet
+    assert.error_matches(function()
+      pg.transaction(conn, function(c)
+        pg.append(c, { event_type = "batch_created", batch_id = "r", event_id = "r", files = {} })
+        error("rolled back")
+      end)
+    end, "rolled back")
+    assert.is_false(w.conn:wait(0.2))               -- a rollback notifies no one
+    pg.append(conn, { event_type = "batch_created", batch_id = "n", event_id = "n", files = { "a" } })
+    assert.is_true(w.conn:wait(60))                 -- at once; 60 s only guards against a hang
+    assert.is_false(w.conn:wait(0))                 -- taken
+    assert.is_false(pg.append(conn, { event_type = "batch_created", batch_id = "n", event_id = "n",
+                                      files = { "a" } }))
+    assert.is_false(w.conn:wait(0.2))               -- a duplicate appends nothing, notifies no one
+    assert.equal(1, w:step())
+    assert.error_matches(function() w.conn:wait(-1) end, "seconds must be >= 0")
+  end)
+
   it("sends parameters as parameters: SQL in data stays data", function()
     local evil = "x'); DROP TABLE procman_events; --"
     assert.truthy(pg.append(conn, { event_type = "batch_created", batch_id = evil, event_id = evil, files = {} }))

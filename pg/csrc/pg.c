@@ -5,6 +5,9 @@
 **   local rows, count = conn:exec(sql, ...)       -- or nil, message, sqlstate
 **   conn:script(sql)                              -- several statements, no
 **                                                 -- parameters: true | nil, message, sqlstate
+**   conn:wait(seconds)                            -- true when a NOTIFY came
+**                                                 -- (LISTEN first), false when
+**                                                 -- the time passed | nil, message
 **   conn:close()                                  -- also __gc and __close
 **
 ** Parameters are always sent as parameters ($1, $2, ...), never spliced
@@ -15,6 +18,9 @@
 ** booleans, bytea as raw bytes, NULL as nil, the rest as strings; 'count'
 ** is the number of rows a command affected.
 */
+#define _POSIX_C_SOURCE 200809L  /* poll */
+#include <errno.h>
+#include <poll.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -241,6 +247,51 @@ static int pg_script(lua_State *L) {
   return 1;
 }
 
+/* Take every notification that arrived; whether there was one. */
+static int drain_notifications(Conn *c) {
+  PGnotify *n;
+  int got = 0;
+  while ((n = PQnotifies(c->pg)) != NULL) {
+    got = 1;
+    PQfreemem(n);
+  }
+  return got;
+}
+
+/*
+** conn:wait(seconds) -> true when a notification arrived on a channel this
+** connection LISTENs to (all that came are taken), false when 'seconds'
+** passed without one; nil, message when the connection broke.  This is how
+** an idle worker sleeps: woken by the NOTIFY of an append's commit, not by
+** polling the table.
+*/
+static int pg_wait(lua_State *L) {
+  Conn *c = check_conn(L);
+  lua_Number seconds = luaL_checknumber(L, 2);
+  struct pollfd p;
+  int got, ready;
+  luaL_argcheck(L, seconds == seconds && seconds >= 0, 2, "seconds must be >= 0");
+  if (!PQconsumeInput(c->pg))
+    return failure(L, c, NULL);
+  got = drain_notifications(c);
+  if (got)
+    goto done;
+  p.fd = PQsocket(c->pg);
+  p.events = POLLIN;
+  p.revents = 0;
+  ready = poll(&p, 1, seconds > 86400 ? 86400000 : (int)(seconds * 1000.0));
+  if (ready < 0 && errno != EINTR)
+    return luaL_error(L, "procman.pg: cannot wait: %s", strerror(errno));
+  if (ready > 0) {
+    if (!PQconsumeInput(c->pg))
+      return failure(L, c, NULL);
+    got = drain_notifications(c);
+  }
+done:
+  lua_pushboolean(L, got);
+  return 1;
+}
+
 /* core.bytes(s) -> a parameter sent as the raw bytes of s (for bytea). */
 static int pg_bytes(lua_State *L) {
   luaL_checktype(L, 1, LUA_TSTRING);
@@ -254,6 +305,7 @@ static int pg_bytes(lua_State *L) {
 static const luaL_Reg conn_methods[] = {
   { "exec", pg_exec },
   { "script", pg_script },
+  { "wait", pg_wait },
   { "close", pg_close },
   { NULL, NULL }
 };

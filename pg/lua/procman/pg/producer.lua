@@ -15,6 +15,7 @@ local pgcore = require "procman.pg.core"
 local M = {}
 
 M.APPEND_LOCK = 5164020  -- the advisory lock that puts appends in order
+M.CHANNEL = "procman_events"  -- NOTIFYed by every append at its commit: idle workers wake
 
 --- pg.append(conn, event) -> position, or false when an event with that
 -- event_id was appended already (at-least-once producers may retry).
@@ -34,11 +35,13 @@ function M.append(conn, event)
   end
   local ok, payload = pcall(procman.encode, event)
   if not ok then error("procman.pg.append: event is not data: " .. payload, 2) end
-  local rows = db.exec(conn, "WITH serial AS (SELECT pg_advisory_xact_lock($4)) "
-                             .. "INSERT INTO procman_events (event_id, event_type, payload) "
+  -- (a notification is sent at the commit, once per transaction and channel)
+  local rows = db.exec(conn, "WITH serial AS (SELECT pg_advisory_xact_lock($4)), "
+                             .. "added AS (INSERT INTO procman_events (event_id, event_type, payload) "
                              .. "SELECT $1, $2, $3::bytea FROM serial ON CONFLICT (event_id) DO NOTHING "
-                             .. "RETURNING position", tostring(event_id), event_type, pgcore.bytes(payload),
-                       M.APPEND_LOCK)
+                             .. "RETURNING position) "
+                             .. "SELECT position, pg_notify($5, '') FROM added",
+                       tostring(event_id), event_type, pgcore.bytes(payload), M.APPEND_LOCK, M.CHANNEL)
   return rows[1] and rows[1].position or false
 end
 

@@ -22,6 +22,7 @@ local timers = require "procman.timers"
 local records = require "procman.records"
 local message = require "procman.message"
 local db = require "procman.pg.db"
+local producer = require "procman.pg.producer"
 local pgcore = require "procman.pg.core"
 
 local encode, decode = procman.encode, procman.decode
@@ -92,6 +93,7 @@ function M.new(opts)
   }, Worker)
   for _, spec in ipairs(specs) do self.cache[spec.name] = {} end
   db.exec(conn, "SELECT pg_advisory_lock($1, pg_backend_pid())", PRESENCE_LOCK)
+  db.exec(conn, "LISTEN " .. producer.CHANNEL)  -- appends wake an idle run (a constant name)
   return self
 end
 
@@ -453,8 +455,10 @@ function tick(self, now)
   return #rows
 end
 
---- w:run{ stop = function() -> true to stop, idle = seconds between polls }
--- Steps and ticks until stop() says so; sleeps (in PostgreSQL) when idle.
+--- w:run{ stop = function() -> true to stop, idle = seconds, on_error = fn }
+-- Steps and ticks until stop() says so. When there was nothing to do it
+-- waits for an append's notification, at most 'idle' seconds (timers,
+-- partitions left by a dead worker and stop() are looked at that often).
 function Worker:run(opts)
   opts = opts or {}
   local idle = opts.idle or 0.05
@@ -462,7 +466,10 @@ function Worker:run(opts)
     local n, err = self:step()
     if n == nil and opts.on_error then opts.on_error(err) end
     local fired = self:tick()
-    if (n or 0) == 0 and (fired or 0) == 0 then db.exec(self.conn, "SELECT pg_sleep($1)", idle) end
+    if (n or 0) == 0 and (fired or 0) == 0 then
+      local woke, why = self.conn:wait(idle)
+      if woke == nil and opts.on_error then opts.on_error(why) end
+    end
   end
 end
 
