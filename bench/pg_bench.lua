@@ -131,7 +131,7 @@ end
 row("PostgreSQL, appends (one producer)", appended)
 print()
 local median, p99 = latency(200)
-print(string.format("Latency from append to its command in the outbox (1 worker polling every 20 ms, "
-                    .. "200 events): median %.1f ms, p99 %.1f ms", median, p99))
+print(string.format("Latency from append to its command in the outbox (1 worker, woken by NOTIFY, "
+                    .. "idle at most 20 ms, 200 events): median %.1f ms, p99 %.1f ms", median, p99))
 conn:close()
 os.execute("sh tools/pg-cluster.sh stop " .. dir)
