@@ -211,15 +211,16 @@ local function record_commands(work, entry, spec, flow_id, commands, position)
   -- The state is stored with the batch: one that is not data (a handler
   -- kept an event in it, one level deeper than events may go) would fail
   -- every commit of this partition. The event that made it so is refused
-  -- here, with the snapshot's error ("<flow>: state is not data: ...").
-  core.snapshot(entry.pm)
+  -- here, with the snapshot's error ("<flow>: state is not data: ..."), and
+  -- the snapshot is kept for the write.
+  local snapshot = table.pack(core.snapshot(entry.pm))
   -- nothing below raises: the flow and 'work' change together
   table.move(rows, 1, #rows, #work.outbox + 1, work.outbox)
   if directives then  -- timers named by the flow's version: the same in every worker
     entry.timers = timers.apply(entry.timers, directives, work.now, version)
     entry.timers_changed = true
   end
-  entry.done, entry.status = done, status
+  entry.done, entry.status, entry.snapshot = done, status, snapshot
 end
 
 -- A flow for an event: the cached or stored one, or a new one for an event
@@ -272,7 +273,11 @@ end
 -- ---------------------------------------------------------------------
 
 local function write_flow(conn, entry, spec, flow_id)
-  local state, version, seen = core.snapshot(entry.pm)
+  local snapshot = entry.snapshot  -- the one record_commands took after the flow's last event
+  if snapshot == nil or snapshot[2] ~= entry.pm:version() then
+    snapshot = table.pack(core.snapshot(entry.pm))
+  end
+  local state, version, seen = snapshot[1], snapshot[2], snapshot[3]
   local args = { spec.name, tostring(flow_id), entry.status, version, entry.done,
                  pgcore.bytes(encode(state)), pgcore.bytes(encode(seen)) }
   if entry.db_version == nil then
