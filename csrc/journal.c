@@ -131,6 +131,16 @@ static size_t scan_intact(const unsigned char *buf, size_t size, size_t off,
   return off;
 }
 
+/* Does the bad record at 'off' have a sane header and a length that ends
+** exactly at the end of the file?  Then it was written whole (a crash
+** leaves fewer bytes than the length says, or zeroes with type 0), and a
+** checksum that fails there is damage, not a torn tail. */
+static int written_whole(const unsigned char *buf, size_t size, size_t off) {
+  if (size - off < JOURNAL_RECORD_HEADER_SIZE || buf[off + 8] == 0)
+    return 0;
+  return get_u32(buf + off) == size - off - JOURNAL_RECORD_HEADER_SIZE;
+}
+
 void journal_scan(const unsigned char *buf, size_t size, JournalScan *scan) {
   size_t off = JOURNAL_HEADER_SIZE;
   memset(scan, 0, sizeof *scan);
@@ -154,6 +164,11 @@ void journal_scan(const unsigned char *buf, size_t size, JournalScan *scan) {
     return;
   }
   scan->resume_at = journal_resync(buf, size, scan->end + 1);
+  if (scan->resume_at == size && written_whole(buf, size, scan->end)) {
+    scan->damaged_at = scan->end;  /* the last record, damaged */
+    scan->end = size;
+    return;
+  }
   if (scan->resume_at == size) {  /* nothing intact follows: a torn tail */
     scan->dropped = size - scan->end;
     return;
@@ -415,9 +430,10 @@ int journal_create(Journal *j, const char *path, JournalSync sync, const char **
   e = open_locked(j, path, O_EXCL, &size, why);
   if (e == 0)
     e = write_header(j, path, why);
-  if (e != 0 && j->fd >= 0) {
+  if (e != 0 && j->fd >= 0) {  /* O_EXCL: the file is ours; leave none behind */
     close(j->fd);
     j->fd = -1;
+    unlink(path);
   }
   return e;
 }

@@ -54,7 +54,9 @@ typedef struct JournalScan {
 ** Scan buf[size] from the header on.  Records are read until one is bad;
 ** if an intact record follows somewhere after it, that is damage in the
 ** middle (damaged_at, resume_at, and the scan goes on from there), else
-** it is a torn tail: the 'dropped' bytes after 'end'.  A buffer shorter
+** it is a torn tail: the 'dropped' bytes after 'end'.  A bad last record
+** whose length ends exactly at the end of the file was written whole:
+** that is damage too (damaged_at; resume_at = end = size), not a tail.  A buffer shorter
 ** than the header is a torn header (dropped = size) if it is the start of
 ** one, else not a journal.
 */
@@ -87,7 +89,8 @@ int journal_open(Journal *j, const char *path, JournalSync sync, int repair,
                  JournalScan *scan, const char **why);
 
 /* Create a new, empty journal at 'path', which must not exist (O_EXCL: no
-** following a planted symlink); for compaction's temporary file. */
+** following a planted symlink); for compaction's temporary file.  On
+** failure no file is left at 'path'. */
 int journal_create(Journal *j, const char *path, JournalSync sync, const char **why);
 
 /* Rename 'from' over 'to' and fsync the directory: durable replacement.

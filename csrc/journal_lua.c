@@ -165,9 +165,14 @@ int journal_lua_open(lua_State *L) {
   luaL_setmetatable(L, JOURNAL_TYPENAME);
   e = journal_open(&lj->j, path, sync, repair, &scan, &why);
   if (e != 0 && e == EILSEQ && scan.damaged_at != 0) {
-    lua_pushfstring(L, "damaged record at byte %I: %s (intact records follow "
-                    "at byte %I; open with repair = true to skip it)",
-                    (lua_Integer)scan.damaged_at, why, (lua_Integer)scan.resume_at);
+    if (scan.resume_at == scan.end)  /* nothing follows it */
+      lua_pushfstring(L, "damaged record at byte %I: %s (the last record, written whole: "
+                      "damage, not a torn write; open with repair = true to skip it)",
+                      (lua_Integer)scan.damaged_at, why);
+    else
+      lua_pushfstring(L, "damaged record at byte %I: %s (intact records follow "
+                      "at byte %I; open with repair = true to skip it)",
+                      (lua_Integer)scan.damaged_at, why, (lua_Integer)scan.resume_at);
     return io_failure(L, path, lua_tostring(L, -1), e);
   }
   if (e != 0)

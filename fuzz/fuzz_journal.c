@@ -3,7 +3,8 @@
 **
 ** Any bytes as a journal file: the scan never reads outside the buffer,
 ** its findings are consistent (intact records end at 'end', a torn tail
-** is what follows, damage is followed by an intact record), and walking
+** is what follows, damage is followed by an intact record or is the last
+** record, written whole), and walking
 ** the records as readers do visits exactly the records the scan counted.
 */
 #include <stdint.h>

@@ -133,6 +133,30 @@ describe("I/O faults", function()
     end)
   end
 
+  it("leave no temporary file when a compaction fails at any file operation (a full disk)", function()
+    local k = 1
+    while true do
+      os.remove(path)
+      setup(path)
+      local r = assert(open(path))
+      local before = files.bytes(path)
+      core.journal_faults(k, "ENOSPC", true)
+      local called, ok, err = pcall(r.compact, r)
+      core.journal_faults()
+      if called and ok then r:close() break end
+      assert.is_nil(io.open(path .. ".compact"), "k=" .. k .. ": a temporary file was left")
+      if called then
+        assert.matches("compaction failed, the journal is unchanged", err)
+        assert.equal(before, files.bytes(path))
+      else  -- past the rename: the router closed itself
+        assert.matches("compacted, but", ok)
+      end
+      r:close()
+      k = k + 1
+    end
+    assert.is_true(k > 3)
+  end)
+
   it("open a journal that cannot be read with a clear error, changing nothing", function()
     setup(path)
     local before = files.bytes(path)

@@ -83,6 +83,29 @@ describe("the journal", function()
     k:close()
   end)
 
+  it("reports a last record written whole whose checksum fails as damage, not a torn tail", function()
+    local j = core.journal_open(path)
+    for i = 1, 3 do j:append(i, "record " .. i) end
+    j:close()
+    local bytes = file_bytes(path)
+    local damaged = bytes:sub(1, -3) .. string.char(bytes:byte(-2) ~ 1) .. bytes:sub(-1)
+    write_bytes(path, damaged)
+    local none, err, code = core.journal_open(path)
+    assert.is_nil(none)
+    assert.equal(path .. ": damaged record at byte 50: a record whose checksum does not match "
+                 .. "(the last record, written whole: damage, not a torn write; "
+                 .. "open with repair = true to skip it)", err)
+    assert.equal(84, code)
+    assert.equal(damaged, file_bytes(path))  -- nothing cut
+    local _, info = core.journal_scan(path)
+    assert.same({ records = 2, bytes = #damaged, dropped = 0, damaged_at = 50, resume_at = #damaged }, info)
+    local k, opened = core.journal_open(path, { repair = true })
+    assert.same({ records = 2, bytes = #damaged, dropped = 0, damaged_at = 50 }, opened)
+    k:append(4, "record 4")  -- after the damaged record, which stays as evidence
+    assert.same({ 1, 2, 4 }, { records(k)[1][2], records(k)[2][2], records(k)[3][2] })
+    k:close()
+  end)
+
   it("refuses what is not a journal and leaves it alone", function()
     write_bytes(path, "my notes")
     local j, err = core.journal_open(path)

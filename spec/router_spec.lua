@@ -428,6 +428,29 @@ describe("procman.router", function()
       r:close()
     end)
 
+    it("refuses a journal whose last record, written whole, is damaged; repairs with a warning", function()
+      local r = procman.router { workflows = { batch }, journal = path }
+      r:handle { event_type = "batch_created", batch_id = "b1", files = { "a" } }
+      r:handle { event_type = "batch_created", batch_id = "b2", files = { "a" } }
+      r:close()
+      local bytes = file_bytes(path)
+      write_bytes(path, bytes:sub(1, -2) .. string.char(bytes:byte(-1) ~ 1))
+      local last = 16 + (#bytes - 16) // 2
+      assert.has_error(function() procman.router { workflows = { batch }, journal = path } end,
+        "procman.router: " .. path .. ": damaged record at byte " .. last .. ": a record whose checksum "
+        .. "does not match (the last record, written whole: damage, not a torn write; open with repair = "
+        .. "true to skip it)")
+      local warnings = {}
+      r = procman.router { workflows = { batch }, journal = path, repair = true,
+                           warn = function(m) warnings[#warnings + 1] = m end }
+      assert.is_not_nil(r:flow("batch", "b1"))
+      assert.is_nil(r:flow("batch", "b2"))
+      assert.equal(0, r:stats().dropped)
+      assert.same({ "procman.router: " .. path .. ": skipped damaged records from byte " .. last
+                    .. " (repair)" }, warnings)
+      r:close()
+    end)
+
     it("detects replay divergence: workflow code that changed the past", function()
       local r = procman.router { workflows = { batch }, journal = path }
       r:handle { event_type = "batch_created", batch_id = "b1", files = { "a" } }

@@ -108,7 +108,9 @@ static void test_every_truncation_is_a_torn_tail(void **state) {
 }
 
 /* A flipped bit in a record that intact records follow is damage in the
-** middle, at that record; in the last record it looks like a torn tail. */
+** middle, at that record.  In the last record it is damage too, unless it
+** hit the length or zeroed the type (what a torn write can leave): then
+** it looks like a torn tail. */
 static void test_every_flipped_bit(void **state) {
   Image im;
   size_t byte;
@@ -124,7 +126,16 @@ static void test_every_flipped_bit(void **state) {
       im.bytes[byte] ^= (unsigned char)(1 << bit);
       journal_scan(im.bytes, im.size, &scan);
       im.bytes[byte] ^= (unsigned char)(1 << bit);
-      if (rec == im.count - 1) {
+      if (rec == im.count - 1 && byte >= start + 4 &&
+          !(byte == start + 8 && im.bytes[byte] == (unsigned char)(1 << bit))) {
+        assert_int_equal(scan.damaged_at, start);  /* written whole, then damaged */
+        assert_int_equal(scan.resume_at, im.size);
+        assert_int_equal(scan.end, im.size);
+        assert_int_equal(scan.dropped, 0);
+        assert_int_equal(scan.records, im.count - 1);
+        assert_non_null(strstr(scan.why, "checksum"));
+      }
+      else if (rec == im.count - 1) {
         assert_int_equal(scan.damaged_at, 0);
         assert_int_equal(scan.end, start);
         assert_int_equal(scan.dropped, im.size - start);
@@ -217,6 +228,31 @@ static void test_file_append_reopen(void **state) {
   unlink(path);
 }
 
+/* A create that fails at any of its file operations (a full disk) leaves
+** no file behind: compaction's temporary file is whole or absent. */
+static void test_file_create_failure_leaves_nothing(void **state) {
+  char path[128];
+  Journal j;
+  const char *why = NULL;
+  long at;
+  (void)state;
+  temp_path(path, sizeof path);
+  for (at = 1;; at++) {
+    int e;
+    unlink(path);
+    journal_faults_arm(at, ENOSPC, 1);
+    e = journal_create(&j, path, JOURNAL_SYNC_BATCH, &why);
+    journal_faults_disarm();
+    if (e == 0)
+      break;
+    assert_int_equal(e, ENOSPC);
+    assert_int_equal(access(path, F_OK), -1);
+  }
+  assert_true(at > 3);  /* open, truncate, write, syncs: each failed in turn */
+  assert_int_equal(journal_close(&j, &why), 0);
+  unlink(path);
+}
+
 static void test_file_torn_tail_is_cut(void **state) {
   char path[128];
   Journal j;
@@ -296,6 +332,7 @@ int main(void) {
     cmocka_unit_test(test_headers),
     cmocka_unit_test(test_zeroed_space_is_not_a_record),
     cmocka_unit_test(test_file_append_reopen),
+    cmocka_unit_test(test_file_create_failure_leaves_nothing),
     cmocka_unit_test(test_file_torn_tail_is_cut),
     cmocka_unit_test(test_file_foreign_is_untouched),
     cmocka_unit_test(test_file_create_and_replace),

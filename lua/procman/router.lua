@@ -542,6 +542,10 @@ local function open_journal(self, opts)
     self.warn(string.format("procman.router: %s: cut a torn tail of %d bytes (a crash while writing)",
                             opts.journal, info.dropped))
   end
+  if info.damaged_at then  -- repair = true: a damaged range is skipped, never silently
+    self.warn(string.format("procman.router: %s: skipped damaged records from byte %d (repair)",
+                            opts.journal, info.damaged_at))
+  end
   local ok, err = pcall(recover, self, j)
   if not ok then
     j:close()
