@@ -167,7 +167,7 @@ describe("parking", function()
   end)
 
   it("dead-letters parked events left when a retried event completes the flow", function()
-    local r = router {}
+    local r = router { clock = function() return 1000 end }
     r:handle(add("a", 1))
     r:handle(add("a", 2, true))
     r:handle { event_type = "finish", id = "a" }
@@ -176,8 +176,8 @@ describe("parking", function()
     local out = r:resume("counter", "a")
     assert.equal(1, #out)
     assert.equal(1, 0 + #r:dead_letters())
-    assert.same({ event = add("a", 3), error = "flow counter/a completed while this event was parked" },
-                r:dead_letters()[1])
+    assert.same({ id = 1, event = add("a", 3), error = "flow counter/a completed while this event was parked",
+                  time = 1000 }, r:dead_letters()[1])
     assert.same({}, r:parked())
     assert.truthy(r:completed("counter", "a"))
   end)
@@ -244,17 +244,18 @@ describe("dead letters", function()
   end)
 
   it("keep unroutable events with the reason, journaled", function()
-    local r = procman.router { workflows = { batch }, journal = path, on_unroutable = "dead_letter" }
+    local r = procman.router { workflows = { batch }, journal = path, on_unroutable = "dead_letter",
+                               clock = function() return 1234 end }
     local lost = { event_type = "file_processed", batch_id = "x", file = { id = "f", status = "success" } }
     assert.same({}, r:handle(lost))
     assert.same({}, r:handle { event_type = "file_processed" })
     r:handle { event_type = "batch_created", batch_id = "b", files = {} }
     r:handle { event_type = "batch_created", batch_id = "b", files = {} }
     local expected = {
-      { event = lost, error = "procman.router: no flow batch/x for file_processed" },
-      { event = { event_type = "file_processed" },
+      { id = 1, time = 1234, event = lost, error = "procman.router: no flow batch/x for file_processed" },
+      { id = 2, time = 1234, event = { event_type = "file_processed" },
         error = "procman.router: event 'file_processed' lacks the field batch_id, which workflow \"batch\" needs" },
-      { event = { event_type = "batch_created", batch_id = "b", files = {} },
+      { id = 3, time = 1234, event = { event_type = "batch_created", batch_id = "b", files = {} },
         error = "procman.router: flow batch/b is complete (success): event 'batch_created' came after it finished" },
     }
     assert.same(expected, r:dead_letters())

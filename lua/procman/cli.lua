@@ -5,6 +5,10 @@
 --   procman inspect FILE [--workflow W] [--flow ID] [--status S] [--json]
 --   procman verify FILE WORKFLOW_FILE...
 --   procman diagram FILE [--workflow W] [--format mermaid|dot]
+--   procman parked FILE [--json]
+--   procman resume|skip FILE WORKFLOW FLOW WORKFLOW_FILE...
+--   procman dead-letters FILE [--json]
+--   procman retry-dead-letter|drop-dead-letter FILE ID WORKFLOW_FILE...
 --
 -- Unix habits: results on stdout, errors on stderr, status 0 for success,
 -- 1 for a failure, 2 for a usage error. docs/cli.md is the manual.
@@ -45,10 +49,55 @@ function M.load_workflows(names)
   return list
 end
 
+--- A router on a journal, for the commands that change it (resume, skip,
+-- retry-dead-letter, drop-dead-letter): warnings go to stderr.
+function M.open_router(path, workflow_files)
+  local opened, r, err = pcall(procman.router, {
+    workflows = M.load_workflows(workflow_files), journal = path,
+    warn = function(msg) M.io.stderr:write("procman: ", msg, "\n") end,
+  })
+  if not opened then M.fail(1, "%s", tostring(r)) end  -- a damaged journal, a divergence
+  if not r then M.fail(1, "%s", err) end
+  return r
+end
+
 --- Parse a flow id from the command line: digits are an integer id.
 function M.flow_id(text)
   return math.tointeger(tonumber(text)) or text
 end
+
+-- The commands for parked flows and dead letters (docs/operations.md).
+local function operator_commands(p, commands)
+  local parked = p:command("parked", "List the parked flows of a journal: error, first event, events held.")
+  parked:argument("journal", "The journal file.")
+  parked:flag("--json", "Print JSON instead of text.")
+  commands.parked = parked
+  for name, what in pairs { resume = "Retry a parked flow's events in order (after a fix of its code).",
+                            skip = "Drop a parked flow's first event (journaled), then resume the rest." } do
+    local c = p:command(name, what .. " Status 1 if the flow parks again.")
+    c:argument("journal", "The journal file (no other process may have it open).")
+    c:argument("workflow", "The workflow's name.")
+    c:argument("flow", "The flow id.")
+    c:argument("workflows", "Workflow files (or batch, order), as procman run was given."):args("+")
+    commands[name] = c
+  end
+  local dead = p:command("dead-letters", "List the dead letters of a journal: id, time, event, reason.")
+  dead:argument("journal", "The journal file.")
+  dead:flag("--json", "Print JSON instead of text.")
+  commands["dead-letters"] = dead
+  for name, what in pairs { ["retry-dead-letter"] = "Hand a dead letter's event to the router again.",
+                            ["drop-dead-letter"] = "Forget a dead letter (journaled)." } do
+    local c = p:command(name, what)
+    c:argument("journal", "The journal file (no other process may have it open).")
+    c:argument("id", "The dead letter's id (procman dead-letters lists them).")
+    c:argument("workflows", "Workflow files (or batch, order), as procman run was given."):args("+")
+    commands[name] = c
+  end
+end
+
+-- The module that implements each command, when not named after it.
+local MODULE_OF = { skip = "parked", resume = "parked", ["dead-letters"] = "dead_letters",
+                    ["retry-dead-letter"] = "dead_letters", ["drop-dead-letter"] = "dead_letters" }
 
 local function parser()
   local argparse = require "argparse"
@@ -90,7 +139,10 @@ local function parser()
   diagram:argument("journal", "The journal file.")
   diagram:option("-w --workflow", "The workflow (needed when the journal has several).")
   diagram:option("--format", "mermaid or dot."):choices { "mermaid", "dot" }:default("mermaid")
-  return p, { repl = repl, run = run, inspect = inspect, verify = verify, diagram = diagram }
+
+  local commands = { repl = repl, run = run, inspect = inspect, verify = verify, diagram = diagram }
+  operator_commands(p, commands)
+  return p, commands
 end
 
 --- main(args) -> exit status.
@@ -112,7 +164,8 @@ function M.main(args)
     return 0
   end
   local command = parsed.command or "repl"
-  local done, status = pcall(require("procman.cli." .. command), parsed, M)
+  parsed.command = command
+  local done, status = pcall(require("procman.cli." .. (MODULE_OF[command] or command)), parsed, M)
   if done then return status or 0 end
   if getmetatable(status) == Failure then
     M.io.stderr:write("procman ", command, ": ", status.message, "\n")

@@ -16,7 +16,7 @@ local M = {}
 
 -- The records of a compacted journal: the router's state now.
 local function state_records(self)
-  local out = { { RECORD_SEQ, { seq = self.seq } } }
+  local out = { { RECORD_SEQ, { seq = self.seq, next_dead_letter = self.dead.next_id } } }
   for _, spec in ipairs(self.specs) do
     for flow_id, final in pairs(self.finished[spec.name]) do  -- ids are let go here
       out[#out + 1] = { RECORD_COMPLETED, { workflow = spec.name, flow = flow_id,
@@ -42,7 +42,7 @@ local function state_records(self)
       end
     end
   end
-  for _, letter in ipairs(self.dead) do out[#out + 1] = { RECORD_DEAD, letter } end
+  for _, letter in ipairs(self.dead.list) do out[#out + 1] = { RECORD_DEAD, letter } end
   for _, envelope in ipairs(self.outbox:list()) do
     out[#out + 1] = { RECORD_OUTBOX, envelope }
   end

@@ -12,6 +12,7 @@
 local core = require "procman.core"
 local records = require "procman.records"
 local timers = require "procman.timers"
+local dead_letters = require "procman.dead_letters"
 
 local decode = core.decode
 
@@ -61,11 +62,11 @@ local function pop_parked(view, f)
   if f.parked == nil then view.parked[f] = nil end
 end
 
-local function complete(view, f)
+local function complete(view, f, now)
   f.completed, f.timers = true, nil
   if f.parked then
     for _, event in ipairs(f.parked.events) do
-      view.dead[#view.dead + 1] = { event = event, error = string.format(
+      view.dead:add { event = event, time = now, error = string.format(
         "flow %s/%s completed while this event was parked", f.workflow, tostring(f.flow)) }
     end
     f.parked, view.parked[f] = nil, nil
@@ -92,7 +93,7 @@ local function apply_entry(view, rec, e, wanted)
       f.timeline[#f.timeline + 1] = { version = f.version, seq = rec.seq, event = rec.event,
                                       commands = e.commands, status = f.status }
     end
-    if e.done then complete(view, f) end
+    if e.done then complete(view, f, rec.now) end
   elseif e.parked then
     if f.parked then
       f.parked.error = e.parked
@@ -112,6 +113,7 @@ local function apply_event(view, rec, wanted)
     local f = flow_of(view, rec.fired.workflow, rec.fired.flow)
     f.timers = timers.remove(f.timers, rec.fired.seq, rec.fired.index)
   end
+  if rec.dead_letter then view.dead:remove(rec.dead_letter) end  -- retried
   for _, e in ipairs(rec.flows) do apply_entry(view, rec, e, wanted) end
   view.seq = rec.seq
 end
@@ -128,7 +130,10 @@ local apply = {
     local f = flow_of(view, rec.workflow, rec.flow)
     f.status, f.completed = rec.status, true
   end,
-  [records.SEQ] = function(view, rec) view.seq = rec.seq end,
+  [records.SEQ] = function(view, rec)
+    view.seq = rec.seq
+    view.dead:skip_to(rec.next_dead_letter)
+  end,
   [records.SKIP] = function(view, rec) pop_parked(view, flow_of(view, rec.workflow, rec.flow)) end,
   [records.TIMER] = function(view, rec)
     local f = flow_of(view, rec.workflow, rec.flow)
@@ -141,7 +146,8 @@ local apply = {
     f.parked = { error = rec.error, events = rec.events }
     view.parked[f] = true
   end,
-  [records.DEAD] = function(view, rec) view.dead[#view.dead + 1] = rec end,
+  [records.DEAD] = function(view, rec) view.dead:add(rec) end,
+  [records.DROP] = function(view, rec) view.dead:remove(rec.id) end,
 }
 
 --- read(path[, opts]) -> view, or nil, message. opts.timeline = { workflow,
@@ -153,7 +159,7 @@ function M.read(path, opts)
   local view = { path = path, bytes = info.bytes, records = info.records, dropped = info.dropped,
                  damaged_at = info.damaged_at, resume_at = info.resume_at, seq = 0,
                  workflows = {}, flows = {}, transitions = {}, pending = {}, pending_order = {},
-                 parked = {}, dead = {} }
+                 parked = {}, dead = dead_letters.new() }
   local wanted = opts and opts.timeline
   for offset, kind, payload in next_record do
     local ok, rec = pcall(decode, payload)
@@ -191,6 +197,11 @@ function M.timers(view)
   end
   table.sort(out, timers.before)
   return out
+end
+
+--- The dead letters, oldest first: { id, event, error, time }.
+function M.dead_letters(view)
+  return view.dead.list
 end
 
 --- The parked flows: { workflow, flow, error, event, held }.

@@ -7,11 +7,12 @@ local M = {
   FLOW = 3,       -- compaction: { workflow, flow, state, version, status, seen }
   OUTBOX = 4,     -- compaction: an envelope { id, workflow, flow, command }
   COMPLETED = 5,  -- compaction: { workflow, flow, status }
-  SEQ = 6,        -- compaction: { seq }
+  SEQ = 6,        -- compaction: { seq, next_dead_letter }
   SKIP = 7,       -- { workflow, flow }
   TIMER = 8,      -- compaction: { workflow, flow, key, due, event, seq, index }
   PARKED = 9,     -- compaction: { workflow, flow, error, events }
-  DEAD = 10,      -- { event, error }
+  DEAD = 10,      -- { id, event, error, time }
+  DROP = 11,      -- a dead letter dropped: { id }
 }
 
 --- The id of a flow's i-th command after the event that took it to

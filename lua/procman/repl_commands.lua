@@ -6,6 +6,8 @@
 --   .timeline PM       each event of a flow, with its commands, status and state after
 --   .pending           the router's outbox: play the gateway by hand
 --   .ack ID            ack a pending command (after doing its work by hand)
+--   .parked, .resume WORKFLOW FLOW, .skip WORKFLOW FLOW: parked flows of r
+--   .dead, .retry ID, .drop ID: dead letters of r (procman.operations)
 --
 -- A Lua line never starts with '.', so these cannot shadow code. Each
 -- returns the text to show; errors are raised as strings and shown by the
@@ -14,6 +16,7 @@ local procman = require "procman"
 local core = require "procman.core"
 local pretty = require "procman.pretty"
 local sandbox = require "procman.sandbox"
+local operations = require "procman.operations"
 
 local M = {}
 
@@ -24,6 +27,10 @@ local HELP = [[
 .timeline PM       a flow's events, each with its commands, status and state after it
 .pending           the router r's outbox: the commands waiting for a gateway
 .ack ID            ack a pending command of r (once you did its work by hand)
+.parked            r's parked flows: error, first event, events held
+.resume W FLOW     retry parked flow W/FLOW's events (after a fix); .skip W FLOW drops the first
+.dead              r's dead letters: id, time, event, reason
+.retry ID          hand dead letter ID's event to r again; .drop ID forgets it
 Lua works as usual: r:handle{ ... } answers with an event, pm:state() looks at a flow.]]
 
 local function fail(fmt, ...)
@@ -109,6 +116,49 @@ function M.ack(session, arg)
   local ok, err = r:ack(need_argument(arg, ".ack ID"))
   if not ok then fail("%s", err) end
   return string.format("acked; %d pending", #r:pending())
+end
+
+function M.parked(session)
+  return operations.parked_text(router_of(session):parked())
+end
+
+-- WORKFLOW FLOW, as the command line takes them (digits: an integer id).
+local function flow_args(arg, usage)
+  local name, id = need_argument(arg, usage):match("^(%S+)%s+(%S+)$")
+  if name == nil then fail("usage: %s", usage) end
+  return name, math.tointeger(tonumber(id)) or id
+end
+
+local function resume(session, arg, skip)
+  local name, id = flow_args(arg, skip and ".skip WORKFLOW FLOW" or ".resume WORKFLOW FLOW")
+  local ok, text = operations.resume(router_of(session), name, id, skip)
+  if ok == nil then fail("%s", text) end
+  return text
+end
+
+function M.resume(session, arg) return resume(session, arg, false) end
+function M.skip(session, arg) return resume(session, arg, true) end
+
+function M.dead(session)
+  return operations.dead_letters_text(router_of(session):dead_letters())
+end
+
+local function letter_id(arg, usage)
+  local id = math.tointeger(tonumber(need_argument(arg, usage)))
+  if id == nil then fail("usage: %s (an integer id: .dead lists them)", usage) end
+  return id
+end
+
+function M.retry(session, arg)
+  local text, err = operations.retry(router_of(session), letter_id(arg, ".retry ID"))
+  if not text then fail("%s", err) end
+  return text
+end
+
+function M.drop(session, arg)
+  local text, err = operations.drop(router_of(session), letter_id(arg, ".drop ID"))
+  if not text then fail("%s", err) end
+  return text
 end
 
 --- run(session, line) -> the text to show, or nil when 'line' is not a

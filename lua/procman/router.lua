@@ -30,13 +30,14 @@ local records = require "procman.records"
 local outbox = require "procman.outbox"
 local compaction = require "procman.compaction"
 local message = require "procman.message"
+local dead_letters = require "procman.dead_letters"
 
 local encode, decode, copy = core.encode, core.decode, core.copy
 
 local RECORD_EVENT, RECORD_ACK, RECORD_FLOW, RECORD_OUTBOX, RECORD_COMPLETED, RECORD_SEQ =
   records.EVENT, records.ACK, records.FLOW, records.OUTBOX, records.COMPLETED, records.SEQ
-local RECORD_SKIP, RECORD_TIMER, RECORD_PARKED, RECORD_DEAD =
-  records.SKIP, records.TIMER, records.PARKED, records.DEAD
+local RECORD_SKIP, RECORD_TIMER, RECORD_PARKED, RECORD_DEAD, RECORD_DROP =
+  records.SKIP, records.TIMER, records.PARKED, records.DEAD, records.DROP
 local OPTIONS = { workflows = true, journal = true, sync = true, repair = true,
                   on_divergence = true, warn = true, clock = true, on_error = true,
                   on_unroutable = true }
@@ -229,8 +230,8 @@ end
 -- Parked flows, timers, dead letters: the router's state besides flows
 -- ---------------------------------------------------------------------
 
-local function dead_letter(self, event, err)
-  self.dead[#self.dead + 1] = { event = copy(event), error = err }
+local function dead_letter(self, event, err, time)
+  self.dead:add { event = copy(event), error = err, time = time }
 end
 
 local function park(self, name, flow_id, event, err)
@@ -260,8 +261,8 @@ end
 
 -- A flow is done: it leaves the live set with its timers. Events still
 -- parked for it (a retried event finished it) can no longer be applied:
--- they become dead letters.
-local function complete(self, name, flow_id, pm)
+-- they become dead letters, at the record's time ('now' is journaled then).
+local function complete(self, name, flow_id, pm, now)
   self.live[name][flow_id] = nil
   self.schedule:drop(name, flow_id)
   remember_completed(self, name, flow_id, pm:status(), core.event_ids(pm))
@@ -269,7 +270,7 @@ local function complete(self, name, flow_id, pm)
   if p then
     for _, event in ipairs(p.events) do
       dead_letter(self, event, string.format("flow %s completed while this event was parked",
-                                             label(name, flow_id)))
+                                             label(name, flow_id)), now)
     end
     self.parked_of[name][flow_id] = nil
     self.parked_count = self.parked_count - 1
@@ -282,6 +283,7 @@ end
 local function settle(self, targets, record, out)
   local fired = record.fired
   if fired then self.schedule:remove(fired.workflow, fired.flow, fired.seq, fired.index) end
+  if record.dead_letter then self.dead:remove(record.dead_letter) end  -- retried
   for _, t in ipairs(targets) do
     local name, flow_id = t.spec.name, t.flow
     if t.resumed and not t.parked_error then unpark_front(self, name, flow_id) end
@@ -291,7 +293,7 @@ local function settle(self, targets, record, out)
       if t.directives then self.schedule:set(name, flow_id, t.directives, record.now, record.seq) end
       local done = t.done
       if done == nil then done = t.pm:done() end  -- replay: what the code says now
-      if done then complete(self, name, flow_id, t.pm) end
+      if done then complete(self, name, flow_id, t.pm, record.now) end
     elseif t.parked_error then
       if t.pm then self.live[name][flow_id] = t.pm end
       park(self, name, flow_id, record.event, t.parked_error)
@@ -322,6 +324,7 @@ local function event_record(self, targets, event, extra)
     if t.committed then
       f.commands, f.status, f.done = t.commands, t.status, t.done or nil
       need_now = need_now or (t.directives ~= nil and timers.need_now(t.directives))
+        or (t.done and self.parked_of[t.spec.name][t.flow] ~= nil)  -- dead letters' time
     elseif t.parked_error then
       f.parked = t.parked_error
     elseif t.held then
@@ -329,11 +332,11 @@ local function event_record(self, targets, event, extra)
     end
     if t.committed or t.parked_error or t.held or t.resumed then flows[#flows + 1] = f end
   end
-  if #flows == 0 and not extra.fired then return nil end
+  if #flows == 0 and not extra.fired and not extra.dead_letter then return nil end
   local now = extra.now
   if need_now and now == nil then now = read_clock(self) end
   return { seq = self.seq + 1, event = event, flows = flows, fired = extra.fired,
-           now = need_now and now or nil }
+           dead_letter = extra.dead_letter, now = need_now and now or nil }
 end
 
 -- Encode the record. Commands that are not data are the handler's fault:
@@ -500,6 +503,7 @@ local function restore_record(self, kind, rec, offset)
     remember_completed(self, spec_for(self, rec.workflow, offset).name, rec.flow, rec.status)
   elseif kind == RECORD_SEQ then
     self.seq = rec.seq
+    self.dead:skip_to(rec.next_dead_letter)
   elseif kind == RECORD_SKIP then
     unpark_front(self, spec_for(self, rec.workflow, offset).name, rec.flow)
   elseif kind == RECORD_TIMER then
@@ -509,8 +513,10 @@ local function restore_record(self, kind, rec, offset)
     local name = spec_for(self, rec.workflow, offset).name
     self.parked_of[name][rec.flow] = { events = rec.events, error = rec.error }
     self.parked_count = self.parked_count + 1
+  elseif kind == RECORD_DEAD then
+    self.dead:add(rec)
   else
-    self.dead[#self.dead + 1] = rec
+    self.dead:remove(rec.id)
   end
 end
 
@@ -521,7 +527,7 @@ local function recover(self, j)
       replay_event(self, rec, offset)
     elseif kind == RECORD_ACK then
       if self.outbox:has(rec.id) then self.outbox:forget(rec.id) end
-    elseif kind >= RECORD_FLOW and kind <= RECORD_DEAD then
+    elseif kind >= RECORD_FLOW and kind <= RECORD_DROP then
       restore_record(self, kind, rec, offset)
     else
       error(string.format("procman.router: %s: unknown record type %d at byte %d",
@@ -571,11 +577,12 @@ end
 -- An event the router cannot route: raise, or keep it as a dead letter.
 local function unroutable(self, event, err)
   if self.on_unroutable ~= "dead_letter" then error(err, 0) end
-  local ok, bytes = pcall(encode, { event = event, error = message(err) })
+  local ok, bytes = pcall(encode, { id = self.dead.next_id, event = event, error = message(err),
+                                    time = read_clock(self) })
   if not ok then fail("event '%s' is not data: %s", rawget(event, "event_type"), bytes) end
   local appended, why = append(self, RECORD_DEAD, bytes)
   if not appended then return nil, why end
-  after_journaling(self, pcall(function() self.dead[#self.dead + 1] = decode(bytes) end))
+  after_journaling(self, pcall(function() self.dead:add(decode(bytes)) end))
   return {}
 end
 
@@ -703,11 +710,47 @@ function Router:skip(name, flow_id)
   return retry(self, name, flow_id)
 end
 
---- r:dead_letters() -> the events the router could not route (with
--- on_unroutable = "dead_letter"): { event, error } (copies), oldest first.
+--- r:dead_letters() -> the events the router set aside (with
+-- on_unroutable = "dead_letter", and events left parked by a flow that
+-- completed): { id, event, error, time } (copies), oldest first. 'id' is
+-- stable (across restarts and compaction); 'time' is the router's clock
+-- when the letter was made.
 function Router:dead_letters()
   check_open(self)
-  return copy(self.dead)
+  return copy(self.dead.list)
+end
+
+local function check_letter(self, id)
+  local letter = math.type(id) == "integer" and self.dead:find(id)
+  if not letter then fail("no dead letter with id %s", tostring(id)) end
+  return letter
+end
+
+--- r:retry_dead_letter(id) -> envelopes, or nil, message (journal): hand
+-- the letter's event to the router again (after a fix: a workflow added, a
+-- flow started). The letter goes in the same journal record as the event.
+-- If the event still cannot be routed, or a handler fails (unless the
+-- router parks), this raises and the letter stays.
+function Router:retry_dead_letter(id)
+  check_open(self)
+  local event = check_letter(self, id).event
+  local ok, targets = pcall(targets_of, self, event, rawget(event, "event_type"))
+  if not ok then
+    fail("dead letter %d still cannot be delivered: %s", id,
+         (message(targets):gsub("^procman%.router: ", "")))
+  end
+  return deliver(self, event, targets, { dead_letter = id })
+end
+
+--- r:drop_dead_letter(id) -> true, or nil, message (journal): forget a
+-- dead letter (journaled).
+function Router:drop_dead_letter(id)
+  check_open(self)
+  check_letter(self, id)
+  local ok, err = append(self, RECORD_DROP, encode({ id = id }))
+  if not ok then return nil, err end
+  after_journaling(self, pcall(self.dead.remove, self.dead, id))
+  return true
 end
 
 --- r:pending() -> the envelopes not yet acked, in emission order (copies).
@@ -781,7 +824,7 @@ function Router:stats()
     for _ in pairs(self.live[spec.name]) do live = live + 1 end
   end
   return { live = live, completed = self.finished_count, pending = self.outbox.count,
-           parked = self.parked_count, timers = self.schedule:size(), dead_letters = #self.dead,
+           parked = self.parked_count, timers = self.schedule:size(), dead_letters = self.dead:count(),
            journal_bytes = self.journal and self.journal:size() or 0,
            recovered = self.recovered, dropped = self.dropped, seq = self.seq }
 end
@@ -840,7 +883,7 @@ return function(given)
   local self = setmetatable({
     specs = specs, by_name = by_name, live = {}, finished = {}, finished_count = 0,
     outbox = outbox.new(),
-    parked_of = {}, parked_count = 0, dead = {},
+    parked_of = {}, parked_count = 0, dead = dead_letters.new(),
     seq = 0, recovered = 0, dropped = 0, closed = false,
     clock = opts.clock or os.time,
     on_error = opts.on_error or "raise",

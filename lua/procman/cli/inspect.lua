@@ -3,13 +3,15 @@
 -- Reads a journal without the workflow code and without its lock (a
 -- router may be running on it):
 --   no option     a summary: flows by workflow and status, pending
---                 commands, parked flows, timers, dead letters, size
+--                 commands, parked flows, timers, dead letters (each
+--                 with its id, time, event type, reason and event), size
 --   --workflow W  W's flows, with status and version (--status filters)
 --   --flow ID     that flow's timeline: for each version, the event, the
 --                 commands, the status after it
 local pretty = require "procman.pretty"
 local journal_view = require "procman.journal_view"
 local json = require "procman.cli.json"
+local operations = require "procman.operations"
 
 local function sorted_keys(t)
   local keys = {}
@@ -23,7 +25,8 @@ local function summary(view)
   local s = { journal = view.path, bytes = view.bytes, records = view.records, seq = view.seq,
               dropped = view.dropped, damaged_at = view.damaged_at, workflows = {},
               pending = #journal_view.pending(view), parked = json.array(journal_view.parked(view)),
-              timers = json.array(journal_view.timers(view)), dead_letters = #view.dead }
+              timers = json.array(journal_view.timers(view)),
+              dead_letters = json.array(journal_view.dead_letters(view)) }
   for _, name in ipairs(view.workflows) do
     local w = { live = 0, completed = 0, live_by_status = {}, completed_by_status = {} }
     for _, f in pairs(view.flows[name]) do
@@ -69,7 +72,12 @@ local function summary_text(s)
   local next_due = t and string.format(" (next due at %s: %s/%s %s)", pretty.format(t.due), t.workflow,
                                        tostring(t.flow), t.event.event_type) or ""
   lines[#lines + 1] = string.format("timers: %d%s", #s.timers, next_due)
-  lines[#lines + 1] = string.format("dead letters: %d", s.dead_letters)
+  lines[#lines + 1] = string.format("dead letters: %d", #s.dead_letters)
+  for _, d in ipairs(s.dead_letters) do
+    lines[#lines + 1] = string.format("  #%d %s %s: %s", d.id, operations.time_text(d.time),
+                                      tostring(d.event.event_type), d.error)
+    lines[#lines + 1] = "    " .. pretty.format(d.event, { width = 1e9 })
+  end
   return table.concat(lines, "\n")
 end
 
