@@ -17,10 +17,11 @@
 --                 status = s, done = true|nil },          -- the flow's status after
 --               { workflow, flow, parked = "error" },     -- failed: parked
 --               { workflow, flow, held = true }, ... } }  -- kept for a parked flow
--- with resumed = true on the entry when r:resume retried a parked event.
+-- with resumed = true on the entry when r:resume retried a parked event,
+-- and dead_letter = id on the record when r:retry_dead_letter retried one.
 -- Recovery replays event records through the handlers (their commands are
 -- compared with the journaled ones, not emitted again), restores snapshot
--- records as they are, and applies acks, skips and dead letters.
+-- records as they are, and applies acks, skips, dead letters and drops.
 local core = require "procman.core"
 local workflow = require "procman.workflow"
 local pretty = require "procman.pretty"
