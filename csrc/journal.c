@@ -15,6 +15,7 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/uio.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "crc32c.h"
@@ -298,6 +299,12 @@ static int write_all(int fd, struct iovec *iov, int count) {
   return 0;
 }
 
+static uint64_t monotonic_ns(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
 static int sync_fd(int fd) {
   int r;
   do r = io_fdatasync(fd); while (r != 0 && errno == EINTR);
@@ -488,6 +495,7 @@ int journal_append(Journal *j, int type, const void *p, size_t n, const char **w
 }
 
 int journal_sync(Journal *j, const char **why) {
+  uint64_t started;
   if (j->fd < 0) {
     *why = "the journal is closed";
     return EBADF;
@@ -498,12 +506,16 @@ int journal_sync(Journal *j, const char **why) {
   }
   if (!j->dirty)
     return 0;
+  started = monotonic_ns();
   if (sync_fd(j->fd) != 0) {
     /* after a failed fsync the kernel may have dropped the dirty pages: no
     ** later fsync can be trusted to mean anything, so stop here */
     j->failed = fail(why, "cannot sync the journal");
     return j->failed;
   }
+  j->last_sync_ns = monotonic_ns() - started;
+  j->sync_ns += j->last_sync_ns;
+  j->syncs++;
   j->dirty = 0;
   return 0;
 }

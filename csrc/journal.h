@@ -75,6 +75,9 @@ typedef struct Journal {
   size_t size;          /* bytes in the file: always a record boundary */
   int failed;           /* an errno that makes further appends unsafe */
   int dirty;            /* appended since the last sync */
+  uint64_t syncs;       /* fdatasyncs done (for metrics) */
+  uint64_t sync_ns;     /* the time they took, in all */
+  uint64_t last_sync_ns;/* the time the last one took */
 } Journal;
 
 /*
@@ -103,7 +106,9 @@ int journal_replace(const char *from, const char *to, int *renamed, const char *
 ** sync no later write is accepted).  Returns 0 or an errno. */
 int journal_append(Journal *j, int type, const void *p, size_t n, const char **why);
 
-/* Make everything appended so far durable (fdatasync).  0 or an errno. */
+/* Make everything appended so far durable (fdatasync).  0 or an errno.
+** Each fdatasync is counted and timed (monotonic clock) in j->syncs,
+** j->sync_ns and j->last_sync_ns. */
 int journal_sync(Journal *j, const char **why);
 
 /* Close the file (syncing first unless the policy is "none"); safe twice. */

@@ -9,6 +9,7 @@
 **            damaged_at = offset or nil (with repair) }
 **   j:append(type, payload) -> offset of the record | nil, message, errno
 **   j:sync() -> true | nil, message, errno
+**   j:syncs() -> fdatasyncs done, seconds they took in all, the last one's
 **   for offset, type, payload in j:records() do ... end
 **   j:size(), j:close(), <close>, tostring(j)
 **
@@ -208,6 +209,14 @@ static int j_sync(lua_State *L) {
   return 1;
 }
 
+static int j_syncs(lua_State *L) {
+  Journal *j = &check_journal(L)->j;
+  lua_pushinteger(L, (lua_Integer)j->syncs);
+  lua_pushnumber(L, (lua_Number)j->sync_ns / 1e9);
+  lua_pushnumber(L, (lua_Number)j->last_sync_ns / 1e9);
+  return 3;
+}
+
 static int j_size(lua_State *L) {
   lua_pushinteger(L, (lua_Integer)check_journal(L)->j.size);
   return 1;
@@ -362,6 +371,7 @@ static const luaL_Reg journal_methods[] = {
   { "append", j_append },
   { "sync", j_sync },
   { "size", j_size },
+  { "syncs", j_syncs },
   { "records", j_records },
   { "close", j_close },
   { NULL, NULL }

@@ -3,6 +3,7 @@
 ** the codec, for lua/procman/init.lua to wrap.
 */
 #define _POSIX_C_SOURCE 200809L
+#include <time.h>
 #include <unistd.h>
 
 #include "lauxlib.h"
@@ -81,6 +82,15 @@ static int core_budget_call(lua_State *L) {
   return lua_gettop(L);
 }
 
+/* core.monotonic() -> seconds on a clock that never goes back: for
+** measuring durations (the router's hooks), never for handlers. */
+static int core_monotonic(lua_State *L) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  lua_pushnumber(L, (lua_Number)ts.tv_sec + (lua_Number)ts.tv_nsec / 1e9);
+  return 1;
+}
+
 static const luaL_Reg core_functions[] = {
   { "new", pm_new },
   { "encode", core_encode },
@@ -95,6 +105,7 @@ static const luaL_Reg core_functions[] = {
   { "is_terminal", core_is_terminal },
   { "line_reader", line_reader_new },
   { "budget_call", core_budget_call },
+  { "monotonic", core_monotonic },
   { NULL, NULL }
 };
 

@@ -208,7 +208,10 @@ static void test_file_append_reopen(void **state) {
   assert_int_equal(j.size, JOURNAL_HEADER_SIZE);
   assert_int_equal(stat(path, &st), 0);
   assert_int_equal(st.st_mode & 0777, 0600);
+  assert_int_equal(j.syncs, 0);
   assert_int_equal(journal_append(&j, 7, "abc", 3, &why), 0);
+  assert_int_equal(j.syncs, 1);  /* "always": counted and timed */
+  assert_true(j.sync_ns > 0 && j.sync_ns == j.last_sync_ns);
   assert_int_equal(journal_append(&j, 0, "x", 1, &why), EINVAL);
   assert_int_equal(journal_append(&j, 256, "x", 1, &why), EINVAL);
   assert_int_equal(j.size, JOURNAL_HEADER_SIZE + JOURNAL_RECORD_HEADER_SIZE + 3);

@@ -130,6 +130,7 @@ local function parser()
   inspect:option("-f --flow", "Show this flow's timeline (with --workflow when several workflows have it).")
   inspect:option("-s --status", "Only flows with this status.")
   inspect:flag("--json", "Print JSON instead of text.")
+  inspect:flag("--metrics", "Print the state's gauges in Prometheus text format.")
 
   local verify = p:command("verify", "Replay a journal through workflow code and report every divergence.")
   verify:argument("journal", "The journal file.")

@@ -32,8 +32,10 @@ local outbox = require "procman.outbox"
 local compaction = require "procman.compaction"
 local message = require "procman.message"
 local dead_letters = require "procman.dead_letters"
+local hooks = require "procman.hooks"
+local metrics = require "procman.metrics"
 
-local encode, decode, copy = core.encode, core.decode, core.copy
+local encode, decode, copy, monotonic = core.encode, core.decode, core.copy, core.monotonic
 
 local RECORD_EVENT, RECORD_ACK, RECORD_FLOW, RECORD_OUTBOX, RECORD_COMPLETED, RECORD_SEQ =
   records.EVENT, records.ACK, records.FLOW, records.OUTBOX, records.COMPLETED, records.SEQ
@@ -41,7 +43,7 @@ local RECORD_SKIP, RECORD_TIMER, RECORD_PARKED, RECORD_DEAD, RECORD_DROP =
   records.SKIP, records.TIMER, records.PARKED, records.DEAD, records.DROP
 local OPTIONS = { workflows = true, journal = true, sync = true, repair = true,
                   on_divergence = true, warn = true, clock = true, on_error = true,
-                  on_unroutable = true }
+                  on_unroutable = true, hooks = true, metrics = true }
 local SYNC = { always = true, batch = true, none = true }
 
 local Router = {}
@@ -100,6 +102,10 @@ local function check_options(given)
   local u = opts.on_unroutable
   if u ~= nil and u ~= "raise" and u ~= "dead_letter" then
     fail('on_unroutable must be "raise" or "dead_letter", got %s', tostring(u))
+  end
+  if opts.hooks ~= nil then opts.hooks = hooks.check_all(opts.hooks, "procman.router") end
+  if opts.metrics ~= nil and type(opts.metrics) ~= "boolean" then
+    fail("metrics must be a boolean, got %s", type(opts.metrics))
   end
   return opts
 end
@@ -180,7 +186,10 @@ end
 -- with the flow unchanged.
 local function run(t, event)
   local ok, result = true, t.pm
-  if result == nil then ok, result = pcall(core.new, t.spec, t.flow) end
+  if result == nil then
+    ok, result = pcall(core.new, t.spec, t.flow)
+    t.new = ok or nil
+  end
   if not ok then return message(result) end
   t.pm = result
   t.before = result:version()
@@ -231,8 +240,18 @@ end
 -- Parked flows, timers, dead letters: the router's state besides flows
 -- ---------------------------------------------------------------------
 
+-- Call a hook (h: self.hooks, nil when none is set). One that raises is
+-- reported and changes nothing: what it reports is done already.
+local function call_hook(self, h, name, ...)
+  local fn = h[name]
+  if fn == nil then return end
+  local ok, err = pcall(fn, ...)
+  if not ok then self.warn(string.format("procman.router: hook %s failed: %s", name, message(err))) end
+end
+
 local function dead_letter(self, event, err, time)
-  self.dead:add { event = copy(event), error = err, time = time }
+  local letter = self.dead:add { event = copy(event), error = err, time = time }
+  if self.hooks then call_hook(self, self.hooks, "dead_letter", letter) end
 end
 
 local function park(self, name, flow_id, event, err)
@@ -373,6 +392,15 @@ local function encode_record(self, targets, event, extra)
   return record, bytes
 end
 
+-- Report the journal's fdatasyncs since the last report (hooks).
+local function report_fsync(self, h)
+  local syncs, _, last = self.journal:syncs()
+  if syncs ~= self.syncs_reported then
+    self.syncs_reported = syncs
+    call_hook(self, h, "journal_fsync", last)
+  end
+end
+
 -- Append a record; on failure undo the targets and return nil, message.
 local function append(self, kind, bytes, targets)
   if self.journal then
@@ -380,6 +408,11 @@ local function append(self, kind, bytes, targets)
     if not at then
       if targets then undo(targets, #targets) end
       return nil, "procman.router: " .. err
+    end
+    local h = self.hooks
+    if h then
+      call_hook(self, h, "journal_append", kind, #bytes + 9)  -- 9: the record's framing
+      report_fsync(self, h)
     end
   end
   return true
@@ -412,7 +445,28 @@ local function prepare(self, event, targets, extra)
   return encode_record(self, targets, event, extra or {})
 end
 
+-- What one delivered event did, for the hooks.
+local function report_event(self, h, event, targets, envelopes, started)
+  local seconds, event_type = monotonic() - started, rawget(event, "event_type")
+  for _, t in ipairs(targets) do
+    local name, flow_id = t.spec.name, t.flow
+    if t.committed then
+      if t.new then call_hook(self, h, "flow_started", name, flow_id) end
+      call_hook(self, h, "event_handled", name, flow_id, event_type, seconds)
+      if t.done then call_hook(self, h, "flow_completed", name, flow_id, t.status) end
+    elseif t.parked_error then
+      call_hook(self, h, "flow_parked", name, flow_id, t.parked_error)
+    end
+    if t.resumed and not t.parked_error and self.parked_of[name][flow_id] == nil then
+      call_hook(self, h, "flow_resumed", name, flow_id)
+    end
+  end
+  for _, envelope in ipairs(envelopes) do call_hook(self, h, "command_emitted", envelope) end
+end
+
 local function deliver(self, event, targets, extra)
+  local h = self.hooks
+  local started = h and monotonic()
   local prepared, record, bytes = pcall(prepare, self, event, targets, extra)
   if not prepared then  -- any error before the journal, out of memory included
     undo(targets, #targets)
@@ -424,6 +478,7 @@ local function deliver(self, event, targets, extra)
   self.seq = record.seq
   local settled, out = pcall(settle_into_new, self, targets, record)
   after_journaling(self, settled, out)
+  if h then report_event(self, h, event, targets, out, started) end
   return out
 end
 
@@ -583,7 +638,9 @@ local function unroutable(self, event, err)
   if not ok then fail("event '%s' is not data: %s", rawget(event, "event_type"), bytes) end
   local appended, why = append(self, RECORD_DEAD, bytes)
   if not appended then return nil, why end
-  after_journaling(self, pcall(function() self.dead:add(decode(bytes)) end))
+  local letter
+  after_journaling(self, pcall(function() letter = self.dead:add(decode(bytes)) end))
+  if self.hooks then call_hook(self, self.hooks, "dead_letter", letter) end
   return {}
 end
 
@@ -616,6 +673,9 @@ local function fire(self, due, now)
                                      { now = now, fired = { workflow = name, flow = flow_id,
                                                             seq = t.seq, index = t.index } })
       if not envelopes then return nil, err end
+      if self.hooks then
+        call_hook(self, self.hooks, "timer_fired", name, flow_id, rawget(t.event, "event_type"), now - t.due)
+      end
       table.move(envelopes, 1, #envelopes, #out + 1, out)
     end
   end
@@ -848,8 +908,52 @@ function Router:flush()
   if self.journal then
     local ok, err = self.journal:sync()
     if not ok then return nil, "procman.router: " .. err end
+    if self.hooks then report_fsync(self, self.hooks) end
   end
   return true
+end
+
+--- r:hook(name, fn) -> the hook set before: set (or, with nil, unset) one
+-- of the hooks listed in procman.hooks.
+function Router:hook(name, fn)
+  check_open(self)
+  hooks.check(name, fn, "procman.router")
+  local before = self.user_hooks[name]
+  self.user_hooks[name] = fn
+  self.hooks = hooks.compose(self.collector and self.collector.hooks, self.user_hooks)
+  return before
+end
+
+-- The router's state, for metrics.gauges.
+local function gauge_state(self)
+  local state = { workflows = {}, live = {}, parked = {}, parked_events = {}, completed = {},
+                  pending = self.outbox.count, timers = self.schedule:size(),
+                  next_due = self.schedule:next_due(), dead_letters = self.dead:count(),
+                  oldest_dead_letter = metrics.oldest_time(self.dead.list),
+                  journal_bytes = self.journal and self.journal:size() or nil, seq = self.seq }
+  for _, spec in ipairs(self.specs) do
+    local name, live, parked, held, done = spec.name, 0, 0, 0, 0
+    for _ in pairs(self.live[name]) do live = live + 1 end
+    for _, p in pairs(self.parked_of[name]) do parked, held = parked + 1, held + #p.events end
+    for _ in pairs(self.finished[name]) do done = done + 1 end
+    state.workflows[#state.workflows + 1] = name
+    state.live[name], state.parked[name], state.parked_events[name], state.completed[name] =
+      live, parked, held, done
+  end
+  table.sort(state.workflows)
+  return state
+end
+
+--- r:metrics() -> Prometheus text exposition: gauges of the state, and
+-- (with metrics = true) counters and histograms of activity since the
+-- router opened. See docs/operations.md.
+function Router:metrics()
+  check_open(self)
+  local families = metrics.gauges(gauge_state(self))
+  if self.collector then
+    table.move(self.collector:families(gauge_state(self).workflows), 1, 13, #families + 1, families)
+  end
+  return metrics.render(families)
 end
 
 --- r:close(), <close>, __gc: flush and close the journal; safe twice.
@@ -891,7 +995,7 @@ return function(given)
     on_unroutable = opts.on_unroutable or "raise",
     on_divergence = opts.on_divergence or "error",
     warn = opts.warn or function(msg) warn(msg) end,
-    journal_path = opts.journal, sync = opts.sync,
+    journal_path = opts.journal, sync = opts.sync, user_hooks = opts.hooks or {},
   }, meta)
   local names = {}
   for i, spec in ipairs(specs) do
@@ -906,6 +1010,9 @@ return function(given)
       self.closed = true
       return nil, err
     end
+    self.syncs_reported = self.journal:syncs()
   end
+  self.collector = opts.metrics and metrics.collector() or nil
+  self.hooks = hooks.compose(self.collector and self.collector.hooks, self.user_hooks)  -- after recovery
   return self
 end

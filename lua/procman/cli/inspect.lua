@@ -8,10 +8,14 @@
 --   --workflow W  W's flows, with status and version (--status filters)
 --   --flow ID     that flow's timeline: for each version, the event, the
 --                 commands, the status after it
+--   --metrics     the state's gauges in Prometheus text format (as
+--                 r:metrics() gives them), e.g. for node_exporter's
+--                 textfile collector
 local pretty = require "procman.pretty"
 local journal_view = require "procman.journal_view"
 local json = require "procman.cli.json"
 local operations = require "procman.operations"
+local metrics = require "procman.metrics"
 
 local function sorted_keys(t)
   local keys = {}
@@ -130,8 +134,37 @@ local function timeline_text(f)
   return table.concat(lines, "\n")
 end
 
+-- The journal's state, as metrics.gauges takes it.
+local function gauge_state(view)
+  local timers = journal_view.timers(view)
+  local letters = journal_view.dead_letters(view)
+  local state = { workflows = sorted_keys(view.flows), live = {}, parked = {}, parked_events = {},
+                  completed = {}, pending = #journal_view.pending(view), timers = #timers,
+                  next_due = timers[1] and timers[1].due, dead_letters = #letters,
+                  oldest_dead_letter = metrics.oldest_time(letters), journal_bytes = view.bytes,
+                  seq = view.seq }
+  for _, name in ipairs(state.workflows) do
+    local kinds = { live = 0, parked = 0, parked_events = 0, completed = 0 }
+    for _, f in pairs(view.flows[name]) do
+      local kind = f.completed and "completed" or "live"
+      kinds[kind] = kinds[kind] + 1
+      if f.parked then
+        kinds.parked, kinds.parked_events = kinds.parked + 1, kinds.parked_events + #f.parked.events
+      end
+    end
+    for kind, n in pairs(kinds) do state[kind][name] = n end
+  end
+  return state
+end
+
 return function(args, cli)
   local id = args.flow and cli.flow_id(args.flow)
+  if args.metrics then
+    local view, err = journal_view.read(args.journal)
+    if not view then cli.fail(1, "%s", err) end
+    cli.io.stdout:write(metrics.render(metrics.gauges(gauge_state(view))))
+    return 0
+  end
   local view, err = journal_view.read(args.journal)
   if not view then cli.fail(1, "%s", err) end
   local result, text
