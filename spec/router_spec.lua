@@ -472,7 +472,7 @@ describe("procman.router", function()
             'workflow "w" has no correlate: its flows cannot be told apart')
     refused({ workflows = { batch }, sync = "sometimes" }, 'sync must be "always", "batch" or "none", got sometimes')
     refused({ workflows = { batch }, journal = 5 }, "journal must be a file path, got number")
-    refused({ workflows = { batch }, on_divergence = "ignore" }, 'on_divergence must be "error" or "warn", got ignore')
+    refused({ workflows = { batch }, on_divergence = "ignore" }, 'on_divergence must be "raise" (or "error") or "warn", got ignore')
     refused({ workflows = { batch }, jounral = "x" }, "unknown option jounral")
   end)
 
