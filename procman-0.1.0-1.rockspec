@@ -51,6 +51,7 @@ build = {
     ["procman.cli.run"] = "lua/procman/cli/run.lua",
     ["procman.cli.inspect"] = "lua/procman/cli/inspect.lua",
     ["procman.cli.verify"] = "lua/procman/cli/verify.lua",
+    ["procman.cli.compact"] = "lua/procman/cli/compact.lua",
     ["procman.cli.diagram"] = "lua/procman/cli/diagram.lua",
     ["procman.router"] = "lua/procman/router.lua",
     ["procman.timers"] = "lua/procman/timers.lua",

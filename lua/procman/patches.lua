@@ -105,6 +105,23 @@ function M.deprecate_patch(id)
   record(ctx, id)
 end
 
+--- replay(pm, event, journaled) -> the results of pcall(pm.handle, pm,
+-- event), procman.patched() answering as the journal recorded: true for
+-- the changes the flow took before and for 'journaled' (the ids the
+-- event's entry lists, or nil), false for others.
+function M.replay(pm, event, journaled)
+  local ctx = M.REPLAY
+  ctx.pm, ctx.journaled = pm, false
+  if journaled then
+    ctx.journaled = {}
+    for _, id in ipairs(journaled) do ctx.journaled[id] = true end
+  end
+  M.context = ctx
+  local ok, result = pcall(pm.handle, pm, event)
+  M.context = nil
+  return ok, result
+end
+
 --- taken(pm) -> the ids of the changes the flow took (an array, sorted), or nil.
 function M.taken(pm)
   local taken = taken_by[pm]

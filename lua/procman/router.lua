@@ -193,7 +193,7 @@ end
 local function targets_of(self, event, event_type)
   local targets, missed = {}, nil
   for _, newest in ipairs(self.specs) do
-    if self.handles[newest.name][event_type] then
+    if self.types_of[newest.name][event_type] then
       local t, why, text = target_in(self, newest, event, event_type)
       if t then
         targets[#targets + 1] = t
@@ -574,21 +574,6 @@ local function ghost_target(self, name, f, rec)
   return t
 end
 
--- The flow handles a journaled event again, procman.patched() answering
--- as the journal recorded.
-local function rehandle(pm, event, journaled)
-  local ctx = patches.REPLAY
-  ctx.pm, ctx.journaled = pm, false
-  if journaled then
-    ctx.journaled = {}
-    for _, id in ipairs(journaled) do ctx.journaled[id] = true end
-  end
-  patches.context = ctx
-  local ok, now = pcall(pm.handle, pm, event)
-  patches.context = nil
-  return ok, now
-end
-
 -- Replay one flow's part of an event record: the flow handles the event
 -- again, with the code of the version it started on; its commands are
 -- compared with the journaled ones, and the journaled ones are the ones
@@ -606,7 +591,7 @@ local function replay_target(self, f, rec, offset)
     end
   elseif f.commands then
     t.pm = t.pm or core.new(spec, f.flow)
-    local ok, now = rehandle(t.pm, rec.event, f.patches)
+    local ok, now = patches.replay(t.pm, rec.event, f.patches)
     if not ok then
       error(string.format("procman.router: replay failed at %s: %s", where(self, f, rec, offset),
                           message(now)), 0)
@@ -1046,7 +1031,7 @@ return function(given)
   local opts = check_options(given)
   local specs, by_name, versions = check_workflows(opts.workflows)
   local self = setmetatable({
-    specs = specs, by_name = by_name, versions = versions, older = {}, handles = {}, known_types = {},
+    specs = specs, by_name = by_name, versions = versions, older = {}, types_of = {}, known_types = {},
     live = {}, finished = {}, finished_count = 0,
     outbox = outbox.new(),
     parked_of = {}, parked_count = 0, dead = {},
@@ -1065,10 +1050,10 @@ return function(given)
   for i, spec in ipairs(specs) do
     local name = spec.name
     self.live[name], self.finished[name], self.parked_of[name] = {}, {}, {}
-    self.older[name], self.handles[name] = {}, {}
+    self.older[name], self.types_of[name] = {}, {}
     for _, version in pairs(versions[name]) do
       for event_type in pairs(version.on) do
-        self.handles[name][event_type], self.known_types[event_type] = true, true
+        self.types_of[name][event_type], self.known_types[event_type] = true, true
       end
     end
     names[i] = name
