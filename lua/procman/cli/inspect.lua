@@ -69,7 +69,7 @@ local function summary_text(s)
                                       by_status_text(w.live_by_status), w.completed,
                                       by_status_text(w.completed_by_status))
     if next(w.live_by_version) and (w.live_by_version.v1 or 0) < w.live then
-      lines[#lines + 1] = "    live by version:" .. by_status_text(w.live_by_version):sub(2)
+      lines[#lines + 1] = "    live flows by version: " .. by_status_text(w.live_by_version):sub(3, -2)
     end
     for _, id in ipairs(sorted_keys(w.live_patches)) do
       lines[#lines + 1] = string.format("    patch %s: taken by %d of %d live flows", id,
