@@ -61,6 +61,7 @@ build = {
     ["procman.compaction"] = "lua/procman/compaction.lua",
     ["procman.sandbox"] = "lua/procman/sandbox.lua",
     ["procman.testing"] = "lua/procman/testing.lua",
+    ["procman.expectation"] = "lua/procman/expectation.lua",
     ["procman.workflows.batch"] = "lua/procman/workflows/batch.lua",
     ["procman.workflows.order"] = "lua/procman/workflows/order.lua",
   },
