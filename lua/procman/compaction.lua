@@ -85,6 +85,14 @@ local function switch_journal(self, replaced, why)
   end
 end
 
+-- The journal now starts each live flow at its snapshot: the events a
+-- flow kept to rebuild its state are redundant, let them go.
+local function trim_histories(self)
+  for _, spec in ipairs(self.specs) do
+    for _, pm in pairs(self.live[spec.name]) do core.trim(pm) end
+  end
+end
+
 --- compact(router) -> true, or nil, message. Written to a temporary file
 -- in the same directory (created with O_EXCL), synced, renamed over the
 -- journal, the directory synced. A failure before the rename leaves
@@ -109,6 +117,7 @@ function M.compact(self)
     error("procman.router: compacted, but " .. tostring(problem) .. "; this router is closed: open "
           .. "the journal again (before or after a crash it holds the same state)", 0)
   end
+  pcall(trim_histories, self)  -- out of memory: the histories stay, bounded anyway
   return true
 end
 
