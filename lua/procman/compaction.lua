@@ -43,8 +43,8 @@ local function state_records(self)
     end
   end
   for _, letter in ipairs(self.dead) do out[#out + 1] = { RECORD_DEAD, letter } end
-  for _, envelope in ipairs(self.outbox:list()) do
-    out[#out + 1] = { RECORD_OUTBOX, envelope }
+  for _, bytes in ipairs(self.outbox:encoded()) do  -- already encoded: journaled as they are
+    out[#out + 1] = { RECORD_OUTBOX, bytes }
   end
   return out
 end
@@ -55,7 +55,9 @@ local function write_journal(tmp, list)
   local j, err = core.journal_create(tmp, { sync = "batch" })
   if not j then return nil, err end
   for _, r in ipairs(list) do
-    local at, why = j:append(r[1], encode(r[2]))
+    local payload = r[2]
+    if type(payload) ~= "string" then payload = encode(payload) end
+    local at, why = j:append(r[1], payload)
     if not at then
       j:close()
       os.remove(tmp)
