@@ -260,8 +260,8 @@ return procman.workflow {
   it("report a journal the code does not replay without a traceback", function()
     local r = procman_cmd("skip " .. path .. " batch b1 order")
     assert.equal(1, r.code)
-    assert.equal("procman skip: procman.router: the journal has flows of workflow \"batch\", which this "
-                 .. "router was not given (byte 16 of " .. path .. ")\n", r.err)
+    assert.equal("procman skip: procman.router: " .. path .. ": the journal has 1 live flow of workflow "
+                 .. "\"batch\", which this router was not given\n", r.err)
   end)
 
   it("refuse a journal another process holds, changing nothing", function()

@@ -5,6 +5,7 @@
 -- read here: this module is the router's, not a public API.
 local core = require "procman.core"
 local records = require "procman.records"
+local patches = require "procman.patches"
 
 local encode = core.encode
 
@@ -13,6 +14,13 @@ local RECORD_FLOW, RECORD_OUTBOX, RECORD_COMPLETED, RECORD_SEQ =
 local RECORD_TIMER, RECORD_PARKED, RECORD_DEAD = records.TIMER, records.PARKED, records.DEAD
 
 local M = {}
+
+-- The version a flow runs, for its snapshot record (nil: version 1).
+local function workflow_version(self, spec, flow_id)
+  local v = (self.older[spec.name][flow_id] or spec).version
+  if v ~= 1 then return v end
+  return nil
+end
 
 -- The records of a compacted journal: the router's state now.
 local function state_records(self)
@@ -25,14 +33,17 @@ local function state_records(self)
     for flow_id, pm in pairs(self.live[spec.name]) do
       local state, version, seen = core.snapshot(pm)
       out[#out + 1] = { RECORD_FLOW, { workflow = spec.name, flow = flow_id, state = state,
-                                               version = version, seen = seen, status = pm:status() } }
+                                               version = version, seen = seen, status = pm:status(),
+                                               workflow_version = workflow_version(self, spec, flow_id),
+                                               patches = patches.taken(pm) } }
     end
   end
   for _, spec in ipairs(self.specs) do
     local name = spec.name
     for flow_id, p in pairs(self.parked_of[name]) do
       out[#out + 1] = { RECORD_PARKED, { workflow = name, flow = flow_id, error = p.error,
-                                                 events = p.events } }
+                                                 events = p.events,
+                                                 workflow_version = workflow_version(self, spec, flow_id) } }
     end
     for flow_id, list in self.schedule:flows(name) do
       for _, t in ipairs(list) do
@@ -43,8 +54,8 @@ local function state_records(self)
     end
   end
   for _, letter in ipairs(self.dead.list) do out[#out + 1] = { RECORD_DEAD, letter } end
-  for _, envelope in ipairs(self.outbox:list()) do
-    out[#out + 1] = { RECORD_OUTBOX, envelope }
+  for _, bytes in ipairs(self.outbox:encoded()) do  -- already encoded: journaled as they are
+    out[#out + 1] = { RECORD_OUTBOX, bytes }
   end
   return out
 end
@@ -55,7 +66,9 @@ local function write_journal(tmp, list)
   local j, err = core.journal_create(tmp, { sync = "batch" })
   if not j then return nil, err end
   for _, r in ipairs(list) do
-    local at, why = j:append(r[1], encode(r[2]))
+    local payload = r[2]
+    if type(payload) ~= "string" then payload = encode(payload) end
+    local at, why = j:append(r[1], payload)
     if not at then
       j:close()
       os.remove(tmp)
@@ -85,6 +98,14 @@ local function switch_journal(self, replaced, why)
   end
 end
 
+-- The journal now starts each live flow at its snapshot: the events a
+-- flow kept to rebuild its state are redundant, let them go.
+local function trim_histories(self)
+  for _, spec in ipairs(self.specs) do
+    for _, pm in pairs(self.live[spec.name]) do core.trim(pm) end
+  end
+end
+
 --- compact(router) -> true, or nil, message. Written to a temporary file
 -- in the same directory (created with O_EXCL), synced, renamed over the
 -- journal, the directory synced. A failure before the rename leaves
@@ -109,6 +130,7 @@ function M.compact(self)
     error("procman.router: compacted, but " .. tostring(problem) .. "; this router is closed: open "
           .. "the journal again (before or after a crash it holds the same state)", 0)
   end
+  pcall(trim_histories, self)  -- out of memory: the histories stay, bounded anyway
   return true
 end
 
