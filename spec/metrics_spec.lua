@@ -356,6 +356,34 @@ describe("the router's hooks", function()
     r:close()
   end)
 
+  it("report events ignored by policy: unknown types, late events, the late part of an event", function()
+    local function stoppable(name, done)
+      return procman.workflow { name = name, correlate = "id", starts = { "go" },
+        on = { go = function() end, stop = function(state) state.stopped = true end },
+        done = done and function(state) return state.stopped end or nil }
+    end
+    local ignored = {}
+    local hooks = { event_ignored = function(...) ignored[#ignored + 1] = { ... } end }
+    local r = procman.router { workflows = { stoppable("a", true), stoppable("b") }, hooks = hooks,
+                               metrics = true }
+    r:handle { event_type = "go", id = 1 }
+    r:handle { event_type = "stop", id = 1 }
+    r:handle { event_type = "stop", id = 1 }  -- a is complete, b takes it: the late part is ignored
+    r:handle { event_type = "nope" }            -- on_unknown = "ignore" (the default)
+    local m = check(r:metrics())
+    r:close()
+    r = procman.router { workflows = { stoppable("a", true) }, hooks = hooks, on_late = "ignore" }
+    r:handle { event_type = "go", id = 1 }
+    r:handle { event_type = "stop", id = 1 }
+    r:handle { event_type = "stop", id = 1 }
+    r:close()
+    local late = "flow a/1 is complete (none): event 'stop' came after it finished"
+    assert.same({ { "late", "stop", late }, { "unknown", "nope", "no workflow handles event type 'nope'" },
+                  { "late", "stop", late } }, ignored)
+    assert.equal(1, value(m, "procman_events_ignored_total", { kind = "late" }))
+    assert.equal(1, value(m, "procman_events_ignored_total", { kind = "unknown" }))
+  end)
+
   it("a hook that raises is reported through warn and changes nothing", function()
     local warnings = {}
     local r = procman.router { workflows = { batch }, journal = path,
@@ -381,7 +409,7 @@ describe("the router's hooks", function()
     assert.has_error(function() r:hook("event_handeld", f) end,
                      "procman.router: unknown hook event_handeld (hooks: event_handled, command_emitted, "
                      .. "flow_started, flow_completed, flow_parked, flow_resumed, timer_fired, dead_letter, "
-                     .. "journal_append, journal_fsync)")
+                     .. "event_ignored, journal_append, journal_fsync)")
     assert.has_error(function() r:hook("dead_letter", 5) end,
                      "procman.router: hook dead_letter must be a function, got number")
     assert.has_error(function() procman.router { workflows = { batch }, hooks = 5 } end,

@@ -10,6 +10,9 @@
 --   flow_resumed(workflow, flow)                         no parked event is left
 --   timer_fired(workflow, flow, event_type, lateness)    seconds past its due time
 --   dead_letter(letter)                                  { id, event, error, time }
+--   event_ignored(kind, event_type, reason)              on_unknown/on_late said "ignore"
+--                                                        (kind "unknown" or "late"), or the late
+--                                                        part of an event live flows took
 --   journal_append(record_type, bytes)                   bytes written, framing included
 --   journal_fsync(seconds)                               one fdatasync of the journal
 --
@@ -20,7 +23,8 @@
 local M = {}
 
 M.NAMES = { "event_handled", "command_emitted", "flow_started", "flow_completed", "flow_parked",
-            "flow_resumed", "timer_fired", "dead_letter", "journal_append", "journal_fsync" }
+            "flow_resumed", "timer_fired", "dead_letter", "event_ignored", "journal_append",
+            "journal_fsync" }
 
 local KNOWN = {}
 for _, name in ipairs(M.NAMES) do KNOWN[name] = true end

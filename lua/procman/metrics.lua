@@ -212,6 +212,9 @@ function M.collector()
     lateness = histogram("procman_timer_lateness_seconds", "How long after its due time a timer fired.",
                          LATENESS_BUCKETS, WF),
     dead = counter("procman_dead_letters_total", "Dead letters made.", {}),
+    ignored = counter("procman_events_ignored_total",
+                      "Events (or late parts of events) dropped by on_unknown or on_late = ignore.",
+                      { "kind" }),
     appends = counter("procman_journal_appends_total", "Records appended to the journal.", {}),
     bytes = counter("procman_journal_appended_bytes_total", "Bytes appended to the journal.", {}),
     fsync = histogram("procman_journal_fsync_seconds", "Time of each fdatasync of the journal.",
@@ -236,6 +239,7 @@ function M.collector()
       observe(sample(c.lateness, workflow), math.max(0, lateness))
     end,
     dead_letter = function() add(c.dead, 1) end,
+    event_ignored = function(kind) add(c.ignored, 1, kind) end,
     journal_append = function(_, bytes)
       add(c.appends, 1)
       add(c.bytes, bytes)
@@ -246,7 +250,7 @@ function M.collector()
 end
 
 local ORDER = { "handled", "handle_seconds", "commands", "started", "completed", "parked", "resumed",
-                "fired", "lateness", "dead", "appends", "bytes", "fsync" }
+                "fired", "lateness", "dead", "ignored", "appends", "bytes", "fsync" }
 
 --- collector:families(workflows) -> the counters and histograms. Counters
 -- of each workflow are there from the start (at 0), so that rate() and
@@ -260,6 +264,8 @@ function Collector:families(workflows)
   end
   sample(self.fsync)
   sample(self.dead)
+  sample(self.ignored, "unknown")
+  sample(self.ignored, "late")
   sample(self.appends)
   sample(self.bytes)
   local out = {}

@@ -824,9 +824,10 @@ end
 
 -- What a policy (on_unknown, on_late) does with an event that reached no
 -- live flow: raise (nothing changes), keep it as a dead letter, or drop it.
-local function by_policy(self, policy, event, why)
+local function by_policy(self, policy, event, why, kind)
   if policy == "raise" then error("procman.router: " .. why, 0) end
   if policy == "dead_letter" then return keep_dead_letter(self, event, "procman.router: " .. why) end
+  if self.hooks then call_hook(self, self.hooks, "event_ignored", kind, rawget(event, "event_type"), why) end
   return {}
 end
 
@@ -835,12 +836,14 @@ end
 -- complete), or a redelivery.
 local function reached_none(self, event, event_type, missed)
   if missed and #missed.late > 0 then
-    return by_policy(self, self.on_late, event, missed.late[1])
+    return by_policy(self, self.on_late, event, missed.late[1], "late")
   end
-  if missed and missed.version then return by_policy(self, self.on_unknown, event, missed.version) end
+  if missed and missed.version then
+    return by_policy(self, self.on_unknown, event, missed.version, "unknown")
+  end
   if not self.known_types[event_type] then
     return by_policy(self, self.on_unknown, event,
-                     string.format("no workflow handles event type '%s'", event_type))
+                     string.format("no workflow handles event type '%s'", event_type), "unknown")
   end
   return {}
 end
@@ -858,7 +861,11 @@ function Router:handle(event)
   if missed and #missed.late > 0 and self.on_late == "dead_letter" then  -- live flows take it
     return deliver(self, event, targets, { late = "procman.router: " .. table.concat(missed.late, "; ") })
   end
-  return deliver(self, event, targets)
+  local out, err = deliver(self, event, targets)
+  if missed and #missed.late > 0 and out and self.hooks then  -- the late part, ignored
+    call_hook(self, self.hooks, "event_ignored", "late", event_type, table.concat(missed.late, "; "))
+  end
+  return out, err
 end
 
 --- r:handles(event_type) -> true when some workflow (in some version)
@@ -1179,7 +1186,8 @@ function Router:metrics()
   check_open(self)
   local families = metrics.gauges(gauge_state(self))
   if self.collector then
-    table.move(self.collector:families(gauge_state(self).workflows), 1, 13, #families + 1, families)
+    local more = self.collector:families(gauge_state(self).workflows)
+    table.move(more, 1, #more, #families + 1, families)
   end
   return metrics.render(families)
 end
