@@ -260,10 +260,7 @@ end
 -- with the flow unchanged.
 local function run(t, event)
   local ok, result = true, t.pm
-  if result == nil then
-    ok, result = pcall(core.new, t.spec, t.flow)
-    t.new = ok or nil
-  end
+  if result == nil then ok, result = pcall(core.new, t.spec, t.flow) end
   if not ok then return message(result) end
   t.pm = result
   t.before = result:version()
