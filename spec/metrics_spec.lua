@@ -5,6 +5,7 @@ local procman = require "procman"
 local core = require "procman.core"
 local batch = require "procman.workflows.batch"
 local files = require "spec.support.files"
+local procman_cmd = require "spec.support.command"
 
 -- ---------------------------------------------------------------------
 -- A strict parser of the text format (version 0.0.4)
@@ -271,10 +272,9 @@ describe("r:metrics()", function()
     assert.equal(60, value(m, "procman_timer_next_due_timestamp_seconds"))
     assert.equal(1, value(m, "procman_timers_pending"))
     r:close()
-    local out = assert(io.popen(string.format("LUA_PATH=%q LUA_CPATH=%q lua5.4 bin/procman inspect %s --metrics",
-                                              package.path, package.cpath, path)))
-    local at_rest = out:read("a")
-    assert.is_true(out:close())
+    local result = procman_cmd("inspect " .. path .. " --metrics")
+    assert.equal(0, result.code)
+    local at_rest = result.out
     check(at_rest)
     assert.equal(text, at_rest)
   end)

@@ -10,18 +10,7 @@ local repl = require "procman.repl"
 local cjson = require "cjson"
 local files = require "spec.support.files"
 
-local function procman_cmd(args, input)
-  local inp, out, err = os.tmpname(), os.tmpname(), os.tmpname()
-  files.write(inp, input or "")
-  local cmd = string.format("LUA_PATH=%q LUA_CPATH=%q lua5.4 bin/procman %s < %s > %s 2> %s",
-                            package.path, package.cpath, args, inp, out, err)
-  local _, _, code = os.execute(cmd)
-  local result = { out = files.bytes(out), err = files.bytes(err), code = code }
-  os.remove(inp)
-  os.remove(out)
-  os.remove(err)
-  return result
-end
+local procman_cmd = require "spec.support.command"
 
 local function clock() return 1700000000 end
 
@@ -143,7 +132,7 @@ describe("dead letters", function()
   end)
 end)
 
-describe("operator commands on a journal", function()
+describe("operator commands on a journal (bin/procman and the REPL)", function()
   local path
   before_each(function()
     path = files.temp_path()
@@ -286,17 +275,8 @@ return procman.workflow {
                 { summary.dead_letters[2].id, summary.dead_letters[2].error,
                   summary.dead_letters[2].event.batch_id })
   end)
-end)
 
-describe("the REPL's operator commands", function()
-  local path
-  before_each(function()
-    path = files.temp_path()
-    setup(path)
-  end)
-  after_each(function() os.remove(path) end)
-
-  it(".parked, .skip, .dead, .retry, .drop act on the router r", function()
+  it("the REPL's .parked, .skip, .dead, .retry, .drop act on the router r", function()
     local s = repl.new()
     s:feed("r = procman.router { workflows = { batch }, journal = " .. string.format("%q", path)
            .. ", clock = function() return 1700000000 end }")

@@ -68,6 +68,31 @@ function M.open_router(path, workflow_files)
   return r
 end
 
+--- print_listing(args, of_view, as_text): a list read from the journal
+-- at rest, without the code or the lock (of_view(view) gives it), printed
+-- as JSON with --json, else as as_text(list) gives it.
+function M.print_listing(args, of_view, as_text)
+  local journal_view, json = require "procman.journal_view", require "procman.cli.json"
+  local view, err = journal_view.read(args.journal)
+  if not view then M.fail(1, "%s", err) end
+  local list = of_view(view)
+  M.io.stdout:write(args.json and assert(json.encode(json.array(list))) or as_text(list), "\n")
+  return 0
+end
+
+--- act_on_journal(path, workflow_files, action) -> what action(r) returns:
+-- a router on the journal for one change, closed after it. An error the
+-- action raises, or its nil, message (the journal failed), is a failure.
+function M.act_on_journal(path, workflow_files, action)
+  local r <close> = M.open_router(path, workflow_files)
+  local called, text, err = pcall(action, r)
+  if not called then M.fail(1, "%s", tostring(text)) end
+  if text == nil then M.fail(1, "%s", err) end
+  local closed, why = r:close()
+  if not closed then M.fail(1, "%s", why) end
+  return text
+end
+
 --- Parse a flow id from the command line: digits are an integer id.
 function M.flow_id(text)
   return math.tointeger(tonumber(text)) or text

@@ -10,35 +10,21 @@
 -- first. Commands a retried event emits stay pending for the next run.
 local journal_view = require "procman.journal_view"
 local operations = require "procman.operations"
-local json = require "procman.cli.json"
-
-local function list(args, cli)
-  local view, err = journal_view.read(args.journal)
-  if not view then cli.fail(1, "%s", err) end
-  local letters = journal_view.dead_letters(view)
-  local text = args.json and assert(json.encode(json.array(letters)))
-               or operations.dead_letters_text(letters)
-  cli.io.stdout:write(text, "\n")
-  return 0
-end
 
 local function act(args, cli)
   local id = math.tointeger(tonumber(args.id))
   if id == nil then
     cli.fail(2, "a dead letter id is an integer (procman dead-letters lists them), got %s", args.id)
   end
-  local r <close> = cli.open_router(args.journal, args.workflows)
   local action = args.command == "retry-dead-letter" and operations.retry or operations.drop
-  local called, text, err = pcall(action, r, id)
-  if not called then cli.fail(1, "%s", tostring(text)) end
-  if text == nil then cli.fail(1, "%s", err) end
-  local closed, why = r:close()
-  if not closed then cli.fail(1, "%s", why) end
+  local text = cli.act_on_journal(args.journal, args.workflows, function(r) return action(r, id) end)
   cli.io.stdout:write(text, "\n")
   return 0
 end
 
 return function(args, cli)
-  if args.command == "dead-letters" then return list(args, cli) end
+  if args.command == "dead-letters" then
+    return cli.print_listing(args, journal_view.dead_letters, operations.dead_letters_text)
+  end
   return act(args, cli)
 end

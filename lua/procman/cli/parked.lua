@@ -11,31 +11,23 @@
 -- run` sends them.
 local journal_view = require "procman.journal_view"
 local operations = require "procman.operations"
-local json = require "procman.cli.json"
-
-local function list(args, cli)
-  local view, err = journal_view.read(args.journal)
-  if not view then cli.fail(1, "%s", err) end
-  local parked = journal_view.parked(view)
-  local text = args.json and assert(json.encode(json.array(parked))) or operations.parked_text(parked)
-  cli.io.stdout:write(text, "\n")
-  return 0
-end
 
 local function act(args, cli)
-  local r <close> = cli.open_router(args.journal, args.workflows)
-  local flow_id = cli.flow_id(args.flow)
-  local called, ok, text = pcall(operations.resume, r, args.workflow, flow_id, args.command == "skip")
-  if not called then cli.fail(1, "%s", tostring(ok)) end
-  if ok == nil then cli.fail(1, "%s", text) end
-  local closed, err = r:close()
-  if not closed then cli.fail(1, "%s", err) end
-  if not ok then cli.fail(1, "%s", text) end
+  local parked_again
+  local text = cli.act_on_journal(args.journal, args.workflows, function(r)
+    local ok, text = operations.resume(r, args.workflow, cli.flow_id(args.flow), args.command == "skip")
+    if ok == nil then return nil, text end  -- the journal failed
+    parked_again = not ok
+    return text
+  end)
+  if parked_again then cli.fail(1, "%s", text) end
   cli.io.stdout:write(text, "\n")
   return 0
 end
 
 return function(args, cli)
-  if args.command == "parked" then return list(args, cli) end
+  if args.command == "parked" then
+    return cli.print_listing(args, journal_view.parked, operations.parked_text)
+  end
   return act(args, cli)
 end
