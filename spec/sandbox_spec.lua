@@ -186,20 +186,29 @@ describe("the instruction budget", function()
     assert.equal(200000, pm:state().i)
   end)
 
-  it("leaves an existing hook alone (a debugger, coverage), and runs without a budget", function()
-    local calls = 0
-    debug.sethook(function() calls = calls + 1 end, "", 1000)
+  it("keeps calling an existing hook (a debugger, coverage), and holds all the same", function()
+    local counts, lines = 0, 0
+    local function hook(event) if event == "count" then counts = counts + 1 else lines = lines + 1 end end
+    debug.sethook(hook, "l", 1000)
     local pm = looping(1000):new(1)
-    local ok = pcall(pm.handle, pm, { event_type = "go", n = 10000 })
+    local ok, err = pcall(pm.handle, pm, { event_type = "go", n = 10000 })
+    local ok_small = pcall(pm.handle, pm, { event_type = "go", n = 10 })
+    local after = { debug.gethook() }
     debug.sethook()
-    assert.is_true(ok)
-    assert.is_true(calls > 0)
+    assert.is_false(ok)
+    assert.matches("ran past its instruction budget", err)
+    assert.is_true(ok_small)
+    assert.is_true(counts > 0)
+    assert.is_true(lines > 0)
+    assert.equal(hook, after[1])  -- put back as it was
+    assert.equal("l", after[2])
+    assert.equal(1000, after[3])
   end)
 
   it("is checked where the workflow is defined", function()
     for _, bad in ipairs { 0, -1, 1.5, "lots", true } do
       assert.error_matches(function() looping(bad) end,
-                           "budget must be a positive integer %(instructions per handler call%) or false")
+                           "budget must be a positive integer %(instructions per call%) or false")
     end
   end)
 end)
