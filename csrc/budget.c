@@ -54,6 +54,7 @@ typedef struct Guard {
   lua_Integer memory;       /* bytes the heap may grow by; < 0: no limit */
   lua_Integer grown;        /* bytes it grew by so far (may be < 0) */
   int refused;              /* the last growth asked for was refused */
+  int bound_by_outer;       /* the outer call's room set our limits */
   int spent;
   int slice;                /* the count the hook is set to */
   int flags;
@@ -193,10 +194,15 @@ static void guard_init(lua_State *L, Guard *g, Guard *outer, const BudgetLimits 
     lua_Integer room;
     outer->left -= outer->slice;  /* its slice may have run: count it all */
     room = outer->memory < 0 ? -1 : outer->memory - outer->grown;
-    if (outer->left < units)
+    g->bound_by_outer = 0;
+    if (outer->left < units) {
       units = outer->left > 0 ? outer->left : 0;
-    if (room >= 0 && (memory < 0 || room < memory))
+      g->bound_by_outer = 1;
+    }
+    if (room >= 0 && (memory < 0 || room < memory)) {
       memory = room > 0 ? room : 0;
+      g->bound_by_outer = 1;
+    }
     g->alloc = outer->alloc;
     g->alloc_ud = outer->alloc_ud;
     g->their_hook = outer->their_hook;
@@ -204,6 +210,7 @@ static void guard_init(lua_State *L, Guard *g, Guard *outer, const BudgetLimits 
     g->their_count = g->their_left = outer->their_count;
   }
   else {
+    g->bound_by_outer = 0;
     g->alloc = lua_getallocf(L, &g->alloc_ud);
     g->their_hook = lua_gethook(L);
     g->their_mask = g->their_hook ? lua_gethookmask(L) : 0;
@@ -222,6 +229,10 @@ static void guard_done(lua_State *L, Guard *g, Guard *outer) {
     lua_setallocf(L, guard_alloc, outer);
     outer->left -= g->granted - (g->left > 0 ? g->left : 0);
     outer->grown += g->grown;
+    if (g->bound_by_outer && (g->spent || g->left < 0))
+      outer->left = -1;  /* it ran out of what the outer had */
+    if (g->bound_by_outer && g->refused)
+      outer->refused = 1;
     if (outer->left < 0)
       outer->spent = 1;
     arm(L, outer);
@@ -323,21 +334,40 @@ int budget_pcall(lua_State *L, int nargs, int nresults, lua_Integer budget) {
 ** Lua bindings
 ** =================================================================== */
 
-/* (fn, args...) -> fn(args...), every table result replaced by a copy. */
-static int call_and_copy(lua_State *L) {
-  int i, top;
-  lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
-  top = lua_gettop(L);
-  for (i = 1; i <= top; i++) {
+/* Replace every table among the values from 'first' to the top by a deep
+** copy: data only, without metatables (raises if one is not data). */
+static void copy_tables(lua_State *L, int first) {
+  int i, top = lua_gettop(L);
+  for (i = first; i <= top; i++) {
     if (!lua_istable(L, i))
       continue;
     buffer_new(L, 0);
     if (!codec_encode_copy(L, i, -1, "result"))
-      return lua_error(L);
+      lua_error(L);
     lua_replace(L, i);
     lua_pop(L, 1);
   }
-  return top;
+}
+
+/*
+** (describe, flags, fn, args...) -> fn(args...), inside the guard: table
+** results copied (BUDGET_COPY), an error object turned into text by
+** describe (when not nil) so that its __tostring runs under the same
+** budget as the code that raised it.
+*/
+static int call_body(lua_State *L) {
+  int flags = (int)lua_tointeger(L, 2);
+  if (lua_pcall(L, lua_gettop(L) - 3, LUA_MULTRET, 0) != LUA_OK) {
+    if (!lua_isnil(L, 1) && !lua_isstring(L, -1)) {
+      lua_pushvalue(L, 1);
+      lua_insert(L, -2);
+      lua_call(L, 1, 1);
+    }
+    return lua_error(L);
+  }
+  if (flags & BUDGET_COPY)
+    copy_tables(L, 3);
+  return lua_gettop(L) - 2;
 }
 
 static lua_Integer optional_limit(lua_State *L, int arg) {
@@ -356,20 +386,17 @@ static int guarded_call(lua_State *L) {
   limits.flags = (int)lua_tointeger(L, lua_upvalueindex(4));
   limits.label = lua_tostring(L, lua_upvalueindex(5));
   lua_pushvalue(L, lua_upvalueindex(1));
-  lua_insert(L, 1);
-  if (limits.flags & BUDGET_COPY) {
-    lua_pushcfunction(L, call_and_copy);
-    lua_insert(L, 1);
-    nargs++;
+  lua_insert(L, 1);                                  /* fn args... */
+  if ((limits.flags & BUDGET_COPY) || !lua_isnil(L, lua_upvalueindex(6))) {
+    lua_pushcfunction(L, call_body);
+    lua_pushvalue(L, lua_upvalueindex(6));
+    lua_pushvalue(L, lua_upvalueindex(4));
+    lua_rotate(L, 1, 3);                   /* call_body describe flags fn args... */
+    nargs += 3;
   }
-  if (budget_guard_pcall(L, nargs, LUA_MULTRET, &limits) == LUA_OK)
-    return lua_gettop(L);
-  if (!lua_isnoneornil(L, lua_upvalueindex(6)) && !lua_isstring(L, -1)) {
-    lua_pushvalue(L, lua_upvalueindex(6));  /* an error object: its text */
-    lua_insert(L, -2);
-    lua_call(L, 1, 1);
-  }
-  return lua_error(L);
+  if (budget_guard_pcall(L, nargs, LUA_MULTRET, &limits) != LUA_OK)
+    return lua_error(L);
+  return lua_gettop(L);
 }
 
 int budget_guard(lua_State *L) {

@@ -126,7 +126,8 @@ describe("procman.load and the sandbox", function()
       { "return { { command_type = 'x', v = math.random() } }",
         "math.random is not available in a workflow: time and chance come from events" },
       { "math.randomseed(1)", "math.randomseed is not available" },
-      { "setmetatable(_G, nil)", "cannot change a protected metatable" },
+      { "setmetatable(_G, nil)", "setmetatable: not on a value whose metatable the workflow file did not set" },
+      { "setmetatable(string, nil)", "setmetatable: not on a value whose metatable" },
       { "getmetatable('').__index = {}", "the string metatable is read-only in a workflow" },
       { "local io = rawget(_G, 'io'); io.write('x')", "attempt to index a nil value" },
       { "while true do end", "ran past its instruction budget" },
@@ -135,6 +136,40 @@ describe("procman.load and the sandbox", function()
     }
     for _, case in ipairs(cases) do
       it(case[1], function() handler_refused(case[1], case[2]) end)
+    end
+  end)
+
+  it("withholds every global it does not offer, each with its reason in the refusal table", function()
+    local sandbox = require "procman.sandbox"
+    local p = assert(io.popen([[lua5.4 -e "for k in pairs(_G) do print(k) end"]]))
+    local standard = {}
+    for name in p:lines() do  -- 'arg' is the interpreter's, not the library's
+      if name ~= "arg" then standard[#standard + 1] = name end
+    end
+    p:close()
+    assert.is_true(#standard > 20)
+    local env = sandbox.environment()
+    local offered, withheld = {}, {}
+    for _, name in ipairs(standard) do
+      if rawget(env, name) ~= nil then
+        offered[#offered + 1] = name
+      else
+        local ok, err = pcall(function() return env[name] end)
+        assert.is_false(ok, name .. " is neither offered nor refused")
+        assert.equal(name .. " is not available in a workflow: " .. sandbox.FORBIDDEN[name],
+                     err:gsub("^.-:%d+: ", ""))
+        withheld[#withheld + 1] = name
+      end
+    end
+    table.sort(offered)
+    table.sort(withheld)
+    assert.same({ "_G", "_VERSION", "assert", "error", "getmetatable", "ipairs", "math", "next", "pairs",
+                  "pcall", "rawequal", "rawget", "rawlen", "rawset", "select", "setmetatable", "string",
+                  "table", "tonumber", "tostring", "type", "utf8", "xpcall" }, offered)
+    assert.same({ "collectgarbage", "coroutine", "debug", "dofile", "io", "load", "loadfile", "os",
+                  "package", "print", "require", "warn" }, withheld)
+    for name in pairs(sandbox.FORBIDDEN) do  -- and the table refuses nothing it offers
+      assert.is_nil(rawget(env, name), name)
     end
   end)
 

@@ -115,7 +115,9 @@ end
 -- it set itself; for any other value (a workflow, a procman.pm, a string:
 -- values whose metatable the whole process shares) it gets a stand-in:
 -- the type's name, or for strings a read-only table whose __index is the
--- file's own string library. setmetatable refuses __gc: Lua runs
+-- file's own string library. setmetatable changes only the metatables
+-- the file set (a workflow it made, then returned, must stay one the host
+-- can use), and refuses __gc: Lua runs
 -- finalizers with hooks off, and marks an object for finalization only if
 -- its metatable has __gc when it is set.
 local function metatable_functions(env)
@@ -133,6 +135,10 @@ local function metatable_functions(env)
     return type(name) == "string" and name or false
   end
   local function sandbox_setmetatable(t, meta)
+    local old = getmetatable(t)
+    if old ~= nil and not own[old] then
+      error("setmetatable: not on a value whose metatable the workflow file did not set", 2)
+    end
     if type(meta) == "table" then
       if rawget(meta, "__gc") ~= nil then refuse("__gc (a finalizer)", NO_FINALIZERS, 2) end
       own[meta] = true

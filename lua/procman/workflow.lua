@@ -21,7 +21,7 @@ M.DEFAULT_BUDGET = DEFAULT_BUDGET
 -- Bytes the Lua heap may grow by during one call: room for a batch of a
 -- million files (its state and its commands), little enough that a memory
 -- bomb fails the call long before the machine runs out.
-local DEFAULT_MEMORY = 1024 * 1024 * 1024
+local DEFAULT_MEMORY = 512 * 1024 * 1024
 M.DEFAULT_MEMORY = DEFAULT_MEMORY
 local KNOWN = {}
 for _, f in ipairs(FIELDS) do KNOWN[f] = true end
