@@ -188,6 +188,31 @@ describe("nothing shared is reachable from a sandboxed file", function()
     assert.equal("procman.pm: batch/h (idle, v0)", tostring(batch:new("h")))
   end)
 
+  it("no value a file can reach exposes a metatable it did not set", function()
+    local wf = assert(procman.loadstring([[
+      local me = procman.workflow { name = "walk", on = { go = function() end } }
+      local roots = { _ENV, me, me:new(1), procman.after(1, { event_type = "t" }), "", 1, me.on }
+      local seen, found = {}, {}
+      local function walk(v, path)
+        if seen[v] then return end
+        if type(v) == "table" or type(v) == "userdata" or type(v) == "string" then seen[v] = true end
+        local meta = getmetatable(v)
+        if type(meta) == "table" then
+          if type(v) ~= "string" or pcall(function() meta.x = 1 end) then
+            found[#found + 1] = path
+          end
+        end
+        if type(v) == "table" then
+          for k, x in next, v do walk(x, path .. "." .. tostring(k)) end
+        end
+      end
+      for i, root in ipairs(roots) do walk(root, "root" .. i) end
+      assert(#found == 0, "exposed: " .. table.concat(found, ", "))
+      return me
+    ]], "=walk"))
+    assert.is_true(procman.is_workflow(wf))
+  end)
+
   it("a file sees the metatables it set itself", function()
     local wf = assert(procman.loadstring([[
       local meta = { __index = function() return 7 end }

@@ -19,9 +19,11 @@ local FIELDS = { "name", "on", "init", "correlate", "starts", "done", "status", 
 -- about a second.
 local DEFAULT_BUDGET = 100000000
 M.DEFAULT_BUDGET = DEFAULT_BUDGET
--- Bytes the Lua heap may grow by during one call: room for a batch of a
--- million files (its state and its commands), little enough that a memory
--- bomb fails the call long before the machine runs out.
+-- Bytes the Lua heap may grow by during one call: room for what the
+-- instruction budget lets a handler build (a batch of two million files,
+-- its state and its commands: about 350 MiB; one million: 170 MiB),
+-- little enough that a memory bomb fails the call long before the machine
+-- runs out.
 local DEFAULT_MEMORY = 512 * 1024 * 1024
 M.DEFAULT_MEMORY = DEFAULT_MEMORY
 local KNOWN = {}
