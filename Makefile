@@ -79,7 +79,7 @@ lint:
 test-rock:
 	@sh tools/test-rock.sh
 
-$(BUILD)/test/%: csrc/test/%.c $(CORE_SRC) $(CORE_HDR)
+$(BUILD)/test/%: csrc/test/%.c $(CORE_SRC) $(CORE_HDR) $(wildcard csrc/test/*.h)
 	@mkdir -p $(dir $@)
 	$(CC) $(CSTD) $(CFLAGS) $(WARN) $(LUA_CFLAGS) -Icsrc -DPROCMAN_LUA_DIR='"$(CURDIR)/lua"' \
 	  $< $(CORE_SRC) -o $@ $(LUA_LIBS) -lcmocka -lm

@@ -24,6 +24,7 @@
 
 #include "lauxlib.h"
 #include "lualib.h"
+#include "limited_alloc.h"
 #include "pattern.h"
 
 LUAMOD_API int luaopen_procman_core(lua_State *L);
@@ -237,20 +238,6 @@ static void test_too_complex(void **state) {
 ** The guard when memory runs out
 ** =================================================================== */
 
-typedef struct Limit {
-  long count, fail_at;
-} Limit;
-
-static void *limited_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
-  Limit *limit = (Limit *)ud;
-  if (nsize == 0) {
-    free(ptr);
-    return NULL;
-  }
-  if (limit->fail_at > 0 && (ptr == NULL || nsize > osize) && ++limit->count >= limit->fail_at)
-    return NULL;
-  return realloc(ptr, nsize);
-}
 
 static const char GUARDED[] =
   "local core = require 'procman.core'\n"
