@@ -420,6 +420,14 @@ int budget_guard(lua_State *L) {
   return 1;
 }
 
+/* core.is_guard(f) -> is f a function of the guard's own (a guarded
+** function, or the guard's body)?  For code that reads the call stack. */
+int budget_lua_is_guard(lua_State *L) {
+  lua_CFunction f = lua_tocfunction(L, 1);
+  lua_pushboolean(L, f != NULL && (f == guarded_call || f == call_body));
+  return 1;
+}
+
 /* core.budget_charge(units): charge work done on behalf of the running call. */
 int budget_lua_charge(lua_State *L) {
   budget_charge(L, luaL_checkinteger(L, 1));

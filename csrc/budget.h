@@ -57,6 +57,7 @@ int budget_guard(lua_State *L);
 int budget_lua_charge(lua_State *L);
 int budget_lua_left(lua_State *L);
 int budget_lua_set_string_methods(lua_State *L);
+int budget_lua_is_guard(lua_State *L);
 
 /* Bytes allocated that count as one unit of work. */
 #define BUDGET_BYTES_PER_UNIT 64

@@ -137,6 +137,7 @@ static const luaL_Reg core_functions[] = {
   { "budget_charge", budget_lua_charge },
   { "budget_left", budget_lua_left },
   { "set_sandbox_string_methods", budget_lua_set_string_methods },
+  { "is_guard", budget_lua_is_guard },
   { "pattern_find", pattern_lua_find },
   { "pattern_match", pattern_lua_match },
   { "pattern_gmatch", pattern_lua_gmatch },

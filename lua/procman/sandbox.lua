@@ -28,6 +28,7 @@ local workflow = require "procman.workflow"
 local timers = require "procman.timers"
 local bounded = require "procman.bounded"
 local message = require "procman.message"
+local patches = require "procman.patches"
 
 local M = {}
 
@@ -194,7 +195,8 @@ function M.environment(host)
   env.xpcall = sandbox_xpcall
   env.tonumber = bounded.tonumber
   env.procman = { workflow = function(def) return workflow.define(def, host) end,
-                  after = timers.after, at = timers.at, cancel = timers.cancel }
+                  after = timers.after, at = timers.at, cancel = timers.cancel,
+                  patched = patches.patched, deprecate_patch = patches.deprecate_patch }
   env._G = env
   return setmetatable(env, {
     __index = function(_, k)
