@@ -5,7 +5,7 @@ local batch = require "procman.workflows.batch"
 local cjson = require "cjson"
 local files = require "spec.support.files"
 
-local procman_cmd = require "spec.support.command"
+local procman_cmd = require "spec.support.procman_cmd"
 
 local function lines(...)
   return table.concat({ ... }, "\n") .. "\n"

@@ -6,7 +6,7 @@
 local cjson = require "cjson"
 local files = require "spec.support.files"
 
-local procman_cmd = require "spec.support.command"
+local procman_cmd = require "spec.support.procman_cmd"
 
 local function json_lines(...)
   local out = {}
@@ -83,6 +83,11 @@ describe("deploying new workflow code to live flows", function()
     assert.equal(1, r.code)
     assert.matches("live flows that diverge: provisioning/u1, provisioning/u2\n", r.out, 1, true)
     assert.not_matches("provisioning/u3", r.out, 1, true)  -- completed: no concern of a deploy
+    assert.matches(": 3 events replayed, 2 divergences\n$", r.out)
+    -- with both versions each flow is checked on its own code: nothing diverges
+    r = procman_cmd("verify --live " .. journal .. " " .. v1 .. " " .. v2)
+    assert.equal(0, r.code, r.out)
+    assert.matches(": 3 events replayed, 0 divergences\n$", r.out)
     -- v2 alone cannot open the journal: its live flows run v1
     r = procman_cmd("run -q " .. v2 .. " --journal " .. journal, "")
     assert.equal(1, r.code)

@@ -5,7 +5,7 @@ local procman = require "procman"
 local core = require "procman.core"
 local batch = require "procman.workflows.batch"
 local files = require "spec.support.files"
-local procman_cmd = require "spec.support.command"
+local procman_cmd = require "spec.support.procman_cmd"
 
 -- ---------------------------------------------------------------------
 -- A strict parser of the text format (version 0.0.4)

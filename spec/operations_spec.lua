@@ -10,7 +10,7 @@ local repl = require "procman.repl"
 local cjson = require "cjson"
 local files = require "spec.support.files"
 
-local procman_cmd = require "spec.support.command"
+local procman_cmd = require "spec.support.procman_cmd"
 
 local function clock() return 1700000000 end
 

@@ -4,7 +4,7 @@ local procman = require "procman"
 local cjson = require "cjson"
 local files = require "spec.support.files"
 
-local procman_cmd = require "spec.support.command"
+local procman_cmd = require "spec.support.procman_cmd"
 
 local function types(out)
   local list = {}

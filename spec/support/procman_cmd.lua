@@ -1,8 +1,8 @@
---- Run bin/procman from a spec, as a user would, in a process of its own.
+--- Run bin/procman in a child lua5.4 with this checkout's paths:
+-- procman_cmd(args, input[, env]) -> { out, err, code }, 'input' fed on
+-- stdin, 'env' (e.g. "TERM=dumb") put before the command.
 local files = require "spec.support.files"
 
---- procman(args, input, env) -> { out, err, code }: bin/procman with the
--- specs' module paths, 'input' on stdin, 'env' (like "A=1 B=2") prepended.
 return function(args, input, env)
   local inp, out, err = os.tmpname(), os.tmpname(), os.tmpname()
   files.write(inp, input or "")
