@@ -153,12 +153,14 @@ local function family(name, help, type, buckets)
   return { name = name, help = help, type = type, buckets = buckets, by_key = {}, order = {} }
 end
 
-local function sample(f, ...)
-  local key = table.concat({ ... }, "\0")
+-- (At most two label values, a and b: the key is built without a table,
+-- as this runs for every event.)
+local function sample(f, a, b)
+  local key = b == nil and (a or "") or a .. "\0" .. b
   local s = f.by_key[key]
   if s == nil then
     local labels, names = {}, f.label_names
-    for i, v in ipairs { ... } do labels[#labels + 1], labels[#labels + 2] = names[i], v end
+    for i, v in ipairs { a, b } do labels[#labels + 1], labels[#labels + 2] = names[i], v end
     s = { labels = labels, value = 0 }
     if f.buckets then
       s.buckets, s.counts, s.sum, s.count = f.buckets, {}, 0, 0
@@ -220,8 +222,8 @@ function M.collector()
     fsync = histogram("procman_journal_fsync_seconds", "Time of each fdatasync of the journal.",
                       FSYNC_BUCKETS, {}),
   }, Collector)
-  local function add(f, n, ...)
-    local s = sample(f, ...)
+  local function add(f, n, a, b)
+    local s = sample(f, a, b)
     s.value = s.value + n
   end
   c.hooks = {
