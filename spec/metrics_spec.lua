@@ -277,6 +277,18 @@ describe("r:metrics()", function()
     local at_rest = result.out
     check(at_rest)
     assert.equal(text, at_rest)
+    -- and after more flows, one completed, a compaction and a reopening
+    r = procman.router { workflows = { reminder_workflow("reminder") }, journal = path,
+                         clock = function() return 50 end }
+    r:handle { event_type = "start", id = 2 }
+    r:handle { event_type = "stop", id = 2 }
+    assert.truthy(r:compact())
+    r:close()
+    r = procman.router { workflows = { reminder_workflow("reminder") }, journal = path }
+    text = r:metrics()
+    r:close()
+    assert.equal(1, value(check(text), "procman_flows_completed", { workflow = "reminder" }))
+    assert.equal(text, procman_cmd("inspect " .. path .. " --metrics").out)
   end)
 
   it("escapes label values: quotes, backslashes, newlines in workflow names", function()
