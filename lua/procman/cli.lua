@@ -104,8 +104,9 @@ local function operator_commands(p, commands)
   parked:argument("journal", "The journal file.")
   parked:flag("--json", "Print JSON instead of text.")
   commands.parked = parked
-  for name, what in pairs { resume = "Retry a parked flow's events in order (after a fix of its code).",
-                            skip = "Drop a parked flow's first event (journaled), then resume the rest." } do
+  for _, entry in ipairs { { "resume", "Retry a parked flow's events in order (after a fix of its code)." },
+                          { "skip", "Drop a parked flow's first event (journaled), then resume the rest." } } do
+    local name, what = entry[1], entry[2]
     local c = p:command(name, what .. " Status 1 if the flow parks again.")
     c:argument("journal", "The journal file (no other process may have it open).")
     c:argument("workflow", "The workflow's name.")
@@ -117,8 +118,9 @@ local function operator_commands(p, commands)
   dead:argument("journal", "The journal file.")
   dead:flag("--json", "Print JSON instead of text.")
   commands["dead-letters"] = dead
-  for name, what in pairs { ["retry-dead-letter"] = "Hand a dead letter's event to the router again.",
-                            ["drop-dead-letter"] = "Forget a dead letter (journaled)." } do
+  for _, entry in ipairs { { "retry-dead-letter", "Hand a dead letter's event to the router again." },
+                          { "drop-dead-letter", "Forget a dead letter (journaled)." } } do
+    local name, what = entry[1], entry[2]
     local c = p:command(name, what)
     c:argument("journal", "The journal file (no other process may have it open).")
     c:argument("id", "The dead letter's id (procman dead-letters lists them).")
