@@ -104,8 +104,10 @@ local function operator_commands(p, commands)
   parked:argument("journal", "The journal file.")
   parked:flag("--json", "Print JSON instead of text.")
   commands.parked = parked
-  for _, entry in ipairs { { "resume", "Retry a parked flow's events in order (after a fix of its code)." },
-                          { "skip", "Drop a parked flow's first event (journaled), then resume the rest." } } do
+  local parked_actions = {
+    { "resume", "Retry a parked flow's events in order (after a fix of its code)." },
+    { "skip", "Drop a parked flow's first event (journaled), then resume the rest." } }
+  for _, entry in ipairs(parked_actions) do
     local name, what = entry[1], entry[2]
     local c = p:command(name, what .. " Status 1 if the flow parks again.")
     c:argument("journal", "The journal file (no other process may have it open).")
