@@ -4,7 +4,7 @@
 -- are hidden, not uninstalled: the compiler gets a sysroot whose
 -- usr/include has every entry of /usr/include but libedit's.
 local function sh(script)
-  local p = assert(io.popen("(\n" .. script .. "\n)\necho \"exit=$?\"", "r"))
+  local p = assert(io.popen("(\n" .. script .. "\n) 2>&1\necho \"exit=$?\"", "r"))
   local out = p:read("a")
   p:close()
   return out:match("^(.-)exit=(%d+)%s*$")
@@ -33,7 +33,7 @@ describe("the procman rock without libedit's headers", function()
   end)
 
   it("hides histedit.h from the compiler (so the build below is without it)", function()
-    local out, code = sh(string.format("cc --sysroot=%s -fsyntax-only -I/usr/include/lua5.4 csrc/lineedit.c 2>&1",
+    local out, code = sh(string.format("cc --sysroot=%s -fsyntax-only -I/usr/include/lua5.4 csrc/lineedit.c",
                                        sysroot))
     assert.equal("1", code)
     assert.matches("histedit.h: No such file or directory", out, 1, true)
@@ -64,7 +64,7 @@ describe("the procman rock without libedit's headers", function()
       "lua5.4 -e 'print(package.searchpath(\"procman.core\", package.cpath))'",
       "echo '== busted'",
       "busted --version",
-    }, "\n") .. " 2>&1")
+    }, "\n"))
     assert.equal("0", code, out)
     assert.matches("procman 0.1.0-1 is now installed in " .. tree, out, 1, true)
     for compile in out:gmatch("\ngcc [^\n]* %-c [^\n]*") do  -- no way around the sysroot to the headers
