@@ -1,10 +1,5 @@
 -- The docs' small slips: every method is listed, the README stands alone.
-local function read(path)
-  local f = assert(io.open(path))
-  local text = f:read("a")
-  f:close()
-  return text
-end
+local read = require("spec.support.files").bytes
 
 describe("docs/api.md", function()
   local api = read("docs/api.md")

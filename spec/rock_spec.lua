@@ -11,9 +11,7 @@ local function sh(script)
 end
 
 local function readme_install_block()
-  local f = assert(io.open("README.md"))
-  local text = f:read("a")
-  f:close()
+  local text = require("spec.support.files").bytes("README.md")
   return assert(text:match("\n## Install with LuaRocks\n.-```sh\n(.-)```"))
 end
 
