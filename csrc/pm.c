@@ -703,6 +703,12 @@ static PM *push_flow(lua_State *L) {
   int id_ok = lua_isinteger(L, 2) ||
               (lua_type(L, 2) == LUA_TSTRING && lua_rawlen(L, 2) > 0);
   luaL_checktype(L, 1, LUA_TTABLE);
+  if (!id_ok && lua_type(L, 2) == LUA_TNUMBER)  /* 1.5 and "" say more than their type */
+    luaL_argerror(L, 2, lua_pushfstring(L, "non-empty string or integer flow id expected, got the "
+                                        "float %f: pass an integer, or the id as a string",
+                                        lua_tonumber(L, 2)));
+  if (!id_ok && lua_type(L, 2) == LUA_TSTRING)
+    luaL_argerror(L, 2, "non-empty string or integer flow id expected, got an empty string");
   luaL_argexpected(L, id_ok, 2, "non-empty string or integer flow id");
   p = (PM *)lua_newuserdatauv(L, sizeof(PM), UV_COUNT);
   memset(p, 0, sizeof *p);

@@ -61,6 +61,9 @@ describe("error messages", function()
     assert.matches('got "" (an empty string): the event must name its flow',
                    refusal(r.handle, r, { event_type = "created", id = "" }), 1, true)
     assert.matches("got a table", refusal(r.handle, r, { event_type = "created", id = {} }), 1, true)
+    assert.matches("bad argument #2 to 'new' (non-empty string or integer flow id expected, got the float 1.5: "
+                   .. "pass an integer, or the id as a string)", refusal(provisioning.new, provisioning, 1.5), 1, true)
+    assert.matches("flow id expected, got an empty string)", refusal(provisioning.new, provisioning, ""), 1, true)
   end)
 
   it("put lua-cjson's errors in plain words, with the position", function()
