@@ -42,6 +42,12 @@ describe("error messages", function()
                    refusal(r.handle, r, { event_type = "mailbox_created", id = "8" }), 1, true)
     assert.equal("procman.router: no flow provisioning/9 for mailbox_created",
                  refusal(r.handle, r, { event_type = "mailbox_created", id = 9 }))
+    local pm = provisioning:new("7")
+    assert.equal("provisioning/7: event 'created' belongs to flow '7' (event.id), not to this one; ids of "
+                 .. "different types are different flows: the event's is a number, this flow's a string",
+                 refusal(pm.handle, pm, { event_type = "created", id = 7 }))
+    assert.equal("provisioning/7: event 'created' belongs to flow '8' (event.id), not to this one",
+                 refusal(pm.handle, pm, { event_type = "created", id = "8" }))
   end)
 
   it("say when a handler returned one command instead of a list", function()
