@@ -43,7 +43,7 @@ enum {
 /* History bytes before a first snapshot, and the growth (a multiple of
 ** the last snapshot's size) that makes the next one. */
 #define SNAPSHOT_MIN 4096
-#define SNAPSHOT_FACTOR 2
+#define SNAPSHOT_FACTOR 4
 
 typedef struct PM {
   lua_Integer version;   /* events committed */
@@ -239,8 +239,8 @@ static size_t next_snapshot_at(size_t base_len) {
 static void push_snapshot(lua_State *L, PM *p) {
   int top = lua_gettop(L);
   lua_getiuservalue(L, 1, UV_STATE);
-  buffer_new(L, p->history_len / SNAPSHOT_FACTOR + 64);
-  if (!codec_encode(L, top + 1, top + 2, "state")) {
+  buffer_new(L, p->snapshot_at / SNAPSHOT_FACTOR + 64);  /* about the last one */
+  if (!codec_encode_snapshot(L, top + 1, top + 2, "state")) {
     p->snapshot_at = next_snapshot_at(p->history_len);
     lua_settop(L, top);
     lua_pushnil(L);
@@ -811,7 +811,7 @@ static int pm_restore(lua_State *L) {
   p = push_flow(L);                                   /* 6 */
   p->version = version;
   buffer_new(L, 0);                                   /* 7 */
-  if (!codec_encode(L, 3, 7, "state"))
+  if (!codec_encode_snapshot(L, 3, 7, "state"))
     return luaL_error(L, "core.restore: %s", lua_tostring(L, -1));
   p->snapshot_at = next_snapshot_at(buffer_at(L, 7)->len);
   lua_setiuservalue(L, 6, UV_BASE);

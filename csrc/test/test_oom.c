@@ -250,7 +250,9 @@ static void test_handler_allocating_after_a_change(void **state) {
 static void test_snapshot_under_oom(void **state) {
   Fixture *f = *state;
   run(f->L,
-      "local snap = procman.workflow{ name = 'snap', init = function() return { n = 0 } end,\n"
+      "local function wide() local w = {} for i = 1, 40 do w['k' .. i] = { i } end return w end\n"
+      "local snap = procman.workflow{ name = 'snap',  -- a map too large for one pass: unsorted\n"
+      "  init = function() return { n = 0, wide = wide() } end,\n"
       "  on = { add = function(state, event) state.n = state.n + 1; state.last = event.pad end,\n"
       "         bad = function(state) state.n = -1; error('refused') end } }\n"
       "sf = snap:new('s1')\n"

@@ -10,7 +10,8 @@ local did_you_mean = require("procman.describe").did_you_mean
 local M = {}
 
 -- Each field a definition may have, and how to check it.
-local FIELDS = { "name", "on", "init", "correlate", "starts", "done", "status", "view", "budget" }
+local FIELDS = { "name", "on", "init", "correlate", "starts", "done", "status", "view", "budget",
+                 "version" }
 
 -- Instructions one handler call may run before it is stopped: enough for
 -- a batch of millions of files, little enough to stop a runaway loop in
@@ -108,6 +109,16 @@ local function check_starts(def, name, on)
   return copy
 end
 
+-- version: which code of the workflow this is (an integer >= 1, default
+-- 1). A router given several versions of one name starts new flows on the
+-- highest and keeps each flow on the version it started with.
+local function check_version(def, name)
+  local v = rawget(def, "version")
+  if v == nil then return 1 end
+  if math.type(v) == "integer" and v >= 1 then return v end
+  fail(name, "version must be an integer >= 1, got %s", describe(v))
+end
+
 -- budget: a positive integer of VM instructions per handler call, or
 -- false for none.
 local function check_budget(def, name)
@@ -150,7 +161,11 @@ local meta = {
     error(string.format("procman.workflow '%s' is read-only (tried to set %s)",
                         specs[self].name, describe(key)), 2)
   end,
-  __tostring = function(self) return "procman.workflow: " .. specs[self].name end,
+  __tostring = function(self)
+    local spec = specs[self]
+    if spec.version == 1 then return "procman.workflow: " .. spec.name end
+    return string.format("procman.workflow: %s v%d", spec.name, spec.version)
+  end,
 }
 
 --- wf:new(flow_id) -> a procman.pm for flow 'flow_id'.
@@ -177,6 +192,7 @@ function M.define(def)
   local on = check_handlers(def, name)
   local spec = {
     name = name,
+    version = check_version(def, name),
     on = on,
     init = check_optional_function(def, "init"),
     correlate = check_correlate(def, name),
@@ -198,15 +214,36 @@ function M.spec(wf)
   return specs[wf]
 end
 
---- routable(list) -> specs (in order), by_name; or nil and what is wrong:
+-- Add one version of a workflow to 'by_name' (the newest of each name)
+-- and 'versions' (name -> version -> spec); nil or what is wrong.
+local function add_version(spec, i, by_name, versions)
+  local name = spec.name
+  local known = versions[name]
+  if known and known[spec.version] then
+    local which = spec.version == 1 and "" or string.format(" with version %d", spec.version)
+    return string.format("workflows[%d]: two workflows are named %q%s", i, name, which)
+  end
+  if spec.correlate == nil then
+    return string.format("workflow %q has no correlate: its flows cannot be told apart", name)
+  end
+  versions[name] = known or {}
+  versions[name][spec.version] = spec
+  if by_name[name] == nil or spec.version > by_name[name].version then by_name[name] = spec end
+  return nil
+end
+
+--- routable(list) -> specs, by_name, versions; or nil and what is wrong:
 -- the workflows of a router or a worker, which must be a non-empty array
--- of workflows with distinct names, each with a correlate (a router cannot
--- tell a workflow's flows apart without one). Read with rawlen/rawget.
+-- of workflows, each with a correlate (a router cannot tell a workflow's
+-- flows apart without one). One name may come in several versions:
+-- 'specs' holds the newest of each name (in the order the names first
+-- appear), 'by_name' the same by name, 'versions' name -> version -> spec.
+-- Read with rawlen/rawget.
 function M.routable(list)
   if type(list) ~= "table" or rawlen(list) == 0 then
     return nil, string.format("workflows must be a non-empty array of workflows, got %s", type(list))
   end
-  local ordered, by_name = {}, {}
+  local names, by_name, versions = {}, {}, {}
   for i = 1, rawlen(list) do
     local wf = rawget(list, i)
     local spec = specs[wf]
@@ -216,15 +253,13 @@ function M.routable(list)
                    and "; a second result of require? write (require \"...\")" or ""
       return nil, string.format("workflows[%d] is not a workflow (see procman.workflow)%s", i, hint)
     end
-    if by_name[spec.name] then
-      return nil, string.format("workflows[%d]: two workflows are named %q", i, spec.name)
-    end
-    if spec.correlate == nil then
-      return nil, string.format("workflow %q has no correlate: its flows cannot be told apart", spec.name)
-    end
-    ordered[i], by_name[spec.name] = spec, spec
+    if versions[spec.name] == nil then names[#names + 1] = spec.name end
+    local why = add_version(spec, i, by_name, versions)
+    if why then return nil, why end
   end
-  return ordered, by_name
+  local ordered = {}
+  for i, name in ipairs(names) do ordered[i] = by_name[name] end
+  return ordered, by_name, versions
 end
 
 --- Is 'v' a workflow object?
