@@ -93,6 +93,18 @@ describe("workflow versions", function()
     assert.equal(bytes, files.bytes(path))
   end)
 
+  it("refuse a journal whose live flows belong to a workflow not given at all", function()
+    local other = procman.workflow { name = "other", correlate = "user", starts = { "registered" },
+                                     on = { registered = function() end } }
+    local r = procman.router { workflows = { signup(1), other }, journal = path }
+    r:handle { event_type = "registered", user = "a" }
+    r:close()
+    local ok, err = pcall(procman.router, { workflows = { signup(1) }, journal = path })
+    assert.is_false(ok)
+    assert.equal("procman.router: " .. path .. ': the journal has 1 live flow of workflow "other", which '
+                 .. "this router was not given", err)
+  end)
+
   it("need no code for flows that completed: v1 retires once its flows are done", function()
     local r = procman.router { workflows = { signup(1) }, journal = path }
     r:handle { event_type = "registered", user = "a", event_id = "e1" }

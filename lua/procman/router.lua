@@ -17,10 +17,18 @@
 --                 status = s, done = true|nil },          -- the flow's status after
 --               { workflow, flow, parked = "error" },     -- failed: parked
 --               { workflow, flow, held = true }, ... } }  -- kept for a parked flow
--- with resumed = true on the entry when r:resume retried a parked event.
--- Recovery replays event records through the handlers (their commands are
--- compared with the journaled ones, not emitted again), restores snapshot
--- records as they are, and applies acks, skips and dead letters.
+-- with resumed = true on the entry when r:resume retried a parked event,
+-- workflow_version = v on a flow's first entry (when v is not 1), patches =
+-- { id, ... } on the entry whose event took those procman.patched changes,
+-- and late = "message" on the record when the late part of the event is
+-- kept as a dead letter (on_late = "dead_letter").
+-- Recovery reads the journal once for a plan (procman.replay_plan: which
+-- flows complete, which versions the live ones need), then replays the
+-- event records of the flows live at the end through the handlers of
+-- their versions (their commands are compared with the journaled ones,
+-- not emitted again), counts those of flows that complete without running
+-- them, restores snapshot records as they are, and applies acks, skips and
+-- dead letters.
 local core = require "procman.core"
 local workflow = require "procman.workflow"
 local pretty = require "procman.pretty"
@@ -240,7 +248,7 @@ local function undo(targets, n)
       ctx.pm = t.pm
       patches.context = ctx
       core.undo(t.pm)
-      patches.context = nil
+      patches.context = false
     end
     if t.committed then t.committed = false end  -- (assigning a new key could fail)
   end
@@ -260,7 +268,7 @@ local function run(t, event)
   ctx.pm, ctx.recorded = result, false
   patches.context = ctx
   ok, result = pcall(result.handle, result, event)
-  patches.context = nil
+  patches.context = false
   if not ok and type(result) ~= "string" then  -- a handler's error object: pm:handle passed it as it is
     return string.format("%s: handler for '%s' failed: %s", label(t.spec.name, t.flow),
                          rawget(event, "event_type"), message(result))

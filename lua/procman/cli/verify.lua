@@ -88,11 +88,12 @@ local function check_record(state, kind, rec, offset)
   local out = {}
   if kind == records.EVENT then
     for _, e in ipairs(rec.flows) do
-      if e.commands and state.specs[e.workflow] and (is_live(state, e) or not state.live_only) then
+      local wanted = e.commands and (is_live(state, e) or not state.live_only)
+      if wanted and state.specs[e.workflow] then
         local problem = check_entry(state, e, rec, offset)
         if problem and is_live(state, e) then state.diverging[label(e)] = true end
         out[#out + 1] = problem
-      elseif e.commands and not state.missing[e.workflow] then
+      elseif wanted and not state.missing[e.workflow] then
         state.missing[e.workflow] = true
         out[#out + 1] = string.format("the journal has flows of workflow %q, which was not given",
                                       e.workflow)
