@@ -86,7 +86,7 @@ $(BUILD)/test/%: csrc/test/%.c $(CORE_SRC) $(CORE_HDR) $(wildcard csrc/test/*.h)
 
 # The fuzz harnesses (fuzz/) run over their seed corpus and the crashers
 # kept in fuzz/regressions/, with the normal compiler: no libFuzzer needed.
-FUZZERS    := decode journal handle
+FUZZERS    := decode journal handle pattern
 REGRESS    := $(patsubst %,$(BUILD)/fuzz/regress_%,$(FUZZERS))
 
 $(BUILD)/fuzz/regress_%: fuzz/fuzz_%.c fuzz/run_corpus.c $(CORE_SRC) $(CORE_HDR)
