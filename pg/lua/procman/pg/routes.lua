@@ -6,7 +6,7 @@
 -- workflow code: workers register, in procman_routes, each workflow's
 -- correlation field (a function correlate cannot be registered: then
 -- events carry no partitions and every worker reads them all). Each change
--- of the routes bumps a generation; an event appended under an older
+-- of the routes draws a new generation; an event appended under an older
 -- generation than the current one is read by every worker (its partitions
 -- may miss a workflow registered meanwhile), so a producer that has not
 -- yet seen a new workflow loses nothing, and learns the new routes from
@@ -88,9 +88,11 @@ function M.register(conn, specs, n)
     local old = row.routes and procman.decode(row.routes) or {}
     local r, changed = merged(old, specs, n)
     if not changed then return row.gen end
-    db.exec(c, "UPDATE procman_routes SET gen = gen + 1, routes = $1::bytea",
-            require("procman.pg.core").bytes(procman.encode(r)))
-    return row.gen + 1
+    -- a random generation: never one a producer may have cached from an
+    -- earlier store (tables dropped and created again)
+    local rows = db.exec(c, "UPDATE procman_routes SET gen = floor(random() * 4611686018427387904)::bigint + 1, "
+                            .. "routes = $1::bytea RETURNING gen", require("procman.pg.core").bytes(procman.encode(r)))
+    return rows[1].gen
   end)
 end
 

@@ -26,7 +26,7 @@ M.ddl = [[
     event_type  bytea NOT NULL,
     payload     bytea NOT NULL,
     partitions  integer[],
-    route_gen   integer NOT NULL DEFAULT 0,
+    route_gen   bigint NOT NULL DEFAULT 0,
     appended_at timestamptz NOT NULL DEFAULT now()
   );
   CREATE INDEX procman_events_order ON procman_events (xid, position);
@@ -98,7 +98,7 @@ M.ddl = [[
   );
   CREATE TABLE procman_routes (
     one         boolean PRIMARY KEY DEFAULT true CHECK (one),
-    gen         integer NOT NULL,
+    gen         bigint NOT NULL,
     routes      bytea
   );
   INSERT INTO procman_routes (gen) VALUES (0);
