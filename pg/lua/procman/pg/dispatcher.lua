@@ -57,7 +57,8 @@ function M.new(opts)
     error("procman.pg.dispatcher: needs { conninfo = string, send = function(command, envelope) }", 2)
   end
   local r = opts.reconnect or {}
-  return setmetatable({ conninfo = opts.conninfo, send = opts.send, limit = opts.limit or 100, warn = opts.warn,
+  return setmetatable({ conninfo = opts.conninfo, send = opts.send, limit = opts.limit or 100,
+                        warn = opts.warn,
                         initial = r.initial or 0.05, max = r.max or 5, attempts = r.attempts,
                         reconnects = 0 }, Dispatcher)
 end

@@ -54,7 +54,8 @@ local function insert_sql(n, gen)
     values[i] = string.format("(%d, $%d::bytea, $%d::bytea, $%d::bytea, $%d::int[])", i, b + 1, b + 2, b + 3,
                               b + 4)
   end
-  return "WITH input (i, event_key, event_type, payload, partitions) AS (VALUES " .. table.concat(values, ", ")
+  return "WITH input (i, event_key, event_type, payload, partitions) AS (VALUES "
+    .. table.concat(values, ", ")
     .. "), known AS (SELECT input.i, events.payload = input.payload AS same FROM input "
     .. "JOIN procman_events events ON events.key_hash = sha256(input.event_key)), "
     .. "added AS (INSERT INTO procman_events (event_key, event_type, payload, partitions, route_gen) "
@@ -64,7 +65,8 @@ local function insert_sql(n, gen)
     .. "notified AS (SELECT pg_notify('" .. M.CHANNEL .. "', '') FROM added LIMIT 1) "
     .. "SELECT input.i, added.position, known.same, (SELECT count(*) FROM notified) AS notified, "
     .. "(SELECT gen FROM procman_routes) AS gen FROM input "
-    .. "LEFT JOIN added ON added.event_key = input.event_key LEFT JOIN known ON known.i = input.i ORDER BY input.i"
+    .. "LEFT JOIN added ON added.event_key = input.event_key "
+    .. "LEFT JOIN known ON known.i = input.i ORDER BY input.i"
 end
 
 local function reuse_message(item)

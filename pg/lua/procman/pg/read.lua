@@ -34,12 +34,14 @@ function M.flow(target, name, flow_id)
                               .. "WHERE workflow = $1 AND key_hash = sha256($2::bytea)", name,
                         bytes(encode(flow_id)))[1]
     local parked = db.exec(conn, "SELECT error, event FROM procman_parked WHERE workflow = $1 "
-                                 .. "AND key_hash = sha256($2::bytea) ORDER BY n", name, bytes(encode(flow_id)))
+                                 .. "AND key_hash = sha256($2::bytea) ORDER BY n", name,
+                         bytes(encode(flow_id)))
     if row == nil and #parked == 0 then return nil end
     row = row or { version = 0, done = false }
     return { status = row.status, version = row.version, done = row.done,
              state = row.state and decode(row.state) or nil,
-             parked = #parked > 0 and { error = parked[1].error, held = #parked, event = decode(parked[1].event) } }
+             parked = #parked > 0 and { error = parked[1].error, held = #parked,
+                                        event = decode(parked[1].event) } }
   end)
 end
 
@@ -48,12 +50,14 @@ end
 function M.flows(target, name, status)
   check_name(name, "flows")
   return with(target, "flows", function(conn)
-    local rows = db.exec(conn, "SELECT flow_key, status, version, done FROM procman_flows WHERE workflow = $1 "
+    local rows = db.exec(conn, "SELECT flow_key, status, version, done FROM procman_flows "
+                               .. "WHERE workflow = $1 "
                                .. "AND ($2::bytea IS NULL OR status = $2::bytea)", name,
                          status ~= nil and bytes(tostring(status)) or nil)
     local list = {}
     for i, r in ipairs(rows) do
-      list[i] = { workflow = name, flow = decode(r.flow_key), status = r.status, version = r.version, done = r.done }
+      list[i] = { workflow = name, flow = decode(r.flow_key), status = r.status, version = r.version,
+                  done = r.done }
     end
     table.sort(list, records.by_flow)
     return list

@@ -90,8 +90,9 @@ function M.register(conn, specs, n)
     if not changed then return row.gen end
     -- a random generation: never one a producer may have cached from an
     -- earlier store (tables dropped and created again)
-    local rows = db.exec(c, "UPDATE procman_routes SET gen = floor(random() * 4611686018427387904)::bigint + 1, "
-                            .. "routes = $1::bytea RETURNING gen", require("procman.pg.core").bytes(procman.encode(r)))
+    local rows = db.exec(c, "UPDATE procman_routes SET routes = $1::bytea, "
+                            .. "gen = floor(random() * 4611686018427387904)::bigint + 1 RETURNING gen",
+                         require("procman.pg.core").bytes(procman.encode(r)))
     return rows[1].gen
   end)
 end

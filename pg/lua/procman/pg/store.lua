@@ -63,7 +63,9 @@ function M.load(conn, list)
   for _, row in ipairs(flows) do
     local entry = entry_of(row.workflow .. "\0" .. row.flow_key)
     entry.db_version, entry.done, entry.status = row.version, row.done, row.status
-    if not row.done then entry.pm = core.restore(entry.spec, entry.flow, decode(row.state), row.version, {}) end
+    if not row.done then  -- no event ids: the store appends each id once (docs/postgres.md)
+      entry.pm = core.restore(entry.spec, entry.flow, decode(row.state), row.version, {})
+    end
   end
   for k, list_of in pairs(timers) do
     local entry = entry_of(k)
@@ -96,8 +98,8 @@ local function write_flows(conn, changed)
     end
   end
   if #rows == 0 then return end
-  local counts = db.exec_rows(conn, { "text", "bytea", "int", "bytea", "bigint", "boolean", "bytea", "bigint" },
-                              rows, function(values)
+  local types = { "text", "bytea", "int", "bytea", "bigint", "boolean", "bytea", "bigint" }
+  local counts = db.exec_rows(conn, types, rows, function(values)
     return "WITH input (workflow, flow_key, partition, status, version, done, state, expected) AS (VALUES "
       .. values .. "), upd AS (UPDATE procman_flows f SET status = i.status, version = i.version, "
       .. "done = i.done, state = i.state, updated_at = now() FROM input i WHERE i.expected IS NOT NULL "
@@ -109,7 +111,8 @@ local function write_flows(conn, changed)
   local updated = 0
   for _, c in ipairs(counts) do updated = updated + c.updated end
   if updated ~= expected then
-    error(setmetatable({ message = string.format("procman.pg.worker: %d flows %s (their version in the store is not the "
+    error(setmetatable({ message = string.format("procman.pg.worker: %d flows %s (their version in the store "
+                                                 .. "is not the "
                                     .. "one it read): another owner?", expected - updated, M.CONFLICT),
             conflict = true }, { __tostring = function(e) return e.message end }), 0)
   end
@@ -137,8 +140,8 @@ local function write_timers(conn, changed)
       list[#list + 1] = e
       if not e.done then
         for _, t in ipairs(e.timers or {}) do
-          rows[#rows + 1] = { e.spec.name, bytes(e.key), e.partition, t.seq, t.index, t.key and bytes(t.key) or nil,
-                              t.due, bytes(encode(t.event)) }
+          rows[#rows + 1] = { e.spec.name, bytes(e.key), e.partition, t.seq, t.index,
+                              t.key and bytes(t.key) or nil, t.due, bytes(encode(t.event)) }
         end
       end
     end
@@ -188,7 +191,8 @@ end
 function M.write_checkpoints(conn, partitions, xid, position)
   if #partitions == 0 then return end
   db.exec(conn, "UPDATE procman_checkpoints SET xid = $2, position = $3 WHERE partition = ANY($1::int[]) "
-                .. "AND (xid, position) < ($2, $3)", "{" .. table.concat(partitions, ",") .. "}", xid, position)
+                .. "AND (xid, position) < ($2, $3)", "{" .. table.concat(partitions, ",") .. "}", xid,
+          position)
 end
 
 --- Write a batch's work (in the caller's transaction).

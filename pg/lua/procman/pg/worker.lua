@@ -62,7 +62,9 @@ end
 local function positive_integer(opts, key, default)
   local v = opts[key]
   if v == nil then return default end
-  if math.type(v) ~= "integer" or v < 1 then fail("%s must be a positive integer, got %s", key, tostring(v)) end
+  if math.type(v) ~= "integer" or v < 1 then
+    fail("%s must be a positive integer, got %s", key, tostring(v))
+  end
   return v
 end
 
@@ -71,7 +73,9 @@ local function check_reconnect(r)
   if type(r) ~= "table" then fail("reconnect must be a table, got %s", type(r)) end
   local out = { initial = r.initial or 0.05, max = r.max or 5, attempts = r.attempts }
   for _, k in ipairs { "initial", "max" } do
-    if type(out[k]) ~= "number" or not (out[k] >= 0) then fail("reconnect.%s must be seconds >= 0", k) end
+    if type(out[k]) ~= "number" or out[k] ~= out[k] or out[k] < 0 then
+      fail("reconnect.%s must be seconds >= 0", k)
+    end
   end
   if out.attempts ~= nil and (math.type(out.attempts) ~= "integer" or out.attempts < 1) then
     fail("reconnect.attempts must be a positive integer (or nil: never give up)")
@@ -456,7 +460,8 @@ end
 local READ = "WITH bound AS MATERIALIZED (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS x), "
   .. "batch AS (SELECT e.position, e.xid, e.payload FROM procman_events e, bound "
   .. "WHERE (e.xid, e.position) > ($1::text::xid8, $2) AND e.xid < bound.x "
-  .. "AND (e.partitions IS NULL OR e.partitions && $3::int[] OR e.route_gen <> (SELECT gen FROM procman_routes)) "
+  .. "AND (e.partitions IS NULL OR e.partitions && $3::int[] "
+  .. "OR e.route_gen <> (SELECT gen FROM procman_routes)) "
   .. "ORDER BY e.xid, e.position LIMIT $4), "
   .. "horizon AS (SELECT e.xid, e.position FROM procman_events e, bound WHERE e.xid < bound.x "
   .. "ORDER BY e.xid DESC, e.position DESC LIMIT 1) "
