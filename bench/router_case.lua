@@ -10,6 +10,11 @@
 --                      cancelled by its result)
 --   tick               N/4 flows whose 3 files all time out: time r:tick firing them
 --   idle-tick          N/4 flows waiting on 3 timers each: time r:tick with none due
+--   batch100           journaled, sync batch, r:flush() every 100 events
+--   recover-live       as recover, also timing the journaled live run (sync none)
+--   growth-pm          one long-lived procman.pm, N id-less events on a constant-size
+--                      state: heap growth per event (growth-memory, growth-journal:
+--                      the same flow in a router, without and with a journal)
 -- The workload: flows of 3 files, 4 events each (batch_created, then three
 -- file_processed), events carry event ids. Prints key=value pairs.
 local procman = require "procman"
@@ -126,6 +131,80 @@ end
 cases.none = function() return journaled("none") end
 cases.batch = function() return journaled("batch") end
 cases.always = function() return journaled("always") end
+
+-- sync "batch" as it is meant to be used: a flush every 100 events.
+function cases.batch100()
+  os.remove(journal)
+  local r = assert(procman.router { workflows = { batch }, journal = journal, sync = "batch" })
+  local t0 = wall()
+  for i = 1, n do
+    assert(r:handle(event(i)))
+    if i % 100 == 0 then assert(r:flush()) end
+  end
+  r:dispatch(function() end)
+  assert(r:close())
+  local s = wall() - t0
+  os.remove(journal)
+  return string.format("events_per_s=%.0f", n / s)
+end
+
+-- Recovery against the live journaled run that wrote the same journal.
+cases["recover-live"] = function()
+  os.remove(journal)
+  local r = assert(procman.router { workflows = { batch }, journal = journal, sync = "none" })
+  local t0 = wall()
+  for i = 1, n do assert(r:handle(event(i))) end  -- leave the outbox pending
+  assert(r:close())
+  local live_s = wall() - t0
+  r = nil  -- luacheck: ignore
+  collectgarbage()
+  local t1 = wall()
+  local again = assert(procman.router { workflows = { batch }, journal = journal })
+  local s = wall() - t1
+  assert(again:stats().seq == n)
+  again:close()
+  os.remove(journal)
+  return string.format("events_per_s=%.0f live_events_per_s=%.0f", n / s, n / live_s)
+end
+
+-- One long-lived flow whose state keeps a constant size: a counter. Its
+-- events carry no event_id, so remembered ids do not grow either: what
+-- grows is what the flow keeps per event handled.
+local counter = procman.workflow {
+  name = "counter", correlate = "counter_id", starts = { "tick" },
+  init = function() return { n = 0 } end,
+  on = { tick = function(state) state.n = (state.n + 1) % 1000 end },
+}
+
+local function heap_growth(handle)
+  for _ = 1, 1000 do handle() end  -- warm up: first allocations, buffers grown once
+  collectgarbage()
+  collectgarbage()
+  local before = collectgarbage("count")
+  for _ = 1, n do handle() end
+  collectgarbage()
+  collectgarbage()
+  return string.format("bytes_per_event=%.2f", (collectgarbage("count") - before) * 1024 / n)
+end
+
+cases["growth-pm"] = function()
+  local pm = counter:new(1)
+  return heap_growth(function() pm:handle { event_type = "tick", counter_id = 1 } end)
+end
+
+cases["growth-memory"] = function()
+  local r = procman.router { workflows = { counter } }
+  return heap_growth(function() r:handle { event_type = "tick", counter_id = 1 } end)
+end
+
+cases["growth-journal"] = function()
+  os.remove(journal)
+  local r = assert(procman.router { workflows = { counter }, journal = journal, sync = "none" })
+  local result = heap_growth(function() assert(r:handle { event_type = "tick", counter_id = 1 }) end)
+  r:close()
+  os.remove(journal)
+  return result
+end
 
 function cases.recover()
   -- the in-memory router on the same events, to compare like with like

@@ -39,6 +39,98 @@ end
 
 print(string.format("procman bench: %s, best of %d runs, %s", _VERSION, RUNS, os.date("!%Y-%m-%d %H:%M UTC")))
 print()
+
+-- The engine's figures (issue 11), each the median of RUNS processes, as
+-- ratios to the plain hand-written Lua router in the same run.
+local ENGINE_FLOWS = tonumber(os.getenv("BENCH_ENGINE_FLOWS")) or 20000
+local ENGINE_GROWTH = tonumber(os.getenv("BENCH_GROWTH_EVENTS")) or 100000
+
+local function median_of(run_once, key)
+  local runs = {}
+  for i = 1, RUNS do runs[i] = run_once() end
+  table.sort(runs, function(a, b) return a[key] < b[key] end)
+  return runs[(#runs + 1) // 2]
+end
+
+local function case_line(script, ...)
+  local cmd = string.format("%s bench/%s %s", arg[-1] or "lua5.4", script, table.concat({ ... }, " "))
+  local p = assert(io.popen(cmd))
+  local line = p:read("a")
+  assert(p:close(), "benchmark failed: " .. cmd)
+  local r = {}
+  for k, v in line:gmatch("(%w[%w_]*)=(-?[%d%.]+)") do r[k] = tonumber(v) end
+  return r
+end
+
+local function engine_figures()
+  local journal = os.tmpname() .. ".pmj"
+  local events = 4 * ENGINE_FLOWS
+  local function router(case, n, key)
+    return median_of(function() return case_line("router_case.lua", case, n or events, journal) end,
+                     key or "events_per_s")
+  end
+  local function pm_case(impl, case, n, key)
+    return median_of(function() return case_line("case.lua", impl, case, n) end, key)
+  end
+  local plain = router("plain")
+  local memory, none, batch100 = router("memory"), router("none"), router("batch100")
+  local recovery = router("recover-live")
+  local plain_1m = pm_case("counters", "batch", 1000000, "us_per_event")
+  local pm_1m = pm_case("procman", "batch", 1000000, "us_per_event")
+  local growth = {}
+  for _, c in ipairs { "growth-pm", "growth-memory", "growth-journal" } do
+    growth[c] = router(c, ENGINE_GROWTH, "bytes_per_event").bytes_per_event
+  end
+  local live = router("live", 100000, "bytes_per_flow")
+  local live_plain = router("live-plain", 100000, "bytes_per_flow")
+  os.remove(journal)
+
+  local ROW = "| %-44s | %12s | %9s | %-22s | %-6s |"
+  local rows = {}
+  local function row(what, value, unit, vs, goal, ok)
+    rows[#rows + 1] = string.format(ROW, what, value .. unit, vs, goal, ok and "met" or "MISSED")
+  end
+  local function per_s(r) return string.format("%.0f", r.events_per_s) end
+  local function x(a) return string.format("%.3fx", a) end
+  print(string.format("Engine figures (issue 11): %d flows x 4 events, median of %d runs, "
+                      .. "ratios to plain Lua", ENGINE_FLOWS, RUNS))
+  print()
+  print(string.format(ROW, "figure", "value", "ratio", "target", "status"))
+  print("|" .. string.rep("-", 46) .. "|" .. string.rep("-", 14) .. "|" .. string.rep("-", 11) .. "|"
+        .. string.rep("-", 24) .. "|" .. string.rep("-", 8) .. "|")
+  rows[#rows + 1] = string.format(ROW, "plain Lua router (baseline)", per_s(plain) .. "/s", "1.000x", "", "")
+  local p = plain.events_per_s
+  row("router, in memory (vs plain)", per_s(memory), "/s", x(memory.events_per_s / p), ">= 0.3x plain",
+      memory.events_per_s >= 0.3 * p)
+  row("router, journal, sync none (vs plain)", per_s(none), "/s", x(none.events_per_s / p), ">= 0.25x plain",
+      none.events_per_s >= 0.25 * p)
+  row("sync batch, flush every 100 (vs sync none)", per_s(batch100), "/s",
+      x(batch100.events_per_s / none.events_per_s), ">= 0.5x sync none",
+      batch100.events_per_s >= 0.5 * none.events_per_s)
+  row("recovery (vs its live journaled run)", per_s(recovery), "/s",
+      x(recovery.events_per_s / recovery.live_events_per_s), ">= 2x live",
+      recovery.events_per_s >= 2 * recovery.live_events_per_s)
+  row("pm:handle at 1,000,000 files (us/event)", string.format("%.3f", pm_1m.us_per_event), " us",
+      x(pm_1m.us_per_event / plain_1m.us_per_event), "<= 2x plain",
+      pm_1m.us_per_event <= 2 * plain_1m.us_per_event)
+  for _, c in ipairs { { "growth-pm", "standalone pm" }, { "growth-memory", "router in memory" },
+                       { "growth-journal", "router with journal" } } do
+    local b = growth[c[1]]
+    row(string.format("heap growth per event, %s", c[2]), string.format("%.2f", b), " B", "-",
+        "<= 4 B/event", b <= 4)
+  end
+  row("bytes per live flow (100,000 flows)", string.format("%.0f", live.bytes_per_flow), " B",
+      x(live.bytes_per_flow / live_plain.bytes_per_flow), "<= 1.5x plain",
+      live.bytes_per_flow <= 1.5 * live_plain.bytes_per_flow)
+  print(table.concat(rows, "\n"))
+  print(string.format("(plain: %.0f B per live flow, %.3f us per event at 1,000,000 files; "
+                      .. "heap growth over %d events of one flow, id-less events, constant-size state)",
+                      live_plain.bytes_per_flow, plain_1m.us_per_event, ENGINE_GROWTH))
+  print()
+end
+
+engine_figures()
+if os.getenv("BENCH_ONLY") == "engine" then return end
 print("One batch of N files: batch_created + N file_processed (each with an event_id), us per event;")
 print("peak RSS of the process. seed = the seed's O(n) rescan, plain = O(1) counters, both plain Lua.")
 print()

@@ -1,15 +1,23 @@
 /*
 ** pm.c - the procman.pm userdata: one live flow of one workflow.
 **
-** A flow's state is the fold of the events it handled.  The flow keeps
-** those events, encoded by the codec, in its history buffer; the state
-** table is a cache of the fold.  That makes handle() atomic without
-** copying the state per event: the handler mutates the state in place, and
-** if anything fails before the event is committed the state is marked
-** dirty and rebuilt by replaying the history.  Every step that can fail
-** (a Lua error or an out-of-memory longjmp) happens before the commit, and
-** the commit itself allocates nothing, so an interrupted handle() leaves
-** the committed history, version and dedup set exactly as they were.
+** A flow's state is the fold of the events it handled.  The flow keeps a
+** snapshot of its state (encoded by the codec) and the events handled
+** since, encoded, in its history buffer; the state table is a cache of
+** the fold.  That makes handle() atomic without copying the state per
+** event: the handler mutates the state in place, and if anything fails
+** before the event is committed the state is marked dirty and rebuilt by
+** decoding the snapshot and replaying the history.  Every step that can
+** fail (a Lua error or an out-of-memory longjmp) happens before the
+** commit, and the commit itself allocates nothing, so an interrupted
+** handle() leaves the committed history, version and dedup set exactly as
+** they were.
+**
+** Memory is bounded by the state, not by the events handled: once the
+** history outgrows SNAPSHOT_FACTOR times the last snapshot (and at least
+** SNAPSHOT_MIN bytes), the next handle() first encodes the committed state
+** as the new snapshot and empties the history.  The period grows with the
+** state, so the encoding costs O(1) amortised per byte of events.
 */
 #include <stdarg.h>
 #include <string.h>
@@ -27,14 +35,20 @@ enum {
   UV_STATE,         /* the state table (cache of the fold) */
   UV_HISTORY,       /* Buffer: the encoded events, then scratch space */
   UV_SEEN,          /* event_id -> true (handled) / false (tried): or nil */
-  UV_BASE,          /* encoded state of a snapshot the history starts from, or nil */
+  UV_BASE,          /* Buffer: the encoded snapshot the history starts from, or nil */
   UV_LAST_ID,       /* the event_id of the last commit (for undo), or nil */
   UV_COUNT = UV_LAST_ID
 };
 
+/* History bytes before a first snapshot, and the growth (a multiple of
+** the last snapshot's size) that makes the next one. */
+#define SNAPSHOT_MIN 4096
+#define SNAPSHOT_FACTOR 2
+
 typedef struct PM {
   lua_Integer version;   /* events committed */
   size_t history_len;    /* committed bytes in the history buffer */
+  size_t snapshot_at;    /* history_len that makes a new snapshot */
   size_t undo_len;       /* history_len before the last commit */
   int can_undo;          /* the last commit may still be taken back */
   int state_ok;          /* 0: the state cache must be rebuilt */
@@ -123,13 +137,18 @@ static int push_handler(lua_State *L, int pm, int type) {
 
 /* Push the state the history starts from: the snapshot the flow was
 ** restored from, else init(id), else {}. */
+/* Replace the snapshot Buffer at the top by its decoded state. */
+static void decode_base(lua_State *L) {
+  size_t pos = 0;
+  const Buffer *base = buffer_at(L, -1);
+  if (!codec_decode(L, base->data, base->len, &pos))
+    luaL_error(L, "the snapshot state is damaged: %s", lua_tostring(L, -1));
+  lua_remove(L, -2);
+}
+
 static void push_initial_state(lua_State *L, int pm) {
-  if (lua_getiuservalue(L, pm, UV_BASE) == LUA_TSTRING) {
-    size_t len, pos = 0;
-    const char *base = lua_tolstring(L, -1, &len);
-    if (!codec_decode(L, base, len, &pos))
-      luaL_error(L, "the snapshot state is damaged: %s", lua_tostring(L, -1));
-    lua_remove(L, -2);
+  if (lua_getiuservalue(L, pm, UV_BASE) == LUA_TUSERDATA) {
+    decode_base(L);
     return;
   }
   lua_pop(L, 1);
@@ -198,6 +217,51 @@ static int try_replay(lua_State *L, int pm) {
 static void ensure_state(lua_State *L, PM *p) {
   if (!p->state_ok && !try_replay(L, 1))
     flow_error(L, 1, "cannot rebuild the state: %s", lua_tostring(L, -1));
+}
+
+/* ===================================================================
+** Snapshots: the history since the last one is all a flow keeps
+** =================================================================== */
+
+/* The history length at which to try the next snapshot, after one of
+** 'base_len' bytes. */
+static size_t next_snapshot_at(size_t base_len) {
+  size_t at = base_len > ((size_t)-1) / SNAPSHOT_FACTOR ? (size_t)-1 : base_len * SNAPSHOT_FACTOR;
+  return at < SNAPSHOT_MIN ? SNAPSHOT_MIN : at;
+}
+
+/*
+** Push the committed state of the flow at index 1, encoded, as a snapshot
+** for the next commit to take; nil when the state is not data (the history
+** is kept, and the next try waits until it has doubled).  Allocates, but
+** changes nothing the flow shows: a failure here leaves it as it was.
+*/
+static void push_snapshot(lua_State *L, PM *p) {
+  int top = lua_gettop(L);
+  lua_getiuservalue(L, 1, UV_STATE);
+  buffer_new(L, p->history_len / SNAPSHOT_FACTOR + 64);
+  if (!codec_encode(L, top + 1, top + 2, "state")) {
+    p->snapshot_at = next_snapshot_at(p->history_len);
+    lua_settop(L, top);
+    lua_pushnil(L);
+    return;
+  }
+  lua_remove(L, top + 1);
+}
+
+/*
+** Make the snapshot at 'snap' the flow's base; the history keeps only its
+** bytes from 'from' on (the event being committed, if any).  Allocates
+** nothing: part of a commit.
+*/
+static void switch_to_snapshot(lua_State *L, PM *p, int snap, Buffer *history,
+                               size_t from) {
+  memmove(history->data, history->data + from, history->len - from);
+  history->len -= from;
+  p->history_len = 0;
+  p->snapshot_at = next_snapshot_at(buffer_at(L, snap)->len);
+  lua_pushvalue(L, snap);
+  lua_setiuservalue(L, 1, UV_BASE);
 }
 
 /* ===================================================================
@@ -330,6 +394,15 @@ static const char *check_commands(lua_State *L, int r, const char *type) {
   lua_pushnil(L);
   for (i = 0; lua_next(L, r); i++)
     lua_pop(L, 1);
+  if (i != n && n == 0) {  /* { command_type = ... } instead of { { ... } } */
+    lua_pushliteral(L, "command_type");
+    if (lua_rawget(L, r) == LUA_TSTRING)
+      return lua_pushfstring(L, "handler for '%s' returned one command "
+                             "(command_type '%s') where a list of commands "
+                             "is needed: return { command }", type,
+                             lua_tostring(L, -1));
+    lua_pop(L, 1);
+  }
   if (i != n)
     return lua_pushfstring(L, "handler for '%s' must return an array of "
                            "commands; its table has keys other than 1..%I",
@@ -367,11 +440,13 @@ static int abort_handle(lua_State *L, int status, const char *type) {
 
 /*
 ** pm:handle(event) -> commands.  Stack: 1 pm, 2 event, 3 workflow,
-** 4 event_type, 5 handler, 6 event_id, 7 seen ids, 8 commands.
+** 4 event_type, 5 handler, 6 event_id, 7 seen ids, 8 the snapshot to take
+** with this commit (or nil), 9 commands.
 */
 static int pm_handle(lua_State *L) {
   PM *p = check_usable(L);
   const char *type;
+  Buffer *history;
   int status;
   lua_settop(L, 2);
   lua_getiuservalue(L, 1, UV_WORKFLOW);
@@ -385,6 +460,10 @@ static int pm_handle(lua_State *L) {
     return 1;  /* at-least-once delivery: a redelivery changes nothing */
   }
   ensure_state(L, p);
+  if (p->history_len >= p->snapshot_at)
+    push_snapshot(L, p);
+  else
+    lua_pushnil(L);
   lua_pushvalue(L, 5);
   lua_getiuservalue(L, 1, UV_STATE);
   stage_event(L, p, type);
@@ -394,17 +473,20 @@ static int pm_handle(lua_State *L) {
   p->busy = 0;
   if (status != LUA_OK)
     return abort_handle(L, status, type);
-  if (lua_isnil(L, 8)) {  /* no commands */
+  if (lua_isnil(L, 9)) {  /* no commands */
     lua_newtable(L);
-    lua_replace(L, 8);
+    lua_replace(L, 9);
   }
-  if (check_commands(L, 8, type) != NULL)
+  if (check_commands(L, 9, type) != NULL)
     return abort_handle(L, LUA_OK, type);
   /* commit: nothing below allocates */
   lua_getiuservalue(L, 1, UV_HISTORY);
+  history = buffer_at(L, -1);
+  if (!lua_isnil(L, 8))
+    switch_to_snapshot(L, p, 8, history, p->history_len);
   p->undo_len = p->history_len;
   p->can_undo = 1;
-  p->history_len = buffer_at(L, -1)->len;
+  p->history_len = history->len;
   p->version++;
   p->state_ok = 1;
   if (lua_istable(L, 7)) {
@@ -414,7 +496,7 @@ static int pm_handle(lua_State *L) {
   }
   lua_pushvalue(L, 6);
   lua_setiuservalue(L, 1, UV_LAST_ID);  /* for undo; no allocation */
-  lua_settop(L, 8);
+  lua_settop(L, 9);
   return 1;
 }
 
@@ -515,6 +597,28 @@ static int pm_undo(lua_State *L) {
   return 0;
 }
 
+/*
+** core.trim(pm) -> true if the flow's history is now empty: snapshot its
+** state now, so that it keeps no event (compaction made them redundant).
+** False when the state is not data (the history stays).
+*/
+static int pm_trim(lua_State *L) {
+  PM *p = check_usable(L);
+  lua_settop(L, 1);
+  ensure_state(L, p);
+  if (p->history_len > 0) {
+    push_snapshot(L, p);                              /* 2 */
+    if (!lua_isnil(L, 2)) {
+      lua_getiuservalue(L, 1, UV_HISTORY);            /* 3 */
+      switch_to_snapshot(L, p, 2, buffer_at(L, 3), p->history_len);
+      p->undo_len = 0;
+      p->can_undo = 0;
+    }
+  }
+  lua_pushboolean(L, p->history_len == 0);
+  return 1;
+}
+
 static int pm_status(lua_State *L) {
   push_status(L, check_usable(L));
   return 1;
@@ -584,6 +688,8 @@ static int pm_close(lua_State *L) {
   lua_setiuservalue(L, 1, UV_HISTORY);
   lua_pushnil(L);
   lua_setiuservalue(L, 1, UV_SEEN);
+  lua_pushnil(L);
+  lua_setiuservalue(L, 1, UV_BASE);
   return 0;
 }
 
@@ -600,6 +706,7 @@ static PM *push_flow(lua_State *L) {
   luaL_argexpected(L, id_ok, 2, "non-empty string or integer flow id");
   p = (PM *)lua_newuserdatauv(L, sizeof(PM), UV_COUNT);
   memset(p, 0, sizeof *p);
+  p->snapshot_at = SNAPSHOT_MIN;
   luaL_setmetatable(L, PM_TYPENAME);
   lua_pushvalue(L, 1);
   lua_setiuservalue(L, -2, UV_WORKFLOW);
@@ -676,16 +783,11 @@ static int pm_snapshot(lua_State *L) {
 ** base is the snapshot a restored flow started from.
 */
 static int pm_origin(lua_State *L) {
-  size_t len, pos = 0;
   to_pm(L);
   lua_settop(L, 1);
   lua_getiuservalue(L, 1, UV_WORKFLOW);                      /* 2 */
-  if (lua_getiuservalue(L, 1, UV_BASE) == LUA_TSTRING) {    /* 3 */
-    const char *base = lua_tolstring(L, 3, &len);
-    if (!codec_decode(L, base, len, &pos))
-      return luaL_error(L, "the snapshot state is damaged: %s", lua_tostring(L, -1));
-    lua_replace(L, 3);
-  }
+  if (lua_getiuservalue(L, 1, UV_BASE) == LUA_TUSERDATA)    /* 3 */
+    decode_base(L);
   return 2;
 }
 
@@ -702,9 +804,8 @@ static int pm_restore(lua_State *L) {
   buffer_new(L, 0);                                   /* 7 */
   if (!codec_encode(L, 3, 7, "state"))
     return luaL_error(L, "core.restore: %s", lua_tostring(L, -1));
-  lua_pushlstring(L, buffer_at(L, 7)->data, buffer_at(L, 7)->len);
+  p->snapshot_at = next_snapshot_at(buffer_at(L, 7)->len);
   lua_setiuservalue(L, 6, UV_BASE);
-  lua_pop(L, 1);
   n = (lua_Integer)lua_rawlen(L, 5);
   lua_createtable(L, 0, (int)(n < 1 << 20 ? n : 1 << 20));  /* 7: seen */
   for (i = 1; i <= n; i++) {
@@ -753,6 +854,7 @@ void pm_register(lua_State *L, int core) {
   lua_pushvalue(L, -1);
   lua_pushvalue(L, -1);
   lua_pushvalue(L, -1);
+  lua_pushvalue(L, -1);
   lua_pushcclosure(L, pm_event_ids, 1);  /* the metatable is their upvalue */
   lua_setfield(L, core, "event_ids");
   lua_pushcclosure(L, pm_undo, 1);
@@ -763,4 +865,6 @@ void pm_register(lua_State *L, int core) {
   lua_setfield(L, core, "restore");
   lua_pushcclosure(L, pm_origin, 1);
   lua_setfield(L, core, "origin");
+  lua_pushcclosure(L, pm_trim, 1);
+  lua_setfield(L, core, "trim");
 }

@@ -18,15 +18,43 @@
 
 LUAMOD_API int luaopen_procman_core(lua_State *L);
 
+/* Scratch buffers larger than this are not kept between calls. */
+#define SCRATCH_KEEP (64 * 1024)
+
 /*
-** Encode argument 1 into a new buffer (index 2); with 'copy', also push
-** the copy (index 3).  Errors name the Lua function, 'who'.
+** Push the scratch buffer of encode/copy (upvalue 1), emptied, taking it
+** out of the upvalue meanwhile: a nested call (from a finalizer run by the
+** garbage collector while encoding) finds none and makes its own.  Reusing
+** it saves growing a fresh buffer 0, 64, 128, 256... for every call.
+*/
+static void push_scratch(lua_State *L) {
+  if (lua_type(L, lua_upvalueindex(1)) != LUA_TUSERDATA) {
+    buffer_new(L, 256);
+    return;
+  }
+  lua_pushvalue(L, lua_upvalueindex(1));
+  buffer_at(L, -1)->len = 0;
+  lua_pushnil(L);
+  lua_replace(L, lua_upvalueindex(1));
+}
+
+/* Give the scratch buffer at 'idx' back, unless it grew too large. */
+static void keep_scratch(lua_State *L, int idx) {
+  if (buffer_at(L, idx)->cap > SCRATCH_KEEP)
+    return;
+  lua_pushvalue(L, idx);
+  lua_replace(L, lua_upvalueindex(1));
+}
+
+/*
+** Encode argument 1 into the scratch buffer (index 2); with 'copy', also
+** push the copy (index 3).  Errors name the Lua function, 'who'.
 */
 static void encode_argument(lua_State *L, const char *who, int copy) {
   int ok;
   luaL_checkany(L, 1);
   lua_settop(L, 1);
-  buffer_new(L, 0);
+  push_scratch(L);
   ok = copy ? codec_encode_copy(L, 1, 2, "value") : codec_encode(L, 1, 2, "value");
   if (!ok)
     luaL_error(L, "%s: %s", who, lua_tostring(L, -1));
@@ -36,13 +64,24 @@ static void encode_argument(lua_State *L, const char *who, int copy) {
 static int core_encode(lua_State *L) {
   encode_argument(L, "procman.encode", 0);
   lua_pushlstring(L, buffer_at(L, 2)->data, buffer_at(L, 2)->len);
+  keep_scratch(L, 2);  /* after the copy: the string is made */
   return 1;
 }
 
 /* procman.copy(v) -> a deep copy of the data v: decode(encode(v)), faster. */
 static int core_copy(lua_State *L) {
   encode_argument(L, "procman.copy", 1);
+  keep_scratch(L, 2);
   return 1;
+}
+
+/* core.encode_copy(v) -> the bytes of v and a copy of v, in one pass. */
+static int core_encode_copy(lua_State *L) {
+  encode_argument(L, "procman.encode", 1);
+  lua_pushlstring(L, buffer_at(L, 2)->data, buffer_at(L, 2)->len);
+  lua_insert(L, 3);
+  keep_scratch(L, 2);
+  return 2;
 }
 
 /* procman.decode(s) -> the one value that s encodes. */
@@ -83,9 +122,7 @@ static int core_budget_call(lua_State *L) {
 
 static const luaL_Reg core_functions[] = {
   { "new", pm_new },
-  { "encode", core_encode },
   { "decode", core_decode },
-  { "copy", core_copy },
   { "journal_open", journal_lua_open },
   { "journal_create", journal_lua_create },
   { "journal_replace", journal_lua_replace },
@@ -102,6 +139,15 @@ LUAMOD_API int luaopen_procman_core(lua_State *L) {
   journal_lua_register(L);
   line_reader_register(L);
   luaL_newlib(L, core_functions);
+  lua_pushnil(L);  /* the scratch buffer, made at the first call */
+  lua_pushcclosure(L, core_encode, 1);
+  lua_setfield(L, -2, "encode");
+  lua_pushnil(L);
+  lua_pushcclosure(L, core_copy, 1);
+  lua_setfield(L, -2, "copy");
+  lua_pushnil(L);
+  lua_pushcclosure(L, core_encode_copy, 1);
+  lua_setfield(L, -2, "encode_copy");
   pm_register(L, -1);
   lua_pushinteger(L, CODEC_MAX_DEPTH);
   lua_setfield(L, -2, "max_depth");

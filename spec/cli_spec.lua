@@ -53,7 +53,7 @@ describe("procman run", function()
       '{"event_type":"file_processed","batch_id":"b1","file":{"id":"nope","status":"success"}}', A_DONE))
     assert.equal(0, r.code)
     assert.equal(lines(
-      "procman run: line 2: not JSON: Expected value but found invalid token at character 1",
+      "procman run: line 2: not JSON: expected a value, found something that is not JSON at character 1",
       "procman run: line 3: not an event: a JSON object expected, got an array",
       "procman run: line 5: procman.router: no flow batch/zz for file_processed",
       "procman run: line 6: batch/b1: handler for 'file_processed' failed: file \"nope\" is not in this batch"),

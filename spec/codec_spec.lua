@@ -115,6 +115,38 @@ describe("the codec", function()
       "procman.copy: cannot encode a function (only nil, booleans, numbers, strings and tables are data) at value.f")
   end)
 
+  it("encodes right when a finalizer encodes while it runs (the scratch buffer is not shared)", function()
+    local inner = {}
+    local function garbage()
+      for _ = 1, 200 do
+        setmetatable({}, { __gc = function() inner[#inner + 1] = procman.encode { "from a finalizer", #inner } end })
+      end
+    end
+    local big = {}
+    for i = 1, 2000 do big["k" .. i] = { i, tostring(i) } end
+    local expected = procman.encode(big)
+    collectgarbage("generational")
+    for _ = 1, 20 do
+      garbage()
+      assert.equal(expected, procman.encode(big))
+      garbage()
+      assert.same(big, procman.copy(big))
+    end
+    collectgarbage("incremental")
+    collectgarbage()
+    assert.is_true(#inner > 0)
+    for i, bytes in ipairs(inner) do assert.equal("from a finalizer", procman.decode(bytes)[1], i) end
+  end)
+
+  it("gives the same bytes from a scratch buffer that grew and was let go", function()
+    local huge = string.rep("x", 100000)
+    local small = { a = 1, b = "two" }
+    local before = procman.encode(small)
+    assert.equal(100000 + 5, #procman.encode(huge))
+    assert.equal(before, procman.encode(small))
+    assert.same(small, procman.decode(procman.encode(small)))
+  end)
+
   it("writes standard MessagePack in its shortest form", function()
     local cases = {
       { nil, "c0" }, { false, "c2" }, { true, "c3" },

@@ -281,6 +281,121 @@ describe("procman.pm", function()
     assert.same({ { event_type = "add", by = 1 }, { event_type = "add", by = 2, event_id = "x" } }, pm:history())
   end)
 
+  describe("memory bounded by the state", function()
+    local core = require "procman.core"
+    -- a flow whose state keeps a constant size, whatever it handles
+    local ring = procman.workflow {
+      name = "ring", init = function() return { n = 0, last = {} } end,
+      on = {
+        add = function(state, event)
+          state.n = state.n + 1
+          state.last[state.n % 4 + 1] = event.pad
+        end,
+        fail = function(state)
+          state.n = -1
+          state.last = nil
+          error("refused", 0)
+        end,
+      },
+    }
+    local function history_bytes(pm)
+      local n = 0
+      for _, e in ipairs(pm:history()) do n = n + #procman.encode(e) end
+      return n
+    end
+    -- what the fold of init and every event handled gives
+    local function expected(count, pad_of)
+      local state = { n = 0, last = {} }
+      for i = 1, count do ring.on.add(state, { pad = pad_of(i) }) end
+      return state
+    end
+    local function pad_of(i) return string.rep(string.char(97 + i % 26), 50) end
+
+    it("keeps only the events since its last snapshot", function()
+      local pm = ring:new("r")
+      local most = 0
+      for i = 1, 3000 do
+        pm:handle { event_type = "add", pad = pad_of(i) }
+        most = math.max(most, history_bytes(pm))
+      end
+      assert.equal(3000, pm:version())
+      assert.same(expected(3000, pad_of), pm:state())
+      assert.is_true(#pm:history() < 3000 // 2)  -- history was cut, more than once
+      assert.is_true(most < 4096 + 200)          -- never much more than the first threshold
+      -- the history continues the snapshot: origin state + history = state
+      local spec, base = core.origin(pm)
+      local replica = core.restore(spec, "r", base, pm:version() - #pm:history(), {})
+      for _, e in ipairs(pm:history()) do replica:handle(e) end
+      assert.same(pm:state(), replica:state())
+    end)
+
+    it("rebuilds a failed handle from the snapshot and the history since", function()
+      local pm = ring:new("r")
+      for i = 1, 500 do
+        pm:handle { event_type = "add", pad = pad_of(i) }
+        if i % 97 == 0 then flow.refuses(pm, { event_type = "fail" }, "refused") end
+      end
+      assert.same(expected(500, pad_of), pm:state())
+      assert.equal(500, pm:version())
+    end)
+
+    it("takes the snapshot with the commit: a failed handle at the threshold changes nothing", function()
+      local pm = ring:new("r")
+      local i = 0
+      while history_bytes(pm) < 4096 do
+        i = i + 1
+        pm:handle { event_type = "add", pad = pad_of(i) }
+      end
+      local before = flow.snapshot(pm)
+      flow.refuses(pm, { event_type = "fail" }, "refused")
+      assert.same(before, flow.snapshot(pm))
+      pm:handle { event_type = "add", pad = pad_of(i + 1) }
+      assert.equal(1, #pm:history())
+      assert.same(expected(i + 1, pad_of), pm:state())
+    end)
+
+    it("core.undo after a snapshot goes back to the state before the event", function()
+      local pm = ring:new("r")
+      local i = 0
+      while history_bytes(pm) < 4096 do
+        i = i + 1
+        pm:handle { event_type = "add", pad = pad_of(i) }
+      end
+      pm:handle { event_type = "add", event_id = "last", pad = pad_of(i + 1) }
+      assert.equal(1, #pm:history())
+      core.undo(pm)
+      assert.equal(i, pm:version())
+      assert.same(expected(i, pad_of), pm:state())
+      assert.same({}, pm:history())
+      pm:handle { event_type = "add", event_id = "last", pad = pad_of(i + 1) }  -- forgotten: applies
+      assert.same(expected(i + 1, pad_of), pm:state())
+    end)
+
+    it("keeps the whole history when the state is not data", function()
+      local odd = procman.workflow {
+        name = "odd", init = function() return { n = 0 } end, view = function(state) return state.n end,
+        on = { add = function(state, event) state.n = state.n + 1; state.f = print; state.pad = event.pad end },
+      }
+      local pm = odd:new("o")
+      for i = 1, 200 do pm:handle { event_type = "add", pad = pad_of(i) } end
+      assert.equal(200, #pm:history())
+      assert.equal(200, pm:state())
+    end)
+
+    it("core.trim empties the history (for compaction)", function()
+      local pm = ring:new("r")
+      for i = 1, 10 do pm:handle { event_type = "add", event_id = i, pad = pad_of(i) } end
+      assert.is_true(core.trim(pm))
+      assert.same({}, pm:history())
+      assert.equal(10, pm:version())
+      assert.same(expected(10, pad_of), pm:state())
+      assert.same({}, pm:handle { event_type = "add", event_id = 3 })  -- ids are still remembered
+      flow.refuses(pm, { event_type = "fail" }, "refused")
+      assert.same(expected(10, pad_of), pm:state())
+      assert.has_error(function() core.undo(pm) end, "ring/r: no committed event to take back")
+    end)
+  end)
+
   describe("init", function()
     it("is called with the flow id", function()
       local wf = procman.workflow { name = "i", on = { x = function() end },

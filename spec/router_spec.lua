@@ -289,6 +289,24 @@ describe("procman.router", function()
       again:close()
     end)
 
+    it("compaction trims the live flows' histories, which it made redundant", function()
+      local r = procman.router { workflows = { batch }, journal = path, sync = "none" }
+      r:handle { event_type = "batch_created", batch_id = "b1", files = { "a", "b" } }
+      r:handle { event_type = "file_processed", batch_id = "b1", event_id = "e1", file = { id = "a", status = "error" } }
+      local pm = r:flow("batch", "b1")
+      local state = pm:state()
+      assert.equal(2, #pm:history())
+      assert.is_true(r:compact())
+      assert.same({}, pm:history())
+      assert.same(state, pm:state())
+      assert.equal(2, pm:version())
+      assert.same({}, r:handle { event_type = "file_processed", batch_id = "b1", event_id = "e1",
+                                 file = { id = "a", status = "error" } })  -- still a redelivery
+      r:handle { event_type = "file_processed", batch_id = "b1", file = { id = "a", status = "success" } }
+      assert.equal(1, #pm:history())
+      r:close()
+    end)
+
     it("compacts over a stale temporary file, and refuses without a journal", function()
       local r = procman.router { workflows = { batch }, journal = path }
       r:handle { event_type = "batch_created", batch_id = "b1", files = { "a" } }
@@ -473,7 +491,8 @@ describe("procman.router", function()
     refused({ workflows = { batch }, sync = "sometimes" }, 'sync must be "always", "batch" or "none", got sometimes')
     refused({ workflows = { batch }, journal = 5 }, "journal must be a file path, got number")
     refused({ workflows = { batch }, on_divergence = "ignore" }, 'on_divergence must be "error" or "warn", got ignore')
-    refused({ workflows = { batch }, jounral = "x" }, "unknown option jounral")
+    local _, err = pcall(procman.router, { workflows = { batch }, jounral = "x" })
+    assert.matches("^procman.router: unknown option jounral %(did you mean 'journal'%?%); the options are ", err)
   end)
 
   it("is closed by close(), <close> and the garbage collector", function()

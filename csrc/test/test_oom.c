@@ -241,6 +241,38 @@ static void test_handler_allocating_after_a_change(void **state) {
   run(f->L, "assert(g:version() == 2 and g:state().n == 2 and #g:state().items == 2)");
 }
 
+/*
+** A flow whose history has grown to its snapshot threshold: the next
+** handle() first snapshots the state.  Failing each allocation of that
+** call must leave the flow as it was, history included (the snapshot is
+** taken whole or not at all); in the end the history starts again.
+*/
+static void test_snapshot_under_oom(void **state) {
+  Fixture *f = *state;
+  run(f->L,
+      "local snap = procman.workflow{ name = 'snap', init = function() return { n = 0 } end,\n"
+      "  on = { add = function(state, event) state.n = state.n + 1; state.last = event.pad end,\n"
+      "         bad = function(state) state.n = -1; error('refused') end } }\n"
+      "sf = snap:new('s1')\n"
+      "local function history_bytes()\n"
+      "  local n = 0\n"
+      "  for _, e in ipairs(sf:history()) do n = n + #procman.encode(e) end\n"
+      "  return n\n"
+      "end\n"
+      "while history_bytes() < 4096 do sf:handle{ event_type = 'add', pad = string.rep('p', 100) } end\n"
+      "snap_version = sf:version()\n"
+      "function snap_snapshot() return procman.encode{ sf:state(), sf:version(), sf:history() } end\n"
+      "function snap_event()\n"
+      "  return sf:handle{ event_type = 'add', event_id = 's', pad = string.rep('q', 100) }\n"
+      "end\n"
+      "function snap_bad() return sf:handle{ event_type = 'bad' } end\n");
+  assert_true(fail_each_allocation(f, "snap_event", "snap_snapshot") > 2);
+  run(f->L, "assert(sf:version() == snap_version + 1 and #sf:history() == 1)\n"
+            "assert(sf:state().n == snap_version + 1 and sf:state().last == string.rep('q', 100))\n"
+            "before = snap_snapshot()\n"
+            "assert(not pcall(snap_bad) and snap_snapshot() == before)  -- rebuilt from the snapshot\n");
+}
+
 /* A handler that refuses the event, with allocations failing meanwhile
 ** (in the handler, in the replay that undoes it, anywhere). */
 static void test_refused_event_under_oom(void **state) {
@@ -486,6 +518,7 @@ int main(void) {
     cmocka_unit_test_setup_teardown(test_handle_atomic_under_oom, setup, teardown),
     cmocka_unit_test_setup_teardown(test_handler_allocating_after_a_change, setup, teardown),
     cmocka_unit_test_setup_teardown(test_refused_event_under_oom, setup, teardown),
+    cmocka_unit_test_setup_teardown(test_snapshot_under_oom, setup, teardown),
     cmocka_unit_test_setup_teardown(test_codec_under_oom, setup, teardown),
     cmocka_unit_test_setup_teardown(test_router_handle_under_oom, setup, teardown),
     cmocka_unit_test_setup_teardown(test_router_tick_under_oom, setup, teardown),

@@ -97,7 +97,8 @@ end
 function M.main(args)
   local has_argparse = pcall(require, "argparse")
   if not has_argparse then
-    M.io.stderr:write("procman: needs lua-argparse (Debian: apt-get install lua-argparse)\n")
+    M.io.stderr:write("procman: needs argparse: luarocks install argparse ",
+                      "(Debian: apt-get install lua-argparse)\n")
     return 1
   end
   local p, commands = parser()

@@ -43,8 +43,8 @@ local function state_records(self)
     end
   end
   for _, letter in ipairs(self.dead) do out[#out + 1] = { RECORD_DEAD, letter } end
-  for _, envelope in ipairs(self.outbox:list()) do
-    out[#out + 1] = { RECORD_OUTBOX, envelope }
+  for _, bytes in ipairs(self.outbox:encoded()) do  -- already encoded: journaled as they are
+    out[#out + 1] = { RECORD_OUTBOX, bytes }
   end
   return out
 end
@@ -55,7 +55,9 @@ local function write_journal(tmp, list)
   local j, err = core.journal_create(tmp, { sync = "batch" })
   if not j then return nil, err end
   for _, r in ipairs(list) do
-    local at, why = j:append(r[1], encode(r[2]))
+    local payload = r[2]
+    if type(payload) ~= "string" then payload = encode(payload) end
+    local at, why = j:append(r[1], payload)
     if not at then
       j:close()
       os.remove(tmp)
@@ -85,6 +87,14 @@ local function switch_journal(self, replaced, why)
   end
 end
 
+-- The journal now starts each live flow at its snapshot: the events a
+-- flow kept to rebuild its state are redundant, let them go.
+local function trim_histories(self)
+  for _, spec in ipairs(self.specs) do
+    for _, pm in pairs(self.live[spec.name]) do core.trim(pm) end
+  end
+end
+
 --- compact(router) -> true, or nil, message. Written to a temporary file
 -- in the same directory (created with O_EXCL), synced, renamed over the
 -- journal, the directory synced. A failure before the rename leaves
@@ -109,6 +119,7 @@ function M.compact(self)
     error("procman.router: compacted, but " .. tostring(problem) .. "; this router is closed: open "
           .. "the journal again (before or after a crash it holds the same state)", 0)
   end
+  pcall(trim_histories, self)  -- out of memory: the histories stay, bounded anyway
   return true
 end
 

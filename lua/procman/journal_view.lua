@@ -19,6 +19,10 @@ local M = {}
 
 local START = "[*]"  -- the status before a flow's first event, in transitions
 M.START = START
+-- The status shown for a flow that has handled no event yet (its first
+-- event failed and parked it).
+local NOT_STARTED = "(not started)"
+M.NOT_STARTED = NOT_STARTED
 
 local function flow_of(view, workflow, flow_id)
   local by_id = view.flows[workflow]
@@ -29,7 +33,7 @@ local function flow_of(view, workflow, flow_id)
   end
   local f = by_id[flow_id]
   if f == nil then
-    f = { workflow = workflow, flow = flow_id, version = 0, status = START, completed = false }
+    f = { workflow = workflow, flow = flow_id, version = 0, status = NOT_STARTED, completed = false }
     by_id[flow_id] = f
   end
   return f
@@ -77,7 +81,7 @@ local function apply_entry(view, rec, e, wanted)
   local f = flow_of(view, e.workflow, e.flow)
   if e.commands then
     if e.resumed then pop_parked(view, f) end
-    local from = f.status
+    local from = f.version == 0 and START or f.status
     f.version = f.version + 1
     f.status = e.status or "?"
     local plain, directives = timers.split(e.commands)

@@ -1,11 +1,17 @@
 --- procman.outbox: the router's commands waiting for a gateway, in emission
 -- order, with stable ids, until acked.
 --
--- A queue from 'head' to 'tail' plus an index by id; acked envelopes are
--- dropped from the front as soon as nothing before them is pending. (Not
--- '#queue': with the front cleared the length of the table is not defined.)
+-- Each pending envelope { id, workflow, flow, command } is kept encoded (one
+-- string, not four tables): a pending command costs its bytes, an id and
+-- two array slots, and nothing can change it after it was emitted. A queue
+-- from 'head' to 'tail' (the envelopes' bytes, with their ids beside them)
+-- plus an index by id; acked envelopes are dropped from the front as soon
+-- as nothing before them is pending. (Not '#queue': with the front cleared
+-- the length of the table is not defined.)
+local core = require "procman.core"
 local records = require "procman.records"
-local copy = require("procman.core").copy
+
+local encode, encode_copy, decode = core.encode, core.encode_copy, core.decode
 
 local Outbox = {}
 Outbox.__index = Outbox
@@ -13,28 +19,40 @@ Outbox.__index = Outbox
 local M = {}
 
 function M.new()
-  return setmetatable({ queue = {}, head = 1, tail = 0, by_id = {}, count = 0 }, Outbox)
+  return setmetatable({ queue = {}, ids = {}, head = 1, tail = 0, by_id = {}, count = 0 }, Outbox)
 end
 
---- outbox:add(envelope): keep an envelope { id, workflow, flow, command }.
-function Outbox:add(envelope)
-  self.tail = self.tail + 1
-  self.queue[self.tail] = envelope
-  self.by_id[envelope.id] = envelope
+local function push(self, id, bytes)
+  local tail = self.tail + 1
+  self.queue[tail], self.ids[tail] = bytes, id
+  self.by_id[id] = tail
+  self.tail = tail
   self.count = self.count + 1
+end
+
+--- outbox:add(envelope): keep an envelope { id, workflow, flow, command }
+-- (a copy: its bytes).
+function Outbox:add(envelope)
+  push(self, envelope.id, encode(envelope))
 end
 
 --- outbox:emit(name, flow_id, version, commands[, out]): the envelopes of a
 -- flow's commands after the event that took it to 'version'. The outbox
--- keeps its own copy of each command: a handler that kept the table cannot
--- change a pending command later, nor make a live outbox differ from a
--- recovered one. Copies of the envelopes are appended to 'out'.
+-- keeps them encoded: a handler that kept a command table cannot change a
+-- pending command later, nor make a live outbox differ from a recovered
+-- one. Copies of the envelopes are appended to 'out' (made by the same
+-- pass of the codec that encodes them).
 function Outbox:emit(name, flow_id, version, commands, out)
   for i, command in ipairs(commands) do
-    local envelope = { id = records.command_id(name, flow_id, version, i), workflow = name,
-                       flow = flow_id, command = copy(command) }
-    self:add(envelope)
-    if out then out[#out + 1] = copy(envelope) end
+    local id = records.command_id(name, flow_id, version, i)
+    local envelope = { id = id, workflow = name, flow = flow_id, command = command }
+    if out then
+      local bytes, copy = encode_copy(envelope)
+      push(self, id, bytes)
+      out[#out + 1] = copy
+    else
+      push(self, id, encode(envelope))
+    end
   end
 end
 
@@ -45,23 +63,33 @@ end
 
 --- outbox:forget(id): the command was acked.
 function Outbox:forget(id)
+  self.queue[self.by_id[id]] = false  -- the slot stays until the front passes it
   self.by_id[id] = nil
   self.count = self.count - 1
-  local q, head = self.queue, self.head
-  while head <= self.tail and self.by_id[q[head].id] == nil do
-    q[head] = nil
+  local q, ids, head = self.queue, self.ids, self.head
+  while head <= self.tail and not q[head] do
+    q[head], ids[head] = nil, nil
     head = head + 1
   end
-  if head > self.tail then self.queue, head, self.tail = {}, 1, 0 end
+  if head > self.tail then self.queue, self.ids, head, self.tail = {}, {}, 1, 0 end
   self.head = head
 end
 
 --- outbox:list() -> copies of the pending envelopes, in emission order.
 function Outbox:list()
-  local out = {}
+  local out, q = {}, self.queue
   for i = self.head, self.tail do
-    local e = self.queue[i]
-    if self.by_id[e.id] then out[#out + 1] = copy(e) end
+    if q[i] then out[#out + 1] = decode(q[i]) end
+  end
+  return out
+end
+
+--- outbox:encoded() -> the pending envelopes' bytes, in emission order
+-- (for compaction, which journals them as they are).
+function Outbox:encoded()
+  local out, q = {}, self.queue
+  for i = self.head, self.tail do
+    if q[i] then out[#out + 1] = q[i] end
   end
   return out
 end

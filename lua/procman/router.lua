@@ -30,6 +30,7 @@ local records = require "procman.records"
 local outbox = require "procman.outbox"
 local compaction = require "procman.compaction"
 local message = require "procman.message"
+local describe = require "procman.describe"
 
 local encode, decode, copy = core.encode, core.decode, core.copy
 
@@ -40,6 +41,9 @@ local RECORD_SKIP, RECORD_TIMER, RECORD_PARKED, RECORD_DEAD =
 local OPTIONS = { workflows = true, journal = true, sync = true, repair = true,
                   on_divergence = true, warn = true, clock = true, on_error = true,
                   on_unroutable = true }
+local OPTION_NAMES = {}
+for k in pairs(OPTIONS) do OPTION_NAMES[#OPTION_NAMES + 1] = k end
+table.sort(OPTION_NAMES)
 local SYNC = { always = true, batch = true, none = true }
 
 local Router = {}
@@ -74,7 +78,10 @@ local function check_options(given)
   if type(given) ~= "table" then fail("options must be a table, got %s", type(given)) end
   local opts = {}
   for k, v in next, given do
-    if not OPTIONS[k] then fail("unknown option %s", type(k) == "string" and k or type(k)) end
+    if not OPTIONS[k] then
+      fail("unknown option %s%s; the options are %s", type(k) == "string" and k or type(k),
+           describe.did_you_mean(k, OPTION_NAMES), table.concat(OPTION_NAMES, ", "))
+    end
     opts[k] = v
   end
   if opts.journal ~= nil and (type(opts.journal) ~= "string" or opts.journal == "") then
@@ -115,8 +122,10 @@ local function flow_id_of(spec, event)
     fail("event '%s' lacks %s, which workflow %q needs", rawget(event, "event_type"), how, spec.name)
   end
   if not (math.type(id) == "integer" or (type(id) == "string" and id ~= "")) then
-    fail("event '%s': flow id for workflow %q must be a non-empty string or an integer, got %s",
-         rawget(event, "event_type"), spec.name, type(id))
+    local what_to_do = math.type(id) == "float" and ": send an integer, or the id as a string"
+                       or id == "" and ": the event must name its flow" or ""
+    fail("event '%s': flow id for workflow %q must be a non-empty string or an integer, got %s%s",
+         rawget(event, "event_type"), spec.name, describe.value(id), what_to_do)
   end
   return id
 end
@@ -131,6 +140,18 @@ local function remember_completed(self, name, flow_id, status, seen_ids)
   end
   self.finished[name][flow_id] = { status = status, seen = set }
   self.finished_count = self.finished_count + 1
+end
+
+-- When a flow's id looks like 'flow_id' but has the other type (7 and
+-- "7"): a hint that says so, else "".
+local function other_typed_flow(self, name, flow_id)
+  local other = math.type(flow_id) == "integer" and tostring(flow_id) or math.tointeger(tonumber(flow_id))
+  if other == nil or tostring(other) ~= tostring(flow_id) then return "" end
+  local known = self.live[name][other] or self.parked_of[name][other] or self.finished[name][other]
+  if known == nil then return "" end
+  return string.format(": the event's flow id is %s, but there is a flow %s; ids of different types "
+                       .. "are different flows: send the id as the flow has it", describe.value(flow_id),
+                       describe.value(other))
 end
 
 -- The flows an event goes to: { spec, flow, pm (nil: a new flow), held
@@ -151,7 +172,7 @@ local function targets_of(self, event, event_type)
         fail("flow %s is complete (%s): event '%s' came after it finished",
              label(name, flow_id), final.status, event_type)
       elseif pm == nil and not parked and not spec.starts_set[event_type] then
-        fail("no flow %s for %s", label(name, flow_id), event_type)
+        fail("no flow %s for %s%s", label(name, flow_id), event_type, other_typed_flow(self, name, flow_id))
       end
       if pm ~= false then
         targets[#targets + 1] = { spec = spec, flow = flow_id, pm = pm, held = parked }

@@ -5,6 +5,7 @@
 -- is checked once, here, so that mistakes surface where they are written
 -- (with the caller's file and line), not at the first event.
 local core = require "procman.core"
+local did_you_mean = require("procman.describe").did_you_mean
 
 local M = {}
 
@@ -26,31 +27,6 @@ local specs = setmetatable({}, { __mode = "k" })
 local function describe(v)
   if type(v) == "string" then return string.format("%q", v) end
   return type(v)
-end
-
--- Levenshtein distance, for "did you mean" on misspelt fields.
-local function distance(a, b)
-  local prev = {}
-  for j = 0, #b do prev[j] = j end
-  for i = 1, #a do
-    local cur = { [0] = i }
-    for j = 1, #b do
-      local cost = a:sub(i, i) == b:sub(j, j) and 0 or 1
-      cur[j] = math.min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + cost)
-    end
-    prev = cur
-  end
-  return prev[#b]
-end
-
-local function suggestion(key)
-  if type(key) ~= "string" then return "" end
-  local best, best_d = nil, 3
-  for _, f in ipairs(FIELDS) do
-    local d = distance(key, f)
-    if d < best_d then best, best_d = f, d end
-  end
-  return best and string.format(" (did you mean '%s'?)", best) or ""
 end
 
 -- Raise "procman.workflow 'name': message" at the caller of define().
@@ -146,7 +122,7 @@ local function check_fields(def)
   for key in next, def do
     if not KNOWN[key] then
       fail(rawget(def, "name"), "unknown field %s%s; the fields are %s",
-           describe(key), suggestion(key), table.concat(FIELDS, ", "))
+           describe(key), did_you_mean(key, FIELDS), table.concat(FIELDS, ", "))
     end
   end
 end

@@ -30,9 +30,11 @@ function flow.refuses(pm, event, pattern)
 end
 
 --- The flow's raw state (what done() and status() see, before view):
--- the fold of its history through the workflow's handlers.
+-- the fold of its history (the events since its snapshot, if it has one)
+-- through the workflow's handlers.
 function flow.raw_state(wf, pm)
-  local state = wf.init and wf.init(pm:id()) or {}
+  local _, base = require("procman.core").origin(pm)
+  local state = base or wf.init and wf.init(pm:id()) or {}
   for _, event in ipairs(pm:history()) do wf.on[event.event_type](state, event) end
   return state
 end

@@ -122,10 +122,21 @@ local function timeline_text(f)
   return table.concat(lines, "\n")
 end
 
+-- --status filters a workflow's list of flows: without --workflow it
+-- means the journal's only workflow, and says so when there are several.
+local function status_workflow(view, args, cli)
+  if args.status == nil or args.workflow then return args.workflow end
+  if args.flow then cli.fail(2, "--status filters the list of a workflow's flows, not --flow's timeline") end
+  if #view.workflows == 1 then return view.workflows[1] end
+  cli.fail(2, "--status %s needs --workflow W to say whose flows (this journal has %s)", args.status,
+           #view.workflows == 0 and "no flows" or "the workflows " .. table.concat(view.workflows, ", "))
+end
+
 return function(args, cli)
   local id = args.flow and cli.flow_id(args.flow)
   local view, err = journal_view.read(args.journal)
   if not view then cli.fail(1, "%s", err) end
+  args.workflow = status_workflow(view, args, cli)
   local result, text
   if id ~= nil then
     local name = flow_workflow(view, args, cli, id)

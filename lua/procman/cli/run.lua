@@ -83,6 +83,8 @@ local function tick(r, cli, timers)
 end
 
 return function(args, cli)
+  local readable, no_cjson = json.can_read()
+  if not readable then cli.fail(1, "%s", no_cjson) end
   local r <close> = open_router(args, cli)
   local counts = { lines = 0, events = 0, commands = 0, bad = 0 }
   local show = not args.quiet and core.is_terminal(2)
