@@ -45,5 +45,6 @@ build = {
     ["procman.pg.store"] = "pg/lua/procman/pg/store.lua",
     ["procman.pg.partitions"] = "pg/lua/procman/pg/partitions.lua",
     ["procman.pg.read"] = "pg/lua/procman/pg/read.lua",
+    ["procman.pg.view"] = "pg/lua/procman/pg/view.lua",
   },
 }

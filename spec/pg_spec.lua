@@ -188,6 +188,31 @@ describe("procman.pg", function()
     assert.equal(2, #pg.outbox(conn))
   end)
 
+  it("lets procman inspect and procman diagram read a store by its conninfo", function()
+    local w = pg.worker { conninfo = conninfo, workflows = { batch }, partitions = 2 }
+    finally(function() w:close() end)
+    pg.append(conn, { event_type = "batch_created", batch_id = "b1", event_id = 1, files = { "a" } })
+    pg.append(conn, { event_type = "file_processed", batch_id = "b1", event_id = 2,
+                      file = { id = "a", status = "success" } })
+    pg.append(conn, { event_type = "batch_created", batch_id = "b2", event_id = 3, files = { "a" } })
+    assert.equal(3, w:step())
+    local function run(args)
+      local p = assert(io.popen("lua5.4 bin/procman " .. args .. " 2>&1"))
+      local out = p:read("a")
+      p:close()
+      return out
+    end
+    local summary = run(string.format("inspect %q", conninfo))
+    assert.matches("batch +live 1 %(created 1%); completed 1 %(success 1%)", summary)
+    assert.matches("pending commands: 2", summary)
+    local list = run(string.format("inspect %q --workflow batch --json", conninfo))
+    assert.matches('"flow":"b2"', list)
+    local diagram = run(string.format("diagram %q", conninfo))
+    assert.matches("%[%*%] %-%-> s%d : batch_created %(2%)", diagram)
+    assert.matches("file_processed %(1%)", diagram)
+    assert.matches("cannot connect", run("inspect 'host=/nonexistent dbname=x'"))
+  end)
+
   it("stores due times exactly: a timer due at 1700000030.000049 does not fire at 1700000030", function()
     local exact = procman.workflow {
       name = "exact", correlate = "id", starts = { "go" },

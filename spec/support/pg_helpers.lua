@@ -6,7 +6,7 @@ local M = {}
 M.conninfo = os.getenv("PROCMAN_PG")
 
 M.TABLES = "procman_schema, procman_events, procman_flows, procman_outbox, procman_timers, procman_checkpoints, "
-           .. "procman_dead_letters, procman_config, procman_routes, procman_parked"
+           .. "procman_dead_letters, procman_config, procman_routes, procman_parked, procman_transitions"
 
 function M.sh(cmd)
   return os.execute(cmd)

@@ -96,6 +96,13 @@ M.ddl = [[
     event       bytea NOT NULL,
     created_at  timestamptz NOT NULL DEFAULT now()
   );
+  CREATE TABLE procman_transitions (
+    workflow    text NOT NULL,
+    edge        bytea NOT NULL,
+    edge_hash   bytea NOT NULL GENERATED ALWAYS AS (sha256(edge)) STORED,
+    count       bigint NOT NULL,
+    PRIMARY KEY (workflow, edge_hash)
+  );
   CREATE TABLE procman_routes (
     one         boolean PRIMARY KEY DEFAULT true CHECK (one),
     gen         bigint NOT NULL,

@@ -187,6 +187,18 @@ local function write_dead(conn, dead)
   end)
 end
 
+-- The observed transitions (status before, event type, status after),
+-- counted: what procman diagram draws.
+local function write_transitions(conn, transitions)
+  local rows = {}
+  for _, t in pairs(transitions) do rows[#rows + 1] = { t.workflow, bytes(t.edge), t.count } end
+  if #rows == 0 then return end
+  db.exec_rows(conn, { "text", "bytea", "bigint" }, rows, function(values)
+    return "INSERT INTO procman_transitions (workflow, edge, count) VALUES " .. values
+      .. " ON CONFLICT (workflow, edge_hash) DO UPDATE SET count = procman_transitions.count + excluded.count"
+  end)
+end
+
 --- Move the checkpoints of 'partitions' to (xid, position), never back.
 function M.write_checkpoints(conn, partitions, xid, position)
   if #partitions == 0 then return end
@@ -202,6 +214,7 @@ function M.write(conn, work, partitions)
   write_parked(conn, work.changed)
   write_outbox(conn, work.outbox)
   write_dead(conn, work.dead)
+  write_transitions(conn, work.transitions)
   if work.xid then M.write_checkpoints(conn, partitions, work.xid, work.position) end
 end
 

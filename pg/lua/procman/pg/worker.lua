@@ -46,6 +46,7 @@ M.partition = routes.partition
 local OPTIONS = { conninfo = true, workflows = true, partitions = true, batch = true, clock = true,
                   on_error = true, cache = true, warn = true, reconnect = true }
 local NO_MEMORY = "not enough memory"  -- never a reason to park or dead-letter
+local START = "[*]"  -- the status before a flow's first event (procman.journal_view's START)
 
 local function fail(fmt, ...)
   error("procman.pg.worker: " .. string.format(fmt, ...), 3)
@@ -248,8 +249,8 @@ end
 
 local function new_work(self, now)
   self.tick_count = (self.tick_count or 0) + 1
-  return { changed = {}, changed_set = {}, outbox = {}, dead = {}, handled = 0, now = now or self.clock(),
-           stamp = self.tick_count }
+  return { changed = {}, changed_set = {}, outbox = {}, dead = {}, transitions = {}, handled = 0,
+           now = now or self.clock(), stamp = self.tick_count }
 end
 
 local function touch(work, entry)
@@ -298,6 +299,20 @@ local function after_event(entry, plain, position)
   return { done = done, status = status, snapshot = table.pack(core.snapshot(entry.pm)), outbox = rows }
 end
 
+-- Count the edge (status before, event type, status after) for procman
+-- diagram.
+local function count_transition(work, entry, before, event, status)
+  local from = before == 0 and START or tostring(entry.status)
+  local edge = encode { from, rawget(event, "event_type"), tostring(status) }
+  local key = entry.spec.name .. "\0" .. edge
+  local t = work.transitions[key]
+  if t == nil then
+    t = { workflow = entry.spec.name, edge = edge, count = 0 }
+    work.transitions[key] = t
+  end
+  t.count = t.count + 1
+end
+
 -- Apply an event to a flow that has a pm; nil, or the error with the flow
 -- unchanged.
 local function apply(work, entry, event, position)
@@ -314,6 +329,7 @@ local function apply(work, entry, event, position)
     return message(why)
   end
   table.move(after.outbox, 1, #after.outbox, #work.outbox + 1, work.outbox)
+  count_transition(work, entry, before, event, after.status)
   if directives then  -- timers named by the flow's version: the same in every worker
     entry.timers = timers.apply(entry.timers, directives, work.now, entry.pm:version())
     entry.timers_changed = true
