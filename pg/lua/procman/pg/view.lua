@@ -42,7 +42,8 @@ local function transitions_into(view, conn)
   for _, r in ipairs(db.exec(conn, "SELECT workflow, edge, count FROM procman_transitions")) do
     local edge = decode(r.edge)
     view.transitions[r.workflow] = view.transitions[r.workflow] or {}
-    view.transitions[r.workflow][r.edge] = { from = edge[1], event_type = edge[2], to = edge[3], count = r.count }
+    view.transitions[r.workflow][r.edge] = { from = edge[1], event_type = edge[2], to = edge[3],
+                                             count = r.count }
   end
 end
 
@@ -52,7 +53,8 @@ function M.read(conninfo)
   if not conn then return nil, err end
   local ok, view = pcall(function()
     schema.check(conn)
-    local events = db.exec(conn, "SELECT count(*) AS n, coalesce(max(position), 0) AS seq FROM procman_events")[1]
+    local events = db.exec(conn, "SELECT count(*) AS n, coalesce(max(position), 0) AS seq "
+                                 .. "FROM procman_events")[1]
     local view = { path = "postgres (" .. conninfo .. ")", bytes = 0, records = events.n, dropped = 0,
                    seq = events.seq, workflows = {}, flows = {}, transitions = {}, pending = {},
                    pending_order = {}, parked = {}, dead = {} }
