@@ -56,13 +56,13 @@ describe("procman.pg", function()
                          "event is not data")
   end)
 
-  it("appends a batch in one statement, all or nothing when an id is reused", function()
+  it("appends a batch in one statement (and a NOTIFY), all or nothing when an id is reused", function()
     local db = require "procman.pg.db"
     local before = db.statements
     local list = {}
     for i = 1, 50 do list[i] = { event_type = "batch_created", batch_id = "b" .. i, event_id = i, files = {} } end
     local positions = assert(pg.append_all(conn, list))
-    assert.equal(1, db.statements - before)
+    assert.equal(2, db.statements - before)  -- the append, and the NOTIFY after its commit
     assert.equal(50, #positions)
     for i = 2, 50 do assert.is_true(positions[i] > positions[i - 1]) end
     -- again, with one new event: the 50 are redeliveries

@@ -10,6 +10,7 @@
 **                                                 -- the time passed | nil, message
 **   core.sleep(seconds)                           -- a pause (reconnect backoff)
 **   conn:alive()                                  -- false once the connection broke
+**   conn:in_transaction()                         -- inside BEGIN ... COMMIT?
 **   conn:close()                                  -- also __gc and __close
 **
 ** Parameters are always sent as parameters ($1, $2, ...), never spliced
@@ -292,6 +293,14 @@ static int lost(lua_State *L, Conn *c) {
   return 3;
 }
 
+/* conn:in_transaction() -> true inside BEGIN ... COMMIT (or a failed one). */
+static int pg_in_transaction(lua_State *L) {
+  Conn *c = check_conn(L);
+  PGTransactionStatusType t = PQtransactionStatus(c->pg);
+  lua_pushboolean(L, t == PQTRANS_INTRANS || t == PQTRANS_INERROR || t == PQTRANS_ACTIVE);
+  return 1;
+}
+
 /* conn:alive() -> false once libpq saw the connection break. */
 static int pg_alive(lua_State *L) {
   Conn *c = check_conn(L);
@@ -380,6 +389,7 @@ static const luaL_Reg conn_methods[] = {
   { "script", pg_script },
   { "wait", pg_wait },
   { "alive", pg_alive },
+  { "in_transaction", pg_in_transaction },
   { "close", pg_close },
   { NULL, NULL }
 };

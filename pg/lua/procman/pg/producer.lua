@@ -47,7 +47,7 @@ end
 -- an id is stored with a different event), and for each event say whether
 -- it was added (position), was there already the same (same = true), or
 -- was there with different bytes (same = false).
-local function insert_sql(n, gen)
+local function insert_sql(n, gen, notify)
   local values = {}
   for i = 1, n do
     local b = (i - 1) * 4
@@ -62,8 +62,8 @@ local function insert_sql(n, gen)
     .. "SELECT event_key, event_type, payload, partitions, " .. gen .. " FROM input "
     .. "WHERE NOT EXISTS (SELECT 1 FROM known WHERE NOT same) ORDER BY i "
     .. "ON CONFLICT (key_hash) DO NOTHING RETURNING position, event_key), "
-    .. "notified AS (SELECT pg_notify('" .. M.CHANNEL .. "', '') FROM added LIMIT 1) "
-    .. "SELECT input.i, added.position, known.same, (SELECT count(*) FROM notified) AS notified, "
+    .. "notified AS (SELECT pg_notify('" .. M.CHANNEL .. "', '') FROM added WHERE " .. tostring(notify)
+    .. " LIMIT 1) SELECT input.i, added.position, known.same, (SELECT count(*) FROM notified) AS notified, "
     .. "(SELECT gen FROM procman_routes) AS gen FROM input "
     .. "LEFT JOIN added ON added.event_key = input.event_key "
     .. "LEFT JOIN known ON known.i = input.i ORDER BY input.i"
@@ -98,7 +98,17 @@ local function append_items(conn, items)
                                              pgcore.bytes(item.payload)
     args[b + 4] = parts and ("{" .. table.concat(parts, ",") .. "}") or nil
   end
-  local rows = db.exec(conn, insert_sql(#items, r.gen), table.unpack(args, 1, #items * 4))
+  -- Inside the caller's transaction the NOTIFY goes with it (sent at its
+  -- commit). Otherwise it is a statement of its own after the append's
+  -- commit: PostgreSQL serializes the commits of notifying transactions
+  -- (a global lock held through the WAL flush), which would put appends
+  -- in single file again; a NOTIFY alone writes no WAL and waits for no
+  -- flush.
+  local own = not conn:in_transaction()
+  local rows = db.exec(conn, insert_sql(#items, r.gen, not own), table.unpack(args, 1, #items * 4))
+  local added = false
+  for _, row in ipairs(rows) do added = added or row.position ~= nil end
+  if own and added then db.exec(conn, "SELECT pg_notify('" .. M.CHANNEL .. "', '')") end
   local results = {}
   for _, row in ipairs(rows) do
     if row.same == false then return nil, reuse_message(items[row.i]) end
