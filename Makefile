@@ -51,7 +51,7 @@ test-pg: deps all $(BUILD)/procman/pg/core.so
 	@dir=$$(mktemp -d /tmp/procman-pg.XXXXXX); \
 	conninfo=$$(sh tools/pg-cluster.sh start $$dir) || { cat $$dir/*.log; sh tools/pg-cluster.sh stop $$dir; exit 1; }; \
 	echo "== procman.pg on a throwaway PostgreSQL cluster (spec/pg_*_spec.lua)"; \
-	PROCMAN_PG="$$conninfo" busted --lua=$(LUA) spec/pg_spec.lua spec/pg_isolation_spec.lua spec/pg_concurrency_spec.lua; status=$$?; \
+	PROCMAN_PG="$$conninfo" busted --lua=$(LUA) spec/pg_spec.lua spec/pg_isolation_spec.lua spec/pg_parity_spec.lua spec/pg_concurrency_spec.lua; status=$$?; \
 	sh tools/pg-cluster.sh stop $$dir; exit $$status
 
 # Install missing Debian packages: as root with apt-get, else say how.
