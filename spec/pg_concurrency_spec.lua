@@ -5,27 +5,16 @@ local h = require "spec.support.pg_helpers"
 local conninfo = h.conninfo
 
 describe("procman.pg concurrency", function()
-  if not conninfo then
-    it("needs a PostgreSQL cluster (make test-pg)", function() pending("PROCMAN_PG is not set") end)
-    return
-  end
+  if h.without_cluster() then return end
 
   local pg = require "procman.pg"
   local procman = require "procman"
   local batch = require "procman.workflows.batch"
   local order = require "procman.workflows.order"
   local conn
-  local cleanups = {}
-  local function later(fn) cleanups[#cleanups + 1] = fn end
+  local later, worker = h.cleanups(pg)
 
   local function one(sql, ...) return h.one(conn, sql, ...) end
-
-  local function worker(opts)
-    opts.conninfo = conninfo
-    local w = pg.worker(opts)
-    later(function() w:close() end)
-    return w
-  end
 
   -- A flow per source that must see 1, 2, 3, ... in order: a skipped or
   -- reordered event is a dead letter.
@@ -41,10 +30,6 @@ describe("procman.pg concurrency", function()
   setup(function() conn = assert(pg.connect(conninfo)) end)
   teardown(function() conn:close() end)
   before_each(function() h.reset(conn, pg) end)
-  after_each(function()
-    for i = #cleanups, 1, -1 do cleanups[i]() end
-    cleanups = {}
-  end)
 
   it("never lets a reader skip an event whose transaction commits late, and takes no lock to append", function()
     local w = worker { workflows = { batch }, partitions = 1 }

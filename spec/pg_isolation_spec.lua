@@ -5,10 +5,7 @@ local h = require "spec.support.pg_helpers"
 local conninfo = h.conninfo
 
 describe("procman.pg worker isolation", function()
-  if not conninfo then
-    it("needs a PostgreSQL cluster (make test-pg)", function() pending("PROCMAN_PG is not set") end)
-    return
-  end
+  if h.without_cluster() then return end
 
   local pg = require "procman.pg"
   local procman = require "procman"
@@ -16,25 +13,13 @@ describe("procman.pg worker isolation", function()
   local batch = require "procman.workflows.batch"
   local order = require "procman.workflows.order"
   local conn
-  local cleanups = {}  -- (busted keeps one finally per test: these run after each)
-  local function later(fn) cleanups[#cleanups + 1] = fn end
+  local later, worker = h.cleanups(pg)
 
   local function one(sql, ...) return h.one(conn, sql, ...) end
-
-  local function worker(opts)
-    opts.conninfo = conninfo
-    local w = pg.worker(opts)
-    later(function() w:close() end)
-    return w
-  end
 
   setup(function() conn = assert(pg.connect(conninfo)) end)
   teardown(function() conn:close() end)
   before_each(function() h.reset(conn, pg) end)
-  after_each(function()
-    for i = #cleanups, 1, -1 do cleanups[i]() end
-    cleanups = {}
-  end)
 
   it("commits a batch of poison inputs whole: binary, NUL, 10 KB and typed ids, non-UTF-8 errors", function()
     local long = ("k"):rep(10 * 1024)

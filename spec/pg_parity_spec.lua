@@ -10,10 +10,7 @@ local h = require "spec.support.pg_helpers"
 local conninfo = h.conninfo
 
 describe("procman.pg parity with the embedded router", function()
-  if not conninfo then
-    it("needs a PostgreSQL cluster (make test-pg)", function() pending("PROCMAN_PG is not set") end)
-    return
-  end
+  if h.without_cluster() then return end
 
   local pg = require "procman.pg"
   local procman = require "procman"

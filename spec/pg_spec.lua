@@ -6,10 +6,7 @@ local h = require "spec.support.pg_helpers"
 local conninfo = h.conninfo
 
 describe("procman.pg", function()
-  if not conninfo then
-    it("needs a PostgreSQL cluster (make test-pg)", function() pending("PROCMAN_PG is not set") end)
-    return
-  end
+  if h.without_cluster() then return end
 
   local pg = require "procman.pg"
   local procman = require "procman"
@@ -139,6 +136,33 @@ describe("procman.pg", function()
     assert.is_nil(woke)
     assert.matches("the connection is lost", err)
     victim:close()
+  end)
+
+  it("reconnects a worker whose connection was cut, reporting the failure, and gives up only when told to", function()
+    local reports = {}
+    local w = pg.worker { conninfo = conninfo, workflows = { batch }, partitions = 2,
+                          reconnect = { initial = 0.01, max = 0.05 } }
+    finally(function() w:close() end)
+    assert.equal(2, w:claim())
+    assert(conn:exec("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid <> pg_backend_pid() "
+                     .. "AND query NOT LIKE '%pg_stat_activity%' AND backend_type = 'client backend'"))
+    pg.append(conn, { event_type = "batch_created", batch_id = "r1", event_id = "r1", files = {} })
+    local rounds = 0
+    assert.is_true(w:run { idle = 0.01, on_error = function(err) reports[#reports + 1] = err end,
+                           stop = function() rounds = rounds + 1 return rounds > 3 and w.stats.events > 0 end })
+    assert.equal(1, w.stats.reconnects)
+    assert.is_true(#reports >= 1)
+    assert.matches("connection", reports[1])
+    assert.equal("success", pg.flow(conn, "batch", "r1").status)
+    -- a dispatcher told to give up after 2 attempts
+    local warned = {}
+    local d = pg.dispatcher { conninfo = "host=/nonexistent dbname=x", send = function() end,
+                              reconnect = { initial = 0.01, attempts = 2 },
+                              warn = function(text) warned[#warned + 1] = text end }
+    local n, err = d:step()
+    assert.is_nil(n)
+    assert.matches("procman.pg.dispatcher: gave up reconnecting after 2 attempts", err)
+    assert.equal(2, #warned)
   end)
 
   it("sends parameters as parameters: SQL in data stays data", function()

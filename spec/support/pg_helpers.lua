@@ -54,4 +54,30 @@ function M.cluster_dir()
   return M.conninfo:match("host=(%S+)")
 end
 
+--- In a describe block: without a cluster, one pending test and true.
+function M.without_cluster()
+  if M.conninfo then return false end
+  it("needs a PostgreSQL cluster (make test-pg)", function() pending("PROCMAN_PG is not set") end)
+  return true
+end
+
+--- In a describe block: later(fn) registers a cleanup run after each test
+-- (busted keeps one finally per test), worker(opts) a worker on the
+-- cluster closed after the test.
+function M.cleanups(pg)
+  local list = {}
+  after_each(function()
+    for i = #list, 1, -1 do list[i]() end
+    list = {}
+  end)
+  local function later(fn) list[#list + 1] = fn end
+  local function worker(opts)
+    opts.conninfo = M.conninfo
+    local w = pg.worker(opts)
+    later(function() w:close() end)
+    return w
+  end
+  return later, worker
+end
+
 return M

@@ -61,6 +61,26 @@ function M.exec(conn, sql, ...)
   return rows, count_or_err
 end
 
+--- Call connect() until it returns true, pausing r.initial seconds, then
+-- twice as long each time up to r.max; report(text) after each failure.
+-- nil, message after r.attempts failures in a row (never without it), or
+-- when stop() says so. Workers and dispatchers reconnect through it.
+function M.with_backoff(who, r, connect, report, stop)
+  local delay, attempt = r.initial or 0.05, 0
+  while true do
+    attempt = attempt + 1
+    local ok, err = connect()
+    if ok then return true end
+    report(string.format("connect attempt %d failed: %s", attempt, err))
+    if r.attempts and attempt >= r.attempts then
+      return nil, string.format("%s: gave up reconnecting after %d attempts: %s", who, attempt, err)
+    end
+    if stop and stop() then return nil, who .. ": stopped while reconnecting" end
+    core.sleep(delay)
+    delay = math.min(delay * 2, r.max or 5)
+  end
+end
+
 -- Rows per statement of a set-based write: well under libpq's 65535
 -- parameters for the widest row.
 local CHUNK = 1000

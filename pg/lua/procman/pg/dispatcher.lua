@@ -58,9 +58,8 @@ function M.new(opts)
   end
   local r = opts.reconnect or {}
   return setmetatable({ conninfo = opts.conninfo, send = opts.send, limit = opts.limit or 100,
-                        warn = opts.warn,
-                        initial = r.initial or 0.05, max = r.max or 5, attempts = r.attempts,
-                        reconnects = 0 }, Dispatcher)
+                        warn = opts.warn, initial = r.initial or 0.05, max = r.max or 5,
+                        attempts = r.attempts, reconnects = 0 }, Dispatcher)
 end
 
 function Dispatcher:report(text)
@@ -69,21 +68,11 @@ end
 
 -- Connect, retrying with backoff; nil, message once it gives up.
 function Dispatcher:connect()
-  local delay, attempt = self.initial, 0
-  while true do
-    attempt = attempt + 1
+  return db.with_backoff("procman.pg.dispatcher", self, function()
     local conn, err = pgcore.connect(self.conninfo)
-    if conn then
-      self.conn = conn
-      return true
-    end
-    self:report(string.format("connect attempt %d failed: %s", attempt, err))
-    if self.attempts and attempt >= self.attempts then
-      return nil, string.format("procman.pg.dispatcher: gave up after %d attempts: %s", attempt, err)
-    end
-    pgcore.sleep(delay)
-    delay = math.min(delay * 2, self.max)
-  end
+    self.conn = conn
+    return conn ~= nil, err
+  end, function(text) self:report(text) end)
 end
 
 --- d:step() -> commands sent (0: none pending), or nil, message. A lost

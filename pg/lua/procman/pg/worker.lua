@@ -166,22 +166,12 @@ end
 function Worker:reconnect(stop)
   if self.conn then self.conn:close() end
   self.conn = nil
-  local r, delay, attempt = self.reconnect_opts, self.reconnect_opts.initial, 0
-  while true do
-    attempt = attempt + 1
-    local ok, err = connect(self)
-    if ok then
-      self.stats.reconnects = self.stats.reconnects + 1
-      return true
-    end
-    self:report(string.format("reconnect attempt %d failed: %s", attempt, err))
-    if r.attempts and attempt >= r.attempts then
-      return nil, string.format("procman.pg.worker: gave up reconnecting after %d attempts: %s", attempt, err)
-    end
-    if stop and stop(self) then return nil, "procman.pg.worker: stopped while reconnecting" end
-    pgcore.sleep(delay)
-    delay = math.min(delay * 2, r.max)
-  end
+  local ok, err = db.with_backoff("procman.pg.worker", self.reconnect_opts,
+                                  function() return connect(self) end,
+                                  function(text) self:report(text) end,
+                                  stop and function() return stop(self) end)
+  if ok then self.stats.reconnects = self.stats.reconnects + 1 end
+  return ok, err
 end
 
 -- ---------------------------------------------------------------------
