@@ -51,7 +51,8 @@ end
 local function one(sql, ...) return assert(conn:exec(sql, ...))[1] end
 
 local function spawn(role, ...)
-  local p = io.popen(string.format("lua5.4 spec/support/pg_child.lua %s %q %s >/dev/null 2>&1 & echo $!",
+  local p = io.popen(string.format("lua5.4 spec/support/pg_child.lua %s %q %s >/dev/null "
+                                   .. "2>>/tmp/procman-pgbench-children.log & echo $!",
                                    role, conninfo, table.concat({ ... }, " ")))
   local pid = p:read("l")
   p:close()

@@ -41,6 +41,7 @@ typedef struct Encoder {
   int bidx;                              /* stack index of the Buffer */
   Buffer *b;                             /* the Buffer there, right now */
   int copy;                              /* also push a copy of the value */
+  int unsorted;                          /* large maps in lua_next order */
   int depth;                             /* tables open right now */
   const void *open[CODEC_MAX_DEPTH];     /* those tables, for cycles */
   char why[96];                          /* what went wrong */
@@ -426,17 +427,11 @@ static int encode_large_array(Encoder *e, int t, size_t n) {
   return 1;
 }
 
-/*
-** Tables too large for the stack: count (a sequence 1..n is written as it
-** is), else keep keys and values in a pairs table (anchoring every key
-** string) and the descriptions in a userdata, so an error cannot leak them.
-*/
-static int encode_large(Encoder *e, int t) {
-  lua_State *L = e->L;
-  size_t n = 0, j = 0;
+/* Count the pairs of the table at 't'; is it the sequence 1..n? */
+static size_t count_pairs(lua_State *L, int t, int *is_sequence) {
+  size_t n = 0;
   lua_Integer max = 0;
-  int store, sequence = 1;
-  Key *keys;
+  int sequence = 1;
   lua_pushnil(L);
   while (lua_next(L, t)) {
     n++;
@@ -447,7 +442,22 @@ static int encode_large(Encoder *e, int t) {
       sequence = 0;
     lua_pop(L, 1);
   }
-  if (sequence && (lua_Unsigned)max == n && n <= (size_t)INT_MAX)
+  *is_sequence = sequence && (lua_Unsigned)max == n && n <= (size_t)INT_MAX;
+  return n;
+}
+
+/*
+** Tables too large for the stack: count (a sequence 1..n is written as it
+** is), else keep keys and values in a pairs table (anchoring every key
+** string) and the descriptions in a userdata, so an error cannot leak them.
+*/
+static int encode_large(Encoder *e, int t) {
+  lua_State *L = e->L;
+  size_t n, j = 0;
+  int store, sequence;
+  Key *keys;
+  n = count_pairs(L, t, &sequence);
+  if (sequence)
     return encode_large_array(e, t, n);
   if (n > (size_t)INT_MAX / 2 || n > (size_t)-1 / sizeof(Key))
     return fail(e, "a table with too many entries");
@@ -470,6 +480,33 @@ static int encode_large(Encoder *e, int t) {
   return encode_pairs(e, keys, n, store);
 }
 
+/*
+** A large table for a snapshot (codec_encode_snapshot): a map is written
+** in the order lua_next gives, with no pairs table and no sort.  Decodes
+** to the same table; only the bytes are not canonical.
+*/
+static int encode_large_unsorted(Encoder *e, int t) {
+  lua_State *L = e->L;
+  int sequence;
+  size_t n = count_pairs(L, t, &sequence);
+  if (sequence)
+    return encode_large_array(e, t, n);
+  if (n > 0xffffffffu)
+    return fail(e, "a table with too many entries");
+  put_header(e, n, 0x80, 15, 0, 0xde, 0xdf);
+  lua_pushnil(L);
+  while (lua_next(L, t)) {
+    Key k;
+    if (!key_describe(L, -2, &k))
+      return bad_key(e, -2);
+    encode_key(e, &k);
+    if (!encode_value(e, -1))
+      return fail_under(e, &k);
+    lua_pop(L, 1);
+  }
+  return 1;
+}
+
 static int encode_table(Encoder *e, int t) {
   lua_State *L = e->L;
   const void *p = lua_topointer(L, t);
@@ -487,7 +524,7 @@ static int encode_table(Encoder *e, int t) {
   if (n == FAILED)
     return 0;
   if (n == TOO_LARGE)
-    ok = encode_large(e, t);
+    ok = e->unsorted ? encode_large_unsorted(e, t) : encode_large(e, t);
   else {
     sort_keys(keys, (size_t)n);
     ok = encode_pairs(e, keys, (size_t)n, 0);
@@ -535,12 +572,13 @@ static int encode_value(Encoder *e, int idx) {
 }
 
 static int encode_root(lua_State *L, int idx, int bidx, const char *root,
-                       int copy) {
+                       int copy, int unsorted) {
   Encoder e;
   int top = lua_gettop(L);
   idx = lua_absindex(L, idx);
   e.L = L;
   e.copy = copy;
+  e.unsorted = unsorted;
   e.bidx = lua_absindex(L, bidx);
   e.b = buffer_at(L, e.bidx);
   e.depth = 0;
@@ -557,11 +595,15 @@ static int encode_root(lua_State *L, int idx, int bidx, const char *root,
 }
 
 int codec_encode(lua_State *L, int idx, int bidx, const char *root) {
-  return encode_root(L, idx, bidx, root, 0);
+  return encode_root(L, idx, bidx, root, 0, 0);
 }
 
 int codec_encode_copy(lua_State *L, int idx, int bidx, const char *root) {
-  return encode_root(L, idx, bidx, root, 1);
+  return encode_root(L, idx, bidx, root, 1, 0);
+}
+
+int codec_encode_snapshot(lua_State *L, int idx, int bidx, const char *root) {
+  return encode_root(L, idx, bidx, root, 0, 1);
 }
 
 /* ===================================================================

@@ -37,6 +37,14 @@ int codec_encode(lua_State *L, int idx, int bidx, const char *root);
 int codec_encode_copy(lua_State *L, int idx, int bidx, const char *root);
 
 /*
+** codec_encode for a value only this process decodes again (a flow's
+** snapshot): large maps are written in table order, without the sort and
+** the pairs table that canonical bytes need.  Decoding gives the same
+** value; the bytes are not canonical (never compare or journal them).
+*/
+int codec_encode_snapshot(lua_State *L, int idx, int bidx, const char *root);
+
+/*
 ** Decode one value from s[*pos .. len) and push it; *pos moves past it.
 ** Returns 1, or 0 with an error message pushed (naming the byte offset)
 ** and *pos unchanged.  Never reads outside s, and never allocates more

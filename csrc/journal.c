@@ -504,14 +504,14 @@ int journal_close(Journal *j, const char **why) {
   return e;
 }
 
-int journal_read(Journal *j, void *buf, size_t size, const char **why) {
+int journal_read_at(Journal *j, void *buf, size_t n, size_t off, const char **why) {
   size_t done = 0;
   if (j->fd < 0) {
     *why = "the journal is closed";
     return EBADF;
   }
-  while (done < size) {
-    ssize_t r = io_pread(j->fd, (char *)buf + done, size - done, (off_t)done);
+  while (done < n) {
+    ssize_t r = io_pread(j->fd, (char *)buf + done, n - done, (off_t)(off + done));
     if (r < 0 && errno == EINTR)
       continue;
     if (r <= 0) {
@@ -522,4 +522,8 @@ int journal_read(Journal *j, void *buf, size_t size, const char **why) {
     done += (size_t)r;
   }
   return 0;
+}
+
+int journal_read(Journal *j, void *buf, size_t size, const char **why) {
+  return journal_read_at(j, buf, size, 0, why);
 }

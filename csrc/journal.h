@@ -111,6 +111,10 @@ int journal_close(Journal *j, const char **why);
 ** its lock, alive after close.) */
 int journal_read(Journal *j, void *buf, size_t size, const char **why);
 
+/* Read n bytes at offset 'off' (off + n <= j->size) into buf.  0 or an
+** errno. */
+int journal_read_at(Journal *j, void *buf, size_t n, size_t off, const char **why);
+
 /* ---- fault injection (tests) ------------------------------------------ */
 
 /*

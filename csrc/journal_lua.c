@@ -246,13 +246,84 @@ static int j_tostring(lua_State *L) {
 
 /* ---- reading records ------------------------------------------------ */
 
-/* The bytes being read live in the reader userdata itself (upvalue 1 of
-** the iterator), so the garbage collector owns them. */
+/* A live journal is read in windows of this many bytes (more for a record
+** that does not fit), not as one buffer of the whole file. */
+#define READ_WINDOW (1u << 20)
+
+/*
+** The bytes being read live in the reader userdata itself (upvalue 1 of
+** the iterator), so the garbage collector owns them.  buf[0 .. len) holds
+** the file's bytes from offset 'base'; the journal (upvalue 2, or nil when
+** buf holds the whole file) refills it.
+*/
 typedef struct Reader {
-  size_t size;
-  size_t pos;
+  size_t end;    /* file offset where reading stops */
+  size_t base;   /* file offset of buf[0] */
+  size_t len;    /* bytes in buf */
+  size_t pos;    /* offset in buf of the next record */
+  size_t cap;    /* room in buf */
   unsigned char buf[];
 } Reader;
+
+static Reader *new_reader(lua_State *L, size_t cap) {
+  Reader *r = (Reader *)lua_newuserdatauv(L, sizeof(Reader) + cap, 0);
+  memset(r, 0, sizeof *r);
+  r->cap = cap;
+  return r;
+}
+
+/*
+** Have at least 'need' bytes from the next record on in the window (fewer
+** only where the journal ends): slide the unread bytes to the front and
+** read more, in a larger reader (the new upvalue 1) if it is too small.
+*/
+static Reader *refill(lua_State *L, Reader *r, size_t need) {
+  LJournal *lj = (LJournal *)lua_touserdata(L, lua_upvalueindex(2));
+  size_t keep = r->len - r->pos, want;
+  const char *why = NULL;
+  int e;
+  if (lj == NULL || !lj->open)
+    luaL_error(L, "procman.journal: the journal was closed while its records were read");
+  if (need > r->cap) {
+    Reader *bigger = new_reader(L, need > 2 * r->cap ? need : 2 * r->cap);
+    memcpy(bigger, r, sizeof *r);
+    bigger->cap = need > 2 * r->cap ? need : 2 * r->cap;
+    memcpy(bigger->buf, r->buf + r->pos, keep);
+    lua_replace(L, lua_upvalueindex(1));
+    r = bigger;
+  }
+  else
+    memmove(r->buf, r->buf + r->pos, keep);
+  r->base += r->pos;
+  r->pos = 0;
+  r->len = keep;
+  want = r->end - (r->base + r->len);
+  if (want > r->cap - r->len)
+    want = r->cap - r->len;
+  e = journal_read_at(&lj->j, r->buf + r->len, want, r->base + r->len, &why);
+  if (e != 0)  /* no position: this is the file's fault, not the caller's */
+    luaL_error(L, "procman.journal: %s (%s)", why, strerror(e));
+  r->len += want;
+  return r;
+}
+
+/* Bytes of the record at the window's 'pos' as its header says (a header
+** cut by the window's end counts as its own size). */
+static size_t record_span(const Reader *r) {
+  const unsigned char *p = r->buf + r->pos;
+  size_t have = r->len - r->pos;
+  uint32_t n;
+  if (have < JOURNAL_RECORD_HEADER_SIZE)
+    return JOURNAL_RECORD_HEADER_SIZE;
+  n = (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+  return n > JOURNAL_MAX_PAYLOAD ? JOURNAL_RECORD_HEADER_SIZE
+                                 : JOURNAL_RECORD_HEADER_SIZE + (size_t)n;
+}
+
+/* The window holds the rest of the journal: nothing more to read. */
+static int reads_to_end(const Reader *r) {
+  return r->base + r->len >= r->end;
+}
 
 /* The iterator: offset, type, payload of the next intact record. */
 static int reader_next(lua_State *L) {
@@ -260,37 +331,41 @@ static int reader_next(lua_State *L) {
   int type;
   size_t len;
   const char *why;
-  if (r->pos >= r->size)
+  if (r->base + r->pos >= r->end)
     return 0;
-  if (!journal_record_at(r->buf, r->size, r->pos, &type, &len, &why)) {
-    r->pos = journal_resync(r->buf, r->size, r->pos);  /* a repaired range */
-    if (r->pos >= r->size)
+  while (!reads_to_end(r) && record_span(r) > r->len - r->pos)
+    r = refill(L, r, record_span(r));  /* the header first, then the rest */
+  if (!journal_record_at(r->buf, r->len, r->pos, &type, &len, &why)) {
+    if (!reads_to_end(r))  /* a repaired range: look for what follows in the rest */
+      r = refill(L, r, r->end - (r->base + r->pos));
+    r->pos = journal_resync(r->buf, r->len, r->pos);
+    if (r->pos >= r->len)
       return 0;
-    journal_record_at(r->buf, r->size, r->pos, &type, &len, &why);
+    journal_record_at(r->buf, r->len, r->pos, &type, &len, &why);
   }
-  lua_pushinteger(L, (lua_Integer)r->pos);
+  lua_pushinteger(L, (lua_Integer)(r->base + r->pos));
   lua_pushinteger(L, type);
   lua_pushlstring(L, (const char *)r->buf + r->pos + JOURNAL_RECORD_HEADER_SIZE, len);
   r->pos += JOURNAL_RECORD_HEADER_SIZE + len;
   return 3;
 }
 
-/* j:records(): the records as they are now (later appends are not seen). */
+/*
+** j:records(): the records as they are now (later appends are not seen),
+** read in windows: memory in proportion to the largest record, not to the
+** journal.
+*/
 static int j_records(lua_State *L) {
   LJournal *lj = check_open(L);
   size_t size = lj->j.size;
-  const char *why = NULL;
-  Reader *r = (Reader *)lua_newuserdatauv(L, sizeof(Reader) + size, 0);
-  int e;
-  r->size = 0;  /* empty until read */
-  r->pos = JOURNAL_HEADER_SIZE;
-  e = journal_read(&lj->j, r->buf, size, &why);
-  if (e != 0) {  /* no position: this is the file's fault, not the caller's */
-    lua_pushfstring(L, "procman.journal: %s (%s)", why, strerror(e));
-    return lua_error(L);
-  }
-  r->size = size;
-  lua_pushcclosure(L, reader_next, 1);
+  size_t cap = size - JOURNAL_HEADER_SIZE < READ_WINDOW ? size - JOURNAL_HEADER_SIZE : READ_WINDOW;
+  Reader *r;
+  lua_settop(L, 1);
+  r = new_reader(L, cap);                                    /* 2 */
+  r->end = size;
+  r->base = JOURNAL_HEADER_SIZE;
+  lua_pushvalue(L, 1);
+  lua_pushcclosure(L, reader_next, 2);
   return 1;
 }
 
@@ -314,8 +389,7 @@ static int read_whole_file(lua_State *L, const char *path) {
     lua_pushnil(L);
     return e;
   }
-  r = (Reader *)lua_newuserdatauv(L, sizeof(Reader) + (size_t)st.st_size, 0);
-  r->size = 0;
+  r = new_reader(L, (size_t)st.st_size);
   r->pos = JOURNAL_HEADER_SIZE;
   f = fopen(path, "rb");
   if (f == NULL)
@@ -324,7 +398,7 @@ static int read_whole_file(lua_State *L, const char *path) {
   if (got != (size_t)st.st_size)
     e = ferror(f) ? EIO : EAGAIN;  /* cut shorter while we read */
   fclose(f);
-  r->size = got;
+  r->len = r->end = got;
   return e;
 }
 
@@ -347,11 +421,12 @@ int journal_lua_scan(lua_State *L) {
   if (e != 0)
     return io_failure(L, path, "cannot read the journal", e);
   r = (Reader *)lua_touserdata(L, 2);
-  journal_scan(r->buf, r->size, &scan);
+  journal_scan(r->buf, r->len, &scan);
   if (scan.bad_header)
     return io_failure(L, path, scan.why, EILSEQ);
-  r->size = scan.end;
-  lua_pushcclosure(L, reader_next, 1);
+  r->len = r->end = scan.end;  /* the whole file: no journal to read more from */
+  lua_pushnil(L);
+  lua_pushcclosure(L, reader_next, 2);
   lua_createtable(L, 0, 5);
   lua_pushinteger(L, (lua_Integer)scan.records);
   lua_setfield(L, -2, "records");

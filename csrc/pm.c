@@ -23,7 +23,6 @@
 #include <string.h>
 
 #include "lauxlib.h"
-#include "budget.h"
 #include "buffer.h"
 #include "codec.h"
 #include "pm.h"
@@ -43,7 +42,7 @@ enum {
 /* History bytes before a first snapshot, and the growth (a multiple of
 ** the last snapshot's size) that makes the next one. */
 #define SNAPSHOT_MIN 4096
-#define SNAPSHOT_FACTOR 2
+#define SNAPSHOT_FACTOR 4
 
 typedef struct PM {
   lua_Integer version;   /* events committed */
@@ -239,8 +238,8 @@ static size_t next_snapshot_at(size_t base_len) {
 static void push_snapshot(lua_State *L, PM *p) {
   int top = lua_gettop(L);
   lua_getiuservalue(L, 1, UV_STATE);
-  buffer_new(L, p->history_len / SNAPSHOT_FACTOR + 64);
-  if (!codec_encode(L, top + 1, top + 2, "state")) {
+  buffer_new(L, p->snapshot_at / SNAPSHOT_FACTOR + 64);  /* about the last one */
+  if (!codec_encode_snapshot(L, top + 1, top + 2, "state")) {
     p->snapshot_at = next_snapshot_at(p->history_len);
     lua_settop(L, top);
     lua_pushnil(L);
@@ -410,16 +409,6 @@ static const char *check_commands(lua_State *L, int r, const char *type) {
   return NULL;
 }
 
-/* The instruction budget of one handler call: the workflow's 'budget'
-** (an integer; false or absent: none). */
-static lua_Integer handler_budget(lua_State *L) {
-  lua_Integer budget;
-  lua_getfield(L, 3, "budget");
-  budget = lua_isinteger(L, -1) ? lua_tointeger(L, -1) : 0;
-  lua_pop(L, 1);
-  return budget;
-}
-
 /*
 ** Undo a failed handle and raise the error at the top: the state is
 ** rebuilt from the committed history (if that fails too, it stays dirty
@@ -469,7 +458,7 @@ static int pm_handle(lua_State *L) {
   stage_event(L, p, type);
   p->state_ok = 0;  /* dirty until committed: any error below replays */
   p->busy = 1;
-  status = budget_pcall(L, 2, 1, handler_budget(L));
+  status = lua_pcall(L, 2, 1, 0);  /* the handler guards itself (its budget) */
   p->busy = 0;
   if (status != LUA_OK)
     return abort_handle(L, status, type);
@@ -539,7 +528,8 @@ static void push_status(lua_State *L, PM *p) {
   if (workflow_field(L, 1, "status") == LUA_TNIL) {
     lua_pop(L, 1);
     lua_getiuservalue(L, 1, UV_STATE);
-    lua_getfield(L, -1, "status");
+    lua_pushliteral(L, "status");
+    lua_rawget(L, -2);  /* no metamethod of the workflow's runs unguarded */
     lua_remove(L, -2);
   }
   else {
@@ -802,7 +792,7 @@ static int pm_restore(lua_State *L) {
   p = push_flow(L);                                   /* 6 */
   p->version = version;
   buffer_new(L, 0);                                   /* 7 */
-  if (!codec_encode(L, 3, 7, "state"))
+  if (!codec_encode_snapshot(L, 3, 7, "state"))
     return luaL_error(L, "core.restore: %s", lua_tostring(L, -1));
   p->snapshot_at = next_snapshot_at(buffer_at(L, 7)->len);
   lua_setiuservalue(L, 6, UV_BASE);

@@ -83,6 +83,65 @@ describe("the journal", function()
     k:close()
   end)
 
+  describe("reads its records in windows, not the whole file at once", function()
+    -- records of many sizes, some larger than the 1 MB window, some
+    -- straddling its edges; what comes back is what went in, with offsets
+    local function payload(i)
+      local size = (i % 7 == 0) and (1 << 20) + i * 1000 or (i * 7919) % 40000
+      return string.rep(string.char(i % 256), size)
+    end
+
+    local function write(n)
+      local j = core.journal_open(path, { sync = "none" })
+      local offsets = {}
+      for i = 1, n do offsets[i] = j:append(1 + i % 200, payload(i)) end
+      j:close()
+      return offsets
+    end
+
+    local function check(j, offsets, skip)
+      local i, seen = 0, 0
+      for offset, kind, data in j:records() do
+        i = i + 1
+        while skip and skip[i] do i = i + 1 end
+        assert.equal(offsets[i], offset)
+        assert.equal(1 + i % 200, kind)
+        assert.is_true(data == payload(i), "record " .. i)
+        seen = seen + 1
+      end
+      return seen
+    end
+
+    it("gives back every record, those larger than the window too", function()
+      local offsets = write(60)
+      local j = core.journal_open(path)
+      assert.equal(60, check(j, offsets))
+      assert.is_true(j:size() > 5 * (1 << 20))
+      j:close()
+    end)
+
+    it("skips a repaired range far from the start", function()
+      local offsets = write(40)
+      local bytes = file_bytes(path)
+      local at = offsets[30] + 20  -- inside record 30's payload
+      write_bytes(path, bytes:sub(1, at - 1) .. string.char(bytes:byte(at) ~ 1) .. bytes:sub(at + 1))
+      local j, info = core.journal_open(path, { repair = true })
+      assert.equal(offsets[30], info.damaged_at)
+      assert.equal(39, check(j, offsets, { [30] = true }))
+      j:close()
+    end)
+
+    it("raises when the journal is closed while its records are read", function()
+      write(20)
+      local j = core.journal_open(path)
+      local next_record = j:records()
+      next_record()
+      j:close()
+      assert.has_error(function() for _ = 1, 20 do next_record() end end,
+                       "procman.journal: the journal was closed while its records were read")
+    end)
+  end)
+
   it("refuses what is not a journal and leaves it alone", function()
     write_bytes(path, "my notes")
     local j, err = core.journal_open(path)

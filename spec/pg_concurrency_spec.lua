@@ -5,14 +5,14 @@ local h = require "spec.support.pg_helpers"
 local conninfo = h.conninfo
 
 describe("procman.pg concurrency", function()
-  if h.without_cluster() then return end
+  if h.without_cluster(it, pending) then return end
 
   local pg = require "procman.pg"
   local procman = require "procman"
   local batch = require "procman.workflows.batch"
   local order = require "procman.workflows.order"
   local conn
-  local later, worker = h.cleanups(pg)
+  local later, worker = h.cleanups(pg, after_each)
 
   local function one(sql, ...) return h.one(conn, sql, ...) end
 

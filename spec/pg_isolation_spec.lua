@@ -5,7 +5,7 @@ local h = require "spec.support.pg_helpers"
 local conninfo = h.conninfo
 
 describe("procman.pg worker isolation", function()
-  if h.without_cluster() then return end
+  if h.without_cluster(it, pending) then return end
 
   local pg = require "procman.pg"
   local procman = require "procman"
@@ -13,7 +13,7 @@ describe("procman.pg worker isolation", function()
   local batch = require "procman.workflows.batch"
   local order = require "procman.workflows.order"
   local conn
-  local later, worker = h.cleanups(pg)
+  local later, worker = h.cleanups(pg, after_each)
 
   local function one(sql, ...) return h.one(conn, sql, ...) end
 

@@ -10,7 +10,7 @@ local h = require "spec.support.pg_helpers"
 local conninfo = h.conninfo
 
 describe("procman.pg parity with the embedded router", function()
-  if h.without_cluster() then return end
+  if h.without_cluster(it, pending) then return end
 
   local pg = require "procman.pg"
   local procman = require "procman"

@@ -382,6 +382,32 @@ describe("procman.pm", function()
       assert.equal(200, pm:state())
     end)
 
+    it("rebuilds a large state of every kind of key from its snapshot", function()
+      local wide = procman.workflow {
+        name = "wide", init = function() return { map = {}, list = {} } end,
+        on = {
+          fill = function(state, event)
+            for i = 1, event.n do
+              state.map["k" .. i] = { i, i + 0.5 }
+              state.map[i * 3] = "int"
+              state.map[i + 0.25] = i % 2 == 0
+              state.list[#state.list + 1] = "x" .. i
+            end
+            state.map[true], state.map[false] = "yes", "no"
+          end,
+          fail = function(state) state.map = nil; error("refused", 0) end,
+        },
+      }
+      local pm = wide:new("w")
+      pm:handle { event_type = "fill", n = 300 }
+      local before = pm:state()
+      assert.is_true(core.trim(pm))
+      flow.refuses(pm, { event_type = "fail" }, "refused")  -- rebuilt: snapshot decoded, nothing since
+      assert.same(before, pm:state())
+      local _, base = core.origin(pm)
+      assert.same(before, base)
+    end)
+
     it("core.trim empties the history (for compaction)", function()
       local pm = ring:new("r")
       for i = 1, 10 do pm:handle { event_type = "add", event_id = i, pad = pad_of(i) } end

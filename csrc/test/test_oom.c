@@ -23,6 +23,7 @@
 
 #include "lauxlib.h"
 #include "lualib.h"
+#include "limited_alloc.h"
 
 #ifndef PROCMAN_LUA_DIR
 #error "build with -DPROCMAN_LUA_DIR=\"<checkout>/lua\""
@@ -30,24 +31,6 @@
 
 LUAMOD_API int luaopen_procman_core(lua_State *L);
 
-/* An allocator that fails every growing request once 'fail_at' is hit. */
-typedef struct Limit {
-  long count;     /* growing requests since armed */
-  long fail_at;   /* 0: never fail */
-} Limit;
-
-static void *limited_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
-  Limit *limit = (Limit *)ud;
-  if (nsize == 0) {
-    free(ptr);
-    return NULL;
-  }
-  /* Lua requires that shrinking never fails: only growing requests count */
-  if (limit->fail_at > 0 && (ptr == NULL || nsize > osize) &&
-      ++limit->count >= limit->fail_at)
-    return NULL;
-  return realloc(ptr, nsize);
-}
 
 typedef struct Fixture {
   lua_State *L;
@@ -250,7 +233,9 @@ static void test_handler_allocating_after_a_change(void **state) {
 static void test_snapshot_under_oom(void **state) {
   Fixture *f = *state;
   run(f->L,
-      "local snap = procman.workflow{ name = 'snap', init = function() return { n = 0 } end,\n"
+      "local function wide() local w = {} for i = 1, 40 do w['k' .. i] = { i } end return w end\n"
+      "local snap = procman.workflow{ name = 'snap',  -- a map too large for one pass: unsorted\n"
+      "  init = function() return { n = 0, wide = wide() } end,\n"
       "  on = { add = function(state, event) state.n = state.n + 1; state.last = event.pad end,\n"
       "         bad = function(state) state.n = -1; error('refused') end } }\n"
       "sf = snap:new('s1')\n"

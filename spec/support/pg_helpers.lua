@@ -54,8 +54,9 @@ function M.cluster_dir()
   return M.conninfo:match("host=(%S+)")
 end
 
---- In a describe block: without a cluster, one pending test and true.
-function M.without_cluster()
+--- In a describe block: without a cluster, one pending test and true
+-- (busted's functions are the spec file's, passed in).
+function M.without_cluster(it, pending)
   if M.conninfo then return false end
   it("needs a PostgreSQL cluster (make test-pg)", function() pending("PROCMAN_PG is not set") end)
   return true
@@ -64,7 +65,7 @@ end
 --- In a describe block: later(fn) registers a cleanup run after each test
 -- (busted keeps one finally per test), worker(opts) a worker on the
 -- cluster closed after the test.
-function M.cleanups(pg)
+function M.cleanups(pg, after_each)
   local list = {}
   after_each(function()
     for i = #list, 1, -1 do list[i]() end

@@ -40,6 +40,7 @@ M.ddl = [[
     version     bigint NOT NULL,
     done        boolean NOT NULL DEFAULT false,
     state       bytea NOT NULL,
+    workflow_version integer NOT NULL DEFAULT 1,
     updated_at  timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (workflow, key_hash)
   );

@@ -93,19 +93,22 @@ local function write_flows(conn, changed)
       local state = e.snapshot and e.snapshot[2] == e.pm:version() and e.snapshot[1]
                     or (core.snapshot(e.pm))
       rows[#rows + 1] = { e.spec.name, bytes(e.key), e.partition, e.status and bytes(e.status) or nil,
-                          e.pm:version(), e.done or false, bytes(encode(state)), e.db_version }
+                          e.pm:version(), e.done or false, bytes(encode(state)), e.db_version,
+                          e.spec.version or 1 }
       if e.db_version then expected = expected + 1 end
     end
   end
   if #rows == 0 then return end
-  local types = { "text", "bytea", "int", "bytea", "bigint", "boolean", "bytea", "bigint" }
+  local types = { "text", "bytea", "int", "bytea", "bigint", "boolean", "bytea", "bigint", "int" }
   local counts = db.exec_rows(conn, types, rows, function(values)
-    return "WITH input (workflow, flow_key, partition, status, version, done, state, expected) AS (VALUES "
+    return "WITH input (workflow, flow_key, partition, status, version, done, state, expected, "
+      .. "workflow_version) AS (VALUES "
       .. values .. "), upd AS (UPDATE procman_flows f SET status = i.status, version = i.version, "
       .. "done = i.done, state = i.state, updated_at = now() FROM input i WHERE i.expected IS NOT NULL "
       .. "AND f.workflow = i.workflow AND f.key_hash = sha256(i.flow_key) AND f.version = i.expected "
       .. "RETURNING 1), ins AS (INSERT INTO procman_flows (workflow, flow_key, partition, status, version, "
-      .. "done, state) SELECT workflow, flow_key, partition, status, version, done, state FROM input "
+      .. "done, state, workflow_version) SELECT workflow, flow_key, partition, status, version, done, state, "
+      .. "workflow_version FROM input "
       .. "WHERE expected IS NULL RETURNING 1) SELECT (SELECT count(*) FROM upd) AS updated"
   end)
   local updated = 0

@@ -12,8 +12,8 @@ local decode = procman.decode
 local M = {}
 
 local function flows_into(view, conn)
-  local rows = db.exec(conn, "SELECT workflow, flow_key, status, version, done FROM procman_flows "
-                             .. "ORDER BY workflow")
+  local rows = db.exec(conn, "SELECT workflow, flow_key, status, version, done, workflow_version "
+                             .. "FROM procman_flows ORDER BY workflow")
   for _, r in ipairs(rows) do
     local by_id = view.flows[r.workflow]
     if by_id == nil then
@@ -23,7 +23,7 @@ local function flows_into(view, conn)
     end
     local id = decode(r.flow_key)
     by_id[id] = { workflow = r.workflow, flow = id, status = r.status or "?", version = r.version,
-                  completed = r.done }
+                  completed = r.done, workflow_version = r.workflow_version }
   end
 end
 
@@ -31,7 +31,8 @@ local function flow_entry(view, workflow, id)
   view.flows[workflow] = view.flows[workflow] or {}
   local f = view.flows[workflow][id]
   if f == nil then
-    f = { workflow = workflow, flow = id, status = "(not started)", version = 0, completed = false }
+    f = { workflow = workflow, flow = id, status = "(not started)", version = 0, completed = false,
+          workflow_version = 1 }
     view.flows[workflow][id] = f
     view.workflows[#view.workflows + 1] = workflow
   end

@@ -105,6 +105,18 @@ local function check_options(opts)
            cache_limit = positive_integer(opts, "cache", 10000), reconnect = check_reconnect(opts.reconnect) }
 end
 
+local function specs_of(list)
+  local specs, by_name, versions = workflow.routable(list)
+  if not specs then fail("%s", by_name) end
+  for name, by_version in pairs(versions) do  -- versions: the router's, not yet the worker's
+    if next(by_version, next(by_version)) ~= nil then
+      fail("workflow %q is given in several versions: the PostgreSQL worker runs one version of "
+           .. "each workflow (docs/operations.md)", name)
+    end
+  end
+  return specs, by_name
+end
+
 -- Every worker must cut the flows into the same partitions.
 local function agree_on_partitions(conn, n)
   db.exec(conn, "INSERT INTO procman_config (key, value) VALUES ('partitions', $1::bytea) "
@@ -142,8 +154,7 @@ end
 --              warn = function(message), reconnect = { initial, max, attempts } }
 function M.new(opts)
   local o = check_options(opts)
-  local specs, by_name = workflow.routable(opts.workflows)
-  if not specs then fail("%s", by_name) end
+  local specs, by_name = specs_of(opts.workflows)
   local self = setmetatable({
     conninfo = opts.conninfo, specs = specs, by_name = by_name, partitions = o.partitions, batch = o.batch,
     clock = opts.clock or os.time, on_error = o.on_error, cache_limit = o.cache_limit,
