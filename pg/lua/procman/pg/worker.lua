@@ -467,29 +467,33 @@ local function after_checkpoint(self, p, ev)
   return cp ~= nil and partitions.before(cp, ev)
 end
 
--- The read, in one statement: the events after the lowest checkpoint,
--- below the oldest running transaction (one bound for the whole statement),
--- that may concern the owned partitions; and the horizon, the last event
--- below that bound. When the batch is not full, every event up to the
--- horizon that concerns these partitions is in it: the checkpoints may
--- move to the horizon (an idle partition does not make every step scan
--- from where it stopped).
+-- The read, in one statement: a window of the next events after the
+-- lowest checkpoint (at most ten batches, in (xid, position) order, an
+-- index range scan that stops there however far behind the worker is),
+-- below the oldest running transaction (one bound for the whole
+-- statement); of those, up to a batch that may concern the owned
+-- partitions, with their payloads; and the window's last event, the
+-- horizon. When the batch is not full, every event up to the horizon that
+-- concerns these partitions is in it: the checkpoints may move to the
+-- horizon (an idle partition does not make every step scan from where it
+-- stopped, and other partitions' events are skipped ten batches at a time).
 local READ = "WITH bound AS MATERIALIZED (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS x), "
-  .. "batch AS (SELECT e.position, e.xid, e.payload FROM procman_events e, bound "
+  .. "scan AS MATERIALIZED (SELECT e.position, e.xid, e.partitions, e.route_gen FROM procman_events e, bound "
   .. "WHERE (e.xid, e.position) > ($1::text::xid8, $2) AND e.xid < bound.x "
-  .. "AND (e.partitions IS NULL OR e.partitions && $3::int[] "
-  .. "OR e.route_gen <> (SELECT gen FROM procman_routes)) "
-  .. "ORDER BY e.xid, e.position LIMIT $4), "
-  .. "horizon AS (SELECT e.xid, e.position FROM procman_events e, bound WHERE e.xid < bound.x "
-  .. "ORDER BY e.xid DESC, e.position DESC LIMIT 1) "
-  .. "SELECT position, xid::text::bigint AS xid, payload, false AS horizon FROM batch "
-  .. "UNION ALL SELECT position, xid::text::bigint, NULL, true FROM horizon ORDER BY horizon, xid, position"
+  .. "ORDER BY e.xid, e.position LIMIT $5), "
+  .. "mine AS (SELECT s.position, s.xid FROM scan s WHERE s.partitions IS NULL OR s.partitions && $3::int[] "
+  .. "OR s.route_gen <> (SELECT gen FROM procman_routes) ORDER BY s.xid, s.position LIMIT $4) "
+  .. "SELECT m.position, m.xid::text::bigint AS xid, e.payload, false AS horizon FROM mine m "
+  .. "JOIN procman_events e ON e.position = m.position "
+  .. "UNION ALL (SELECT position, xid::text::bigint, NULL, true FROM scan "
+  .. "ORDER BY xid DESC, position DESC LIMIT 1) "
+  .. "ORDER BY horizon, xid, position"
 
 local function read_events(self)
   local low = partitions.lowest(self)
   if low == nil then return {} end
   local rows = db.exec(self.conn, READ, low.xid, low.position,
-                       "{" .. table.concat(partitions.list(self), ",") .. "}", self.batch)
+                       "{" .. table.concat(partitions.list(self), ",") .. "}", self.batch, self.batch * 10)
   local events, horizon = {}, nil
   for _, row in ipairs(rows) do
     if row.horizon then
