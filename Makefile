@@ -10,7 +10,8 @@ CSTD       := -std=c99
 SANFLAGS   := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
 
 CORE_SRC   := csrc/budget.c csrc/buffer.c csrc/codec.c csrc/crc32c.c csrc/interrupt.c csrc/journal.c \
-              csrc/journal_lua.c csrc/line_reader.c csrc/lock_holder.c csrc/pm.c csrc/procman.c
+              csrc/journal_lua.c csrc/line_reader.c csrc/lock_holder.c csrc/pattern.c csrc/pattern_lua.c \
+              csrc/pm.c csrc/procman.c
 CORE_HDR   := $(wildcard csrc/*.h)
 TEST_SRC   := $(wildcard csrc/test/test_*.c)
 BUILD      := build
@@ -78,7 +79,7 @@ lint:
 test-rock:
 	@sh tools/test-rock.sh
 
-$(BUILD)/test/%: csrc/test/%.c $(CORE_SRC) $(CORE_HDR)
+$(BUILD)/test/%: csrc/test/%.c $(CORE_SRC) $(CORE_HDR) $(wildcard csrc/test/*.h)
 	@mkdir -p $(dir $@)
 	$(CC) $(CSTD) $(CFLAGS) $(WARN) $(LUA_CFLAGS) -Icsrc -DPROCMAN_LUA_DIR='"$(CURDIR)/lua"' \
 	  $< $(CORE_SRC) -o $@ $(LUA_LIBS) -lcmocka -lm

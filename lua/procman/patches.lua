@@ -29,8 +29,10 @@ local taken_by = setmetatable({}, { __mode = "k" })
 --- The flow the router is running: { pm, replaying = true when the
 -- journal is replayed, journaled = { id = true } (the changes the event
 -- being replayed recorded), recorded = { id, ... } (the changes taken
--- live by the event being handled) }; nil outside a router.
-M.context = nil
+-- live by the event being handled) }; false outside a router. Never nil:
+-- the key stays in this table, so setting it allocates nothing (a router
+-- sets it while memory may be running out, and must be able to undo).
+M.context = false
 
 -- The contexts the router uses, made once (so that setting one allocates
 -- nothing, also when memory has run out): a live call, a journaled event
@@ -56,13 +58,18 @@ for _, lib in ipairs { _G, string, table } do
     if type(f) == "function" then TRANSPARENT[f] = true end
   end
 end
+for _, name in ipairs { "pattern_find", "pattern_match", "pattern_gmatch", "pattern_gsub" } do
+  TRANSPARENT[core[name]] = true  -- the sandbox's string functions
+end
 
 local function rebuilding(pm)
   local handle = getmetatable(pm).__index.handle
   for level = 3, 200 do
     local info = debug.getinfo(level, "fS")
     if info == nil then return false end
-    if info.what == "C" and not TRANSPARENT[info.func] then return info.func ~= handle end
+    if info.what == "C" and not TRANSPARENT[info.func] and not core.is_guard(info.func) then
+      return info.func ~= handle  -- (the budget's guard around each function is transparent too)
+    end
   end
   return false
 end
@@ -83,7 +90,7 @@ end
 function M.patched(id)
   check_id(id, "patched")
   local ctx = M.context
-  if ctx == nil then return true end  -- no router: nothing to replay, the new code runs
+  if not ctx then return true end  -- no router: nothing to replay, the new code runs
   local taken = taken_by[ctx.pm]
   if taken and taken[id] then return true end
   if rebuilding(ctx.pm) then return false end
@@ -99,7 +106,7 @@ end
 function M.deprecate_patch(id)
   check_id(id, "deprecate_patch")
   local ctx = M.context
-  if ctx == nil or ctx.replaying then return end
+  if not ctx or ctx.replaying then return end
   local taken = taken_by[ctx.pm]
   if (taken and taken[id]) or rebuilding(ctx.pm) then return end
   record(ctx, id)
@@ -118,7 +125,7 @@ function M.replay(pm, event, journaled)
   end
   M.context = ctx
   local ok, result = pcall(pm.handle, pm, event)
-  M.context = nil
+  M.context = false
   return ok, result
 end
 
