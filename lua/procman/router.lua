@@ -403,7 +403,7 @@ local function settle(self, targets, record, out)
       self.older[name][flow_id] = t.spec  -- pinned to the version it started on
     end
     if t.committed then
-      if t.patches then t.pm = patches.rebase(t.spec, t.pm, t.patches) end
+      if t.patches then patches.rebase(t.pm, t.patches) end
       self.live[name][flow_id] = t.pm
       self.outbox:emit(name, flow_id, t.pm:version(), t.plain, out)
       if t.directives then self.schedule:set(name, flow_id, t.directives, record.now, record.seq) end
