@@ -504,6 +504,25 @@ describe("procman.pm", function()
     end)
   end)
 
+  it("core.handle_fresh gives the handler the event itself (for recovery), pm:handle a copy", function()
+    local core = require "procman.core"
+    local got
+    local wf = procman.workflow { name = "f", on = { x = function(state, event)
+      got = event
+      state.n = (state.n or 0) + 1
+    end } }
+    local pm = wf:new("f1")
+    local event = { event_type = "x", n = 1 }
+    pm:handle(event)
+    assert.are_not.equal(event, got)
+    core.handle_fresh(pm, event)
+    assert.equal(event, got)
+    assert.same({ event, event }, pm:history())
+    assert.equal(2, pm:version())
+    assert.has_error(function() core.handle_fresh(pm, { event_type = "x", f = print }) end)
+    assert.equal(2, pm:version())
+  end)
+
   describe("core.snapshot and core.restore (for compaction)", function()
     local core = require "procman.core"
     local workflow = require "procman.workflow"

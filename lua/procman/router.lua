@@ -469,7 +469,9 @@ local function replay_target(self, f, rec, offset)
     end
   elseif f.commands then
     t.pm = t.pm or core.new(spec, f.flow)
-    local ok, now = pcall(t.pm.handle, t.pm, rec.event)
+    -- the decoded event is the handler's copy when it goes to this flow only
+    local handle = #rec.flows == 1 and core.handle_fresh or t.pm.handle
+    local ok, now = pcall(handle, t.pm, rec.event)
     if not ok then
       error(string.format("procman.router: replay failed at %s: %s", where(self, f, rec, offset),
                           message(now)), 0)
