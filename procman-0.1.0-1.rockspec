@@ -19,25 +19,24 @@ workflow.
   license = "MIT",
   labels = { "event-sourcing", "process-manager", "saga", "workflow" },
 }
--- bin/procman also needs argparse (Debian: lua-argparse; or luarocks install
--- argparse). It is not listed here so that `luarocks make` works offline,
--- as on Debian machines without a rock server; the command says if it is missing.
+-- argparse for the procman command, lua-cjson to read JSON lines (procman
+-- run, inspect --json). Line editing for the REPL is a rock of its own
+-- (procman-lineedit, libedit), so that this one builds with no library but
+-- Lua. On Debian, where there is no rock server, the Makefile installs
+-- lua-argparse and lua-cjson with apt and builds with --deps-mode=none.
 dependencies = {
   "lua >= 5.4, < 5.5",
+  "argparse >= 0.7",
+  "lua-cjson >= 2.1",
 }
 build = {
   type = "builtin",
   modules = {
     ["procman.core"] = {
       sources = { "csrc/budget.c", "csrc/buffer.c", "csrc/codec.c", "csrc/crc32c.c", "csrc/interrupt.c",
-                  "csrc/journal.c", "csrc/journal_lua.c", "csrc/line_reader.c", "csrc/pm.c",
+                  "csrc/journal.c", "csrc/journal_lua.c", "csrc/line_reader.c", "csrc/lock_holder.c", "csrc/pm.c",
                   "csrc/procman.c" },
       incdirs = { "csrc" },
-    },
-    -- line editing for the REPL (libedit, BSD): Debian's libedit-dev
-    ["procman.lineedit"] = {
-      sources = { "csrc/lineedit.c" },
-      libraries = { "edit" },
     },
     ["procman"] = "lua/procman/init.lua",
     ["procman.workflow"] = "lua/procman/workflow.lua",
@@ -51,16 +50,21 @@ build = {
     ["procman.cli.run"] = "lua/procman/cli/run.lua",
     ["procman.cli.inspect"] = "lua/procman/cli/inspect.lua",
     ["procman.cli.verify"] = "lua/procman/cli/verify.lua",
+    ["procman.cli.compact"] = "lua/procman/cli/compact.lua",
     ["procman.cli.diagram"] = "lua/procman/cli/diagram.lua",
     ["procman.router"] = "lua/procman/router.lua",
     ["procman.timers"] = "lua/procman/timers.lua",
     ["procman.message"] = "lua/procman/message.lua",
     ["procman.schedule"] = "lua/procman/schedule.lua",
     ["procman.records"] = "lua/procman/records.lua",
+    ["procman.patches"] = "lua/procman/patches.lua",
+    ["procman.replay_plan"] = "lua/procman/replay_plan.lua",
     ["procman.outbox"] = "lua/procman/outbox.lua",
     ["procman.compaction"] = "lua/procman/compaction.lua",
     ["procman.sandbox"] = "lua/procman/sandbox.lua",
     ["procman.testing"] = "lua/procman/testing.lua",
+    ["procman.expectation"] = "lua/procman/expectation.lua",
+    ["procman.describe"] = "lua/procman/describe.lua",
     ["procman.workflows.batch"] = "lua/procman/workflows/batch.lua",
     ["procman.workflows.order"] = "lua/procman/workflows/order.lua",
   },

@@ -22,10 +22,12 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "lauxlib.h"
 #include "journal.h"
 #include "journal_lua.h"
+#include "lock_holder.h"
 
 #define JOURNAL_TYPENAME "procman.journal"
 
@@ -152,6 +154,7 @@ int journal_lua_open(lua_State *L) {
   JournalScan scan;
   const char *why = NULL;
   LJournal *lj;
+  long holder;
   if (!lua_isnoneornil(L, 2)) {
     luaL_checktype(L, 2, LUA_TTABLE);
     sync = check_sync(L, 2);
@@ -168,6 +171,13 @@ int journal_lua_open(lua_State *L) {
     lua_pushfstring(L, "damaged record at byte %I: %s (intact records follow "
                     "at byte %I; open with repair = true to skip it)",
                     (lua_Integer)scan.damaged_at, why, (lua_Integer)scan.resume_at);
+    return io_failure(L, path, lua_tostring(L, -1), e);
+  }
+  holder = e == EWOULDBLOCK ? lock_holder(path) : 0;
+  if (holder > 0) {  /* say who holds it */
+    lua_pushfstring(L, "the journal is in use by another process: pid %d holds its lock%s",
+                    (int)holder, holder == (long)getpid() ? " (this one: close its other router first)"
+                                                          : "");
     return io_failure(L, path, lua_tostring(L, -1), e);
   }
   if (e != 0)
@@ -371,8 +381,11 @@ static int read_whole_file(lua_State *L, const char *path) {
   Reader *r;
   size_t got;
   int e = 0;
-  if (stat(path, &st) != 0) {
+  if (stat(path, &st) != 0)
     e = errno;
+  else if (S_ISDIR(st.st_mode))
+    e = EISDIR;  /* fopen() would open it, and fread() fail with EIO */
+  if (e != 0) {
     lua_pushnil(L);
     return e;
   }
@@ -403,6 +416,8 @@ int journal_lua_scan(lua_State *L) {
   int e;
   lua_settop(L, 1);
   e = read_whole_file(L, path);  /* 2: the reader (or nothing) */
+  if (e == EISDIR)
+    return io_failure(L, path, "is a directory, not a journal: name the journal file", e);
   if (e != 0)
     return io_failure(L, path, "cannot read the journal", e);
   r = (Reader *)lua_touserdata(L, 2);

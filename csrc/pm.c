@@ -399,6 +399,15 @@ static const char *check_commands(lua_State *L, int r, const char *type) {
   lua_pushnil(L);
   for (i = 0; lua_next(L, r); i++)
     lua_pop(L, 1);
+  if (i != n && n == 0) {  /* { command_type = ... } instead of { { ... } } */
+    lua_pushliteral(L, "command_type");
+    if (lua_rawget(L, r) == LUA_TSTRING)
+      return lua_pushfstring(L, "handler for '%s' returned one command "
+                             "(command_type '%s') where a list of commands "
+                             "is needed: return { command }", type,
+                             lua_tostring(L, -1));
+    lua_pop(L, 1);
+  }
   if (i != n)
     return lua_pushfstring(L, "handler for '%s' must return an array of "
                            "commands; its table has keys other than 1..%I",

@@ -53,7 +53,7 @@ describe("procman run", function()
       '{"event_type":"file_processed","batch_id":"b1","file":{"id":"nope","status":"success"}}', A_DONE))
     assert.equal(0, r.code)
     assert.equal(lines(
-      "procman run: line 2: not JSON: Expected value but found invalid token at character 1",
+      "procman run: line 2: not JSON: expected a value, found something that is not JSON at character 1",
       "procman run: line 3: not an event: a JSON object expected, got an array",
       "procman run: line 5: procman.router: no flow batch/zz for file_processed",
       "procman run: line 6: batch/b1: handler for 'file_processed' failed: file \"nope\" is not in this batch"),
@@ -194,12 +194,13 @@ describe("procman inspect, verify and diagram", function()
   it("lists a workflow's flows, filtered by status, and shows a flow's timeline", function()
     local r = procman_cmd("inspect " .. path .. " --workflow batch")
     assert.equal(lines(
-      "flow                     status            version  ",
-      "b1                       error                   3  completed",
-      "b2                       created                 1  live",
-      "b3                       created                 1  parked"), r.out)
+      "flow                     status            version  code  ",
+      "b1                       error                   3    v1  completed",
+      "b2                       created                 1    v1  live",
+      "b3                       created                 1    v1  parked"), r.out)
     r = procman_cmd("inspect " .. path .. " --workflow batch --status error --json")
-    assert.same({ { flow = "b1", status = "error", version = 3, state = "completed" } }, cjson.decode(r.out))
+    assert.same({ { flow = "b1", status = "error", version = 3, workflow_version = 1, state = "completed" } },
+                cjson.decode(r.out))
     r = procman_cmd("inspect " .. path .. " --flow b1")
     assert.equal(0, r.code)
     assert.matches("^batch/b1: error, version 3 %(completed%)\nv1  ", r.out)

@@ -42,15 +42,32 @@ describe("the rockspec", function()
     assert.equal(procman.version .. "-1", spec.version)
   end)
 
-  it("builds procman.core and procman.lineedit from every C source but the tests", function()
-    local spec = rockspec()
+  it("builds procman.core, and procman-lineedit's procman.lineedit, from every C source", function()
     local sources = {}
-    for _, m in ipairs { "procman.core", "procman.lineedit" } do
-      for _, s in ipairs(spec.build.modules[m].sources) do sources[s] = true end
+    local function add(spec, module)
+      for _, s in ipairs(spec.build.modules[module].sources) do sources[s] = true end
     end
+    add(rockspec(), "procman.core")
+    local lineedit = rockspec("procman-lineedit-*.rockspec")
+    add(lineedit, "procman.lineedit")
+    assert.equal(procman.version .. "-1", lineedit.version)
     local p = assert(io.popen("ls csrc/*.c"))
-    for path in p:lines() do assert.is_true(sources[path], path .. " is not in the rockspec") end
+    for path in p:lines() do assert.is_true(sources[path], path .. " is not in a rockspec") end
     p:close()
+  end)
+
+  it("declares what the rocks need: argparse, lua-cjson; libedit only for procman-lineedit", function()
+    local spec = rockspec()
+    local deps = table.concat(spec.dependencies, "\n")
+    assert.matches("\nargparse ", deps)
+    assert.matches("\nlua%-cjson ", deps)
+    assert.is_nil(spec.external_dependencies)  -- procman builds with Lua alone
+    for _, module in pairs(spec.build.modules) do
+      assert.is_nil(type(module) == "table" and module.libraries or nil)
+    end
+    local lineedit = rockspec("procman-lineedit-*.rockspec")
+    assert.equal("histedit.h", lineedit.external_dependencies.EDIT.header)
+    assert.same({ "edit" }, lineedit.build.modules["procman.lineedit"].libraries)
   end)
 
   it("has the version of the C core, and installs the command", function()

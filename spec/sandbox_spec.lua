@@ -100,7 +100,7 @@ describe("procman.load and the sandbox", function()
       for k in pairs(procman) do names[#names + 1] = k end
       table.sort(names)
       return { { command_type = "names", names = names } }]])
-    assert.same({ { command_type = "names", names = { "after", "at", "cancel", "workflow" } } },
+    assert.same({ { command_type = "names", names = { "after", "at", "cancel", "deprecate_patch", "patched", "workflow" } } },
                 wf:new(1):handle { event_type = "go" })
   end)
 

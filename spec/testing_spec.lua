@@ -7,7 +7,17 @@ local reminder = assert(procman.load("spec/fixtures/reminder.lua"))
 local function failure(fn)
   local ok, err = pcall(fn)
   assert.is_false(ok, "the expectation passed")
-  return err
+  return tostring(err)
+end
+
+-- The lines of a file that end with "-- HERE".
+local function marked_lines(path)
+  local lines, n = {}, 0
+  for line in io.lines(path) do
+    n = n + 1
+    if line:find("%-%- HERE$") then lines[#lines + 1] = n end
+  end
+  return lines
 end
 
 describe("procman.testing", function()
@@ -65,6 +75,36 @@ describe("procman.testing", function()
       "(- expected, + actual)",
     }, "\n"), err:gsub("^[^\n]-:%d+: ", ""))
     assert.matches("^spec/testing_spec.lua:%d+: ", err)  -- points at the expectation
+  end)
+
+  it("points at the failing expectation's own line, not the chain's first", function()
+    local first_line = debug.getinfo(1, "l").currentline + 2
+    local err = failure(function()
+      given(reminder, {})
+        :when { event_type = "open", id = "a" }
+        :expect { { command_type = "hello", id = "a" },
+                  procman.after(10, { event_type = "ping", id = "a" }, "ping") }
+        :after(10)
+        :expect { "not this one" } -- ":expect" in a string or comment does not count
+        :after(5)
+        :expect {}
+    end)
+    assert.equal("spec/testing_spec.lua:" .. (first_line + 5) .. ":", err:match("^[^ ]+"))
+    local chunk = "local given, wf = ...\n" .. "given(wf, {})\n" .. "  :when { event_type = 'open', id = 'a' }\n"
+                  .. "  :expect_error [[:expect]]\n"
+    err = failure(function() assert(load(chunk, chunk))(given, reminder) end)
+    assert.matches(":4: expected an error", err, 1, true)
+  end)
+
+  it("counts as a failure in busted (not an error), at the expectation's line", function()
+    local fixture = "spec/fixtures/failing_expectations.lua"
+    local p = assert(io.popen("busted --lua=lua5.4 --output=plainTerminal " .. fixture .. " 2>&1"))
+    local out = p:read("a")
+    p:close()
+    assert.matches("0 successes / 2 failures / 0 errors", out, 1, true)
+    for _, line in ipairs(marked_lines(fixture)) do
+      assert.matches(fixture .. ":" .. line .. ": ", out, 1, true)
+    end
   end)
 
   it("fails when an error was expected and commands came, and the other way round", function()

@@ -1,12 +1,14 @@
 #!/bin/sh
-# Install the rocks (procman, then procman-pg) with LuaRocks into an empty
-# tree, then use them from there (and only from there): require the
-# modules, run the seed session, run the installed command.
+# Install the rocks (procman, then procman-lineedit and procman-pg) with
+# LuaRocks into an empty tree, then use them from there (and only from
+# there): require the modules, run the seed session, run the installed
+# command. The rocks' dependencies on argparse and lua-cjson are met by
+# Debian's packages, which LuaRocks does not know: --deps-mode=none.
 set -eu
 tree=$(mktemp -d /tmp/procman-rock.XXXXXX)
 trap 'rm -rf "$tree"' EXIT
-for rockspec in procman-[0-9]*.rockspec procman-pg-*.rockspec; do
-  luarocks --lua-version=5.4 make --tree "$tree" "$rockspec" >"$tree.log" 2>&1 ||
+for rockspec in procman-[0-9]*.rockspec procman-lineedit-*.rockspec procman-pg-*.rockspec; do
+  luarocks --lua-version=5.4 make --deps-mode=none --tree "$tree" "$rockspec" >"$tree.log" 2>&1 ||
     { cat "$tree.log"; rm -f "$tree.log"; exit 1; }
 done
 rm -f "$tree.log"
@@ -22,6 +24,8 @@ lua5.4 -e '
     pm:handle{ event_type = "file_processed", file = { id = f, status = "success" } }
   end
   assert(pm:status() == "success" and procman.decode(procman.encode({ 1 }))[1] == 1)
+  assert(package.searchpath("procman.lineedit", package.cpath):find(os.getenv("TREE"), 1, true))
+  assert(type(require("procman.lineedit").new) == "function")
   local pg = require "procman.pg"
   assert(package.searchpath("procman.pg.core", package.cpath):find(os.getenv("TREE"), 1, true))
   assert(type(pg.worker) == "function" and type(pg.migrate) == "function")

@@ -3,7 +3,8 @@
 --   procman [repl] [--journal FILE] [WORKFLOW_FILE ...]
 --   procman run WORKFLOW_FILE... --journal FILE [--sync S] [--strict] [--quiet]
 --   procman inspect FILE [--workflow W] [--flow ID] [--status S] [--json]
---   procman verify FILE WORKFLOW_FILE...
+--   procman verify FILE WORKFLOW_FILE... [--live]
+--   procman compact FILE WORKFLOW_FILE...
 --   procman diagram FILE [--workflow W] [--format mermaid|dot]
 --
 -- Unix habits: results on stdout, errors on stderr, status 0 for success,
@@ -35,12 +36,18 @@ function M.load_workflow(name)
   return wf
 end
 
+--- The workflows named on a command line: several versions of one name
+-- are fine, one version twice is not.
 function M.load_workflows(names)
   local list, seen = {}, {}
   for i, name in ipairs(names) do
-    list[i] = M.load_workflow(name)
-    if seen[list[i].name] then M.fail(1, "two workflows are named %q (%s)", list[i].name, name) end
-    seen[list[i].name] = true
+    local wf = M.load_workflow(name)
+    local key = wf.name .. "\0" .. wf.version
+    if seen[key] then
+      local which = wf.version == 1 and "" or string.format(" with version %d", wf.version)
+      M.fail(1, "two workflows are named %q%s (%s)", wf.name, which, name)
+    end
+    list[i], seen[key] = wf, true
   end
   return list
 end
@@ -73,6 +80,13 @@ local function parser()
   run:flag("-q --quiet", "No progress line on stderr.")
   run:flag("--park", "Park a flow whose handler fails (on_error = \"park\") instead of reporting the line.")
   run:flag("--dead-letter", "Keep events no flow can take as dead letters instead of reporting the line.")
+  run:option("--on-divergence", "When replaying the journal finds that the code returns other commands: "
+                                .. "raise (stop) or warn (go on)."):choices { "raise", "warn" }
+  run:option("--on-unknown", "Events of a type no workflow handles: ignore (said once per type on "
+                             .. "stderr), dead_letter or raise (report the line).")
+     :choices { "ignore", "dead_letter", "raise" }
+  run:option("--on-late", "A new event for a completed flow that reaches no live flow: raise (report the "
+                          .. "line), ignore or dead_letter."):choices { "raise", "ignore", "dead_letter" }
 
   local inspect = p:command("inspect", "Summarize a journal, list a workflow's flows, or show one "
                                        .. "flow's timeline.")
@@ -84,20 +98,29 @@ local function parser()
 
   local verify = p:command("verify", "Replay a journal through workflow code and report every divergence.")
   verify:argument("journal", "The journal file.")
-  verify:argument("workflows", "Workflow files (or batch, order)."):args("+")
+  verify:argument("workflows", "Workflow files (or batch, order); several versions of one workflow "
+                               .. "are fine."):args("+")
+  verify:flag("--live", "Only the flows still live at the end of the journal (those a deploy concerns).")
+
+  local compact = p:command("compact", "Rewrite a journal as the state it holds (live flows, the completed "
+                                       .. "set, pending commands, timers), so that opening it is quick.")
+  compact:argument("journal", "The journal file (no router may have it open).")
+  compact:argument("workflows", "Workflow files (or batch, order): every version live flows run."):args("+")
 
   local diagram = p:command("diagram", "Draw a workflow's observed state machine from a journal.")
   diagram:argument("journal", "The journal file.")
   diagram:option("-w --workflow", "The workflow (needed when the journal has several).")
   diagram:option("--format", "mermaid or dot."):choices { "mermaid", "dot" }:default("mermaid")
-  return p, { repl = repl, run = run, inspect = inspect, verify = verify, diagram = diagram }
+  return p, { repl = repl, run = run, inspect = inspect, verify = verify, diagram = diagram,
+              compact = compact }
 end
 
 --- main(args) -> exit status.
 function M.main(args)
   local has_argparse = pcall(require, "argparse")
   if not has_argparse then
-    M.io.stderr:write("procman: needs lua-argparse (Debian: apt-get install lua-argparse)\n")
+    M.io.stderr:write("procman: needs argparse: luarocks install argparse ",
+                      "(Debian: apt-get install lua-argparse)\n")
     return 1
   end
   local p, commands = parser()

@@ -5,6 +5,7 @@
 -- read here: this module is the router's, not a public API.
 local core = require "procman.core"
 local records = require "procman.records"
+local patches = require "procman.patches"
 
 local encode = core.encode
 
@@ -13,6 +14,13 @@ local RECORD_FLOW, RECORD_OUTBOX, RECORD_COMPLETED, RECORD_SEQ =
 local RECORD_TIMER, RECORD_PARKED, RECORD_DEAD = records.TIMER, records.PARKED, records.DEAD
 
 local M = {}
+
+-- The version a flow runs, for its snapshot record (nil: version 1).
+local function workflow_version(self, spec, flow_id)
+  local v = (self.older[spec.name][flow_id] or spec).version
+  if v ~= 1 then return v end
+  return nil
+end
 
 -- The records of a compacted journal: the router's state now.
 local function state_records(self)
@@ -25,14 +33,17 @@ local function state_records(self)
     for flow_id, pm in pairs(self.live[spec.name]) do
       local state, version, seen = core.snapshot(pm)
       out[#out + 1] = { RECORD_FLOW, { workflow = spec.name, flow = flow_id, state = state,
-                                               version = version, seen = seen, status = pm:status() } }
+                                               version = version, seen = seen, status = pm:status(),
+                                               workflow_version = workflow_version(self, spec, flow_id),
+                                               patches = patches.taken(pm) } }
     end
   end
   for _, spec in ipairs(self.specs) do
     local name = spec.name
     for flow_id, p in pairs(self.parked_of[name]) do
       out[#out + 1] = { RECORD_PARKED, { workflow = name, flow = flow_id, error = p.error,
-                                                 events = p.events } }
+                                                 events = p.events,
+                                                 workflow_version = workflow_version(self, spec, flow_id) } }
     end
     for flow_id, list in self.schedule:flows(name) do
       for _, t in ipairs(list) do

@@ -6,6 +6,7 @@ local workflow = require "procman.workflow"
 local router = require "procman.router"
 local timers = require "procman.timers"
 local sandbox = require "procman.sandbox"
+local patches = require "procman.patches"
 
 local procman = {
   _VERSION = "procman " .. core.version,
@@ -23,6 +24,10 @@ local procman = {
   after = timers.after,
   at = timers.at,
   cancel = timers.cancel,
+  --- procman.patched(id), procman.deprecate_patch(id): code changes inside
+  -- a version (docs/operations.md)
+  patched = patches.patched,
+  deprecate_patch = patches.deprecate_patch,
   --- procman.encode(v) -> bytes; procman.decode(bytes) -> v (MessagePack)
   encode = core.encode,
   decode = core.decode,

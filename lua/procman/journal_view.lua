@@ -19,8 +19,12 @@ local M = {}
 
 local START = "[*]"  -- the status before a flow's first event, in transitions
 M.START = START
+-- The status shown for a flow that has handled no event yet (its first
+-- event failed and parked it).
+local NOT_STARTED = "(not started)"
+M.NOT_STARTED = NOT_STARTED
 
-local function flow_of(view, workflow, flow_id)
+local function flow_of(view, workflow, flow_id, workflow_version)
   local by_id = view.flows[workflow]
   if by_id == nil then
     by_id = {}
@@ -29,7 +33,8 @@ local function flow_of(view, workflow, flow_id)
   end
   local f = by_id[flow_id]
   if f == nil then
-    f = { workflow = workflow, flow = flow_id, version = 0, status = START, completed = false }
+    f = { workflow = workflow, flow = flow_id, version = 0, status = NOT_STARTED, completed = false,
+          workflow_version = workflow_version or 1 }
     by_id[flow_id] = f
   end
   return f
@@ -72,12 +77,23 @@ local function complete(view, f)
   end
 end
 
+-- The patches (procman.patched) a flow took: a sorted array.
+local function take_patches(list, ids)
+  local set, out = {}, {}
+  for _, id in ipairs(list or {}) do set[id] = true end
+  for _, id in ipairs(ids) do set[id] = true end
+  for id in pairs(set) do out[#out + 1] = id end
+  table.sort(out)
+  return out
+end
+
 -- One flow's entry of an event record.
 local function apply_entry(view, rec, e, wanted)
-  local f = flow_of(view, e.workflow, e.flow)
+  local f = flow_of(view, e.workflow, e.flow, e.workflow_version)
+  if e.patches then f.patches = take_patches(f.patches, e.patches) end
   if e.commands then
     if e.resumed then pop_parked(view, f) end
-    local from = f.status
+    local from = f.version == 0 and START or f.status
     f.version = f.version + 1
     f.status = e.status or "?"
     local plain, directives = timers.split(e.commands)
@@ -108,6 +124,7 @@ local function apply_entry(view, rec, e, wanted)
 end
 
 local function apply_event(view, rec, wanted)
+  if rec.late then view.dead[#view.dead + 1] = { event = rec.event, error = rec.late } end
   if rec.fired then
     local f = flow_of(view, rec.fired.workflow, rec.fired.flow)
     f.timers = timers.remove(f.timers, rec.fired.seq, rec.fired.index)
@@ -120,8 +137,9 @@ local apply = {
   [records.EVENT] = apply_event,
   [records.ACK] = function(view, rec) view.pending[rec.id] = nil end,
   [records.FLOW] = function(view, rec)
-    local f = flow_of(view, rec.workflow, rec.flow)
+    local f = flow_of(view, rec.workflow, rec.flow, rec.workflow_version)
     f.version, f.status = rec.version, rec.status or "?"
+    if rec.patches then f.patches = take_patches(f.patches, rec.patches) end
   end,
   [records.OUTBOX] = add_pending,
   [records.COMPLETED] = function(view, rec)
@@ -137,7 +155,7 @@ local apply = {
                                 index = rec.index }
   end,
   [records.PARKED] = function(view, rec)
-    local f = flow_of(view, rec.workflow, rec.flow)
+    local f = flow_of(view, rec.workflow, rec.flow, rec.workflow_version)
     f.parked = { error = rec.error, events = rec.events }
     view.parked[f] = true
   end,

@@ -30,6 +30,9 @@ local records = require "procman.records"
 local outbox = require "procman.outbox"
 local compaction = require "procman.compaction"
 local message = require "procman.message"
+local patches = require "procman.patches"
+local replay_plan = require "procman.replay_plan"
+local describe = require "procman.describe"
 
 local encode, decode, copy = core.encode, core.decode, core.copy
 
@@ -39,7 +42,12 @@ local RECORD_SKIP, RECORD_TIMER, RECORD_PARKED, RECORD_DEAD =
   records.SKIP, records.TIMER, records.PARKED, records.DEAD
 local OPTIONS = { workflows = true, journal = true, sync = true, repair = true,
                   on_divergence = true, warn = true, clock = true, on_error = true,
-                  on_unroutable = true }
+                  on_unroutable = true, on_unknown = true, on_late = true }
+local ON_UNKNOWN = { ignore = true, dead_letter = true, raise = true }
+local ON_LATE = { raise = true, ignore = true, dead_letter = true }
+local OPTION_NAMES = {}
+for k in pairs(OPTIONS) do OPTION_NAMES[#OPTION_NAMES + 1] = k end
+table.sort(OPTION_NAMES)
 local SYNC = { always = true, batch = true, none = true }
 
 local Router = {}
@@ -63,9 +71,9 @@ end
 -- ---------------------------------------------------------------------
 
 local function check_workflows(list)
-  local specs, by_name = workflow.routable(list)
+  local specs, by_name, versions = workflow.routable(list)
   if not specs then fail("%s", by_name) end
-  return specs, by_name
+  return specs, by_name, versions
 end
 
 -- The options, checked, as a plain table: read with next and rawget, so a
@@ -74,7 +82,10 @@ local function check_options(given)
   if type(given) ~= "table" then fail("options must be a table, got %s", type(given)) end
   local opts = {}
   for k, v in next, given do
-    if not OPTIONS[k] then fail("unknown option %s", type(k) == "string" and k or type(k)) end
+    if not OPTIONS[k] then
+      fail("unknown option %s%s; the options are %s", type(k) == "string" and k or type(k),
+           describe.did_you_mean(k, OPTION_NAMES), table.concat(OPTION_NAMES, ", "))
+    end
     opts[k] = v
   end
   if opts.journal ~= nil and (type(opts.journal) ~= "string" or opts.journal == "") then
@@ -84,8 +95,8 @@ local function check_options(given)
     fail('sync must be "always", "batch" or "none", got %s', tostring(opts.sync))
   end
   local d = opts.on_divergence
-  if d ~= nil and d ~= "error" and d ~= "warn" then
-    fail('on_divergence must be "error" or "warn", got %s', tostring(d))
+  if d ~= nil and d ~= "error" and d ~= "raise" and d ~= "warn" then
+    fail('on_divergence must be "raise" (or "error") or "warn", got %s', tostring(d))
   end
   for _, f in ipairs { "warn", "clock" } do
     if opts[f] ~= nil and type(opts[f]) ~= "function" then
@@ -98,6 +109,12 @@ local function check_options(given)
   local u = opts.on_unroutable
   if u ~= nil and u ~= "raise" and u ~= "dead_letter" then
     fail('on_unroutable must be "raise" or "dead_letter", got %s', tostring(u))
+  end
+  if opts.on_unknown ~= nil and not ON_UNKNOWN[opts.on_unknown] then
+    fail('on_unknown must be "ignore", "dead_letter" or "raise", got %s', tostring(opts.on_unknown))
+  end
+  if opts.on_late ~= nil and not ON_LATE[opts.on_late] then
+    fail('on_late must be "raise", "ignore" or "dead_letter", got %s', tostring(opts.on_late))
   end
   return opts
 end
@@ -115,8 +132,10 @@ local function flow_id_of(spec, event)
     fail("event '%s' lacks %s, which workflow %q needs", rawget(event, "event_type"), how, spec.name)
   end
   if not (math.type(id) == "integer" or (type(id) == "string" and id ~= "")) then
-    fail("event '%s': flow id for workflow %q must be a non-empty string or an integer, got %s",
-         rawget(event, "event_type"), spec.name, type(id))
+    local what_to_do = math.type(id) == "float" and ": send an integer, or the id as a string"
+                       or id == "" and ": the event must name its flow" or ""
+    fail("event '%s': flow id for workflow %q must be a non-empty string or an integer, got %s%s",
+         rawget(event, "event_type"), spec.name, describe.value(id), what_to_do)
   end
   return id
 end
@@ -133,32 +152,81 @@ local function remember_completed(self, name, flow_id, status, seen_ids)
   self.finished_count = self.finished_count + 1
 end
 
+-- When a flow's id looks like 'flow_id' but has the other type (7 and
+-- "7"): a hint that says so, else "".
+local function other_typed_flow(self, name, flow_id)
+  local other = math.type(flow_id) == "integer" and tostring(flow_id) or math.tointeger(tonumber(flow_id))
+  if other == nil or tostring(other) ~= tostring(flow_id) then return "" end
+  local known = self.live[name][other] or self.parked_of[name][other] or self.finished[name][other]
+  if known == nil then return "" end
+  return string.format(": the event's flow id is %s, but there is a flow %s; ids of different types "
+                       .. "are different flows: send the id as the flow has it", describe.value(flow_id),
+                       describe.value(other))
+end
+
+-- The code a flow runs: the version it started on (only flows on an older
+-- version than the newest are listed in self.older).
+local function flow_spec(self, name, flow_id)
+  return self.older[name][flow_id] or self.by_name[name]
+end
+
+-- A new event for a completed flow (not a redelivery): the late part of
+-- an event, judged after its live targets are known (on_late).
+local function late_part(name, flow_id, final, event_type)
+  return string.format("flow %s is complete (%s): event '%s' came after it finished",
+                       label(name, flow_id), final.status, event_type)
+end
+
+-- One workflow's target for an event, or nil (a redelivery to a completed
+-- flow, a flow whose version has no handler for it) with, as second
+-- result, "late" and the message when the flow is complete, or "version"
+-- and the message when its version has no handler.
+local function target_in(self, newest, event, event_type)
+  local name = newest.name
+  local flow_id = flow_id_of(newest, event)
+  local pm = self.live[name][flow_id]
+  local parked = self.parked_of[name][flow_id] ~= nil
+  if pm ~= nil or parked then
+    local spec = flow_spec(self, name, flow_id)
+    if spec.on[event_type] == nil then
+      return nil, "version", string.format("flow %s runs version %d of %s, which has no handler "
+                                           .. "for '%s'", label(name, flow_id), spec.version, name,
+                                           event_type)
+    end
+    return { spec = spec, flow = flow_id, pm = pm, held = parked }
+  end
+  local final = self.finished[name][flow_id]
+  if final then
+    local event_id = rawget(event, "event_id")
+    if final.seen and event_id ~= nil and final.seen[event_id] then return nil end  -- redelivered
+    return nil, "late", late_part(name, flow_id, final, event_type)
+  end
+  if newest.on[event_type] == nil then return nil end  -- only older versions handle it
+  if not newest.starts_set[event_type] then
+    fail("no flow %s for %s%s", label(name, flow_id), event_type, other_typed_flow(self, name, flow_id))
+  end
+  return { spec = newest, flow = flow_id, new = true }
+end
+
 -- The flows an event goes to: { spec, flow, pm (nil: a new flow), held
--- (the flow is parked) }. A redelivery to a completed flow goes nowhere.
+-- (the flow is parked), new }, and what kept it from others: { late =
+-- { message, ... }, version = message }. A redelivery to a completed flow
+-- goes nowhere; a completed flow never keeps the event from live flows of
+-- other workflows.
 local function targets_of(self, event, event_type)
-  local targets = {}
-  for _, spec in ipairs(self.specs) do
-    if spec.on[event_type] then
-      local name = spec.name
-      local flow_id = flow_id_of(spec, event)
-      local pm = self.live[name][flow_id]
-      local parked = self.parked_of[name][flow_id] ~= nil
-      local final = pm == nil and not parked and self.finished[name][flow_id]
-      local event_id = rawget(event, "event_id")
-      if final and final.seen and event_id ~= nil and final.seen[event_id] then
-        pm = false  -- already handled: at-least-once delivery
-      elseif final then
-        fail("flow %s is complete (%s): event '%s' came after it finished",
-             label(name, flow_id), final.status, event_type)
-      elseif pm == nil and not parked and not spec.starts_set[event_type] then
-        fail("no flow %s for %s", label(name, flow_id), event_type)
-      end
-      if pm ~= false then
-        targets[#targets + 1] = { spec = spec, flow = flow_id, pm = pm, held = parked }
+  local targets, missed = {}, nil
+  for _, newest in ipairs(self.specs) do
+    if self.types_of[newest.name][event_type] then
+      local t, why, text = target_in(self, newest, event, event_type)
+      if t then
+        targets[#targets + 1] = t
+      elseif why then
+        missed = missed or { late = {} }
+        if why == "late" then missed.late[#missed.late + 1] = text else missed.version = text end
       end
     end
   end
-  return targets
+  return targets, missed
 end
 
 -- Take back what the first n targets committed. Judged by the flow's
@@ -167,7 +235,13 @@ end
 local function undo(targets, n)
   for i = n, 1, -1 do
     local t = targets[i]
-    if t.before ~= nil and t.pm:version() > t.before then core.undo(t.pm) end
+    if t.before ~= nil and t.pm:version() > t.before then
+      local ctx = patches.UNDO  -- pm.c replays the flow's history: patched() as it was
+      ctx.pm = t.pm
+      patches.context = ctx
+      core.undo(t.pm)
+      patches.context = nil
+    end
     if t.committed then t.committed = false end  -- (assigning a new key could fail)
   end
 end
@@ -182,7 +256,11 @@ local function run(t, event)
   if not ok then return message(result) end
   t.pm = result
   t.before = result:version()
+  local ctx = patches.LIVE
+  ctx.pm, ctx.recorded = result, false
+  patches.context = ctx
   ok, result = pcall(result.handle, result, event)
+  patches.context = nil
   if not ok and type(result) ~= "string" then  -- a handler's error object: pm:handle passed it as it is
     return string.format("%s: handler for '%s' failed: %s", label(t.spec.name, t.flow),
                          rawget(event, "event_type"), message(result))
@@ -197,6 +275,7 @@ local function run(t, event)
                          label(t.spec.name, t.flow), rawget(event, "event_type"), plain)
   end
   t.commands, t.plain, t.directives = result, plain, directives
+  t.patches = ctx.recorded or nil  -- the changes this event took (procman.patched)
   if t.committed then  -- journaled with the event, so tools can read flows without the code
     t.status, t.done = t.pm:status(), t.pm:done()
   end
@@ -255,7 +334,28 @@ local function unpark_front(self, name, flow_id)
   if #p.events == 0 then
     self.parked_of[name][flow_id] = nil
     self.parked_count = self.parked_count - 1
+    if self.live[name][flow_id] == nil then self.older[name][flow_id] = nil end  -- never started
   end
+end
+
+-- A flow that recovery knows will complete further on in the journal: its
+-- events are not replayed (nor compared), only counted, with the status
+-- and the event ids the journal gives, so that the outbox, the timers and
+-- the completed set come out as a replay would make them.
+local Ghost = {}
+Ghost.__index = Ghost
+
+local function ghost(version, status, ids)
+  return setmetatable({ applied = version or 0, last_status = status, ids = ids or {} }, Ghost)
+end
+
+function Ghost:version() return self.applied end
+function Ghost:status() return self.last_status end
+function Ghost.done() return false end  -- settle is told by the journal
+
+local function event_ids(pm)
+  if getmetatable(pm) == Ghost then return pm.ids end
+  return core.event_ids(pm)
 end
 
 -- A flow is done: it leaves the live set with its timers. Events still
@@ -263,8 +363,9 @@ end
 -- they become dead letters.
 local function complete(self, name, flow_id, pm)
   self.live[name][flow_id] = nil
+  self.older[name][flow_id] = nil
   self.schedule:drop(name, flow_id)
-  remember_completed(self, name, flow_id, pm:status(), core.event_ids(pm))
+  remember_completed(self, name, flow_id, pm:status(), event_ids(pm))
   local p = self.parked_of[name][flow_id]
   if p then
     for _, event in ipairs(p.events) do
@@ -282,10 +383,15 @@ end
 local function settle(self, targets, record, out)
   local fired = record.fired
   if fired then self.schedule:remove(fired.workflow, fired.flow, fired.seq, fired.index) end
+  if record.late then dead_letter(self, record.event, record.late) end
   for _, t in ipairs(targets) do
     local name, flow_id = t.spec.name, t.flow
     if t.resumed and not t.parked_error then unpark_front(self, name, flow_id) end
+    if t.spec ~= self.by_name[name] and (t.committed or t.parked_error) then
+      self.older[name][flow_id] = t.spec  -- pinned to the version it started on
+    end
     if t.committed then
+      if t.patches then t.pm = patches.rebase(t.spec, t.pm, t.patches) end
       self.live[name][flow_id] = t.pm
       self.outbox:emit(name, flow_id, t.pm:version(), t.plain, out)
       if t.directives then self.schedule:set(name, flow_id, t.directives, record.now, record.seq) end
@@ -313,14 +419,31 @@ local function read_clock(self)
   return now
 end
 
+-- A due time that would wrap around the integer clock is refused: the
+-- event is undone and the error raised (a handler's mistake, like a bad
+-- directive).
+local function check_due(targets, now, event)
+  for _, t in ipairs(targets) do
+    local why = t.committed and t.directives and timers.check_due(t.directives, now)
+    if why then
+      fail("%s: handler for '%s' returned a bad timer directive: %s", label(t.spec.name, t.flow),
+           rawget(event, "event_type"), why)
+    end
+  end
+end
+
 -- The journal record of an event: nil when no flow did anything with it
--- (a redelivery everywhere) and it fired no timer.
+-- (a redelivery everywhere), it fired no timer and left no late part to
+-- keep. A flow's first entry names its workflow version (when not 1) and
+-- an entry lists the patches (procman.patched) the event took.
 local function event_record(self, targets, event, extra)
   local flows, need_now = {}, false
   for _, t in ipairs(targets) do
     local f = { workflow = t.spec.name, flow = t.flow, resumed = t.resumed or nil }
+    if t.new and t.spec.version ~= 1 then f.workflow_version = t.spec.version end
     if t.committed then
       f.commands, f.status, f.done = t.commands, t.status, t.done or nil
+      f.patches = t.patches
       need_now = need_now or (t.directives ~= nil and timers.need_now(t.directives))
     elseif t.parked_error then
       f.parked = t.parked_error
@@ -329,11 +452,12 @@ local function event_record(self, targets, event, extra)
     end
     if t.committed or t.parked_error or t.held or t.resumed then flows[#flows + 1] = f end
   end
-  if #flows == 0 and not extra.fired then return nil end
+  if #flows == 0 and not extra.fired and not extra.late then return nil end
   local now = extra.now
   if need_now and now == nil then now = read_clock(self) end
+  if need_now then check_due(targets, now, event) end
   return { seq = self.seq + 1, event = event, flows = flows, fired = extra.fired,
-           now = need_now and now or nil }
+           now = need_now and now or nil, late = extra.late }
 end
 
 -- Encode the record. Commands that are not data are the handler's fault:
@@ -455,12 +579,33 @@ local function spec_for(self, name, offset)
   return spec
 end
 
+-- One flow's part of an event record, for a flow that completes further
+-- on in the journal: counted, not replayed (see procman.replay_plan).
+local function ghost_target(self, name, f, rec)
+  local t = { spec = self.by_name[name], flow = f.flow, pm = self.live[name][f.flow],
+              resumed = f.resumed, held = f.held, parked_error = f.parked }
+  if f.parked then
+    t.pm = t.pm or ghost()
+  elseif f.commands then
+    local g = t.pm or ghost()
+    g.applied, g.last_status = g.applied + 1, f.status
+    local event_id = rawget(rec.event, "event_id")
+    if event_id ~= nil then g.ids[#g.ids + 1] = event_id end
+    t.pm, t.committed, t.commands, t.done = g, true, f.commands, f.done or false
+    t.plain, t.directives = timers.split(f.commands)
+  end
+  return t
+end
+
 -- Replay one flow's part of an event record: the flow handles the event
--- again; its commands are compared with the journaled ones, and the
--- journaled ones are the ones that count.
+-- again, with the code of the version it started on; its commands are
+-- compared with the journaled ones, and the journaled ones are the ones
+-- that count.
 local function replay_target(self, f, rec, offset)
-  local spec = spec_for(self, f.workflow, offset)
-  local t = { spec = spec, flow = f.flow, pm = self.live[spec.name][f.flow], resumed = f.resumed,
+  local name = spec_for(self, f.workflow, offset).name
+  if replay_plan.completes(self.plan, name, f.flow) then return ghost_target(self, name, f, rec) end
+  local spec = self.versions[name][replay_plan.version(self.plan, name, f.flow)]
+  local t = { spec = spec, flow = f.flow, pm = self.live[name][f.flow], resumed = f.resumed,
               held = f.held, parked_error = f.parked }
   if f.parked then
     if t.pm == nil then
@@ -470,14 +615,14 @@ local function replay_target(self, f, rec, offset)
   elseif f.commands then
     t.pm = t.pm or core.new(spec, f.flow)
     -- the decoded event is the handler's copy when it goes to this flow only
-    local handle = #rec.flows == 1 and core.handle_fresh or t.pm.handle
-    local ok, now = pcall(handle, t.pm, rec.event)
+    local fresh = #rec.flows == 1 and core.handle_fresh or nil
+    local ok, now = patches.replay(t.pm, rec.event, f.patches, fresh)
     if not ok then
       error(string.format("procman.router: replay failed at %s: %s", where(self, f, rec, offset),
                           message(now)), 0)
     end
     if differ(now, f.commands) then diverged(self, where(self, f, rec, offset), f.commands, now) end
-    t.committed, t.commands = true, f.commands
+    t.committed, t.commands, t.patches = true, f.commands, f.patches
     t.plain, t.directives = timers.split(f.commands)
   end
   return t
@@ -490,12 +635,34 @@ local function replay_event(self, rec, offset)
   self.seq = rec.seq
 end
 
+-- A live flow from a compaction snapshot, on the code of its version (or a
+-- ghost, when it completes further on).
+local function restore_flow(self, rec, offset)
+  local name = spec_for(self, rec.workflow, offset).name
+  if replay_plan.completes(self.plan, name, rec.flow) then
+    self.live[name][rec.flow] = ghost(rec.version, rec.status, rec.seen)
+    return
+  end
+  local spec = self.versions[name][replay_plan.version(self.plan, name, rec.flow)]
+  local pm = core.restore(spec, rec.flow, rec.state, rec.version, rec.seen)
+  patches.take(pm, rec.patches)
+  self.live[name][rec.flow] = pm
+  if spec ~= self.by_name[name] then self.older[name][rec.flow] = spec end
+end
+
+local function restore_parked(self, rec, offset)
+  local name = spec_for(self, rec.workflow, offset).name
+  self.parked_of[name][rec.flow] = { events = rec.events, error = rec.error }
+  self.parked_count = self.parked_count + 1
+  local spec = self.versions[name][replay_plan.version(self.plan, name, rec.flow)]
+  if spec and spec ~= self.by_name[name] then self.older[name][rec.flow] = spec end
+end
+
 -- Records written by compaction: the router's state, as it was; and those
 -- of r:skip and dead letters.
 local function restore_record(self, kind, rec, offset)
   if kind == RECORD_FLOW then
-    local spec = spec_for(self, rec.workflow, offset)
-    self.live[spec.name][rec.flow] = core.restore(spec, rec.flow, rec.state, rec.version, rec.seen)
+    restore_flow(self, rec, offset)
   elseif kind == RECORD_OUTBOX then
     self.outbox:add(rec)
   elseif kind == RECORD_COMPLETED then
@@ -508,15 +675,18 @@ local function restore_record(self, kind, rec, offset)
     local timer = { key = rec.key, due = rec.due, event = rec.event, seq = rec.seq, index = rec.index }
     self.schedule:restore(spec_for(self, rec.workflow, offset).name, rec.flow, timer)
   elseif kind == RECORD_PARKED then
-    local name = spec_for(self, rec.workflow, offset).name
-    self.parked_of[name][rec.flow] = { events = rec.events, error = rec.error }
-    self.parked_count = self.parked_count + 1
+    restore_parked(self, rec, offset)
   else
     self.dead[#self.dead + 1] = rec
   end
 end
 
+-- Two passes: the plan (which flows complete, which versions the live ones
+-- need), then the replay of the flows that are live at the end.
 local function recover(self, j)
+  self.plan = replay_plan.read(j:records(), decode)
+  local missing = replay_plan.missing(self.plan, self.versions)
+  if missing then error(string.format("procman.router: %s: %s", self.journal_path, missing), 0) end
   for offset, kind, payload in j:records() do
     local rec = decode(payload)
     if kind == RECORD_EVENT then
@@ -531,6 +701,7 @@ local function recover(self, j)
     end
     self.recovered = self.recovered + 1
   end
+  self.plan = nil
 end
 
 local function open_journal(self, opts)
@@ -566,14 +737,43 @@ local function check_event(event)
   return event_type
 end
 
--- An event the router cannot route: raise, or keep it as a dead letter.
-local function unroutable(self, event, err)
-  if self.on_unroutable ~= "dead_letter" then error(err, 0) end
+-- Keep an event as a dead letter (journaled): {}, or nil, message when
+-- the journal cannot take it.
+local function keep_dead_letter(self, event, err)
   local ok, bytes = pcall(encode, { event = event, error = message(err) })
   if not ok then fail("event '%s' is not data: %s", rawget(event, "event_type"), bytes) end
   local appended, why = append(self, RECORD_DEAD, bytes)
   if not appended then return nil, why end
   after_journaling(self, pcall(function() self.dead[#self.dead + 1] = decode(bytes) end))
+  return {}
+end
+
+-- An event the router cannot route: raise, or keep it as a dead letter.
+local function unroutable(self, event, err)
+  if self.on_unroutable ~= "dead_letter" then error(err, 0) end
+  return keep_dead_letter(self, event, err)
+end
+
+-- What a policy (on_unknown, on_late) does with an event that reached no
+-- live flow: raise (nothing changes), keep it as a dead letter, or drop it.
+local function by_policy(self, policy, event, why)
+  if policy == "raise" then error("procman.router: " .. why, 0) end
+  if policy == "dead_letter" then return keep_dead_letter(self, event, "procman.router: " .. why) end
+  return {}
+end
+
+-- The event reached no flow: unknown (no workflow handles its type, or
+-- the flows it names run a version that does not), late (its flows are
+-- complete), or a redelivery.
+local function reached_none(self, event, event_type, missed)
+  if missed and #missed.late > 0 then
+    return by_policy(self, self.on_late, event, missed.late[1])
+  end
+  if missed and missed.version then return by_policy(self, self.on_unknown, event, missed.version) end
+  if not self.known_types[event_type] then
+    return by_policy(self, self.on_unknown, event,
+                     string.format("no workflow handles event type '%s'", event_type))
+  end
   return {}
 end
 
@@ -584,9 +784,29 @@ end
 function Router:handle(event)
   check_open(self)
   local event_type = check_event(event)
-  local ok, targets = pcall(targets_of, self, event, event_type)
+  local ok, targets, missed = pcall(targets_of, self, event, event_type)
   if not ok then return unroutable(self, event, targets) end
+  if #targets == 0 then return reached_none(self, event, event_type, missed) end
+  if missed and #missed.late > 0 and self.on_late == "dead_letter" then  -- live flows take it
+    return deliver(self, event, targets, { late = "procman.router: " .. table.concat(missed.late, "; ") })
+  end
   return deliver(self, event, targets)
+end
+
+--- r:handles(event_type) -> true when some workflow (in some version)
+-- has a handler for that event type.
+function Router:handles(event_type)
+  check_open(self)
+  return self.known_types[event_type] == true
+end
+
+--- r:flow_version(workflow, flow) -> the workflow version a live (or
+-- parked) flow runs, or nil when there is no such flow.
+function Router:flow_version(name, flow_id)
+  check_open(self)
+  if self.by_name[name] == nil then fail("no workflow named %s", tostring(name)) end
+  if self.live[name][flow_id] == nil and self.parked_of[name][flow_id] == nil then return nil end
+  return flow_spec(self, name, flow_id).version
 end
 
 local function check_flow_args(self, name, flow_id)
@@ -600,8 +820,8 @@ local function fire(self, due, now)
   for _, d in ipairs(due) do
     local name, flow_id, t = d.name, d.flow, d.timer
     if self.schedule:find(name, flow_id, t.seq, t.index) then  -- not cancelled meanwhile
-      local targets = { { spec = self.by_name[name], flow = flow_id, pm = self.live[name][flow_id],
-                          held = self.parked_of[name][flow_id] ~= nil } }
+      local targets = { { spec = flow_spec(self, name, flow_id), flow = flow_id,
+                          pm = self.live[name][flow_id], held = self.parked_of[name][flow_id] ~= nil } }
       local envelopes, err = deliver(self, t.event, targets,
                                      { now = now, fired = { workflow = name, flow = flow_id,
                                                             seq = t.seq, index = t.index } })
@@ -670,7 +890,7 @@ end
 -- Retry the parked events of a flow in order, until none is left or one
 -- fails again.
 local function retry(self, name, flow_id)
-  local spec, out = self.by_name[name], {}
+  local spec, out = flow_spec(self, name, flow_id), {}
   while self.parked_of[name][flow_id] do
     local t = { spec = spec, flow = flow_id, pm = self.live[name][flow_id], resumed = true }
     local envelopes, err = deliver(self, self.parked_of[name][flow_id].events[1], { t })
@@ -834,16 +1054,20 @@ local meta = {
 -- be opened. Misuse and a damaged journal raise.
 return function(given)
   local opts = check_options(given)
-  local specs, by_name = check_workflows(opts.workflows)
+  local specs, by_name, versions = check_workflows(opts.workflows)
   local self = setmetatable({
-    specs = specs, by_name = by_name, live = {}, finished = {}, finished_count = 0,
+    specs = specs, by_name = by_name, versions = versions, older = {}, types_of = {}, known_types = {},
+    live = {}, finished = {}, finished_count = 0,
     outbox = outbox.new(),
     parked_of = {}, parked_count = 0, dead = {},
     seq = 0, recovered = 0, dropped = 0, closed = false,
     clock = opts.clock or os.time,
     on_error = opts.on_error or "raise",
     on_unroutable = opts.on_unroutable or "raise",
-    on_divergence = opts.on_divergence or "error",
+    on_unknown = opts.on_unknown or "ignore",
+    -- before on_late, on_unroutable = "dead_letter" kept late events too
+    on_late = opts.on_late or (opts.on_unroutable == "dead_letter" and "dead_letter" or "raise"),
+    on_divergence = opts.on_divergence == "raise" and "error" or opts.on_divergence or "error",
     warn = opts.warn or function(msg) warn(msg) end,
     journal_path = opts.journal, sync = opts.sync,
   }, meta)
@@ -851,6 +1075,12 @@ return function(given)
   for i, spec in ipairs(specs) do
     local name = spec.name
     self.live[name], self.finished[name], self.parked_of[name] = {}, {}, {}
+    self.older[name], self.types_of[name] = {}, {}
+    for _, version in pairs(versions[name]) do
+      for event_type in pairs(version.on) do
+        self.types_of[name][event_type], self.known_types[event_type] = true, true
+      end
+    end
     names[i] = name
   end
   self.schedule = schedule.new(names)

@@ -12,6 +12,7 @@
 local core = require "procman.core"
 local workflow = require "procman.workflow"
 local timers = require "procman.timers"
+local patches = require "procman.patches"
 
 local M = {}
 
@@ -101,7 +102,8 @@ function M.environment()
   for name in pairs(FORBIDDEN_FIELDS) do env[name] = library(name) end
   env.getmetatable = sandbox_getmetatable(env)
   env.procman = { workflow = workflow.define, after = timers.after, at = timers.at,
-                  cancel = timers.cancel }
+                  cancel = timers.cancel, patched = patches.patched,
+                  deprecate_patch = patches.deprecate_patch }
   env._G = env
   return setmetatable(env, {
     __index = function(_, k)

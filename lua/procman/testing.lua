@@ -12,13 +12,15 @@
 --     :expect { ... }
 --
 -- A failed expectation raises with a readable diff of the expected and
--- actual commands (busted reports it as a failure). Time starts at 0 (or
+-- actual commands, at the line of that expectation; under busted it counts
+-- as a failure, not an error (procman.expectation). Time starts at 0 (or
 -- opts.now) and moves only with :after(seconds).
 local core = require "procman.core"
 local pretty = require "procman.pretty"
 local timers = require "procman.timers"
 local workflow = require "procman.workflow"
 local message = require "procman.message"
+local expectation = require "procman.expectation"
 
 local M = {}
 
@@ -77,7 +79,8 @@ function M.given(wf, events, opts)
   if spec == nil then fail("given needs a workflow, got %s", type(wf)) end
   events, opts = events or {}, opts or {}
   if type(events) ~= "table" then fail("given needs an array of events, got %s", type(events)) end
-  local self = setmetatable({ spec = spec, opts = opts, seq = 0, now = opts.now or 0 }, Scenario)
+  local self = setmetatable({ spec = spec, opts = opts, seq = 0, now = opts.now or 0,
+                              sites = expectation.sites() }, Scenario)
   for i, event in ipairs(events) do
     local ok, err = pcall(handle, self, event)
     if not ok then fail("given event #%d (%s) failed: %s", i, tostring(event.event_type), message(err)) end
@@ -140,13 +143,14 @@ end
 --- scenario:expect(commands) -> scenario: the last outcome was exactly
 -- these commands (in order; directives included).
 function Scenario:expect(expected)
+  local site = self.sites:here()
   if type(expected) ~= "table" then fail("expect needs an array of commands, got %s", type(expected)) end
   if self.error then
-    error(string.format("expected commands, but the flow raised: %s\nexpected:\n%s", self.error,
-                        table.concat(lines(expected), "\n")), 2)
+    expectation.fail(site, string.format("expected commands, but the flow raised: %s\nexpected:\n%s",
+                                         self.error, table.concat(lines(expected), "\n")))
   end
   if core.encode(expected) ~= core.encode(self.commands) then
-    error(diff(expected, self.commands), 2)
+    expectation.fail(site, diff(expected, self.commands))
   end
   return self
 end
@@ -154,13 +158,14 @@ end
 --- scenario:expect_error(text) -> scenario: the last outcome was an error
 -- whose message contains 'text' (plain text, not a pattern).
 function Scenario:expect_error(text)
+  local site = self.sites:here()
   if type(text) ~= "string" then fail("expect_error needs the text of the error, got %s", type(text)) end
   if not self.error then
-    error(string.format("expected an error containing %q, but the flow returned:\n%s", text,
-                        table.concat(lines(self.commands), "\n")), 2)
+    expectation.fail(site, string.format("expected an error containing %q, but the flow returned:\n%s",
+                                         text, table.concat(lines(self.commands), "\n")))
   end
   if not self.error:find(text, 1, true) then
-    error(string.format("expected an error containing %q, got: %s", text, self.error), 2)
+    expectation.fail(site, string.format("expected an error containing %q, got: %s", text, self.error))
   end
   return self
 end

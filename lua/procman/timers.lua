@@ -115,6 +115,28 @@ function M.need_now(directives)
   return false
 end
 
+-- now + seconds, or nil when integers would wrap around (an integer
+-- clock and procman.after(math.maxinteger, ...)): never a due time in the past.
+local function after_due(now, seconds)
+  if math.type(now) == "integer" and math.type(seconds) == "integer"
+     and seconds > 0 and now > math.maxinteger - seconds then
+    return nil
+  end
+  return now + seconds
+end
+
+--- check_due(directives, now) -> nil, or what is wrong: an 'after' whose
+-- due time cannot be represented at 'now'.
+function M.check_due(directives, now)
+  for _, d in ipairs(directives) do
+    if d.command_type == AFTER and after_due(now, d.seconds) == nil then
+      return string.format("procman.after(%d): the due time overflows the integer clock (now %d)",
+                           d.seconds, now)
+    end
+  end
+  return nil
+end
+
 local function remove_key(list, key)
   for i = #list, 1, -1 do
     if list[i].key == key then table.remove(list, i) end
@@ -130,7 +152,8 @@ function M.apply(list, directives, now, seq)
   for i, d in ipairs(directives) do
     if d.key ~= nil then remove_key(list, d.key) end
     if d.command_type ~= CANCEL then
-      local due = d.command_type == AT and d.at or now + d.seconds
+      local due = d.command_type == AT and d.at or after_due(now, d.seconds)
+      if due == nil then error(M.check_due({ d }, now), 0) end  -- callers check first (router)
       list[#list + 1] = { key = d.key, due = due, event = copy(d.event), seq = seq, index = i }
     end
   end

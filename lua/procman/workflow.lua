@@ -5,11 +5,13 @@
 -- is checked once, here, so that mistakes surface where they are written
 -- (with the caller's file and line), not at the first event.
 local core = require "procman.core"
+local did_you_mean = require("procman.describe").did_you_mean
 
 local M = {}
 
 -- Each field a definition may have, and how to check it.
-local FIELDS = { "name", "on", "init", "correlate", "starts", "done", "status", "view", "budget" }
+local FIELDS = { "name", "on", "init", "correlate", "starts", "done", "status", "view", "budget",
+                 "version" }
 
 -- Instructions one handler call may run before it is stopped: enough for
 -- a batch of millions of files, little enough to stop a runaway loop in
@@ -26,31 +28,6 @@ local specs = setmetatable({}, { __mode = "k" })
 local function describe(v)
   if type(v) == "string" then return string.format("%q", v) end
   return type(v)
-end
-
--- Levenshtein distance, for "did you mean" on misspelt fields.
-local function distance(a, b)
-  local prev = {}
-  for j = 0, #b do prev[j] = j end
-  for i = 1, #a do
-    local cur = { [0] = i }
-    for j = 1, #b do
-      local cost = a:sub(i, i) == b:sub(j, j) and 0 or 1
-      cur[j] = math.min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + cost)
-    end
-    prev = cur
-  end
-  return prev[#b]
-end
-
-local function suggestion(key)
-  if type(key) ~= "string" then return "" end
-  local best, best_d = nil, 3
-  for _, f in ipairs(FIELDS) do
-    local d = distance(key, f)
-    if d < best_d then best, best_d = f, d end
-  end
-  return best and string.format(" (did you mean '%s'?)", best) or ""
 end
 
 -- Raise "procman.workflow 'name': message" at the caller of define().
@@ -132,6 +109,16 @@ local function check_starts(def, name, on)
   return copy
 end
 
+-- version: which code of the workflow this is (an integer >= 1, default
+-- 1). A router given several versions of one name starts new flows on the
+-- highest and keeps each flow on the version it started with.
+local function check_version(def, name)
+  local v = rawget(def, "version")
+  if v == nil then return 1 end
+  if math.type(v) == "integer" and v >= 1 then return v end
+  fail(name, "version must be an integer >= 1, got %s", describe(v))
+end
+
 -- budget: a positive integer of VM instructions per handler call, or
 -- false for none.
 local function check_budget(def, name)
@@ -146,7 +133,7 @@ local function check_fields(def)
   for key in next, def do
     if not KNOWN[key] then
       fail(rawget(def, "name"), "unknown field %s%s; the fields are %s",
-           describe(key), suggestion(key), table.concat(FIELDS, ", "))
+           describe(key), did_you_mean(key, FIELDS), table.concat(FIELDS, ", "))
     end
   end
 end
@@ -171,7 +158,11 @@ local meta = {
     error(string.format("procman.workflow '%s' is read-only (tried to set %s)",
                         specs[self].name, describe(key)), 2)
   end,
-  __tostring = function(self) return "procman.workflow: " .. specs[self].name end,
+  __tostring = function(self)
+    local spec = specs[self]
+    if spec.version == 1 then return "procman.workflow: " .. spec.name end
+    return string.format("procman.workflow: %s v%d", spec.name, spec.version)
+  end,
 }
 
 --- wf:new(flow_id) -> a procman.pm for flow 'flow_id'.
@@ -198,6 +189,7 @@ function M.define(def)
   local on = check_handlers(def, name)
   local spec = {
     name = name,
+    version = check_version(def, name),
     on = on,
     init = check_optional_function(def, "init"),
     correlate = check_correlate(def, name),
@@ -219,15 +211,36 @@ function M.spec(wf)
   return specs[wf]
 end
 
---- routable(list) -> specs (in order), by_name; or nil and what is wrong:
+-- Add one version of a workflow to 'by_name' (the newest of each name)
+-- and 'versions' (name -> version -> spec); nil or what is wrong.
+local function add_version(spec, i, by_name, versions)
+  local name = spec.name
+  local known = versions[name]
+  if known and known[spec.version] then
+    local which = spec.version == 1 and "" or string.format(" with version %d", spec.version)
+    return string.format("workflows[%d]: two workflows are named %q%s", i, name, which)
+  end
+  if spec.correlate == nil then
+    return string.format("workflow %q has no correlate: its flows cannot be told apart", name)
+  end
+  versions[name] = known or {}
+  versions[name][spec.version] = spec
+  if by_name[name] == nil or spec.version > by_name[name].version then by_name[name] = spec end
+  return nil
+end
+
+--- routable(list) -> specs, by_name, versions; or nil and what is wrong:
 -- the workflows of a router or a worker, which must be a non-empty array
--- of workflows with distinct names, each with a correlate (a router cannot
--- tell a workflow's flows apart without one). Read with rawlen/rawget.
+-- of workflows, each with a correlate (a router cannot tell a workflow's
+-- flows apart without one). One name may come in several versions:
+-- 'specs' holds the newest of each name (in the order the names first
+-- appear), 'by_name' the same by name, 'versions' name -> version -> spec.
+-- Read with rawlen/rawget.
 function M.routable(list)
   if type(list) ~= "table" or rawlen(list) == 0 then
     return nil, string.format("workflows must be a non-empty array of workflows, got %s", type(list))
   end
-  local ordered, by_name = {}, {}
+  local names, by_name, versions = {}, {}, {}
   for i = 1, rawlen(list) do
     local wf = rawget(list, i)
     local spec = specs[wf]
@@ -237,15 +250,13 @@ function M.routable(list)
                    and "; a second result of require? write (require \"...\")" or ""
       return nil, string.format("workflows[%d] is not a workflow (see procman.workflow)%s", i, hint)
     end
-    if by_name[spec.name] then
-      return nil, string.format("workflows[%d]: two workflows are named %q", i, spec.name)
-    end
-    if spec.correlate == nil then
-      return nil, string.format("workflow %q has no correlate: its flows cannot be told apart", spec.name)
-    end
-    ordered[i], by_name[spec.name] = spec, spec
+    if versions[spec.name] == nil then names[#names + 1] = spec.name end
+    local why = add_version(spec, i, by_name, versions)
+    if why then return nil, why end
   end
-  return ordered, by_name
+  local ordered = {}
+  for i, name in ipairs(names) do ordered[i] = by_name[name] end
+  return ordered, by_name, versions
 end
 
 --- Is 'v' a workflow object?

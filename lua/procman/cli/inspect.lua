@@ -18,19 +18,29 @@ local function sorted_keys(t)
   return keys
 end
 
--- Counts by workflow, live/completed and status.
+-- A live flow in its workflow's counts by version ("v1") and by patch.
+local function count_live(w, f)
+  local v = "v" .. f.workflow_version
+  w.live_by_version[v] = (w.live_by_version[v] or 0) + 1
+  for _, id in ipairs(f.patches or {}) do w.live_patches[id] = (w.live_patches[id] or 0) + 1 end
+end
+
+-- Counts by workflow, live/completed, status, version (live flows) and
+-- patches taken (live flows).
 local function summary(view)
   local s = { journal = view.path, bytes = view.bytes, records = view.records, seq = view.seq,
               dropped = view.dropped, damaged_at = view.damaged_at, workflows = {},
               pending = #journal_view.pending(view), parked = json.array(journal_view.parked(view)),
               timers = json.array(journal_view.timers(view)), dead_letters = #view.dead }
   for _, name in ipairs(view.workflows) do
-    local w = { live = 0, completed = 0, live_by_status = {}, completed_by_status = {} }
+    local w = { live = 0, completed = 0, live_by_status = {}, completed_by_status = {},
+                live_by_version = {}, live_patches = {} }
     for _, f in pairs(view.flows[name]) do
       local kind = f.completed and "completed" or "live"
       w[kind] = w[kind] + 1
       local by = w[kind .. "_by_status"]
       by[f.status] = (by[f.status] or 0) + 1
+      if not f.completed then count_live(w, f) end
     end
     s.workflows[name] = w
   end
@@ -58,6 +68,13 @@ local function summary_text(s)
     lines[#lines + 1] = string.format("  %-12s live %d%s; completed %d%s", name, w.live,
                                       by_status_text(w.live_by_status), w.completed,
                                       by_status_text(w.completed_by_status))
+    if next(w.live_by_version) and (w.live_by_version.v1 or 0) < w.live then
+      lines[#lines + 1] = "    live flows by version: " .. by_status_text(w.live_by_version):sub(3, -2)
+    end
+    for _, id in ipairs(sorted_keys(w.live_patches)) do
+      lines[#lines + 1] = string.format("    patch %s: taken by %d of %d live flows", id,
+                                        w.live_patches[id], w.live)
+    end
   end
   lines[#lines + 1] = string.format("pending commands: %d", s.pending)
   lines[#lines + 1] = string.format("parked flows: %d", #s.parked)
@@ -81,6 +98,8 @@ local function flows_of(view, args, cli)
     local f = by_id[id]
     if args.status == nil or f.status == args.status then
       list[#list + 1] = { flow = f.flow, status = f.status, version = f.version,
+                          workflow_version = f.workflow_version,
+                          patches = f.patches and json.array(f.patches),
                           state = f.completed and "completed" or f.parked and "parked" or "live" }
     end
   end
@@ -88,9 +107,10 @@ local function flows_of(view, args, cli)
 end
 
 local function flows_text(list)
-  local lines = { string.format("%-24s %-16s %8s  %s", "flow", "status", "version", "") }
+  local lines = { string.format("%-24s %-16s %8s %5s  %s", "flow", "status", "version", "code", "") }
   for _, f in ipairs(list) do
-    lines[#lines + 1] = string.format("%-24s %-16s %8d  %s", tostring(f.flow), f.status, f.version, f.state)
+    lines[#lines + 1] = string.format("%-24s %-16s %8d %5s  %s", tostring(f.flow), f.status, f.version,
+                                      "v" .. f.workflow_version, f.state)
   end
   return table.concat(lines, "\n")
 end
@@ -109,8 +129,10 @@ local function flow_workflow(view, args, cli, id)
 end
 
 local function timeline_text(f)
-  local lines = { string.format("%s/%s: %s, version %d%s", f.workflow, tostring(f.flow), f.status, f.version,
-                                f.completed and " (completed)" or f.parked and " (parked)" or "") }
+  local code = f.workflow_version ~= 1 and string.format(", code v%d", f.workflow_version) or ""
+  local where = f.completed and " (completed)" or f.parked and " (parked)" or ""
+  local lines = { string.format("%s/%s: %s, version %d%s%s", f.workflow, tostring(f.flow), f.status,
+                                f.version, code, where) }
   for _, step in ipairs(f.timeline or {}) do
     lines[#lines + 1] = string.format("v%d  %s", step.version, pretty.block(step.event))
     lines[#lines + 1] = "    commands: " .. pretty.block(step.commands)
@@ -122,10 +144,21 @@ local function timeline_text(f)
   return table.concat(lines, "\n")
 end
 
+-- --status filters a workflow's list of flows: without --workflow it
+-- means the journal's only workflow, and says so when there are several.
+local function status_workflow(view, args, cli)
+  if args.status == nil or args.workflow then return args.workflow end
+  if args.flow then cli.fail(2, "--status filters the list of a workflow's flows, not --flow's timeline") end
+  if #view.workflows == 1 then return view.workflows[1] end
+  cli.fail(2, "--status %s needs --workflow W to say whose flows (this journal has %s)", args.status,
+           #view.workflows == 0 and "no flows" or "the workflows " .. table.concat(view.workflows, ", "))
+end
+
 return function(args, cli)
   local id = args.flow and cli.flow_id(args.flow)
   local view, err = journal_view.read(args.journal)
   if not view then cli.fail(1, "%s", err) end
+  args.workflow = status_workflow(view, args, cli)
   local result, text
   if id ~= nil then
     local name = flow_workflow(view, args, cli, id)

@@ -1,16 +1,17 @@
 --- procman.cli.json: JSON lines for procman run and inspect --json.
 --
--- Reading uses Debian's lua-cjson. JSON has one kind of number; Lua has
--- two: whole numbers that a double holds exactly become integers
+-- Reading uses lua-cjson, loaded when first needed: only procman run reads
+-- JSON, so inspect and diagram work without it. JSON has one kind of
+-- number; Lua has two: whole numbers that a double holds exactly become integers
 -- (batch_id 7 is 7, not 7.0), and null fields are left out (a Lua table
 -- cannot hold nil). Writing is our own, because lua-cjson writes numbers
 -- with at most 14 digits: ids of 15 digits and most doubles would not
 -- survive. Here integers are written as they are, doubles with the
 -- fewest digits that read back the same, keys sorted.
-local cjson = require "cjson"
+local cjson, json  -- the module, and our instance of it (cjson.new())
 
-local json = cjson.new()    -- our settings, not the shared module's
-json.decode_max_depth(100)  -- procman's codec depth
+local NO_CJSON = "reading JSON needs lua-cjson: luarocks install lua-cjson "
+                 .. "(Debian: apt-get install lua-cjson)"
 
 local M = {}
 
@@ -33,10 +34,46 @@ local function normalize(v)
   return v
 end
 
+--- can_read() -> true, or nil and one line saying what to install.
+function M.can_read()
+  if json then return true end
+  local ok, module = pcall(require, "cjson")
+  if not ok then return nil, NO_CJSON end
+  cjson, json = module, module.new()  -- our settings, not the shared module's
+  json.decode_max_depth(100)          -- procman's codec depth
+  return true
+end
+
+-- lua-cjson's names for what it found, in words.
+local TOKENS = { T_OBJ_BEGIN = "'{'", T_OBJ_END = "'}'", T_ARR_BEGIN = "'['", T_ARR_END = "']'",
+                 T_STRING = "a string", T_NUMBER = "a number", T_BOOLEAN = "true or false",
+                 T_NULL = "null", T_COLON = "':'", T_COMMA = "','", T_END = "the end of the line",
+                 T_WHITESPACE = "a space", T_ERROR = "something that is not JSON",
+                 ["invalid token"] = "something that is not JSON" }
+
+local EXPECTED = { ["object key string"] = "a key (a string in double quotes)",
+                   ["comma or object end"] = "',' or '}'", ["comma or array end"] = "',' or ']'",
+                   ["colon"] = "':'", ["value"] = "a value" }
+
+--- plain(message) -> lua-cjson's error message in plain words: "Expected
+-- comma or object end but found T_STRING at character 9" is "expected ','
+-- or '}', found a string at character 9".
+function M.plain(message)
+  message = tostring(message):gsub("^.-: ", "")
+  local expected, found, at = message:match("^Expected (.-) but found (.-) at character (%d+)$")
+  if expected then
+    return string.format("expected %s, found %s at character %s", EXPECTED[expected] or expected,
+                         TOKENS[found] or found, at)
+  end
+  return (message:gsub("T_[%u_]+", function(token) return TOKENS[token] end))
+end
+
 --- decode_event(line) -> event, or nil and why the line is not one.
 function M.decode_event(line)
+  local readable, no_cjson = M.can_read()
+  if not readable then error(no_cjson, 0) end
   local ok, v = pcall(json.decode, line)
-  if not ok then return nil, "not JSON: " .. tostring(v):gsub("^.-: ", "") end
+  if not ok then return nil, "not JSON: " .. M.plain(v) end
   if type(v) ~= "table" or (rawlen(v) > 0) then
     return nil, string.format("not an event: a JSON object expected, got %s",
                               type(v) == "table" and "an array" or v == cjson.null and "null" or type(v))

@@ -11,11 +11,27 @@ local repl = require "procman.repl"
 
 local HISTORY_FILE = ".procman_history"
 
+-- procman.lineedit, or nil and one line saying why the REPL reads plain
+-- lines (it is a rock of its own: procman-lineedit, which needs libedit).
+local function load_lineedit()
+  local ok, lineedit = pcall(require, "procman.lineedit")
+  if ok then return lineedit end
+  local why = tostring(lineedit)
+  if why:find("module 'procman.lineedit' not found", 1, true) then
+    return nil, "no line editing (procman.lineedit is not installed): for history and Tab completion, "
+                .. "luarocks --lua-version=5.4 make procman-lineedit-*.rockspec (needs libedit; "
+                .. "Debian: apt-get install libedit-dev)"
+  end
+  return nil, "no line editing: procman.lineedit does not load (" .. why:match("[^\n]*") .. ")"
+end
+
 -- read(prompt) -> line or nil; and a function to call when the REPL ends.
 local function line_reader(session, cli, interactive)
   if interactive then
-    local ok, lineedit = pcall(require, "procman.lineedit")
-    if ok then
+    local lineedit, why = load_lineedit()
+    if not lineedit then
+      cli.io.stderr:write("procman: ", why, "\n")
+    else
       local home = os.getenv("HOME")
       local history = home and (home .. "/" .. HISTORY_FILE) or nil
       local editor = lineedit.new { history = history,

@@ -4,9 +4,11 @@
 -- Each envelope is acked once it is written and flushed, so a crash (or
 -- a closed pipe) between the two leaves it pending, and the next run
 -- sends it first: at-least-once, with ids receivers can deduplicate.
--- Timers fire as the wall clock (os.time) passes them, also while the
--- input is quiet: stdin is read through core.line_reader, which waits for
--- a line at most until the next timer is due.
+-- Timers fire as the wall clock (os.time) passes them: before the first
+-- line is read (a timer that fell due while no run was going fires before
+-- a late event can overtake it), while the input is quiet (stdin is read
+-- through core.line_reader, which waits for a line at most until the next
+-- timer is due) and at the end of the input.
 local procman = require "procman"
 local core = require "procman.core"
 local json = require "procman.cli.json"
@@ -19,6 +21,8 @@ local function open_router(args, cli)
     journal = args.journal, sync = args.sync,
     on_error = args.park and "park" or nil,
     on_unroutable = args.dead_letter and "dead_letter" or nil,
+    on_unknown = args.on_unknown, on_late = args.on_late,
+    on_divergence = args.on_divergence,
     warn = function(msg) cli.io.stderr:write("procman run: ", msg, "\n") end,
   }
   if not r then cli.fail(1, "%s", err) end
@@ -42,10 +46,21 @@ local function progress(cli, counts, final)
                                     counts.events, counts.commands, counts.bad, final and "\n" or ""))
 end
 
+-- An event type no workflow handles, dropped (on_unknown = "ignore"): said
+-- on stderr, once per type.
+local function report_ignored(r, event, cli, ignored)
+  local event_type = event.event_type
+  if ignored == nil or ignored[event_type] or r:handles(event_type) then return end
+  ignored[event_type] = true
+  cli.io.stderr:write(string.format("procman run: no workflow handles event type '%s': ignored "
+                                    .. "(said once per type; --on-unknown)\n", event_type))
+end
+
 -- Handle one line; false and the reason when it is bad.
-local function handle_line(r, line, cli)
+local function handle_line(r, line, cli, ignored)
   local event, why = json.decode_event(line)
   if not event then return false, why end
+  if type(event.event_type) == "string" then report_ignored(r, event, cli, ignored) end
   local ok, envelopes, err = pcall(r.handle, r, event)
   if not ok then return false, tostring(envelopes) end
   if envelopes == nil then cli.fail(1, "%s", err) end  -- the journal failed: stop
@@ -83,11 +98,16 @@ local function tick(r, cli, timers)
 end
 
 return function(args, cli)
+  local readable, no_cjson = json.can_read()
+  if not readable then cli.fail(1, "%s", no_cjson) end
   local r <close> = open_router(args, cli)
   local counts = { lines = 0, events = 0, commands = 0, bad = 0 }
   local show = not args.quiet and core.is_terminal(2)
   send_pending(r, cli, counts)  -- what an earlier run left
   local timers = { hold_until = 0 }
+  tick(r, cli, timers)  -- what fell due while no run was going, before any line overtakes it
+  send_pending(r, cli, counts)
+  local ignored = (args.on_unknown or "ignore") == "ignore" and {} or nil
   local next_line = next_line_source(r, cli, timers)
   local last_progress = os.time()
   while true do
@@ -96,7 +116,7 @@ return function(args, cli)
     if line then
       counts.lines = counts.lines + 1
       if line:find("%S") then
-        local ok, why = handle_line(r, line, cli)
+        local ok, why = handle_line(r, line, cli, ignored)
         if ok then
           counts.events = counts.events + 1
         else
@@ -113,6 +133,8 @@ return function(args, cli)
       last_progress = os.time()
     end
   end
+  tick(r, cli, timers)  -- what fell due while the last lines were read
+  send_pending(r, cli, counts)
   if show then progress(cli, counts, true) end
   local ok, err = r:close()
   if not ok then cli.fail(1, "%s", err) end

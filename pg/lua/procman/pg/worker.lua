@@ -64,8 +64,14 @@ local function check_options(opts)
 end
 
 local function specs_of(list)
-  local specs, by_name = workflow.routable(list)
+  local specs, by_name, versions = workflow.routable(list)
   if not specs then fail("%s", by_name) end
+  for name, by_version in pairs(versions) do  -- versions: the router's, not yet the worker's
+    if next(by_version, next(by_version)) ~= nil then
+      fail("workflow %q is given in several versions: the PostgreSQL worker runs one version of "
+           .. "each workflow (docs/operations.md)", name)
+    end
+  end
   return specs, by_name
 end
 
