@@ -29,8 +29,10 @@ local taken_by = setmetatable({}, { __mode = "k" })
 --- The flow the router is running: { pm, replaying = true when the
 -- journal is replayed, journaled = { id = true } (the changes the event
 -- being replayed recorded), recorded = { id, ... } (the changes taken
--- live by the event being handled) }; nil outside a router.
-M.context = nil
+-- live by the event being handled) }; false outside a router. Never nil:
+-- the key stays in the table, so setting it allocates nothing (the router
+-- sets it while undoing, when memory may have run out).
+M.context = false
 
 -- The contexts the router uses, made once (so that setting one allocates
 -- nothing, also when memory has run out): a live call, a journaled event
@@ -85,7 +87,7 @@ end
 function M.patched(id)
   check_id(id, "patched")
   local ctx = M.context
-  if ctx == nil then return true end  -- no router: nothing to replay, the new code runs
+  if not ctx then return true end  -- no router: nothing to replay, the new code runs
   local taken = taken_by[ctx.pm]
   if taken and taken[id] then return true end
   if rebuilding(ctx.pm) then return false end
@@ -101,7 +103,7 @@ end
 function M.deprecate_patch(id)
   check_id(id, "deprecate_patch")
   local ctx = M.context
-  if ctx == nil or ctx.replaying then return end
+  if not ctx or ctx.replaying then return end
   local taken = taken_by[ctx.pm]
   if (taken and taken[id]) or rebuilding(ctx.pm) then return end
   record(ctx, id)
@@ -121,7 +123,7 @@ function M.replay(pm, event, journaled, handle)
   end
   M.context = ctx
   local ok, result = pcall(handle or pm.handle, pm, event)
-  M.context = nil
+  M.context = false
   return ok, result
 end
 

@@ -240,7 +240,7 @@ local function undo(targets, n)
       ctx.pm = t.pm
       patches.context = ctx
       core.undo(t.pm)
-      patches.context = nil
+      patches.context = false
     end
     if t.committed then t.committed = false end  -- (assigning a new key could fail)
   end
@@ -260,7 +260,7 @@ local function run(t, event)
   ctx.pm, ctx.recorded = result, false
   patches.context = ctx
   ok, result = pcall(result.handle, result, event)
-  patches.context = nil
+  patches.context = false
   if not ok and type(result) ~= "string" then  -- a handler's error object: pm:handle passed it as it is
     return string.format("%s: handler for '%s' failed: %s", label(t.spec.name, t.flow),
                          rawget(event, "event_type"), message(result))
