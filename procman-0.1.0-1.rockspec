@@ -34,7 +34,8 @@ build = {
   modules = {
     ["procman.core"] = {
       sources = { "csrc/budget.c", "csrc/buffer.c", "csrc/codec.c", "csrc/crc32c.c", "csrc/interrupt.c",
-                  "csrc/journal.c", "csrc/journal_lua.c", "csrc/line_reader.c", "csrc/lock_holder.c", "csrc/pm.c",
+                  "csrc/journal.c", "csrc/journal_lua.c", "csrc/line_reader.c", "csrc/lock_holder.c",
+                  "csrc/pattern.c", "csrc/pattern_lua.c", "csrc/pm.c",
                   "csrc/procman.c" },
       incdirs = { "csrc" },
     },
@@ -52,9 +53,11 @@ build = {
     ["procman.cli.verify"] = "lua/procman/cli/verify.lua",
     ["procman.cli.compact"] = "lua/procman/cli/compact.lua",
     ["procman.cli.diagram"] = "lua/procman/cli/diagram.lua",
+    ["procman.cli.source"] = "lua/procman/cli/source.lua",
     ["procman.router"] = "lua/procman/router.lua",
     ["procman.timers"] = "lua/procman/timers.lua",
     ["procman.message"] = "lua/procman/message.lua",
+    ["procman.bounded"] = "lua/procman/bounded.lua",
     ["procman.schedule"] = "lua/procman/schedule.lua",
     ["procman.records"] = "lua/procman/records.lua",
     ["procman.patches"] = "lua/procman/patches.lua",

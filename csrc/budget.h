@@ -1,21 +1,70 @@
 /*
-** budget.h - run a handler with an instruction budget.
+** budget.h - run workflow code under an instruction budget and a memory
+** budget: the guard.  See budget.c for how, and docs/api.md for what a
+** workflow author is promised.
 */
 #ifndef PROCMAN_BUDGET_H
 #define PROCMAN_BUDGET_H
 
 #include "lua.h"
 
+/* What one guarded call may use.  'units' counts VM instructions plus the
+** work of C functions that charge (budget_charge); 'memory' bounds how many
+** bytes the Lua heap may grow by during the call.  0 or less: no limit. */
+typedef struct BudgetLimits {
+  lua_Integer units;
+  lua_Integer memory;
+  int flags;            /* BUDGET_SANDBOX, BUDGET_COPY */
+  const char *label;    /* names the code in the guard's own messages, or NULL */
+} BudgetLimits;
+
+/* The call is sandboxed code: string methods are the bounded ones, error
+** objects come back as text (their __tostring run under a budget too). */
+#define BUDGET_SANDBOX 1
+/* Table results are replaced by deep copies (data only, no metatables). */
+#define BUDGET_COPY 2
+
 /*
-** Like lua_pcall(L, nargs, nresults, 0), but the call may run at most
-** 'budget' Lua VM instructions (budget <= 0: no limit); past that it fails
-** with the message BUDGET_MESSAGE.  The count is a debug hook, so when the
-** thread already has a hook (a debugger, a coverage tool, an interrupt)
-** that hook is left alone and the call runs without a budget.
+** Like lua_pcall(L, nargs, nresults, 0) under the limits.  Past a limit the
+** call fails with BUDGET_MESSAGE or MEMORY_MESSAGE (whatever the code did
+** with the error on the way out).  A guarded call inside another gets the
+** smaller of its own limits and what the outer call has left, and what it
+** uses counts for the outer one too.  A hook already set on the thread (a
+** debugger, a coverage tool) keeps being called.
 */
+int budget_guard_pcall(lua_State *L, int nargs, int nresults, const BudgetLimits *limits);
+
+/* The instruction budget alone (budget <= 0: no limit). */
 int budget_pcall(lua_State *L, int nargs, int nresults, lua_Integer budget);
+
+/* Units the running guarded call has left (LUA_MAXINTEGER when no guard
+** is running). */
+lua_Integer budget_left(lua_State *L);
+
+/* Charge 'units' of work done in C to the running guarded call; raises
+** BUDGET_MESSAGE when that is more than it has left.  No guard: nothing. */
+void budget_charge(lua_State *L, lua_Integer units);
+
+/* Is the running guarded call sandboxed code? */
+int budget_sandboxed(lua_State *L);
+
+/* core.guard(fn, units, memory, flags[, label]) -> a function that calls
+** fn under those limits and raises what it raised (a Lua binding). */
+int budget_guard(lua_State *L);
+
+/* core.budget_charge(units), core.budget_left(),
+** core.set_sandbox_string_methods(t) (Lua bindings). */
+int budget_lua_charge(lua_State *L);
+int budget_lua_left(lua_State *L);
+int budget_lua_set_string_methods(lua_State *L);
+int budget_lua_is_guard(lua_State *L);
+
+/* Bytes allocated that count as one unit of work. */
+#define BUDGET_BYTES_PER_UNIT 64
 
 #define BUDGET_MESSAGE "ran past its instruction budget (a runaway loop? see the " \
                        "workflow's budget option)"
+#define MEMORY_MESSAGE "ran past its memory budget of %I bytes (see the workflow's " \
+                       "memory option)"
 
 #endif

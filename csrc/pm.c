@@ -23,7 +23,6 @@
 #include <string.h>
 
 #include "lauxlib.h"
-#include "budget.h"
 #include "buffer.h"
 #include "codec.h"
 #include "pm.h"
@@ -302,11 +301,14 @@ static void check_correlation(lua_State *L, int spec, const char *type) {
   }
   lua_getiuservalue(L, 1, UV_ID);                    /* field, flow, id */
   if (!lua_isnil(L, -2) && !lua_rawequal(L, -1, -2)) {
-    const char *other = luaL_tolstring(L, -2, NULL);
+    const char *other = luaL_tolstring(L, -2, NULL);  /* field, flow, id, other */
     const char *field = lua_tostring(L, -4);
-    flow_error(L, 1, "event '%s' belongs to flow '%s'%s%s%s, not to this one",
+    const char *types = lua_type(L, -3) == lua_type(L, -2) ? "" :  /* 7 and "7" print alike */
+      lua_pushfstring(L, "; ids of different types are different flows: the event's is a %s, "
+                      "this flow's a %s", luaL_typename(L, -3), luaL_typename(L, -2));
+    flow_error(L, 1, "event '%s' belongs to flow '%s'%s%s%s, not to this one%s",
                type, other, field ? " (event." : "", field ? field : "",
-               field ? ")" : "");
+               field ? ")" : "", types);
   }
   lua_pop(L, 3);
 }
@@ -415,16 +417,6 @@ static const char *check_commands(lua_State *L, int r, const char *type) {
   return NULL;
 }
 
-/* The instruction budget of one handler call: the workflow's 'budget'
-** (an integer; false or absent: none). */
-static lua_Integer handler_budget(lua_State *L) {
-  lua_Integer budget;
-  lua_getfield(L, 3, "budget");
-  budget = lua_isinteger(L, -1) ? lua_tointeger(L, -1) : 0;
-  lua_pop(L, 1);
-  return budget;
-}
-
 /*
 ** Undo a failed handle and raise the error at the top: the state is
 ** rebuilt from the committed history (if that fails too, it stays dirty
@@ -474,7 +466,7 @@ static int handle_event(lua_State *L, int fresh) {
   stage_event(L, p, type, fresh);
   p->state_ok = 0;  /* dirty until committed: any error below replays */
   p->busy = 1;
-  status = budget_pcall(L, 2, 1, handler_budget(L));
+  status = lua_pcall(L, 2, 1, 0);  /* the handler guards itself (its budget) */
   p->busy = 0;
   if (status != LUA_OK)
     return abort_handle(L, status, type);
@@ -557,7 +549,8 @@ static void push_status(lua_State *L, PM *p) {
   if (workflow_field(L, 1, "status") == LUA_TNIL) {
     lua_pop(L, 1);
     lua_getiuservalue(L, 1, UV_STATE);
-    lua_getfield(L, -1, "status");
+    lua_pushliteral(L, "status");
+    lua_rawget(L, -2);  /* no metamethod of the workflow's runs unguarded */
     lua_remove(L, -2);
   }
   else {
@@ -721,6 +714,12 @@ static PM *push_flow(lua_State *L) {
   int id_ok = lua_isinteger(L, 2) ||
               (lua_type(L, 2) == LUA_TSTRING && lua_rawlen(L, 2) > 0);
   luaL_checktype(L, 1, LUA_TTABLE);
+  if (!id_ok && lua_type(L, 2) == LUA_TNUMBER)  /* 1.5 and "" say more than their type */
+    luaL_argerror(L, 2, lua_pushfstring(L, "non-empty string or integer flow id expected, got the "
+                                        "float %f: pass an integer, or the id as a string",
+                                        lua_tonumber(L, 2)));
+  if (!id_ok && lua_type(L, 2) == LUA_TSTRING)
+    luaL_argerror(L, 2, "non-empty string or integer flow id expected, got an empty string");
   luaL_argexpected(L, id_ok, 2, "non-empty string or integer flow id");
   p = (PM *)lua_newuserdatauv(L, sizeof(PM), UV_COUNT);
   memset(p, 0, sizeof *p);

@@ -12,6 +12,7 @@
 #include "interrupt.h"
 #include "journal_lua.h"
 #include "line_reader.h"
+#include "pattern_lua.h"
 #include "pm.h"
 
 #define PROCMAN_CORE_VERSION "0.1.0"
@@ -132,6 +133,15 @@ static const luaL_Reg core_functions[] = {
   { "is_terminal", core_is_terminal },
   { "line_reader", line_reader_new },
   { "budget_call", core_budget_call },
+  { "guard", budget_guard },
+  { "budget_charge", budget_lua_charge },
+  { "budget_left", budget_lua_left },
+  { "set_sandbox_string_methods", budget_lua_set_string_methods },
+  { "is_guard", budget_lua_is_guard },
+  { "pattern_find", pattern_lua_find },
+  { "pattern_match", pattern_lua_match },
+  { "pattern_gmatch", pattern_lua_gmatch },
+  { "pattern_gsub", pattern_lua_gsub },
   { NULL, NULL }
 };
 
@@ -151,6 +161,14 @@ LUAMOD_API int luaopen_procman_core(lua_State *L) {
   pm_register(L, -1);
   lua_pushinteger(L, CODEC_MAX_DEPTH);
   lua_setfield(L, -2, "max_depth");
+  lua_createtable(L, 0, 2);  /* core.guard's flags */
+  lua_pushinteger(L, BUDGET_SANDBOX);
+  lua_setfield(L, -2, "sandbox");
+  lua_pushinteger(L, BUDGET_COPY);
+  lua_setfield(L, -2, "copy");
+  lua_setfield(L, -2, "guard_flags");
+  lua_pushinteger(L, BUDGET_BYTES_PER_UNIT);
+  lua_setfield(L, -2, "bytes_per_unit");
   lua_pushliteral(L, PROCMAN_CORE_VERSION);
   lua_setfield(L, -2, "version");
   return 1;

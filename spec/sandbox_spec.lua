@@ -126,7 +126,8 @@ describe("procman.load and the sandbox", function()
       { "return { { command_type = 'x', v = math.random() } }",
         "math.random is not available in a workflow: time and chance come from events" },
       { "math.randomseed(1)", "math.randomseed is not available" },
-      { "setmetatable(_G, nil)", "cannot change a protected metatable" },
+      { "setmetatable(_G, nil)", "setmetatable: not on a value whose metatable the workflow file did not set" },
+      { "setmetatable(string, nil)", "setmetatable: not on a value whose metatable" },
       { "getmetatable('').__index = {}", "the string metatable is read-only in a workflow" },
       { "local io = rawget(_G, 'io'); io.write('x')", "attempt to index a nil value" },
       { "while true do end", "ran past its instruction budget" },
@@ -135,6 +136,40 @@ describe("procman.load and the sandbox", function()
     }
     for _, case in ipairs(cases) do
       it(case[1], function() handler_refused(case[1], case[2]) end)
+    end
+  end)
+
+  it("withholds every global it does not offer, each with its reason in the refusal table", function()
+    local sandbox = require "procman.sandbox"
+    local p = assert(io.popen([[lua5.4 -e "for k in pairs(_G) do print(k) end"]]))
+    local standard = {}
+    for name in p:lines() do  -- 'arg' is the interpreter's, not the library's
+      if name ~= "arg" then standard[#standard + 1] = name end
+    end
+    p:close()
+    assert.is_true(#standard > 20)
+    local env = sandbox.environment()
+    local offered, withheld = {}, {}
+    for _, name in ipairs(standard) do
+      if rawget(env, name) ~= nil then
+        offered[#offered + 1] = name
+      else
+        local ok, err = pcall(function() return env[name] end)
+        assert.is_false(ok, name .. " is neither offered nor refused")
+        assert.equal(name .. " is not available in a workflow: " .. sandbox.FORBIDDEN[name],
+                     err:gsub("^.-:%d+: ", ""))
+        withheld[#withheld + 1] = name
+      end
+    end
+    table.sort(offered)
+    table.sort(withheld)
+    assert.same({ "_G", "_VERSION", "assert", "error", "getmetatable", "ipairs", "math", "next", "pairs",
+                  "pcall", "rawequal", "rawget", "rawlen", "rawset", "select", "setmetatable", "string",
+                  "table", "tonumber", "tostring", "type", "utf8", "xpcall" }, offered)
+    assert.same({ "collectgarbage", "coroutine", "debug", "dofile", "io", "load", "loadfile", "os",
+                  "package", "print", "require", "warn" }, withheld)
+    for name in pairs(sandbox.FORBIDDEN) do  -- and the table refuses nothing it offers
+      assert.is_nil(rawget(env, name), name)
     end
   end)
 
@@ -186,20 +221,46 @@ describe("the instruction budget", function()
     assert.equal(200000, pm:state().i)
   end)
 
-  it("leaves an existing hook alone (a debugger, coverage), and runs without a budget", function()
-    local calls = 0
-    debug.sethook(function() calls = calls + 1 end, "", 1000)
+  it("keeps calling an existing hook (a debugger, coverage), and holds all the same", function()
+    local counts, lines = 0, 0
+    local function hook(event) if event == "count" then counts = counts + 1 else lines = lines + 1 end end
+    debug.sethook(hook, "l", 1000)
     local pm = looping(1000):new(1)
-    local ok = pcall(pm.handle, pm, { event_type = "go", n = 10000 })
+    local ok, err = pcall(pm.handle, pm, { event_type = "go", n = 10000 })
+    local ok_small = pcall(pm.handle, pm, { event_type = "go", n = 10 })
+    local after = { debug.gethook() }
     debug.sethook()
-    assert.is_true(ok)
-    assert.is_true(calls > 0)
+    assert.is_false(ok)
+    assert.matches("ran past its instruction budget", err)
+    assert.is_true(ok_small)
+    assert.is_true(counts > 0)
+    assert.is_true(lines > 0)
+    assert.equal(hook, after[1])  -- put back as it was
+    assert.equal("l", after[2])
+    assert.equal(1000, after[3])
+  end)
+
+  it("budget = false sets no hook (no slow path); memory = false sets no guard at all", function()
+    local hooks = {}
+    local function spy(name, extra)
+      local def = { name = name, on = { go = function() hooks[name] = debug.gethook() ~= nil end } }
+      for k, v in pairs(extra) do def[k] = v end
+      return procman.workflow(def)
+    end
+    spy("unlimited", { budget = false }):new(1):handle { event_type = "go" }
+    spy("counted", {}):new(1):handle { event_type = "go" }
+    assert.is_false(hooks.unlimited)
+    assert.is_true(hooks.counted)
+    local bomb = procman.workflow { name = "bomb", budget = false, memory = 1024 * 1024,
+                                    on = { go = function() return { { command_type = "x",
+                                                                       s = ("x"):rep(1e7) } } end } }
+    flow.refuses(bomb:new(1), { event_type = "go" }, "ran past its memory budget of 1048576 bytes")
   end)
 
   it("is checked where the workflow is defined", function()
     for _, bad in ipairs { 0, -1, 1.5, "lots", true } do
       assert.error_matches(function() looping(bad) end,
-                           "budget must be a positive integer %(instructions per handler call%) or false")
+                           "budget must be a positive integer %(instructions per call%) or false")
     end
   end)
 end)

@@ -23,6 +23,7 @@
 
 #include "lauxlib.h"
 #include "lualib.h"
+#include "limited_alloc.h"
 
 #ifndef PROCMAN_LUA_DIR
 #error "build with -DPROCMAN_LUA_DIR=\"<checkout>/lua\""
@@ -30,24 +31,6 @@
 
 LUAMOD_API int luaopen_procman_core(lua_State *L);
 
-/* An allocator that fails every growing request once 'fail_at' is hit. */
-typedef struct Limit {
-  long count;     /* growing requests since armed */
-  long fail_at;   /* 0: never fail */
-} Limit;
-
-static void *limited_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
-  Limit *limit = (Limit *)ud;
-  if (nsize == 0) {
-    free(ptr);
-    return NULL;
-  }
-  /* Lua requires that shrinking never fails: only growing requests count */
-  if (limit->fail_at > 0 && (ptr == NULL || nsize > osize) &&
-      ++limit->count >= limit->fail_at)
-    return NULL;
-  return realloc(ptr, nsize);
-}
 
 typedef struct Fixture {
   lua_State *L;

@@ -30,8 +30,8 @@ local taken_by = setmetatable({}, { __mode = "k" })
 -- journal is replayed, journaled = { id = true } (the changes the event
 -- being replayed recorded), recorded = { id, ... } (the changes taken
 -- live by the event being handled) }; false outside a router. Never nil:
--- the key stays in the table, so setting it allocates nothing (the router
--- sets it while undoing, when memory may have run out).
+-- the key stays in this table, so setting it allocates nothing (a router
+-- sets it while memory may be running out, and must be able to undo).
 M.context = false
 
 -- The contexts the router uses, made once (so that setting one allocates
@@ -58,13 +58,17 @@ for _, lib in ipairs { _G, string, table } do
     if type(f) == "function" then TRANSPARENT[f] = true end
   end
 end
+for _, name in ipairs { "pattern_find", "pattern_match", "pattern_gmatch", "pattern_gsub" } do
+  TRANSPARENT[core[name]] = true  -- the sandbox's string functions
+end
 
 local function rebuilding(pm)
   local handle = getmetatable(pm).__index.handle
   for level = 3, 200 do
     local info = debug.getinfo(level, "fS")
     if info == nil then return false end
-    if info.what == "C" and not TRANSPARENT[info.func] then
+    if info.what == "C" and not TRANSPARENT[info.func] and not core.is_guard(info.func) then
+      -- (the budget's guard around each function is transparent too)
       return info.func ~= handle and info.func ~= core.handle_fresh
     end
   end
@@ -145,16 +149,15 @@ function M.take(pm, ids)
   taken_by[pm] = taken
 end
 
---- rebase(spec, pm, ids) -> a flow equal to pm whose history starts now,
--- having taken the changes 'ids' besides those it had. The router calls it
--- once the event that took them is journaled.
-function M.rebase(spec, pm, ids)
-  local before = taken_by[pm]
-  local state, version, seen = core.snapshot(pm)
-  local fresh = core.restore(spec, pm:id(), state, version, seen)
-  if before then M.take(fresh, M.taken(pm)) end
-  M.take(fresh, ids)
-  return fresh
+--- rebase(pm, ids): the flow took the changes 'ids' (besides those it
+-- had); its history restarts from a snapshot of now (core.trim), so that
+-- no event it may replay internally predates them. The router calls it
+-- once the event that took them is journaled. (A state that is not data
+-- cannot be snapshotted: its history stays, and a rebuild after a failed
+-- handler would replay its older events with the changes taken.)
+function M.rebase(pm, ids)
+  core.trim(pm)
+  M.take(pm, ids)
 end
 
 return M

@@ -5,19 +5,27 @@
 -- is checked once, here, so that mistakes surface where they are written
 -- (with the caller's file and line), not at the first event.
 local core = require "procman.core"
+local message = require "procman.message"
 local did_you_mean = require("procman.describe").did_you_mean
 
 local M = {}
 
 -- Each field a definition may have, and how to check it.
 local FIELDS = { "name", "on", "init", "correlate", "starts", "done", "status", "view", "budget",
-                 "version" }
+                 "memory", "version" }
 
 -- Instructions one handler call may run before it is stopped: enough for
 -- a batch of millions of files, little enough to stop a runaway loop in
 -- about a second.
 local DEFAULT_BUDGET = 100000000
 M.DEFAULT_BUDGET = DEFAULT_BUDGET
+-- Bytes the Lua heap may grow by during one call: room for what the
+-- instruction budget lets a handler build (a batch of two million files,
+-- its state and its commands: about 350 MiB; one million: 170 MiB),
+-- little enough that a memory bomb fails the call long before the machine
+-- runs out.
+local DEFAULT_MEMORY = 512 * 1024 * 1024
+M.DEFAULT_MEMORY = DEFAULT_MEMORY
 local KNOWN = {}
 for _, f in ipairs(FIELDS) do KNOWN[f] = true end
 
@@ -119,14 +127,60 @@ local function check_version(def, name)
   fail(name, "version must be an integer >= 1, got %s", describe(v))
 end
 
--- budget: a positive integer of VM instructions per handler call, or
--- false for none.
-local function check_budget(def, name)
-  local b = rawget(def, "budget")
-  if b == nil then return DEFAULT_BUDGET end
-  if b == false or (math.type(b) == "integer" and b > 0) then return b end
-  fail(name, "budget must be a positive integer (instructions per handler call) or false, got %s",
-       describe(b))
+-- budget and memory: a positive integer (VM instructions, bytes) per call
+-- into the workflow's code, or false for no limit. 'host' says what the
+-- code may ask for: sandboxed code (host.max_budget, host.max_memory set)
+-- may not ask for more than those, nor for no limit.
+local LIMITS = {
+  budget = { default = DEFAULT_BUDGET, max = "max_budget", unit = "instructions per call" },
+  memory = { default = DEFAULT_MEMORY, max = "max_memory", unit = "bytes per call" },
+}
+
+local function check_limit(def, name, field, host)
+  local rule, v = LIMITS[field], rawget(def, field)
+  local max = host and host[rule.max]
+  if v == nil then
+    if max and max < rule.default then return max end
+    return rule.default
+  end
+  if v ~= false and not (math.type(v) == "integer" and v > 0) then
+    fail(name, "%s must be a positive integer (%s) or false, got %s", field, rule.unit, describe(v))
+  end
+  if max and (v == false or v > max) then
+    fail(name, "%s = %s is more than this sandbox allows (at most %d %s; the host sets it)",
+         field, tostring(v), max, rule.unit)
+  end
+  return v
+end
+
+-- Every function of the workflow, wrapped so that each call runs under
+-- the workflow's budgets (csrc/budget.c). Sandboxed code also gets the
+-- bounded string methods, table results copied (data without metatables
+-- reach the library) and error objects turned into text under a budget.
+local FLAGS = core.guard_flags
+
+local function guarded(fn, spec, label, results_are_data)
+  if fn == nil or (spec.budget == false and spec.memory == false and not spec.sandboxed) then
+    return fn
+  end
+  local flags = 0
+  if spec.sandboxed then
+    flags = FLAGS.sandbox + (results_are_data and FLAGS.copy or 0)
+  end
+  return core.guard(fn, spec.budget, spec.memory, flags, label, spec.sandboxed and message or nil)
+end
+
+local function guard_functions(spec)
+  for event_type, handler in next, spec.on do
+    spec.on[event_type] = guarded(handler, spec, nil, true)
+  end
+  spec.init = guarded(spec.init, spec, "init", true)
+  spec.done = guarded(spec.done, spec, "done", false)
+  spec.status = guarded(spec.status, spec, "status", false)
+  spec.view = guarded(spec.view, spec, "view", true)
+  if type(spec.correlate) == "function" then
+    spec.correlate = guarded(spec.correlate, spec, "correlate", true)
+  end
 end
 
 local function check_fields(def)
@@ -143,10 +197,13 @@ local Workflow = {}
 
 local meta = {
   __name = "procman.workflow",
+  -- The methods, as a plain table for tools that must not call __index
+  -- (the REPL's Tab completion reads it with rawget).
+  __methods = Workflow,
   __index = function(self, key)
     local m = Workflow[key]
     if m ~= nil then return m end
-    local v = specs[self][key]
+    local v = specs[self].fields[key]
     if type(v) == "table" then  -- hand out copies: the definition is frozen
       local copy = {}
       for k, x in next, v do copy[k] = x end
@@ -183,7 +240,8 @@ function Workflow:starts_on(event_type)
 end
 
 --- procman.workflow(def) -> workflow. Raises on a bad definition.
-function M.define(def)
+-- 'host' (for the sandbox): { sandboxed = true, max_budget = n, max_memory = n }.
+function M.define(def, host)
   local name = check_name(def)
   check_fields(def)
   local on = check_handlers(def, name)
@@ -197,9 +255,19 @@ function M.define(def)
     done = check_optional_function(def, "done"),
     status = check_optional_function(def, "status"),
     view = check_optional_function(def, "view"),
-    budget = check_budget(def, name),
+    budget = check_limit(def, name, "budget", host),
+    memory = check_limit(def, name, "memory", host),
+    sandboxed = host ~= nil and host.sandboxed or nil,
     starts_set = {},
   }
+  spec.fields = { name = name, version = spec.version, budget = spec.budget,  -- as written
+                  memory = spec.memory }
+  for _, field in ipairs { "on", "init", "correlate", "starts", "done", "status", "view" } do
+    spec.fields[field] = spec[field]
+  end
+  spec.on = {}  -- the runtime's: every function guarded
+  for k, v in next, spec.fields.on do spec.on[k] = v end
+  guard_functions(spec)
   for _, t in ipairs(spec.starts) do spec.starts_set[t] = true end
   local wf = setmetatable({}, meta)
   specs[wf] = spec
@@ -257,6 +325,30 @@ function M.routable(list)
   local ordered = {}
   for i, name in ipairs(names) do ordered[i] = by_name[name] end
   return ordered, by_name, versions
+end
+
+--- flow_id(spec, event) -> the id of the flow of workflow 'spec' that the
+-- event is for; or nil and why not (the field is missing, or the id is not
+-- a non-empty string or an integer: a table would name no flow). One rule
+-- for every runtime that routes (the router's wording; procman.pg's worker).
+function M.flow_id(spec, event)
+  local c = spec.correlate
+  local ok, id = true, nil  -- luacheck: ignore 311
+  if type(c) == "string" then id = rawget(event, c) else ok, id = pcall(c, event) end
+  local event_type = rawget(event, "event_type")
+  if not ok then
+    return nil, string.format("event '%s': correlate of workflow %q failed: %s", event_type, spec.name,
+                              tostring(id))
+  end
+  if id == nil then
+    local how = type(c) == "string" and ("the field " .. c) or "a flow id (correlate returned nil)"
+    return nil, string.format("event '%s' lacks %s, which workflow %q needs", event_type, how, spec.name)
+  end
+  if not (math.type(id) == "integer" or (type(id) == "string" and id ~= "")) then
+    return nil, string.format("event '%s': flow id for workflow %q must be a non-empty string or an integer, "
+                              .. "got %s", event_type, spec.name, type(id))
+  end
+  return id
 end
 
 --- Is 'v' a workflow object?
