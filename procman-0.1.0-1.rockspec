@@ -53,6 +53,7 @@ build = {
     ["procman.cli.verify"] = "lua/procman/cli/verify.lua",
     ["procman.cli.compact"] = "lua/procman/cli/compact.lua",
     ["procman.cli.diagram"] = "lua/procman/cli/diagram.lua",
+    ["procman.cli.source"] = "lua/procman/cli/source.lua",
     ["procman.router"] = "lua/procman/router.lua",
     ["procman.timers"] = "lua/procman/timers.lua",
     ["procman.message"] = "lua/procman/message.lua",

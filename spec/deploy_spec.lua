@@ -6,19 +6,7 @@
 local cjson = require "cjson"
 local files = require "spec.support.files"
 
--- Run bin/procman with 'args' and 'input' on stdin: { out, err, code }.
-local function procman_cmd(args, input)
-  local inp, out, err = os.tmpname(), os.tmpname(), os.tmpname()
-  files.write(inp, input or "")
-  local cmd = string.format("LUA_PATH=%q LUA_CPATH=%q lua5.4 bin/procman %s < %s > %s 2> %s",
-                            package.path, package.cpath, args, inp, out, err)
-  local _, _, code = os.execute(cmd)
-  local result = { out = files.bytes(out), err = files.bytes(err), code = code }
-  os.remove(inp)
-  os.remove(out)
-  os.remove(err)
-  return result
-end
+local procman_cmd = require "spec.support.procman_cmd"
 
 local function json_lines(...)
   local out = {}
@@ -95,6 +83,11 @@ describe("deploying new workflow code to live flows", function()
     assert.equal(1, r.code)
     assert.matches("live flows that diverge: provisioning/u1, provisioning/u2\n", r.out, 1, true)
     assert.not_matches("provisioning/u3", r.out, 1, true)  -- completed: no concern of a deploy
+    assert.matches(": 3 events replayed, 2 divergences\n$", r.out)
+    -- with both versions each flow is checked on its own code: nothing diverges
+    r = procman_cmd("verify --live " .. journal .. " " .. v1 .. " " .. v2)
+    assert.equal(0, r.code, r.out)
+    assert.matches(": 3 events replayed, 0 divergences\n$", r.out)
     -- v2 alone cannot open the journal: its live flows run v1
     r = procman_cmd("run -q " .. v2 .. " --journal " .. journal, "")
     assert.equal(1, r.code)

@@ -64,7 +64,9 @@ describe("procman.patched", function()
     local seen = {}
     r = procman.router { workflows = { order(true, seen) }, journal = path }  -- no divergence
     assert.same({ false }, seen)  -- the old 'paid' replayed without the change
+    local pm = r:flow("order", "o1")
     assert.same({ "ship", "receipt" }, types(r:handle { event_type = "paid", order = "o1" }))
+    assert.equal(pm, r:flow("order", "o1"))  -- the same flow, its history restarted
     r:close()
     seen = {}
     r = procman.router { workflows = { order(true, seen) }, journal = path }
@@ -126,6 +128,31 @@ describe("procman.patched", function()
     assert.same({ true }, seen)
     assert.same({ "receipt" }, require("procman.journal_view").read(path).flows.order.o1.patches)
     r:close()
+  end)
+
+  it("retires with deprecate_patch: the new branch alone, the change still recorded", function()
+    local r = procman.router { workflows = { order(true) }, journal = path }
+    r:handle { event_type = "placed", order = "o1" }
+    r:handle { event_type = "paid", order = "o1" }  -- took "receipt"
+    r:close()
+    local retired = procman.workflow {
+      name = "order", correlate = "order", starts = { "placed" },
+      on = {
+        placed = function(state) return { { command_type = "reserve", order = state.id } } end,
+        paid = function(state)
+          procman.deprecate_patch("receipt")
+          return { { command_type = "ship", order = state.id }, { command_type = "receipt", order = state.id } }
+        end,
+      },
+      init = function(id) return { id = id } end,
+    }
+    r = procman.router { workflows = { retired }, journal = path }  -- replays o1: no divergence
+    r:handle { event_type = "placed", order = "o2" }
+    r:handle { event_type = "paid", order = "o2" }
+    r:close()
+    local flows = require("procman.journal_view").read(path).flows.order
+    assert.same({ "receipt" }, flows.o1.patches)
+    assert.same({ "receipt" }, flows.o2.patches)
   end)
 
   it("is in the sandbox's procman", function()

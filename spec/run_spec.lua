@@ -4,18 +4,7 @@ local procman = require "procman"
 local cjson = require "cjson"
 local files = require "spec.support.files"
 
-local function procman_cmd(args, input)
-  local inp, out, err = os.tmpname(), os.tmpname(), os.tmpname()
-  files.write(inp, input or "")
-  local cmd = string.format("LUA_PATH=%q LUA_CPATH=%q lua5.4 bin/procman %s < %s > %s 2> %s",
-                            package.path, package.cpath, args, inp, out, err)
-  local _, _, code = os.execute(cmd)
-  local result = { out = files.bytes(out), err = files.bytes(err), code = code }
-  os.remove(inp)
-  os.remove(out)
-  os.remove(err)
-  return result
-end
+local procman_cmd = require "spec.support.procman_cmd"
 
 local function types(out)
   local list = {}

@@ -93,6 +93,18 @@ describe("workflow versions", function()
     assert.equal(bytes, files.bytes(path))
   end)
 
+  it("refuse a journal whose live flows belong to a workflow not given at all", function()
+    local other = procman.workflow { name = "other", correlate = "user", starts = { "registered" },
+                                     on = { registered = function() end } }
+    local r = procman.router { workflows = { signup(1), other }, journal = path }
+    r:handle { event_type = "registered", user = "a" }
+    r:close()
+    local ok, err = pcall(procman.router, { workflows = { signup(1) }, journal = path })
+    assert.is_false(ok)
+    assert.equal("procman.router: " .. path .. ': the journal has 1 live flow of workflow "other", which '
+                 .. "this router was not given", err)
+  end)
+
   it("need no code for flows that completed: v1 retires once its flows are done", function()
     local r = procman.router { workflows = { signup(1) }, journal = path }
     r:handle { event_type = "registered", user = "a", event_id = "e1" }
@@ -168,6 +180,16 @@ describe("workflow versions", function()
     assert.is_false(ok)
     assert.equal("procman.router: flow signup/o runs version 1 of signup, which has no handler for 'audited'",
                  err)
+    r:close()
+    -- a type only an older version handles starts no flow on the newest
+    local v3 = procman.workflow { name = "signup", version = 3, correlate = "user", starts = { "joined" },
+                                  on = { joined = function() end } }
+    r = procman.router { workflows = { signup(1), v2, v3 }, journal = path, on_unknown = "raise" }
+    ok, err = pcall(r.handle, r, { event_type = "registered", user = "z" })
+    assert.is_false(ok)
+    assert.equal("procman.router: no flow signup/z for registered, and version 3 of signup (new flows start on "
+                 .. "it) has no handler for it", err)
+    assert.equal(1, #r:handle { event_type = "audited", user = "n" })  -- v2's flow still takes it
     r:close()
   end)
 end)

@@ -29,8 +29,10 @@ local taken_by = setmetatable({}, { __mode = "k" })
 --- The flow the router is running: { pm, replaying = true when the
 -- journal is replayed, journaled = { id = true } (the changes the event
 -- being replayed recorded), recorded = { id, ... } (the changes taken
--- live by the event being handled) }; nil outside a router.
-M.context = nil
+-- live by the event being handled) }; false outside a router. Never nil:
+-- the key stays in this table, so setting it allocates nothing (a router
+-- sets it while memory may be running out, and must be able to undo).
+M.context = false
 
 -- The contexts the router uses, made once (so that setting one allocates
 -- nothing, also when memory has run out): a live call, a journaled event
@@ -88,7 +90,7 @@ end
 function M.patched(id)
   check_id(id, "patched")
   local ctx = M.context
-  if ctx == nil then return true end  -- no router: nothing to replay, the new code runs
+  if not ctx then return true end  -- no router: nothing to replay, the new code runs
   local taken = taken_by[ctx.pm]
   if taken and taken[id] then return true end
   if rebuilding(ctx.pm) then return false end
@@ -104,7 +106,7 @@ end
 function M.deprecate_patch(id)
   check_id(id, "deprecate_patch")
   local ctx = M.context
-  if ctx == nil or ctx.replaying then return end
+  if not ctx or ctx.replaying then return end
   local taken = taken_by[ctx.pm]
   if (taken and taken[id]) or rebuilding(ctx.pm) then return end
   record(ctx, id)
@@ -123,7 +125,7 @@ function M.replay(pm, event, journaled)
   end
   M.context = ctx
   local ok, result = pcall(pm.handle, pm, event)
-  M.context = nil
+  M.context = false
   return ok, result
 end
 
@@ -145,16 +147,15 @@ function M.take(pm, ids)
   taken_by[pm] = taken
 end
 
---- rebase(spec, pm, ids) -> a flow equal to pm whose history starts now,
--- having taken the changes 'ids' besides those it had. The router calls it
--- once the event that took them is journaled.
-function M.rebase(spec, pm, ids)
-  local before = taken_by[pm]
-  local state, version, seen = core.snapshot(pm)
-  local fresh = core.restore(spec, pm:id(), state, version, seen)
-  if before then M.take(fresh, M.taken(pm)) end
-  M.take(fresh, ids)
-  return fresh
+--- rebase(pm, ids): the flow took the changes 'ids' (besides those it
+-- had); its history restarts from a snapshot of now (core.trim), so that
+-- no event it may replay internally predates them. The router calls it
+-- once the event that took them is journaled. (A state that is not data
+-- cannot be snapshotted: its history stays, and a rebuild after a failed
+-- handler would replay its older events with the changes taken.)
+function M.rebase(pm, ids)
+  core.trim(pm)
+  M.take(pm, ids)
 end
 
 return M

@@ -17,10 +17,18 @@
 --                 status = s, done = true|nil },          -- the flow's status after
 --               { workflow, flow, parked = "error" },     -- failed: parked
 --               { workflow, flow, held = true }, ... } }  -- kept for a parked flow
--- with resumed = true on the entry when r:resume retried a parked event.
--- Recovery replays event records through the handlers (their commands are
--- compared with the journaled ones, not emitted again), restores snapshot
--- records as they are, and applies acks, skips and dead letters.
+-- with resumed = true on the entry when r:resume retried a parked event,
+-- workflow_version = v on a flow's first entry (when v is not 1), patches =
+-- { id, ... } on the entry whose event took those procman.patched changes,
+-- and late = "message" on the record when the late part of the event is
+-- kept as a dead letter (on_late = "dead_letter").
+-- Recovery reads the journal once for a plan (procman.replay_plan: which
+-- flows complete, which versions the live ones need), then replays the
+-- event records of the flows live at the end through the handlers of
+-- their versions (their commands are compared with the journaled ones,
+-- not emitted again), counts those of flows that complete without running
+-- them, restores snapshot records as they are, and applies acks, skips and
+-- dead letters.
 local core = require "procman.core"
 local workflow = require "procman.workflow"
 local pretty = require "procman.pretty"
@@ -201,7 +209,11 @@ local function target_in(self, newest, event, event_type)
     if final.seen and event_id ~= nil and final.seen[event_id] then return nil end  -- redelivered
     return nil, "late", late_part(name, flow_id, final, event_type)
   end
-  if newest.on[event_type] == nil then return nil end  -- only older versions handle it
+  if newest.on[event_type] == nil then  -- only older versions handle it: no flow to start
+    return nil, "version", string.format("no flow %s for %s, and version %d of %s (new flows start on it) "
+                                         .. "has no handler for it", label(name, flow_id), event_type,
+                                         newest.version, name)
+  end
   if not newest.starts_set[event_type] then
     fail("no flow %s for %s%s", label(name, flow_id), event_type, other_typed_flow(self, name, flow_id))
   end
@@ -240,7 +252,7 @@ local function undo(targets, n)
       ctx.pm = t.pm
       patches.context = ctx
       core.undo(t.pm)
-      patches.context = nil
+      patches.context = false
     end
     if t.committed then t.committed = false end  -- (assigning a new key could fail)
   end
@@ -260,7 +272,7 @@ local function run(t, event)
   ctx.pm, ctx.recorded = result, false
   patches.context = ctx
   ok, result = pcall(result.handle, result, event)
-  patches.context = nil
+  patches.context = false
   if not ok and type(result) ~= "string" then  -- a handler's error object: pm:handle passed it as it is
     return string.format("%s: handler for '%s' failed: %s", label(t.spec.name, t.flow),
                          rawget(event, "event_type"), message(result))
@@ -391,7 +403,7 @@ local function settle(self, targets, record, out)
       self.older[name][flow_id] = t.spec  -- pinned to the version it started on
     end
     if t.committed then
-      if t.patches then t.pm = patches.rebase(t.spec, t.pm, t.patches) end
+      if t.patches then patches.rebase(t.pm, t.patches) end
       self.live[name][flow_id] = t.pm
       self.outbox:emit(name, flow_id, t.pm:version(), t.plain, out)
       if t.directives then self.schedule:set(name, flow_id, t.directives, record.now, record.seq) end

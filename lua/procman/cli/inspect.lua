@@ -9,6 +9,7 @@
 --                 commands, the status after it
 local pretty = require "procman.pretty"
 local journal_view = require "procman.journal_view"
+local source = require "procman.cli.source"  -- a journal file or a PostgreSQL conninfo
 local json = require "procman.cli.json"
 
 local function sorted_keys(t)
@@ -156,7 +157,7 @@ end
 
 return function(args, cli)
   local id = args.flow and cli.flow_id(args.flow)
-  local view, err = journal_view.read(args.journal)
+  local view, err = source.read(args.journal)
   if not view then cli.fail(1, "%s", err) end
   args.workflow = status_workflow(view, args, cli)
   local result, text
@@ -165,7 +166,7 @@ return function(args, cli)
     if view.flows[name] == nil or view.flows[name][id] == nil then
       cli.fail(1, "%s has no flow %s/%s", view.path, name, tostring(id))
     end
-    view = assert(journal_view.read(args.journal, { timeline = { name, id } }))
+    view = assert(source.read(args.journal, { timeline = { name, id } }))
     result = view.flows[name][id]
     text = timeline_text(result)
     result.timeline = json.array(result.timeline or {})

@@ -62,10 +62,7 @@ local function check_entry(state, e, rec, offset)
   by_id[e.flow] = pm
   local ok, now = patches.replay(pm, rec.event, e.patches)
   state.checked = state.checked + 1
-  if ok and e.patches then
-    pm = patches.rebase(spec, pm, e.patches)
-    by_id[e.flow] = pm
-  end
+  if ok and e.patches then patches.rebase(pm, e.patches) end
   if not ok then
     by_id[e.flow] = false
     return string.format("%s: '%s' fails now: %s", where(e, pm:version() + 1, rec, offset),
@@ -88,11 +85,12 @@ local function check_record(state, kind, rec, offset)
   local out = {}
   if kind == records.EVENT then
     for _, e in ipairs(rec.flows) do
-      if e.commands and state.specs[e.workflow] and (is_live(state, e) or not state.live_only) then
+      local wanted = e.commands and (is_live(state, e) or not state.live_only)
+      if wanted and state.specs[e.workflow] then
         local problem = check_entry(state, e, rec, offset)
         if problem and is_live(state, e) then state.diverging[label(e)] = true end
         out[#out + 1] = problem
-      elseif e.commands and not state.missing[e.workflow] then
+      elseif wanted and not state.missing[e.workflow] then
         state.missing[e.workflow] = true
         out[#out + 1] = string.format("the journal has flows of workflow %q, which was not given",
                                       e.workflow)
