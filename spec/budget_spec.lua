@@ -78,6 +78,10 @@ describe("the sandbox holds against", function()
     holds("for _ in ('a'):rep(30000):gmatch(('a*'):rep(30) .. 'b') do end", BUDGET)
   end)
 
+  it("string.unpack with a long format, over and over", function()
+    holds("local fmt = ('='):rep(100000) for i = 1, 1e9 do string.unpack(fmt, '') end", BUDGET)
+  end)
+
   it("plain find over and over in a long string", function()
     holds("local s = ('a'):rep(1e6) for i = 1, 1e9 do s:find(('a'):rep(100) .. 'b', 1, true) end", BUDGET)
   end)
