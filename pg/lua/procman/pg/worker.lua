@@ -549,6 +549,8 @@ local function isolate(self, events)
   return true
 end
 
+local isolate_timers  -- (below, with tick)
+
 local function claim(self)
   local now = os.time()
   if self.owned_count > 0 and self.claimed_at == now then return end
@@ -583,6 +585,42 @@ local function step(self)
   return #events
 end
 
+-- Fire one timer of a loaded flow into 'work' (nothing if it is gone).
+-- With 'refused', the timer goes and its event becomes a dead letter.
+local function fire(self, work, t, refused)
+  local entry = self.cache[cache_key(t.spec.name, t.key)]
+  local timer = entry and entry.timers and timers.find(entry.timers, t.fired.seq, t.fired.index)
+  if timer == nil then return end
+  if refused then
+    entry.timers = timers.remove(entry.timers, t.fired.seq, t.fired.index)
+    entry.timers_changed = true
+    touch(work, entry)
+    return dead_letter(work, nil, t, refused, timer.event)
+  end
+  handle(self, work, t, timer.event, nil, t.fired)
+end
+
+-- The timers again, one per transaction: a timer whose event the store
+-- refuses goes, its event a dead letter with the reason (as for events).
+function isolate_timers(self, targets, now)
+  for _, t in ipairs(targets) do
+    preload(self, { t })
+    local work = new_work(self, now)
+    fire(self, work, t)
+    local ok, err = commit(self, work)
+    if not ok then
+      if not isolatable(self, err) then return nil, err end
+      preload(self, { t })
+      local dead = new_work(self, now)
+      fire(self, dead, t, "procman.pg.worker: the store refused this timer's changes: " .. message(err))
+      ok, err = commit(self, dead)
+      if not ok then return nil, err end
+    end
+  end
+  self.stats.isolated = self.stats.isolated + 1
+  return true
+end
+
 local function tick(self, now)
   claim(self)
   now = now or self.clock()
@@ -603,13 +641,13 @@ local function tick(self, now)
   if #targets == 0 then return 0 end
   preload(self, targets)
   local work = new_work(self, now)
-  for _, t in ipairs(targets) do
-    local entry = self.cache[cache_key(t.spec.name, t.key)]
-    local timer = entry and entry.timers and timers.find(entry.timers, t.fired.seq, t.fired.index)
-    if timer then handle(self, work, t, timer.event, nil, t.fired) end
-  end
+  for _, t in ipairs(targets) do fire(self, work, t) end
   local ok, err = commit(self, work)
-  if not ok then return nil, err end
+  if not ok then
+    if not isolatable(self, err) then return nil, err end
+    ok, err = isolate_timers(self, targets, now)
+    if not ok then return nil, err end
+  end
   self.stats.timers = self.stats.timers + #targets
   return #targets
 end
