@@ -23,6 +23,11 @@ DEB_PKGS   := lua5.4 liblua5.4-dev lua-busted libcmocka-dev lua-check luarocks \
 
 export LUA_PATH  := $(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;$(CURDIR)/pg/lua/?.lua;$(CURDIR)/pg/lua/?/init.lua;$(CURDIR)/bench/?.lua;;
 export LUA_CPATH := $(CURDIR)/$(BUILD)/?.so;;
+# Lua 5.4 reads LUA_PATH_5_4 instead of LUA_PATH when it is set (as README's
+# install says to): set it too, so that an installed rock never shadows this
+# checkout. (Debian's busted launcher, Lua 5.1, reads LUA_PATH.)
+export LUA_PATH_5_4  := $(LUA_PATH)
+export LUA_CPATH_5_4 := $(LUA_CPATH)
 
 .PHONY: all deps test test-lua test-c test-pg bench-pg lint test-rock demo bench sanitize valgrind soak fuzz clean
 
@@ -86,7 +91,7 @@ $(BUILD)/test/%: csrc/test/%.c $(CORE_SRC) $(CORE_HDR) $(wildcard csrc/test/*.h)
 
 # The fuzz harnesses (fuzz/) run over their seed corpus and the crashers
 # kept in fuzz/regressions/, with the normal compiler: no libFuzzer needed.
-FUZZERS    := decode journal handle
+FUZZERS    := decode journal handle pattern
 REGRESS    := $(patsubst %,$(BUILD)/fuzz/regress_%,$(FUZZERS))
 
 $(BUILD)/fuzz/regress_%: fuzz/fuzz_%.c fuzz/run_corpus.c $(CORE_SRC) $(CORE_HDR)

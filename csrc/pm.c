@@ -301,11 +301,14 @@ static void check_correlation(lua_State *L, int spec, const char *type) {
   }
   lua_getiuservalue(L, 1, UV_ID);                    /* field, flow, id */
   if (!lua_isnil(L, -2) && !lua_rawequal(L, -1, -2)) {
-    const char *other = luaL_tolstring(L, -2, NULL);
+    const char *other = luaL_tolstring(L, -2, NULL);  /* field, flow, id, other */
     const char *field = lua_tostring(L, -4);
-    flow_error(L, 1, "event '%s' belongs to flow '%s'%s%s%s, not to this one",
+    const char *types = lua_type(L, -3) == lua_type(L, -2) ? "" :  /* 7 and "7" print alike */
+      lua_pushfstring(L, "; ids of different types are different flows: the event's is a %s, "
+                      "this flow's a %s", luaL_typename(L, -3), luaL_typename(L, -2));
+    flow_error(L, 1, "event '%s' belongs to flow '%s'%s%s%s, not to this one%s",
                type, other, field ? " (event." : "", field ? field : "",
-               field ? ")" : "");
+               field ? ")" : "", types);
   }
   lua_pop(L, 3);
 }
@@ -693,6 +696,12 @@ static PM *push_flow(lua_State *L) {
   int id_ok = lua_isinteger(L, 2) ||
               (lua_type(L, 2) == LUA_TSTRING && lua_rawlen(L, 2) > 0);
   luaL_checktype(L, 1, LUA_TTABLE);
+  if (!id_ok && lua_type(L, 2) == LUA_TNUMBER)  /* 1.5 and "" say more than their type */
+    luaL_argerror(L, 2, lua_pushfstring(L, "non-empty string or integer flow id expected, got the "
+                                        "float %f: pass an integer, or the id as a string",
+                                        lua_tonumber(L, 2)));
+  if (!id_ok && lua_type(L, 2) == LUA_TSTRING)
+    luaL_argerror(L, 2, "non-empty string or integer flow id expected, got an empty string");
   luaL_argexpected(L, id_ok, 2, "non-empty string or integer flow id");
   p = (PM *)lua_newuserdatauv(L, sizeof(PM), UV_COUNT);
   memset(p, 0, sizeof *p);

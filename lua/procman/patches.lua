@@ -147,16 +147,15 @@ function M.take(pm, ids)
   taken_by[pm] = taken
 end
 
---- rebase(spec, pm, ids) -> a flow equal to pm whose history starts now,
--- having taken the changes 'ids' besides those it had. The router calls it
--- once the event that took them is journaled.
-function M.rebase(spec, pm, ids)
-  local before = taken_by[pm]
-  local state, version, seen = core.snapshot(pm)
-  local fresh = core.restore(spec, pm:id(), state, version, seen)
-  if before then M.take(fresh, M.taken(pm)) end
-  M.take(fresh, ids)
-  return fresh
+--- rebase(pm, ids): the flow took the changes 'ids' (besides those it
+-- had); its history restarts from a snapshot of now (core.trim), so that
+-- no event it may replay internally predates them. The router calls it
+-- once the event that took them is journaled. (A state that is not data
+-- cannot be snapshotted: its history stays, and a rebuild after a failed
+-- handler would replay its older events with the changes taken.)
+function M.rebase(pm, ids)
+  core.trim(pm)
+  M.take(pm, ids)
 end
 
 return M

@@ -24,7 +24,9 @@ local HELP = [[
 .timeline PM       a flow's events, each with its commands, status and state after it
 .pending           the router r's outbox: the commands waiting for a gateway
 .ack ID            ack a pending command of r (once you did its work by hand)
-Lua works as usual: r:handle{ ... } answers with an event, pm:state() looks at a flow.]]
+Lua works as usual: pm:handle{ ... } returns the flow's commands; r:handle{ ... } routes an event
+and returns the command envelopes it produced ({ id, workflow, flow, command }, pending until
+acked); pm:state() and r:flow(name, id) look at a flow.]]
 
 local function fail(fmt, ...)
   error(string.format(fmt, ...), 0)

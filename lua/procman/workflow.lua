@@ -197,6 +197,9 @@ local Workflow = {}
 
 local meta = {
   __name = "procman.workflow",
+  -- The methods, as a plain table for tools that must not call __index
+  -- (the REPL's Tab completion reads it with rawget).
+  __methods = Workflow,
   __index = function(self, key)
     local m = Workflow[key]
     if m ~= nil then return m end
