@@ -18,16 +18,7 @@ local function refusal(fn, ...)
   return tostring(err)
 end
 
--- Run bin/procman: { out, err, code }.
-local function procman_cmd(args)
-  local out, err = os.tmpname(), os.tmpname()
-  local _, _, code = os.execute(string.format("LUA_PATH=%q LUA_CPATH=%q lua5.4 bin/procman %s </dev/null >%s 2>%s",
-                                              package.path, package.cpath, args, out, err))
-  local result = { out = files.bytes(out), err = files.bytes(err), code = code }
-  os.remove(out)
-  os.remove(err)
-  return result
-end
+local procman_cmd = require "spec.support.procman_cmd"
 
 describe("error messages", function()
   it("show ids of different types distinctly: 7 is not \"7\"", function()

@@ -109,6 +109,13 @@ describe("procman.testing", function()
     assert.equal("spec/testing_spec.lua:" .. (first_line + 2) .. ":", err:match("^[^ ]+"))
   end)
 
+  it("fails without a position when called from C", function()
+    local s = given(reminder, {}):when { event_type = "open", id = "a" }
+    local ok, err = pcall(s.expect, s, {})
+    assert.is_false(ok)
+    assert.matches("^commands differ", tostring(err))
+  end)
+
   it("counts as a failure in busted (not an error), at the expectation's line", function()
     local fixture = "spec/fixtures/failing_expectations.lua"
     local p = assert(io.popen("busted --lua=lua5.4 --output=plainTerminal " .. fixture .. " 2>&1"))

@@ -31,6 +31,6 @@ lua5.4 -e '
   assert(type(pg.worker) == "function" and type(pg.migrate) == "function")
 '
 # the command from the tree; argparse from the system (lua-argparse)
-LUA_PATH_5_4="$tree/share/lua/5.4/?.lua;$tree/share/lua/5.4/?/init.lua;;" \
-LUA_CPATH_5_4="$tree/lib/lua/5.4/?.so" "$tree/bin/procman" --version
-echo "test-rock: luarocks make into an empty tree: ok"
+version=$(LUA_PATH_5_4="$tree/share/lua/5.4/?.lua;$tree/share/lua/5.4/?/init.lua;;" \
+  LUA_CPATH_5_4="$tree/lib/lua/5.4/?.so" "$tree/bin/procman" --version)
+echo "test-rock: luarocks make into an empty tree: ok ($version, its command from the tree)"

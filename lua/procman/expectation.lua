@@ -128,9 +128,11 @@ end
 
 --- fail(site, text): raise 'text' as a failed expectation at 'site'.
 function M.fail(site, text)
-  local source = source_text(site.source)
-  local line = source and nth_expectation(source, site.line, site.nth) or site.line
-  text = string.format("%s:%d: %s", site.short_src, line, text)
+  if site.line > 0 then  -- (none when called from C, as by pcall(s.expect, s, ...))
+    local source = source_text(site.source)
+    local line = source and nth_expectation(source, site.line, site.nth) or site.line
+    text = string.format("%s:%d: %s", site.short_src, line, text)
+  end
   local luassert = package.loaded.luassert
   if type(luassert) == "table" and type(rawget(luassert, "level")) == "function" then
     luassert(false, text, luassert:level(-1))  -- level 0 for error(): the text has the position
