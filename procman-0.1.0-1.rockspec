@@ -59,6 +59,7 @@ build = {
     ["procman.dead_letters"] = "lua/procman/dead_letters.lua",
     ["procman.hooks"] = "lua/procman/hooks.lua",
     ["procman.metrics"] = "lua/procman/metrics.lua",
+    ["procman.cli.source"] = "lua/procman/cli/source.lua",
     ["procman.router"] = "lua/procman/router.lua",
     ["procman.timers"] = "lua/procman/timers.lua",
     ["procman.message"] = "lua/procman/message.lua",

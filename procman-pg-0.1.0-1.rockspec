@@ -11,9 +11,11 @@ source = {
 description = {
   summary = "procman's durable process managers over PostgreSQL, for many workers",
   detailed = [[
-Partitioned workers over a shared PostgreSQL event store: advisory-lock
-ownership with failover, one transaction per batch for flow state, outbox,
-timers and checkpoints, and dispatchers sharing the outbox with SKIP LOCKED.
+Partitioned workers over a shared PostgreSQL event store: lock-free appends
+read in (transaction id, position) order, advisory-lock ownership with
+failover, one transaction per batch for flow state, outbox, timers, parked
+events and checkpoints, failure isolation, reconnects, and dispatchers
+sharing the outbox with SKIP LOCKED.
 ]],
   license = "MIT",
 }
@@ -39,5 +41,10 @@ build = {
     ["procman.pg.producer"] = "pg/lua/procman/pg/producer.lua",
     ["procman.pg.dispatcher"] = "pg/lua/procman/pg/dispatcher.lua",
     ["procman.pg.worker"] = "pg/lua/procman/pg/worker.lua",
+    ["procman.pg.routes"] = "pg/lua/procman/pg/routes.lua",
+    ["procman.pg.store"] = "pg/lua/procman/pg/store.lua",
+    ["procman.pg.partitions"] = "pg/lua/procman/pg/partitions.lua",
+    ["procman.pg.read"] = "pg/lua/procman/pg/read.lua",
+    ["procman.pg.view"] = "pg/lua/procman/pg/view.lua",
   },
 }

@@ -1,18 +1,29 @@
---- procman.pg benchmark: events per second with 1, 2 and 3 workers, append
--- throughput, and the latency from append to command in the outbox; the
--- embedded journal on the same events side by side, in the same run.
---   lua5.4 bench/pg_bench.lua [FLOWS]      (make bench-pg)
--- Starts (and removes) its own throwaway PostgreSQL cluster.
+--- procman.pg benchmark (make bench-pg), side by side in one run:
+--   appends/s with 1, 2 and 4 concurrent producers (one event per
+--     transaction), and with batch appends (pg.append_all, 100 a call);
+--   worker events/s with 1, 2 and 3 workers, and statements (round trips)
+--     per event;
+--   time for the partitions of a SIGKILLed worker to be handled again, and
+--     for a worker to handle events again after a database restart;
+--   the embedded journal (sync "always" and "none") on the same events.
+--   lua5.4 bench/pg_bench.lua [FLOWS]
+-- Starts (and removes) its own throwaway PostgreSQL cluster (fsync on).
 package.path = "lua/?.lua;lua/?/init.lua;pg/lua/?.lua;pg/lua/?/init.lua;./?.lua;" .. package.path
 package.cpath = "build/?.so;" .. package.cpath
 
 local procman = require "procman"
 local pg = require "procman.pg"
+local db = require "procman.pg.db"
+local routes = require "procman.pg.routes"
 local batch = require "procman.workflows.batch"
 local order = require "procman.workflows.order"
 local events_of = require "spec.support.pg_workload"
+local helpers = require "spec.support.pg_helpers"
 
-local FLOWS = tonumber(arg[1]) or 6000
+local FLOWS = tonumber(arg[1]) or 2000
+local APPENDS = 1000  -- per producer and round
+local ROUNDS = 3      -- producers 1, 2, 4, 1, 2, 4, ...: the median of each
+local PARTITIONS = 8
 local SEED = 11
 
 local function wall()
@@ -22,17 +33,154 @@ local function wall()
   return t
 end
 
-local function workload()
-  local list = {}
-  for i = 1, FLOWS do
-    for _, e in ipairs(events_of(i, SEED)) do list[#list + 1] = e end
-  end
-  return list
+local events = {}
+for i = 1, FLOWS do
+  for _, e in ipairs(events_of(i, SEED)) do events[#events + 1] = e end
 end
 
-local events = workload()
+local dir = io.popen("mktemp -d /tmp/procman-pgbench.XXXXXX"):read("l")
+local conninfo = io.popen("sh tools/pg-cluster.sh start " .. dir):read("l")
+helpers.conninfo = conninfo
+local conn = assert(pg.connect(conninfo))
 
--- The embedded journal on the same events.
+local function reset()
+  helpers.reset(conn, pg)
+  routes.forget(conn)
+end
+
+local function one(sql, ...) return assert(conn:exec(sql, ...))[1] end
+
+local function spawn(role, ...)
+  local p = io.popen(string.format("lua5.4 spec/support/pg_child.lua %s %q %s >/dev/null "
+                                   .. "2>>/tmp/procman-pgbench-children.log & echo $!",
+                                   role, conninfo, table.concat({ ... }, " ")))
+  local pid = p:read("l")
+  p:close()
+  return pid
+end
+
+local function alive(pid) return os.execute("kill -0 " .. pid .. " 2>/dev/null") end
+local function kill(pids) os.execute("kill -9 " .. table.concat(pids, " ") .. " 2>/dev/null") end
+local function nap() os.execute("sleep 0.02") end
+
+-- k producers appending APPENDS events each, concurrently: appends/s.
+local function producers(k)
+  reset()
+  local t0, pids = wall(), {}
+  for i = 1, k do pids[i] = spawn("numbered", "p" .. i, APPENDS) end
+  for _, pid in ipairs(pids) do
+    while alive(pid) do nap() end
+  end
+  local s = wall() - t0
+  assert(one("SELECT count(*) AS n FROM procman_events").n == k * APPENDS)
+  return k * APPENDS / s
+end
+
+local function batch_appends()
+  reset()
+  local t0 = wall()
+  for first = 1, #events, 100 do
+    assert(pg.append_all(conn, table.move(events, first, math.min(first + 99, #events), 1, {})))
+  end
+  return #events / (wall() - t0)
+end
+
+local function flows_done()
+  return one("SELECT count(*) AS n FROM procman_flows WHERE done").n
+end
+
+-- k workers on the appended workload: events/s from their start to the last flow done.
+local function workers(k)
+  reset()
+  for first = 1, #events, 500 do
+    assert(pg.append_all(conn, table.move(events, first, math.min(first + 499, #events), 1, {})))
+  end
+  local t0, pids = wall(), {}
+  for i = 1, k do pids[i] = spawn("worker", PARTITIONS) end
+  while flows_done() < FLOWS do nap() end
+  local s = wall() - t0
+  kill(pids)
+  return #events / s
+end
+
+-- Statements per event of one worker in this process over the workload.
+local function statements_per_event()
+  reset()
+  for first = 1, #events, 500 do
+    assert(pg.append_all(conn, table.move(events, first, math.min(first + 499, #events), 1, {})))
+  end
+  local w = pg.worker { conninfo = conninfo, workflows = { batch, order }, partitions = PARTITIONS }
+  local before = db.statements
+  while w:step() > 0 do end
+  local n = db.statements - before
+  w:close()
+  return n / #events
+end
+
+-- Events into every partition; seconds until each has its command.
+local function probe(tag)
+  local ids = {}
+  for p = 0, PARTITIONS - 1 do
+    local i = 0
+    repeat i = i + 1 until routes.partition("batch", tag .. i, PARTITIONS) == p
+    ids[#ids + 1] = tag .. i
+  end
+  local list = {}
+  for k, id in ipairs(ids) do
+    list[k] = { event_type = "batch_created", batch_id = id, event_id = id, files = { "f" } }
+  end
+  local t0 = wall()
+  while true do  -- (through a restart: retry until the database takes them)
+    local ok, r = pcall(pg.append_all, conn, list)
+    if ok and r then break end
+    if not conn:alive() then conn:close(); conn = pg.connect(conninfo) or conn end
+    nap()
+  end
+  local function all_handled()
+    for _, id in ipairs(ids) do
+      if pg.flow(conn, "batch", id) == nil then return false end
+    end
+    return true
+  end
+  while not all_handled() do nap() end
+  return wall() - t0
+end
+
+-- Two workers; SIGKILL one; seconds until events of every partition are handled again.
+local function takeover()
+  reset()
+  local a, b = spawn("worker", PARTITIONS), spawn("worker", PARTITIONS)
+  probe("warm")
+  os.execute("sleep 2")  -- shares settle (claims are looked at once a second)
+  probe("settled")
+  local owners = one("SELECT count(DISTINCT pid) AS n FROM pg_locks WHERE locktype = 'advisory' "
+                     .. "AND classid = 5164018 AND granted").n
+  kill { a }
+  local t0 = wall()
+  probe("after-kill")
+  local s = wall() - t0
+  kill { b }
+  return s, owners
+end
+
+-- One worker; the database crashes and starts again; seconds from the
+-- restart's start until events of every partition are handled again.
+local function restart()
+  reset()
+  local w = spawn("worker", PARTITIONS)
+  probe("before")
+  conn:close()
+  local t0 = wall()
+  assert(os.execute("sh tools/pg-cluster.sh restart " .. dir))
+  local up = wall() - t0
+  conn = assert(pg.connect(conninfo))
+  routes.forget(conn)
+  probe("after-restart")
+  local s = wall() - t0
+  kill { w }
+  return s, up
+end
+
 local function embedded(sync)
   local path = os.tmpname() .. ".pmj"
   local r = assert(procman.router { workflows = { batch, order }, journal = path, sync = sync })
@@ -44,94 +192,50 @@ local function embedded(sync)
   return #events / s
 end
 
-local dir = io.popen("mktemp -d /tmp/procman-pgbench.XXXXXX"):read("l")
-local conninfo = io.popen("sh tools/pg-cluster.sh start " .. dir):read("l")
-local conn = assert(pg.connect(conninfo))
-
-local function reset()
-  assert(conn:script("DROP TABLE IF EXISTS procman_schema, procman_events, procman_flows, procman_outbox, "
-                     .. "procman_timers, procman_checkpoints, procman_dead_letters, procman_config"))
-  pg.migrate(conn)
-end
-
-local function one(sql, ...) return assert(conn:exec(sql, ...))[1] end
-
-local function spawn(role, ...)
-  local p = io.popen(string.format("lua5.4 spec/support/pg_child.lua %s %q %s >/dev/null 2>&1 & echo $!",
-                                   role, conninfo, table.concat({ ... }, " ")))
-  local pid = p:read("l")
-  p:close()
-  return pid
-end
-
-local function wait_caught_up(partitions)
-  local last = one("SELECT max(position) AS p FROM procman_events").p
-  while true do
-    local row = one("SELECT count(*) AS n, min(position) AS low FROM procman_checkpoints")
-    if row.n == partitions and row.low >= last then return end
-    os.execute("sleep 0.05")
-  end
-end
-
--- Append the whole workload (one producer): appends per second.
-local function append_all()
-  local t0 = wall()
-  for _, e in ipairs(events) do pg.append(conn, e) end
-  return #events / (wall() - t0)
-end
-
--- k workers on the appended events: events per second, wall time from the
--- workers' start to the last checkpoint.
-local function workers(k, partitions)
-  reset()
-  local rate_append = append_all()
-  local t0 = wall()
-  local pids = {}
-  for i = 1, k do pids[i] = spawn("worker", partitions) end
-  wait_caught_up(partitions)
-  local s = wall() - t0
-  os.execute("kill -9 " .. table.concat(pids, " ") .. " 2>/dev/null")
-  return #events / s, rate_append
-end
-
--- Latency: one worker running; append one event at a time and wait for its
--- first command in the outbox.
-local function latency(samples)
-  reset()
-  local pid = spawn("worker", 8)
-  os.execute("sleep 1")
-  local times = {}
-  for i = 1, samples do
-    local t0 = wall()
-    local id = "lat" .. i
-    pg.append(conn, { event_type = "batch_created", batch_id = id, event_id = id, files = { "f" } })
-    while not one("SELECT 1 AS x FROM procman_outbox WHERE command_id = $1", "batch/" .. id .. "/1/1") do end
-    times[i] = (wall() - t0) * 1000
-  end
-  os.execute("kill -9 " .. pid)
-  table.sort(times)
-  return times[(samples + 1) // 2], times[math.ceil(samples * 0.99)]
-end
-
 local cores = io.popen("nproc"):read("l")
-print(string.format("procman.pg on this machine (%s cores, PostgreSQL on the same machine, fsync on): "
-                    .. "%d flows, %d events", cores, FLOWS, #events))
+print(string.format("procman.pg (%s cores shared, PostgreSQL on the same machine, fsync on): %d flows, "
+                    .. "%d events; producers append %d events each", cores, FLOWS, #events, APPENDS))
 print()
-print("| run                                   |   events/s |")
-print("|---------------------------------------|------------|")
-local function row(label, rate) print(string.format("| %-37s | %10.0f |", label, rate)) end
-row("embedded journal, sync always", embedded("always"))
-row("embedded journal, sync none", embedded("none"))
-local appended
-for k = 1, 3 do
-  local rate, append_rate = workers(k, 8)
-  appended = appended or append_rate
-  row(string.format("PostgreSQL, %d worker%s (8 partitions)", k, k == 1 and "" or "s"), rate)
+print("| run                                              |     rate | ratio |")
+print("|--------------------------------------------------|----------|-------|")
+local function row(label, rate, base)
+  print(string.format("| %-48s | %6.0f/s | %5.2f |", label, rate, rate / base))
 end
-row("PostgreSQL, appends (one producer)", appended)
+local always = embedded("always")
+row("embedded journal, sync always (the base)", always, always)
+row("embedded journal, sync none", embedded("none"), always)
+local rates = { [1] = {}, [2] = {}, [4] = {} }
+for _ = 1, ROUNDS do
+  for _, k in ipairs { 1, 2, 4 } do table.insert(rates[k], producers(k)) end
+end
+local function median(list)
+  local sorted = table.move(list, 1, #list, 1, {})
+  table.sort(sorted)
+  return sorted[(#sorted + 1) // 2]
+end
+local one_producer, four = median(rates[1]), median(rates[4])
+row("appends, 1 producer (one event per transaction)", one_producer, always)
+row("appends, 2 concurrent producers", median(rates[2]), always)
+row("appends, 4 concurrent producers", four, always)
+row("batch appends (append_all, 100 a call), 1 producer", batch_appends(), always)
+for k = 1, 3 do
+  row(string.format("worker events/s, %d worker%s (%d partitions)", k, k == 1 and "" or "s", PARTITIONS),
+      workers(k), always)
+end
 print()
-local median, p99 = latency(200)
-print(string.format("Latency from append to its command in the outbox (1 worker, woken by NOTIFY, "
-                    .. "idle at most 20 ms, 200 events): median %.1f ms, p99 %.1f ms", median, p99))
+print(string.format("4 producers / 1 producer: %.2fx (medians of %d rounds; each round's ratio: %s)",
+                    four / one_producer, ROUNDS, (function()
+                      local r = {}
+                      for i = 1, ROUNDS do r[i] = string.format("%.2fx", rates[4][i] / rates[1][i]) end
+                      return table.concat(r, ", ")
+                    end)()))
+print(string.format("statements (round trips) per event, one worker, batches of 200: %.3f",
+                    statements_per_event()))
+local taken, owners = takeover()
+print(string.format("takeover after SIGKILL of one of %d workers: events of every partition handled again "
+                    .. "after %.2f s", owners, taken))
+local resumed, up = restart()
+print(string.format("database restart (pg_ctl stop -m immediate; start: %.2f s): events of every partition "
+                    .. "handled again %.2f s after the crash", up, resumed))
 conn:close()
 os.execute("sh tools/pg-cluster.sh stop " .. dir)

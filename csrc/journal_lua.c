@@ -181,9 +181,12 @@ int journal_lua_open(lua_State *L) {
   }
   holder = e == EWOULDBLOCK ? lock_holder(path) : 0;
   if (holder > 0) {  /* say who holds it */
-    lua_pushfstring(L, "the journal is in use by another process: pid %d holds its lock%s",
-                    (int)holder, holder == (long)getpid() ? " (this one: close its other router first)"
-                                                          : "");
+    if (holder == (long)getpid())
+      lua_pushfstring(L, "the journal is in use by another router of this process (pid %d): "
+                      "close that one first", (int)holder);
+    else
+      lua_pushfstring(L, "the journal is in use by another process: pid %d holds its lock",
+                      (int)holder);
     return io_failure(L, path, lua_tostring(L, -1), e);
   }
   if (e != 0)

@@ -55,3 +55,14 @@ write("journal", "torn", journal:sub(1, #journal - 7))
 write("journal", "header", journal:sub(1, 16))
 write("journal", "damaged", journal:sub(1, 40) .. "\0" .. journal:sub(42))
 print("corpora written under fuzz/corpus/")
+
+-- pattern: a byte with the pattern's length, the pattern, the subject
+local patterns = {
+  { "(%a+)%s*=%s*(%d+)", "key = 42" }, { "%b()", "f(a(b)c)d" }, { "%f[%w]%w+", "THE (quick) fox" },
+  { "^(.-)%s*$", "trailing   " }, { "(a*(.)%w(%s*))", "aaab  c" }, { "[%]%-]+", "a]-]b" },
+  { "()ll()", "hello" }, { "(.)%1", "abccd" }, { ("a*"):rep(8) .. "b", ("a"):rep(60) },
+  { "[^%d%s]+$", "12 ab" }, { "%", "x" }, { "[a", "a" }, { "(()", "x" }, { "plain.text", "a plain.text" },
+}
+for i, case in ipairs(patterns) do
+  write("pattern", string.format("case%02d", i), string.char(#case[1]) .. case[1] .. case[2])
+end

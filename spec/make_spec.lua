@@ -12,8 +12,14 @@ describe("make test's output", function()
     assert.is_string(busted)
     local listed = run(busted .. " --list")
     assert.matches("spec/testing_spec.lua", listed, 1, true)
-    assert.not_matches("pg_spec", listed, 1, true)  -- not shown as pending, then run anyway
+    assert.not_matches("spec/pg_", listed, 1, true)  -- not shown as pending, then run anyway
     assert.matches('echo "== procman.pg', run("make -n -s test-pg"), 1, true)
+  end)
+
+  it("uses this checkout's modules even when the shell has LUA_PATH_5_4 (README's install)", function()
+    local out = run("LUA_PATH_5_4='/nonexistent/?.lua' LUA_CPATH_5_4='/nonexistent/?.so' make -s demo")
+    assert.matches('pm:state()', out, 1, true)
+    assert.not_matches("not found", out, 1, true)
   end)
 
   it("lint writes no colour codes when its output is not a terminal", function()

@@ -18,16 +18,7 @@ local function refusal(fn, ...)
   return tostring(err)
 end
 
--- Run bin/procman: { out, err, code }.
-local function procman_cmd(args)
-  local out, err = os.tmpname(), os.tmpname()
-  local _, _, code = os.execute(string.format("LUA_PATH=%q LUA_CPATH=%q lua5.4 bin/procman %s </dev/null >%s 2>%s",
-                                              package.path, package.cpath, args, out, err))
-  local result = { out = files.bytes(out), err = files.bytes(err), code = code }
-  os.remove(out)
-  os.remove(err)
-  return result
-end
+local procman_cmd = require "spec.support.procman_cmd"
 
 describe("error messages", function()
   it("show ids of different types distinctly: 7 is not \"7\"", function()
@@ -42,6 +33,12 @@ describe("error messages", function()
                    refusal(r.handle, r, { event_type = "mailbox_created", id = "8" }), 1, true)
     assert.equal("procman.router: no flow provisioning/9 for mailbox_created",
                  refusal(r.handle, r, { event_type = "mailbox_created", id = 9 }))
+    local pm = provisioning:new("7")
+    assert.equal("provisioning/7: event 'created' belongs to flow '7' (event.id), not to this one; ids of "
+                 .. "different types are different flows: the event's is a number, this flow's a string",
+                 refusal(pm.handle, pm, { event_type = "created", id = 7 }))
+    assert.equal("provisioning/7: event 'created' belongs to flow '8' (event.id), not to this one",
+                 refusal(pm.handle, pm, { event_type = "created", id = "8" }))
   end)
 
   it("say when a handler returned one command instead of a list", function()
@@ -61,6 +58,9 @@ describe("error messages", function()
     assert.matches('got "" (an empty string): the event must name its flow',
                    refusal(r.handle, r, { event_type = "created", id = "" }), 1, true)
     assert.matches("got a table", refusal(r.handle, r, { event_type = "created", id = {} }), 1, true)
+    assert.matches("bad argument #2 to 'new' (non-empty string or integer flow id expected, got the float 1.5: "
+                   .. "pass an integer, or the id as a string)", refusal(provisioning.new, provisioning, 1.5), 1, true)
+    assert.matches("flow id expected, got an empty string)", refusal(provisioning.new, provisioning, ""), 1, true)
   end)
 
   it("put lua-cjson's errors in plain words, with the position", function()
@@ -161,6 +161,7 @@ describe("error messages", function()
     mine:close()
     os.remove(path)
     assert.is_nil(r)
-    assert.matches("holds its lock (this one: close its other router first)", err, 1, true)
+    assert.matches("the journal is in use by another router of this process (pid ", err, 1, true)
+    assert.matches("): close that one first", err, 1, true)
   end)
 end)

@@ -4,19 +4,13 @@
 -- system's packages stay installed).
 local procman = require "procman"
 local batch = require "procman.workflows.batch"
+local read = require("spec.support.files").bytes
 
 local function tmpdir()
   local p = assert(io.popen("mktemp -d /tmp/procman-optional.XXXXXX"))
   local dir = p:read("l")
   p:close()
   return dir
-end
-
-local function read(path)
-  local f = assert(io.open(path, "rb"))
-  local s = f:read("a")
-  f:close()
-  return s
 end
 
 local function sh(cmd)

@@ -64,7 +64,9 @@ describe("procman.patched", function()
     local seen = {}
     r = procman.router { workflows = { order(true, seen) }, journal = path }  -- no divergence
     assert.same({ false }, seen)  -- the old 'paid' replayed without the change
+    local pm = r:flow("order", "o1")
     assert.same({ "ship", "receipt" }, types(r:handle { event_type = "paid", order = "o1" }))
+    assert.equal(pm, r:flow("order", "o1"))  -- the same flow, its history restarted
     r:close()
     seen = {}
     r = procman.router { workflows = { order(true, seen) }, journal = path }

@@ -100,6 +100,32 @@ describe("procman.repl", function()
     assert.same({ "> ", "error: interrupted!\n", "> ", "2\n", "> ", "\n" }, out)
   end)
 
+  it("completes a workflow's methods, which sit behind a function __index, without calling it", function()
+    local s = repl.new()
+    s:feed(".load spec/fixtures/reminder.lua")
+    assert.same({ "reminder:new" }, s:complete("reminder:n"))
+    assert.same({ "batch:handles", "batch:new", "batch:starts_on" }, s:complete("batch:"))
+    assert.same({ "order.new" }, s:complete("order.ne"))
+    local called = false
+    s.env.trap = setmetatable({}, { __index = function() called = true end, __methods = { go = print } })
+    assert.same({ "trap:go" }, s:complete("trap:"))
+    assert.is_false(called)
+  end)
+
+  it("says in .help what r:handle returns: command envelopes", function()
+    local help = repl.new():feed(".help")
+    assert.matches("r:handle{ ... } routes an event\nand returns the command envelopes it produced", help, 1, true)
+    assert.not_matches("answers with an event", help, 1, true)
+    local r = require("procman").router { workflows = { require "procman.workflows.batch" } }
+    local envelope = r:handle { event_type = "batch_created", batch_id = "b", files = { "f" } }[1]
+    assert.same({ "command", "flow", "id", "workflow" }, (function()
+      local keys = {}
+      for k in pairs(envelope) do keys[#keys + 1] = k end
+      table.sort(keys)
+      return keys
+    end)())
+  end)
+
   it("never runs user code to complete", function()
     local s = repl.new()
     local called = false

@@ -240,6 +240,23 @@ describe("the instruction budget", function()
     assert.equal(1000, after[3])
   end)
 
+  it("budget = false sets no hook (no slow path); memory = false sets no guard at all", function()
+    local hooks = {}
+    local function spy(name, extra)
+      local def = { name = name, on = { go = function() hooks[name] = debug.gethook() ~= nil end } }
+      for k, v in pairs(extra) do def[k] = v end
+      return procman.workflow(def)
+    end
+    spy("unlimited", { budget = false }):new(1):handle { event_type = "go" }
+    spy("counted", {}):new(1):handle { event_type = "go" }
+    assert.is_false(hooks.unlimited)
+    assert.is_true(hooks.counted)
+    local bomb = procman.workflow { name = "bomb", budget = false, memory = 1024 * 1024,
+                                    on = { go = function() return { { command_type = "x",
+                                                                       s = ("x"):rep(1e7) } } end } }
+    flow.refuses(bomb:new(1), { event_type = "go" }, "ran past its memory budget of 1048576 bytes")
+  end)
+
   it("is checked where the workflow is defined", function()
     for _, bad in ipairs { 0, -1, 1.5, "lots", true } do
       assert.error_matches(function() looping(bad) end,

@@ -96,6 +96,26 @@ describe("procman.testing", function()
     assert.matches(":4: expected an error", err, 1, true)
   end)
 
+  it("points at the expectation in a loop too, and past comments in a chain", function()
+    local first_line = debug.getinfo(1, "l").currentline + 4
+    local err = failure(function()
+      local s = given(reminder, { { event_type = "open", id = "a" } })
+      for _ = 1, 2 do
+        s:when { event_type = "ping" }
+          -- a comment inside the chain
+          :expect { { command_type = "pinged", id = "a", n = 1 } }  -- the second time round, n = 2
+      end
+    end)
+    assert.equal("spec/testing_spec.lua:" .. (first_line + 2) .. ":", err:match("^[^ ]+"))
+  end)
+
+  it("fails without a position when called from C", function()
+    local s = given(reminder, {}):when { event_type = "open", id = "a" }
+    local ok, err = pcall(s.expect, s, {})
+    assert.is_false(ok)
+    assert.matches("^commands differ", tostring(err))
+  end)
+
   it("counts as a failure in busted (not an error), at the expectation's line", function()
     local fixture = "spec/fixtures/failing_expectations.lua"
     local p = assert(io.popen("busted --lua=lua5.4 --output=plainTerminal " .. fixture .. " 2>&1"))

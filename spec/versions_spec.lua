@@ -181,5 +181,15 @@ describe("workflow versions", function()
     assert.equal("procman.router: flow signup/o runs version 1 of signup, which has no handler for 'audited'",
                  err)
     r:close()
+    -- a type only an older version handles starts no flow on the newest
+    local v3 = procman.workflow { name = "signup", version = 3, correlate = "user", starts = { "joined" },
+                                  on = { joined = function() end } }
+    r = procman.router { workflows = { signup(1), v2, v3 }, journal = path, on_unknown = "raise" }
+    ok, err = pcall(r.handle, r, { event_type = "registered", user = "z" })
+    assert.is_false(ok)
+    assert.equal("procman.router: no flow signup/z for registered, and version 3 of signup (new flows start on "
+                 .. "it) has no handler for it", err)
+    assert.equal(1, #r:handle { event_type = "audited", user = "n" })  -- v2's flow still takes it
+    r:close()
   end)
 end)

@@ -12,8 +12,8 @@ for rockspec in procman-[0-9]*.rockspec procman-lineedit-*.rockspec procman-pg-*
     { cat "$tree.log"; rm -f "$tree.log"; exit 1; }
 done
 rm -f "$tree.log"
-TREE="$tree" LUA_PATH="$tree/share/lua/5.4/?.lua;$tree/share/lua/5.4/?/init.lua" \
-LUA_CPATH="$tree/lib/lua/5.4/?.so" \
+TREE="$tree" LUA_PATH_5_4="$tree/share/lua/5.4/?.lua;$tree/share/lua/5.4/?/init.lua" \
+LUA_CPATH_5_4="$tree/lib/lua/5.4/?.so" \
 lua5.4 -e '
   local procman = require "procman"
   local batch = require "procman.workflows.batch"
@@ -31,6 +31,6 @@ lua5.4 -e '
   assert(type(pg.worker) == "function" and type(pg.migrate) == "function")
 '
 # the command from the tree; argparse from the system (lua-argparse)
-LUA_PATH="$tree/share/lua/5.4/?.lua;$tree/share/lua/5.4/?/init.lua;;" \
-LUA_CPATH="$tree/lib/lua/5.4/?.so" "$tree/bin/procman" --version
-echo "test-rock: luarocks make into an empty tree: ok"
+version=$(LUA_PATH_5_4="$tree/share/lua/5.4/?.lua;$tree/share/lua/5.4/?/init.lua;;" \
+  LUA_CPATH_5_4="$tree/lib/lua/5.4/?.so" "$tree/bin/procman" --version)
+echo "test-rock: luarocks make into an empty tree: ok ($version, its command from the tree)"

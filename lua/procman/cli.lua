@@ -2,10 +2,10 @@
 --
 --   procman [repl] [--journal FILE] [WORKFLOW_FILE ...]
 --   procman run WORKFLOW_FILE... --journal FILE [--sync S] [--strict] [--quiet]
---   procman inspect FILE [--workflow W] [--flow ID] [--status S] [--json]
+--   procman inspect FILE|CONNINFO [--workflow W] [--flow ID] [--status S] [--json]
 --   procman verify FILE WORKFLOW_FILE... [--live]
 --   procman compact FILE WORKFLOW_FILE...
---   procman diagram FILE [--workflow W] [--format mermaid|dot]
+--   procman diagram FILE|CONNINFO [--workflow W] [--format mermaid|dot]
 --   procman parked FILE [--json]
 --   procman resume|skip FILE WORKFLOW FLOW WORKFLOW_FILE...
 --   procman dead-letters FILE [--json]
@@ -168,7 +168,7 @@ local function parser()
 
   local inspect = p:command("inspect", "Summarize a journal, list a workflow's flows, or show one "
                                        .. "flow's timeline.")
-  inspect:argument("journal", "The journal file.")
+  inspect:argument("journal", "The journal file, or a PostgreSQL conninfo (host=... dbname=...).")
   inspect:option("-w --workflow", "List this workflow's flows.")
   inspect:option("-f --flow", "Show this flow's timeline (with --workflow when several workflows have it).")
   inspect:option("-s --status", "Only flows with this status.")
@@ -187,7 +187,7 @@ local function parser()
   compact:argument("workflows", "Workflow files (or batch, order): every version live flows run."):args("+")
 
   local diagram = p:command("diagram", "Draw a workflow's observed state machine from a journal.")
-  diagram:argument("journal", "The journal file.")
+  diagram:argument("journal", "The journal file, or a PostgreSQL conninfo (host=... dbname=...).")
   diagram:option("-w --workflow", "The workflow (needed when the journal has several).")
   diagram:option("--format", "mermaid or dot."):choices { "mermaid", "dot" }:default("mermaid")
 

@@ -217,9 +217,11 @@ function M.timers(view)
   return out
 end
 
---- The dead letters, oldest first: { id, event, error, time }.
+--- The dead letters, oldest first: { id, event, error, time }. (A view
+-- of a PostgreSQL store, procman.pg.view, keeps a plain list: { position,
+-- workflow, flow, event, error }.)
 function M.dead_letters(view)
-  return view.dead.list
+  return view.dead.list or view.dead
 end
 
 --- The parked flows: { workflow, flow, error, event, held }.

@@ -40,7 +40,7 @@ function M.dead_letters_text(list)
   if #list == 0 then return "no dead letters" end
   local lines = {}
   for _, d in ipairs(list) do
-    lines[#lines + 1] = string.format("#%d  %s  %s", d.id, M.time_text(d.time),
+    lines[#lines + 1] = string.format("#%s  %s  %s", tostring(d.id or d.position), M.time_text(d.time),
                                       tostring(d.event.event_type))
     lines[#lines + 1] = "  reason: " .. tostring(d.error)
     lines[#lines + 1] = "  event:  " .. pretty.format(d.event, ONE_LINE)

@@ -113,11 +113,15 @@ function Session:reset()
 end
 
 -- The table whose keys complete 'v' after '.' (':' for methods): tables
--- themselves; for others, their metatable's __index table, all by rawget.
+-- themselves; and their metatable's __index table or, when __index is a
+-- function (never called here: it is user code), the metatable's
+-- __methods table (procman's workflows have one); all by rawget.
 local function fields_of(v)
   local t = type(v) == "table" and v or nil
   local mt = getmetatable(v)
-  local index = type(mt) == "table" and rawget(mt, "__index") or nil
+  if type(mt) ~= "table" then return t, nil end
+  local index = rawget(mt, "__index")
+  if type(index) ~= "table" then index = rawget(mt, "__methods") end
   return t, type(index) == "table" and index or nil
 end
 

@@ -31,7 +31,9 @@ local HELP = [[
 .resume W FLOW     retry parked flow W/FLOW's events (after a fix); .skip W FLOW drops the first
 .dead              r's dead letters: id, time, event, reason
 .retry ID          hand dead letter ID's event to r again; .drop ID forgets it
-Lua works as usual: r:handle{ ... } answers with an event, pm:state() looks at a flow.]]
+Lua works as usual: pm:handle{ ... } returns the flow's commands; r:handle{ ... } routes an event
+and returns the command envelopes it produced ({ id, workflow, flow, command }, pending until
+acked); pm:state() and r:flow(name, id) look at a flow.]]
 
 local function fail(fmt, ...)
   error(string.format(fmt, ...), 0)

@@ -16,6 +16,11 @@ local records = require "procman.records"
 
 local M = {}
 
+-- The records that say which flows there are, which version they run and
+-- whether they complete.
+local NEEDED = { [records.EVENT] = true, [records.FLOW] = true, [records.PARKED] = true,
+                 [records.COMPLETED] = true }
+
 -- plan.flows[name][flow_id]: the version a flow started on while it is
 -- live, 0 once it completes (a number, not a table: the plan covers every
 -- flow of the journal).
@@ -55,7 +60,7 @@ end
 function M.read(next_record, decode)
   local plan = { flows = {}, live = {} }
   for _, kind, payload in next_record do
-    if kind >= records.EVENT and kind <= records.DEAD then fold(plan, kind, decode(payload)) end
+    if NEEDED[kind] then fold(plan, kind, decode(payload)) end  -- acks, outbox...: not decoded
   end
   for name, by_id in pairs(plan.flows) do
     local counts = {}

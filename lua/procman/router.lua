@@ -218,7 +218,11 @@ local function target_in(self, newest, event, event_type)
     if final.seen and event_id ~= nil and final.seen[event_id] then return nil end  -- redelivered
     return nil, "late", late_part(name, flow_id, final, event_type)
   end
-  if newest.on[event_type] == nil then return nil end  -- only older versions handle it
+  if newest.on[event_type] == nil then  -- only older versions handle it: no flow to start
+    return nil, "version", string.format("no flow %s for %s, and version %d of %s (new flows start on it) "
+                                         .. "has no handler for it", label(name, flow_id), event_type,
+                                         newest.version, name)
+  end
   if not newest.starts_set[event_type] then
     fail("no flow %s for %s%s", label(name, flow_id), event_type, other_typed_flow(self, name, flow_id))
   end
@@ -419,7 +423,7 @@ local function settle(self, targets, record, out)
       self.older[name][flow_id] = t.spec  -- pinned to the version it started on
     end
     if t.committed then
-      if t.patches then t.pm = patches.rebase(t.spec, t.pm, t.patches) end
+      if t.patches then patches.rebase(t.pm, t.patches) end
       self.live[name][flow_id] = t.pm
       self.outbox:emit(name, flow_id, t.pm:version(), t.plain, out)
       if t.directives then self.schedule:set(name, flow_id, t.directives, record.now, record.seq) end
@@ -680,7 +684,9 @@ local function replay_target(self, f, rec, offset)
     end
   elseif f.commands then
     t.pm = t.pm or core.new(spec, f.flow)
-    local ok, now = patches.replay(t.pm, rec.event, f.patches)
+    -- the decoded event is the handler's copy when it goes to this flow only
+    local fresh = #rec.flows == 1 and core.handle_fresh or nil
+    local ok, now = patches.replay(t.pm, rec.event, f.patches, fresh)
     if not ok then
       error(string.format("procman.router: replay failed at %s: %s", where(self, f, rec, offset),
                           message(now)), 0)

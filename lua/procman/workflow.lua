@@ -197,6 +197,9 @@ local Workflow = {}
 
 local meta = {
   __name = "procman.workflow",
+  -- The methods, as a plain table for tools that must not call __index
+  -- (the REPL's Tab completion reads it with rawget).
+  __methods = Workflow,
   __index = function(self, key)
     local m = Workflow[key]
     if m ~= nil then return m end
@@ -322,6 +325,30 @@ function M.routable(list)
   local ordered = {}
   for i, name in ipairs(names) do ordered[i] = by_name[name] end
   return ordered, by_name, versions
+end
+
+--- flow_id(spec, event) -> the id of the flow of workflow 'spec' that the
+-- event is for; or nil and why not (the field is missing, or the id is not
+-- a non-empty string or an integer: a table would name no flow). One rule
+-- for every runtime that routes (the router's wording; procman.pg's worker).
+function M.flow_id(spec, event)
+  local c = spec.correlate
+  local ok, id = true, nil  -- luacheck: ignore 311
+  if type(c) == "string" then id = rawget(event, c) else ok, id = pcall(c, event) end
+  local event_type = rawget(event, "event_type")
+  if not ok then
+    return nil, string.format("event '%s': correlate of workflow %q failed: %s", event_type, spec.name,
+                              tostring(id))
+  end
+  if id == nil then
+    local how = type(c) == "string" and ("the field " .. c) or "a flow id (correlate returned nil)"
+    return nil, string.format("event '%s' lacks %s, which workflow %q needs", event_type, how, spec.name)
+  end
+  if not (math.type(id) == "integer" or (type(id) == "string" and id ~= "")) then
+    return nil, string.format("event '%s': flow id for workflow %q must be a non-empty string or an integer, "
+                              .. "got %s", event_type, spec.name, type(id))
+  end
+  return id
 end
 
 --- Is 'v' a workflow object?

@@ -8,21 +8,30 @@
 **   conn:wait(seconds)                            -- true when a NOTIFY came
 **                                                 -- (LISTEN first), false when
 **                                                 -- the time passed | nil, message
+**   core.sleep(seconds)                           -- a pause (reconnect backoff)
+**   conn:alive()                                  -- false once the connection broke
+**   conn:in_transaction()                         -- inside BEGIN ... COMMIT?
 **   conn:close()                                  -- also __gc and __close
 **
 ** Parameters are always sent as parameters ($1, $2, ...), never spliced
-** into SQL: nil is NULL, booleans are true/false, numbers and strings are
-** sent as text, and core.bytes(s) as the bytes of s (binary format, for
-** bytea: MessagePack payloads go as they are).  Rows come back as arrays of
-** tables by column name, with int2/int4/int8 as integers, booleans as
+** into SQL: nil is NULL, booleans are true/false, integers as their digits,
+** floats as "%.17g" (exact: a double survives the round trip through
+** double precision), strings as text, and core.bytes(s) as the bytes of s
+** (binary format, for bytea: keys and payloads go as they are, NUL and
+** non-UTF-8 bytes included).  Any number of parameters (up to libpq's
+** 65535) may be sent: set-based writes send a batch in one statement.  Rows come back as arrays of
+** tables by column name, with int2/int4/int8 as integers, float4/float8 as numbers, booleans as
 ** booleans, bytea as raw bytes, NULL as nil, the rest as strings; 'count'
 ** is the number of rows a command affected.
 */
 #define _POSIX_C_SOURCE 200809L  /* poll */
 #include <errno.h>
+#include <math.h>
+#include <stdio.h>
 #include <poll.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <libpq-fe.h>
 
@@ -30,7 +39,7 @@
 
 #define CONN_TYPENAME "procman.pg.connection"
 #define BYTES_TYPENAME "procman.pg.bytes"
-#define MAX_PARAMS 64
+#define MAX_PARAMS 65535
 
 /* Type OIDs (pg_type.h is a server header; these are stable). */
 #define OID_BOOL 16
@@ -38,6 +47,8 @@
 #define OID_INT8 20
 #define OID_INT2 21
 #define OID_INT4 23
+#define OID_FLOAT4 700
+#define OID_FLOAT8 701
 
 LUAMOD_API int luaopen_procman_pg_core(lua_State *L);
 
@@ -131,6 +142,9 @@ static void push_field(lua_State *L, PGresult *res, int row, int col) {
     case OID_INT2: case OID_INT4: case OID_INT8:
       lua_pushinteger(L, (lua_Integer)strtoll(v, NULL, 10));
       break;
+    case OID_FLOAT4: case OID_FLOAT8:  /* shortest exact text since PostgreSQL 12 */
+      lua_pushnumber(L, (lua_Number)strtod(v, NULL));
+      break;
     case OID_BYTEA:
       push_bytea(L, v, (size_t)PQgetlength(res, row, col));
       break;
@@ -157,16 +171,38 @@ static int push_rows(lua_State *L) {
 
 static int failure(lua_State *L, Conn *c, PGresult *res);
 
+/* A number as text that PostgreSQL reads back to the same value: integers
+** as digits, floats with 17 significant digits (Lua's tostring keeps 14,
+** which rounds 1700000030.000049 to 1700000030). */
+static void push_number_text(lua_State *L, int idx) {
+  if (lua_isinteger(L, idx)) {
+    lua_pushfstring(L, "%I", (LUAI_UACINT)lua_tointeger(L, idx));
+  } else {
+    char buf[64];
+    lua_Number x = lua_tonumber(L, idx);
+    if (x != x) snprintf(buf, sizeof buf, "NaN");
+    else if (x == (lua_Number)HUGE_VAL) snprintf(buf, sizeof buf, "Infinity");
+    else if (x == -(lua_Number)HUGE_VAL) snprintf(buf, sizeof buf, "-Infinity");
+    else snprintf(buf, sizeof buf, "%.17g", (double)x);
+    lua_pushstring(L, buf);
+  }
+}
+
 /* conn:exec(sql, ...) -> rows, count | nil, message, sqlstate */
 static int pg_exec(lua_State *L) {
   Conn *c = check_conn(L);
   const char *sql = luaL_checkstring(L, 2);
   int n = lua_gettop(L) - 2, i, status;
-  const char *values[MAX_PARAMS];
-  int lengths[MAX_PARAMS], formats[MAX_PARAMS];
+  const char **values;
+  int *lengths, *formats;
   PGresult *res;
   ExecStatusType st;
   luaL_argcheck(L, n <= MAX_PARAMS, MAX_PARAMS + 3, "too many parameters");
+  luaL_checkstack(L, 4, "too many parameters");
+  /* the arrays live in a userdata above the parameters: an error frees them */
+  values = (const char **)lua_newuserdatauv(L, (size_t)(n > 0 ? n : 1) * (sizeof *values + 2 * sizeof(int)), 0);
+  lengths = (int *)(void *)(values + (n > 0 ? n : 1));
+  formats = lengths + (n > 0 ? n : 1);
   for (i = 0; i < n; i++) {
     int idx = i + 3;
     size_t len = 0;
@@ -181,7 +217,7 @@ static int pg_exec(lua_State *L) {
         lengths[i] = 0;
         continue;
       case LUA_TNUMBER:
-        luaL_tolstring(L, idx, &len);  /* as text, in place of the number */
+        push_number_text(L, idx);  /* as exact text, in place of the number */
         lua_replace(L, idx);
         values[i] = lua_tolstring(L, idx, &len);
         lengths[i] = (int)len;
@@ -247,6 +283,31 @@ static int pg_script(lua_State *L) {
   return 1;
 }
 
+/* nil, message for a connection that broke (the server went away). */
+static int lost(lua_State *L, Conn *c) {
+  const char *why = PQerrorMessage(c->pg);
+  lua_pushnil(L);
+  lua_pushfstring(L, "procman.pg: the connection is lost: %s",
+                  why != NULL && why[0] != '\0' ? why : "the server closed it");
+  lua_pushliteral(L, "08006");  /* connection_failure */
+  return 3;
+}
+
+/* conn:in_transaction() -> true inside BEGIN ... COMMIT (or a failed one). */
+static int pg_in_transaction(lua_State *L) {
+  Conn *c = check_conn(L);
+  PGTransactionStatusType t = PQtransactionStatus(c->pg);
+  lua_pushboolean(L, t == PQTRANS_INTRANS || t == PQTRANS_INERROR || t == PQTRANS_ACTIVE);
+  return 1;
+}
+
+/* conn:alive() -> false once libpq saw the connection break. */
+static int pg_alive(lua_State *L) {
+  Conn *c = check_conn(L);
+  lua_pushboolean(L, PQstatus(c->pg) == CONNECTION_OK);
+  return 1;
+}
+
 /* Take every notification that arrived; whether there was one. */
 static int drain_notifications(Conn *c) {
   PGnotify *n;
@@ -265,31 +326,52 @@ static int drain_notifications(Conn *c) {
 ** an idle worker sleeps: woken by the NOTIFY of an append's commit, not by
 ** polling the table.
 */
+static double monotonic_seconds(void) {
+  struct timespec t;
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  return (double)t.tv_sec + (double)t.tv_nsec / 1e9;
+}
+
 static int pg_wait(lua_State *L) {
   Conn *c = check_conn(L);
   lua_Number seconds = luaL_checknumber(L, 2);
-  struct pollfd p;
-  int got, ready;
+  double deadline;
   luaL_argcheck(L, seconds == seconds && seconds >= 0, 2, "seconds must be >= 0");
-  if (!PQconsumeInput(c->pg))
-    return failure(L, c, NULL);
-  got = drain_notifications(c);
-  if (got)
-    goto done;
-  p.fd = PQsocket(c->pg);
-  p.events = POLLIN;
-  p.revents = 0;
-  ready = poll(&p, 1, seconds > 86400 ? 86400000 : (int)(seconds * 1000.0));
-  if (ready < 0 && errno != EINTR)
-    return luaL_error(L, "procman.pg: cannot wait: %s", strerror(errno));
-  if (ready > 0) {
-    if (!PQconsumeInput(c->pg))
-      return failure(L, c, NULL);
-    got = drain_notifications(c);
+  deadline = monotonic_seconds() + (seconds > 86400 ? 86400 : (double)seconds);
+  for (;;) {  /* readable without a notification (a server's last words): look again */
+    struct pollfd p;
+    double left;
+    int ready;
+    if (PQstatus(c->pg) == CONNECTION_BAD || PQsocket(c->pg) < 0)
+      return lost(L, c);
+    if (!PQconsumeInput(c->pg) || PQstatus(c->pg) == CONNECTION_BAD)
+      return lost(L, c);
+    if (drain_notifications(c)) {
+      lua_pushboolean(L, 1);
+      return 1;
+    }
+    left = deadline - monotonic_seconds();
+    if (left <= 0)
+      break;
+    p.fd = PQsocket(c->pg);
+    p.events = POLLIN;
+    p.revents = 0;
+    ready = poll(&p, 1, (int)(left * 1000.0) + 1);
+    if (ready < 0 && errno != EINTR)
+      return luaL_error(L, "procman.pg: cannot wait: %s", strerror(errno));
+    if (ready == 0)
+      break;
   }
-done:
-  lua_pushboolean(L, got);
+  lua_pushboolean(L, 0);
   return 1;
+}
+
+/* core.sleep(seconds): a pause without a connection (reconnect backoff). */
+static int pg_sleep(lua_State *L) {
+  lua_Number seconds = luaL_checknumber(L, 1);
+  luaL_argcheck(L, seconds == seconds && seconds >= 0, 1, "seconds must be >= 0");
+  poll(NULL, 0, seconds > 86400 ? 86400000 : (int)(seconds * 1000.0));
+  return 0;
 }
 
 /* core.bytes(s) -> a parameter sent as the raw bytes of s (for bytea). */
@@ -306,6 +388,8 @@ static const luaL_Reg conn_methods[] = {
   { "exec", pg_exec },
   { "script", pg_script },
   { "wait", pg_wait },
+  { "alive", pg_alive },
+  { "in_transaction", pg_in_transaction },
   { "close", pg_close },
   { NULL, NULL }
 };
@@ -327,5 +411,7 @@ LUAMOD_API int luaopen_procman_pg_core(lua_State *L) {
   lua_setfield(L, -2, "connect");
   lua_pushcfunction(L, pg_bytes);
   lua_setfield(L, -2, "bytes");
+  lua_pushcfunction(L, pg_sleep);
+  lua_setfield(L, -2, "sleep");
   return 1;
 }

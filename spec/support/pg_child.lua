@@ -1,12 +1,15 @@
---- Child processes for spec/pg_spec.lua (and bench/pg_bench.lua).
+--- Child processes for the procman.pg specs (and bench/pg_bench.lua).
 --   lua5.4 spec/support/pg_child.lua producer CONNINFO FIRST LAST SEED
 --   lua5.4 spec/support/pg_child.lua worker CONNINFO PARTITIONS
 --   lua5.4 spec/support/pg_child.lua dispatcher CONNINFO OUTFILE
 --   lua5.4 spec/support/pg_child.lua append CONNINFO EVENT_ID
+--   lua5.4 spec/support/pg_child.lua numbered CONNINFO PREFIX COUNT   (a producer that retries
+--                                                          through a lost connection)
 package.path = "lua/?.lua;lua/?/init.lua;pg/lua/?.lua;pg/lua/?/init.lua;./?.lua;" .. package.path
 package.cpath = "build/?.so;" .. package.cpath
 
 local pg = require "procman.pg"
+local pgcore = require "procman.pg.core"
 local batch = require "procman.workflows.batch"
 local order = require "procman.workflows.order"
 
@@ -14,20 +17,38 @@ local events_of = require "spec.support.pg_workload"
 
 local role, conninfo = arg[1], arg[2]
 
-local conn = assert(pg.connect(conninfo))
+-- Append, reconnecting (with a pause) for as long as the database is away.
+local conn
+local function append(e)
+  while true do
+    if conn == nil or not conn:alive() then
+      if conn then conn:close() end
+      conn = pg.connect(conninfo)
+    end
+    if conn then
+      local ok, position, err = pcall(pg.append, conn, e)
+      if ok and position ~= nil then return position end
+      if ok then error(err) end  -- refused: an id reused, a bug of the workload
+      if conn:alive() then error(position) end  -- not the connection: do not hide it
+    end
+    pgcore.sleep(0.05)
+  end
+end
 
 if role == "producer" then
   local first, last, seed = tonumber(arg[3]), tonumber(arg[4]), tonumber(arg[5])
   for i = first, last do
     for k, e in ipairs(events_of(i, seed)) do
-      pg.append(conn, e)
-      if k == 1 and i % 7 == 0 then pg.append(conn, e) end  -- a producer retrying: a duplicate
+      append(e)
+      if k == 1 and i % 7 == 0 then append(e) end  -- a producer retrying: a duplicate
     end
   end
 elseif role == "worker" then
-  local w = pg.worker { conninfo = conninfo, workflows = { batch, order }, partitions = tonumber(arg[3]) }
-  w:run { idle = 0.02, on_error = function(err) io.stderr:write(err, "\n") end }
+  local w = pg.worker { conninfo = conninfo, workflows = { batch, order }, partitions = tonumber(arg[3]),
+                        reconnect = { initial = 0.05, max = 0.5 } }
+  assert(w:run { idle = 0.02, on_error = function(err) io.stderr:write(err, "\n") end })
 elseif role == "dispatcher" then
+  conn = assert(pg.connect(conninfo))
   local out = assert(io.open(arg[3], "w"))
   while true do
     local n = pg.dispatch(conn, function(_, envelope) out:write(envelope.id, "\n") end, 20)
@@ -36,6 +57,11 @@ elseif role == "dispatcher" then
   end
   out:close()
 elseif role == "append" then
+  conn = assert(pg.connect(conninfo))
   print(pg.append(conn, { event_type = "batch_created", batch_id = arg[3], event_id = arg[3], files = {} }))
+elseif role == "numbered" then
+  for i = 1, tonumber(arg[4]) do
+    append { event_type = "tick", n = i, source = arg[3], event_id = arg[3] .. "-" .. i }
+  end
 end
-conn:close()
+if conn then conn:close() end

@@ -4,6 +4,7 @@
 -- start and (for completed flows) the end as the usual black dots.
 -- Mermaid renders in Markdown viewers; dot renders with `dot -Tpng`.
 local journal_view = require "procman.journal_view"
+local source = require "procman.cli.source"  -- a journal file or a PostgreSQL conninfo
 
 local START = journal_view.START
 
@@ -92,7 +93,7 @@ local function dot(name, edges)
 end
 
 return function(args, cli)
-  local view, err = journal_view.read(args.journal)
+  local view, err = source.read(args.journal)
   if not view then cli.fail(1, "%s", err) end
   local name = choose_workflow(view, args, cli)
   local edges = edges_of(view, name)

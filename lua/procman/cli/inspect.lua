@@ -13,6 +13,7 @@
 --                 textfile collector
 local pretty = require "procman.pretty"
 local journal_view = require "procman.journal_view"
+local source = require "procman.cli.source"  -- a journal file or a PostgreSQL conninfo
 local json = require "procman.cli.json"
 local operations = require "procman.operations"
 local metrics = require "procman.metrics"
@@ -95,7 +96,8 @@ local function summary_text(s)
   lines[#lines + 1] = string.format("timers: %d%s", #s.timers, next_due)
   lines[#lines + 1] = string.format("dead letters: %d", #s.dead_letters)
   for _, d in ipairs(s.dead_letters) do
-    lines[#lines + 1] = string.format("  #%d %s %s: %s", d.id, operations.time_text(d.time),
+    lines[#lines + 1] = string.format("  #%s %s %s: %s", tostring(d.id or d.position),
+                                      operations.time_text(d.time),
                                       tostring(d.event.event_type), d.error)
     lines[#lines + 1] = "    " .. pretty.format(d.event, { width = 1e9 })
   end
@@ -191,14 +193,12 @@ end
 
 return function(args, cli)
   local id = args.flow and cli.flow_id(args.flow)
+  local view, err = source.read(args.journal)
+  if not view then cli.fail(1, "%s", err) end
   if args.metrics then
-    local view, err = journal_view.read(args.journal)
-    if not view then cli.fail(1, "%s", err) end
     cli.io.stdout:write(metrics.render(metrics.gauges(gauge_state(view))))
     return 0
   end
-  local view, err = journal_view.read(args.journal)
-  if not view then cli.fail(1, "%s", err) end
   args.workflow = status_workflow(view, args, cli)
   local result, text
   if id ~= nil then
@@ -206,7 +206,7 @@ return function(args, cli)
     if view.flows[name] == nil or view.flows[name][id] == nil then
       cli.fail(1, "%s has no flow %s/%s", view.path, name, tostring(id))
     end
-    view = assert(journal_view.read(args.journal, { timeline = { name, id } }))
+    view = assert(source.read(args.journal, { timeline = { name, id } }))
     result = view.flows[name][id]
     text = timeline_text(result)
     result.timeline = json.array(result.timeline or {})

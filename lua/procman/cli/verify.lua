@@ -62,10 +62,7 @@ local function check_entry(state, e, rec, offset)
   by_id[e.flow] = pm
   local ok, now = patches.replay(pm, rec.event, e.patches)
   state.checked = state.checked + 1
-  if ok and e.patches then
-    pm = patches.rebase(spec, pm, e.patches)
-    by_id[e.flow] = pm
-  end
+  if ok and e.patches then patches.rebase(pm, e.patches) end
   if not ok then
     by_id[e.flow] = false
     return string.format("%s: '%s' fails now: %s", where(e, pm:version() + 1, rec, offset),

@@ -3,9 +3,10 @@
 -- same model, shared. docs/postgres.md is the manual.
 --
 --   local pg = require "procman.pg"
---   pg.migrate(conninfo)                                  -- create or upgrade the tables
+--   pg.migrate(conninfo)                                  -- create the tables
 --   local conn = assert(pg.connect(conninfo))
 --   pg.append(conn, event)                                -- producers; idempotent on event_id
+--   pg.append_all(conn, { event, ... })                   -- several, one round trip
 --   local w = pg.worker { conninfo = conninfo, workflows = { batch, order }, partitions = 16 }
 --   while true do w:step() w:tick() end                   -- workers
 --   pg.dispatch(conn, function(command, envelope) ... end) -- gateways
@@ -27,30 +28,37 @@ end
 
 M.transaction = db.transaction
 
---- pg.migrate(conninfo | conn) -> the schema version: create the tables,
--- or upgrade them, each migration in a transaction (concurrent migrations
--- serialize on an advisory lock).
+--- pg.migrate(conninfo | conn) -> the schema version: create the tables
+-- in one transaction (concurrent migrations serialize on an advisory
+-- lock). A store written by another schema version is refused, not misread.
 function M.migrate(target)
   local conn, opened = db.connection(target, "migrate")
-  local version = db.transaction(conn, function(c)
+  local ok, err = pcall(db.transaction, conn, function(c)
     db.exec(c, "SELECT pg_advisory_xact_lock(5164017)")  -- one migration at a time
+    local v = schema.stored_version(c)
+    if v == schema.VERSION then return end
+    if v ~= nil and v ~= 0 then schema.refuse(v) end
     assert(c:script("CREATE TABLE IF NOT EXISTS procman_schema (version integer NOT NULL)"))
-    local rows = db.exec(c, "SELECT version FROM procman_schema")
-    local v = rows[1] and rows[1].version or 0
-    if rows[1] == nil then db.exec(c, "INSERT INTO procman_schema (version) VALUES (0)") end
-    for i = v + 1, #schema.migrations do
-      local ok, err = c:script(schema.migrations[i])
-      if not ok then error(string.format("procman.pg: migration %d failed: %s", i, err), 0) end
-      db.exec(c, "UPDATE procman_schema SET version = $1", i)
-    end
-    return #schema.migrations
+    local done, why = c:script(schema.ddl)
+    if not done then error("procman.pg: creating the tables failed: " .. why, 0) end
+    db.exec(c, "DELETE FROM procman_schema")
+    db.exec(c, "INSERT INTO procman_schema (version) VALUES ($1)", schema.VERSION)
   end)
   if opened then conn:close() end
-  return version
+  if not ok then error(err, 0) end
+  return schema.VERSION
 end
 
-M.append = require("procman.pg.producer").append
-M.dispatch = require("procman.pg.dispatcher").dispatch
+M.check_schema = schema.check
+
+local producer = require "procman.pg.producer"
+M.append, M.append_all = producer.append, producer.append_all
+local dispatcher = require "procman.pg.dispatcher"
+M.dispatch, M.dispatcher = dispatcher.dispatch, dispatcher.new
 M.worker = require("procman.pg.worker").new
+
+local read = require "procman.pg.read"
+M.flow, M.flows, M.outbox, M.timers, M.parked, M.dead_letters =
+  read.flow, read.flows, read.outbox, read.timers, read.parked, read.dead_letters
 
 return M

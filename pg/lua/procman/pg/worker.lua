@@ -1,20 +1,25 @@
 --- procman.pg.worker: run flows from the shared event store.
 --
--- A flow belongs to partition hash(workflow, flow id) mod N. A worker owns
--- partitions through PostgreSQL advisory locks (session locks: they go
--- when the worker's connection goes, so a dead worker's partitions are
--- free for the others), each with a checkpoint: the position of the last
--- event handled for it. A step reads the events after its checkpoints in
--- position order, handles those of flows in its partitions, and commits in
--- ONE transaction: the flows' new state and version (checked against the
--- version it read, so two owners can never both write), the outbox rows,
--- the timers, the dead letters and the checkpoints. If anything fails the
--- transaction rolls back, the worker forgets what it had cached, and the
--- next step reads again from the checkpoints.
+-- A flow belongs to partition hash(workflow, flow id) mod N; a worker owns
+-- partitions (procman.pg.partitions). A step reads, in (transaction id,
+-- position) order, the events after its checkpoints that may concern its
+-- partitions, routes each by the router's rules (procman.workflow's
+-- flow_id, the same dead letters, parking with on_error = "park"), and
+-- commits in ONE transaction: the flows' new state and version (checked
+-- against the version it read, so two owners can never both write), the
+-- outbox rows, the timers, the parked events, the dead letters and the
+-- checkpoints (procman.pg.store, one statement per table).
 --
--- Workers share the partitions fairly: each takes at most its share,
--- ceil(N / live workers), counting live workers by their presence locks,
--- and gives back partitions above its share when workers join.
+-- Failure isolation: when the commit fails for anything but a lost
+-- connection or another owner, the worker forgets its cache and handles
+-- the batch again one event per transaction; an event whose own
+-- transaction fails becomes a dead letter with the database's reason, and
+-- the rest commits. No input can stall a partition.
+--
+-- Connection loss: w:run reconnects with backoff (forever, unless told a
+-- number of attempts), reports each failure (the on_error hook, else
+-- warn), and starts again from the stored checkpoints: nothing is lost and
+-- nothing is applied twice, since state and checkpoints commit together.
 local procman = require "procman"
 local core = require "procman.core"
 local workflow = require "procman.workflow"
@@ -22,45 +27,82 @@ local timers = require "procman.timers"
 local records = require "procman.records"
 local message = require "procman.message"
 local db = require "procman.pg.db"
-local producer = require "procman.pg.producer"
 local pgcore = require "procman.pg.core"
+local schema = require "procman.pg.schema"
+local routes = require "procman.pg.routes"
+local store = require "procman.pg.store"
+local partitions = require "procman.pg.partitions"
+local producer = require "procman.pg.producer"
 
 local encode, decode = procman.encode, procman.decode
-
-local PARTITION_LOCK = 5164018  -- advisory lock class of partitions (key: the partition)
-local PRESENCE_LOCK = 5164019   -- advisory lock class of live workers (key: backend pid)
 
 local M = {}
 local Worker = {}
 Worker.__index = Worker
 Worker.__name = "procman.pg.worker"
 
+M.partition = routes.partition
+
+local OPTIONS = { conninfo = true, workflows = true, partitions = true, batch = true, clock = true,
+                  on_error = true, cache = true, warn = true, reconnect = true }
+local NO_MEMORY = "not enough memory"  -- never a reason to park or dead-letter
+local START = "[*]"  -- the status before a flow's first event (procman.journal_view's START)
+
 local function fail(fmt, ...)
   error("procman.pg.worker: " .. string.format(fmt, ...), 3)
 end
 
---- The partition of a flow: FNV-1a of "workflow/flow id", mod n. The same
--- in every worker, process and machine.
-function M.partition(name, flow_id, n)
-  local h = 2166136261
-  for i = 1, #name do h = ((h ~ name:byte(i)) * 16777619) & 0xffffffff end
-  h = ((h ~ 47) * 16777619) & 0xffffffff  -- '/'
-  local id = tostring(flow_id)
-  for i = 1, #id do h = ((h ~ id:byte(i)) * 16777619) & 0xffffffff end
-  return h % n
+local function label(name, flow_id)
+  return string.format("%s/%s", name, tostring(flow_id))
+end
+
+-- ---------------------------------------------------------------------
+-- Options and connection
+-- ---------------------------------------------------------------------
+
+local function positive_integer(opts, key, default)
+  local v = opts[key]
+  if v == nil then return default end
+  if math.type(v) ~= "integer" or v < 1 then
+    fail("%s must be a positive integer, got %s", key, tostring(v))
+  end
+  return v
+end
+
+local function check_reconnect(r)
+  r = r or {}
+  if type(r) ~= "table" then fail("reconnect must be a table, got %s", type(r)) end
+  local out = { initial = r.initial or 0.05, max = r.max or 5, attempts = r.attempts }
+  for _, k in ipairs { "initial", "max" } do
+    if type(out[k]) ~= "number" or out[k] ~= out[k] or out[k] < 0 then
+      fail("reconnect.%s must be seconds >= 0", k)
+    end
+  end
+  if out.attempts ~= nil and (math.type(out.attempts) ~= "integer" or out.attempts < 1) then
+    fail("reconnect.attempts must be a positive integer (or nil: never give up)")
+  end
+  return out
 end
 
 local function check_options(opts)
   if type(opts) ~= "table" then fail("options must be a table, got %s", type(opts)) end
+  for k in pairs(opts) do
+    if not OPTIONS[k] then fail("unknown option %s", tostring(k)) end
+  end
   if type(opts.conninfo) ~= "string" then fail("conninfo must be a string, got %s", type(opts.conninfo)) end
   local n = opts.partitions or 16
   if math.type(n) ~= "integer" or n < 1 or n > 100000 then
     fail("partitions must be an integer from 1 to 100000, got %s", tostring(n))
   end
-  if opts.clock ~= nil and type(opts.clock) ~= "function" then fail("clock must be a function") end
-  local batch = opts.batch or 200
-  if math.type(batch) ~= "integer" or batch < 1 then fail("batch must be a positive integer") end
-  return n, batch
+  for _, f in ipairs { "clock", "warn" } do
+    if opts[f] ~= nil and type(opts[f]) ~= "function" then fail("%s must be a function", f) end
+  end
+  local on_error = opts.on_error or "dead_letter"
+  if on_error ~= "dead_letter" and on_error ~= "park" then
+    fail('on_error must be "dead_letter" or "park", got %s', tostring(on_error))
+  end
+  return { partitions = n, batch = positive_integer(opts, "batch", 200), on_error = on_error,
+           cache_limit = positive_integer(opts, "cache", 10000), reconnect = check_reconnect(opts.reconnect) }
 end
 
 local function specs_of(list)
@@ -77,334 +119,554 @@ end
 
 -- Every worker must cut the flows into the same partitions.
 local function agree_on_partitions(conn, n)
-  db.exec(conn, "INSERT INTO procman_config (key, value) VALUES ('partitions', $1) "
-                .. "ON CONFLICT (key) DO NOTHING", tostring(n))
+  db.exec(conn, "INSERT INTO procman_config (key, value) VALUES ('partitions', $1::bytea) "
+                .. "ON CONFLICT (key) DO NOTHING", pgcore.bytes(tostring(n)))
   local rows = db.exec(conn, "SELECT value FROM procman_config WHERE key = 'partitions'")
   if tonumber(rows[1].value) ~= n then
-    fail("the store is partitioned in %s, this worker was given partitions = %d", rows[1].value, n)
+    error(string.format("procman.pg.worker: the store is partitioned in %s, this worker was given "
+                        .. "partitions = %d", rows[1].value, n), 0)
   end
 end
 
---- pg.worker { conninfo, workflows, partitions = 16, batch = 200, clock = os.time }
+-- Open a session: schema, partitioning, routes, presence, LISTEN. The
+-- partitions are claimed afresh (a lost session lost its locks).
+local function connect(self)
+  local conn, err = pgcore.connect(self.conninfo)
+  if not conn then return nil, err end
+  local ok, why = pcall(function()
+    schema.check(conn)
+    agree_on_partitions(conn, self.partitions)
+    routes.register(conn, self.specs, self.partitions)
+    partitions.present(conn)
+    db.exec(conn, "LISTEN " .. producer.CHANNEL)  -- appends wake an idle run (a constant name)
+  end)
+  if not ok then
+    conn:close()
+    return nil, message(why)
+  end
+  self.conn, self.owned, self.owned_count, self.claimed_at = conn, {}, 0, nil
+  self:forget_all()
+  return true
+end
+
+--- pg.worker { conninfo, workflows, partitions = 16, batch = 200, clock = os.time,
+--              on_error = "dead_letter" | "park", cache = 10000 (live flows kept),
+--              warn = function(message), reconnect = { initial, max, attempts } }
 function M.new(opts)
-  local n, batch = check_options(opts)
+  local o = check_options(opts)
   local specs, by_name = specs_of(opts.workflows)
-  local conn, err = pgcore.connect(opts.conninfo)
-  if not conn then error(err, 2) end
-  agree_on_partitions(conn, n)
   local self = setmetatable({
-    conn = conn, specs = specs, by_name = by_name, partitions = n, batch = batch,
-    clock = opts.clock or os.time, owned = {}, owned_count = 0, cache = {},
-    stats = { events = 0, handled = 0, commands = 0, dead = 0, timers = 0, commits = 0 },
+    conninfo = opts.conninfo, specs = specs, by_name = by_name, partitions = o.partitions, batch = o.batch,
+    clock = opts.clock or os.time, on_error = o.on_error, cache_limit = o.cache_limit,
+    warn = opts.warn, reconnect_opts = o.reconnect, cache = {}, cache_size = 0, owned = {}, owned_count = 0,
+    stats = { events = 0, handled = 0, commands = 0, dead = 0, timers = 0, commits = 0, parked = 0,
+              isolated = 0, reconnects = 0 },
   }, Worker)
-  for _, spec in ipairs(specs) do self.cache[spec.name] = {} end
-  db.exec(conn, "SELECT pg_advisory_lock($1, pg_backend_pid())", PRESENCE_LOCK)
-  db.exec(conn, "LISTEN " .. producer.CHANNEL)  -- appends wake an idle run (a constant name)
+  local ok, err = connect(self)
+  if not ok then error(err, 2) end
   return self
 end
 
--- ---------------------------------------------------------------------
--- Partitions
--- ---------------------------------------------------------------------
-
-local function live_workers(conn)
-  local rows = db.exec(conn, "SELECT count(*) AS n FROM pg_locks WHERE locktype = 'advisory' "
-                             .. "AND classid = $1 AND granted AND database = "
-                             .. "(SELECT oid FROM pg_database WHERE datname = current_database())",
-                       PRESENCE_LOCK)
-  return math.max(rows[1].n, 1)
+-- A failure the worker goes on after: the warn option, else Lua's warn.
+function Worker:report(text)
+  if self.warn then self.warn(text) else warn("procman.pg.worker: ", text) end
 end
 
-local function forget_partition(self, p)
-  for _, spec in ipairs(self.specs) do
-    for flow_id, entry in pairs(self.cache[spec.name]) do
-      if entry.partition == p then self.cache[spec.name][flow_id] = nil end
+--- w:reconnect([stop]) -> true, or nil, message once it gives up (after
+-- reconnect.attempts failures; never without that option) or stop() says so.
+function Worker:reconnect(stop)
+  if self.conn then self.conn:close() end
+  self.conn = nil
+  local ok, err = db.with_backoff("procman.pg.worker", self.reconnect_opts,
+                                  function() return connect(self) end,
+                                  function(text) self:report(text) end,
+                                  stop and function() return stop(self) end)
+  if ok then self.stats.reconnects = self.stats.reconnects + 1 end
+  return ok, err
+end
+
+-- ---------------------------------------------------------------------
+-- The cache: live flows by workflow and key, bounded
+-- ---------------------------------------------------------------------
+
+local function cache_key(name, key)
+  return name .. "\0" .. key
+end
+
+function Worker:forget_all()
+  self.cache, self.cache_size = {}, 0
+end
+
+function Worker:forget_partition(p)
+  for k, entry in pairs(self.cache) do
+    if entry.partition == p then
+      self.cache[k] = nil
+      self.cache_size = self.cache_size - 1
     end
   end
 end
 
-local function release(self, p)
-  db.exec(self.conn, "SELECT pg_advisory_unlock($1, $2)", PARTITION_LOCK, p)
-  self.owned[p] = nil
-  self.owned_count = self.owned_count - 1
-  forget_partition(self, p)
+local function cache_put(self, entry)
+  local k = cache_key(entry.spec.name, entry.key)
+  if self.cache[k] == nil then self.cache_size = self.cache_size + 1 end
+  self.cache[k] = entry
 end
 
---- w:claim() -> the number of partitions owned: take free partitions up
--- to this worker's share, give back those above it. Steps and ticks call
--- it at most once a second (and at once while the worker owns none).
-function Worker:claim(force)
-  local now = os.time()
-  if not force and self.owned_count > 0 and self.claimed_at == now then return self.owned_count end
-  self.claimed_at = now
-  local share = -(-self.partitions // live_workers(self.conn))
-  for p = self.partitions - 1, 0, -1 do
-    if self.owned_count <= share then break end
-    if self.owned[p] then release(self, p) end
+local function cache_drop(self, entry)
+  local k = cache_key(entry.spec.name, entry.key)
+  if self.cache[k] ~= nil then
+    self.cache[k] = nil
+    self.cache_size = self.cache_size - 1
   end
-  for p = 0, self.partitions - 1 do
-    if self.owned_count >= share then break end
-    if not self.owned[p] then
-      local rows = db.exec(self.conn, "SELECT pg_try_advisory_lock($1, $2) AS got", PARTITION_LOCK, p)
-      if rows[1].got then
-        db.exec(self.conn, "INSERT INTO procman_checkpoints (partition, position) VALUES ($1, 0) "
-                           .. "ON CONFLICT (partition) DO NOTHING", p)
-        local cp = db.exec(self.conn, "SELECT position FROM procman_checkpoints WHERE partition = $1", p)
-        self.owned[p] = cp[1].position
-        self.owned_count = self.owned_count + 1
-        forget_partition(self, p)  -- its flows may have moved on under another owner
-      end
-    end
-  end
-  return self.owned_count
 end
 
---- w:owned_partitions() -> the partitions this worker owns, sorted.
-function Worker:owned_partitions()
+-- Keep at most cache_limit flows: drop the least recently used (they are
+-- reloaded from the store on demand).
+local function trim_cache(self)
+  if self.cache_size <= self.cache_limit then return end
   local list = {}
-  for p in pairs(self.owned) do list[#list + 1] = p end
-  table.sort(list)
-  return list
+  for _, entry in pairs(self.cache) do list[#list + 1] = entry end
+  table.sort(list, function(a, b) return (a.used or 0) < (b.used or 0) end)
+  for i = 1, #list - (self.cache_limit * 9) // 10 do cache_drop(self, list[i]) end
 end
 
--- ---------------------------------------------------------------------
--- Flows
--- ---------------------------------------------------------------------
-
--- The cached entry of a flow, loaded from the store; nil if it has none.
--- entry = { pm, partition, db_version (nil: new), done, status, timers }
-local function load_flow(self, spec, flow_id, p)
-  local by_id = self.cache[spec.name]
-  local entry = by_id[flow_id]
-  if entry then return entry end
-  local rows = db.exec(self.conn, "SELECT version, done, status, state, seen FROM procman_flows "
-                                  .. "WHERE workflow = $1 AND flow_id = $2", spec.name, tostring(flow_id))
-  local row = rows[1]
-  if row == nil then return nil end
-  entry = { partition = p, db_version = row.version, done = row.done, status = row.status }
-  if not row.done then
-    entry.pm = core.restore(spec, flow_id, decode(row.state), row.version, decode(row.seen))
-    local trows = db.exec(self.conn, "SELECT key, due, event, seq, index FROM procman_timers "
-                                     .. "WHERE workflow = $1 AND flow_id = $2", spec.name, tostring(flow_id))
-    for _, t in ipairs(trows) do
-      entry.timers = entry.timers or {}
-      entry.timers[#entry.timers + 1] = { key = t.key, due = t.due, event = decode(t.event), seq = t.seq,
-                                          index = t.index }
+-- Load into the cache the flows of 'targets' it lacks (three statements
+-- however many): after this, a miss means the store has no such flow.
+local function preload(self, targets)
+  local want, seen = {}, {}
+  for _, t in ipairs(targets) do
+    local k = cache_key(t.spec.name, t.key)
+    if self.cache[k] == nil and not seen[k] then
+      seen[k] = true
+      want[#want + 1] = t
     end
   end
-  by_id[flow_id] = entry
-  return entry
+  for _, entry in pairs(store.load(self.conn, want)) do cache_put(self, entry) end
 end
 
-local function dead_letter(work, position, name, flow_id, err, event)
-  work.dead[#work.dead + 1] = { position = position, workflow = name, flow = flow_id,
+-- ---------------------------------------------------------------------
+-- Handling one event on one flow (the router's rules)
+-- ---------------------------------------------------------------------
+
+local function new_work(self, now)
+  self.tick_count = (self.tick_count or 0) + 1
+  return { changed = {}, changed_set = {}, outbox = {}, dead = {}, transitions = {}, handled = 0,
+           now = now or self.clock(), stamp = self.tick_count }
+end
+
+local function touch(work, entry)
+  entry.used = work.stamp
+  if not work.changed_set[entry] then
+    work.changed_set[entry] = true
+    work.changed[#work.changed + 1] = entry
+  end
+end
+
+local function dead_letter(work, position, t, err, event)
+  work.dead[#work.dead + 1] = { position = position, workflow = t and t.spec.name, key = t and t.key,
                                 error = message(err), event = encode(event) }
 end
 
--- The commands of a handled event into 'work' (outbox rows, timers); may
--- raise (bad directives, commands that are not data, a done() that fails).
-local function record_commands(work, entry, spec, flow_id, commands, position)
-  local name = spec.name
-  local plain, directives = timers.split(commands)
-  local version = entry.pm:version()
-  local rows = {}
-  for i, command in ipairs(plain) do
-    local id = records.command_id(name, flow_id, version, i)
-    rows[i] = { id = id, workflow = name, flow = flow_id, position = position,
-                envelope = encode { id = id, workflow = name, flow = flow_id, command = command } }
+-- The router's wording for a handler's failure.
+local function run_handler(entry, event)
+  local pm = entry.pm
+  local ok, result = pcall(pm.handle, pm, event)
+  if not ok and type(result) ~= "string" then
+    return nil, string.format("%s: handler for '%s' failed: %s", label(entry.spec.name, entry.flow),
+                              rawget(event, "event_type"), message(result))
   end
-  local done, status = entry.pm:done(), entry.pm:status()
-  -- The state is stored with the batch: one that is not data (a handler
-  -- kept an event in it, one level deeper than events may go) would fail
-  -- every commit of this partition. The event that made it so is refused
-  -- here, with the snapshot's error ("<flow>: state is not data: ..."), and
-  -- the snapshot is kept for the write.
-  local snapshot = table.pack(core.snapshot(entry.pm))
-  -- nothing below raises: the flow and 'work' change together
-  table.move(rows, 1, #rows, #work.outbox + 1, work.outbox)
-  if directives then  -- timers named by the flow's version: the same in every worker
-    entry.timers = timers.apply(entry.timers, directives, work.now, version)
-    entry.timers_changed = true
+  if not ok then return nil, result end
+  local plain, directives
+  ok, plain, directives = pcall(timers.split, result)
+  if not ok then
+    return nil, string.format("%s: handler for '%s' returned a bad timer directive: %s",
+                              label(entry.spec.name, entry.flow), rawget(event, "event_type"), plain)
   end
-  entry.done, entry.status, entry.snapshot = done, status, snapshot
+  return plain, directives
 end
 
--- A flow for an event: the cached or stored one, or a new one for an event
--- that starts flows; nil and why it cannot take the event.
-local function flow_for(self, spec, flow_id, p, event)
-  local name = spec.name
-  local entry = load_flow(self, spec, flow_id, p)
-  if entry == nil then
-    if not spec.starts_set[event.event_type] then
-      return nil, string.format("no flow %s/%s for %s", name, tostring(flow_id), event.event_type)
-    end
-    local ok, pm = pcall(core.new, spec, flow_id)
-    if not ok then return nil, pm end
-    entry = { partition = p, pm = pm }
-    self.cache[name][flow_id] = entry
-  elseif entry.done then
-    return nil, string.format("flow %s/%s is complete (%s): event '%s' came after it finished", name,
-                              tostring(flow_id), tostring(entry.status), event.event_type)
+-- What a flow needs to know after an event, and its outbox rows: may
+-- raise (a status or done function that fails, a state or a command that
+-- is not data), before anything changed.
+local function after_event(entry, plain, position)
+  local name, version = entry.spec.name, entry.pm:version()
+  local rows = {}
+  for i, command in ipairs(plain) do
+    local id = records.command_id(name, entry.flow, version, i)
+    rows[i] = { id = id, workflow = name, key = entry.key, position = position,
+                envelope = encode { id = id, workflow = name, flow = entry.flow, command = command } }
   end
+  local done, status = entry.pm:done(), entry.pm:status()
+  return { done = done, status = status, snapshot = table.pack(core.snapshot(entry.pm)), outbox = rows }
+end
+
+-- Count the edge (status before, event type, status after) for procman
+-- diagram.
+local function count_transition(work, entry, before, event, status)
+  local from = before == 0 and START or tostring(entry.status)
+  local edge = encode { from, rawget(event, "event_type"), tostring(status) }
+  local key = entry.spec.name .. "\0" .. edge
+  local t = work.transitions[key]
+  if t == nil then
+    t = { workflow = entry.spec.name, edge = edge, count = 0 }
+    work.transitions[key] = t
+  end
+  t.count = t.count + 1
+end
+
+-- Apply an event to a flow that has a pm; nil, or the error with the flow
+-- unchanged.
+local function apply(work, entry, event, position)
+  local before = entry.pm:version()
+  local plain, directives = run_handler(entry, event)
+  local ok, after, why = plain ~= nil, nil, directives
+  if ok then
+    if entry.pm:version() == before then return nil end  -- a redelivery: nothing
+    ok, after = pcall(after_event, entry, plain, position)
+    if not ok then why = after end
+  end
+  if not ok then
+    if entry.pm:version() > before then core.undo(entry.pm) end
+    return message(why)
+  end
+  table.move(after.outbox, 1, #after.outbox, #work.outbox + 1, work.outbox)
+  count_transition(work, entry, before, event, after.status)
+  if directives then  -- timers named by the flow's version: the same in every worker
+    entry.timers = timers.apply(entry.timers, directives, work.now, entry.pm:version())
+    entry.timers_changed = true
+  end
+  entry.done, entry.status, entry.snapshot = after.done, after.status, after.snapshot
+  if after.done then entry.timers_changed = true end  -- its timers go with it
+  work.handled = work.handled + 1
+  return nil
+end
+
+local function park(self, work, entry, event, err)
+  entry.parked = { events = { event }, error = err }
+  entry.parked_changed = true
+  self.stats.parked = self.stats.parked + 1
+  touch(work, entry)
+end
+
+-- Events still parked when a retried one completed the flow: dead letters.
+local function complete_parked(work, entry)
+  if not entry.parked then return end
+  for i = 2, #entry.parked.events do
+    dead_letter(work, nil, entry, string.format("flow %s completed while this event was parked",
+                                                label(entry.spec.name, entry.flow)), entry.parked.events[i])
+  end
+  entry.parked, entry.parked_changed = nil, true
+end
+
+-- A new flow for an event that may start one; nil, why when it cannot.
+local function new_flow(self, t, event)
+  if not t.spec.starts_set[rawget(event, "event_type")] then
+    return nil, string.format("no flow %s for %s", label(t.spec.name, t.flow), rawget(event, "event_type"))
+  end
+  local entry = { spec = t.spec, flow = t.flow, key = t.key, partition = t.partition }
+  local ok, pm = pcall(core.new, t.spec, t.flow)
+  if not ok then return entry, message(pm) end
+  entry.pm = pm
+  cache_put(self, entry)
   return entry
 end
 
--- Handle an event on one flow of an owned partition, into 'work'. Whatever
--- the workflow does wrong (its handler refuses the event, returns bad
--- commands or directives, init or done fail), the flow is left as it was
--- and the event becomes a dead letter.
-local function handle(self, work, spec, flow_id, p, event, position, fired)
-  local name = spec.name
-  local entry, why = flow_for(self, spec, flow_id, p, event)
-  if entry == nil then return dead_letter(work, position, name, flow_id, why, event) end
-  if fired then  -- the timer is gone, whatever happens to its event
+-- Handle an event on one target flow of an owned partition, into 'work'.
+-- fired: the timer that injected it (removed whatever happens).
+local function handle(self, work, t, event, position, fired)
+  local entry = self.cache[cache_key(t.spec.name, t.key)]
+  if fired and entry then
     entry.timers = timers.remove(entry.timers, fired.seq, fired.index)
     entry.timers_changed = true
-    work.changed[entry] = { spec = spec, flow = flow_id }
+    touch(work, entry)
   end
-  local before = entry.pm:version()
-  local ok, commands = pcall(entry.pm.handle, entry.pm, event)
-  if ok and entry.pm:version() == before then return end  -- a redelivery
-  if ok then ok, why = pcall(record_commands, work, entry, spec, flow_id, commands, position) end
-  if not ok then
-    if entry.pm:version() > before then core.undo(entry.pm) end
-    return dead_letter(work, position, name, flow_id, why or commands, event)
+  if entry and entry.done then
+    return dead_letter(work, position, t, string.format("flow %s is complete (%s): event '%s' came after it "
+                                                        .. "finished", label(t.spec.name, t.flow),
+                                                        tostring(entry.status), rawget(event, "event_type")),
+                       event)
   end
-  work.changed[entry] = { spec = spec, flow = flow_id }
-  work.handled = work.handled + 1
+  if entry and entry.parked then  -- held behind the parked event, in order
+    table.insert(entry.parked.events, event)
+    entry.parked_changed = true
+    return touch(work, entry)
+  end
+  local err
+  if entry == nil or entry.pm == nil then
+    entry, err = new_flow(self, t, event)
+    if entry == nil then return dead_letter(work, position, t, err, event) end
+  end
+  err = err or apply(work, entry, event, position)
+  if err == nil then return touch(work, entry) end
+  if self.on_error == "park" and not err:find(NO_MEMORY, 1, true) then
+    cache_put(self, entry)
+    return park(self, work, entry, event, err)
+  end
+  if entry.db_version == nil and not work.changed_set[entry] then cache_drop(self, entry) end  -- never was
+  dead_letter(work, position, t, err, event)
 end
 
 -- ---------------------------------------------------------------------
--- Writing a batch
+-- Committing
 -- ---------------------------------------------------------------------
 
-local function write_flow(conn, entry, spec, flow_id)
-  local snapshot = entry.snapshot  -- the one record_commands took after the flow's last event
-  if snapshot == nil or snapshot[2] ~= entry.pm:version() then
-    snapshot = table.pack(core.snapshot(entry.pm))
-  end
-  local state, version, seen = snapshot[1], snapshot[2], snapshot[3]
-  local args = { spec.name, tostring(flow_id), entry.status, version, entry.done,
-                 pgcore.bytes(encode(state)), pgcore.bytes(encode(seen)) }
-  if entry.db_version == nil then
-    db.exec(conn, "INSERT INTO procman_flows (workflow, flow_id, status, version, done, state, seen, "
-                  .. "flow_key, partition) VALUES ($1, $2, $3, $4, $5, $6::bytea, $7::bytea, $8::bytea, $9)",
-            args[1], args[2], args[3], args[4], args[5], args[6], args[7], pgcore.bytes(encode(flow_id)),
-            entry.partition)
-  else
-    local _, count = db.exec(conn, "UPDATE procman_flows SET status = $3, version = $4, done = $5, "
-                                   .. "state = $6::bytea, seen = $7::bytea, updated_at = now() "
-                                   .. "WHERE workflow = $1 AND flow_id = $2 AND version = $8",
-                             args[1], args[2], args[3], args[4], args[5], args[6], args[7], entry.db_version)
-    if count ~= 1 then
-      error(string.format("procman.pg.worker: flow %s/%s changed under this worker (version %d in the "
-                          .. "store is not the one it read): another owner?", spec.name, tostring(flow_id),
-                          entry.db_version), 0)
-    end
-  end
-  if entry.timers_changed then
-    db.exec(conn, "DELETE FROM procman_timers WHERE workflow = $1 AND flow_id = $2", args[1], args[2])
-    if not entry.done then
-      for _, t in ipairs(entry.timers or {}) do
-        db.exec(conn, "INSERT INTO procman_timers (workflow, flow_id, partition, seq, index, key, due, "
-                      .. "event) VALUES ($1, $2, $3, $4, $5, $6, $7, $8::bytea)", args[1], args[2],
-                entry.partition, t.seq, t.index, t.key, t.due, pgcore.bytes(encode(t.event)))
-      end
-    end
-  end
-end
-
-local function write(conn, self, work)
-  for entry, where in pairs(work.changed) do write_flow(conn, entry, where.spec, where.flow) end
-  for _, o in ipairs(work.outbox) do
-    db.exec(conn, "INSERT INTO procman_outbox (command_id, workflow, flow_id, envelope, position) "
-                  .. "VALUES ($1, $2, $3, $4::bytea, $5)", o.id, o.workflow, tostring(o.flow),
-            pgcore.bytes(o.envelope),
-            o.position)
-  end
-  for _, d in ipairs(work.dead) do
-    db.exec(conn, "INSERT INTO procman_dead_letters (position, workflow, flow_id, error, event) "
-                  .. "VALUES ($1, $2, $3, $4, $5::bytea)", d.position, d.workflow,
-            d.flow ~= nil and tostring(d.flow) or nil, d.error, pgcore.bytes(d.event))
-  end
-  if work.checkpoint then
-    for p in pairs(self.owned) do
-      db.exec(conn, "UPDATE procman_checkpoints SET position = $2 WHERE partition = $1 AND position < $2",
-              p, work.checkpoint)
-    end
-  end
-end
-
--- Commit a batch; on success the cache follows, on failure it is dropped.
+-- Commit a batch; on success the cache follows (completed flows leave it),
+-- on failure it is dropped (the store is the truth).
 local function commit(self, work)
-  local ok, err = pcall(db.transaction, self.conn, write, self, work)
+  local ok, err = pcall(db.transaction, self.conn, store.write, work, partitions.list(self))
   if not ok then
-    for _, spec in ipairs(self.specs) do self.cache[spec.name] = {} end
-    return nil, tostring(err)
+    self:forget_all()
+    return nil, err
   end
-  for entry, where in pairs(work.changed) do
-    entry.db_version, entry.timers_changed = entry.pm:version(), false
-    if entry.done then entry.pm = nil end  -- a completed flow: remembered, not kept
-    self.cache[where.spec.name][where.flow] = entry
+  for _, entry in ipairs(work.changed) do
+    if entry.pm then entry.db_version = entry.pm:version() end
+    entry.timers_changed, entry.parked_changed, entry.snapshot = nil, nil, nil
+    if entry.done then cache_drop(self, entry) end  -- a completed flow: in the store, not in memory
   end
-  if work.checkpoint then
-    for p, cp in pairs(self.owned) do
-      if cp < work.checkpoint then self.owned[p] = work.checkpoint end
+  if work.xid then
+    local cp = { xid = work.xid, position = work.position }
+    for p, old in pairs(self.owned) do
+      if partitions.before(old, cp) then self.owned[p] = cp end
     end
   end
   local s = self.stats
   s.handled, s.commands, s.dead, s.commits = s.handled + work.handled, s.commands + #work.outbox,
                                              s.dead + #work.dead, s.commits + 1
+  trim_cache(self)
+  s.cached = self.cache_size
   return true
 end
 
-local function new_work(self, now)
-  return { changed = {}, outbox = {}, dead = {}, handled = 0, now = now or self.clock() }
+-- May a failed commit be blamed on the batch's events (and retried one
+-- by one)? Not a lost connection, not another owner's write.
+local function isolatable(self, err)
+  return not (type(err) == "table" and err.conflict) and not db.is_connection_loss(err, self.conn)
 end
 
 -- ---------------------------------------------------------------------
 -- Steps
 -- ---------------------------------------------------------------------
 
-local function lowest_checkpoint(self)
-  local low
-  for _, cp in pairs(self.owned) do
-    if low == nil or cp < low then low = cp end
-  end
-  return low
-end
-
-local function route(self, work, event, position)
+-- The flows an event goes to (all of them, as the router computes them),
+-- or nil and why it cannot be routed.
+local function targets_of(self, event)
+  local event_type, list = rawget(event, "event_type"), {}
   for _, spec in ipairs(self.specs) do
-    if spec.on[event.event_type] then
-      local c = spec.correlate
-      local ok, flow_id = pcall(function()
-        if type(c) == "string" then return rawget(event, c) end
-        return c(event)
-      end)
-      if ok and flow_id ~= nil then
-        local p = M.partition(spec.name, flow_id, self.partitions)
-        local cp = self.owned[p]
-        if cp ~= nil and position > cp then handle(self, work, spec, flow_id, p, event, position) end
-      elseif self.owned[0] ~= nil and position > self.owned[0] then  -- an event no flow can take:
-        dead_letter(work, position, spec.name, nil,                   -- partition 0 keeps it
-                    string.format("event '%s' has no flow id for workflow %q", event.event_type, spec.name),
-                    event)
-      end
+    if spec.on[event_type] then
+      local id, why = workflow.flow_id(spec, event)
+      if id == nil then return nil, why end
+      list[#list + 1] = { spec = spec, flow = id, key = encode(id),
+                          partition = routes.partition(spec.name, id, self.partitions) }
     end
   end
+  return list
 end
 
--- Run a step or a tick; any error drops the cache (the store is the truth)
--- and comes back as nil, message.
+local function after_checkpoint(self, p, ev)
+  local cp = self.owned[p]
+  return cp ~= nil and partitions.before(cp, ev)
+end
+
+-- The read, in one statement: a window of the next events after the
+-- lowest checkpoint (at most ten batches, in (xid, position) order, an
+-- index range scan that stops there however far behind the worker is),
+-- below the oldest running transaction (one bound for the whole
+-- statement); of those, up to a batch that may concern the owned
+-- partitions, with their payloads; and the window's last event, the
+-- horizon. When the batch is not full, every event up to the horizon that
+-- concerns these partitions is in it: the checkpoints may move to the
+-- horizon (an idle partition does not make every step scan from where it
+-- stopped, and other partitions' events are skipped ten batches at a time).
+local READ = "WITH bound AS MATERIALIZED (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS x), "
+  .. "scan AS MATERIALIZED (SELECT e.position, e.xid, e.partitions, e.route_gen FROM procman_events e, bound "
+  .. "WHERE (e.xid, e.position) > ($1::text::xid8, $2) AND e.xid < bound.x "
+  .. "ORDER BY e.xid, e.position LIMIT $5), "
+  .. "mine AS (SELECT s.position, s.xid FROM scan s WHERE s.partitions IS NULL OR s.partitions && $3::int[] "
+  .. "OR s.route_gen <> (SELECT gen FROM procman_routes) ORDER BY s.xid, s.position LIMIT $4) "
+  .. "SELECT m.position, m.xid::text::bigint AS xid, e.payload, false AS horizon FROM mine m "
+  .. "JOIN procman_events e ON e.position = m.position "
+  .. "UNION ALL (SELECT position, xid::text::bigint, NULL, true FROM scan "
+  .. "ORDER BY xid DESC, position DESC LIMIT 1) "
+  .. "ORDER BY horizon, xid, position"
+
+local function read_events(self)
+  local low = partitions.lowest(self)
+  if low == nil then return {} end
+  local rows = db.exec(self.conn, READ, low.xid, low.position,
+                       "{" .. table.concat(partitions.list(self), ",") .. "}", self.batch, self.batch * 10)
+  local events, horizon = {}, nil
+  for _, row in ipairs(rows) do
+    if row.horizon then
+      horizon = { xid = row.xid, position = row.position }
+    else
+      local ev = { xid = row.xid, position = row.position, event = decode(row.payload), mine = {} }
+      local targets, why = targets_of(self, ev.event)
+      if targets == nil then
+        ev.unroutable = after_checkpoint(self, 0, ev) and why  -- partition 0 keeps the one dead letter
+      else
+        for _, t in ipairs(targets) do
+          if after_checkpoint(self, t.partition, ev) then ev.mine[#ev.mine + 1] = t end
+        end
+      end
+      events[#events + 1] = ev
+    end
+  end
+  if #events == self.batch then horizon = nil end
+  return events, horizon, low
+end
+
+local function apply_event(self, work, ev)
+  if ev.unroutable then return dead_letter(work, ev.position, nil, ev.unroutable, ev.event) end
+  for _, t in ipairs(ev.mine) do handle(self, work, t, ev.event, ev.position) end
+end
+
+local function all_targets(events)
+  local list = {}
+  for _, ev in ipairs(events) do table.move(ev.mine, 1, #ev.mine, #list + 1, list) end
+  return list
+end
+
+-- Units (events or timers) again, one per transaction: fill(work, unit)
+-- puts what a unit does into a work; a unit whose transaction the store
+-- refuses is handed to refuse(work, unit, reason) instead (a dead letter).
+-- targets(unit): the flows to load first (the cache is dropped on failure).
+local function one_by_one(self, units, now, targets, fill, refuse)
+  for _, unit in ipairs(units) do
+    preload(self, targets(unit))
+    local work = new_work(self, now)
+    fill(work, unit)
+    local ok, err = commit(self, work)
+    if not ok then
+      if not isolatable(self, err) then return nil, err end
+      preload(self, targets(unit))
+      local dead = new_work(self, now)
+      refuse(dead, unit, message(err))
+      ok, err = commit(self, dead)
+      if not ok then return nil, err end
+    end
+  end
+  self.stats.isolated = self.stats.isolated + 1
+  return true
+end
+
+-- The batch again, one event per transaction: the ones the store refuses
+-- become dead letters with its reason.
+local function isolate(self, events)
+  return one_by_one(self, events, nil, function(ev) return ev.mine end,
+    function(work, ev)
+      apply_event(self, work, ev)
+      work.xid, work.position = ev.xid, ev.position
+    end,
+    function(dead, ev, why)
+      dead_letter(dead, ev.position, nil,
+                  "procman.pg.worker: the store refused this event's changes: " .. why, ev.event)
+      dead.xid, dead.position = ev.xid, ev.position
+    end)
+end
+
+local isolate_timers  -- (below, with tick)
+
+local function claim(self)
+  local now = os.time()
+  if self.owned_count > 0 and self.claimed_at == now then return end
+  self.claimed_at = now
+  partitions.claim(self)
+end
+
+local function step(self)
+  claim(self)
+  local events, horizon, low = read_events(self)
+  if #events == 0 then
+    if horizon and partitions.before(low, horizon) then  -- nothing of ours up to there
+      local work = new_work(self)
+      work.xid, work.position = horizon.xid, horizon.position
+      local ok, err = commit(self, work)
+      if not ok then return nil, err end
+    end
+    return 0
+  end
+  preload(self, all_targets(events))
+  local work = new_work(self)
+  for _, ev in ipairs(events) do apply_event(self, work, ev) end
+  local last = horizon or events[#events]
+  work.xid, work.position = last.xid, last.position
+  local ok, err = commit(self, work)
+  if not ok then
+    if not isolatable(self, err) then return nil, err end
+    ok, err = isolate(self, events)
+    if not ok then return nil, err end
+  end
+  self.stats.events = self.stats.events + #events
+  return #events
+end
+
+-- Fire one timer of a loaded flow into 'work' (nothing if it is gone).
+-- With 'refused', the timer goes and its event becomes a dead letter.
+local function fire(self, work, t, refused)
+  local entry = self.cache[cache_key(t.spec.name, t.key)]
+  local timer = entry and entry.timers and timers.find(entry.timers, t.fired.seq, t.fired.index)
+  if timer == nil then return end
+  if refused then
+    entry.timers = timers.remove(entry.timers, t.fired.seq, t.fired.index)
+    entry.timers_changed = true
+    touch(work, entry)
+    return dead_letter(work, nil, t, refused, timer.event)
+  end
+  handle(self, work, t, timer.event, nil, t.fired)
+end
+
+-- The timers again, one per transaction: a timer whose event the store
+-- refuses goes, its event a dead letter with the reason (as for events).
+function isolate_timers(self, targets, now)
+  return one_by_one(self, targets, now, function(t) return { t } end,
+    function(work, t) fire(self, work, t) end,
+    function(dead, t, why)
+      fire(self, dead, t, "procman.pg.worker: the store refused this timer's changes: " .. why)
+    end)
+end
+
+local function tick(self, now)
+  claim(self)
+  now = now or self.clock()
+  local list = partitions.list(self)
+  if #list == 0 then return 0 end
+  local rows = db.exec(self.conn, "SELECT workflow, flow_key, partition, seq, index FROM procman_timers "
+                                  .. "WHERE partition = ANY($1::int[]) AND due <= $2 "
+                                  .. "ORDER BY due, seq, index LIMIT $3",
+                       "{" .. table.concat(list, ",") .. "}", now, self.batch)
+  local targets = {}
+  for _, row in ipairs(rows) do
+    local spec = self.by_name[row.workflow]
+    if spec then
+      targets[#targets + 1] = { spec = spec, flow = decode(row.flow_key), key = row.flow_key,
+                                partition = row.partition, fired = { seq = row.seq, index = row.index } }
+    end
+  end
+  if #targets == 0 then return 0 end
+  preload(self, targets)
+  local work = new_work(self, now)
+  for _, t in ipairs(targets) do fire(self, work, t) end
+  local ok, err = commit(self, work)
+  if not ok then
+    if not isolatable(self, err) then return nil, err end
+    ok, err = isolate_timers(self, targets, now)
+    if not ok then return nil, err end
+  end
+  self.stats.timers = self.stats.timers + #targets
+  return #targets
+end
+
+-- Run a step or a tick; any error comes back as nil, message.
 local function protected(self, fn, ...)
+  if self.conn == nil then return nil, "procman.pg.worker: not connected (closed, or reconnecting failed)" end
   local ok, n, err = pcall(fn, self, ...)
-  if ok then return n, err end
-  for _, spec in ipairs(self.specs) do self.cache[spec.name] = {} end
-  return nil, message(n)
+  if not ok then
+    self:forget_all()
+    return nil, message(n)
+  end
+  if n == nil then return nil, message(err) end
+  return n
 end
-
-local step, tick
 
 --- w:step() -> how many events it read (0: nothing new), or nil, message
 -- (the batch was rolled back; the next step reads it again).
@@ -419,69 +681,121 @@ function Worker:tick(now)
   return protected(self, tick, now)
 end
 
-function step(self)
-  self:claim()
-  local from = lowest_checkpoint(self)
-  if from == nil then return 0 end
-  local rows = db.exec(self.conn, "SELECT position, payload FROM procman_events WHERE position > $1 "
-                                  .. "ORDER BY position LIMIT $2", from, self.batch)
-  if #rows == 0 then return 0 end
-  local work = new_work(self)
-  for _, row in ipairs(rows) do route(self, work, decode(row.payload), row.position) end
-  work.checkpoint = rows[#rows].position
-  local ok, err = commit(self, work)
-  if not ok then return nil, err end
-  self.stats.events = self.stats.events + #rows
-  return #rows
+--- w:claim() -> the number of partitions owned (at once, not once a second).
+function Worker:claim()
+  partitions.claim(self)
+  self.claimed_at = os.time()
+  return self.owned_count
 end
 
-function tick(self, now)
-  self:claim()
-  now = now or self.clock()
-  local list = self:owned_partitions()
-  if #list == 0 then return 0 end
-  local rows = db.exec(self.conn, "SELECT workflow, flow_id, seq, index FROM procman_timers "
-                                  .. "WHERE partition = ANY($1::int[]) AND due <= $2 "
-                                  .. "ORDER BY due, seq, index LIMIT $3",
-                       "{" .. table.concat(list, ",") .. "}", now, self.batch)
-  if #rows == 0 then return 0 end
-  local work = new_work(self, now)
-  for _, row in ipairs(rows) do
-    local spec = self.by_name[row.workflow]
-    if spec then
-      local flow_rows = db.exec(self.conn, "SELECT flow_key, partition FROM procman_flows "
-                                           .. "WHERE workflow = $1 AND flow_id = $2",
-                                row.workflow, row.flow_id)
-      local flow_id, p = decode(flow_rows[1].flow_key), flow_rows[1].partition
-      local entry = load_flow(self, spec, flow_id, p)
-      local timer = entry and entry.timers and timers.find(entry.timers, row.seq, row.index)
-      if timer then
-        handle(self, work, spec, flow_id, p, timer.event, nil, { seq = row.seq, index = row.index })
-      end
+--- w:owned_partitions() -> the partitions this worker owns, sorted.
+function Worker:owned_partitions()
+  return partitions.list(self)
+end
+
+-- ---------------------------------------------------------------------
+-- Parked flows
+-- ---------------------------------------------------------------------
+
+-- Retry the parked events of a flow in order until none is left or one
+-- fails again (then the flow stays parked with that error).
+local function retry(work, entry)
+  local applied = 0
+  while entry.parked do
+    local event = entry.parked.events[1]
+    local err
+    if entry.pm == nil then
+      local ok, pm = pcall(core.new, entry.spec, entry.flow)
+      if ok then entry.pm = pm else err = message(pm) end
     end
+    err = err or apply(work, entry, event, nil)
+    touch(work, entry)
+    entry.parked_changed = true
+    if err then
+      entry.parked.error = err
+      return applied, err
+    end
+    applied = applied + 1
+    table.remove(entry.parked.events, 1)
+    if #entry.parked.events == 0 then entry.parked = nil end
+    if entry.done then complete_parked(work, entry) end
   end
-  local ok, err = commit(self, work)
-  if not ok then return nil, err end
-  self.stats.timers = self.stats.timers + #rows
-  return #rows
+  return applied
 end
 
---- w:run{ stop = function() -> true to stop, idle = seconds, on_error = fn }
+local function parked_entry(self, name, flow_id)
+  local spec = self.by_name[name]
+  if spec == nil then fail("no workflow named %s", tostring(name)) end
+  if not (math.type(flow_id) == "integer" or (type(flow_id) == "string" and flow_id ~= "")) then
+    fail("a flow id is a non-empty string or an integer, got %s", type(flow_id))
+  end
+  local t = { spec = spec, flow = flow_id, key = encode(flow_id),
+              partition = routes.partition(name, flow_id, self.partitions) }
+  self:claim()
+  if not self.owned[t.partition] then
+    fail("flow %s is in partition %d, which this worker does not own", label(name, flow_id), t.partition)
+  end
+  preload(self, { t })
+  local entry = self.cache[cache_key(name, t.key)]
+  if entry == nil or entry.parked == nil then fail("flow %s is not parked", label(name, flow_id)) end
+  return entry
+end
+
+local function resume(self, entry, skip)
+  local work = new_work(self)
+  if skip then
+    table.remove(entry.parked.events, 1)
+    entry.parked_changed = true
+    touch(work, entry)
+    if #entry.parked.events == 0 then entry.parked = nil end
+  end
+  local applied, why = retry(work, entry)
+  local ok, err = commit(self, work)
+  if not ok then return nil, message(err) end
+  return applied, why
+end
+
+--- w:resume(workflow, flow) -> events applied[, error]: retry the flow's
+-- parked events in order, in one transaction (after a fix of the code).
+-- When one fails again the flow stays parked with that error.
+function Worker:resume(name, flow_id)
+  return resume(self, parked_entry(self, name, flow_id), false)
+end
+
+--- w:skip(workflow, flow) -> events applied[, error]: drop the first
+-- parked event, then resume the rest.
+function Worker:skip(name, flow_id)
+  return resume(self, parked_entry(self, name, flow_id), true)
+end
+
+-- ---------------------------------------------------------------------
+-- Running
+-- ---------------------------------------------------------------------
+
+--- w:run{ stop = function(w) -> true to stop, idle = seconds, on_error = fn }
 -- Steps and ticks until stop() says so. When there was nothing to do it
--- waits for an append's notification, at most 'idle' seconds (timers,
--- partitions left by a dead worker and stop() are looked at that often).
+-- waits for an append's notification, at most 'idle' seconds. Every
+-- failure goes to on_error (else the warn option, else warn); a lost
+-- connection is reopened with backoff. Returns true when stopped, or nil,
+-- message when reconnecting gave up.
 function Worker:run(opts)
   opts = opts or {}
   local idle = opts.idle or 0.05
+  local report = opts.on_error or function(err) self:report(err) end
   while not (opts.stop and opts.stop(self)) do
     local n, err = self:step()
-    if n == nil and opts.on_error then opts.on_error(err) end
-    local fired = self:tick()
-    if (n or 0) == 0 and (fired or 0) == 0 then
-      local woke, why = self.conn:wait(idle)
-      if woke == nil and opts.on_error then opts.on_error(why) end
+    if n == nil then report(err) end
+    local fired, terr = self:tick()
+    if fired == nil then report(terr) end
+    if self.conn == nil or not self.conn:alive() then
+      local ok, why = self:reconnect(opts.stop)
+      if not ok then return nil, why end
+    elseif (n or 0) == 0 and (fired or 0) == 0 then
+      local _, why = self.conn:wait(idle)
+      if why then report(why) end
     end
   end
+  return true
 end
 
 --- w:close(): let the partitions go (the session ends); safe twice.
