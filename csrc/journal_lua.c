@@ -287,6 +287,8 @@ static Reader *refill(lua_State *L, Reader *r, size_t need) {
   int e;
   if (lj == NULL || !lj->open)
     luaL_error(L, "procman.journal: the journal was closed while its records were read");
+  if (need > r->end - (r->base + r->pos))  /* a damaged length: no room past the end */
+    need = r->end - (r->base + r->pos);
   if (need > r->cap) {
     Reader *bigger = new_reader(L, need > 2 * r->cap ? need : 2 * r->cap);
     memcpy(bigger, r, sizeof *r);
