@@ -10,9 +10,10 @@
 ** A third flow, of a workflow loaded through the sandbox (its bounded
 ** string functions, the memory budget, results copied), lives for hundreds
 ** of events: its history outgrows the snapshot threshold again and again,
-** so a refused event rebuilds its state from a snapshot (its map of recent
-** events, over 16 pairs, written unsorted), and an event asking for it
-** checks core.undo and core.trim against what the flow was.
+** so a refused event rebuilds its state from a snapshot (its maps of recent
+** types and of the fields seen, over 16 pairs, written unsorted), and an
+** event asking for it checks core.undo and core.trim against what the flow
+** was.
 */
 #include <stdint.h>
 #include <stdlib.h>
@@ -46,7 +47,10 @@ static const char *const SETUP =
   "  x = function(s, e)\n"
   "    s.n = (s.n or 0) + 1\n"
   "    s.recent = s.recent or {}\n"
-  "    s.recent[s.n % 24] = e\n"
+  "    s.recent[s.n % 20] = e.event_type  -- 20 pairs: over 16, snapshots write them unsorted\n"
+  "    s.fields = s.fields or {}\n"
+  "    for k, v in pairs(e) do if type(v) ~= 'table' then s.fields[k] = v end end\n"
+  "    s.last = e\n"
   "    if type(e.s) == 'string' and type(e.p) == 'string' then\n"
   "      s.found = { e.s:find(e.p) }\n"
   "      s.subbed = (e.s:gsub(e.p, '<%0>'))\n"
