@@ -84,6 +84,7 @@ static int in_class(int c, int cls) {
     case 'u': yes = isupper(c); break;
     case 'w': yes = isalnum(c); break;
     case 'x': yes = isxdigit(c); break;
+    case 'z': yes = (c == 0); break;  /* deprecated, but string.find still has it */
     default: return cls == c;
   }
   if (isupper(cls))

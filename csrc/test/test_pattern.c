@@ -46,9 +46,9 @@ static unsigned next_random(unsigned n) {
 static const char *const ATOMS[] = {
   "a", "b", ".", "%a", "%d", "%s", "%w", "%A", "[ab]", "[^a]", "[a-c]", "[%d_]", "[]]", "(", ")",
   "()", "%b()", "%f[%w]", "%f[%W]", "%1", "%2", "^", "$", "*", "+", "-", "?", "%%", "x", "%",
-  "[", "%b", "%0", "(a)", "(.-)",
+  "[", "%b", "%0", "(a)", "(.-)", "%z", "%Z", "[%z]",
 };
-static const char SUBJECT_CHARS[] = "abc() 1x%_]";
+static const char SUBJECT_CHARS[] = "abc() 1x%_]z\0";
 
 static void random_text(char *out, size_t *len, size_t max, int pattern) {
   size_t n = 0, k, count = next_random((unsigned)max);
