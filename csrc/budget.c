@@ -109,7 +109,7 @@ static void *guard_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
 /* Set the count hook to fire when the next look at the budget is due. */
 static void arm(lua_State *L, Guard *g) {
   lua_Integer n = g->spent ? 1 : (g->left < SLICE ? g->left : SLICE);
-  if (g->granted == LUA_MAXINTEGER && !g->spent) {  /* no instruction limit: */
+  if (g->granted >= LUA_MAXINTEGER / 2 && !g->spent) {  /* no instruction limit: */
     g->slice = 0;                                   /* no count hook either */
     lua_sethook(L, g->their_hook, g->their_mask, g->their_count);
     return;
@@ -175,11 +175,6 @@ void budget_charge(lua_State *L, lua_Integer units) {
   if (g->spent || units > g->left)
     spend(L, g);
   g->left -= units;
-}
-
-int budget_sandboxed(lua_State *L) {
-  Guard *g = current_guard(L);
-  return g != NULL && (g->flags & BUDGET_SANDBOX);
 }
 
 /* ===================================================================

@@ -18,8 +18,8 @@ typedef struct BudgetLimits {
   const char *label;    /* names the code in the guard's own messages, or NULL */
 } BudgetLimits;
 
-/* The call is sandboxed code: string methods are the bounded ones, error
-** objects come back as text (their __tostring run under a budget too). */
+/* The call is sandboxed code: while it runs, string methods are the
+** bounded ones (core.set_sandbox_string_methods). */
 #define BUDGET_SANDBOX 1
 /* Table results are replaced by deep copies (data only, no metatables). */
 #define BUDGET_COPY 2
@@ -45,11 +45,10 @@ lua_Integer budget_left(lua_State *L);
 ** BUDGET_MESSAGE when that is more than it has left.  No guard: nothing. */
 void budget_charge(lua_State *L, lua_Integer units);
 
-/* Is the running guarded call sandboxed code? */
-int budget_sandboxed(lua_State *L);
-
-/* core.guard(fn, units, memory, flags[, label]) -> a function that calls
-** fn under those limits and raises what it raised (a Lua binding). */
+/* core.guard(fn, units, memory, flags[, label[, describe]]) -> a function
+** that calls fn under those limits and raises what it raised; with
+** 'describe', an error object is first turned into text by describe(err)
+** inside the same guard (a Lua binding). */
 int budget_guard(lua_State *L);
 
 /* core.budget_charge(units), core.budget_left(),

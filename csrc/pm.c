@@ -359,16 +359,21 @@ static int claim_event_id(lua_State *L, int id) {
 ** Encode the event at index 2 after the committed history, and push a
 ** copy of it (what decoding it gives): the handler gets that copy, so it
 ** sees exactly what a replay will see and cannot keep references into the
-** caller's tables.
+** caller's tables.  A 'fresh' event (just decoded from a journal, held by
+** no one else) is that copy already: the handler gets it as it is.
 */
-static void stage_event(lua_State *L, PM *p, const char *type) {
+static void stage_event(lua_State *L, PM *p, const char *type, int fresh) {
+  int ok;
   if (lua_getiuservalue(L, 1, UV_HISTORY) == LUA_TNIL) {
     lua_pop(L, 1);
     buffer_new(L, 0);
   }
   buffer_at(L, -1)->len = p->history_len;  /* drop an aborted attempt */
-  if (!codec_encode_copy(L, 2, -1, "event"))
+  ok = fresh ? codec_encode(L, 2, -1, "event") : codec_encode_copy(L, 2, -1, "event");
+  if (!ok)
     flow_error(L, 1, "event '%s' is not data: %s", type, lua_tostring(L, -1));
+  if (fresh)
+    lua_pushvalue(L, 2);
   lua_pushvalue(L, -2);
   lua_setiuservalue(L, 1, UV_HISTORY);  /* it may have grown */
   lua_remove(L, -2);
@@ -431,11 +436,11 @@ static int abort_handle(lua_State *L, int status, const char *type) {
 }
 
 /*
-** pm:handle(event) -> commands.  Stack: 1 pm, 2 event, 3 workflow,
+** pm:handle(event) -> commands (fresh: see pm_handle_fresh).  Stack: 1 pm, 2 event, 3 workflow,
 ** 4 event_type, 5 handler, 6 event_id, 7 seen ids, 8 the snapshot to take
 ** with this commit (or nil), 9 commands.
 */
-static int pm_handle(lua_State *L) {
+static int handle_event(lua_State *L, int fresh) {
   PM *p = check_usable(L);
   const char *type;
   Buffer *history;
@@ -458,7 +463,7 @@ static int pm_handle(lua_State *L) {
     lua_pushnil(L);
   lua_pushvalue(L, 5);
   lua_getiuservalue(L, 1, UV_STATE);
-  stage_event(L, p, type);
+  stage_event(L, p, type, fresh);
   p->state_ok = 0;  /* dirty until committed: any error below replays */
   p->busy = 1;
   status = lua_pcall(L, 2, 1, 0);  /* the handler guards itself (its budget) */
@@ -490,6 +495,19 @@ static int pm_handle(lua_State *L) {
   lua_setiuservalue(L, 1, UV_LAST_ID);  /* for undo; no allocation */
   lua_settop(L, 9);
   return 1;
+}
+
+static int pm_handle(lua_State *L) {
+  return handle_event(L, 0);
+}
+
+/*
+** core.handle_fresh(pm, event): pm:handle for an event that no one else
+** holds or will look at again (decoded from a journal, for one flow): the
+** handler gets it without a copy.  For recovery.
+*/
+static int pm_handle_fresh(lua_State *L) {
+  return handle_event(L, 1);
 }
 
 /* ===================================================================
@@ -854,6 +872,7 @@ void pm_register(lua_State *L, int core) {
   lua_pushvalue(L, -1);
   lua_pushvalue(L, -1);
   lua_pushvalue(L, -1);
+  lua_pushvalue(L, -1);
   lua_pushcclosure(L, pm_event_ids, 1);  /* the metatable is their upvalue */
   lua_setfield(L, core, "event_ids");
   lua_pushcclosure(L, pm_undo, 1);
@@ -866,4 +885,6 @@ void pm_register(lua_State *L, int core) {
   lua_setfield(L, core, "origin");
   lua_pushcclosure(L, pm_trim, 1);
   lua_setfield(L, core, "trim");
+  lua_pushcclosure(L, pm_handle_fresh, 1);
+  lua_setfield(L, core, "handle_fresh");
 }

@@ -78,6 +78,10 @@ describe("the sandbox holds against", function()
     holds("for _ in ('a'):rep(30000):gmatch(('a*'):rep(30) .. 'b') do end", BUDGET)
   end)
 
+  it("string.unpack with a long format, over and over", function()
+    holds("local fmt = ('='):rep(100000) for i = 1, 1e9 do string.unpack(fmt, '') end", BUDGET)
+  end)
+
   it("plain find over and over in a long string", function()
     holds("local s = ('a'):rep(1e6) for i = 1, 1e9 do s:find(('a'):rep(100) .. 'b', 1, true) end", BUDGET)
   end)
@@ -230,6 +234,57 @@ describe("nothing shared is reachable from a sandboxed file", function()
     local cmds = wf:new(1):handle { event_type = "go" }
     assert.is_nil(getmetatable(cmds[1]))
     assert.is_nil(cmds[1].anything)
+  end)
+end)
+
+describe("the sandbox's bounded functions", function()
+  local function run(body)
+    local wf = assert(procman.loadstring(string.format([[return procman.workflow { name = "b",
+      on = { go = function() %s end } }]], body), "=bounded"))
+    return wf:new(1):handle { event_type = "go" }[1].v
+  end
+
+  it("give what Lua's own give", function()
+    assert.same({ "xyxyx", "", "a,b,a", 3, "  7", "b-c", 1, 2, "a", 4, 3, 1, 2, { 1, 5, 2, 3 },
+                  { 1, 3 }, { 3, 2, 1 }, "abc", 3, 5, { 104, 105 }, 42, 255, { 2, 3 }, "ok", { 9, 8 } },
+      run([[local t = { 1, 2, 3 } table.insert(t, 2, 5) local u = { 1, 2, 3 } table.remove(u, 2)
+            local v = { 1, 2, 3 } table.sort(v, function(a, b) return a > b end)
+            local w = { 1, 2, 3 } table.move(w, 2, 3, 1)
+            local x, y = string.find("hello", "l+")
+            return { { command_type = "r", v = {
+              ("xy"):rep(2, "") .. "x", ("ab"):rep(0), table.concat({ "a", "b", "a" }, ","),
+              select("#", table.unpack({ 1, 2, 3 })), string.format("%3d", 7), (("a-b-c"):gsub("^a%-", "", 1)),
+              x - 2, y - 2, ("abc"):match("^(.)"), select(2, ("hello"):gsub("l", "L")) + 2,
+              utf8.len("h\u{e9}!"), utf8.offset("abc", 1), utf8.codepoint("\u{2}", 1),
+              t, u, v, table.concat({ "a", "b", "c" }, "", 1, 3), #"abc", tonumber("5"), { ("hi"):byte(1, 2) },
+              tonumber("2a", 16), tonumber("ff", 16), { table.unpack(w, 1, 2) },
+              (function() for k in ("ok"):gmatch("%a+") do return k end end)(),
+              { string.byte("\9\8", 1, -1) } } } }]]))
+  end)
+
+  it("refuse to return more than 256 values", function()
+    assert.has_error(function() run("return { { command_type = 'x', v = select('#', table.unpack({}, 1, 1000)) } }") end)
+    assert.has_error(function() run("return { { command_type = 'x', v = select('#', ('x'):rep(300):byte(1, -1)) } }") end)
+    assert.equal(256, run("return { { command_type = 'x', v = select('#', ('x'):rep(300):byte(1, 256)) } }"))
+  end)
+end)
+
+describe("procman.load's limits", function()
+  it("are checked", function()
+    for _, bad in ipairs { 0, -1, 1.5, "lots", true } do
+      assert.error_matches(function() procman.loadstring("return 1", "=x", { budget = bad }) end,
+                           "procman.loadstring: limits.budget must be a positive integer")
+      assert.error_matches(function() procman.loadstring("return 1", "=x", { memory = bad }) end,
+                           "procman.loadstring: limits.memory must be a positive integer")
+    end
+    assert.error_matches(function() procman.load("x.lua", 5) end, "procman.load: limits must be a table")
+  end)
+
+  it("bound the file's top level too", function()
+    local wf, err = procman.loadstring("local s = ('x'):rep(2^24) return s .. s", "=top",
+                                       { memory = 1024 * 1024 })
+    assert.is_nil(wf)
+    assert.matches(MEMORY, err)
   end)
 end)
 

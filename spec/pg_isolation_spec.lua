@@ -81,6 +81,36 @@ describe("procman.pg worker isolation", function()
     assert.equal(0, w:step())          -- nothing stalls: the partition moved on
   end)
 
+  it("turns a timer whose firing the store refuses into a dead letter, and fires the others", function()
+    assert(conn:script([[
+      CREATE FUNCTION procman_test_refuse_ring() RETURNS trigger LANGUAGE plpgsql AS $$
+      BEGIN
+        IF NEW.flow_key = '\xa3626164'::bytea AND NEW.version >= 2 THEN RAISE EXCEPTION 'no ringing'; END IF;
+        RETURN NEW;
+      END $$;
+      CREATE TRIGGER procman_test_refuse_ring BEFORE UPDATE ON procman_flows
+        FOR EACH ROW EXECUTE FUNCTION procman_test_refuse_ring();]]))
+    later(function() conn:script("DROP FUNCTION IF EXISTS procman_test_refuse_ring() CASCADE") end)
+    local bell = procman.workflow {
+      name = "bell", correlate = "id", starts = { "go" },
+      on = { go = function() return { procman.after(5, { event_type = "ring" }) } end,
+             ring = function(state) state.rang = true end },
+    }
+    local w = worker { workflows = { bell }, partitions = 1, clock = function() return 100 end }
+    pg.append(conn, { event_type = "go", id = "bad", event_id = 1 })
+    pg.append(conn, { event_type = "go", id = "ok", event_id = 2 })
+    assert.equal(2, w:step())
+    assert.equal(2, w:tick(105))
+    assert.is_true(pg.flow(conn, "bell", "ok").state.rang)
+    assert.is_nil(pg.flow(conn, "bell", "bad").state.rang)
+    local dead = pg.dead_letters(conn)
+    assert.equal(1, #dead)
+    assert.matches("the store refused this timer's changes: .*no ringing", dead[1].error)
+    assert.same({ "bell", "bad", "ring" }, { dead[1].workflow, dead[1].flow, dead[1].event.event_type })
+    assert.same({}, pg.timers(conn))
+    assert.equal(0, w:tick(106))
+  end)
+
   it("reads the same events again after its batch commit failed, and loses nothing", function()
     for i = 1, 4 do
       pg.append(conn, { event_type = "batch_created", batch_id = "b" .. i, event_id = i, files = { "f" } })

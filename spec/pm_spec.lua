@@ -310,6 +310,15 @@ describe("procman.pm", function()
       return state
     end
     local function pad_of(i) return string.rep(string.char(97 + i % 26), 50) end
+    -- a flow whose history reached the snapshot threshold, and how many events it took
+    local function at_threshold()
+      local pm, i = ring:new("r"), 0
+      while history_bytes(pm) < 4096 do
+        i = i + 1
+        pm:handle { event_type = "add", pad = pad_of(i) }
+      end
+      return pm, i
+    end
 
     it("keeps only the events since its last snapshot", function()
       local pm = ring:new("r")
@@ -340,12 +349,7 @@ describe("procman.pm", function()
     end)
 
     it("takes the snapshot with the commit: a failed handle at the threshold changes nothing", function()
-      local pm = ring:new("r")
-      local i = 0
-      while history_bytes(pm) < 4096 do
-        i = i + 1
-        pm:handle { event_type = "add", pad = pad_of(i) }
-      end
+      local pm, i = at_threshold()
       local before = flow.snapshot(pm)
       flow.refuses(pm, { event_type = "fail" }, "refused")
       assert.same(before, flow.snapshot(pm))
@@ -355,12 +359,7 @@ describe("procman.pm", function()
     end)
 
     it("core.undo after a snapshot goes back to the state before the event", function()
-      local pm = ring:new("r")
-      local i = 0
-      while history_bytes(pm) < 4096 do
-        i = i + 1
-        pm:handle { event_type = "add", pad = pad_of(i) }
-      end
+      local pm, i = at_threshold()
       pm:handle { event_type = "add", event_id = "last", pad = pad_of(i + 1) }
       assert.equal(1, #pm:history())
       core.undo(pm)
@@ -502,6 +501,25 @@ describe("procman.pm", function()
       assert.has_error(function() core.undo(pm) end, "counter/c1: no committed event to take back")
       assert.has_error(function() core.undo({}) end)
     end)
+  end)
+
+  it("core.handle_fresh gives the handler the event itself (for recovery), pm:handle a copy", function()
+    local core = require "procman.core"
+    local got
+    local wf = procman.workflow { name = "f", on = { x = function(state, event)
+      got = event
+      state.n = (state.n or 0) + 1
+    end } }
+    local pm = wf:new("f1")
+    local event = { event_type = "x", n = 1 }
+    pm:handle(event)
+    assert.are_not.equal(event, got)
+    core.handle_fresh(pm, event)
+    assert.equal(event, got)
+    assert.same({ event, event }, pm:history())
+    assert.equal(2, pm:version())
+    assert.has_error(function() core.handle_fresh(pm, { event_type = "x", f = print }) end)
+    assert.equal(2, pm:version())
   end)
 
   describe("core.snapshot and core.restore (for compaction)", function()

@@ -83,6 +83,21 @@ function M.string.format(...)
   return result
 end
 
+-- pack and unpack do work (and unpack returns values) per item of the
+-- format: one unit per format character, charged first.
+local pack, unpack_bytes = string.pack, string.unpack
+
+function M.string.pack(fmt, ...)
+  if type(fmt) == "string" then charge(#fmt) end
+  return pack(fmt, ...)
+end
+
+function M.string.unpack(fmt, s, ...)
+  if type(fmt) == "string" then charge(#fmt) end
+  if type(s) == "string" then charge_bytes(#s) end
+  return unpack_bytes(fmt, s, ...)
+end
+
 function M.string.byte(s, i, j)
   local str = text(s)
   if type(str) == "string" and #str > M.MAX_VALUES then

@@ -68,7 +68,8 @@ local function rebuilding(pm)
     local info = debug.getinfo(level, "fS")
     if info == nil then return false end
     if info.what == "C" and not TRANSPARENT[info.func] and not core.is_guard(info.func) then
-      return info.func ~= handle  -- (the budget's guard around each function is transparent too)
+      -- (the budget's guard around each function is transparent too)
+      return info.func ~= handle and info.func ~= core.handle_fresh
     end
   end
   return false
@@ -112,11 +113,12 @@ function M.deprecate_patch(id)
   record(ctx, id)
 end
 
---- replay(pm, event, journaled) -> the results of pcall(pm.handle, pm,
--- event), procman.patched() answering as the journal recorded: true for
--- the changes the flow took before and for 'journaled' (the ids the
--- event's entry lists, or nil), false for others.
-function M.replay(pm, event, journaled)
+--- replay(pm, event, journaled[, handle]) -> the results of pcall(handle,
+-- pm, event) (default pm.handle; core.handle_fresh for an event decoded
+-- for this flow alone), procman.patched() answering as the journal
+-- recorded: true for the changes the flow took before and for 'journaled'
+-- (the ids the event's entry lists, or nil), false for others.
+function M.replay(pm, event, journaled, handle)
   local ctx = M.REPLAY
   ctx.pm, ctx.journaled = pm, false
   if journaled then
@@ -124,7 +126,7 @@ function M.replay(pm, event, journaled)
     for _, id in ipairs(journaled) do ctx.journaled[id] = true end
   end
   M.context = ctx
-  local ok, result = pcall(pm.handle, pm, event)
+  local ok, result = pcall(handle or pm.handle, pm, event)
   M.context = false
   return ok, result
 end

@@ -626,7 +626,9 @@ local function replay_target(self, f, rec, offset)
     end
   elseif f.commands then
     t.pm = t.pm or core.new(spec, f.flow)
-    local ok, now = patches.replay(t.pm, rec.event, f.patches)
+    -- the decoded event is the handler's copy when it goes to this flow only
+    local fresh = #rec.flows == 1 and core.handle_fresh or nil
+    local ok, now = patches.replay(t.pm, rec.event, f.patches, fresh)
     if not ok then
       error(string.format("procman.router: replay failed at %s: %s", where(self, f, rec, offset),
                           message(now)), 0)

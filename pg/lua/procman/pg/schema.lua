@@ -30,7 +30,6 @@ M.ddl = [[
     appended_at timestamptz NOT NULL DEFAULT now()
   );
   CREATE INDEX procman_events_order ON procman_events (xid, position);
-  CREATE INDEX procman_events_partitions ON procman_events USING gin (partitions);
   CREATE TABLE procman_flows (
     workflow    text NOT NULL,
     flow_key    bytea NOT NULL,

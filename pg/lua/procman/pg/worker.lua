@@ -526,21 +526,21 @@ local function all_targets(events)
   return list
 end
 
--- The batch again, one event per transaction: the ones the store refuses
--- become dead letters with its reason.
-local function isolate(self, events)
-  for _, ev in ipairs(events) do
-    preload(self, ev.mine)
-    local work = new_work(self)
-    apply_event(self, work, ev)
-    work.xid, work.position = ev.xid, ev.position
+-- Units (events or timers) again, one per transaction: fill(work, unit)
+-- puts what a unit does into a work; a unit whose transaction the store
+-- refuses is handed to refuse(work, unit, reason) instead (a dead letter).
+-- targets(unit): the flows to load first (the cache is dropped on failure).
+local function one_by_one(self, units, now, targets, fill, refuse)
+  for _, unit in ipairs(units) do
+    preload(self, targets(unit))
+    local work = new_work(self, now)
+    fill(work, unit)
     local ok, err = commit(self, work)
     if not ok then
       if not isolatable(self, err) then return nil, err end
-      local dead = new_work(self)
-      dead_letter(dead, ev.position, nil, "procman.pg.worker: the store refused this event's changes: "
-                                          .. message(err), ev.event)
-      dead.xid, dead.position = ev.xid, ev.position
+      preload(self, targets(unit))
+      local dead = new_work(self, now)
+      refuse(dead, unit, message(err))
       ok, err = commit(self, dead)
       if not ok then return nil, err end
     end
@@ -548,6 +548,23 @@ local function isolate(self, events)
   self.stats.isolated = self.stats.isolated + 1
   return true
 end
+
+-- The batch again, one event per transaction: the ones the store refuses
+-- become dead letters with its reason.
+local function isolate(self, events)
+  return one_by_one(self, events, nil, function(ev) return ev.mine end,
+    function(work, ev)
+      apply_event(self, work, ev)
+      work.xid, work.position = ev.xid, ev.position
+    end,
+    function(dead, ev, why)
+      dead_letter(dead, ev.position, nil,
+                  "procman.pg.worker: the store refused this event's changes: " .. why, ev.event)
+      dead.xid, dead.position = ev.xid, ev.position
+    end)
+end
+
+local isolate_timers  -- (below, with tick)
 
 local function claim(self)
   local now = os.time()
@@ -583,6 +600,31 @@ local function step(self)
   return #events
 end
 
+-- Fire one timer of a loaded flow into 'work' (nothing if it is gone).
+-- With 'refused', the timer goes and its event becomes a dead letter.
+local function fire(self, work, t, refused)
+  local entry = self.cache[cache_key(t.spec.name, t.key)]
+  local timer = entry and entry.timers and timers.find(entry.timers, t.fired.seq, t.fired.index)
+  if timer == nil then return end
+  if refused then
+    entry.timers = timers.remove(entry.timers, t.fired.seq, t.fired.index)
+    entry.timers_changed = true
+    touch(work, entry)
+    return dead_letter(work, nil, t, refused, timer.event)
+  end
+  handle(self, work, t, timer.event, nil, t.fired)
+end
+
+-- The timers again, one per transaction: a timer whose event the store
+-- refuses goes, its event a dead letter with the reason (as for events).
+function isolate_timers(self, targets, now)
+  return one_by_one(self, targets, now, function(t) return { t } end,
+    function(work, t) fire(self, work, t) end,
+    function(dead, t, why)
+      fire(self, dead, t, "procman.pg.worker: the store refused this timer's changes: " .. why)
+    end)
+end
+
 local function tick(self, now)
   claim(self)
   now = now or self.clock()
@@ -603,13 +645,13 @@ local function tick(self, now)
   if #targets == 0 then return 0 end
   preload(self, targets)
   local work = new_work(self, now)
-  for _, t in ipairs(targets) do
-    local entry = self.cache[cache_key(t.spec.name, t.key)]
-    local timer = entry and entry.timers and timers.find(entry.timers, t.fired.seq, t.fired.index)
-    if timer then handle(self, work, t, timer.event, nil, t.fired) end
-  end
+  for _, t in ipairs(targets) do fire(self, work, t) end
   local ok, err = commit(self, work)
-  if not ok then return nil, err end
+  if not ok then
+    if not isolatable(self, err) then return nil, err end
+    ok, err = isolate_timers(self, targets, now)
+    if not ok then return nil, err end
+  end
   self.stats.timers = self.stats.timers + #targets
   return #targets
 end
