@@ -102,7 +102,7 @@ static int in_set(int c, const char *p, const char *close) {
     p++;
   }
   while (p < close) {
-    if (*p == ESCAPE && p + 1 < close) {
+    if (*p == ESCAPE) {  /* just before 'close' it escapes the ']', as in Lua: [+-%%] */
       if (in_class(c, uc(p[1])))
         return !negated;
       p += 2;

@@ -100,6 +100,28 @@ static void test_agrees_with_string_find(void **state) {
   lua_close(L);
 }
 
+/* Cases libFuzzer found (fuzz/regressions/pattern/): pattern, subject. */
+static const char *const FOUND[][2] = {
+  { "%f[%w]%z)", " fo[%w]%z) foxx" },  /* %z: the zero byte, not a 'z' */
+  { "[#+$[+-%%]", "]\nb" },          /* the range ends at the first '%': the second escapes ']' */
+};
+
+static void test_cases_fuzzing_found(void **state) {
+  lua_State *L = luaL_newstate();
+  size_t i;
+  (void)state;
+  luaL_openlibs(L);
+  for (i = 0; i < sizeof FOUND / sizeof FOUND[0]; i++) {
+    const char *p = FOUND[i][0], *s = FOUND[i][1];
+    Text want = { { 0 }, 0 }, got = { { 0 }, 0 };
+    describe_lua(L, s, strlen(s), p, strlen(p), &want);
+    assert_int_not_equal(describe_ours(s, strlen(s), p, strlen(p), 1LL << 40, &got), PATTERN_STEPS);
+    if (strcmp(want.s, got.s) != 0)
+      fail_msg("pattern \"%s\" on \"%s\": string.find gives %s, pattern.c %s", p, s, want.s, got.s);
+  }
+  lua_close(L);
+}
+
 /* ===================================================================
 ** Limits
 ** =================================================================== */
@@ -198,6 +220,7 @@ static void test_guard_under_memory_failure(void **state) {
 int main(void) {
   const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_agrees_with_string_find),
+    cmocka_unit_test(test_cases_fuzzing_found),
     cmocka_unit_test(test_step_limit),
     cmocka_unit_test(test_too_complex),
     cmocka_unit_test(test_guard_under_memory_failure),
