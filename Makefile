@@ -94,9 +94,12 @@ $(BUILD)/test/%: csrc/test/%.c $(CORE_SRC) $(CORE_HDR) $(wildcard csrc/test/*.h)
 FUZZERS    := decode journal handle pattern
 REGRESS    := $(patsubst %,$(BUILD)/fuzz/regress_%,$(FUZZERS))
 
+# The journal harness reads with small windows, so that records straddle them.
+$(BUILD)/fuzz/regress_journal $(BUILD)/fuzz/fuzz_journal: HARNESS_DEFS := -DREAD_WINDOW=64
+
 $(BUILD)/fuzz/regress_%: fuzz/fuzz_%.c fuzz/run_corpus.c $(CORE_SRC) $(CORE_HDR)
 	@mkdir -p $(dir $@)
-	$(CC) $(CSTD) $(CFLAGS) $(WARN) $(LUA_CFLAGS) -Icsrc -DPROCMAN_LUA_DIR='"$(CURDIR)/lua"' \
+	$(CC) $(CSTD) $(CFLAGS) $(WARN) $(LUA_CFLAGS) $(HARNESS_DEFS) -Icsrc -DPROCMAN_LUA_DIR='"$(CURDIR)/lua"' \
 	  $< fuzz/run_corpus.c $(CORE_SRC) -o $@ $(LUA_LIBS) -lm
 
 test-c: $(patsubst csrc/test/%.c,$(BUILD)/test/%,$(TEST_SRC)) $(REGRESS)
@@ -148,7 +151,7 @@ FUZZ_FLAGS := -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=a
 
 $(BUILD)/fuzz/fuzz_%: fuzz/fuzz_%.c $(CORE_SRC) $(CORE_HDR) | deps-fuzz
 	@mkdir -p $(dir $@)
-	clang $(FUZZ_FLAGS) $(LUA_CFLAGS) -Icsrc -DPROCMAN_LUA_DIR='"$(CURDIR)/lua"' \
+	clang $(FUZZ_FLAGS) $(LUA_CFLAGS) $(HARNESS_DEFS) -Icsrc -DPROCMAN_LUA_DIR='"$(CURDIR)/lua"' \
 	  $< $(CORE_SRC) -o $@ $(LUA_LIBS) -lm
 
 deps-fuzz:

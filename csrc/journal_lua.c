@@ -265,7 +265,9 @@ static int j_tostring(lua_State *L) {
 
 /* A live journal is read in windows of this many bytes (more for a record
 ** that does not fit), not as one buffer of the whole file. */
+#ifndef READ_WINDOW  /* fuzz/fuzz_journal.c builds with a small one: many windows */
 #define READ_WINDOW (1u << 20)
+#endif
 
 /*
 ** The bytes being read live in the reader userdata itself (upvalue 1 of
@@ -301,6 +303,8 @@ static Reader *refill(lua_State *L, Reader *r, size_t need) {
   int e;
   if (lj == NULL || !lj->open)
     luaL_error(L, "procman.journal: the journal was closed while its records were read");
+  if (need > r->end - (r->base + r->pos))  /* a damaged length: no room past the end */
+    need = r->end - (r->base + r->pos);
   if (need > r->cap) {
     Reader *bigger = new_reader(L, need > 2 * r->cap ? need : 2 * r->cap);
     memcpy(bigger, r, sizeof *r);

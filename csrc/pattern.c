@@ -84,6 +84,7 @@ static int in_class(int c, int cls) {
     case 'u': yes = isupper(c); break;
     case 'w': yes = isalnum(c); break;
     case 'x': yes = isxdigit(c); break;
+    case 'z': yes = (c == 0); break;  /* deprecated, but string.find still has it */
     default: return cls == c;
   }
   if (isupper(cls))
@@ -101,7 +102,7 @@ static int in_set(int c, const char *p, const char *close) {
     p++;
   }
   while (p < close) {
-    if (*p == ESCAPE && p + 1 < close) {
+    if (*p == ESCAPE) {  /* just before 'close' it escapes the ']', as in Lua: [+-%%] */
       if (in_class(c, uc(p[1])))
         return !negated;
       p += 2;

@@ -6,6 +6,15 @@
 ** gets; every refused event must leave the flow exactly as it was, and
 ** errors must be strings. The flows are renewed now and then so that the
 ** history stays short.
+**
+** A third flow, of a workflow loaded through the sandbox (its bounded
+** string functions, the memory budget, results copied), lives for 200
+** events: its history outgrows the snapshot threshold again and again,
+** so a refused event rebuilds its state from a snapshot (its maps of recent
+** types and of the fields seen, over 16 pairs, written unsorted), and an
+** event asking for it checks core.undo and core.trim against what the flow
+** was.  The second flow gets its events as recovery hands them over
+** (core.handle_fresh: a fresh decode, not copied).
 */
 #include <stdint.h>
 #include <stdlib.h>
@@ -34,9 +43,30 @@ static const char *const SETUP =
   "    if e.loop then while true do end end\n"
   "    return e.commands or { { command_type = 'kept', e = e } }\n"
   "  end } }\n"
+  "local hoard = assert(procman.loadstring([[\n"
+  "return procman.workflow { name = 'hoard', budget = 50000, memory = 4000000, on = {\n"
+  "  x = function(s, e)\n"
+  "    s.n = (s.n or 0) + 1\n"
+  "    s.recent = s.recent or {}\n"
+  "    s.recent[s.n % 20] = e.event_type  -- 20 pairs: over 16, snapshots write them unsorted\n"
+  "    s.fields = s.fields or {}\n"
+  "    for k, v in pairs(e) do  -- small values only: a small state snapshots often\n"
+  "      if type(v) ~= 'table' and (type(v) ~= 'string' or #v < 40) then s.fields[k] = v end\n"
+  "    end\n"
+  "    if type(e.s) == 'string' and type(e.p) == 'string' then\n"
+  "      s.found = { e.s:find(e.p) }\n"
+  "      s.subbed = (e.s:gsub(e.p, '<%0>'))\n"
+  "    end\n"
+  "    if type(e.s) == 'string' and math.type(e.rep) == 'integer' then s.long = #e.s:rep(e.rep) end\n"
+  "    if e.boom then error(e.boom) end\n"
+  "    if e.loop then while true do end end\n"
+  "    return e.commands\n"
+  "  end } }\n"
+  "]], '=hoard'))\n"
+  "local core = require 'procman.core'\n"
   "local flows\n"
   "local function renew()\n"
-  "  flows = { batch:new('b1'), keeper:new('k1') }\n"
+  "  flows = { batch:new('b1'), keeper:new('k1'), flows and flows[3] or hoard:new('h1') }\n"
   "  flows[1]:handle{ event_type = 'batch_created', files = { 'a', 'b', 'c' }, max_attempts = 2 }\n"
   "end\n"
   "renew()\n"
@@ -55,20 +85,42 @@ static const char *const SETUP =
   "  for _, e in ipairs(pm:history()) do parts[#parts + 1] = procman.encode(e) end\n"
   "  return table.concat(parts, '\\0')\n"
   "end\n"
+  "-- what undo must give back (the history may restart from a snapshot)\n"
+  "local function seen(pm)\n"
+  "  return table.concat({ state_of(pm), pm:status(), tostring(pm:version()) }, '\\0')\n"
+  "end\n"
+  "local function take_back(pm, event, before)\n"
+  "  if event.undo then\n"
+  "    core.undo(pm)\n"
+  "    assert(seen(pm) == before, 'core.undo did not give back ' .. tostring(pm))\n"
+  "  elseif event.trim then\n"
+  "    local was = seen(pm)\n"
+  "    if core.trim(pm) then assert(#pm:history() == 0, 'core.trim left a history') end\n"
+  "    assert(seen(pm) == was, 'core.trim changed ' .. tostring(pm))\n"
+  "  end\n"
+  "end\n"
   "function fuzz(bytes)\n"
   "  local ok, event = pcall(procman.decode, bytes)\n"
   "  if not ok or type(event) ~= 'table' then return end\n"
-  "  for _, pm in ipairs(flows) do\n"
-  "    local before = snap(pm)\n"
-  "    local done, err = pcall(pm.handle, pm, event)\n"
+  "  for i, pm in ipairs(flows) do\n"
+  "    local before, before_seen = snap(pm), seen(pm)\n"
+  "    local done, err\n"
+  "    if i == 2 then  -- as recovery hands it over: a fresh decode, not copied\n"
+  "      done, err = pcall(core.handle_fresh, pm, procman.decode(bytes))\n"
+  "    else\n"
+  "      done, err = pcall(pm.handle, pm, event)\n"
+  "    end\n"
   "    if not done then\n"
   "      -- an error object the handler raised (a copy of the event's) passes as it is\n"
   "      assert(type(err) == 'string' or type(event.boom) == 'table'\n"
   "             and procman.encode(err) == procman.encode(event.boom), 'an error that is not a string')\n"
   "      assert(snap(pm) == before, 'a refused event changed ' .. tostring(pm) .. ': ' .. tostring(err))\n"
+  "    elseif pm:version() > 0 and seen(pm) ~= before_seen then\n"
+  "      take_back(pm, event, before_seen)\n"
   "    end\n"
   "  end\n"
   "  if flows[2]:version() > 20 then renew() end\n"
+  "  if flows[3]:version() > 200 then flows[3] = hoard:new('h1') end\n"
   "end\n";
 
 /* One state for the whole run, closed at exit so that leak checkers

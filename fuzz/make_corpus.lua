@@ -35,6 +35,16 @@ local events = {
   { event_type = "x", commands = { { command_type = "c" }, { nope = 1 } } },
   { event_type = "x", commands = { procman.after(5, { event_type = "x" }, "k") } },
   { event_type = "nope" },
+  -- for the sandboxed, long-lived flow: its string functions, undo, trim,
+  -- a map over 16 pairs, and one large event (the next one snapshots)
+  { event_type = "x", s = "key = 42, other = 7", p = "(%a+)%s*=%s*(%d+)" },
+  { event_type = "x", s = "abc", p = "[a" },
+  { event_type = "x", s = "ab", rep = 1 << 40 },
+  { event_type = "x", undo = true, n = 1 },
+  { event_type = "x", trim = true },
+  { event_type = "x", wide = { a = 1, b = 2, c = 3, d = 4, e = 5, f = 6, g = 7, h = 8, i = 9, j = 10,
+                               k = 11, l = 12, m = 13, n = 14, o = 15, p = 16, q = 17, [1.5] = true } },
+  { event_type = "x", pad = string.rep("z", 5000) },
 }
 for i, e in ipairs(events) do write("handle", string.format("event%02d", i), procman.encode(e)) end
 

@@ -46,9 +46,9 @@ static unsigned next_random(unsigned n) {
 static const char *const ATOMS[] = {
   "a", "b", ".", "%a", "%d", "%s", "%w", "%A", "[ab]", "[^a]", "[a-c]", "[%d_]", "[]]", "(", ")",
   "()", "%b()", "%f[%w]", "%f[%W]", "%1", "%2", "^", "$", "*", "+", "-", "?", "%%", "x", "%",
-  "[", "%b", "%0", "(a)", "(.-)",
+  "[", "%b", "%0", "(a)", "(.-)", "%z", "%Z", "[%z]",
 };
-static const char SUBJECT_CHARS[] = "abc() 1x%_]";
+static const char SUBJECT_CHARS[] = "abc() 1x%_]z\0";
 
 static void random_text(char *out, size_t *len, size_t max, int pattern) {
   size_t n = 0, k, count = next_random((unsigned)max);
@@ -97,6 +97,28 @@ static void test_agrees_with_string_find(void **state) {
   }
   assert_true(matched > 1000);  /* the cases cover matches and errors */
   assert_true(errors > 1000);
+  lua_close(L);
+}
+
+/* Cases libFuzzer found (fuzz/regressions/pattern/): pattern, subject. */
+static const char *const FOUND[][2] = {
+  { "%f[%w]%z)", " fo[%w]%z) foxx" },  /* %z: the zero byte, not a 'z' */
+  { "[#+$[+-%%]", "]\nb" },          /* the range ends at the first '%': the second escapes ']' */
+};
+
+static void test_cases_fuzzing_found(void **state) {
+  lua_State *L = luaL_newstate();
+  size_t i;
+  (void)state;
+  luaL_openlibs(L);
+  for (i = 0; i < sizeof FOUND / sizeof FOUND[0]; i++) {
+    const char *p = FOUND[i][0], *s = FOUND[i][1];
+    Text want = { { 0 }, 0 }, got = { { 0 }, 0 };
+    describe_lua(L, s, strlen(s), p, strlen(p), &want);
+    assert_int_not_equal(describe_ours(s, strlen(s), p, strlen(p), 1LL << 40, &got), PATTERN_STEPS);
+    if (strcmp(want.s, got.s) != 0)
+      fail_msg("pattern \"%s\" on \"%s\": string.find gives %s, pattern.c %s", p, s, want.s, got.s);
+  }
   lua_close(L);
 }
 
@@ -198,6 +220,7 @@ static void test_guard_under_memory_failure(void **state) {
 int main(void) {
   const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_agrees_with_string_find),
+    cmocka_unit_test(test_cases_fuzzing_found),
     cmocka_unit_test(test_step_limit),
     cmocka_unit_test(test_too_complex),
     cmocka_unit_test(test_guard_under_memory_failure),
