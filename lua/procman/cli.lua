@@ -52,6 +52,17 @@ function M.load_workflows(names)
   return list
 end
 
+--- procman.router for a command. What the router raises on opening a
+-- journal this code cannot replay (a workflow not given, a divergence
+-- under --on-divergence raise) is the command's failure, said in one
+-- line, not a Lua traceback; the journal is left as it was.
+function M.router(opts)
+  local built, r, err = pcall(procman.router, opts)
+  if not built then M.fail(1, "%s", tostring(r)) end
+  if not r then M.fail(1, "%s", err) end
+  return r
+end
+
 --- Parse a flow id from the command line: digits are an integer id.
 function M.flow_id(text)
   return math.tointeger(tonumber(text)) or text
