@@ -217,6 +217,26 @@ describe("nothing shared is reachable from a sandboxed file", function()
     assert.is_true(procman.is_workflow(wf))
   end)
 
+  it("a file cannot plant a method in a workflow it hands the host", function()
+    local wf, err = procman.loadstring([[
+      local me = procman.workflow { name = "evil", on = { go = function() end } }
+      rawset(me, "new", function() while true do end end)
+      return me
+    ]], "=plant")
+    assert.is_nil(wf)
+    assert.matches("rawset: not on a value whose metatable the workflow file did not set", err)
+    assert.is_true(pcall(function()  -- its own tables are its own
+      assert(procman.loadstring("local t = {} rawset(t, 1, 2) return procman.workflow { name = 'w', on = { go = function() end } }"))
+    end))
+  end)
+
+  it("the host gets a sandboxed workflow's functions guarded", function()
+    local wf = assert(procman.loadstring([[return procman.workflow { name = "w", budget = 10000,
+      init = function() while true do end end, on = { go = function() while true do end end } }]]))
+    assert.error_matches(function() wf.on.go({}, {}) end, BUDGET)
+    assert.error_matches(function() wf.init(1) end, "init: " .. BUDGET)
+  end)
+
   it("a file sees the metatables it set itself", function()
     local wf = assert(procman.loadstring([[
       local meta = { __index = function() return 7 end }

@@ -64,9 +64,10 @@ local FORBIDDEN_FIELDS = {
 }
 
 -- Globals taken as they are. The sandbox makes its own getmetatable,
--- setmetatable, xpcall and tonumber, and the libraries in FORBIDDEN_FIELDS.
+-- setmetatable, rawset, xpcall and tonumber, and the libraries in
+-- FORBIDDEN_FIELDS.
 local SAFE_GLOBALS = {
-  "assert", "error", "ipairs", "next", "pairs", "pcall", "rawequal", "rawget", "rawlen", "rawset",
+  "assert", "error", "ipairs", "next", "pairs", "pcall", "rawequal", "rawget", "rawlen",
   "select", "tostring", "type", "_VERSION",
 }
 M.SAFE_GLOBALS = SAFE_GLOBALS
@@ -146,7 +147,16 @@ local function metatable_functions(env)
     end
     return setmetatable(t, meta)
   end
-  return sandbox_getmetatable, sandbox_setmetatable
+  -- rawset bypasses __newindex: only on tables whose metatable the file
+  -- set (else a file could plant a 'new' in a workflow it hands the host)
+  local function sandbox_rawset(t, k, v)
+    local meta = getmetatable(t)
+    if meta ~= nil and not own[meta] then
+      error("rawset: not on a value whose metatable the workflow file did not set", 2)
+    end
+    return rawset(t, k, v)
+  end
+  return sandbox_getmetatable, sandbox_setmetatable, sandbox_rawset
 end
 
 -- xpcall in the sandbox: the message handler runs once the call has
@@ -191,7 +201,7 @@ function M.environment(host)
   local env = {}
   for _, name in ipairs(SAFE_GLOBALS) do env[name] = _G[name] end
   for name in pairs(FORBIDDEN_FIELDS) do env[name] = library(name) end
-  env.getmetatable, env.setmetatable = metatable_functions(env)
+  env.getmetatable, env.setmetatable, env.rawset = metatable_functions(env)
   env.xpcall = sandbox_xpcall
   env.tonumber = bounded.tonumber
   env.procman = { workflow = function(def) return workflow.define(def, host) end,

@@ -268,6 +268,11 @@ function M.define(def, host)
   spec.on = {}  -- the runtime's: every function guarded
   for k, v in next, spec.fields.on do spec.on[k] = v end
   guard_functions(spec)
+  if spec.sandboxed then  -- the host never runs sandboxed code unguarded, even by wf.on.x(...)
+    for _, field in ipairs { "on", "init", "correlate", "done", "status", "view" } do
+      spec.fields[field] = spec[field]
+    end
+  end
   for _, t in ipairs(spec.starts) do spec.starts_set[t] = true end
   local wf = setmetatable({}, meta)
   specs[wf] = spec
