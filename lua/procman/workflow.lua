@@ -35,6 +35,8 @@ local specs = setmetatable({}, { __mode = "k" })
 
 local function describe(v)
   if type(v) == "string" then return string.format("%q", v) end
+  -- a number says what it is: 1e9 is a float, not the integer it looks like
+  if type(v) == "number" then return string.format("%s (%s)", tostring(v), math.type(v)) end
   return type(v)
 end
 
