@@ -127,7 +127,7 @@ describe("the sandbox holds against", function()
   it("a correlate function that loops (the event is refused: no flow to park)", function()
     local out = child.run(script("", "correlate = function(e) if e.event_type == 'go' then "
                                      .. "while true do end end return e.id end,"))
-    assert.matches("raised:%s+true%s+correlate: " .. BUDGET, out)
+    assert.matches("raised:%s+true%s+w.s correlate: " .. BUDGET, out)
     assert.matches("the router went on", out, 1, true)
   end)
 
@@ -234,7 +234,15 @@ describe("nothing shared is reachable from a sandboxed file", function()
     local wf = assert(procman.loadstring([[return procman.workflow { name = "w", budget = 10000,
       init = function() while true do end end, on = { go = function() while true do end end } }]]))
     assert.error_matches(function() wf.on.go({}, {}) end, BUDGET)
-    assert.error_matches(function() wf.init(1) end, "init: " .. BUDGET)
+    assert.error_matches(function() wf.init(1) end, "w's init: " .. BUDGET)
+  end)
+
+  it("names the workflow when done, status or correlate runs past the budget", function()
+    local wf = assert(procman.loadstring([[return procman.workflow { name = "w", budget = 10000,
+      correlate = "id", starts = { "go" }, on = { go = function() end },
+      done = function() while true do end end }]]))
+    local r = procman.router { workflows = { wf } }
+    assert.error_matches(function() r:handle { event_type = "go", id = 1 } end, "^w's done: " .. BUDGET)
   end)
 
   it("a file sees the metatables it set itself", function()

@@ -13,6 +13,15 @@ describe("docs/api.md", function()
     end
   end)
 
+  it("shows procman.load's limits in a form procman.load takes", function()
+    local limits = assert(api:match('procman%.load%("workflows/big%.lua", (%b{})%)'))
+    local wf, err = require("procman").loadstring(
+      'return procman.workflow { name = "w", on = { e = function() end } }', "=big",
+      assert(load("return " .. limits))())
+    assert.is_nil(err)
+    assert.is_truthy(wf)
+  end)
+
   it("says where procman.testing's failures point and how busted counts them", function()
     assert.not_matches("Failures raise at the\nline of the expectation, so busted reports them there", api, 1, true)
     assert.matches("Under busted\nit counts as a failure, not an error", api, 1, true)

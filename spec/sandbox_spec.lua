@@ -262,5 +262,7 @@ describe("the instruction budget", function()
       assert.error_matches(function() looping(bad) end,
                            "budget must be a positive integer %(instructions per call%) or false")
     end
+    -- 1e9 looks whole: the message says what it is
+    assert.error_matches(function() looping(1e9) end, "or false, got 1000000000%.0 %(float%)")
   end)
 end)

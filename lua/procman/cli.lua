@@ -56,16 +56,24 @@ function M.load_workflows(names)
   return list
 end
 
+--- procman.router for a command. What the router raises on opening a
+-- journal this code cannot replay (a workflow not given, a divergence
+-- under --on-divergence raise) is the command's failure, said in one
+-- line, not a Lua traceback; the journal is left as it was.
+function M.router(opts)
+  local built, r, err = pcall(procman.router, opts)
+  if not built then M.fail(1, "%s", tostring(r)) end
+  if not r then M.fail(1, "%s", err) end
+  return r
+end
+
 --- A router on a journal, for the commands that change it (resume, skip,
 -- retry-dead-letter, drop-dead-letter): warnings go to stderr.
 function M.open_router(path, workflow_files)
-  local opened, r, err = pcall(procman.router, {
+  return M.router {
     workflows = M.load_workflows(workflow_files), journal = path,
     warn = function(msg) M.io.stderr:write("procman: ", msg, "\n") end,
-  })
-  if not opened then M.fail(1, "%s", tostring(r)) end  -- a damaged journal, a divergence
-  if not r then M.fail(1, "%s", err) end
-  return r
+  }
 end
 
 --- print_listing(args, of_view, as_text): a list read from the journal

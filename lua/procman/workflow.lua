@@ -144,7 +144,9 @@ local function check_limit(def, name, field, host)
     return rule.default
   end
   if v ~= false and not (math.type(v) == "integer" and v > 0) then
-    fail(name, "%s must be a positive integer (%s) or false, got %s", field, rule.unit, describe(v))
+    -- a number says what it is: 1e9 is a float, not the integer it looks like
+    local got = type(v) == "number" and string.format("%s (%s)", tostring(v), math.type(v)) or describe(v)
+    fail(name, "%s must be a positive integer (%s) or false, got %s", field, rule.unit, got)
   end
   if max and (v == false or v > max) then
     fail(name, "%s = %s is more than this sandbox allows (at most %d %s; the host sets it)",
@@ -167,6 +169,8 @@ local function guarded(fn, spec, label, results_are_data)
   if spec.sandboxed then
     flags = FLAGS.sandbox + (results_are_data and FLAGS.copy or 0)
   end
+  -- "order's done: ...": the router passes these errors on as they are
+  label = label and string.format("%s's %s", spec.name, label)
   return core.guard(fn, spec.budget, spec.memory, flags, label, spec.sandboxed and message or nil)
 end
 

@@ -3,18 +3,16 @@
 -- on it needs the code of every version its live flows run (it replays
 -- them first); a router still running on the journal holds its lock, and
 -- the command then fails without touching it.
-local procman = require "procman"
 
 return function(args, cli)
   local before = io.open(args.journal, "rb")
   if not before then cli.fail(1, "%s: no such journal", args.journal) end
   local size = before:seek("end")
   before:close()
-  local r, err = procman.router {
+  local r = cli.router {
     workflows = cli.load_workflows(args.workflows), journal = args.journal, sync = "always",
     warn = function(msg) cli.io.stderr:write("procman compact: ", msg, "\n") end,
   }
-  if not r then cli.fail(1, "%s", err) end
   local stats = r:stats()
   local ok, why = r:compact()
   if not ok then

@@ -9,14 +9,13 @@
 -- a late event can overtake it), while the input is quiet (stdin is read
 -- through core.line_reader, which waits for a line at most until the next
 -- timer is due) and at the end of the input.
-local procman = require "procman"
 local core = require "procman.core"
 local json = require "procman.cli.json"
 
 local PROGRESS_EVERY = 1  -- seconds between progress lines
 
 local function open_router(args, cli)
-  local r, err = procman.router {
+  return cli.router {
     workflows = cli.load_workflows(args.workflows),
     journal = args.journal, sync = args.sync,
     on_error = args.park and "park" or nil,
@@ -25,8 +24,6 @@ local function open_router(args, cli)
     on_divergence = args.on_divergence,
     warn = function(msg) cli.io.stderr:write("procman run: ", msg, "\n") end,
   }
-  if not r then cli.fail(1, "%s", err) end
-  return r
 end
 
 -- Write every pending envelope, acking each once it is out.

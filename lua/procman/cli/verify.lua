@@ -107,7 +107,14 @@ end
 local function scan(cli, path)
   local next_record, info = core.journal_scan(path)
   if not next_record then cli.fail(1, "%s", info) end
-  return next_record
+  return next_record, info
+end
+
+-- A damaged range hides events from the check: a problem, not a pass.
+local function damage(info)
+  if not info.damaged_at then return nil end
+  return string.format("damaged at byte %d: the records up to byte %d were skipped, not checked",
+                       info.damaged_at, info.resume_at)
 end
 
 return function(args, cli)
@@ -116,8 +123,9 @@ return function(args, cli)
                   plan = replay_plan.read(scan(cli, args.journal), decode), live_only = args.live,
                   diverging = {} }
   for name in pairs(specs) do state.flows[name] = {} end
-  local problems = {}
-  for offset, kind, payload in scan(cli, args.journal) do
+  local next_record, info = scan(cli, args.journal)
+  local problems = { damage(info) }  -- first: it explains what follows
+  for offset, kind, payload in next_record do
     for _, p in ipairs(check_record(state, kind, decode(payload), offset)) do problems[#problems + 1] = p end
   end
   local out = cli.io.stdout
