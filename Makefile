@@ -21,7 +21,10 @@ DEB_PKGS   := lua5.4 liblua5.4-dev lua-busted libcmocka-dev lua-check luarocks \
               lua-argparse lua-cjson libedit-dev pkg-config gcc make valgrind \
               postgresql libpq-dev
 
-export LUA_PATH  := $(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;$(CURDIR)/pg/lua/?.lua;$(CURDIR)/pg/lua/?/init.lua;$(CURDIR)/bench/?.lua;;
+# The library (lua/), the procman command's tools (cli/lua/), the shipped
+# workflows (workflows/lua/), procman.pg (pg/lua/): one module namespace.
+LIB_PATH   := $(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;$(CURDIR)/cli/lua/?.lua;$(CURDIR)/workflows/lua/?.lua
+export LUA_PATH  := $(LIB_PATH);$(CURDIR)/pg/lua/?.lua;$(CURDIR)/pg/lua/?/init.lua;$(CURDIR)/bench/?.lua;;
 export LUA_CPATH := $(CURDIR)/$(BUILD)/?.so;;
 # Lua 5.4 reads LUA_PATH_5_4 instead of LUA_PATH when it is set (as README's
 # install says to): set it too, so that an installed rock never shadows this
@@ -76,7 +79,7 @@ test-lua: all
 	busted --lua=$(LUA) --exclude-pattern=^pg_
 
 # Colour codes only on a terminal (not in CI logs or files).
-LINT_PATHS := lua pg/lua spec bench examples tools bin/procman
+LINT_PATHS := lua cli/lua workflows/lua pg/lua spec bench examples tools bin/procman
 lint:
 	@echo "== luacheck"
 	luacheck --quiet $$([ -t 1 ] || echo --no-color) $(LINT_PATHS)
@@ -86,7 +89,7 @@ test-rock:
 
 $(BUILD)/test/%: csrc/test/%.c $(CORE_SRC) $(CORE_HDR) $(wildcard csrc/test/*.h)
 	@mkdir -p $(dir $@)
-	$(CC) $(CSTD) $(CFLAGS) $(WARN) $(LUA_CFLAGS) -Icsrc -DPROCMAN_LUA_DIR='"$(CURDIR)/lua"' \
+	$(CC) $(CSTD) $(CFLAGS) $(WARN) $(LUA_CFLAGS) -Icsrc -DPROCMAN_LUA_PATH='"$(LIB_PATH)"' \
 	  $< $(CORE_SRC) -o $@ $(LUA_LIBS) -lcmocka -lm
 
 # The fuzz harnesses (fuzz/) run over their seed corpus and the crashers
@@ -99,7 +102,7 @@ $(BUILD)/fuzz/regress_journal $(BUILD)/fuzz/fuzz_journal: HARNESS_DEFS := -DREAD
 
 $(BUILD)/fuzz/regress_%: fuzz/fuzz_%.c fuzz/run_corpus.c $(CORE_SRC) $(CORE_HDR)
 	@mkdir -p $(dir $@)
-	$(CC) $(CSTD) $(CFLAGS) $(WARN) $(LUA_CFLAGS) $(HARNESS_DEFS) -Icsrc -DPROCMAN_LUA_DIR='"$(CURDIR)/lua"' \
+	$(CC) $(CSTD) $(CFLAGS) $(WARN) $(LUA_CFLAGS) $(HARNESS_DEFS) -Icsrc -DPROCMAN_LUA_PATH='"$(LIB_PATH)"' \
 	  $< fuzz/run_corpus.c $(CORE_SRC) -o $@ $(LUA_LIBS) -lm
 
 test-c: $(patsubst csrc/test/%.c,$(BUILD)/test/%,$(TEST_SRC)) $(REGRESS)
@@ -151,7 +154,7 @@ FUZZ_FLAGS := -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=a
 
 $(BUILD)/fuzz/fuzz_%: fuzz/fuzz_%.c $(CORE_SRC) $(CORE_HDR) | deps-fuzz
 	@mkdir -p $(dir $@)
-	clang $(FUZZ_FLAGS) $(LUA_CFLAGS) $(HARNESS_DEFS) -Icsrc -DPROCMAN_LUA_DIR='"$(CURDIR)/lua"' \
+	clang $(FUZZ_FLAGS) $(LUA_CFLAGS) $(HARNESS_DEFS) -Icsrc -DPROCMAN_LUA_PATH='"$(LIB_PATH)"' \
 	  $< $(CORE_SRC) -o $@ $(LUA_LIBS) -lm
 
 deps-fuzz:
