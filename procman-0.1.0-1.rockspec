@@ -33,10 +33,15 @@ build = {
   type = "builtin",
   modules = {
     ["procman.core"] = {
-      sources = { "csrc/budget.c", "csrc/buffer.c", "csrc/codec.c", "csrc/crc32c.c", "csrc/interrupt.c",
-                  "csrc/journal.c", "csrc/journal_lua.c", "csrc/line_reader.c", "csrc/lock_holder.c",
+      sources = { "csrc/budget.c", "csrc/buffer.c", "csrc/codec.c", "csrc/crc32c.c",
+                  "csrc/journal.c", "csrc/journal_lua.c", "csrc/lock_holder.c",
                   "csrc/pattern.c", "csrc/pattern_lua.c", "csrc/pm.c",
                   "csrc/procman.c" },
+      incdirs = { "csrc" },
+    },
+    -- the command's terminal helpers (csrc/faults.c is for test builds only)
+    ["procman.terminal"] = {
+      sources = { "csrc/terminal.c", "csrc/interrupt.c", "csrc/line_reader.c" },
       incdirs = { "csrc" },
     },
     ["procman"] = "lua/procman/init.lua",

@@ -33,7 +33,8 @@ end
 
 describe("missing optional pieces", function()
   local cwd = os.getenv("PWD")
-  local core = only { ["procman/core.so"] = cwd .. "/build/procman/core.so" }
+  local core = only { ["procman/core.so"] = cwd .. "/build/procman/core.so",
+                      ["procman/terminal.so"] = cwd .. "/build/procman/terminal.so" }
   local argparse = only { ["argparse.lua"] = package.searchpath("argparse", package.path) }
   local lib_path = cwd .. "/lua/?.lua;" .. cwd .. "/lua/?/init.lua;" .. cwd .. "/cli/lua/?.lua;"
     .. cwd .. "/workflows/lua/?.lua"
