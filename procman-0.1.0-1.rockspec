@@ -33,7 +33,8 @@ build = {
   type = "builtin",
   modules = {
     ["procman.core"] = {
-      sources = { "csrc/budget.c", "csrc/buffer.c", "csrc/codec.c", "csrc/crc32c.c", "csrc/interrupt.c",
+      sources = { "csrc/budget.c", "csrc/buffer.c", "csrc/codec.c", "csrc/crc32c.c", "csrc/engine.c",
+                  "csrc/interrupt.c",
                   "csrc/journal.c", "csrc/journal_lua.c", "csrc/line_reader.c", "csrc/lock_holder.c",
                   "csrc/pattern.c", "csrc/pattern_lua.c", "csrc/pm.c",
                   "csrc/procman.c" },
