@@ -241,6 +241,20 @@ describe("procman.pm", function()
       end
     end)
 
+    it("remembers an id that sits too far into its event to be noted (a table takes it)", function()
+      local core = require "procman.core"
+      local pm = counter():new("c1")
+      -- "a" sorts before "event_id": the id is 70,000 bytes into the event
+      pm:handle { event_type = "add", event_id = "far", a = string.rep("x", 70000) }
+      pm:handle { event_type = "add", event_id = 2 }
+      assert.same({}, pm:handle { event_type = "add", event_id = "far", emit = true })
+      assert.same({}, pm:handle { event_type = "add", event_id = 2, emit = true })
+      assert.equal(2, pm:version())
+      core.undo(pm)
+      assert.equal(1, #pm:handle { event_type = "add", event_id = 2, emit = true })
+      assert.equal(2, #core.event_ids(pm))
+    end)
+
     it("keeps remembering ids across a snapshot that drops the history", function()
       local core = require "procman.core"
       local pm = counter():new("c1")
