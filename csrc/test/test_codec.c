@@ -360,23 +360,37 @@ static void test_start_past_end(void **state) {
   assert_non_null(strstr(lua_tostring(L, -1), "start past the end"));
 }
 
+/* xorshift64: deterministic pseudo-random numbers for the tests below. */
+static unsigned long long next_random(unsigned long long *x) {
+  *x ^= *x << 13;
+  *x ^= *x >> 7;
+  *x ^= *x << 17;
+  return *x;
+}
+
+/* Up to 47 random bytes (malloc'd, *n of them), one in four a tag from
+** 'tags' .. 'tags' + 'ntags' - 1 (containers and lengths, to get deep). */
+static char *random_input(unsigned long long *x, size_t *n, unsigned tags, unsigned ntags) {
+  size_t i;
+  char *s;
+  *n = (size_t)(next_random(x) % 48);
+  s = malloc(*n + 1);
+  assert_non_null(s);
+  for (i = 0; i < *n; i++) {
+    unsigned long long r = next_random(x);
+    s[i] = (char)((r & 3) == 0 ? tags + (r >> 8) % ntags : (r >> 16) & 0xff);
+  }
+  return s;
+}
+
 /* Deterministic random bytes: decoding must never crash nor overread. */
 static void test_random_bytes_never_crash(void **state) {
   lua_State *L = *state;
   unsigned long long x = 88172645463325252ULL;
   int round;
   for (round = 0; round < 50000; round++) {
-    size_t n, i, pos = 0;
-    char *s;
-    x ^= x << 13; x ^= x >> 7; x ^= x << 17;
-    n = (size_t)(x % 48);
-    s = malloc(n + 1);
-    assert_non_null(s);
-    for (i = 0; i < n; i++) {
-      x ^= x << 13; x ^= x >> 7; x ^= x << 17;
-      /* bias towards container and length tags to get deep */
-      s[i] = (char)((x & 3) == 0 ? 0x90 + (x >> 8) % 0x10 : (x >> 16) & 0xff);
-    }
+    size_t n, pos = 0;
+    char *s = random_input(&x, &n, 0x90, 0x10);
     (void)codec_decode(L, s, n, &pos);
     lua_settop(L, 0);
     free(s);
@@ -510,16 +524,8 @@ static void test_field_random_bytes(void **state) {
   lua_pushinteger(L, 1);
   lua_pushliteral(L, "a");
   for (round = 0; round < 50000; round++) {
-    size_t n, i, pos = 0;
-    char *s;
-    x ^= x << 13; x ^= x >> 7; x ^= x << 17;
-    n = (size_t)(x % 48);
-    s = malloc(n + 1);
-    assert_non_null(s);
-    for (i = 0; i < n; i++) {
-      x ^= x << 13; x ^= x >> 7; x ^= x << 17;
-      s[i] = (char)((x & 3) == 0 ? 0x80 + (x >> 8) % 0x20 : (x >> 16) & 0xff);
-    }
+    size_t n, pos = 0;
+    char *s = random_input(&x, &n, 0x80, 0x20);  /* maps and arrays */
     (void)codec_value_is(L, 1 + (int)(round & 1), s, n, (size_t)(x % (n + 1)));
     (void)codec_push_field(L, s, n, &pos, "a");
     assert_true(pos <= n);
