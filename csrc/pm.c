@@ -62,10 +62,13 @@ enum {
 /* Scratch buffers larger than this are not kept for the next event. */
 #define SCRATCH_KEEP 65536
 
-/* Registry key of the shared scratch buffer; key in the seen table of the
-** last commit's event_id (light userdata: no event_id can be one). */
-static const char SCRATCH_KEY = 0;
+/* Key in the seen table of the last commit's event_id (light userdata: no
+** event_id can be one). */
 static const char LAST_ID = 0;
+
+/* handle and handle_fresh keep a scratch buffer in this upvalue (false
+** while it is in use); other functions make their own. */
+#define SCRATCH lua_upvalueindex(2)
 
 typedef struct PM {
   lua_Integer version;   /* events committed */
@@ -466,12 +469,7 @@ static void push_event_id(lua_State *L) {
 /* Claim the id at 'id' in the seen table at the top; see claim_event_id. */
 static int claim_in_table(lua_State *L, int id) {
   int t, handled;
-  if (lua_rawgetp(L, -1, &LAST_ID) == LUA_TNIL) {
-    lua_pushboolean(L, 0);
-    lua_rawsetp(L, -3, &LAST_ID);
-  }
-  lua_pop(L, 1);
-  if (lua_isnil(L, id))
+  if (lua_isnil(L, id))  /* (LAST_ID exists: made with the table) */
     return 0;
   lua_pushvalue(L, id);
   t = lua_rawget(L, -2);
@@ -495,16 +493,16 @@ static int claim_event_id(lua_State *L, PM *p, int id, int make) {
   return claim_in_table(L, id);
 }
 
-/* Take the shared scratch buffer (a finalizer that handles an event
+/* Take the scratch buffer of handle (a finalizer that handles an event
 ** while this one is encoded gets a new one), emptied; push it. */
-static void take_scratch(lua_State *L) {
-  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &SCRATCH_KEY) == LUA_TUSERDATA) {
+static void take_scratch(lua_State *L, int shared) {
+  if (shared && lua_type(L, SCRATCH) == LUA_TUSERDATA) {
+    lua_pushvalue(L, SCRATCH);
     buffer_at(L, -1)->len = 0;
     lua_pushboolean(L, 0);
-    lua_rawsetp(L, LUA_REGISTRYINDEX, &SCRATCH_KEY);
+    lua_replace(L, SCRATCH);
     return;
   }
-  lua_pop(L, 1);
   buffer_new(L, 256);
 }
 
@@ -513,7 +511,7 @@ static void keep_scratch(lua_State *L, int idx) {
   if (buffer_at(L, idx)->cap > SCRATCH_KEEP)
     return;
   lua_pushvalue(L, idx);
-  lua_rawsetp(L, LUA_REGISTRYINDEX, &SCRATCH_KEY);
+  lua_replace(L, SCRATCH);
 }
 
 /*
@@ -530,7 +528,7 @@ static size_t stage_event(lua_State *L, PM *p, int snap, const char *type, int f
   int scratch;
   const Buffer *bytes;
   size_t n, at, mark;
-  take_scratch(L);
+  take_scratch(L, 1);
   scratch = lua_gettop(L);
   if (!codec_encode_marking(L, 2, scratch, "event", !fresh, "event_id", &mark))
     flow_error(L, 1, "event '%s' is not data: %s", type, lua_tostring(L, -1));
@@ -1039,7 +1037,7 @@ static int pm_restore(lua_State *L) {
   lua_settop(L, 5);
   p = push_flow(L);                                   /* 6 */
   p->version = version;
-  take_scratch(L);                                    /* 7 */
+  take_scratch(L, 0);                                 /* 7 */
   if (!codec_encode_snapshot(L, 3, 7, "state"))
     return luaL_error(L, "core.restore: %s", lua_tostring(L, -1));
   p->base_len = buffer_at(L, 7)->len;
@@ -1047,7 +1045,6 @@ static int pm_restore(lua_State *L) {
   buffer_new(L, p->base_len);                         /* 8: exactly its size */
   buffer_append(L, 8, buffer_at(L, 7)->data, p->base_len);
   lua_setiuservalue(L, 6, UV_LOG);
-  keep_scratch(L, 7);
   lua_settop(L, 6);
   n = (lua_Integer)lua_rawlen(L, 5);
   if (n == 0)  /* no id to remember: the (empty) history holds them all */
@@ -1060,12 +1057,13 @@ static int pm_restore(lua_State *L) {
     lua_pushboolean(L, 1);
     lua_rawset(L, 7);
   }
+  lua_pushboolean(L, 0);
+  lua_rawsetp(L, 7, &LAST_ID);  /* every seen table has it: see claim_in_table */
   lua_setiuservalue(L, 6, UV_SEEN);
   return finish_flow(L);
 }
 
-static const luaL_Reg pm_methods[] = {
-  { "handle", pm_handle },
+static const luaL_Reg pm_methods[] = {  /* and handle, with a scratch buffer */
   { "state", pm_state },
   { "status", pm_status },
   { "version", pm_version },
@@ -1090,6 +1088,10 @@ void pm_register(lua_State *L, int core) {
   luaL_newlibtable(L, pm_methods);
   lua_pushvalue(L, -2);
   luaL_setfuncs(L, pm_methods, 1);
+  lua_pushvalue(L, -2);
+  lua_pushboolean(L, 0);  /* handle's scratch buffer, made at first use */
+  lua_pushcclosure(L, pm_handle, 2);
+  lua_setfield(L, -2, "handle");
   lua_getfield(L, -2, "__gc");  /* one function: __gc, __close and close */
   lua_pushvalue(L, -1);
   lua_setfield(L, -4, "__close");
@@ -1113,7 +1115,8 @@ void pm_register(lua_State *L, int core) {
   lua_setfield(L, core, "origin");
   lua_pushcclosure(L, pm_trim, 1);
   lua_setfield(L, core, "trim");
-  lua_pushcclosure(L, pm_handle_fresh, 1);
+  lua_pushboolean(L, 0);  /* its scratch buffer, made at first use */
+  lua_pushcclosure(L, pm_handle_fresh, 2);
   lua_setfield(L, core, "handle_fresh");
 }
 
