@@ -16,8 +16,7 @@ local A_DONE = '{"event_type":"file_processed","batch_id":"b1","file":{"id":"a",
 
 describe("procman run", function()
   local path
-  before_each(function() path = files.temp_path() end)
-  after_each(function() os.remove(path) end)
+  files.journal_each_test(function(p) path = p end)
 
   it("reads events as JSON lines, writes command envelopes as JSON lines, acks them", function()
     local r = procman_cmd("run batch --journal " .. path, lines(CREATED, A_DONE,

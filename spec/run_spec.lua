@@ -27,11 +27,7 @@ end
 
 describe("procman run", function()
   local path
-  before_each(function() path = files.temp_path() end)
-  after_each(function()
-    os.remove(path)
-    os.remove(path .. ".compact")
-  end)
+  files.journal_each_test(function(p) path = p end)
 
   it("fires an overdue timer before it reads its first line", function()
     overdue_journal(path)

@@ -22,8 +22,7 @@ local SIDE_EFFECT = "work is a side effect: do it in a gateway"
 
 describe("procman.load and the sandbox", function()
   local path
-  before_each(function() path = files.temp_path() end)
-  after_each(function() os.remove(path) end)
+  files.journal_each_test(function(p) path = p end)
 
   it("loads a workflow file and returns its workflow", function()
     files.write(path, [[
