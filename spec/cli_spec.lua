@@ -133,6 +133,31 @@ describe("procman run", function()
     assert.matches("^procman run: line 2: ", err:read("a"))
   end)
 
+  it("opens a damaged journal only with --repair, which the refusal names", function()
+    local r = assert(procman.router { workflows = { batch }, journal = path })
+    r:handle { event_type = "batch_created", batch_id = "b1", files = { "a" } }
+    r:handle { event_type = "batch_created", batch_id = "b2", files = { "c" } }
+    r:close()
+    local bytes = files.bytes(path)
+    files.write(path, bytes:sub(1, 20) .. string.char(bytes:byte(21) ~ 0xff) .. bytes:sub(22))
+    local damaged = files.bytes(path)
+    for _, command in ipairs { "run batch --journal " .. path, "compact " .. path .. " batch",
+                               "resume " .. path .. " batch b1 batch", "drop-dead-letter " .. path .. " 1 batch" } do
+      local out = procman_cmd(command)
+      assert.equal(1, out.code, command)
+      assert.matches("damaged record at byte 16: .*; run again with %-%-repair to skip it%)\n$", out.err)
+      assert.equal(damaged, files.bytes(path))
+      assert.matches("\n%s+%-%-repair%s+Skip a damaged range", procman_cmd(command:match("^%S+") .. " --help").out)
+    end
+    local out = procman_cmd("compact --repair " .. path .. " batch")
+    assert.equal(0, out.code, out.err)
+    assert.matches("skipped damaged records from byte 16", out.err)
+    local again = assert(procman.router { workflows = { batch }, journal = path })  -- repaired
+    assert.is_nil(again:flow("batch", "b1"))
+    assert.equal("created", again:flow("batch", "b2"):status())
+    again:close()
+  end)
+
   it("says what is wrong with its arguments", function()
     local r = procman_cmd("run batch", "")
     assert.equal(2, r.code)
@@ -198,6 +223,33 @@ describe("procman inspect, verify and diagram", function()
     r = procman_cmd("inspect " .. path .. " --flow nope")
     assert.equal(1, r.code)
     assert.equal("procman inspect: " .. path .. " has no flow nope\n", r.err)
+  end)
+
+  it("says which statuses there are when --status matches no flow, with or without --workflow", function()
+    for _, options in ipairs { " --status bogus", " --workflow batch --status bogus" } do
+      local r = procman_cmd("inspect " .. path .. options)
+      assert.equal(1, r.code)
+      assert.equal("", r.out)
+      assert.equal("procman inspect: " .. path .. ' has no flows of workflow "batch" with status "bogus" '
+                   .. "(its flows' statuses: created, error)\n", r.err)
+    end
+  end)
+
+  it("shows the integer flow 7 and the string flow \"7\" apart, and reads \"7\" back as the string", function()
+    local two = files.temp_path()
+    local r = assert(procman.router { workflows = { batch }, journal = two })
+    r:handle { event_type = "batch_created", batch_id = 7, files = { "a" } }
+    r:handle { event_type = "batch_created", batch_id = "7", files = { "a", "b" } }
+    r:handle { event_type = "batch_created", batch_id = "b1", files = { "c" } }
+    r:close()
+    local out = procman_cmd("inspect " .. two .. " --workflow batch").out
+    local listed = {}
+    for flow_id in out:gmatch("\n(%S+)") do listed[#listed + 1] = flow_id end
+    assert.same({ "7", '"7"', "b1" }, listed)
+    assert.matches('^batch/"7": created, version 1\n', procman_cmd("inspect " .. two .. " --flow '\"7\"'").out)
+    assert.matches('"a", "b"', procman_cmd("inspect " .. two .. " --flow '\"7\"'").out)
+    assert.matches("^batch/7: created, version 1\n", procman_cmd("inspect " .. two .. " --flow 7").out)
+    os.remove(two)
   end)
 
   it("gives the summary as JSON", function()
