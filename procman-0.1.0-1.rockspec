@@ -33,7 +33,7 @@ build = {
   type = "builtin",
   modules = {
     ["procman.core"] = {
-      sources = { "csrc/budget.c", "csrc/buffer.c", "csrc/codec.c", "csrc/crc32c.c",
+      sources = { "csrc/budget.c", "csrc/buffer.c", "csrc/codec.c", "csrc/crc32c.c", "csrc/engine.c",
                   "csrc/journal.c", "csrc/journal_lua.c", "csrc/lock_holder.c",
                   "csrc/pattern.c", "csrc/pattern_lua.c", "csrc/pm.c",
                   "csrc/procman.c" },

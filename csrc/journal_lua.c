@@ -215,6 +215,20 @@ static int j_append(lua_State *L) {
   return 1;
 }
 
+int journal_lua_append_at(lua_State *L, int idx, int type, const void *p, size_t n) {
+  LJournal *lj = (LJournal *)luaL_testudata(L, idx, JOURNAL_TYPENAME);
+  const char *why = "the journal is closed";
+  int e = EBADF;
+  if (lj != NULL && lj->open)
+    e = journal_append(&lj->j, type, p, n, &why);
+  if (e == 0)
+    return 1;
+  io_failure(L, NULL, why, e);
+  lua_pop(L, 1);      /* the errno */
+  lua_remove(L, -2);  /* the nil */
+  return 0;
+}
+
 static int j_sync(lua_State *L) {
   LJournal *lj = check_open(L);
   const char *why = NULL;

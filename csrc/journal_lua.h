@@ -26,4 +26,9 @@ int journal_lua_faults(lua_State *L);
 /* core.journal_replace(from, to) -> true | nil, message, errno */
 int journal_lua_replace(lua_State *L);
 
+/* The log port of the engine (engine.c): append a record to the
+** procman.journal at 'idx' as j:append does; 1, or 0 with j:append's
+** message pushed. */
+int journal_lua_append_at(lua_State *L, int idx, int type, const void *p, size_t n);
+
 #endif

@@ -9,6 +9,7 @@
 #include "budget.h"
 #include "buffer.h"
 #include "codec.h"
+#include "engine.h"
 #include "journal_lua.h"
 #include "pattern_lua.h"
 #include "pm.h"
@@ -122,6 +123,7 @@ static int core_monotonic(lua_State *L) {
 
 static const luaL_Reg core_functions[] = {
   { "new", pm_new },
+  { "engine", engine_new },
   { "decode", core_decode },
   { "journal_open", journal_lua_open },
   { "journal_create", journal_lua_create },
@@ -146,6 +148,7 @@ static const luaL_Reg core_functions[] = {
 
 LUAMOD_API int luaopen_procman_core(lua_State *L) {
   journal_lua_register(L);
+  engine_register(L);
   luaL_newlib(L, core_functions);
   lua_pushnil(L);  /* the scratch buffer, made at the first call */
   lua_pushcclosure(L, core_encode, 1);
