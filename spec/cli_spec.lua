@@ -358,12 +358,16 @@ end)
 
 describe("the REPL on a terminal (tmux)", function()
   local has_tmux = os.execute("command -v tmux >/dev/null 2>&1")
+  -- A tmux server of our own (its socket named after this process): a
+  -- server another checkout started would run the REPL in its environment
+  -- (its LUA_PATH_5_4), not this one's.
+  local TMUX = "tmux -L procman-spec-" .. assert(io.open("/proc/self/stat")):read("n")
 
   -- Wait (polling, at most ~10 s) until the screen shows 'text'.
   local function screen_until(session, text)
     local screen
     for _ = 1, 100 do
-      local p = io.popen("tmux capture-pane -p -t " .. session)
+      local p = io.popen(TMUX .. " capture-pane -p -t " .. session)
       screen = p:read("a")
       p:close()
       if screen:find(text, 1, true) then return screen end
@@ -375,7 +379,7 @@ describe("the REPL on a terminal (tmux)", function()
   local function keys(session, ...)
     local args = {}
     for i, k in ipairs { ... } do args[i] = string.format("%q", k) end
-    os.execute("tmux send-keys -t " .. session .. " " .. table.concat(args, " "))
+    os.execute(TMUX .. " send-keys -t " .. session .. " " .. table.concat(args, " "))
   end
 
   it("edits lines, completes names, interrupts, and keeps history across sessions", function()
@@ -392,8 +396,9 @@ describe("the REPL on a terminal (tmux)", function()
     os.execute("mkdir -p " .. home)
     local session = "procman-spec-" .. tostring(os.time())
     local function start()
-      os.execute(string.format("tmux new-session -d -s %s -x 120 -y 30 'HOME=%s LUA_PATH=%q LUA_CPATH=%q "
-                               .. "lua5.4 bin/procman'", session, home, package.path, package.cpath))
+      os.execute(string.format("%s new-session -d -s %s -x 120 -y 30 'HOME=%s LUA_PATH_5_4=%q "
+                               .. "LUA_CPATH_5_4=%q lua5.4 bin/procman'", TMUX, session, home, package.path,
+                               package.cpath))
       screen_until(session, "REPL")
     end
     start()
@@ -417,15 +422,16 @@ describe("the REPL on a terminal (tmux)", function()
     assert.is_nil(screen:find("half a line40", 1, true))
     keys(session, "C-d")
     os.execute("sleep 0.3")
-    os.execute("tmux kill-session -t " .. session .. " 2>/dev/null")
+    os.execute(TMUX .. " kill-session -t " .. session .. " 2>/dev/null")
     start()
     keys(session, "Up", "Up")
     screen_until(session, "> while true do end")
     keys(session, "C-u", "C-d")
     os.execute("sleep 0.3")
-    os.execute("tmux kill-session -t " .. session .. " 2>/dev/null")
+    os.execute(TMUX .. " kill-session -t " .. session .. " 2>/dev/null")
     local history = files.bytes(home .. "/.procman_history")
     assert.matches("pm:handle", history)
     os.execute("rm -rf " .. home)
+    os.execute(TMUX .. " kill-server 2>/dev/null")
   end)
 end)
