@@ -45,6 +45,7 @@ build = {
     ["procman.repl"] = "lua/procman/repl.lua",
     ["procman.repl_commands"] = "lua/procman/repl_commands.lua",
     ["procman.journal_view"] = "lua/procman/journal_view.lua",
+    ["procman.fold"] = "lua/procman/fold.lua",
     ["procman.cli"] = "lua/procman/cli.lua",
     ["procman.cli.json"] = "lua/procman/cli/json.lua",
     ["procman.cli.repl"] = "lua/procman/cli/repl.lua",

@@ -30,10 +30,11 @@ local function push(self, id, bytes)
   self.count = self.count + 1
 end
 
---- outbox:add(envelope): keep an envelope { id, workflow, flow, command }
--- (a copy: its bytes).
-function Outbox:add(envelope)
-  push(self, envelope.id, encode(envelope))
+--- outbox:add(envelope[, bytes]): keep an envelope { id, workflow, flow,
+-- command } (a copy: its bytes; 'bytes' when they are at hand already, as
+-- in a journal's outbox record).
+function Outbox:add(envelope, bytes)
+  push(self, envelope.id, bytes or encode(envelope))
 end
 
 --- outbox:emit(name, flow_id, version, commands[, out]): the envelopes of a

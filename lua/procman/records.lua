@@ -15,6 +15,10 @@ local M = {
   DROP = 11,      -- a dead letter dropped: { id }
 }
 
+-- The status before a flow's first event, in transitions (procman
+-- diagram, inspect).
+M.START = "[*]"
+
 --- The id of a flow's i-th command after the event that took it to
 -- 'version': deterministic, so receivers can deduplicate.
 function M.command_id(workflow, flow_id, version, i)
