@@ -106,6 +106,7 @@ function M.read(path, opts)
                  pending = {}, pending_order = {}, parked = {} }
   local state = fold.new()
   state.all_flows, state.on_applied = {}, observer(view, opts and opts.timeline)
+  state.outbox:defer()
   for offset, kind, payload in next_record do
     local ok, rec = pcall(decode, payload)
     if ok and not fold.knows(kind) then ok, rec = false, "unknown type" end
@@ -115,6 +116,7 @@ function M.read(path, opts)
                                 path, offset, kind, rec)
     end
   end
+  state.outbox:undefer()
   return view_of(state, view)
 end
 

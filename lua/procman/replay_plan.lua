@@ -22,6 +22,7 @@ local M = {}
 -- types are skipped).
 function M.read(next_record, decode)
   local plan = fold.new()
+  plan.outbox:defer()  -- never listed: never encoded
   for offset, kind, payload in next_record do
     if fold.knows(kind) then fold.record(plan, kind, decode(payload), offset, payload) end
   end

@@ -638,6 +638,7 @@ end
 -- their handlers, which rebuilds their state and checks their commands.
 local function recover(self, j)
   self.offsets = true  -- counted flows note the records they replay from
+  self.outbox:defer()  -- envelopes acked further on are never encoded
   for offset, kind, payload in j:records() do
     if not fold.knows(kind) then
       error(string.format("procman.router: %s: unknown record type %d at byte %d",
@@ -647,6 +648,7 @@ local function recover(self, j)
     self.recovered = self.recovered + 1
   end
   self.offsets = nil
+  self.outbox:undefer()
   check_code(self)
   replay_live(self, j)
 end
