@@ -149,10 +149,11 @@ function M.unpark_front(state, name, flow_id)
 end
 local unpark_front = M.unpark_front
 
--- A flow is done: it leaves the live set with its timers. Events still
--- parked for it (a retried event finished it) can no longer be applied:
--- they become dead letters, at the record's time ('now' is journaled then).
-local function complete(state, name, flow_id, pm, now)
+--- complete(state, name, flow_id, pm[, now]): a flow is done: it leaves
+-- the live set with its timers. Events still parked for it (a retried
+-- event finished it) can no longer be applied: they become dead letters,
+-- at the record's time ('now' is journaled then).
+function M.complete(state, name, flow_id, pm, now)
   state.live[name][flow_id] = nil
   state.older[name][flow_id] = nil
   state.schedule:drop(name, flow_id)
@@ -167,6 +168,7 @@ local function complete(state, name, flow_id, pm, now)
     state.parked_count = state.parked_count - 1
   end
 end
+local complete = M.complete
 
 -- ---------------------------------------------------------------------
 -- Event records
