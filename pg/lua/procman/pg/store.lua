@@ -39,12 +39,27 @@ local function group(rows)
   return by
 end
 
+-- The code of the version a stored flow started on; a version this worker
+-- lacks is a deployment to finish, not the event's fault: the step fails
+-- (and reads the same events again once the code is there).
+local function version_of(versions, w, v)
+  local spec = versions[w.spec.name] and versions[w.spec.name][v]
+  if spec == nil then
+    error(string.format("procman.pg.worker: flow %s/%s runs version %d of %s, which this worker was not "
+                        .. "given: give it that version's code too until such flows complete "
+                        .. "(docs/operations.md)", w.spec.name, tostring(w.flow), v, w.spec.name), 0)
+  end
+  return spec
+end
+
 --- Load the flows of 'list' ({ spec, flow, key, partition }): an entry for
--- each flow the store has, by "workflow\0key"; the others are absent.
-function M.load(conn, list)
+-- each flow the store has, by "workflow\0key", on the code of the version
+-- it started on (versions: name -> version -> spec); the others are absent.
+function M.load(conn, list, versions)
   local entries = {}
   if #list == 0 then return entries end
-  local flows = select_for(conn, list, "SELECT f.workflow, f.flow_key, f.version, f.done, f.status, f.state "
+  local flows = select_for(conn, list, "SELECT f.workflow, f.flow_key, f.version, f.done, f.status, f.state, "
+                                       .. "f.workflow_version "
                                        .. "FROM procman_flows f JOIN want ON f.workflow = want.workflow "
                                        .. "AND f.key_hash = sha256(want.flow_key)")
   local timers = group(select_for(conn, list, "SELECT t.workflow, t.flow_key, t.key, t.due_exact, t.event, "
@@ -65,6 +80,7 @@ function M.load(conn, list)
     local entry = entry_of(row.workflow .. "\0" .. row.flow_key)
     entry.db_version, entry.done, entry.status = row.version, row.done, row.status
     if not row.done then  -- no event ids: the store appends each id once (docs/postgres.md)
+      entry.spec = version_of(versions, entry, row.workflow_version)
       entry.pm = core.restore(entry.spec, entry.flow, decode(row.state), row.version, {})
     end
   end
@@ -183,15 +199,23 @@ local function write_outbox(conn, outbox)
   end)
 end
 
+-- The dead letters, and their ids in the same order.
 local function write_dead(conn, dead)
-  if #dead == 0 then return end
+  if #dead == 0 then return {} end
   local rows = {}
   for i, d in ipairs(dead) do
-    rows[i] = { d.position, d.workflow, d.key and bytes(d.key) or nil, bytes(d.error), bytes(d.event) }
+    rows[i] = { i, d.position, d.workflow, d.key and bytes(d.key) or nil, bytes(d.error), bytes(d.event) }
   end
-  db.exec_rows(conn, { "bigint", "text", "bytea", "bytea", "bytea" }, rows, function(values)
-    return "INSERT INTO procman_dead_letters (position, workflow, flow_key, error, event) VALUES " .. values
+  local ids = {}
+  local types = { "int", "bigint", "text", "bytea", "bytea", "bytea" }
+  local added = db.exec_rows(conn, types, rows, function(values)
+    return "WITH input (i, position, workflow, flow_key, error, event) AS (VALUES " .. values .. "), "
+      .. "added AS (INSERT INTO procman_dead_letters (position, workflow, flow_key, error, event) "
+      .. "SELECT position, workflow, flow_key, error, event FROM input ORDER BY i RETURNING id) "
+      .. "SELECT id FROM added ORDER BY id"
   end)
+  for i, row in ipairs(added) do ids[i] = row.id end
+  return ids
 end
 
 -- The observed transitions (status before, event type, status after),
@@ -214,15 +238,16 @@ function M.write_checkpoints(conn, partitions, xid, position)
           position)
 end
 
---- Write a batch's work (in the caller's transaction).
+--- Write a batch's work (in the caller's transaction) -> { dead_ids }.
 function M.write(conn, work, partitions)
   write_flows(conn, work.changed)
   write_timers(conn, work.changed)
   write_parked(conn, work.changed)
   write_outbox(conn, work.outbox)
-  write_dead(conn, work.dead)
+  local dead_ids = write_dead(conn, work.dead)
   write_transitions(conn, work.transitions)
   if work.xid then M.write_checkpoints(conn, partitions, work.xid, work.position) end
+  return { dead_ids = dead_ids }
 end
 
 return M
