@@ -556,24 +556,33 @@ end
 -- every event up to the bound that concerns these partitions is in it,
 -- so the checkpoints may move to the horizon (a partition without
 -- events does not hold the lowest checkpoint back).
-local function stream(where)
-  return "(SELECT e.position, e.xid FROM procman_events e, bound WHERE " .. where
-    .. " AND e.xid < bound.x ORDER BY e.xid, e.position LIMIT $6)"
+--
+-- Each stream is written so that PostgreSQL reads its index in order and
+-- stops after 'batch' entries, however long the backlog: the row
+-- comparison starts with the index's leading column (the equality alone
+-- lets the planner prefer the (xid, position) index with a filter), the
+-- ORDER BY is the index's, and the bound is a scalar (a join with it
+-- would lose the index order and sort the whole range). The payloads are
+-- then fetched by key (a join may hash the whole table).
+local function stream(column, where)
+  return "(SELECT e.position, e.xid FROM procman_events e WHERE " .. where
+    .. " AND e.xid < (SELECT x FROM bound) ORDER BY " .. column .. "e.xid, e.position LIMIT $6)"
 end
 
 local READ = "WITH bound AS MATERIALIZED (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS x), "
   .. "own (p, x, pos) AS (SELECT * FROM unnest($3::int[], $4::bigint[], $5::bigint[])), "
   .. "mine AS ((SELECT s.* FROM own, LATERAL "
-  .. stream("e.partition = own.p AND (e.xid, e.position) > (own.x::text::xid8, own.pos)") .. " s) "
-  .. "UNION " .. stream("e.partition IS NULL AND (e.xid, e.position) > ($1::text::xid8, $2)") .. " "
+  .. stream("e.partition, ", "e.partition = own.p "
+            .. "AND (e.partition, e.xid, e.position) > (own.p, own.x::text::xid8, own.pos)") .. " s) "
+  .. "UNION " .. stream("", "e.partition IS NULL AND (e.xid, e.position) > ($1::text::xid8, $2)") .. " "
   .. "UNION (SELECT s.* FROM procman_routes r, unnest(r.history) AS g (gen), LATERAL "
-  .. stream("e.route_gen = g.gen AND e.partition IS NOT NULL AND (e.xid, e.position) > ($1::text::xid8, $2)")
-  .. " s)), "
+  .. stream("e.route_gen, ", "e.route_gen = g.gen AND e.partition IS NOT NULL "
+            .. "AND (e.route_gen, e.xid, e.position) > (g.gen, $1::text::xid8, $2)") .. " s)), "
   .. "batch AS (SELECT * FROM mine ORDER BY xid, position LIMIT $6) "
-  .. "SELECT b.position, b.xid::text::bigint AS xid, e.payload, e.partition, false AS horizon FROM batch b "
-  .. "JOIN procman_events e ON e.position = b.position "
-  .. "UNION ALL (SELECT e.position, e.xid::text::bigint, NULL, NULL, true FROM procman_events e, bound "
-  .. "WHERE e.xid < bound.x ORDER BY e.xid DESC, e.position DESC LIMIT 1) "
+  .. "SELECT b.position, b.xid::text::bigint AS xid, e.payload, e.partition, false AS horizon FROM batch b, "
+  .. "LATERAL (SELECT payload, partition FROM procman_events WHERE position = b.position LIMIT 1) e "
+  .. "UNION ALL (SELECT e.position, e.xid::text::bigint, NULL, NULL, true FROM procman_events e "
+  .. "WHERE e.xid < (SELECT x FROM bound) ORDER BY e.xid DESC, e.position DESC LIMIT 1) "
   .. "ORDER BY horizon, xid, position"
 
 -- The partition whose owner keeps the one dead letter of an event that
