@@ -26,6 +26,7 @@
 #include <unistd.h>
 
 #include "lauxlib.h"
+#include "faults.h"
 #include "journal.h"
 #include "journal_lua.h"
 #include "lock_holder.h"
@@ -127,6 +128,7 @@ int journal_lua_replace(lua_State *L) {
   return 1;
 }
 
+#ifdef PROCMAN_FAULTS  /* test builds only: see faults.h */
 /*
 ** core.journal_faults(at, errno_name [, short]) arms fault injection: the
 ** at-th file operation of any journal from now fails with that errno
@@ -147,6 +149,7 @@ int journal_lua_faults(lua_State *L) {
   journal_faults_arm((long)at, codes[luaL_checkoption(L, 2, NULL, names)], lua_toboolean(L, 3));
   return 0;
 }
+#endif
 
 int journal_lua_open(lua_State *L) {
   const char *path = luaL_checkstring(L, 1);
@@ -210,6 +213,20 @@ static int j_append(lua_State *L) {
     return io_failure(L, NULL, why, e);
   lua_pushinteger(L, (lua_Integer)at);
   return 1;
+}
+
+int journal_lua_append_at(lua_State *L, int idx, int type, const void *p, size_t n) {
+  LJournal *lj = (LJournal *)luaL_testudata(L, idx, JOURNAL_TYPENAME);
+  const char *why = "the journal is closed";
+  int e = EBADF;
+  if (lj != NULL && lj->open)
+    e = journal_append(&lj->j, type, p, n, &why);
+  if (e == 0)
+    return 1;
+  io_failure(L, NULL, why, e);
+  lua_pop(L, 1);      /* the errno */
+  lua_remove(L, -2);  /* the nil */
+  return 0;
 }
 
 static int j_sync(lua_State *L) {

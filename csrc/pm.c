@@ -888,3 +888,9 @@ void pm_register(lua_State *L, int core) {
   lua_pushcclosure(L, pm_handle_fresh, 1);
   lua_setfield(L, core, "handle_fresh");
 }
+
+/* For the engine (engine.c): the version of the procman.pm at 'idx'
+** (unchecked: the engine passes only flows). */
+lua_Integer pm_version_at(lua_State *L, int idx) {
+  return ((const PM *)lua_touserdata(L, idx))->version;
+}

@@ -16,4 +16,8 @@ void pm_register(lua_State *L, int core);
 ** definition built by lua/procman/workflow.lua. */
 int pm_new(lua_State *L);
 
+/* The version (events committed) of the procman.pm at 'idx', unchecked:
+** for the engine (engine.c), which passes only flows. */
+lua_Integer pm_version_at(lua_State *L, int idx);
+
 #endif

@@ -25,8 +25,8 @@
 #include "lualib.h"
 #include "limited_alloc.h"
 
-#ifndef PROCMAN_LUA_DIR
-#error "build with -DPROCMAN_LUA_DIR=\"<checkout>/lua\""
+#ifndef PROCMAN_LUA_PATH
+#error "build with -DPROCMAN_LUA_PATH=\"<checkout>/lua/?.lua;...\" (the Makefile's LIB_PATH)"
 #endif
 
 LUAMOD_API int luaopen_procman_core(lua_State *L);
@@ -55,7 +55,7 @@ static int setup(void **state) {
   lua_pushcfunction(f->L, luaopen_procman_core);
   lua_setfield(f->L, -2, "procman.core");
   lua_pop(f->L, 1);
-  run(f->L, "package.path = '" PROCMAN_LUA_DIR "/?.lua;" PROCMAN_LUA_DIR "/?/init.lua'");
+  run(f->L, "package.path = '" PROCMAN_LUA_PATH "'");
   run(f->L,
       "procman = require 'procman'\n"
       "batch = require 'procman.workflows.batch'\n"
@@ -346,6 +346,83 @@ static void test_router_handle_under_oom(void **state) {
 }
 
 /*
+** The engine's step (csrc/engine.c) alone, each allocation failing in
+** turn, in memory and with a journal, on a fresh router each time: the
+** step gives its envelopes, or leaves router, outbox and journal exactly
+** as they were (it answers "not mine", which the router takes to its Lua
+** path), or failed after the log took the record (the router closes: its
+** journal must then hold the event).  'event' is a Lua expression.
+*/
+static void engine_step_under_oom(Fixture *f, int journaled, const char *event) {
+  lua_State *L = f->L;
+  long k, after_log = 0;
+  lua_pushboolean(L, journaled);
+  lua_setglobal(L, "with_journal");
+  lua_pushfstring(L, "function the_event() return %s end", event);
+  run(L, lua_tostring(L, -1));
+  lua_pop(L, 1);
+  run(L, "function fresh()\n"
+         "  if r then r:close() end\n"
+         "  if path then os.remove(path) end\n"
+         "  path = with_journal and temp_journal() or nil\n"
+         "  r = path and open_router(path) or procman.router{ workflows = { batch } }\n"
+         "  fill(r, 3)\n"
+         "  after_log, ev = false, the_event()\n"
+         "end\n"
+         "function step_snapshot() return router_state(r) .. (path and file_bytes(path) or '') end\n"
+         "function step_event()\n"
+         "  local out, err, logged = r.engine:step(ev)\n"
+         "  if out == false then error('not enough memory (the step left the event)', 0) end\n"
+         "  if out == nil then after_log = logged == true; error(err, 0) end\n"
+         "  return out\n"
+         "end");
+  for (k = 1; k < 100000; k++) {
+    int status;
+    lua_settop(L, 0);
+    f->limit.fail_at = 0;
+    run(L, "r, path = nil, nil; fresh()");
+    push_snapshot_by(f, "step_snapshot");                   /* 1: before */
+    status = call_failing_at(f, "step_event", k);
+    if (status == LUA_OK)
+      break;
+    if (strstr(luaL_tolstring(L, -1, NULL), "not enough memory") == NULL)
+      fail_msg("k=%ld: unexpected error: %s", k, lua_tostring(L, -1));
+    lua_getglobal(L, "after_log");
+    if (lua_toboolean(L, -1)) {  /* as the router does: close, reopen the journal */
+      after_log++;
+      f->limit.fail_at = 0;
+      run(L, "if path then\n"
+             "  r:close(); r = open_router(path)\n"
+             "  local before = router_state(r)\n"
+             "  assert(not pcall(r.engine.step, r.engine, ev) or router_state(r) == before,\n"
+             "         'the journaled event is lost')\n"
+             "end");
+      continue;
+    }
+    lua_settop(L, 1);
+    push_snapshot_by(f, "step_snapshot");
+    assert_same_top_two(L);
+  }
+  f->limit.fail_at = 0;
+  run(L, "r:close(); if path then os.remove(path) end; r, path = nil, nil");
+  print_message("engine step (%s, %s): %ld allocations failed in turn (%ld after the log)\n",
+                journaled ? "journal" : "memory", event, k - 1, after_log);
+  assert_true(k > 3 && k < 100000);
+}
+
+static void test_engine_step_under_oom(void **state) {
+  static const char *const events[] = {  /* a new flow with commands; a flow completing */
+    "{ event_type = 'batch_created', batch_id = 'b9', event_id = 'n', files = { 'a', 'b' } }",
+    "{ event_type = 'file_processed', batch_id = 'b2', event_id = 'x', file = { id = 'b', status = 'success' } }",
+  };
+  int i;
+  for (i = 0; i < 2; i++) {
+    engine_step_under_oom(*state, 0, events[i]);
+    engine_step_under_oom(*state, 1, events[i]);
+  }
+}
+
+/*
 ** A tick firing timers, each allocation failing in turn.  A tick is atomic
 ** per timer: the timers before the failing one stay fired.  Whatever
 ** failed, the router's memory follows its journal (or it closed), and the
@@ -506,6 +583,7 @@ int main(void) {
     cmocka_unit_test_setup_teardown(test_snapshot_under_oom, setup, teardown),
     cmocka_unit_test_setup_teardown(test_codec_under_oom, setup, teardown),
     cmocka_unit_test_setup_teardown(test_router_handle_under_oom, setup, teardown),
+    cmocka_unit_test_setup_teardown(test_engine_step_under_oom, setup, teardown),
     cmocka_unit_test_setup_teardown(test_router_tick_under_oom, setup, teardown),
     cmocka_unit_test_setup_teardown(test_recovery_under_oom, setup, teardown),
     cmocka_unit_test_setup_teardown(test_compaction_under_oom, setup, teardown),

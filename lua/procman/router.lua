@@ -867,6 +867,15 @@ end
 function Router:handle(event)
   check_open(self)
   local event_type = check_event(event)
+  local engine = self.engine
+  if engine then  -- the common step, in C (csrc/engine.c); false: not one it takes
+    local out, err, journaled = engine:step(event)
+    if out then return out end
+    if out == nil then
+      if journaled then after_journaling(self, false, err) end
+      return nil, err
+    end
+  end
   local ok, targets, missed = pcall(targets_of, self, event, event_type)
   if not ok then return unroutable(self, event, targets) end
   if #targets == 0 then return reached_none(self, event, event_type, missed) end
@@ -1272,5 +1281,12 @@ return function(given)
   end
   self.collector = opts.metrics and metrics.collector() or nil
   self.hooks = hooks.compose(self.collector and self.collector.hooks, self.user_hooks)  -- after recovery
+  -- The events it covers take their step in C, on these same tables (the
+  -- journal it reads from self, since compaction replaces it).
+  self.engine = core.engine {
+    router = self, specs = specs, live = self.live, finished = self.finished, parked_of = self.parked_of,
+    older = self.older, types_of = self.types_of, outbox = self.outbox, patches = patches, undo = core.undo,
+    complete = function(name, flow_id, pm) complete(self, name, flow_id, pm) end,
+  }
   return self
 end

@@ -1,0 +1,820 @@
+/*
+** engine.c - the procman.engine userdata: an event's common step through
+** a router, in C, under one protected call.
+**
+**   engine = core.engine { router = r, specs = ..., live = ..., ... }
+**   out, err, journaled = engine:step(event)
+**
+** The engine holds the very tables the router keeps (lua/procman/router.lua
+** builds it), so the router's other paths (parking, timers, recovery,
+** compaction, the tools) see the same state.  step() takes an event the
+** common way: every target is a live or new flow of the newest version
+** of its workflow, found by a correlate field; each handler succeeds,
+** returns no timer directive and takes no procman.patched change.  Then
+** it routes, runs the handlers (pm.c's own handle), encodes the journal
+** record straight into a reused buffer, hands it to the log port (the
+** router's journal; nothing in memory), settles (new flows, outbox,
+** completion) and returns the envelopes.
+**
+** Anything else is "not mine": step() returns false having changed
+** nothing (every target it ran is taken back; handlers are pure, so the
+** router's Lua path may run them again), and the Lua path handles the
+** event as it always did, errors and their messages included.  Returns:
+**   envelopes              handled
+**   false                  not mine: nothing changed
+**   nil, message           the log refused the record: nothing changed
+**   nil, error, true       failed after the log took the record (the
+**                          router closes: see after_journaling)
+**
+** The record's bytes are those of core.encode(record) for the record the
+** Lua path builds: keys are written in the codec's canonical order
+** (strings bytewise), values through the codec itself.
+*/
+#include <string.h>
+
+#include "lauxlib.h"
+#include "buffer.h"
+#include "codec.h"
+#include "engine.h"
+#include "journal_lua.h"
+#include "pm.h"
+
+/* Targets (flows of different workflows) one event may have here. */
+#define MAX_TARGETS 16
+/* A scratch buffer larger than this is not kept between steps. */
+#define SCRATCH_KEEP (64 * 1024)
+/* The journal's record type of an event (procman.records.EVENT). */
+#define RECORD_EVENT 1
+
+/* The router's tables and functions, in user values. */
+enum {
+  UV_ROUTER = 1,  /* the router table: seq, hooks, journal */
+  UV_SPECS,       /* the newest spec of each workflow, in order */
+  UV_LIVE,        /* name -> flow id -> procman.pm */
+  UV_FINISHED,    /* name -> flow id -> { status, seen } */
+  UV_PARKED,      /* name -> flow id -> { events, error } */
+  UV_OLDER,       /* name -> flow id -> the older spec the flow runs */
+  UV_TYPES,       /* name -> event type -> true (any version) */
+  UV_OUTBOX,      /* the procman.outbox: queue, ids, by_id, tail, count */
+  UV_PATCHES,     /* procman.patches: its context field */
+  UV_LIVE_CTX,    /* patches.LIVE */
+  UV_UNDO_CTX,    /* patches.UNDO */
+  UV_UNDO,        /* core.undo */
+  UV_COMPLETE,    /* function(name, flow_id, pm): the router's complete */
+  UV_HANDLE,      /* the methods of procman.pm: handle, status, done */
+  UV_STATUS,
+  UV_DONE,
+  UV_SCRATCH,     /* Buffer: the record, then each envelope */
+  UV_TARGETS,     /* array of MAX_TARGETS slots: the flows run (for undo) */
+  UV_WRAP1,       /* { x }, and { { { x } } } around it: see put_nested */
+  UV_WRAP3,
+  UV_COUNT = UV_WRAP3
+};
+
+typedef struct Engine {
+  int busy;  /* a step is running: a nested one is not mine */
+} Engine;
+
+enum { STEP_NOT_MINE, STEP_DONE, STEP_LOG_FAILED };
+
+/* One target, in the protected call: stack indices and what it did. */
+typedef struct Target {
+  int spec, name, id, pm;   /* stack indices */
+  int commands, status;     /* stack indices, once run */
+  int envelopes;            /* stack index of its first envelope's bytes */
+  int is_new, committed, done;
+} Target;
+
+/* A step, in the C frame of engine:step (it outlives a longjmp). */
+typedef struct Step {
+  int result;                       /* STEP_* */
+  int journaled;                    /* past the point of no return */
+  int n;                            /* targets routed */
+  lua_Integer before[MAX_TARGETS];  /* each flow's version before its run */
+  Target t[MAX_TARGETS];
+} Step;
+
+/* Stack indices of the protected call. */
+enum { P_ENGINE = 1, P_EVENT, P_STEP, P_TYPE, P_SCRATCH, P_OUT, P_FIRST };
+
+/* ===================================================================
+** Helpers
+** =================================================================== */
+
+static int uv(lua_State *L, int engine, int n) {
+  return lua_getiuservalue(L, engine, n);
+}
+
+/* Push t[k] for t, k at stack indices; its type. */
+static int raw_get(lua_State *L, int t, int k) {
+  t = lua_absindex(L, t);
+  lua_pushvalue(L, k);
+  return lua_rawget(L, t);
+}
+
+/* Push uv[name][k] (nil when uv has no table for name); its type. */
+static int by_flow(lua_State *L, int which, int name, int k) {
+  uv(L, P_ENGINE, which);
+  if (raw_get(L, -1, name) != LUA_TTABLE) {
+    lua_pop(L, 2);
+    lua_pushnil(L);
+    return LUA_TNIL;
+  }
+  lua_remove(L, -2);
+  raw_get(L, -1, k);
+  lua_remove(L, -2);
+  return lua_type(L, -1);
+}
+
+/* Set patches.context to the context at the top, pointing it at the flow
+** at 'pm' (or false when pm is 0); pops the context.  Existing keys only:
+** allocates nothing (undo runs when memory may have run out). */
+static void set_context(lua_State *L, int engine, int pm) {
+  int ctx = lua_gettop(L);
+  uv(L, engine, UV_PATCHES);
+  if (pm == 0)
+    lua_pushboolean(L, 0);
+  else {
+    lua_pushvalue(L, pm);
+    lua_setfield(L, ctx, "pm");
+    lua_pushboolean(L, 0);
+    lua_setfield(L, ctx, "recorded");
+    lua_pushvalue(L, ctx);
+  }
+  lua_setfield(L, -2, "context");
+  lua_pop(L, 2);
+}
+
+static void clear_context(lua_State *L, int engine) {
+  lua_pushnil(L);  /* no context table */
+  set_context(L, engine, 0);
+}
+
+/* The version of the flow at 'idx'. */
+static lua_Integer version_of(lua_State *L, int idx) {
+  return pm_version_at(L, idx);
+}
+
+/* ===================================================================
+** Route: the targets, or not mine
+** =================================================================== */
+
+static int is_flow_id(lua_State *L, int idx) {
+  return lua_isinteger(L, idx) ||
+         (lua_type(L, idx) == LUA_TSTRING && lua_rawlen(L, idx) > 0);
+}
+
+/*
+** Is the newest spec at 'spec' (name at 'name') a target, and which?
+** Pushes the flow id and the live flow (or nil).  Returns 1 (a target),
+** 0 (the workflow does not take the event type: nothing pushed kept) or
+** -1 (not mine).
+*/
+static int route_one(lua_State *L, Target *t) {
+  int found;
+  if (by_flow(L, UV_TYPES, t->name, P_TYPE) == LUA_TNIL) {
+    lua_pop(L, 1);
+    return 0;
+  }
+  lua_pop(L, 1);
+  if (lua_getfield(L, t->spec, "correlate") != LUA_TSTRING)
+    return -1;  /* a correlate function: the Lua path calls it */
+  lua_rawget(L, P_EVENT);
+  t->id = lua_gettop(L);
+  if (!is_flow_id(L, t->id))
+    return -1;
+  found = by_flow(L, UV_PARKED, t->name, t->id) != LUA_TNIL;
+  lua_pop(L, 1);
+  if (found)
+    return -1;
+  found = by_flow(L, UV_LIVE, t->name, t->id) != LUA_TNIL;
+  t->pm = lua_gettop(L);
+  t->is_new = !found;
+  /* pinned to an older version, or completed (a late event, a redelivery) */
+  if (by_flow(L, found ? UV_OLDER : UV_FINISHED, t->name, t->id) != LUA_TNIL)
+    return -1;
+  lua_pop(L, 1);
+  lua_getfield(L, t->spec, "on");
+  found = raw_get(L, -1, P_TYPE) != LUA_TNIL;
+  lua_pop(L, 2);
+  if (!found)
+    return -1;
+  if (t->is_new) {
+    lua_getfield(L, t->spec, "starts_set");
+    found = lua_istable(L, -1) && raw_get(L, -1, P_TYPE) == LUA_TBOOLEAN && lua_toboolean(L, -1);
+    lua_pop(L, 2);
+    if (!found)
+      return -1;
+  }
+  return 1;
+}
+
+/* Find the targets in workflow order; 0 when the event is not mine. */
+static int route(lua_State *L, Step *s) {
+  lua_Integer i, n;
+  int specs;
+  uv(L, P_ENGINE, UV_SPECS);
+  specs = lua_gettop(L);
+  n = (lua_Integer)lua_rawlen(L, specs);
+  luaL_checkstack(L, (int)(n < MAX_TARGETS ? n : MAX_TARGETS) * 8 + 10, "procman.engine");
+  for (i = 1; i <= n; i++) {
+    Target *t = &s->t[s->n];
+    int top, r;
+    if (s->n == MAX_TARGETS)
+      return 0;
+    lua_rawgeti(L, specs, i);
+    top = lua_gettop(L);
+    t->spec = top;
+    lua_getfield(L, top, "name");
+    t->name = top + 1;
+    r = route_one(L, t);
+    if (r < 0)
+      return 0;
+    if (r == 0)
+      lua_settop(L, top - 1);
+    else
+      lua_settop(L, t->pm), s->n++;
+  }
+  return s->n > 0;
+}
+
+/* ===================================================================
+** Run: each target's handler, through pm.c's own handle
+** =================================================================== */
+
+/* Is the command at the top a timer directive (procman.after, .at, .cancel)? */
+static int is_directive(lua_State *L) {
+  size_t n;
+  const char *ct;
+  lua_pushliteral(L, "command_type");
+  lua_rawget(L, -2);  /* a string: pm.c checked it */
+  ct = lua_tolstring(L, -1, &n);
+  lua_pop(L, 1);
+  if (ct == NULL || n < 10 || memcmp(ct, "procman.", 8) != 0)
+    return 0;
+  return strcmp(ct + 8, "after") == 0 || strcmp(ct + 8, "at") == 0 ||
+         strcmp(ct + 8, "cancel") == 0;
+}
+
+/* Call the pm method in user value 'which' on the flow at 'pm'. */
+static void call_method(lua_State *L, int which, int pm) {
+  uv(L, P_ENGINE, which);
+  lua_pushvalue(L, pm);
+  lua_call(L, 1, 1);
+}
+
+/*
+** Run target k: make its flow if new, call its handler.  Returns 0 when
+** the result is not mine (a patched change or a timer directive).
+*/
+static int run_one(lua_State *L, Step *s, int k) {
+  Target *t = &s->t[k];
+  lua_Integer i, n;
+  int recorded;
+  if (t->is_new) {
+    lua_pushcfunction(L, pm_new);
+    lua_pushvalue(L, t->spec);
+    lua_pushvalue(L, t->id);
+    lua_call(L, 2, 1);
+    lua_replace(L, t->pm);
+  }
+  s->before[k] = version_of(L, t->pm);
+  uv(L, P_ENGINE, UV_TARGETS);
+  lua_pushvalue(L, t->pm);
+  lua_rawseti(L, -2, k + 1);  /* a slot made with the table: no allocation */
+  lua_pop(L, 1);
+  uv(L, P_ENGINE, UV_LIVE_CTX);
+  set_context(L, P_ENGINE, t->pm);
+  uv(L, P_ENGINE, UV_HANDLE);  /* pm.c's handle: procman.patched tells it by identity */
+  lua_pushvalue(L, t->pm);
+  lua_pushvalue(L, P_EVENT);
+  lua_call(L, 2, 1);
+  t->commands = lua_gettop(L);
+  clear_context(L, P_ENGINE);
+  t->committed = version_of(L, t->pm) > s->before[k];
+  uv(L, P_ENGINE, UV_LIVE_CTX);
+  lua_getfield(L, -1, "recorded");
+  recorded = lua_toboolean(L, -1);
+  lua_pop(L, 2);
+  if (recorded)
+    return 0;
+  n = (lua_Integer)lua_rawlen(L, t->commands);
+  for (i = 1; i <= n; i++) {
+    int directive;
+    lua_rawgeti(L, t->commands, i);
+    directive = is_directive(L);
+    lua_pop(L, 1);
+    if (directive)
+      return 0;
+  }
+  if (t->committed) {  /* journaled with the event: tools read flows without the code */
+    call_method(L, UV_STATUS, t->pm);
+    t->status = lua_gettop(L);
+    call_method(L, UV_DONE, t->pm);
+    t->done = lua_toboolean(L, -1);
+    lua_pop(L, 1);
+  }
+  return 1;
+}
+
+/* ===================================================================
+** Encode: the envelopes and the record, into the scratch buffer
+** =================================================================== */
+
+static void put(lua_State *L, const void *p, size_t n) {
+  buffer_append(L, P_SCRATCH, p, n);
+}
+
+/* A map key: a string of at most 31 bytes, as the codec writes it. */
+static void put_key(lua_State *L, const char *key) {
+  unsigned char tag = (unsigned char)(0xa0 | strlen(key));
+  put(L, &tag, 1);
+  put(L, key, strlen(key));
+}
+
+/* The header of an array or map of n items (0x90 or 0x80 family). */
+static void put_header(lua_State *L, unsigned fix, unsigned tag16, size_t n) {
+  unsigned char h[5];
+  if (n <= 15) {
+    h[0] = (unsigned char)(fix | n);
+    put(L, h, 1);
+  }
+  else if (n <= 0xffff) {
+    h[0] = (unsigned char)tag16, h[1] = (unsigned char)(n >> 8), h[2] = (unsigned char)n;
+    put(L, h, 3);
+  }
+  else {
+    h[0] = (unsigned char)(tag16 + 1);
+    h[1] = (unsigned char)(n >> 24), h[2] = (unsigned char)(n >> 16);
+    h[3] = (unsigned char)(n >> 8), h[4] = (unsigned char)n;
+    put(L, h, 5);
+  }
+}
+
+/* The value at 'idx', through the codec; 0 when it is not data. */
+static int put_value(lua_State *L, int idx) {
+  if (codec_encode(L, idx, P_SCRATCH, "value"))
+    return 1;
+  lua_pop(L, 1);
+  return 0;
+}
+
+static void reset_scratch(lua_State *L) {
+  buffer_at(L, P_SCRATCH)->len = 0;
+}
+
+/* Push the command id "workflow/flow/version/i" (records.command_id). */
+static void push_command_id(lua_State *L, Target *t, lua_Integer version, lua_Integer i) {
+  luaL_Buffer b;
+  luaL_buffinit(L, &b);
+  lua_pushvalue(L, t->name);
+  luaL_addvalue(&b);
+  luaL_addchar(&b, '/');
+  lua_pushvalue(L, t->id);
+  luaL_addvalue(&b);  /* an integer id as tostring writes it */
+  lua_pushfstring(L, "/%I/%I", version, i);
+  luaL_addvalue(&b);
+  luaL_pushresult(&b);
+}
+
+/*
+** The envelopes of a committed target's commands: for each, its id and
+** its bytes stay on the stack (for the outbox) and a copy goes to 'out'.
+** Encoded before the log, so commands that are not data are found while
+** everything can still be taken back.  0 when one is not data.
+*/
+static int encode_envelopes(lua_State *L, Target *t) {
+  lua_Integer i, n = (lua_Integer)lua_rawlen(L, t->commands);
+  lua_Integer version = version_of(L, t->pm);
+  luaL_checkstack(L, 8, "procman.engine");
+  t->envelopes = lua_gettop(L) + 1;
+  for (i = 1; i <= n; i++) {
+    int id, copy;
+    push_command_id(L, t, version, i);
+    id = lua_gettop(L);
+    lua_rawgeti(L, t->commands, i);
+    reset_scratch(L);
+    put_header(L, 0x80, 0xde, 4);
+    put_key(L, "command");
+    if (!codec_encode_copy(L, id + 1, P_SCRATCH, "value"))
+      return 0;
+    copy = lua_gettop(L);
+    put_key(L, "flow");
+    put_value(L, t->id);
+    put_key(L, "id");
+    put_value(L, id);
+    put_key(L, "workflow");
+    put_value(L, t->name);
+    lua_createtable(L, 0, 4);  /* the caller's copy, as core.encode_copy makes it */
+    lua_insert(L, copy);
+    lua_setfield(L, copy, "command");
+    lua_pushvalue(L, t->id);
+    lua_setfield(L, copy, "flow");
+    lua_pushvalue(L, id);
+    lua_setfield(L, copy, "id");
+    lua_pushvalue(L, t->name);
+    lua_setfield(L, copy, "workflow");
+    lua_rawseti(L, P_OUT, (lua_Integer)lua_rawlen(L, P_OUT) + 1);
+    lua_pop(L, 1);  /* the command */
+    lua_pushlstring(L, buffer_at(L, P_SCRATCH)->data, buffer_at(L, P_SCRATCH)->len);
+    luaL_checkstack(L, 8, "procman.engine");
+  }
+  return 1;
+}
+
+/*
+** The value at 'idx' as the record holds it, 'levels' (1 or 3) tables
+** deep: the codec's depth limit counts the tables around it, so it is
+** encoded inside that many wrappers (reused tables) whose array headers
+** are then cut.  0 when it is not data.
+*/
+static int put_nested(lua_State *L, int idx, int levels) {
+  size_t at = buffer_at(L, P_SCRATCH)->len;
+  int ok;
+  Buffer *b;
+  uv(L, P_ENGINE, UV_WRAP1);
+  lua_pushvalue(L, idx);
+  lua_rawseti(L, -2, 1);  /* an existing slot: no allocation */
+  if (levels > 1)
+    uv(L, P_ENGINE, UV_WRAP3);
+  ok = codec_encode(L, -1, P_SCRATCH, "value");
+  if (!ok)
+    lua_pop(L, 1);
+  if (levels > 1)
+    lua_pop(L, 1);
+  lua_pushboolean(L, 0);
+  lua_rawseti(L, -2, 1);
+  lua_pop(L, 1);
+  if (!ok)
+    return 0;
+  b = buffer_at(L, P_SCRATCH);  /* each wrapper wrote one byte: 0x91 */
+  memmove(b->data + at, b->data + at + levels, b->len - at - (size_t)levels);
+  b->len -= (size_t)levels;
+  return 1;
+}
+
+/* A committed target's entry in the record's flows (keys in codec order). */
+static void put_entry(lua_State *L, Target *t) {
+  lua_Integer version;
+  int pinned;
+  lua_getfield(L, t->spec, "version");
+  version = lua_tointeger(L, -1);
+  lua_pop(L, 1);
+  pinned = t->is_new && version != 1;
+  put_header(L, 0x80, 0xde, (size_t)(4 + t->done + pinned));
+  put_key(L, "commands");
+  if (!put_nested(L, t->commands, 3))  /* record, flows, entry */
+    luaL_error(L, "procman.engine: commands are not data");
+  if (t->done)
+    put(L, "\xa4" "done" "\xc3", 6);
+  put_key(L, "flow");
+  put_value(L, t->id);
+  put_key(L, "status");
+  put_value(L, t->status);
+  put_key(L, "workflow");
+  put_value(L, t->name);
+  if (pinned) {
+    put_key(L, "workflow_version");
+    lua_pushinteger(L, version);
+    put_value(L, lua_gettop(L));
+    lua_pop(L, 1);
+  }
+}
+
+/* The record { event, flows, seq } into the scratch buffer. */
+static void encode_record(lua_State *L, Step *s, int committed, lua_Integer seq) {
+  int k;
+  reset_scratch(L);
+  put_header(L, 0x80, 0xde, 3);
+  put_key(L, "event");
+  if (!put_nested(L, P_EVENT, 1))
+    luaL_error(L, "procman.engine: the event is not data");
+  put_key(L, "flows");
+  put_header(L, 0x90, 0xdc, (size_t)committed);
+  for (k = 0; k < s->n; k++)
+    if (s->t[k].committed)
+      put_entry(L, &s->t[k]);
+  put_key(L, "seq");
+  lua_pushinteger(L, seq);
+  put_value(L, lua_gettop(L));
+  lua_pop(L, 1);
+}
+
+/* ===================================================================
+** Log and settle
+** =================================================================== */
+
+/*
+** The log port: hand the record in the scratch buffer to the router's
+** journal (none: a router in memory keeps no log).  1, or 0 with the
+** journal's message pushed.
+*/
+static int log_record(lua_State *L) {
+  int ok = 1;
+  uv(L, P_ENGINE, UV_ROUTER);
+  if (lua_getfield(L, -1, "journal") == LUA_TUSERDATA) {
+    const Buffer *b = buffer_at(L, P_SCRATCH);
+    ok = journal_lua_append_at(L, lua_gettop(L), RECORD_EVENT, b->data, b->len);
+    if (!ok) {
+      lua_replace(L, -3);
+      lua_pop(L, 1);
+      return 0;
+    }
+  }
+  lua_pop(L, 2);
+  return 1;
+}
+
+/* Queue a target's envelopes in the outbox (procman.outbox's push). */
+static void emit(lua_State *L, Target *t, int outbox) {
+  lua_Integer i, n = (lua_Integer)lua_rawlen(L, t->commands);
+  lua_Integer tail, count;
+  int q = lua_gettop(L) + 1;
+  lua_getfield(L, outbox, "queue");
+  lua_getfield(L, outbox, "ids");
+  lua_getfield(L, outbox, "by_id");
+  lua_getfield(L, outbox, "tail");
+  tail = lua_tointeger(L, -1);
+  lua_getfield(L, outbox, "count");
+  count = lua_tointeger(L, -1);
+  lua_pop(L, 2);
+  for (i = 0; i < n; i++) {
+    int id = t->envelopes + 2 * (int)i, bytes = id + 1;
+    tail++;
+    lua_pushvalue(L, bytes);
+    lua_rawseti(L, q, tail);
+    lua_pushvalue(L, id);
+    lua_rawseti(L, q + 1, tail);
+    lua_pushvalue(L, id);
+    lua_pushinteger(L, tail);
+    lua_rawset(L, q + 2);
+    lua_pushinteger(L, tail);
+    lua_setfield(L, outbox, "tail");
+    lua_pushinteger(L, ++count);
+    lua_setfield(L, outbox, "count");
+  }
+  lua_settop(L, q - 1);
+}
+
+/* After the log took the record: flows, outbox, completion (the router's
+** settle for this kind of event). */
+static void settle(lua_State *L, Step *s) {
+  int k, outbox;
+  uv(L, P_ENGINE, UV_OUTBOX);
+  outbox = lua_gettop(L);
+  for (k = 0; k < s->n; k++) {
+    Target *t = &s->t[k];
+    if (!t->committed)
+      continue;
+    if (t->is_new) {
+      uv(L, P_ENGINE, UV_LIVE);
+      raw_get(L, -1, t->name);
+      lua_pushvalue(L, t->id);
+      lua_pushvalue(L, t->pm);
+      lua_rawset(L, -3);
+      lua_pop(L, 2);
+    }
+    emit(L, t, outbox);
+    if (t->done) {
+      uv(L, P_ENGINE, UV_COMPLETE);
+      lua_pushvalue(L, t->name);
+      lua_pushvalue(L, t->id);
+      lua_pushvalue(L, t->pm);
+      lua_call(L, 3, 0);
+    }
+  }
+  lua_pop(L, 1);
+}
+
+/* ===================================================================
+** step(event)
+** =================================================================== */
+
+/* Is the router in a state the engine covers (no hooks: they report
+** each stage)? */
+static int covered(lua_State *L) {
+  int hooks;
+  uv(L, P_ENGINE, UV_ROUTER);
+  hooks = lua_getfield(L, -1, "hooks") != LUA_TNIL;
+  lua_pop(L, 2);
+  return !hooks;
+}
+
+/* Run, encode, log: STEP_* (the message of a failed log pushed). */
+static int prepare(lua_State *L, Step *s, lua_Integer *seq, int *committed) {
+  int k;
+  for (k = 0; k < s->n; k++)
+    if (!run_one(L, s, k))
+      return STEP_NOT_MINE;
+  for (k = 0; k < s->n; k++) {
+    if (!s->t[k].committed)
+      continue;
+    ++*committed;
+    if (!encode_envelopes(L, &s->t[k]))
+      return STEP_NOT_MINE;
+  }
+  if (*committed == 0)
+    return STEP_DONE;  /* a redelivery everywhere: no record */
+  uv(L, P_ENGINE, UV_ROUTER);
+  lua_getfield(L, -1, "seq");
+  *seq = lua_tointeger(L, -1) + 1;
+  lua_pop(L, 2);
+  /* also without a journal: the record is what says the event and the
+  ** commands are data (nested within it, for instance) */
+  encode_record(L, s, *committed, *seq);
+  return log_record(L) ? STEP_DONE : STEP_LOG_FAILED;
+}
+
+/* (engine, event, step) -> envelopes | message: the protected part. */
+static int protected_step(lua_State *L) {
+  Step *s = (Step *)lua_touserdata(L, P_STEP);
+  lua_Integer seq = 0;
+  int committed = 0;
+  lua_pushliteral(L, "event_type");
+  lua_rawget(L, P_EVENT);                                /* P_TYPE */
+  uv(L, P_ENGINE, UV_SCRATCH);                           /* P_SCRATCH */
+  lua_newtable(L);                                       /* P_OUT */
+  if (!covered(L) || !route(L, s))
+    return 0;
+  s->result = prepare(L, s, &seq, &committed);
+  if (s->result != STEP_DONE)
+    return s->result == STEP_LOG_FAILED ? 1 : 0;
+  if (committed == 0) {  /* a redelivery everywhere: no record, {} */
+    lua_pushvalue(L, P_OUT);
+    return 1;
+  }
+  s->journaled = 1;  /* the log has it: the router must follow (settle) */
+  uv(L, P_ENGINE, UV_ROUTER);
+  lua_pushinteger(L, seq);
+  lua_setfield(L, -2, "seq");  /* an existing key: no allocation */
+  lua_pop(L, 1);
+  settle(L, s);
+  if (buffer_at(L, P_SCRATCH)->cap <= SCRATCH_KEEP) {
+    lua_pushvalue(L, P_SCRATCH);
+    lua_setiuservalue(L, P_ENGINE, UV_SCRATCH);  /* it may have grown */
+  }
+  lua_pushvalue(L, P_OUT);
+  return 1;
+}
+
+/* Take back every flow the step ran, newest first (the router's undo),
+** and empty the targets' slots. */
+static void undo_targets(lua_State *L, int engine, Step *s) {
+  int k, targets;
+  uv(L, engine, UV_TARGETS);
+  targets = lua_gettop(L);
+  for (k = s->n - 1; k >= 0; k--) {
+    if (lua_rawgeti(L, targets, k + 1) == LUA_TUSERDATA && version_of(L, -1) > s->before[k]) {
+      int pm = lua_gettop(L);
+      uv(L, engine, UV_UNDO_CTX);  /* pm.c replays the history: patched() as it was */
+      set_context(L, engine, pm);
+      uv(L, engine, UV_UNDO);
+      lua_pushvalue(L, pm);
+      lua_call(L, 1, 0);
+      clear_context(L, engine);
+    }
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 1);
+}
+
+static void clear_targets(lua_State *L, int engine, Step *s) {
+  int k;
+  uv(L, engine, UV_TARGETS);
+  for (k = 0; k < s->n; k++) {
+    lua_pushboolean(L, 0);
+    lua_rawseti(L, -2, k + 1);
+  }
+  lua_pop(L, 1);
+}
+
+/* engine:step(event) -> see the top of this file. */
+static int engine_step(lua_State *L) {
+  Engine *e = (Engine *)luaL_checkudata(L, 1, ENGINE_TYPENAME);
+  Step s;
+  int status;
+  luaL_checktype(L, 2, LUA_TTABLE);
+  if (e->busy) {  /* a handler's code reached its own router */
+    lua_pushboolean(L, 0);
+    return 1;
+  }
+  lua_settop(L, 2);
+  memset(&s, 0, sizeof s);
+  lua_pushcfunction(L, protected_step);
+  lua_pushvalue(L, 1);
+  lua_pushvalue(L, 2);
+  lua_pushlightuserdata(L, &s);
+  e->busy = 1;
+  status = lua_pcall(L, 3, 1, 0);
+  e->busy = 0;
+  clear_context(L, 1);
+  if (s.journaled) {
+    clear_targets(L, 1, &s);
+    if (status == LUA_OK)
+      return 1;
+    lua_pushnil(L);
+    lua_insert(L, -2);
+    lua_pushboolean(L, 1);
+    return 3;  /* nil, error, true: the router closes */
+  }
+  undo_targets(L, 1, &s);
+  clear_targets(L, 1, &s);
+  if (status == LUA_OK && s.result == STEP_DONE)
+    return 1;  /* no flow committed: nothing to log */
+  if (status == LUA_OK && s.result == STEP_LOG_FAILED) {
+    lua_pushfstring(L, "procman.router: %s", lua_tostring(L, -1));
+    lua_pushnil(L);
+    lua_insert(L, -2);
+    return 2;
+  }
+  lua_pushboolean(L, 0);  /* not mine, or failed before the log: the Lua path says why */
+  return 1;
+}
+
+/* ===================================================================
+** Construction and registration
+** =================================================================== */
+
+/* Set user value 'n' of the engine at the top from field 'key' of the
+** parts at index 1, which must have type 'type'. */
+static void take_part(lua_State *L, const char *key, int type, int n) {
+  if (lua_getfield(L, 1, key) != type)
+    luaL_error(L, "core.engine: parts.%s must be a %s, got %s", key, lua_typename(L, type),
+               luaL_typename(L, -1));
+  lua_setiuservalue(L, -2, n);
+}
+
+static void take_method(lua_State *L, const char *name, int n) {
+  luaL_getmetatable(L, PM_TYPENAME);
+  lua_getfield(L, -1, "__index");
+  lua_getfield(L, -1, name);
+  lua_setiuservalue(L, -4, n);
+  lua_pop(L, 2);
+}
+
+/*
+** core.engine(parts) -> procman.engine.  parts: { router, specs, live,
+** finished, parked_of, older, types_of, outbox, patches, undo, complete }
+** (the router's own tables; see lua/procman/router.lua).
+*/
+int engine_new(lua_State *L) {
+  static const struct { const char *key; int type, n; } parts[] = {
+    { "router", LUA_TTABLE, UV_ROUTER }, { "specs", LUA_TTABLE, UV_SPECS },
+    { "live", LUA_TTABLE, UV_LIVE }, { "finished", LUA_TTABLE, UV_FINISHED },
+    { "parked_of", LUA_TTABLE, UV_PARKED }, { "older", LUA_TTABLE, UV_OLDER },
+    { "types_of", LUA_TTABLE, UV_TYPES }, { "outbox", LUA_TTABLE, UV_OUTBOX },
+    { "patches", LUA_TTABLE, UV_PATCHES }, { "undo", LUA_TFUNCTION, UV_UNDO },
+    { "complete", LUA_TFUNCTION, UV_COMPLETE },
+  };
+  Engine *e;
+  size_t i;
+  int k;
+  luaL_checktype(L, 1, LUA_TTABLE);
+  lua_settop(L, 1);
+  e = (Engine *)lua_newuserdatauv(L, sizeof(Engine), UV_COUNT);
+  e->busy = 0;
+  luaL_setmetatable(L, ENGINE_TYPENAME);
+  for (i = 0; i < sizeof parts / sizeof parts[0]; i++)
+    take_part(L, parts[i].key, parts[i].type, parts[i].n);
+  lua_getiuservalue(L, 2, UV_PATCHES);
+  lua_getfield(L, -1, "LIVE");
+  lua_setiuservalue(L, 2, UV_LIVE_CTX);
+  lua_getfield(L, -1, "UNDO");
+  lua_setiuservalue(L, 2, UV_UNDO_CTX);
+  lua_pop(L, 1);
+  take_method(L, "handle", UV_HANDLE);
+  take_method(L, "status", UV_STATUS);
+  take_method(L, "done", UV_DONE);
+  buffer_new(L, 256);
+  lua_setiuservalue(L, 2, UV_SCRATCH);
+  lua_createtable(L, MAX_TARGETS, 0);
+  for (k = 1; k <= MAX_TARGETS; k++) {
+    lua_pushboolean(L, 0);
+    lua_rawseti(L, -2, k);
+  }
+  lua_setiuservalue(L, 2, UV_TARGETS);
+  lua_createtable(L, 1, 0);  /* { false }, { { that } } */
+  lua_pushboolean(L, 0);
+  lua_rawseti(L, -2, 1);
+  lua_pushvalue(L, -1);
+  lua_setiuservalue(L, 2, UV_WRAP1);
+  for (k = 0; k < 2; k++) {
+    lua_createtable(L, 1, 0);
+    lua_insert(L, -2);
+    lua_rawseti(L, -2, 1);
+  }
+  lua_setiuservalue(L, 2, UV_WRAP3);
+  return 1;
+}
+
+static const luaL_Reg engine_methods[] = {
+  { "step", engine_step },
+  { NULL, NULL }
+};
+
+void engine_register(lua_State *L) {
+  luaL_newmetatable(L, ENGINE_TYPENAME);
+  luaL_newlib(L, engine_methods);
+  lua_setfield(L, -2, "__index");
+  lua_pop(L, 1);
+}

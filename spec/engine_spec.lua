@@ -1,0 +1,168 @@
+-- procman.engine (csrc/engine.c): the router's common step in C. The same
+-- events through the engine and through the router's Lua path give the
+-- same journal, byte for byte, and the same router; what the engine does
+-- not take it leaves to the Lua path having changed nothing.
+local procman = require "procman"
+local core = require "procman.core"
+
+local files = require "spec.support.files"
+local routers = require "spec.support.routers"
+
+-- Two workflows that share an event type, one of them on version 2 (its
+-- new flows' entries name it), with commands of every kind of data.
+local alpha = procman.workflow {
+  name = "alpha", correlate = "a", starts = { "open", "shared" },
+  on = {
+    open = function(state, event)
+      state.status, state.n = "open", 0
+      return { { command_type = "greet", who = event.a, list = { 1, 2.5, "ü", true }, nested = { x = { y = -7 } } } }
+    end,
+    shared = function(state, event)
+      state.n = (state.n or 0) + 1
+      return { { command_type = "noted", n = state.n, big = 2 ^ 40, from = event.b } }
+    end,
+    close = function(state) state.status = "closed" end,
+    boom = function(state, event)
+      if event.fail then error("boom") end
+      state.n = (state.n or 0) + 10
+    end,
+    later = function() return { procman.after(5, { event_type = "close" }) } end,
+    patch = function(state)
+      if procman.patched("p1") then state.p = true end
+    end,
+  },
+  done = function(state) return state.status == "closed" end,
+}
+
+local beta = procman.workflow {
+  name = "beta", version = 2, correlate = "b", starts = { "shared" },
+  on = { shared = function(state) state.seen = (state.seen or 0) + 1 end },
+}
+
+local by_fn = procman.workflow {
+  name = "by_fn", correlate = function(event) return event.f end, starts = { "fn" },
+  on = { fn = function(state) state.x = true end },
+}
+
+local EVENTS = {
+  { event_type = "open", a = "a1", event_id = "e1" },
+  { event_type = "shared", a = "a1", b = 7, event_id = "e2" },             -- two targets, one new on v2
+  { event_type = "shared", a = "a1", b = 7, event_id = "e2" },             -- a redelivery everywhere
+  { event_type = "open", a = 42, event_id = 3 },
+  { event_type = "boom", a = "a1", fail = true, event_id = "e4" },         -- parks a1 (Lua path)
+  { event_type = "shared", a = 42, b = 7, event_id = "e5" },
+  { event_type = "close", a = 42, event_id = "e6" },                        -- completes 42
+  { event_type = "shared", a = 42, b = 8, event_id = "e7" },               -- late for 42, new beta 8
+  { event_type = "close", a = 42, event_id = "e6" },                        -- a redelivery to a completed flow
+  { event_type = "open", a = "t", event_id = "e8" },
+  { event_type = "later", a = "t", event_id = "e9" },                       -- a timer (Lua path)
+  { event_type = "patch", a = "t", event_id = "e10" },                      -- a patch (Lua path)
+  { event_type = "fn", f = "f1" },                                          -- correlate function (Lua path)
+  { event_type = "nobody" },
+  { event_type = "shared", a = "t", b = 9 },                                -- no event id
+  { event_type = "close", a = "t" },
+}
+
+local function open(path)
+  return procman.router { workflows = { alpha, beta, by_fn }, journal = path, sync = "none",
+                          on_error = "park", on_late = "dead_letter", clock = function() return 100 end }
+end
+
+-- Count what the engine took (a table back) and left (false).
+local function counting(r)
+  local engine, count = r.engine, { taken = 0, left = 0 }
+  r.engine = { step = function(_, event)
+    local out, err, journaled = engine:step(event)
+    if out then count.taken = count.taken + 1 elseif out == false then count.left = count.left + 1 end
+    return out, err, journaled
+  end }
+  return count
+end
+
+describe("procman.engine", function()
+  local paths = {}
+  local function temp()
+    paths[#paths + 1] = files.temp_path()
+    return paths[#paths]
+  end
+  after_each(function()
+    for _, p in ipairs(paths) do os.remove(p) end
+    paths = {}
+  end)
+
+  it("writes the journal the Lua path writes, byte for byte, and leaves the same router", function()
+    local pe, pl = temp(), temp()
+    local re, rl = assert(open(pe)), assert(open(pl))
+    local count = counting(re)
+    rl.engine = false  -- the Lua path only
+    for i, event in ipairs(EVENTS) do
+      local a, b = { pcall(re.handle, re, event) }, { pcall(rl.handle, rl, event) }
+      assert.same(b, a, "event " .. i)
+    end
+    local state = routers.snapshot(rl)
+    assert.same(state, routers.snapshot(re))
+    assert.same({ taken = 9, left = 7 }, count)
+    re:close()
+    rl:close()
+    assert.equal(files.bytes(pl), files.bytes(pe))
+    local again = assert(open(pe))  -- and recovery reads it
+    assert.same(state, routers.snapshot(again))
+  end)
+
+  it("leaves the router as it was when it does not take an event", function()
+    local r = assert(open(temp()))
+    for i = 1, 2 do r:handle(EVENTS[i]) end
+    local before, bytes = routers.snapshot(r), r:stats().journal_bytes
+    for _, event in ipairs {
+      { event_type = "boom", a = "a1", fail = true },  -- ran, failed: taken back
+      { event_type = "later", a = "a1" },              -- ran, a timer: taken back
+      { event_type = "patch", a = "a1" },              -- ran, a patch: taken back
+      { event_type = "fn", f = "f1" },
+      { event_type = "nobody" },
+      { event_type = "shared", a = 1.5 },
+    } do
+      assert.is_false(r.engine:step(event))
+      assert.same(before, routers.snapshot(r))
+      assert.equal(bytes, r:stats().journal_bytes)
+    end
+  end)
+
+  it("leaves events to the Lua path while hooks are set", function()
+    local r = assert(open(temp()))
+    local count = counting(r)
+    local started = {}
+    r:hook("flow_started", function(name, flow) started[#started + 1] = name .. "/" .. flow end)
+    r:handle(EVENTS[1])
+    assert.same({ "alpha/a1" }, started)
+    r:hook("flow_started", nil)
+    r:handle(EVENTS[4])
+    assert.same({ taken = 1, left = 1 }, count)
+  end)
+
+  it("returns nil and a message when the journal refuses the record, changing nothing", function()
+    local r = assert(open(temp()))
+    r:handle(EVENTS[1])
+    local before, bytes = routers.snapshot(r), r:stats().journal_bytes
+    core.journal_faults(1, "ENOSPC")
+    local out, err = r.engine:step(EVENTS[2])
+    core.journal_faults()
+    assert.is_nil(out)
+    assert.matches("^procman.router: .*No space left on device", err)
+    assert.same(before, routers.snapshot(r))
+    assert.equal(bytes, r:stats().journal_bytes)
+    assert.equal(1, #assert(r:handle(EVENTS[2])))  -- and takes it once there is room
+    assert.equal(1, r:flow("beta", 7):version())
+  end)
+
+  it("routes in memory as with a journal", function()
+    local r = procman.router { workflows = { alpha, beta } }
+    local count = counting(r)
+    for i = 1, 4 do r:handle(EVENTS[i]) end
+    assert.same({ taken = 4, left = 0 }, count)
+    assert.equal(2, r:flow("alpha", "a1"):version())
+    assert.equal(1, r:flow("beta", 7):version())
+    assert.same({ "alpha/a1/1/1", "alpha/a1/2/1", "alpha/42/1/1" },
+                { r:pending()[1].id, r:pending()[2].id, r:pending()[3].id })
+    assert.equal(3, r:stats().seq)
+  end)
+end)
