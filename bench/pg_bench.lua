@@ -51,6 +51,13 @@ end
 
 local function one(sql, ...) return assert(conn:exec(sql, ...))[1] end
 
+-- The workflows' routes registered, as workers deployed before the
+-- producers leave them: appends store each event's partition.
+local function deployed()
+  routes.register(conn, (require("procman.workflow").routable { batch, order }), PARTITIONS)
+  routes.forget(conn)
+end
+
 local function spawn(role, ...)
   local p = io.popen(string.format("lua5.4 spec/support/pg_child.lua %s %q %s >/dev/null "
                                    .. "2>>/tmp/procman-pgbench-children.log & echo $!",
@@ -105,6 +112,7 @@ end
 -- event (how much of the stream each worker reads that is not its own).
 local function workers(k)
   reset()
+  deployed()
   for first = 1, #events, 500 do
     assert(pg.append_all(conn, table.move(events, first, math.min(first + 499, #events), 1, {})))
   end
@@ -120,6 +128,7 @@ end
 -- Statements per event of one worker in this process over the workload.
 local function statements_per_event()
   reset()
+  deployed()
   for first = 1, #events, 500 do
     assert(pg.append_all(conn, table.move(events, first, math.min(first + 499, #events), 1, {})))
   end

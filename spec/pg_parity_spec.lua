@@ -41,6 +41,7 @@ describe("procman.pg parity with the embedded router", function()
   }
 
   local long = ("z"):rep(5000)
+  local quoted = "it's \\ \"q\"; DROP TABLE x; --\0\xff"  -- quotes, a backslash, SQL, NUL, not UTF-8
   local sequence = {
     { event_type = "open", acct = 7 },
     { event_type = "open", acct = "7" },
@@ -55,6 +56,8 @@ describe("procman.pg parity with the embedded router", function()
     { event_type = "add", acct = "7", amount = 1 },               -- late: account/"7" is complete
     { event_type = "open", acct = long },
     { event_type = "add", acct = long, amount = 3 },
+    { event_type = "open", acct = quoted },
+    { event_type = "add", acct = quoted, amount = 4 },
   }
   for i, e in ipairs(sequence) do e.event_id = i end
 
@@ -84,7 +87,7 @@ describe("procman.pg parity with the embedded router", function()
   local function flows_of_router(r)
     local out = {}
     for _, name in ipairs { "account", "audit" } do
-      for _, id in ipairs { 7, "7", long } do
+      for _, id in ipairs { 7, "7", long, quoted } do
         local pm = r:flow(name, id)
         if pm then
           out[#out + 1] = { name, id, pm:status(), pm:version(), pm:state(), false }
@@ -99,7 +102,7 @@ describe("procman.pg parity with the embedded router", function()
   local function flows_of_store(conn)
     local out = {}
     for _, name in ipairs { "account", "audit" } do
-      for _, id in ipairs { 7, "7", long } do
+      for _, id in ipairs { 7, "7", long, quoted } do
         local f = pg.flow(conn, name, id)
         if f and f.done then
           out[#out + 1] = { name, id, f.status, "done", "done", true }

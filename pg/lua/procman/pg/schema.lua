@@ -35,7 +35,8 @@ M.ddl = [[
   );
   CREATE INDEX procman_events_order ON procman_events (xid, position);
   CREATE INDEX procman_events_partition ON procman_events (partition, xid, position);
-  CREATE INDEX procman_events_route_gen ON procman_events (route_gen, xid, position);
+  CREATE INDEX procman_events_route_gen ON procman_events (route_gen, xid, position)
+    WHERE partition IS NOT NULL;
   CREATE TABLE procman_flows (
     workflow    text NOT NULL,
     flow_key    bytea NOT NULL,
