@@ -16,6 +16,11 @@
 -- transaction fails becomes a dead letter with the database's reason, and
 -- the rest commits. No input can stall a partition.
 --
+-- The router's rules, where a worker can keep them: workflow versions
+-- (new flows on the newest, each flow on the version it started on), the
+-- policies on_unknown, on_late and on_unroutable and the hooks
+-- (procman.pg.policies: called after the commit of what they report).
+--
 -- Connection loss: w:run reconnects with backoff (forever, unless told a
 -- number of attempts), reports each failure (the on_error hook, else
 -- warn), and starts again from the stored checkpoints: nothing is lost and
