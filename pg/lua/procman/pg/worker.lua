@@ -146,7 +146,7 @@ local function check_versions(conn, wf)
       live[r.workflow][r.v] = r.n
     end
   end
-  local why = replay_plan.missing({ live = live }, wf.versions)
+  local why = replay_plan.missing(live, wf.versions)
   if why then
     why = why:gsub("the journal has", "the store has"):gsub("this router", "this worker")
     error("procman.pg.worker: " .. why, 0)
