@@ -169,7 +169,11 @@ describe("procman.pg parity with the embedded router", function()
   -- phases (the router through its journal, the worker through the store).
   local function ticket(version)
     local on = {
-      open = function(state) state.notes = 0 return { { command_type = "opened", v = version } } end,
+      open = function(state, e)
+        if e.flaky and broken.on then error("cannot open yet", 0) end
+        state.notes = 0
+        return { { command_type = "opened", v = version } }
+      end,
       note = function(state, e)
         if e.text == "bad" then error("bad note", 0) end
         state.notes = state.notes + 1
@@ -190,6 +194,7 @@ describe("procman.pg parity with the embedded router", function()
     { event_type = "note", ticket = "t1", text = "a" },
     { event_type = "open", ticket = "done" },
     { event_type = "close", ticket = "done" },
+    { event_type = "open", ticket = "p1", flaky = true },   -- parks on its first event, under version 1
   }
   local phase2 = {
     { event_type = "open", ticket = "t2" },                 -- starts on version 2
@@ -228,7 +233,7 @@ describe("procman.pg parity with the embedded router", function()
 
   local function versions_flows(r_or_conn, is_router)
     local out = {}
-    for _, id in ipairs { "t1", "t2", "t3", "t4", "done" } do
+    for _, id in ipairs { "t1", "t2", "t3", "t4", "p1", "done" } do
       if is_router then
         local pm = r_or_conn:flow("ticket", id)
         if pm then
@@ -281,6 +286,10 @@ describe("procman.pg parity with the embedded router", function()
       r:skip("ticket", id)
       w:skip("ticket", id)
     end
+    broken.on = false  -- fixed: p1 opens, on the version it parked on
+    r:resume("ticket", "p1")
+    w:resume("ticket", "p1")
+    broken.on = true
     return r, w, r_calls, w_calls
   end
 
@@ -293,7 +302,8 @@ describe("procman.pg parity with the embedded router", function()
       local r, w, r_calls, w_calls = run_both(policy, conn)
       finally(function() r:close() w:close() end)
       assert.same(versions_flows(r, true), versions_flows(conn, false))
-      assert.same({ 1, 2 }, { r:flow_version("ticket", "t1"), r:flow_version("ticket", "t2") })
+      assert.same({ 1, 2, 1 }, { r:flow_version("ticket", "t1"), r:flow_version("ticket", "t2"),
+                                 r:flow_version("ticket", "p1") })
       assert.same(commands(r:pending()), commands(pg.outbox(conn)))
       assert.same(timers(r:timers()), timers(pg.timers(conn)))
       assert.same(parked(r:parked()), parked(pg.parked(conn)))

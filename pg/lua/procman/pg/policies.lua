@@ -63,7 +63,7 @@ end
 -- after the first 'mark' ones (the router's order of reports).
 function M.hoist(work, mark, from)
   local calls = work.hooks
-  if calls == nil then return end
+  if calls == nil or from > #calls then return end
   local moved = table.move(calls, from, #calls, 1, {})
   table.move(calls, mark + 1, from - 1, mark + 1 + #moved)
   table.move(moved, 1, #moved, mark + 1, calls)

@@ -59,6 +59,7 @@ M.ddl = [[
     partition   integer NOT NULL,
     error       bytea,
     event       bytea NOT NULL,
+    workflow_version integer NOT NULL DEFAULT 1,  -- of a flow parked on its first event (no flow row)
     PRIMARY KEY (workflow, key_hash, n)
   );
   CREATE INDEX procman_parked_partition ON procman_parked (partition);

@@ -66,7 +66,8 @@ function M.load(conn, list, versions)
                                   .. "t.seq, "
                                   .. "t.index FROM procman_timers t JOIN want ON t.workflow = want.workflow "
                                   .. "AND t.key_hash = sha256(want.flow_key) ORDER BY t.seq, t.index"))
-  local parked = group(select_for(conn, list, "SELECT p.workflow, p.flow_key, p.error, p.event FROM "
+  local parked = group(select_for(conn, list, "SELECT p.workflow, p.flow_key, p.error, p.event, "
+                                  .. "p.workflow_version FROM "
                                   .. "procman_parked p JOIN want ON p.workflow = want.workflow "
                                   .. "AND p.key_hash = sha256(want.flow_key) ORDER BY p.n"))
   local by_key = {}
@@ -95,6 +96,9 @@ function M.load(conn, list, versions)
   for k, list_of in pairs(parked) do  -- a flow whose first event failed may have parked events only
     local entry = entry_of(k)
     entry.parked = { events = {}, error = list_of[1].error }
+    if entry.db_version == nil then  -- parked on its first event: pinned to the version it parked on
+      entry.spec = version_of(versions, entry, list_of[1].workflow_version)
+    end
     for i, p in ipairs(list_of) do entry.parked.events[i] = decode(p.event) end
   end
   return entries
@@ -180,12 +184,12 @@ local function write_parked(conn, changed)
       list[#list + 1] = e
       for n, event in ipairs(e.parked and e.parked.events or {}) do
         rows[#rows + 1] = { e.spec.name, bytes(e.key), n, e.partition,
-                            n == 1 and bytes(e.parked.error) or nil, bytes(encode(event)) }
+                            n == 1 and bytes(e.parked.error) or nil, bytes(encode(event)), e.spec.version }
       end
     end
   end
-  replace(conn, "procman_parked", list, "workflow, flow_key, n, partition, error, event",
-          { "text", "bytea", "int", "int", "bytea", "bytea" }, rows)
+  replace(conn, "procman_parked", list, "workflow, flow_key, n, partition, error, event, workflow_version",
+          { "text", "bytea", "int", "int", "bytea", "bytea", "int" }, rows)
 end
 
 local function write_outbox(conn, outbox)

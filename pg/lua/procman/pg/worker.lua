@@ -137,8 +137,14 @@ end
 -- other code would be wrong, and dead-lettering their events would lose
 -- them. Workflows the worker does not run at all are not its business.
 local function check_versions(conn, wf)
-  local rows = db.exec(conn, "SELECT workflow, workflow_version AS v, count(*) AS n FROM procman_flows "
-                             .. "WHERE NOT done GROUP BY workflow, workflow_version ORDER BY workflow, v")
+  -- live flows, and flows parked on their first event (they have no flow row)
+  local rows = db.exec(conn, "SELECT workflow, workflow_version AS v, count(*) AS n FROM ("
+                             .. "SELECT workflow, workflow_version FROM procman_flows WHERE NOT done "
+                             .. "UNION ALL SELECT p.workflow, p.workflow_version FROM procman_parked p "
+                             .. "WHERE p.n = 1 AND "
+                             .. "NOT EXISTS (SELECT 1 FROM procman_flows f WHERE f.workflow = p.workflow "
+                             .. "AND f.key_hash = p.key_hash)) AS live "
+                             .. "GROUP BY workflow, workflow_version ORDER BY workflow, v")
   local live = {}
   for _, r in ipairs(rows) do
     if wf.versions[r.workflow] then
@@ -395,10 +401,13 @@ local function apply(work, entry, event, position)
   work.handled = work.handled + 1
   if work.hooks then
     local name, flow_id = entry.spec.name, entry.flow
-    if before == 0 then policies.queue(work, "flow_started", name, flow_id) end
+    if before == 0 and not work.resuming then  -- a flow routed to, not one resumed
+      policies.queue(work, "flow_started", name, flow_id)
+    end
     policies.queue(work, "event_handled", name, flow_id, rawget(event, "event_type"),
                    core.monotonic() - started)
     if after.done then policies.queue(work, "flow_completed", name, flow_id, after.status) end
+    work.commands_at = #work.hooks + 1  -- (the router reports the flow's hooks, then the commands)
     for _, row in ipairs(after.outbox) do policies.queue(work, "command_emitted", row.plain) end
   end
   return nil
@@ -845,6 +854,7 @@ local function retry(work, entry)
       if ok then entry.pm = pm else err = message(pm) end
     end
     local mark = work.hooks and #work.hooks
+    work.commands_at = mark and mark + 1  -- (apply moves it past the flow's own hooks)
     err = err or apply(work, entry, event, nil)
     touch(work, entry)
     entry.parked_changed = true
@@ -855,15 +865,18 @@ local function retry(work, entry)
     end
     applied = applied + 1
     table.remove(entry.parked.events, 1)
+    -- the router's order of reports: the letters of events left parked by
+    -- a completed flow, the flow's hooks, flow_resumed, then the commands
+    if entry.done or #entry.parked.events == 0 then
+      policies.queue(work, "flow_resumed", entry.spec.name, entry.flow)
+      if mark then policies.hoist(work, work.commands_at - 1, #work.hooks) end
+    end
     if entry.done then
-      local from = work.hooks and #work.hooks + 1
+      local from = mark and #work.hooks + 1
       complete_parked(work, entry)
-      policies.hoist(work, mark, from)  -- the router reports these letters before the event
+      if mark then policies.hoist(work, mark, from) end
     end
-    if entry.parked == nil or #entry.parked.events == 0 then
-      entry.parked = nil
-      policies.queue(work, "flow_resumed", entry.spec.name, entry.flow)  -- by an event retried, as the router
-    end
+    if entry.parked and #entry.parked.events == 0 then entry.parked = nil end
   end
   return applied
 end
@@ -888,6 +901,7 @@ end
 
 local function resume(self, entry, skip)
   local work = new_work(self)
+  work.resuming = true
   if skip then
     table.remove(entry.parked.events, 1)
     entry.parked_changed = true
