@@ -22,13 +22,13 @@ describe("procman.pg", function()
   before_each(function() h.reset(conn, pg) end)
 
   it("migrates idempotently, and refuses a store of another schema version instead of misreading it", function()
-    assert.equal(3, pg.migrate(conninfo))
-    assert.equal(3, one("SELECT version FROM procman_schema").version)
-    assert(conn:script("UPDATE procman_schema SET version = 2"))
+    assert.equal(4, pg.migrate(conninfo))
+    assert.equal(4, one("SELECT version FROM procman_schema").version)
+    assert(conn:script("UPDATE procman_schema SET version = 3"))
     assert.error_matches(function() pg.migrate(conn) end,
-                         "the store has schema version 2, this procman reads version 3 only")
+                         "the store has schema version 3, this procman reads version 4 only")
     assert.error_matches(function() pg.worker { conninfo = conninfo, workflows = { batch } } end,
-                         "the store has schema version 2")
+                         "the store has schema version 3")
     assert(conn:script("DROP TABLE " .. h.TABLES))
     assert.error_matches(function() pg.worker { conninfo = conninfo, workflows = { batch } } end,
                          "no procman tables: run pg.migrate first")

@@ -19,7 +19,7 @@ local M = {}
 
 -- The schema version this procman writes and reads. A store at another
 -- version is refused (pg.migrate, pg.worker), never misread.
-M.VERSION = 3
+M.VERSION = 4
 
 M.ddl = [[
   CREATE TABLE procman_events (
