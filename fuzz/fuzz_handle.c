@@ -16,7 +16,7 @@
 ** was.  The second flow gets its events as recovery hands them over
 ** (core.handle_fresh: a fresh decode, not copied).
 **
-** Each event (given an event_type and a flow id when it has none) also
+** Each event (given an event_type and flow ids when it has none) also
 ** goes to two journaled routers of two workflows that share an event type:
 ** one takes its events through the engine's step (csrc/engine.c), the
 ** other through the router's Lua path only.  Their results, their state
@@ -191,7 +191,10 @@ static const char *const ROUTERS =
   "  for i, r in ipairs(routers) do\n"
   "    local event = procman.decode(bytes)\n"
   "    if rawget(event, 'event_type') == nil then event.event_type = 'x' end\n"
-  "    if rawget(event, 'id') == nil then event.id = #bytes % 5 end\n"
+  "    if rawget(event, 'id') == nil then event.id = #bytes end\n"
+  "    if rawget(event, 'other') == nil then event.other = #bytes % 3 end\n"
+  "    -- an error object's message shows its address: not the same in two routers\n"
+  "    if type(rawget(event, 'boom')) == 'table' then event.boom = 'a table' end\n"
   "    local ok, out = pcall(r.handle, r, event)\n"
   "    results[i] = tostring(ok) .. (ok and encoded(out) or tostring(out))\n"
   "  end\n"
