@@ -9,9 +9,16 @@ CFLAGS     ?= -O2 -g
 CSTD       := -std=c99
 SANFLAGS   := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
 
-CORE_SRC   := csrc/budget.c csrc/buffer.c csrc/codec.c csrc/crc32c.c csrc/engine.c csrc/interrupt.c csrc/journal.c \
-              csrc/journal_lua.c csrc/line_reader.c csrc/lock_holder.c csrc/pattern.c csrc/pattern_lua.c \
+CORE_SRC   := csrc/budget.c csrc/buffer.c csrc/codec.c csrc/crc32c.c csrc/engine.c csrc/journal.c \
+              csrc/journal_lua.c csrc/lock_holder.c csrc/pattern.c csrc/pattern_lua.c \
               csrc/pm.c csrc/procman.c
+# procman.terminal: the command's terminal helpers, apart from the core.
+TERMINAL_SRC := csrc/terminal.c csrc/interrupt.c csrc/line_reader.c
+# Fault injection (csrc/faults.h) is compiled into test builds only: the
+# C tests, and build/faults/procman/core.so, which busted loads first
+# (.busted); build/procman/core.so and the rock have none.
+FAULTS_SRC := csrc/faults.c
+FAULTS_SO   = $(BUILD)/faults/procman/core.so
 CORE_HDR   := $(wildcard csrc/*.h)
 TEST_SRC   := $(wildcard csrc/test/test_*.c)
 BUILD      := build
@@ -21,7 +28,10 @@ DEB_PKGS   := lua5.4 liblua5.4-dev lua-busted libcmocka-dev lua-check luarocks \
               lua-argparse lua-cjson libedit-dev pkg-config gcc make valgrind \
               postgresql libpq-dev
 
-export LUA_PATH  := $(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;$(CURDIR)/pg/lua/?.lua;$(CURDIR)/pg/lua/?/init.lua;$(CURDIR)/bench/?.lua;;
+# The library (lua/), the procman command's tools (cli/lua/), the shipped
+# workflows (workflows/lua/), procman.pg (pg/lua/): one module namespace.
+LIB_PATH   := $(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;$(CURDIR)/cli/lua/?.lua;$(CURDIR)/workflows/lua/?.lua
+export LUA_PATH  := $(LIB_PATH);$(CURDIR)/pg/lua/?.lua;$(CURDIR)/pg/lua/?/init.lua;$(CURDIR)/bench/?.lua;;
 export LUA_CPATH := $(CURDIR)/$(BUILD)/?.so;;
 # Lua 5.4 reads LUA_PATH_5_4 instead of LUA_PATH when it is set (as README's
 # install says to): set it too, so that an installed rock never shadows this
@@ -31,11 +41,19 @@ export LUA_CPATH_5_4 := $(LUA_CPATH)
 
 .PHONY: all deps test test-lua test-c test-pg bench-pg lint test-rock demo bench sanitize valgrind soak fuzz clean
 
-all: $(BUILD)/procman/core.so $(BUILD)/procman/lineedit.so
+all: $(BUILD)/procman/core.so $(BUILD)/procman/terminal.so $(BUILD)/procman/lineedit.so
 
 $(BUILD)/procman/core.so: $(CORE_SRC) $(CORE_HDR) | deps-build
 	@mkdir -p $(dir $@)
 	$(CC) $(CSTD) $(CFLAGS) $(WARN) -fPIC -shared $(LUA_CFLAGS) $(CORE_SRC) -o $@
+
+$(FAULTS_SO): $(CORE_SRC) $(FAULTS_SRC) $(CORE_HDR) | deps-build
+	@mkdir -p $(dir $@)
+	$(CC) $(CSTD) $(CFLAGS) $(WARN) -fPIC -shared $(LUA_CFLAGS) -DPROCMAN_FAULTS $(CORE_SRC) $(FAULTS_SRC) -o $@
+
+$(BUILD)/procman/terminal.so: $(TERMINAL_SRC) $(CORE_HDR) | deps-build
+	@mkdir -p $(dir $@)
+	$(CC) $(CSTD) $(CFLAGS) $(WARN) -fPIC -shared $(LUA_CFLAGS) $(TERMINAL_SRC) -o $@
 
 # Line editing for the REPL (libedit, BSD licensed): a module of its own,
 # so the core links nothing but Lua.
@@ -71,12 +89,12 @@ test: deps all test-lua lint test-rock test-c test-pg
 
 # Every spec but PostgreSQL's, which test-pg runs on a cluster of its own
 # (plain `busted` shows it as pending, with how to run it).
-test-lua: all
+test-lua: all $(FAULTS_SO)
 	@echo "== busted: spec/ on Lua 5.4 (PostgreSQL's spec: make test-pg)"
 	busted --lua=$(LUA) --exclude-pattern=^pg_
 
 # Colour codes only on a terminal (not in CI logs or files).
-LINT_PATHS := lua pg/lua spec bench examples tools bin/procman
+LINT_PATHS := lua cli/lua workflows/lua pg/lua spec bench examples tools bin/procman
 lint:
 	@echo "== luacheck"
 	luacheck --quiet $$([ -t 1 ] || echo --no-color) $(LINT_PATHS)
@@ -84,10 +102,10 @@ lint:
 test-rock:
 	@sh tools/test-rock.sh
 
-$(BUILD)/test/%: csrc/test/%.c $(CORE_SRC) $(CORE_HDR) $(wildcard csrc/test/*.h)
+$(BUILD)/test/%: csrc/test/%.c $(CORE_SRC) $(TERMINAL_SRC) $(FAULTS_SRC) $(CORE_HDR) $(wildcard csrc/test/*.h)
 	@mkdir -p $(dir $@)
-	$(CC) $(CSTD) $(CFLAGS) $(WARN) $(LUA_CFLAGS) -Icsrc -DPROCMAN_LUA_DIR='"$(CURDIR)/lua"' \
-	  $< $(CORE_SRC) -o $@ $(LUA_LIBS) -lcmocka -lm
+	$(CC) $(CSTD) $(CFLAGS) $(WARN) $(LUA_CFLAGS) -Icsrc -DPROCMAN_FAULTS -DPROCMAN_LUA_PATH='"$(LIB_PATH)"' \
+	  $< $(CORE_SRC) $(TERMINAL_SRC) $(FAULTS_SRC) -o $@ $(LUA_LIBS) -lcmocka -lm
 
 # The fuzz harnesses (fuzz/) run over their seed corpus and the crashers
 # kept in fuzz/regressions/, with the normal compiler: no libFuzzer needed.
@@ -99,7 +117,7 @@ $(BUILD)/fuzz/regress_journal $(BUILD)/fuzz/fuzz_journal: HARNESS_DEFS := -DREAD
 
 $(BUILD)/fuzz/regress_%: fuzz/fuzz_%.c fuzz/run_corpus.c $(CORE_SRC) $(CORE_HDR)
 	@mkdir -p $(dir $@)
-	$(CC) $(CSTD) $(CFLAGS) $(WARN) $(LUA_CFLAGS) $(HARNESS_DEFS) -Icsrc -DPROCMAN_LUA_DIR='"$(CURDIR)/lua"' \
+	$(CC) $(CSTD) $(CFLAGS) $(WARN) $(LUA_CFLAGS) $(HARNESS_DEFS) -Icsrc -DPROCMAN_LUA_PATH='"$(LIB_PATH)"' \
 	  $< fuzz/run_corpus.c $(CORE_SRC) -o $@ $(LUA_LIBS) -lm
 
 test-c: $(patsubst csrc/test/%.c,$(BUILD)/test/%,$(TEST_SRC)) $(REGRESS)
@@ -121,12 +139,12 @@ bench-pg: deps all $(BUILD)/procman/pg/core.so
 # busted suite against a sanitized build of the module.
 sanitize: deps
 	$(MAKE) clean
-	$(MAKE) all test-c CFLAGS="-O1 -g $(SANFLAGS)" LUA_LIBS="$(LUA_LIBS) $(SANFLAGS)"
+	$(MAKE) all $(FAULTS_SO) test-c CFLAGS="-O1 -g $(SANFLAGS)" LUA_LIBS="$(LUA_LIBS) $(SANFLAGS)"
 	ASAN_OPTIONS=detect_leaks=0 LD_PRELOAD="$$($(CC) -print-file-name=libasan.so) $$($(CC) -print-file-name=libubsan.so)" \
 	  $(LUA) $$(command -v busted)
 	$(MAKE) clean
 
-valgrind: deps all $(patsubst csrc/test/%.c,$(BUILD)/test/%,$(TEST_SRC))
+valgrind: deps all $(FAULTS_SO) $(patsubst csrc/test/%.c,$(BUILD)/test/%,$(TEST_SRC))
 	valgrind --quiet --error-exitcode=1 --leak-check=full --errors-for-leak-kinds=definite \
 	  $(LUA) $$(command -v busted)
 	@for t in $(patsubst csrc/test/%.c,$(BUILD)/test/%,$(TEST_SRC)); do \
@@ -151,7 +169,7 @@ FUZZ_FLAGS := -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=a
 
 $(BUILD)/fuzz/fuzz_%: fuzz/fuzz_%.c $(CORE_SRC) $(CORE_HDR) | deps-fuzz
 	@mkdir -p $(dir $@)
-	clang $(FUZZ_FLAGS) $(LUA_CFLAGS) $(HARNESS_DEFS) -Icsrc -DPROCMAN_LUA_DIR='"$(CURDIR)/lua"' \
+	clang $(FUZZ_FLAGS) $(LUA_CFLAGS) $(HARNESS_DEFS) -Icsrc -DPROCMAN_LUA_PATH='"$(LIB_PATH)"' \
 	  $< $(CORE_SRC) -o $@ $(LUA_LIBS) -lm
 
 deps-fuzz:

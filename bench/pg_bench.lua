@@ -8,7 +8,8 @@
 --   the embedded journal (sync "always" and "none") on the same events.
 --   lua5.4 bench/pg_bench.lua [FLOWS]
 -- Starts (and removes) its own throwaway PostgreSQL cluster (fsync on).
-package.path = "lua/?.lua;lua/?/init.lua;pg/lua/?.lua;pg/lua/?/init.lua;./?.lua;" .. package.path
+package.path = "lua/?.lua;lua/?/init.lua;cli/lua/?.lua;workflows/lua/?.lua;"
+  .. "pg/lua/?.lua;pg/lua/?/init.lua;./?.lua;" .. package.path
 package.cpath = "build/?.so;" .. package.cpath
 
 local procman = require "procman"

@@ -6,7 +6,7 @@
 
 #include "lua.h"
 
-/* core.interruptible(fn, ...) -> fn(...): while fn runs, SIGINT raises the
+/* terminal.interruptible(fn, ...) -> fn(...): while fn runs, SIGINT raises the
 ** error "interrupted!" inside it instead of ending the process. */
 int interrupt_call(lua_State *L);
 

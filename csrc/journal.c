@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include "crc32c.h"
+#include "faults.h"
 #include "journal.h"
 
 /* ===================================================================
@@ -196,77 +197,38 @@ void journal_scan(const unsigned char *buf, size_t size, JournalScan *scan) {
 ** The file
 ** =================================================================== */
 
-/* ---- fault injection: one gate in front of every file operation ---- */
-
-static long fault_calls = 0;   /* calls since arming */
-static long fault_at = 0;      /* 0: disarmed */
-static int fault_errno = 0;
-static int fault_short = 0;
-
-void journal_faults_arm(long at, int err, int short_write) {
-  fault_calls = 0;
-  fault_at = at;
-  fault_errno = err;
-  fault_short = short_write;
-}
-
-long journal_faults_disarm(void) {
-  long n = fault_calls;
-  fault_at = 0;
-  fault_calls = 0;
-  return n;
-}
-
-/* Count a call; nonzero (errno set) when this one must fail. */
-static int faulty(void) {
-  fault_calls++;
-  if (fault_at == 0 || fault_calls != fault_at)
-    return 0;
-  errno = fault_errno;
-  return 1;
-}
+/* ---- file operations: each one behind the fault gate of test builds ---- */
 
 static int io_open(const char *path, int flags, mode_t mode) {
-  return faulty() ? -1 : open(path, flags, mode);
+  return FAULT() ? -1 : open(path, flags, mode);
 }
 
 static ssize_t io_writev(int fd, struct iovec *iov, int count) {
-  if (faulty()) {
-    if (fault_short && count > 0 && iov[0].iov_len > 1) {  /* half, then the error */
-      struct iovec half = { iov[0].iov_base, iov[0].iov_len / 2 };
-      int e = errno;
-      ssize_t w = writev(fd, &half, 1);
-      fault_at++;  /* the retry of the rest fails too */
-      errno = e;
-      return w;
-    }
-    return -1;
-  }
-  return writev(fd, iov, count);
+  return FAULT_WRITEV(fd, iov, count);
 }
 
 static int io_fdatasync(int fd) {
-  return faulty() ? -1 : fdatasync(fd);
+  return FAULT() ? -1 : fdatasync(fd);
 }
 
 static int io_fsync(int fd) {
-  return faulty() ? -1 : fsync(fd);
+  return FAULT() ? -1 : fsync(fd);
 }
 
 static int io_ftruncate(int fd, off_t len) {
-  return faulty() ? -1 : ftruncate(fd, len);
+  return FAULT() ? -1 : ftruncate(fd, len);
 }
 
 static int io_rename(const char *from, const char *to) {
-  return faulty() ? -1 : rename(from, to);
+  return FAULT() ? -1 : rename(from, to);
 }
 
 static ssize_t io_pread(int fd, void *buf, size_t n, off_t off) {
-  return faulty() ? -1 : pread(fd, buf, n, off);
+  return FAULT() ? -1 : pread(fd, buf, n, off);
 }
 
 static void *io_mmap(size_t size, int fd) {
-  return faulty() ? MAP_FAILED : mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0);
+  return FAULT() ? MAP_FAILED : mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0);
 }
 
 /* ---- failures ---- */

@@ -123,17 +123,4 @@ int journal_read(Journal *j, void *buf, size_t size, const char **why);
 ** errno. */
 int journal_read_at(Journal *j, void *buf, size_t n, size_t off, const char **why);
 
-/* ---- fault injection (tests) ------------------------------------------ */
-
-/*
-** Every file operation of the journal (open, write, sync, truncate, rename,
-** read, map) counts as one call.  Armed, the 'at'-th call from now fails
-** with errno 'err'; with 'short_write', a write call writes half of what it
-** was asked before the failure (the torn write of a full disk).  Disarming
-** returns how many calls were made since arming.  For procman's own tests:
-** see core.journal_faults.
-*/
-void journal_faults_arm(long at, int err, int short_write);
-long journal_faults_disarm(void);
-
 #endif

@@ -26,6 +26,7 @@
 #include <unistd.h>
 
 #include "lauxlib.h"
+#include "faults.h"
 #include "journal.h"
 #include "journal_lua.h"
 #include "lock_holder.h"
@@ -127,6 +128,7 @@ int journal_lua_replace(lua_State *L) {
   return 1;
 }
 
+#ifdef PROCMAN_FAULTS  /* test builds only: see faults.h */
 /*
 ** core.journal_faults(at, errno_name [, short]) arms fault injection: the
 ** at-th file operation of any journal from now fails with that errno
@@ -147,6 +149,7 @@ int journal_lua_faults(lua_State *L) {
   journal_faults_arm((long)at, codes[luaL_checkoption(L, 2, NULL, names)], lua_toboolean(L, 3));
   return 0;
 }
+#endif
 
 int journal_lua_open(lua_State *L) {
   const char *path = luaL_checkstring(L, 1);

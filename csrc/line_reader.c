@@ -3,14 +3,14 @@
 **
 ** `procman run` must fire timers while its input is quiet, so it cannot
 ** block in a stdio read: Lua's io library offers no way to wait for a line
-** for at most so long. core.line_reader(fd) reads the descriptor itself
+** for at most so long. terminal.line_reader(fd) reads the descriptor itself
 ** (read(2) after poll(2), never through a FILE, whose buffer poll cannot
 ** see) and keeps what it read past the last line in a buffer that is a
 ** Lua userdata (a user value), grown by doubling: nothing here is
 ** malloc'ed, so no error can leak memory, and a long line costs linear
 ** time (each byte is looked at once for the newline).
 **
-**   local reader = core.line_reader(0)
+**   local reader = terminal.line_reader(0)
 **   reader:read([seconds]) -> line (without its "\n"), or false when the
 **     seconds passed without a whole line, or nil at the end of input (a
 **     last line without "\n" comes first); nil, message on a read error.

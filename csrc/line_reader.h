@@ -1,5 +1,5 @@
 /*
-** line_reader.h - core.line_reader(fd): lines from a file descriptor, with
+** line_reader.h - terminal.line_reader(fd): lines from a file descriptor, with
 ** a timeout (see line_reader.c).
 */
 #ifndef PROCMAN_LINE_READER_H
@@ -10,7 +10,7 @@
 /* Create the procman.line_reader metatable (once per lua_State). */
 void line_reader_register(lua_State *L);
 
-/* core.line_reader(fd) -> reader */
+/* terminal.line_reader(fd) -> reader */
 int line_reader_new(lua_State *L);
 
 #endif

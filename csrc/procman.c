@@ -4,16 +4,13 @@
 */
 #define _POSIX_C_SOURCE 200809L
 #include <time.h>
-#include <unistd.h>
 
 #include "lauxlib.h"
 #include "budget.h"
 #include "buffer.h"
 #include "codec.h"
 #include "engine.h"
-#include "interrupt.h"
 #include "journal_lua.h"
-#include "line_reader.h"
 #include "pattern_lua.h"
 #include "pm.h"
 
@@ -100,14 +97,6 @@ static int core_decode(lua_State *L) {
   return 1;
 }
 
-/* core.is_terminal(fd) -> is that file descriptor (0, 1, 2) a terminal? */
-static int core_is_terminal(lua_State *L) {
-  lua_Integer fd = luaL_checkinteger(L, 1);
-  luaL_argcheck(L, fd >= 0 && fd <= 2, 1, "0, 1 or 2 expected");
-  lua_pushboolean(L, isatty((int)fd));
-  return 1;
-}
-
 /* core.budget_call(budget, fn, ...) -> true, results | false, error: like
 ** pcall, with at most 'budget' instructions (<= 0: no limit). */
 static int core_budget_call(lua_State *L) {
@@ -140,10 +129,9 @@ static const luaL_Reg core_functions[] = {
   { "journal_create", journal_lua_create },
   { "journal_replace", journal_lua_replace },
   { "journal_scan", journal_lua_scan },
+#ifdef PROCMAN_FAULTS  /* test builds only: see faults.h */
   { "journal_faults", journal_lua_faults },
-  { "interruptible", interrupt_call },
-  { "is_terminal", core_is_terminal },
-  { "line_reader", line_reader_new },
+#endif
   { "budget_call", core_budget_call },
   { "guard", budget_guard },
   { "budget_charge", budget_lua_charge },
@@ -161,7 +149,6 @@ static const luaL_Reg core_functions[] = {
 LUAMOD_API int luaopen_procman_core(lua_State *L) {
   journal_lua_register(L);
   engine_register(L);
-  line_reader_register(L);
   luaL_newlib(L, core_functions);
   lua_pushnil(L);  /* the scratch buffer, made at the first call */
   lua_pushcclosure(L, core_encode, 1);

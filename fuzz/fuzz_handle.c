@@ -30,15 +30,15 @@
 #include "lauxlib.h"
 #include "lualib.h"
 
-#ifndef PROCMAN_LUA_DIR
-#error "build with -DPROCMAN_LUA_DIR=\"<checkout>/lua\""
+#ifndef PROCMAN_LUA_PATH
+#error "build with -DPROCMAN_LUA_PATH=\"<checkout>/lua/?.lua;...\" (the Makefile's LIB_PATH)"
 #endif
 
 LUAMOD_API int luaopen_procman_core(lua_State *L);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 static const char *const SETUP =
-  "package.path = '" PROCMAN_LUA_DIR "/?.lua;" PROCMAN_LUA_DIR "/?/init.lua'\n"
+  "package.path = '" PROCMAN_LUA_PATH "'\n"
   "local procman = require 'procman'\n"
   "local batch = require 'procman.workflows.batch'\n"
   "local keeper = procman.workflow { name = 'keeper', budget = 100000, on = {\n"

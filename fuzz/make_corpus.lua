@@ -1,7 +1,7 @@
 --- Write the fuzzers' seed corpora (fuzz/corpus/<harness>/): run once from
 -- the checkout when the formats change; the files are kept in the repo.
 --   lua5.4 fuzz/make_corpus.lua
-package.path = "lua/?.lua;lua/?/init.lua;" .. package.path
+package.path = "lua/?.lua;lua/?/init.lua;cli/lua/?.lua;workflows/lua/?.lua;" .. package.path
 package.cpath = "build/?.so;" .. package.cpath
 local procman = require "procman"
 local batch = require "procman.workflows.batch"

@@ -355,7 +355,7 @@ describe("the guard", function()
         caught = err
         while true do end
       end, 100000000)
-      print("result:", core.interruptible(pcall, loop))
+      print("result:", require("procman.terminal").interruptible(pcall, loop))
       print("caught:", caught)
     ]])
     assert.matches("result:%s+false%s+" .. BUDGET, out)

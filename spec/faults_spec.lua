@@ -5,6 +5,8 @@
 -- operation (and at most the one that failed).
 local procman = require "procman"
 local core = require "procman.core"
+assert(core.journal_faults, "this procman.core has no fault injection: it is in the test build only "
+       .. "(build/faults/procman/core.so, which make test builds and .busted puts first)")
 local batch = require "procman.workflows.batch"
 
 local files = require "spec.support.files"

@@ -33,9 +33,12 @@ end
 
 describe("missing optional pieces", function()
   local cwd = os.getenv("PWD")
-  local core = only { ["procman/core.so"] = cwd .. "/build/procman/core.so" }
+  local core = only { ["procman/core.so"] = cwd .. "/build/procman/core.so",
+                      ["procman/terminal.so"] = cwd .. "/build/procman/terminal.so" }
   local argparse = only { ["argparse.lua"] = package.searchpath("argparse", package.path) }
-  local lua_path = cwd .. "/lua/?.lua;" .. cwd .. "/lua/?/init.lua;" .. argparse .. "/?.lua"
+  local lib_path = cwd .. "/lua/?.lua;" .. cwd .. "/lua/?/init.lua;" .. cwd .. "/cli/lua/?.lua;"
+    .. cwd .. "/workflows/lua/?.lua"
+  local lua_path = lib_path .. ";" .. argparse .. "/?.lua"
   local journal = os.tmpname()
 
   setup(function()
@@ -68,8 +71,7 @@ describe("missing optional pieces", function()
   end
 
   it("argparse: the command says how to install it", function()
-    local _, code, stderr = procman_cmd("--version", cwd .. "/lua/?.lua;" .. cwd .. "/lua/?/init.lua",
-                                        core .. "/?.so")
+    local _, code, stderr = procman_cmd("--version", lib_path, core .. "/?.so")
     assert.equal("1", code)
     one_line(stderr, "luarocks install argparse (Debian: apt-get install lua-argparse)")
   end)

@@ -31,8 +31,10 @@ describe("the rockspec", function()
     p:close()
   end
 
-  it("lists every Lua module under lua/, by its module name", function()
-    lists_every_module(rockspec(), "lua", "the rockspec")
+  it("lists every Lua module under lua/, cli/lua/ and workflows/lua/, by its module name", function()
+    for _, root in ipairs { "lua", "cli/lua", "workflows/lua" } do
+      lists_every_module(rockspec(), root, "the rockspec")
+    end
   end)
 
   it("of procman-pg lists every module under pg/lua/, and builds procman.pg.core", function()
@@ -42,12 +44,14 @@ describe("the rockspec", function()
     assert.equal(procman.version .. "-1", spec.version)
   end)
 
-  it("builds procman.core, and procman-lineedit's procman.lineedit, from every C source", function()
+  it("builds procman.core, procman.terminal and procman-lineedit's procman.lineedit from every C source but faults.c", function()
     local sources = {}
     local function add(spec, module)
       for _, s in ipairs(spec.build.modules[module].sources) do sources[s] = true end
     end
     add(rockspec(), "procman.core")
+    add(rockspec(), "procman.terminal")
+    sources["csrc/faults.c"] = true  -- test builds only (Makefile: FAULTS_SRC)
     local lineedit = rockspec("procman-lineedit-*.rockspec")
     add(lineedit, "procman.lineedit")
     assert.equal(procman.version .. "-1", lineedit.version)
@@ -81,7 +85,7 @@ end)
 
 describe("bin/procman", function()
   local function procman_cmd(args)
-    local p = assert(io.popen("LUA_PATH='lua/?.lua;lua/?/init.lua;;' LUA_CPATH='build/?.so;;' "
+    local p = assert(io.popen("LUA_PATH='lua/?.lua;lua/?/init.lua;cli/lua/?.lua;workflows/lua/?.lua;;' LUA_CPATH='build/?.so;;' "
                               .. "lua5.4 bin/procman " .. args .. " 2>&1; echo \"exit=$?\""))
     local out = p:read("a")
     p:close()

@@ -88,6 +88,64 @@ describe("procman.pg concurrency", function()
     assert.equal(1, #pg.flows(conn, "batch"))
   end)
 
+  -- A worker that owns only 'mine' of n partitions (the others are held
+  -- by this test's session).
+  local function worker_of(mine, n, opts)
+    for p = 0, n - 1 do
+      if p ~= mine then assert(conn:exec("SELECT pg_advisory_lock(5164018, $1)", p)) end
+    end
+    later(function() assert(conn:exec("SELECT pg_advisory_unlock_all()")) end)
+    opts.partitions = n
+    local w = worker(opts)
+    w:claim()
+    assert.same({ mine }, w:owned_partitions())
+    return w
+  end
+
+  local partition_of = require("procman.pg.worker").partition
+
+  -- A batch id in partition p of n (the i-th such id).
+  local function batch_in(p, n, i)
+    local k = 0
+    for j = 1, 100000 do
+      if partition_of("batch", "b" .. j, n) == p then
+        k = k + 1
+        if k == (i or 1) then return "b" .. j end
+      end
+    end
+  end
+
+  it("reads only its partitions' events: its first step finds its event behind many of other partitions", function()
+    local w = worker_of(1, 2, { workflows = { batch }, batch = 2 })
+    local others = {}
+    for i = 1, 60 do
+      others[i] = { event_type = "batch_created", batch_id = batch_in(0, 2, i), event_id = i, files = {} }
+    end
+    assert(pg.append_all(conn, others))
+    pg.append(conn, { event_type = "batch_created", batch_id = batch_in(1, 2), event_id = "mine", files = {} })
+    assert.same({ 0, 60 }, { one("SELECT min(partition) AS p FROM procman_events").p,
+                             one("SELECT count(*) AS n FROM procman_events WHERE partition = 0").n })
+    assert.equal(1, w:step())  -- not a window of other partitions' events first
+    assert.is_not_nil(pg.flow(conn, "batch", batch_in(1, 2)))
+    assert.equal(0, w:step())
+  end)
+
+  it("reads an event stored for another partition under an old generation of the routes "
+     .. "(an append that raced with a route change)", function()
+    local early = worker { workflows = { batch }, partitions = 4 }
+    local old = one("SELECT gen FROM procman_routes").gen
+    early:close()
+    local p = partition_of("order", 5, 4)
+    local w = worker_of(p, 4, { workflows = { batch, order } })  -- order's routes are new
+    assert.equal("{0," .. old .. "}", one("SELECT history::text AS h FROM procman_routes").h)
+    pg.append(conn, { event_type = "order_created", order_id = 5, event_id = "o5",
+                      items = { { sku = "x", quantity = 1 } } })
+    -- as stored by an append whose statement read the routes before the change committed
+    assert(conn:exec("UPDATE procman_events SET route_gen = $1, partition = $2", old, (p + 1) % 4))
+    assert.equal(1, w:step())
+    assert.equal(1, #pg.flows(conn, "order"))
+  end)
+
   it("survives a database restart under load: the worker reconnects and finishes every flow exactly once", function()
     local flows, seed, partitions = 400, 11, 4
     local w = h.spawn("worker", partitions)

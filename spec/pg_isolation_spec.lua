@@ -135,6 +135,29 @@ describe("procman.pg worker isolation", function()
     assert.equal(0, w:step())
   end)
 
+  it("turns an event whose stored payload cannot be decoded into a dead letter, and goes on", function()
+    for i = 1, 3 do
+      assert(pg.append(conn, { event_type = "batch_created", batch_id = "b" .. i, event_id = "e\\'" .. i,
+                               files = {} }))
+    end
+    -- damaged in the store: 0xc1 is no MessagePack value; then a truncated map
+    assert(conn:exec("UPDATE procman_events SET payload = '\\xc1'::bytea WHERE position = "
+                     .. "(SELECT min(position) FROM procman_events)"))
+    assert(conn:exec("UPDATE procman_events SET payload = substring(payload FROM 1 FOR 5) WHERE position = "
+                     .. "(SELECT max(position) FROM procman_events)"))
+    local w = worker { workflows = { batch }, partitions = 3 }
+    assert.equal(3, w:step())
+    assert.equal(0, w:step())  -- not read again
+    local dead = pg.dead_letters(conn)
+    assert.equal(2, #dead)
+    assert.matches("the stored payload of the event at position %d+ cannot be decoded", dead[1].error)
+    assert.same({ "batch_created", "e\\'1", "\xc1" },
+                { dead[1].event.event_type, dead[1].event.event_id, dead[1].event.payload })
+    assert.same({ "batch_created", "e\\'3", 5 },
+                { dead[2].event.event_type, dead[2].event.event_id, #dead[2].event.payload })
+    assert.same({ "b2" }, { pg.flows(conn, "batch")[1].flow, pg.flows(conn, "batch")[2] })
+  end)
+
   it("never moves a stored checkpoint backwards when it holds partitions at different checkpoints", function()
     local positions = {}
     for i = 1, 6 do

@@ -116,7 +116,9 @@ describe("procman.pg parity with the embedded router", function()
 
   local function timers(list)
     local out = {}
-    for i, t in ipairs(list) do out[i] = { t.workflow, t.flow, t.key, t.due, t.event } end
+    for i, t in ipairs(list) do  -- due: its type too (1010 and 1010.0 are equal in Lua)
+      out[i] = { t.workflow, t.flow, t.key, t.due, math.type(t.due), t.event }
+    end
     return out
   end
 

@@ -22,13 +22,13 @@ describe("procman.pg", function()
   before_each(function() h.reset(conn, pg) end)
 
   it("migrates idempotently, and refuses a store of another schema version instead of misreading it", function()
-    assert.equal(2, pg.migrate(conninfo))
-    assert.equal(2, one("SELECT version FROM procman_schema").version)
-    assert(conn:script("UPDATE procman_schema SET version = 1"))
+    assert.equal(3, pg.migrate(conninfo))
+    assert.equal(3, one("SELECT version FROM procman_schema").version)
+    assert(conn:script("UPDATE procman_schema SET version = 2"))
     assert.error_matches(function() pg.migrate(conn) end,
-                         "the store has schema version 1, this procman reads version 2 only")
+                         "the store has schema version 2, this procman reads version 3 only")
     assert.error_matches(function() pg.worker { conninfo = conninfo, workflows = { batch } } end,
-                         "the store has schema version 1")
+                         "the store has schema version 2")
     assert(conn:script("DROP TABLE " .. h.TABLES))
     assert.error_matches(function() pg.worker { conninfo = conninfo, workflows = { batch } } end,
                          "no procman tables: run pg.migrate first")
@@ -55,6 +55,7 @@ describe("procman.pg", function()
 
   it("appends a batch in one statement (and a NOTIFY), all or nothing when an id is reused", function()
     local db = require "procman.pg.db"
+    require("procman.pg.routes").of(conn)  -- loaded once per connection
     local before = db.statements
     local list = {}
     for i = 1, 50 do list[i] = { event_type = "batch_created", batch_id = "b" .. i, event_id = i, files = {} } end
@@ -228,6 +229,8 @@ describe("procman.pg", function()
     end
     local summary = run(string.format("inspect %q", conninfo))
     assert.matches("batch +live 1 %(created 1%); completed 1 %(success 1%)", summary)
+    assert.matches("postgres %(.*%): 3 events, last position %d+\n", summary)
+    assert.not_matches("bytes", summary)  -- a journal file's notion
     assert.matches("pending commands: 2", summary)
     local list = run(string.format("inspect %q --workflow batch --json", conninfo))
     assert.matches('"flow":"b2"', list)
@@ -241,16 +244,32 @@ describe("procman.pg", function()
     local exact = procman.workflow {
       name = "exact", correlate = "id", starts = { "go" },
       on = { go = function() return { procman.at(1700000030.000049, { event_type = "ring" }) } end,
-             ring = function(state) state.rang = true end },
+             ring = function(state) state.rang = true end,
+             typed = function() return { procman.at(1796238108, { event_type = "ring" }, "int"),
+                                         procman.at(1796238109.0, { event_type = "ring" }, "float") } end },
     }
     local w = pg.worker { conninfo = conninfo, workflows = { exact }, partitions = 1 }
     finally(function() w:close() end)
     pg.append(conn, { event_type = "go", id = "t", event_id = "go" })
+    pg.append(conn, { event_type = "go", id = "u", event_id = "go-u" })
+    pg.append(conn, { event_type = "typed", id = "u", event_id = "typed" })
+    assert.equal(3, w:step())
+    -- a due time keeps its number type, in the store and in the worker's cache (read back to fire)
+    local timers = pg.timers(conn)
+    assert.same({ 1796238108, "integer", 1796238109.0, "float" },
+                { timers[3].due, math.type(timers[3].due), timers[4].due, math.type(timers[4].due) })
+    w:close()
+    -- a new worker loads u's timers, and writes them back with one more
+    w = pg.worker { conninfo = conninfo, workflows = { exact }, partitions = 1 }
+    pg.append(conn, { event_type = "go", id = "u", event_id = "go-u again" })
     assert.equal(1, w:step())
+    timers = pg.timers(conn)
+    assert.same({ 1796238108, "integer", "float" }, { timers[4].due, math.type(timers[4].due),
+                                                       math.type(timers[5].due) })
     assert.equal(1700000030.000049, pg.timers(conn)[1].due)
     assert.equal(0, w:tick(1700000030))
     assert.equal(0, w:tick(1700000030.000048))
-    assert.equal(1, w:tick(1700000030.000049))
+    assert.equal(3, w:tick(1700000030.000049))  -- t's, and u's two
     assert.is_true(pg.flow(conn, "exact", "t").state.rang)
   end)
 

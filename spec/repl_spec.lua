@@ -84,19 +84,19 @@ describe("procman.repl", function()
   end)
 
   it("lets Ctrl-C (SIGINT) stop running code without ending the process", function()
-    local core = require "procman.core"
+    local terminal = require "procman.terminal"
     local pid = assert(io.open("/proc/self/stat")):read("n")
     os.execute("(sleep 0.3; kill -INT " .. pid .. ") &")
-    local ok, err = pcall(core.interruptible, function() local n = 0 while true do n = n + 1 end end)
+    local ok, err = pcall(terminal.interruptible, function() local n = 0 while true do n = n + 1 end end)
     assert.is_false(ok)
     assert.matches("interrupted!$", err)
-    assert.same({ 3, "x" }, { core.interruptible(function(a, b) return a + b, "x" end, 1, 2) })
+    assert.same({ 3, "x" }, { terminal.interruptible(function(a, b) return a + b, "x" end, 1, 2) })
     -- in a loop fed by the CLI: the session goes on after an interruption
     local lines = { "while true do end", "1 + 1" }
     local out = {}
     os.execute("(sleep 0.3; kill -INT " .. pid .. ") &")
     repl.loop { read = function() return table.remove(lines, 1) end,
-                write = function(text) out[#out + 1] = text end, call = core.interruptible }
+                write = function(text) out[#out + 1] = text end, call = terminal.interruptible }
     assert.same({ "> ", "error: interrupted!\n", "> ", "2\n", "> ", "\n" }, out)
   end)
 

@@ -356,7 +356,7 @@ describe("procman.router", function()
 
     it("keeps every event whose handle returned when killed with SIGKILL", function()
       local child = [[
-        package.path = "lua/?.lua;lua/?/init.lua;" .. package.path
+        package.path = "lua/?.lua;lua/?/init.lua;cli/lua/?.lua;workflows/lua/?.lua;" .. package.path
         package.cpath = "build/?.so;" .. package.cpath
         local procman = require "procman"
         local r = procman.router { workflows = { (require "procman.workflows.batch") },

@@ -17,7 +17,7 @@
 --     comparison covers every flow's state and version, the pending
 --     outbox, timers, parked flows and completed flows.
 -- Exit status 0 when every round holds; prints a summary line.
-package.path = "lua/?.lua;lua/?/init.lua;" .. package.path
+package.path = "lua/?.lua;lua/?/init.lua;cli/lua/?.lua;workflows/lua/?.lua;" .. package.path
 package.cpath = "build/?.so;" .. package.cpath
 
 local procman = require "procman"

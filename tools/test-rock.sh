@@ -24,6 +24,9 @@ lua5.4 -e '
     pm:handle{ event_type = "file_processed", file = { id = f, status = "success" } }
   end
   assert(pm:status() == "success" and procman.decode(procman.encode({ 1 }))[1] == 1)
+  assert(require("procman.core").journal_faults == nil, "the shipped core has no fault injection")
+  assert(type(require("procman.terminal").line_reader) == "function")
+  assert(type(require("procman.cli").main) == "function")
   assert(package.searchpath("procman.lineedit", package.cpath):find(os.getenv("TREE"), 1, true))
   assert(type(require("procman.lineedit").new) == "function")
   local pg = require "procman.pg"

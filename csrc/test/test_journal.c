@@ -19,6 +19,7 @@
 #include <cmocka.h>
 
 #include "crc32c.h"
+#include "faults.h"
 #include "journal.h"
 
 /* ---- CRC-32C ------------------------------------------------------- */

@@ -1,5 +1,5 @@
 /*
-** test_line_reader.c - core.line_reader(fd) over a pipe: whole lines, a
+** test_line_reader.c - terminal.line_reader(fd) over a pipe: whole lines, a
 ** last line without its newline, empty lines, a line longer than many
 ** chunks (from a file), a timeout while the writer is quiet (and the line that comes
 ** after it), the end of input, a closed reader, bad arguments.
@@ -17,7 +17,7 @@
 #include "lauxlib.h"
 #include "lualib.h"
 
-LUAMOD_API int luaopen_procman_core(lua_State *L);
+LUAMOD_API int luaopen_procman_terminal(lua_State *L);
 
 typedef struct Fixture {
   lua_State *L;
@@ -30,8 +30,8 @@ static int setup(void **state) {
     return -1;
   f->L = luaL_newstate();
   luaL_openlibs(f->L);
-  luaL_requiref(f->L, "procman.core", luaopen_procman_core, 0);
-  lua_setglobal(f->L, "core");
+  luaL_requiref(f->L, "procman.terminal", luaopen_procman_terminal, 0);
+  lua_setglobal(f->L, "terminal");
   lua_pushinteger(f->L, f->fds[0]);
   lua_setglobal(f->L, "fd");
   *state = f;
@@ -67,7 +67,7 @@ static void test_lines_and_the_end(void **state) {
   Fixture *f = *state;
   put(f, "one\n\nthree\r\nlast");
   end_input(f);
-  run(f->L, "local r = core.line_reader(fd)\n"
+  run(f->L, "local r = terminal.line_reader(fd)\n"
             "assert(r:read() == 'one')\n"
             "assert(r:read() == '')\n"
             "assert(r:read() == 'three\\r', 'a carriage return is data')\n"
@@ -79,7 +79,7 @@ static void test_lines_and_the_end(void **state) {
 static void test_a_timeout_and_the_line_after_it(void **state) {
   Fixture *f = *state;
   put(f, "whole\nhal");
-  run(f->L, "r = core.line_reader(fd)\n"
+  run(f->L, "r = terminal.line_reader(fd)\n"
             "assert(r:read(0) == 'whole')\n"
             "assert(r:read(0) == false, 'half a line is not a line')\n"
             "assert(r:read(0.01) == false)");
@@ -105,7 +105,7 @@ static void test_a_line_longer_than_many_chunks(void **state) {
   assert_int_equal(lseek(fd, 0, SEEK_SET), 0);
   lua_pushinteger(f->L, fd);
   lua_setglobal(f->L, "file_fd");
-  run(f->L, "local r = core.line_reader(file_fd)\n"
+  run(f->L, "local r = terminal.line_reader(file_fd)\n"
             "local line = r:read()\n"
             "assert(#line == 1000000 and not line:find('[^x]'), #line)\n"
             "assert(r:read(0) == 'short')\n"
@@ -116,7 +116,7 @@ static void test_a_line_longer_than_many_chunks(void **state) {
 static void test_closed_and_bad_arguments(void **state) {
   Fixture *f = *state;
   put(f, "a\n");
-  run(f->L, "local r = core.line_reader(fd)\n"
+  run(f->L, "local r = terminal.line_reader(fd)\n"
             "assert(tostring(r):find('procman.line_reader (fd ', 1, true))\n"
             "assert(not pcall(r.read, r, -1))\n"
             "assert(not pcall(r.read, r, 0/0))\n"
@@ -125,8 +125,8 @@ static void test_closed_and_bad_arguments(void **state) {
             "assert(tostring(r) == 'procman.line_reader (closed)')\n"
             "assert(select(2, pcall(r.read, r)):find('this line reader is closed'))\n"
             "r:close()\n"
-            "assert(not pcall(core.line_reader, -1))\n"
-            "do local scoped <close> = core.line_reader(fd) end");
+            "assert(not pcall(terminal.line_reader, -1))\n"
+            "do local scoped <close> = terminal.line_reader(fd) end");
 }
 
 int main(void) {

@@ -25,8 +25,8 @@
 #include "lualib.h"
 #include "limited_alloc.h"
 
-#ifndef PROCMAN_LUA_DIR
-#error "build with -DPROCMAN_LUA_DIR=\"<checkout>/lua\""
+#ifndef PROCMAN_LUA_PATH
+#error "build with -DPROCMAN_LUA_PATH=\"<checkout>/lua/?.lua;...\" (the Makefile's LIB_PATH)"
 #endif
 
 LUAMOD_API int luaopen_procman_core(lua_State *L);
@@ -55,7 +55,7 @@ static int setup(void **state) {
   lua_pushcfunction(f->L, luaopen_procman_core);
   lua_setfield(f->L, -2, "procman.core");
   lua_pop(f->L, 1);
-  run(f->L, "package.path = '" PROCMAN_LUA_DIR "/?.lua;" PROCMAN_LUA_DIR "/?/init.lua'");
+  run(f->L, "package.path = '" PROCMAN_LUA_PATH "'");
   run(f->L,
       "procman = require 'procman'\n"
       "batch = require 'procman.workflows.batch'\n"

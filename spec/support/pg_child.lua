@@ -5,7 +5,7 @@
 --   lua5.4 spec/support/pg_child.lua append CONNINFO EVENT_ID
 --   lua5.4 spec/support/pg_child.lua numbered CONNINFO PREFIX COUNT   (a producer that retries
 --                                                          through a lost connection)
-package.path = "lua/?.lua;lua/?/init.lua;pg/lua/?.lua;pg/lua/?/init.lua;./?.lua;" .. package.path
+package.path = "lua/?.lua;lua/?/init.lua;cli/lua/?.lua;workflows/lua/?.lua;pg/lua/?.lua;pg/lua/?/init.lua;./?.lua;" .. package.path
 package.cpath = "build/?.so;" .. package.cpath
 
 local pg = require "procman.pg"

@@ -41,7 +41,8 @@ end
 --- Drop every procman table and create them again.
 function M.reset(conn, pg)
   assert(conn:script("DROP TABLE IF EXISTS " .. M.TABLES))
-  assert(pg.migrate(conn) == 2)
+  assert(pg.migrate(conn) == require("procman.pg.schema").VERSION)
+  require("procman.pg.routes").forget(conn)  -- a new store: the routes it cached are gone
 end
 
 --- The first row of a query (asserting it worked).

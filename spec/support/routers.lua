@@ -41,7 +41,7 @@ end
 function routers.crash_after(source, ...)
   local script = os.tmpname()
   local f = assert(io.open(script, "w"))
-  f:write('package.path = "lua/?.lua;lua/?/init.lua;" .. package.path\n',
+  f:write('package.path = "lua/?.lua;lua/?/init.lua;cli/lua/?.lua;workflows/lua/?.lua;" .. package.path\n',
           'package.cpath = "build/?.so;" .. package.cpath\n',
           source, '\n',
           'local pid = io.open("/proc/self/stat"):read("n")\n',

@@ -51,15 +51,17 @@ local function insert_sql(n, gen, notify)
   local values = {}
   for i = 1, n do
     local b = (i - 1) * 4
-    values[i] = string.format("(%d, $%d::bytea, $%d::bytea, $%d::bytea, $%d::int[])", i, b + 1, b + 2, b + 3,
+    values[i] = string.format("(%d, $%d::bytea, $%d::bytea, $%d::bytea, $%d::int)", i, b + 1, b + 2, b + 3,
                               b + 4)
   end
-  return "WITH input (i, event_key, event_type, payload, partitions) AS (VALUES "
+  -- the partition only under the current routes (routes.lua: else NULL, for every worker)
+  return "WITH input (i, event_key, event_type, payload, partition) AS (VALUES "
     .. table.concat(values, ", ")
     .. "), known AS (SELECT input.i, events.payload = input.payload AS same FROM input "
     .. "JOIN procman_events events ON events.key_hash = sha256(input.event_key)), "
-    .. "added AS (INSERT INTO procman_events (event_key, event_type, payload, partitions, route_gen) "
-    .. "SELECT event_key, event_type, payload, partitions, " .. gen .. " FROM input "
+    .. "added AS (INSERT INTO procman_events (event_key, event_type, payload, partition, route_gen) "
+    .. "SELECT event_key, event_type, payload, CASE WHEN (SELECT gen FROM procman_routes) = " .. gen
+    .. " THEN partition END, " .. gen .. " FROM input "
     .. "WHERE NOT EXISTS (SELECT 1 FROM known WHERE NOT same) ORDER BY i "
     .. "ON CONFLICT (key_hash) DO NOTHING RETURNING position, event_key), "
     .. "notified AS (SELECT pg_notify('" .. M.CHANNEL .. "', '') FROM added WHERE " .. tostring(notify)
@@ -92,11 +94,10 @@ local function append_items(conn, items)
   local r = routes.of(conn)
   local args = {}
   for i, item in ipairs(items) do
-    local parts = routes.partitions(r, item.event)
     local b = (i - 1) * 4
     args[b + 1], args[b + 2], args[b + 3] = pgcore.bytes(item.key), pgcore.bytes(item.event_type),
                                              pgcore.bytes(item.payload)
-    args[b + 4] = parts and ("{" .. table.concat(parts, ",") .. "}") or nil
+    args[b + 4] = routes.partition_of(r, item.event)
   end
   -- Inside the caller's transaction the NOTIFY goes with it (sent at its
   -- commit). Otherwise it is a statement of its own after the append's

@@ -79,14 +79,15 @@ function M.outbox(target, pending_only)
   end)
 end
 
---- pg.timers(conn) -> { { workflow, flow, key, due, event }, ... } by due time.
+--- pg.timers(conn) -> { { workflow, flow, key, due, event }, ... } by due time
+-- (due as it was set: an integer stays an integer).
 function M.timers(target)
   return with(target, "timers", function(conn)
-    local rows = db.exec(conn, "SELECT workflow, flow_key, key, due, event FROM procman_timers "
+    local rows = db.exec(conn, "SELECT workflow, flow_key, key, due_exact, event FROM procman_timers "
                                .. "ORDER BY due, seq, index")
     local list = {}
     for i, r in ipairs(rows) do
-      list[i] = { workflow = r.workflow, flow = decode(r.flow_key), key = r.key, due = r.due,
+      list[i] = { workflow = r.workflow, flow = decode(r.flow_key), key = r.key, due = decode(r.due_exact),
                   event = decode(r.event) }
     end
     return list

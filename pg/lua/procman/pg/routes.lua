@@ -1,16 +1,23 @@
---- procman.pg.routes: which partitions an event is for, known to producers.
+--- procman.pg.routes: which partition an event is for, known to producers.
 --
 -- A flow belongs to partition hash(workflow, flow id) mod N. So that each
--- worker reads only its partitions' events, an append stores the
--- partitions of the flows the event may go to. The producer has no
--- workflow code: workers register, in procman_routes, each workflow's
--- correlation field (a function correlate cannot be registered: then
--- events carry no partitions and every worker reads them all). Each change
--- of the routes draws a new generation; an event appended under an older
--- generation than the current one is read by every worker (its partitions
--- may miss a workflow registered meanwhile), so a producer that has not
--- yet seen a new workflow loses nothing, and learns the new routes from
--- its next append's answer.
+-- worker reads only its partitions' events (an index on (partition, xid,
+-- position)), an append stores the partition of the flows the event may
+-- go to. The producer has no workflow code: workers register, in
+-- procman_routes, each workflow's correlation field. An event stores no
+-- partition (NULL: every worker reads it) when its flows are in several
+-- partitions, when a workflow's correlate is a function (it cannot be
+-- registered), or when the producer appended under another generation of
+-- the routes than the current one.
+--
+-- Each change of the routes draws a new generation and keeps the old ones
+-- (history). The append statement compares the producer's generation with
+-- the current one, so a producer that has not yet seen a new workflow
+-- stores NULL, loses nothing, and learns the new routes from the answer.
+-- One race is left: an append whose statement started before the change
+-- committed stores a partition under the old generation. Workers read the
+-- events of every old generation as well (an index on (route_gen, xid,
+-- position): one probe per old generation, which finds almost nothing).
 local procman = require "procman"
 local db = require "procman.pg.db"
 
@@ -48,18 +55,20 @@ function M.forget(conn)
   cache[conn] = nil
 end
 
---- The partitions of an event (sorted), or nil: every worker reads it.
-function M.partitions(r, event)
+--- The partition of an event, or nil: every worker reads it (several
+-- partitions, a function correlate, no routes yet).
+function M.partition_of(r, event)
   if r.all or r.fields == nil or #r.fields == 0 then return nil end
-  local set, list = {}, {}
+  local found
   for _, f in ipairs(r.fields) do
     local id = rawget(event, f.field)
-    if valid_id(id) then set[M.partition(f.workflow, id, r.partitions)] = true end
+    if valid_id(id) then
+      local p = M.partition(f.workflow, id, r.partitions)
+      if found ~= nil and found ~= p then return nil end
+      found = p
+    end
   end
-  for p in pairs(set) do list[#list + 1] = p end
-  if #list == 0 then list[1] = 0 end  -- no flow id: partition 0 keeps the dead letter
-  table.sort(list)
-  return list
+  return found or 0  -- no flow id: partition 0 keeps the dead letter
 end
 
 local function merged(old, specs, n)
@@ -90,7 +99,7 @@ function M.register(conn, specs, n)
     if not changed then return row.gen end
     -- a random generation: never one a producer may have cached from an
     -- earlier store (tables dropped and created again)
-    local rows = db.exec(c, "UPDATE procman_routes SET routes = $1::bytea, "
+    local rows = db.exec(c, "UPDATE procman_routes SET routes = $1::bytea, history = history || gen, "
                             .. "gen = floor(random() * 4611686018427387904)::bigint + 1 RETURNING gen",
                          require("procman.pg.core").bytes(procman.encode(r)))
     return rows[1].gen

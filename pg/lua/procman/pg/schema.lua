@@ -9,13 +9,17 @@
 -- Text that comes from events or errors (event types, statuses, error
 -- messages) is stored as bytea too; the read API (procman.pg.read) turns
 -- it back into Lua strings.
+--
+-- Due times: 'due' (double precision) is what SQL compares; 'due_exact'
+-- (the number's MessagePack encoding) is what is read back, so an integer
+-- due time stays an integer and a float a float, as in the router.
 local db = require "procman.pg.db"
 
 local M = {}
 
 -- The schema version this procman writes and reads. A store at another
 -- version is refused (pg.migrate, pg.worker), never misread.
-M.VERSION = 2
+M.VERSION = 3
 
 M.ddl = [[
   CREATE TABLE procman_events (
@@ -25,11 +29,13 @@ M.ddl = [[
     key_hash    bytea NOT NULL GENERATED ALWAYS AS (sha256(event_key)) STORED UNIQUE,
     event_type  bytea NOT NULL,
     payload     bytea NOT NULL,
-    partitions  integer[],
+    partition   integer,
     route_gen   bigint NOT NULL DEFAULT 0,
     appended_at timestamptz NOT NULL DEFAULT now()
   );
   CREATE INDEX procman_events_order ON procman_events (xid, position);
+  CREATE INDEX procman_events_partition ON procman_events (partition, xid, position);
+  CREATE INDEX procman_events_route_gen ON procman_events (route_gen, xid, position);
   CREATE TABLE procman_flows (
     workflow    text NOT NULL,
     flow_key    bytea NOT NULL,
@@ -78,6 +84,7 @@ M.ddl = [[
     index       integer NOT NULL,
     key         bytea,
     due         double precision NOT NULL,
+    due_exact   bytea NOT NULL,
     event       bytea NOT NULL,
     PRIMARY KEY (workflow, key_hash, seq, index)
   );
@@ -106,6 +113,7 @@ M.ddl = [[
   CREATE TABLE procman_routes (
     one         boolean PRIMARY KEY DEFAULT true CHECK (one),
     gen         bigint NOT NULL,
+    history     bigint[] NOT NULL DEFAULT '{}',
     routes      bytea
   );
   INSERT INTO procman_routes (gen) VALUES (0);

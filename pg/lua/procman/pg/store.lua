@@ -47,7 +47,8 @@ function M.load(conn, list)
   local flows = select_for(conn, list, "SELECT f.workflow, f.flow_key, f.version, f.done, f.status, f.state "
                                        .. "FROM procman_flows f JOIN want ON f.workflow = want.workflow "
                                        .. "AND f.key_hash = sha256(want.flow_key)")
-  local timers = group(select_for(conn, list, "SELECT t.workflow, t.flow_key, t.key, t.due, t.event, t.seq, "
+  local timers = group(select_for(conn, list, "SELECT t.workflow, t.flow_key, t.key, t.due_exact, t.event, "
+                                  .. "t.seq, "
                                   .. "t.index FROM procman_timers t JOIN want ON t.workflow = want.workflow "
                                   .. "AND t.key_hash = sha256(want.flow_key) ORDER BY t.seq, t.index"))
   local parked = group(select_for(conn, list, "SELECT p.workflow, p.flow_key, p.error, p.event FROM "
@@ -71,7 +72,8 @@ function M.load(conn, list)
     local entry = entry_of(k)
     entry.timers = {}
     for i, t in ipairs(list_of) do
-      entry.timers[i] = { key = t.key, due = t.due, event = decode(t.event), seq = t.seq, index = t.index }
+      entry.timers[i] = { key = t.key, due = decode(t.due_exact), event = decode(t.event), seq = t.seq,
+                          index = t.index }
     end
   end
   for k, list_of in pairs(parked) do  -- a flow whose first event failed may have parked events only
@@ -144,13 +146,15 @@ local function write_timers(conn, changed)
       if not e.done then
         for _, t in ipairs(e.timers or {}) do
           rows[#rows + 1] = { e.spec.name, bytes(e.key), e.partition, t.seq, t.index,
-                              t.key and bytes(t.key) or nil, t.due, bytes(encode(t.event)) }
+                              t.key and bytes(t.key) or nil, t.due, bytes(encode(t.due)),
+                              bytes(encode(t.event)) }
         end
       end
     end
   end
-  replace(conn, "procman_timers", list, "workflow, flow_key, partition, seq, index, key, due, event",
-          { "text", "bytea", "int", "bigint", "int", "bytea", "float8", "bytea" }, rows)
+  replace(conn, "procman_timers", list,
+          "workflow, flow_key, partition, seq, index, key, due, due_exact, event",
+          { "text", "bytea", "int", "bigint", "int", "bytea", "float8", "bytea", "bytea" }, rows)
 end
 
 local function write_parked(conn, changed)

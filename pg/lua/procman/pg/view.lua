@@ -56,7 +56,8 @@ function M.read(conninfo)
     schema.check(conn)
     local events = db.exec(conn, "SELECT count(*) AS n, coalesce(max(position), 0) AS seq "
                                  .. "FROM procman_events")[1]
-    local view = { path = "postgres (" .. conninfo .. ")", bytes = 0, records = events.n, dropped = 0,
+    -- no byte count: a database is not a file (inspect shows events and the last position)
+    local view = { path = "postgres (" .. conninfo .. ")", records = events.n, dropped = 0,
                    seq = events.seq, workflows = {}, flows = {}, transitions = {}, pending = {},
                    pending_order = {}, parked = {}, dead = {} }
     flows_into(view, conn)

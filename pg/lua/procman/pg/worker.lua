@@ -467,42 +467,79 @@ local function after_checkpoint(self, p, ev)
   return cp ~= nil and partitions.before(cp, ev)
 end
 
--- The read, in one statement: a window of the next events after the
--- lowest checkpoint (at most ten batches, in (xid, position) order, an
--- index range scan that stops there however far behind the worker is),
--- below the oldest running transaction (one bound for the whole
--- statement); of those, up to a batch that may concern the owned
--- partitions, with their payloads; and the window's last event, the
--- horizon. When the batch is not full, every event up to the horizon that
--- concerns these partitions is in it: the checkpoints may move to the
--- horizon (an idle partition does not make every step scan from where it
--- stopped, and other partitions' events are skipped ten batches at a time).
+-- The read, in one statement, below the oldest running transaction (one
+-- bound for the whole statement), in (transaction id, position) order:
+-- for each owned partition, the next events of that partition after its
+-- own checkpoint (an index range scan on (partition, xid, position) that
+-- touches no other partition's events); the events stored for every
+-- worker (no partition), and those appended under an old generation of
+-- the routes (procman.pg.routes), after the lowest checkpoint; of all
+-- these, the first 'batch', with their payloads. And the last event of
+-- the store below the bound, the horizon: when the batch is not full,
+-- every event up to the bound that concerns these partitions is in it,
+-- so the checkpoints may move to the horizon (a partition without
+-- events does not hold the lowest checkpoint back).
+local function stream(where)
+  return "(SELECT e.position, e.xid FROM procman_events e, bound WHERE " .. where
+    .. " AND e.xid < bound.x ORDER BY e.xid, e.position LIMIT $6)"
+end
+
 local READ = "WITH bound AS MATERIALIZED (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS x), "
-  .. "scan AS MATERIALIZED (SELECT e.position, e.xid, e.partitions, e.route_gen FROM procman_events e, bound "
-  .. "WHERE (e.xid, e.position) > ($1::text::xid8, $2) AND e.xid < bound.x "
-  .. "ORDER BY e.xid, e.position LIMIT $5), "
-  .. "mine AS (SELECT s.position, s.xid FROM scan s WHERE s.partitions IS NULL OR s.partitions && $3::int[] "
-  .. "OR s.route_gen <> (SELECT gen FROM procman_routes) ORDER BY s.xid, s.position LIMIT $4) "
-  .. "SELECT m.position, m.xid::text::bigint AS xid, e.payload, false AS horizon FROM mine m "
-  .. "JOIN procman_events e ON e.position = m.position "
-  .. "UNION ALL (SELECT position, xid::text::bigint, NULL, true FROM scan "
-  .. "ORDER BY xid DESC, position DESC LIMIT 1) "
+  .. "own (p, x, pos) AS (SELECT * FROM unnest($3::int[], $4::bigint[], $5::bigint[])), "
+  .. "mine AS ((SELECT s.* FROM own, LATERAL "
+  .. stream("e.partition = own.p AND (e.xid, e.position) > (own.x::text::xid8, own.pos)") .. " s) "
+  .. "UNION " .. stream("e.partition IS NULL AND (e.xid, e.position) > ($1::text::xid8, $2)") .. " "
+  .. "UNION (SELECT s.* FROM procman_routes r, unnest(r.history) AS g (gen), LATERAL "
+  .. stream("e.route_gen = g.gen AND e.partition IS NOT NULL AND (e.xid, e.position) > ($1::text::xid8, $2)")
+  .. " s)), "
+  .. "batch AS (SELECT * FROM mine ORDER BY xid, position LIMIT $6) "
+  .. "SELECT b.position, b.xid::text::bigint AS xid, e.payload, e.partition, false AS horizon FROM batch b "
+  .. "JOIN procman_events e ON e.position = b.position "
+  .. "UNION ALL (SELECT e.position, e.xid::text::bigint, NULL, NULL, true FROM procman_events e, bound "
+  .. "WHERE e.xid < bound.x ORDER BY e.xid DESC, e.position DESC LIMIT 1) "
   .. "ORDER BY horizon, xid, position"
+
+-- The partition whose owner keeps the one dead letter of an event that
+-- reaches no flow: the one it is stored for, or 0 (an event for every
+-- worker).
+local function keeper(ev)
+  return ev.partition or 0
+end
+
+-- A stored event whose payload cannot be decoded (damaged in the store):
+-- a dead letter, never a step that fails on it again and again. The
+-- letter's event is what the store still says (its type and id) with the
+-- stored bytes as they are.
+local function damaged(self, ev, payload, why)
+  local row = db.exec(self.conn, "SELECT event_type, event_key FROM procman_events WHERE position = $1",
+                      ev.position)[1]
+  local ok, id = pcall(decode, row.event_key)
+  ev.event = { event_type = row.event_type, event_id = ok and id or row.event_key, payload = payload }
+  ev.unroutable = string.format("procman.pg.worker: the stored payload of the event at position %d cannot "
+                                .. "be decoded (%s): its bytes are kept in this letter's event.payload",
+                                ev.position, message(why))
+end
 
 local function read_events(self)
   local low = partitions.lowest(self)
   if low == nil then return {} end
-  local rows = db.exec(self.conn, READ, low.xid, low.position,
-                       "{" .. table.concat(partitions.list(self), ",") .. "}", self.batch, self.batch * 10)
+  local list, xids, positions = partitions.list(self), {}, {}
+  for i, p in ipairs(list) do xids[i], positions[i] = self.owned[p].xid, self.owned[p].position end
+  local function array(a) return "{" .. table.concat(a, ",") .. "}" end
+  local rows = db.exec(self.conn, READ, low.xid, low.position, array(list), array(xids), array(positions),
+                       self.batch)
   local events, horizon = {}, nil
   for _, row in ipairs(rows) do
     if row.horizon then
       horizon = { xid = row.xid, position = row.position }
     else
-      local ev = { xid = row.xid, position = row.position, event = decode(row.payload), mine = {} }
-      local targets, why = targets_of(self, ev.event)
+      local ev = { xid = row.xid, position = row.position, partition = row.partition, mine = {} }
+      local ok, event = pcall(decode, row.payload)
+      if ok then ev.event = event else damaged(self, ev, row.payload, event) end
+      local targets, why
+      if ev.unroutable == nil then targets, why = targets_of(self, ev.event) end
       if targets == nil then
-        ev.unroutable = after_checkpoint(self, 0, ev) and why  -- partition 0 keeps the one dead letter
+        ev.unroutable = after_checkpoint(self, keeper(ev), ev) and (ev.unroutable or why)
       else
         for _, t in ipairs(targets) do
           if after_checkpoint(self, t.partition, ev) then ev.mine[#ev.mine + 1] = t end

@@ -7,9 +7,9 @@
 -- Timers fire as the wall clock (os.time) passes them: before the first
 -- line is read (a timer that fell due while no run was going fires before
 -- a late event can overtake it), while the input is quiet (stdin is read
--- through core.line_reader, which waits for a line at most until the next
+-- through terminal.line_reader, which waits for a line at most until the next
 -- timer is due) and at the end of the input.
-local core = require "procman.core"
+local terminal = require "procman.terminal"
 local json = require "procman.cli.json"
 
 local PROGRESS_EVERY = 1  -- seconds between progress lines
@@ -70,7 +70,7 @@ end
 -- from it and timers wait for them.)
 local function next_line_source(r, cli, timers)
   if cli.io.stdin ~= io.stdin then return cli.io.stdin:lines() end
-  local reader = core.line_reader(0)
+  local reader = terminal.line_reader(0)
   return function()
     local due = r:next_due()
     if due then due = math.max(0, math.max(due, timers.hold_until) - os.time()) end
@@ -99,7 +99,7 @@ return function(args, cli)
   if not readable then cli.fail(1, "%s", no_cjson) end
   local r <close> = open_router(args, cli)
   local counts = { lines = 0, events = 0, commands = 0, bad = 0 }
-  local show = not args.quiet and core.is_terminal(2)
+  local show = not args.quiet and terminal.is_terminal(2)
   send_pending(r, cli, counts)  -- what an earlier run left
   local timers = { hold_until = 0 }
   tick(r, cli, timers)  -- what fell due while no run was going, before any line overtakes it

@@ -6,7 +6,7 @@
 -- Piped input is echoed after each prompt, so the output reads as a
 -- transcript.
 local procman = require "procman"
-local core = require "procman.core"
+local terminal = require "procman.terminal"
 local repl = require "procman.repl"
 
 local HISTORY_FILE = ".procman_history"
@@ -55,7 +55,7 @@ return function(args, cli)
   if args.journal then
     out:write(session:feed(".journal " .. args.journal), "\n")
   end
-  local interactive = core.is_terminal(0) and core.is_terminal(1)
+  local interactive = terminal.is_terminal(0) and terminal.is_terminal(1)
   if interactive then
     out:write(procman._VERSION, " REPL: Lua expressions and statements, .help for commands; ",
               "Ctrl-C interrupts, Ctrl-D leaves.\n")
@@ -70,7 +70,7 @@ return function(args, cli)
       out:flush()
     end,
     echo = not interactive,
-    call = core.interruptible,
+    call = terminal.interruptible,
   }
   finish()
   local r = rawget(session.env, "r")

@@ -64,8 +64,13 @@ local function by_status_text(by)
 end
 
 local function summary_text(s)
-  local lines = { string.format("%s: %d bytes, %d records, sequence %d", s.journal, s.bytes,
-                                s.records, s.seq) }
+  local head
+  if s.bytes == nil then  -- a database (procman.pg.view) is not a file: its events, their last position
+    head = string.format("%s: %d events, last position %d", s.journal, s.records, s.seq)
+  else
+    head = string.format("%s: %d bytes, %d records, sequence %d", s.journal, s.bytes, s.records, s.seq)
+  end
+  local lines = { head }
   if s.dropped > 0 then
     lines[#lines + 1] = string.format("torn tail: %d bytes (cut when a router opens it)", s.dropped)
   end

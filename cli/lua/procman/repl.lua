@@ -180,7 +180,7 @@ end
 -- with opts.prompt_in_read (a line editor shows the prompt); opts.write(text);
 -- opts.echo: write each line after its prompt (for input that is not a
 -- terminal, so the output reads as a transcript); opts.call(fn, ...): how
--- to run an evaluation (procman's CLI passes core.interruptible, so Ctrl-C
+-- to run an evaluation (procman's CLI passes terminal.interruptible, so Ctrl-C
 -- stops running code, not the REPL); opts.session: the session to use.
 function repl.loop(opts)
   local session = opts.session or repl.new()
