@@ -132,8 +132,7 @@ static const char *const SETUP =
 
 /* The routers' part (route_event), a chunk of its own: C99 strings are short. */
 static const char *const ROUTERS =
-  "package.path = '" PROCMAN_LUA_DIR "/?.lua;" PROCMAN_LUA_DIR "/?/init.lua'\n"
-  "local procman = require 'procman'\n"
+  "local procman = require 'procman'  -- (SETUP set the path)\n"
   "local rk = procman.workflow { name = 'rk', correlate = 'id', starts = { 'x' }, budget = 100000,\n"
   "  on = { x = function(s, e)\n"
   "           s.n = (s.n or 0) + 1\n"
