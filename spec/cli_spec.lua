@@ -341,8 +341,10 @@ describe("the REPL on a terminal (tmux)", function()
     os.execute("mkdir -p " .. home)
     local session = "procman-spec-" .. tostring(os.time())
     local function start()
+      -- the _5_4 names too: a tmux server started elsewhere may hold others in its environment
       os.execute(string.format("tmux new-session -d -s %s -x 120 -y 30 'HOME=%s LUA_PATH=%q LUA_CPATH=%q "
-                               .. "lua5.4 bin/procman'", session, home, package.path, package.cpath))
+                               .. "LUA_PATH_5_4=%q LUA_CPATH_5_4=%q lua5.4 bin/procman'", session, home,
+                               package.path, package.cpath, package.path, package.cpath))
       screen_until(session, "REPL")
     end
     start()
