@@ -1099,8 +1099,9 @@ lua_Integer pm_version_at(lua_State *L, int idx) {
 const char *pm_last_event(lua_State *L, int idx, size_t *len) {
   const PM *p = (const PM *)lua_touserdata(L, idx);
   const char *bytes = NULL;
-  if (p->can_undo && lua_getiuservalue(L, idx, UV_HISTORY) == LUA_TUSERDATA) {
-    bytes = buffer_at(L, -1)->data + p->undo_len;  /* anchored by the flow */
+  if (p->can_undo && lua_getiuservalue(L, idx, UV_LOG) == LUA_TUSERDATA) {
+    /* the log: snapshot, then history; the last event ends it */
+    bytes = buffer_at(L, -1)->data + p->base_len + p->undo_len;  /* anchored by the flow */
     *len = p->history_len - p->undo_len;
   }
   lua_pop(L, 1);
