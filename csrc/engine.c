@@ -66,9 +66,8 @@ enum {
   UV_DONE,
   UV_SCRATCH,     /* Buffer: the record, then each envelope */
   UV_TARGETS,     /* array of MAX_TARGETS slots: the flows run (for undo) */
-  UV_WRAP1,       /* { x }, and { { { x } } } around it: see put_nested */
-  UV_WRAP3,
-  UV_COUNT = UV_WRAP3
+  UV_WRAP,        /* { x }: see put_nested */
+  UV_COUNT = UV_WRAP
 };
 
 typedef struct Engine {
@@ -322,14 +321,20 @@ static int run_one(lua_State *L, Step *s, int k) {
 ** =================================================================== */
 
 static void put(lua_State *L, const void *p, size_t n) {
-  buffer_append(L, P_SCRATCH, p, n);
+  Buffer *b = buffer_at(L, P_SCRATCH);
+  if (b->cap - b->len < n)
+    b = buffer_reserve(L, P_SCRATCH, n);
+  memcpy(b->data + b->len, p, n);
+  b->len += n;
 }
 
 /* A map key: a string of at most 31 bytes, as the codec writes it. */
 static void put_key(lua_State *L, const char *key) {
-  unsigned char tag = (unsigned char)(0xa0 | strlen(key));
-  put(L, &tag, 1);
-  put(L, key, strlen(key));
+  char k[32];
+  size_t n = strlen(key);
+  k[0] = (char)(0xa0 | n);
+  memcpy(k + 1, key, n);
+  put(L, k, n + 1);
 }
 
 /* The header of an array or map of n items (0x90 or 0x80 family). */
@@ -363,18 +368,46 @@ static void reset_scratch(lua_State *L) {
   buffer_at(L, P_SCRATCH)->len = 0;
 }
 
+/* Write v in decimal (as LUA_INTEGER_FMT does) at p; returns the end. */
+static char *put_decimal(char *p, lua_Integer v) {
+  char digits[24];
+  int n = 0;
+  unsigned long long u = v < 0 ? 0ULL - (unsigned long long)v : (unsigned long long)v;
+  do
+    digits[n++] = (char)('0' + u % 10);
+  while ((u /= 10) > 0);
+  if (v < 0)
+    *p++ = '-';
+  while (n > 0)
+    *p++ = digits[--n];
+  return p;
+}
+
 /* Push the command id "workflow/flow/version/i" (records.command_id). */
 static void push_command_id(lua_State *L, Target *t, lua_Integer version, lua_Integer i) {
-  luaL_Buffer b;
-  luaL_buffinit(L, &b);
-  lua_pushvalue(L, t->name);
-  luaL_addvalue(&b);
-  luaL_addchar(&b, '/');
-  lua_pushvalue(L, t->id);
-  luaL_addvalue(&b);  /* an integer id as tostring writes it */
-  lua_pushfstring(L, "/%I/%I", version, i);
-  luaL_addvalue(&b);
-  luaL_pushresult(&b);
+  char id[256], *p = id;
+  size_t name_len, flow_len = 0;
+  const char *name = lua_tolstring(L, t->name, &name_len);
+  const char *flow = lua_type(L, t->id) == LUA_TSTRING ? lua_tolstring(L, t->id, &flow_len) : NULL;
+  if (name_len + flow_len > sizeof id - 80) {  /* long: Lua formats it */
+    lua_pushvalue(L, t->name);
+    lua_pushliteral(L, "/");
+    lua_pushvalue(L, t->id);
+    lua_pushfstring(L, "/%I/%I", version, i);
+    lua_concat(L, 4);
+    return;
+  }
+  memcpy(p, name, name_len), p += name_len;
+  *p++ = '/';
+  if (flow != NULL)
+    memcpy(p, flow, flow_len), p += flow_len;
+  else  /* an integer id, as tostring writes it */
+    p = put_decimal(p, lua_tointeger(L, t->id));
+  *p++ = '/';
+  p = put_decimal(p, version);
+  *p++ = '/';
+  p = put_decimal(p, i);
+  lua_pushlstring(L, id, (size_t)(p - id));
 }
 
 /*
@@ -423,34 +456,131 @@ static int encode_envelopes(lua_State *L, Target *t) {
 }
 
 /*
-** The value at 'idx' as the record holds it, 'levels' (1 or 3) tables
-** deep: the codec's depth limit counts the tables around it, so it is
-** encoded inside that many wrappers (reused tables) whose array headers
-** are then cut.  0 when it is not data.
+** The value at 'idx' as the record holds it, one table deep: the codec's
+** depth limit counts the tables around it, so it is encoded inside a
+** reused wrapper { value } whose array header (0x91) is then cut.  0 when
+** it is not data.
 */
-static int put_nested(lua_State *L, int idx, int levels) {
+static int put_nested(lua_State *L, int idx) {
   size_t at = buffer_at(L, P_SCRATCH)->len;
   int ok;
   Buffer *b;
-  uv(L, P_ENGINE, UV_WRAP1);
+  uv(L, P_ENGINE, UV_WRAP);
   lua_pushvalue(L, idx);
   lua_rawseti(L, -2, 1);  /* an existing slot: no allocation */
-  if (levels > 1)
-    uv(L, P_ENGINE, UV_WRAP3);
   ok = codec_encode(L, -1, P_SCRATCH, "value");
   if (!ok)
-    lua_pop(L, 1);
-  if (levels > 1)
     lua_pop(L, 1);
   lua_pushboolean(L, 0);
   lua_rawseti(L, -2, 1);
   lua_pop(L, 1);
   if (!ok)
     return 0;
-  b = buffer_at(L, P_SCRATCH);  /* each wrapper wrote one byte: 0x91 */
-  memmove(b->data + at, b->data + at + levels, b->len - at - (size_t)levels);
-  b->len -= (size_t)levels;
+  b = buffer_at(L, P_SCRATCH);
+  memmove(b->data + at, b->data + at + 1, b->len - at - 1);
+  b->len--;
   return 1;
+}
+
+/*
+** The end of the MessagePack value at p (the codec's own output, which
+** ends before 'end'), counting in *deepest the tables nested in it (from
+** 'level'); NULL for anything the codec does not write.  The record
+** reuses bytes the codec made for a shallower place (the flow's history,
+** an envelope): this says whether they fit under the depth limit there.
+*/
+static const unsigned char *skip_value(const unsigned char *p, const unsigned char *end,
+                                       int level, int *deepest) {
+  unsigned c;
+  size_t n = 0, items = 0;
+  int w = 0, table = 0;
+  if (p >= end || level >= CODEC_MAX_DEPTH)
+    return NULL;
+  c = *p++;
+  if (c <= 0x7f || c >= 0xe0 || c == 0xc0 || c == 0xc2 || c == 0xc3)
+    return p;
+  if (c >= 0x80 && c <= 0x9f)
+    table = 1, items = (c & 0x0f) * (c < 0x90 ? 2 : 1);
+  else if (c >= 0xa0 && c <= 0xbf)
+    n = c & 0x1f;
+  else switch (c) {
+    case 0xcc: case 0xd0: n = 1; break;
+    case 0xcd: case 0xd1: n = 2; break;
+    case 0xce: case 0xd2: n = 4; break;
+    case 0xcb: case 0xcf: case 0xd3: n = 8; break;
+    case 0xc4: case 0xd9: w = 1; break;
+    case 0xc5: case 0xda: w = 2; break;
+    case 0xc6: case 0xdb: w = 4; break;
+    case 0xdc: case 0xde: table = 1, w = 2; break;
+    case 0xdd: case 0xdf: table = 1, w = 4; break;
+    default: return NULL;
+  }
+  if (w > 0) {
+    if ((size_t)(end - p) < (size_t)w)
+      return NULL;
+    for (; w > 0; w--)
+      n = n << 8 | *p++;
+    if (table)
+      items = c >= 0xde ? 2 * n : n, n = 0;
+  }
+  if (!table)
+    return (size_t)(end - p) < n ? NULL : p + n;
+  if (++level > *deepest)
+    *deepest = level;
+  while (items-- > 0)
+    if ((p = skip_value(p, end, level, deepest)) == NULL)
+      return NULL;
+  return p;
+}
+
+/* Append the one value in bytes[0 .. len) when its tables, 'around' more
+** tables deep, fit the codec's depth limit; 0 when they do not. */
+static int put_encoded(lua_State *L, const char *bytes, size_t len, int around) {
+  const unsigned char *p = (const unsigned char *)bytes;
+  int deepest = 0;
+  if (skip_value(p, p + len, 0, &deepest) != p + len || deepest + around > CODEC_MAX_DEPTH)
+    return 0;
+  put(L, bytes, len);
+  return 1;
+}
+
+/* The event, as the first committed flow encoded it into its history
+** (the codec's bytes for it), else through the codec. */
+static void put_event(lua_State *L, Step *s) {
+  int k;
+  for (k = 0; k < s->n; k++) {
+    size_t len;
+    const char *bytes;
+    if (!s->t[k].committed)
+      continue;
+    bytes = pm_last_event(L, s->t[k].pm, &len);
+    if (bytes != NULL && put_encoded(L, bytes, len, 1))
+      return;
+    break;
+  }
+  if (!put_nested(L, P_EVENT))
+    luaL_error(L, "procman.engine: the event is not data");
+}
+
+/* A target's commands, from the bytes of its envelopes (each is 0x84,
+** "command", then the command's bytes), 3 tables deep in the record. */
+static void put_commands(lua_State *L, Target *t) {
+  lua_Integer i, n = (lua_Integer)lua_rawlen(L, t->commands);
+  if (n == 0) {
+    put(L, "\x80", 1);  /* {}: the codec writes an empty table as a map */
+    return;
+  }
+  put_header(L, 0x90, 0xdc, (size_t)n);
+  for (i = 0; i < n; i++) {
+    size_t len;
+    const char *env = lua_tolstring(L, t->envelopes + 2 * (int)i + 1, &len);
+    const unsigned char *cmd = (const unsigned char *)env + 9, *after;
+    int deepest = 0;
+    after = skip_value(cmd, (const unsigned char *)env + len, 0, &deepest);
+    if (after == NULL || deepest + 4 > CODEC_MAX_DEPTH)  /* record, flows, entry, commands */
+      luaL_error(L, "procman.engine: commands nested too deep for the record");
+    put(L, cmd, (size_t)(after - cmd));
+  }
 }
 
 /* A committed target's entry in the record's flows (keys in codec order). */
@@ -463,8 +593,7 @@ static void put_entry(lua_State *L, Target *t) {
   pinned = t->is_new && version != 1;
   put_header(L, 0x80, 0xde, (size_t)(4 + t->done + pinned));
   put_key(L, "commands");
-  if (!put_nested(L, t->commands, 3))  /* record, flows, entry */
-    luaL_error(L, "procman.engine: commands are not data");
+  put_commands(L, t);
   if (t->done)
     put(L, "\xa4" "done" "\xc3", 6);
   put_key(L, "flow");
@@ -487,8 +616,7 @@ static void encode_record(lua_State *L, Step *s, int committed, lua_Integer seq)
   reset_scratch(L);
   put_header(L, 0x80, 0xde, 3);
   put_key(L, "event");
-  if (!put_nested(L, P_EVENT, 1))
-    luaL_error(L, "procman.engine: the event is not data");
+  put_event(L, s);
   put_key(L, "flows");
   put_header(L, 0x90, 0xdc, (size_t)committed);
   for (k = 0; k < s->n; k++)
@@ -793,17 +921,10 @@ int engine_new(lua_State *L) {
     lua_rawseti(L, -2, k);
   }
   lua_setiuservalue(L, 2, UV_TARGETS);
-  lua_createtable(L, 1, 0);  /* { false }, { { that } } */
+  lua_createtable(L, 1, 0);  /* { false } */
   lua_pushboolean(L, 0);
   lua_rawseti(L, -2, 1);
-  lua_pushvalue(L, -1);
-  lua_setiuservalue(L, 2, UV_WRAP1);
-  for (k = 0; k < 2; k++) {
-    lua_createtable(L, 1, 0);
-    lua_insert(L, -2);
-    lua_rawseti(L, -2, 1);
-  }
-  lua_setiuservalue(L, 2, UV_WRAP3);
+  lua_setiuservalue(L, 2, UV_WRAP);
   return 1;
 }
 

@@ -1125,3 +1125,18 @@ void pm_register(lua_State *L, int core) {
 lua_Integer pm_version_at(lua_State *L, int idx) {
   return ((const PM *)lua_touserdata(L, idx))->version;
 }
+
+/* For the engine (engine.c): the bytes of the event that the flow at 'idx'
+** committed last, as the codec encoded it into the history, or NULL when
+** it can no longer tell.  Valid until the flow handles another event. */
+const char *pm_last_event(lua_State *L, int idx, size_t *len) {
+  const PM *p = (const PM *)lua_touserdata(L, idx);
+  const char *bytes = NULL;
+  if (p->can_undo && lua_getiuservalue(L, idx, UV_LOG) == LUA_TUSERDATA) {
+    /* the log: snapshot, then history; the last event ends it */
+    bytes = buffer_at(L, -1)->data + p->base_len + p->undo_len;  /* anchored by the flow */
+    *len = p->history_len - p->undo_len;
+  }
+  lua_pop(L, 1);
+  return bytes;
+}

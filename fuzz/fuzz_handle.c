@@ -15,6 +15,12 @@
 ** event asking for it checks core.undo and core.trim against what the flow
 ** was.  The second flow gets its events as recovery hands them over
 ** (core.handle_fresh: a fresh decode, not copied).
+**
+** Each event (given an event_type and flow ids when it has none) also
+** goes to two journaled routers of two workflows that share an event type:
+** one takes its events through the engine's step (csrc/engine.c), the
+** other through the router's Lua path only.  Their results, their state
+** and, every 50 events, their journals must be the same, byte for byte.
 */
 #include <stdint.h>
 #include <stdlib.h>
@@ -102,6 +108,7 @@ static const char *const SETUP =
   "function fuzz(bytes)\n"
   "  local ok, event = pcall(procman.decode, bytes)\n"
   "  if not ok or type(event) ~= 'table' then return end\n"
+  "  route_event(bytes)\n"
   "  for i, pm in ipairs(flows) do\n"
   "    local before, before_seen = snap(pm), seen(pm)\n"
   "    local done, err\n"
@@ -123,6 +130,83 @@ static const char *const SETUP =
   "  if flows[3]:version() > 200 then flows[3] = hoard:new('h1') end\n"
   "end\n";
 
+/* The routers' part (route_event), a chunk of its own: C99 strings are short. */
+static const char *const ROUTERS =
+  "local procman = require 'procman'  -- (SETUP set the path)\n"
+  "local rk = procman.workflow { name = 'rk', correlate = 'id', starts = { 'x' }, budget = 100000,\n"
+  "  on = { x = function(s, e)\n"
+  "           s.n = (s.n or 0) + 1\n"
+  "           s.last, s.st = e, e.st\n"
+  "           if e.boom then error(e.boom) end\n"
+  "           if e.loop then while true do end end\n"
+  "           return e.commands\n"
+  "         end,\n"
+  "         y = function(s, e) if e.patch and procman.patched('p') then s.p = true end end },\n"
+  "  status = function(s) return s.st end, done = function(s) return s.n == 3 end }\n"
+  "local rk2 = procman.workflow { name = 'rk2', correlate = 'other', starts = { 'x' },\n"
+  "  on = { x = function(s, e) s.n = (s.n or 0) + 1; return e.more end } }\n"
+  "local paths, routers, handled = { os.tmpname() .. '.e.pmj', os.tmpname() .. '.l.pmj' }, nil, 0\n"
+  "local function open_routers()\n"
+  "  for i, p in ipairs(paths) do\n"
+  "    if routers then routers[i]:close() end\n"
+  "    os.remove(p)\n"
+  "  end\n"
+  "  routers = {}\n"
+  "  for i, p in ipairs(paths) do\n"
+  "    routers[i] = assert(procman.router { workflows = { rk, rk2 }, journal = p, sync = 'none',\n"
+  "      on_error = 'park', on_late = 'ignore', on_unroutable = 'dead_letter',\n"
+  "      clock = function() return 0 end })\n"
+  "  end\n"
+  "  routers[2].engine = false\n"
+  "end\n"
+  "open_routers()\n"
+  "local function bytes_of(path)\n"
+  "  local f = assert(io.open(path, 'rb'))\n"
+  "  local b = f:read('a')\n"
+  "  f:close()\n"
+  "  return b\n"
+  "end\n"
+  "local function encoded(v)\n"
+  "  local ok, b = pcall(procman.encode, v)\n"
+  "  return ok and b or '!' .. b\n"
+  "end\n"
+  "local function view(r)\n"
+  "  local flows = {}\n"
+  "  for pm in r:flows() do\n"
+  "    local ok, state = pcall(pm.state, pm)\n"
+  "    flows[#flows + 1] = tostring(pm) .. '\\0' .. (ok and encoded(state) or state)\n"
+  "  end\n"
+  "  table.sort(flows)\n"
+  "  local st = r:stats()\n"
+  "  local parts = { table.concat(flows, '\\1'), encoded { st.seq, st.live, st.completed, st.journal_bytes } }\n"
+  "  for _, f in ipairs { r.pending, r.parked, r.dead_letters } do  -- (deep events: copies fail)\n"
+  "    local ok, v = pcall(f, r)\n"
+  "    parts[#parts + 1] = ok and encoded(v) or v\n"
+  "  end\n"
+  "  return table.concat(parts, '\\2')\n"
+  "end\n"
+  "function route_event(bytes)\n"
+  "  local results = {}\n"
+  "  for i, r in ipairs(routers) do\n"
+  "    local event = procman.decode(bytes)\n"
+  "    if rawget(event, 'event_type') == nil then event.event_type = 'x' end\n"
+  "    if rawget(event, 'id') == nil then event.id = #bytes end\n"
+  "    if rawget(event, 'other') == nil then event.other = #bytes % 3 end\n"
+  "    -- an error object's message shows its address: not the same in two routers\n"
+  "    if type(rawget(event, 'boom')) == 'table' then event.boom = 'a table' end\n"
+  "    local ok, out = pcall(r.handle, r, event)\n"
+  "    results[i] = tostring(ok) .. (ok and encoded(out) or tostring(out))\n"
+  "  end\n"
+  "  assert(results[1] == results[2], 'engine and Lua path differ: ' .. results[1] .. ' / ' .. results[2])\n"
+  "  assert(view(routers[1]) == view(routers[2]), 'engine and Lua path left different routers')\n"
+  "  handled = handled + 1\n"
+  "  if handled % 50 == 0 then\n"
+  "    routers[1]:flush(); routers[2]:flush()\n"
+  "    assert(bytes_of(paths[1]) == bytes_of(paths[2]), 'engine and Lua path wrote different journals')\n"
+  "    open_routers()\n"
+  "  end\n"
+  "end\n";
+
 /* One state for the whole run, closed at exit so that leak checkers
 ** (valgrind over the corpus) see nothing of it left. */
 static lua_State *the_state = NULL;
@@ -141,7 +225,7 @@ static lua_State *state(void) {
     lua_pushcfunction(L, luaopen_procman_core);
     lua_setfield(L, -2, "procman.core");
     lua_pop(L, 1);
-    if (luaL_dostring(L, SETUP) != LUA_OK) {
+    if (luaL_dostring(L, SETUP) != LUA_OK || luaL_dostring(L, ROUTERS) != LUA_OK) {
       fprintf(stderr, "setup: %s\n", lua_tostring(L, -1));
       abort();
     }

@@ -61,6 +61,9 @@ local EVENTS = {
   { event_type = "nobody" },
   { event_type = "shared", a = "t", b = 9 },                                -- no event id
   { event_type = "close", a = "t" },
+  { event_type = "open", a = -5 },                                          -- ids as tostring writes them
+  { event_type = "open", a = math.mininteger },
+  { event_type = "open", a = "z\0\255" },                                  -- a zero byte, not UTF-8
 }
 
 local function open(path)
@@ -101,7 +104,7 @@ describe("procman.engine", function()
     end
     local state = routers.snapshot(rl)
     assert.same(state, routers.snapshot(re))
-    assert.same({ taken = 9, left = 7 }, count)
+    assert.same({ taken = 12, left = 7 }, count)
     re:close()
     rl:close()
     assert.equal(files.bytes(pl), files.bytes(pe))

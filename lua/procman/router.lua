@@ -961,7 +961,7 @@ function Router:ack(id)
   if type(id) ~= "string" or not self.outbox:has(id) then
     fail("no pending command with id %s", tostring(id))
   end
-  local ok, err = append(self, RECORD_ACK, encode({ id = id }))
+  local ok, err = append(self, RECORD_ACK, self.journal and encode({ id = id }))  -- memory: no bytes
   if not ok then return nil, err end
   after_journaling(self, pcall(self.outbox.forget, self.outbox, id))
   return true
