@@ -50,6 +50,7 @@ build = {
     ["procman.repl"] = "cli/lua/procman/repl.lua",
     ["procman.repl_commands"] = "cli/lua/procman/repl_commands.lua",
     ["procman.journal_view"] = "lua/procman/journal_view.lua",
+    ["procman.fold"] = "lua/procman/fold.lua",
     ["procman.cli"] = "cli/lua/procman/cli.lua",
     ["procman.cli.json"] = "cli/lua/procman/cli/json.lua",
     ["procman.cli.repl"] = "cli/lua/procman/cli/repl.lua",

@@ -43,6 +43,33 @@ static void test_crc32c_vectors(void **state) {
   assert_int_not_equal(crc32c_mask(0xe3069283u), 0xe3069283u);
 }
 
+/* The bytewise CRC-32C, to check the eight-bytes-a-step one against. */
+static uint32_t crc32c_bytewise(const unsigned char *p, size_t n) {
+  uint32_t crc = 0xffffffffu;
+  int k;
+  while (n-- > 0) {
+    crc ^= *p++;
+    for (k = 0; k < 8; k++) crc = (crc >> 1) ^ (0x82f63b78u & (0u - (crc & 1u)));
+  }
+  return ~crc;
+}
+
+/* Any length, any alignment, any split into two calls: the same CRC. */
+static void test_crc32c_slices(void **state) {
+  unsigned char data[300];
+  size_t start, n, cut;
+  (void)state;
+  for (n = 0; n < sizeof data; n++) data[n] = (unsigned char)(n * 131u + 7u);
+  for (start = 0; start < 9; start++) {
+    for (n = 0; start + n <= sizeof data; n += 7) {
+      uint32_t want = crc32c_bytewise(data + start, n);
+      assert_int_equal(crc32c(data + start, n), want);
+      for (cut = 0; cut <= n; cut += 5)
+        assert_int_equal(crc32c_extend(crc32c(data + start, cut), data + start + cut, n - cut), want);
+    }
+  }
+}
+
 /* ---- a journal in memory ------------------------------------------- */
 
 typedef struct Image {
@@ -330,6 +357,7 @@ static void test_file_create_and_replace(void **state) {
 int main(void) {
   const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_crc32c_vectors),
+    cmocka_unit_test(test_crc32c_slices),
     cmocka_unit_test(test_scan_intact),
     cmocka_unit_test(test_every_truncation_is_a_torn_tail),
     cmocka_unit_test(test_every_flipped_bit),

@@ -493,7 +493,9 @@ static void test_router_tick_under_oom(void **state) {
 }
 
 /* Recovery of a journal, each allocation failing in turn: it works, or
-** raises a memory error and leaves the file as it was. */
+** raises a memory error and leaves the file as it was.  The journal has
+** flows live at its end (their records replayed through the handlers) and
+** one that completes (folded from its records alone, procman.fold). */
 static void test_recovery_under_oom(void **state) {
   Fixture *f = *state;
   lua_State *L = f->L;
@@ -501,6 +503,8 @@ static void test_recovery_under_oom(void **state) {
   run(L, "path = temp_journal()\n"
          "local w = open_router(path)\n"
          "fill(w, 4)\n"
+         "w:handle{ event_type = 'file_processed', batch_id = 'b4', file = { id = 'b', status = 'success' } }\n"
+         "assert(w:completed('batch', 'b4') == 'success')\n"
          "expected = router_state(w)\n"
          "w:close()\n"
          "bytes = file_bytes(path)\n"

@@ -20,6 +20,8 @@
 -- during recovery. A hook that raises is reported through the router's
 -- warn and changes nothing. Arguments are the router's own values: a hook
 -- must not change them.
+local message = require "procman.message"
+
 local M = {}
 
 M.NAMES = { "event_handled", "command_emitted", "flow_started", "flow_completed", "flow_parked",
@@ -51,6 +53,18 @@ function M.check_all(given, who)
     out[name] = fn
   end
   return out
+end
+
+--- call(owner, h, name, ...): call hook 'name' of h (owner.hooks, not
+-- nil) with the arguments. One that raises is reported (owner.warn) and
+-- changes nothing: what it reports is done already.
+function M.call(owner, h, name, ...)
+  local fn = h[name]
+  if fn == nil then return end
+  local ok, err = pcall(fn, ...)
+  if not ok then
+    owner.warn(string.format("procman.router: hook %s failed: %s", name, message(err)))
+  end
 end
 
 --- compose(a, b) -> the hooks of both (a's first), or nil when neither

@@ -5,41 +5,26 @@
 --   local view = assert(journal_view.read("flows.pmj", { timeline = { "batch", "b7" } }))
 --   view.flows.batch.b7   --> { workflow, flow, status, version, completed, parked, timeline }
 --
--- It follows the records as the router does (docs/journal-format.md):
+-- It folds the records as the router does (procman.fold, the one module
+-- that says what a record means; docs/journal-format.md lists them):
 -- each flow's version and status (journaled with every event), completed
 -- flows, the pending outbox, parked flows, timers and dead letters, and
 -- the observed transitions (status before, event type, status after).
 local core = require "procman.core"
 local records = require "procman.records"
 local timers = require "procman.timers"
-local dead_letters = require "procman.dead_letters"
+local fold = require "procman.fold"
 
 local decode = core.decode
 
 local M = {}
 
-local START = "[*]"  -- the status before a flow's first event, in transitions
+local START = records.START  -- the status before a flow's first event, in transitions
 M.START = START
 -- The status shown for a flow that has handled no event yet (its first
 -- event failed and parked it).
 local NOT_STARTED = "(not started)"
 M.NOT_STARTED = NOT_STARTED
-
-local function flow_of(view, workflow, flow_id, workflow_version)
-  local by_id = view.flows[workflow]
-  if by_id == nil then
-    by_id = {}
-    view.flows[workflow] = by_id
-    view.workflows[#view.workflows + 1] = workflow
-  end
-  local f = by_id[flow_id]
-  if f == nil then
-    f = { workflow = workflow, flow = flow_id, version = 0, status = NOT_STARTED, completed = false,
-          workflow_version = workflow_version or 1 }
-    by_id[flow_id] = f
-  end
-  return f
-end
 
 local function count_transition(view, workflow, from, event_type, to)
   local t = view.transitions[workflow]
@@ -56,117 +41,59 @@ local function count_transition(view, workflow, from, event_type, to)
   edge.count = edge.count + 1
 end
 
-local function add_pending(view, envelope)
-  view.pending[envelope.id] = envelope
-  view.pending_order[#view.pending_order + 1] = envelope.id
-end
-
-local function pop_parked(view, f)
-  table.remove(f.parked.events, 1)
-  if #f.parked.events == 0 then f.parked = nil end
-  if f.parked == nil then view.parked[f] = nil end
-end
-
-local function complete(view, f, now)
-  f.completed, f.timers = true, nil
-  if f.parked then
-    for _, event in ipairs(f.parked.events) do
-      view.dead:add { event = event, time = now, error = string.format(
-        "flow %s/%s completed while this event was parked", f.workflow, tostring(f.flow)) }
+-- What the fold tells of each applied event: transitions, and the
+-- wanted flow's timeline.
+local function observer(view, wanted)
+  return function(_, g, before, rec, e)
+    local status = e.status or "?"
+    count_transition(view, g.name, before or "?", rec.event.event_type, status)
+    if wanted and wanted[1] == g.name and wanted[2] == g.flow then
+      g.timeline = g.timeline or {}
+      g.timeline[#g.timeline + 1] = { version = g.applied, seq = rec.seq, event = rec.event,
+                                      commands = e.commands, status = status }
     end
-    f.parked, view.parked[f] = nil, nil
   end
 end
 
--- The patches (procman.patched) a flow took: a sorted array.
-local function take_patches(list, ids)
-  local set, out = {}, {}
-  for _, id in ipairs(list or {}) do set[id] = true end
-  for _, id in ipairs(ids) do set[id] = true end
-  for id in pairs(set) do out[#out + 1] = id end
-  table.sort(out)
-  return out
-end
-
--- One flow's entry of an event record.
-local function apply_entry(view, rec, e, wanted)
-  local f = flow_of(view, e.workflow, e.flow, e.workflow_version)
-  if e.patches then f.patches = take_patches(f.patches, e.patches) end
-  if e.commands then
-    if e.resumed then pop_parked(view, f) end
-    local from = f.version == 0 and START or f.status
-    f.version = f.version + 1
-    f.status = e.status or "?"
-    local plain, directives = timers.split(e.commands)
-    for i, command in ipairs(plain) do
-      add_pending(view, { id = records.command_id(e.workflow, e.flow, f.version, i),
-                          workflow = e.workflow, flow = e.flow, command = command })
-    end
-    if directives then f.timers = timers.apply(f.timers, directives, rec.now, rec.seq) end
-    count_transition(view, e.workflow, from, rec.event.event_type, f.status)
-    if wanted and wanted[1] == e.workflow and wanted[2] == e.flow then
-      f.timeline = f.timeline or {}
-      f.timeline[#f.timeline + 1] = { version = f.version, seq = rec.seq, event = rec.event,
-                                      commands = e.commands, status = f.status }
-    end
-    if e.done then complete(view, f, rec.now) end
-  elseif e.parked then
-    if f.parked then
-      f.parked.error = e.parked
-    else
-      f.parked = { error = e.parked, events = { rec.event } }
-      view.parked[f] = true
-    end
-  elseif e.held then
-    f.parked.events[#f.parked.events + 1] = rec.event
-  else  -- a retried event that was a redelivery
-    pop_parked(view, f)
+-- A flow as the tools show it, from the folded state.
+local function flow_entry(state, name, flow_id)
+  local g = state.all_flows[name][flow_id]
+  local final = state.finished[name][flow_id]
+  local f = { workflow = name, flow = flow_id, version = 0, status = NOT_STARTED,
+              completed = final ~= nil, workflow_version = 1, parked = state.parked_of[name][flow_id],
+              timers = state.schedule.by_flow[name][flow_id] }
+  if g then
+    f.version, f.workflow_version = g.applied, g.workflow_version
+    f.patches, f.timeline = g.patches, g.timeline
+    if g.applied > 0 or g.last_status then f.status = g.last_status or "?" end
   end
+  if final then f.status = final.status end
+  if f.parked and f.parked.workflow_version then f.workflow_version = f.parked.workflow_version end
+  return f
 end
 
-local function apply_event(view, rec, wanted)
-  if rec.fired then
-    local f = flow_of(view, rec.fired.workflow, rec.fired.flow)
-    f.timers = timers.remove(f.timers, rec.fired.seq, rec.fired.index)
+-- The view (the shape procman.pg.view gives too) of a folded state.
+local function view_of(state, view)
+  view.seq, view.dead, view.workflows = state.seq, state.dead, state.names
+  for _, name in ipairs(state.names) do
+    local by_id = {}
+    view.flows[name] = by_id
+    for _, set in ipairs { state.all_flows[name], state.finished[name], state.parked_of[name],
+                           state.schedule.by_flow[name] } do
+      for flow_id in pairs(set) do
+        if by_id[flow_id] == nil then by_id[flow_id] = flow_entry(state, name, flow_id) end
+      end
+    end
+    for _, f in pairs(by_id) do
+      if f.parked then view.parked[f] = true end
+    end
   end
-  if rec.dead_letter then view.dead:remove(rec.dead_letter) end  -- retried
-  if rec.late then view.dead:add { event = rec.event, error = rec.late, time = rec.now } end
-  for _, e in ipairs(rec.flows) do apply_entry(view, rec, e, wanted) end
-  view.seq = rec.seq
+  for _, envelope in ipairs(state.outbox:list()) do
+    view.pending[envelope.id] = envelope
+    view.pending_order[#view.pending_order + 1] = envelope.id
+  end
+  return view
 end
-
-local apply = {
-  [records.EVENT] = apply_event,
-  [records.ACK] = function(view, rec) view.pending[rec.id] = nil end,
-  [records.FLOW] = function(view, rec)
-    local f = flow_of(view, rec.workflow, rec.flow, rec.workflow_version)
-    f.version, f.status = rec.version, rec.status or "?"
-    if rec.patches then f.patches = take_patches(f.patches, rec.patches) end
-  end,
-  [records.OUTBOX] = add_pending,
-  [records.COMPLETED] = function(view, rec)
-    local f = flow_of(view, rec.workflow, rec.flow)
-    f.status, f.completed = rec.status, true
-  end,
-  [records.SEQ] = function(view, rec)
-    view.seq = rec.seq
-    view.dead:skip_to(rec.next_dead_letter)
-  end,
-  [records.SKIP] = function(view, rec) pop_parked(view, flow_of(view, rec.workflow, rec.flow)) end,
-  [records.TIMER] = function(view, rec)
-    local f = flow_of(view, rec.workflow, rec.flow)
-    f.timers = f.timers or {}
-    f.timers[#f.timers + 1] = { key = rec.key, due = rec.due, event = rec.event, seq = rec.seq,
-                                index = rec.index }
-  end,
-  [records.PARKED] = function(view, rec)
-    local f = flow_of(view, rec.workflow, rec.flow, rec.workflow_version)
-    f.parked = { error = rec.error, events = rec.events }
-    view.parked[f] = true
-  end,
-  [records.DEAD] = function(view, rec) view.dead:add(rec) end,
-  [records.DROP] = function(view, rec) view.dead:remove(rec.id) end,
-}
 
 --- read(path[, opts]) -> view, or nil, message. opts.timeline = { workflow,
 -- flow_id }: keep that flow's timeline (each applied event, its commands
@@ -175,20 +102,22 @@ function M.read(path, opts)
   local next_record, info = core.journal_scan(path)
   if not next_record then return nil, info end
   local view = { path = path, bytes = info.bytes, records = info.records, dropped = info.dropped,
-                 damaged_at = info.damaged_at, resume_at = info.resume_at, seq = 0,
-                 workflows = {}, flows = {}, transitions = {}, pending = {}, pending_order = {},
-                 parked = {}, dead = dead_letters.new() }
-  local wanted = opts and opts.timeline
+                 damaged_at = info.damaged_at, resume_at = info.resume_at, flows = {}, transitions = {},
+                 pending = {}, pending_order = {}, parked = {} }
+  local state = fold.new()
+  state.all_flows, state.on_applied = {}, observer(view, opts and opts.timeline)
+  state.outbox:defer()
   for offset, kind, payload in next_record do
     local ok, rec = pcall(decode, payload)
-    local step = apply[kind]
-    if not ok or step == nil then
+    if ok and not fold.knows(kind) then ok, rec = false, "unknown type" end
+    if ok then ok, rec = pcall(fold.record, state, kind, rec, offset, payload) end
+    if not ok then
       return nil, string.format("%s: record at byte %d (type %d) is not a router record: %s",
-                                path, offset, kind, ok and "unknown type" or rec)
+                                path, offset, kind, rec)
     end
-    step(view, rec, wanted)
   end
-  return view
+  state.outbox:undefer()
+  return view_of(state, view)
 end
 
 --- The pending envelopes, in emission order.

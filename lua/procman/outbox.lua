@@ -12,6 +12,7 @@ local core = require "procman.core"
 local records = require "procman.records"
 
 local encode, encode_copy, decode = core.encode, core.encode_copy, core.decode
+local command_prefix = records.command_prefix
 
 local Outbox = {}
 Outbox.__index = Outbox
@@ -30,10 +31,11 @@ local function push(self, id, bytes)
   self.count = self.count + 1
 end
 
---- outbox:add(envelope): keep an envelope { id, workflow, flow, command }
--- (a copy: its bytes).
-function Outbox:add(envelope)
-  push(self, envelope.id, encode(envelope))
+--- outbox:add(envelope[, bytes]): keep an envelope { id, workflow, flow,
+-- command } (a copy: its bytes; 'bytes' when they are at hand already, as
+-- in a journal's outbox record).
+function Outbox:add(envelope, bytes)
+  push(self, envelope.id, bytes or encode(envelope))
 end
 
 --- outbox:emit(name, flow_id, version, commands[, out]): the envelopes of a
@@ -43,17 +45,38 @@ end
 -- one. Copies of the envelopes are appended to 'out' (made by the same
 -- pass of the codec that encodes them).
 function Outbox:emit(name, flow_id, version, commands, out)
+  if commands[1] == nil then return end
+  local prefix, deferred = command_prefix(name, flow_id, version), self.deferred
   for i, command in ipairs(commands) do
-    local id = records.command_id(name, flow_id, version, i)
+    local id = prefix .. i
     local envelope = { id = id, workflow = name, flow = flow_id, command = command }
     if out then
       local bytes, copy = encode_copy(envelope)
       push(self, id, bytes)
       out[#out + 1] = copy
+    elseif deferred then
+      push(self, id, envelope)  -- encoded by undefer, unless acked before
     else
       push(self, id, encode(envelope))
     end
   end
+end
+
+--- outbox:defer(): until outbox:undefer(), envelopes emitted without 'out'
+-- are kept as they are, not encoded (recovery: most were acked later in
+-- the journal, and an acked envelope need never be encoded). Only emit,
+-- has, forget and add may be used meanwhile.
+function Outbox:defer()
+  self.deferred = true
+end
+
+--- outbox:undefer(): encode the deferred envelopes still pending.
+function Outbox:undefer()
+  local q = self.queue
+  for i = self.head, self.tail do
+    if type(q[i]) == "table" then q[i] = encode(q[i]) end
+  end
+  self.deferred = nil
 end
 
 --- outbox:has(id) -> is a command with this id pending?

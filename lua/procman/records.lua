@@ -15,10 +15,20 @@ local M = {
   DROP = 11,      -- a dead letter dropped: { id }
 }
 
+-- The status before a flow's first event, in transitions (procman
+-- diagram, inspect).
+M.START = "[*]"
+
 --- The id of a flow's i-th command after the event that took it to
 -- 'version': deterministic, so receivers can deduplicate.
 function M.command_id(workflow, flow_id, version, i)
-  return string.format("%s/%s/%d/%d", workflow, tostring(flow_id), version, i)
+  return M.command_prefix(workflow, flow_id, version) .. i
+end
+
+--- The ids of a flow's commands after one event are this prefix and i:
+-- made once for all of them.
+function M.command_prefix(workflow, flow_id, version)
+  return string.format("%s/%s/%d/", workflow, tostring(flow_id), version)
 end
 
 --- Order for listings of flows: by workflow, then flow id (as text, since

@@ -1,102 +1,77 @@
---- procman.replay_plan: what recovery must replay, read from the journal
--- before anything is replayed.
+--- procman.replay_plan: what recovery must replay, and whether the code
+-- given can replay it, read from the journal's fold (procman.fold).
 --
 -- A flow that completes further on in the journal needs no code: its
 -- events are not replayed nor compared (its statuses, commands and event
 -- ids are in the records), so a deploy can drop the code of a version once
 -- no live flow runs it, and a code change never "diverges" on history
 -- that is over. A flow that is still live at the end needs the code of the
--- version it started on; the plan counts those by workflow and version, so
--- that a router that lacks one refuses the journal at once, saying which.
+-- version it started on; live_versions counts those by workflow and
+-- version, so that a router that lacks one refuses the journal before any
+-- handler runs, saying which.
 --
 -- Versions are journaled on a flow's first entry (workflow_version, when
 -- not 1) and in the snapshot records of compaction; an entry without one
 -- is version 1 (journals written before versions existed).
-local records = require "procman.records"
+local fold = require "procman.fold"
 
 local M = {}
 
--- The records that say which flows there are, which version they run and
--- whether they complete.
-local NEEDED = { [records.EVENT] = true, [records.FLOW] = true, [records.PARKED] = true,
-                 [records.COMPLETED] = true }
-
--- plan.flows[name][flow_id]: the version a flow started on while it is
--- live, 0 once it completes (a number, not a table: the plan covers every
--- flow of the journal).
-local function by_id_of(plan, name)
-  local by_id = plan.flows[name]
-  if by_id == nil then
-    by_id = {}
-    plan.flows[name] = by_id
-  end
-  return by_id
-end
-
--- A flow seen for the first time starts on 'version'.
-local function note(plan, name, flow_id, version)
-  local by_id = by_id_of(plan, name)
-  if by_id[flow_id] == nil then by_id[flow_id] = version or 1 end
-  return by_id
-end
-
-local function fold(plan, kind, rec)
-  if kind == records.EVENT then
-    for _, e in ipairs(rec.flows) do
-      local by_id = note(plan, e.workflow, e.flow, e.workflow_version)
-      if e.done then by_id[e.flow] = 0 end
-    end
-  elseif kind == records.FLOW or kind == records.PARKED then
-    note(plan, rec.workflow, rec.flow, rec.workflow_version)
-  elseif kind == records.COMPLETED then
-    by_id_of(plan, rec.workflow)[rec.flow] = 0
-  end
-end
-
---- read(next_record, decode) -> plan: next_record iterates (offset, kind,
--- payload) (j:records()), decode turns a payload into a record.
--- plan.live[name][version] = how many flows of that version are live at
--- the journal's end.
+--- read(next_record, decode) -> plan: the journal folded (next_record
+-- iterates (offset, kind, payload), as j:records(); records of other
+-- types are skipped).
 function M.read(next_record, decode)
-  local plan = { flows = {}, live = {} }
-  for _, kind, payload in next_record do
-    if NEEDED[kind] then fold(plan, kind, decode(payload)) end  -- acks, outbox...: not decoded
-  end
-  for name, by_id in pairs(plan.flows) do
-    local counts = {}
-    for _, version in pairs(by_id) do
-      if version > 0 then counts[version] = (counts[version] or 0) + 1 end
-    end
-    plan.live[name] = counts
+  local plan = fold.new()
+  plan.outbox:defer()  -- never listed: never encoded
+  for offset, kind, payload in next_record do
+    if fold.knows(kind) then fold.record(plan, kind, decode(payload), offset, payload) end
   end
   return plan
 end
 
 --- Does the flow complete within the journal (or did it before it was
--- compacted)? Then recovery need not replay it.
+-- compacted)? Then nothing need replay it.
 function M.completes(plan, name, flow_id)
-  local by_id = plan.flows[name]
-  return by_id ~= nil and by_id[flow_id] == 0
+  local by_id = plan.finished[name]
+  return by_id ~= nil and by_id[flow_id] ~= nil
 end
 
---- The version a live flow started on, as the journal says.
+--- The version a live flow started on, as the journal says (1 for others).
 function M.version(plan, name, flow_id)
-  local by_id = plan.flows[name]
-  local v = by_id and by_id[flow_id]
-  return (v and v > 0) and v or 1
+  if plan.live[name] == nil or M.completes(plan, name, flow_id) then return 1 end
+  return fold.workflow_version(plan, name, flow_id)
 end
 
---- missing(plan, versions) -> nil, or a message naming the first workflow
--- and version that live flows need and 'versions' (name -> version ->
--- spec) lacks, with how many flows need it.
-function M.missing(plan, versions)
+--- live_versions(state) -> name -> version -> how many live (or parked)
+-- flows of a folded state run that version.
+function M.live_versions(state)
+  local live = {}
+  for name, by_id in pairs(state.live) do
+    local counts = {}
+    local function count(flow_id)
+      local v = fold.workflow_version(state, name, flow_id)
+      counts[v] = (counts[v] or 0) + 1
+    end
+    for flow_id in pairs(by_id) do count(flow_id) end
+    for flow_id in pairs(state.parked_of[name]) do
+      if by_id[flow_id] == nil then count(flow_id) end
+    end
+    live[name] = counts
+  end
+  return live
+end
+
+--- missing(live, versions) -> nil, or a message naming the first workflow
+-- and version that live flows need (live: live_versions) and 'versions'
+-- (name -> version -> spec) lacks, with how many flows need it.
+function M.missing(live, versions)
   local names = {}
-  for name in pairs(plan.live) do names[#names + 1] = name end
+  for name in pairs(live) do names[#names + 1] = name end
   table.sort(names)
   for _, name in ipairs(names) do
     local given = versions[name]
     local wanted = {}
-    for version, count in pairs(plan.live[name]) do
+    for version, count in pairs(live[name]) do
       if given == nil or given[version] == nil then wanted[#wanted + 1] = { version, count } end
     end
     table.sort(wanted, function(a, b) return a[1] < b[1] end)

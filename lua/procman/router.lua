@@ -44,14 +44,13 @@ local hooks = require "procman.hooks"
 local metrics = require "procman.metrics"
 local patches = require "procman.patches"
 local replay_plan = require "procman.replay_plan"
+local fold = require "procman.fold"
 local describe = require "procman.describe"
 
 local encode, decode, copy, monotonic = core.encode, core.decode, core.copy, core.monotonic
 
-local RECORD_EVENT, RECORD_ACK, RECORD_FLOW, RECORD_OUTBOX, RECORD_COMPLETED, RECORD_SEQ =
-  records.EVENT, records.ACK, records.FLOW, records.OUTBOX, records.COMPLETED, records.SEQ
-local RECORD_SKIP, RECORD_TIMER, RECORD_PARKED, RECORD_DEAD, RECORD_DROP =
-  records.SKIP, records.TIMER, records.PARKED, records.DEAD, records.DROP
+local RECORD_EVENT, RECORD_ACK, RECORD_FLOW, RECORD_SKIP, RECORD_DEAD, RECORD_DROP =
+  records.EVENT, records.ACK, records.FLOW, records.SKIP, records.DEAD, records.DROP
 local OPTIONS = { workflows = true, journal = true, sync = true, repair = true,
                   on_divergence = true, warn = true, clock = true, on_error = true,
                   on_unroutable = true, on_unknown = true, on_late = true, hooks = true, metrics = true }
@@ -154,19 +153,6 @@ local function flow_id_of(spec, event)
          rawget(event, "event_type"), spec.name, describe.value(id), what_to_do)
   end
   return id
-end
-
--- A completed flow is remembered with its final status and, until the
--- journal is compacted, the event ids it handled (redeliveries stay no-ops).
-local function remember_completed(self, name, flow_id, status, seen_ids)
-  local set
-  if seen_ids and #seen_ids > 0 then
-    set = {}
-    for _, id in ipairs(seen_ids) do set[id] = true end
-  end
-  self.finished[name][flow_id] = { status = status, seen = set }
-  self.finished_count = self.finished_count + 1
-  self.finished_of[name] = self.finished_of[name] + 1  -- for metrics: no walk of them all
 end
 
 -- When a flow's id looks like 'flow_id' but has the other type (7 and
@@ -331,113 +317,18 @@ end
 
 -- Call a hook (h: self.hooks, nil when none is set). One that raises is
 -- reported and changes nothing: what it reports is done already.
-local function call_hook(self, h, name, ...)
-  local fn = h[name]
-  if fn == nil then return end
-  local ok, err = pcall(fn, ...)
-  if not ok then self.warn(string.format("procman.router: hook %s failed: %s", name, message(err))) end
-end
-
-local function dead_letter(self, event, err, time)
-  local letter = self.dead:add { event = copy(event), error = err, time = time }
-  if self.hooks then call_hook(self, self.hooks, "dead_letter", letter) end
-end
-
-local function park(self, name, flow_id, event, err)
-  local p = self.parked_of[name][flow_id]
-  if p then
-    p.error = err  -- a retried event failed again
-  else
-    self.parked_of[name][flow_id] = { events = { copy(event) }, error = err }
-    self.parked_count = self.parked_count + 1
-  end
-end
-
-local function hold(self, name, flow_id, event)
-  local events = self.parked_of[name][flow_id].events
-  events[#events + 1] = copy(event)
-end
+local call_hook = hooks.call
 
 -- Drop the first parked event of a flow; unpark it when none is left.
-local function unpark_front(self, name, flow_id)
-  local p = self.parked_of[name][flow_id]
-  table.remove(p.events, 1)
-  if #p.events == 0 then
-    self.parked_of[name][flow_id] = nil
-    self.parked_count = self.parked_count - 1
-    if self.live[name][flow_id] == nil then self.older[name][flow_id] = nil end  -- never started
-  end
-end
+local unpark_front = fold.unpark_front
 
--- A flow that recovery knows will complete further on in the journal: its
--- events are not replayed (nor compared), only counted, with the status
--- and the event ids the journal gives, so that the outbox, the timers and
--- the completed set come out as a replay would make them.
-local Ghost = {}
-Ghost.__index = Ghost
+-- A flow is done: it leaves the live set (procman.fold says what follows).
+local complete = fold.complete
 
-local function ghost(version, status, ids)
-  return setmetatable({ applied = version or 0, last_status = status, ids = ids or {} }, Ghost)
-end
-
-function Ghost:version() return self.applied end
-function Ghost:status() return self.last_status end
-function Ghost.done() return false end  -- settle is told by the journal
-
-local function event_ids(pm)
-  if getmetatable(pm) == Ghost then return pm.ids end
-  return core.event_ids(pm)
-end
-
--- A flow is done: it leaves the live set with its timers. Events still
--- parked for it (a retried event finished it) can no longer be applied:
--- they become dead letters, at the record's time ('now' is journaled then).
-local function complete(self, name, flow_id, pm, now)
-  self.live[name][flow_id] = nil
-  self.older[name][flow_id] = nil
-  self.schedule:drop(name, flow_id)
-  remember_completed(self, name, flow_id, pm:status(), event_ids(pm))
-  local p = self.parked_of[name][flow_id]
-  if p then
-    for _, event in ipairs(p.events) do
-      dead_letter(self, event, string.format("flow %s completed while this event was parked",
-                                             label(name, flow_id)), now)
-    end
-    self.parked_of[name][flow_id] = nil
-    self.parked_count = self.parked_count - 1
-  end
-end
-
--- After a record is journaled (or replayed): flows, timers, parked flows,
--- completed flows, outbox. Live and recovery both come through here, so
--- the same journal always gives the same router.
-local function settle(self, targets, record, out)
-  local fired = record.fired
-  if fired then self.schedule:remove(fired.workflow, fired.flow, fired.seq, fired.index) end
-  if record.dead_letter then self.dead:remove(record.dead_letter) end  -- retried
-  if record.late then dead_letter(self, record.event, record.late, record.now) end
-  for _, t in ipairs(targets) do
-    local name, flow_id = t.spec.name, t.flow
-    if t.resumed and not t.parked_error then unpark_front(self, name, flow_id) end
-    if t.spec ~= self.by_name[name] and (t.committed or t.parked_error) then
-      self.older[name][flow_id] = t.spec  -- pinned to the version it started on
-    end
-    if t.committed then
-      if t.patches then patches.rebase(t.pm, t.patches) end
-      self.live[name][flow_id] = t.pm
-      self.outbox:emit(name, flow_id, t.pm:version(), t.plain, out)
-      if t.directives then self.schedule:set(name, flow_id, t.directives, record.now, record.seq) end
-      local done = t.done
-      if done == nil then done = t.pm:done() end  -- replay: what the code says now
-      if done then complete(self, name, flow_id, t.pm, record.now) end
-    elseif t.parked_error then
-      if t.pm then self.live[name][flow_id] = t.pm end
-      park(self, name, flow_id, record.event, t.parked_error)
-    elseif t.held then
-      hold(self, name, flow_id, record.event)
-    end
-  end
-end
+-- After a record is journaled: flows, timers, parked flows, completed
+-- flows, outbox, as procman.fold says a record does (the same fold reads
+-- the journal back: the same journal always gives the same router).
+local settle = fold.settle
 
 -- ---------------------------------------------------------------------
 -- Journal and recovery
@@ -640,141 +531,129 @@ local function differ(a, b)
   return encode(a) ~= encode(b)
 end
 
-local function spec_for(self, name, offset)
-  local spec = self.by_name[name]
-  if spec == nil then
-    error(string.format("procman.router: the journal has flows of workflow %q, which this router "
-                        .. "was not given (byte %d of %s)", name, offset, self.journal_path), 0)
-  end
-  return spec
-end
-
--- One flow's part of an event record, for a flow that completes further
--- on in the journal: counted, not replayed (see procman.replay_plan).
-local function ghost_target(self, name, f, rec)
-  local t = { spec = self.by_name[name], flow = f.flow, pm = self.live[name][f.flow],
-              resumed = f.resumed, held = f.held, parked_error = f.parked }
-  if f.parked then
-    t.pm = t.pm or ghost()
-  elseif f.commands then
-    local g = t.pm or ghost()
-    g.applied, g.last_status = g.applied + 1, f.status
-    local event_id = rawget(rec.event, "event_id")
-    if event_id ~= nil then g.ids[#g.ids + 1] = event_id end
-    t.pm, t.committed, t.commands, t.done = g, true, f.commands, f.done or false
-    t.plain, t.directives = timers.split(f.commands)
-  end
-  return t
+-- The code a flow live at the end of the journal runs: its version's.
+local function replay_spec(self, name, flow_id)
+  return self.versions[name][fold.workflow_version(self, name, flow_id)]
 end
 
 -- Replay one flow's part of an event record: the flow handles the event
 -- again, with the code of the version it started on; its commands are
--- compared with the journaled ones, and the journaled ones are the ones
--- that count.
-local function replay_target(self, f, rec, offset)
-  local name = spec_for(self, f.workflow, offset).name
-  if replay_plan.completes(self.plan, name, f.flow) then return ghost_target(self, name, f, rec) end
-  local spec = self.versions[name][replay_plan.version(self.plan, name, f.flow)]
-  local t = { spec = spec, flow = f.flow, pm = self.live[name][f.flow], resumed = f.resumed,
-              held = f.held, parked_error = f.parked }
-  if f.parked then
-    if t.pm == nil then
-      local ok, pm = pcall(core.new, spec, f.flow)
-      t.pm = ok and pm or nil
-    end
-  elseif f.commands then
-    t.pm = t.pm or core.new(spec, f.flow)
+-- compared with the journaled ones (the fold took the journaled ones).
+local function replay_entry(self, pms, f, rec, offset)
+  local name, flow_id = f.workflow, f.flow
+  local by_id = pms[name]
+  local pm = by_id[flow_id]
+  if f.commands then
+    pm = pm or core.new(replay_spec(self, name, flow_id), flow_id)
+    by_id[flow_id] = pm
     -- the decoded event is the handler's copy when it goes to this flow only
     local fresh = #rec.flows == 1 and core.handle_fresh or nil
-    local ok, now = patches.replay(t.pm, rec.event, f.patches, fresh)
+    local ok, now = patches.replay(pm, rec.event, f.patches, fresh)
     if not ok then
       error(string.format("procman.router: replay failed at %s: %s", where(self, f, rec, offset),
                           message(now)), 0)
     end
     if differ(now, f.commands) then diverged(self, where(self, f, rec, offset), f.commands, now) end
-    t.committed, t.commands, t.patches = true, f.commands, f.patches
-    t.plain, t.directives = timers.split(f.commands)
+    if f.patches then patches.rebase(pm, f.patches) end
+  elseif f.parked and pm == nil then
+    local ok, made = pcall(core.new, replay_spec(self, name, flow_id), flow_id)
+    by_id[flow_id] = ok and made or nil
   end
-  return t
 end
 
-local function replay_event(self, rec, offset)
-  local targets = {}
-  for i, f in ipairs(rec.flows) do targets[i] = replay_target(self, f, rec, offset) end
-  settle(self, targets, rec)
-  self.seq = rec.seq
-end
-
--- A live flow from a compaction snapshot, on the code of its version (or a
--- ghost, when it completes further on).
-local function restore_flow(self, rec, offset)
-  local name = spec_for(self, rec.workflow, offset).name
-  if replay_plan.completes(self.plan, name, rec.flow) then
-    self.live[name][rec.flow] = ghost(rec.version, rec.status, rec.seen)
-    return
-  end
-  local spec = self.versions[name][replay_plan.version(self.plan, name, rec.flow)]
-  local pm = core.restore(spec, rec.flow, rec.state, rec.version, rec.seen)
+-- A live flow from a compaction snapshot, on the code of its version.
+local function restore_flow(self, pms, rec)
+  local pm = core.restore(replay_spec(self, rec.workflow, rec.flow), rec.flow, rec.state, rec.version,
+                          rec.seen)
   patches.take(pm, rec.patches)
-  self.live[name][rec.flow] = pm
-  if spec ~= self.by_name[name] then self.older[name][rec.flow] = spec end
+  pms[rec.workflow][rec.flow] = pm
 end
 
-local function restore_parked(self, rec, offset)
-  local name = spec_for(self, rec.workflow, offset).name
-  self.parked_of[name][rec.flow] = { events = rec.events, error = rec.error }
-  self.parked_count = self.parked_count + 1
-  local spec = self.versions[name][replay_plan.version(self.plan, name, rec.flow)]
-  if spec and spec ~= self.by_name[name] then self.older[name][rec.flow] = spec end
+-- The records the flows live at the end replay from: a set of offsets, or
+-- nil when there are none.
+local function replay_offsets(self)
+  local wanted, any = {}, false
+  for _, spec in ipairs(self.specs) do
+    for _, g in pairs(self.live[spec.name]) do
+      for _, at in ipairs(g.offsets) do wanted[at], any = true, true end
+    end
+  end
+  return any and wanted or nil
 end
 
--- Records written by compaction: the router's state, as it was; and those
--- of r:skip and dead letters.
-local function restore_record(self, kind, rec, offset)
-  if kind == RECORD_FLOW then
-    restore_flow(self, rec, offset)
-  elseif kind == RECORD_OUTBOX then
-    self.outbox:add(rec)
-  elseif kind == RECORD_COMPLETED then
-    remember_completed(self, spec_for(self, rec.workflow, offset).name, rec.flow, rec.status)
-  elseif kind == RECORD_SEQ then
-    self.seq = rec.seq
-    self.dead:skip_to(rec.next_dead_letter)
-  elseif kind == RECORD_SKIP then
-    unpark_front(self, spec_for(self, rec.workflow, offset).name, rec.flow)
-  elseif kind == RECORD_TIMER then
-    local timer = { key = rec.key, due = rec.due, event = rec.event, seq = rec.seq, index = rec.index }
-    self.schedule:restore(spec_for(self, rec.workflow, offset).name, rec.flow, timer)
-  elseif kind == RECORD_PARKED then
-    restore_parked(self, rec, offset)
-  elseif kind == RECORD_DEAD then
-    self.dead:add(rec)
-  else
-    self.dead:remove(rec.id)
+-- Each flow live at the end (counted so far) becomes its procman.pm, on
+-- the code of its version; parked flows are pinned to theirs too.
+local function take_flows(self, pms)
+  for _, spec in ipairs(self.specs) do
+    local name = spec.name
+    local live, made, older = self.live[name], pms[name], self.older[name]
+    for flow_id in pairs(live) do
+      local version = replay_spec(self, name, flow_id)
+      if version ~= spec then older[flow_id] = version end
+      live[flow_id] = made[flow_id]  -- nil: a parked flow whose code could not start it
+    end
+    for flow_id in pairs(self.parked_of[name]) do
+      local version = replay_spec(self, name, flow_id)
+      if version ~= spec then older[flow_id] = version end
+    end
   end
 end
 
--- Two passes: the plan (which flows complete, which versions the live ones
--- need), then the replay of the flows that are live at the end.
-local function recover(self, j)
-  self.plan = replay_plan.read(j:records(), decode)
-  local missing = replay_plan.missing(self.plan, self.versions)
+-- The second pass: the flows live at the end run their handlers on their
+-- records (only those are decoded again), in journal order.
+local function replay_live(self, j)
+  local pms = {}
+  for _, spec in ipairs(self.specs) do pms[spec.name] = {} end
+  local wanted = replay_offsets(self)
+  if wanted then
+    for offset, kind, payload in j:records() do
+      if wanted[offset] then
+        local rec = decode(payload)
+        if kind == RECORD_FLOW then
+          restore_flow(self, pms, rec)
+        else
+          for _, f in ipairs(rec.flows) do
+            if fold.is_counted(self.live[f.workflow][f.flow]) then replay_entry(self, pms, f, rec, offset) end
+          end
+        end
+      end
+    end
+  end
+  take_flows(self, pms)
+end
+
+-- Refuse a journal whose live flows need code this router lacks, or that
+-- names a workflow it was not given, before any handler runs.
+local function check_code(self)
+  local missing = replay_plan.missing(replay_plan.live_versions(self), self.versions)
   if missing then error(string.format("procman.router: %s: %s", self.journal_path, missing), 0) end
+  if self.unknown then
+    local name, offset = next(self.unknown)
+    error(string.format("procman.router: the journal has flows of workflow %q, which this router "
+                        .. "was not given (byte %d of %s)", name, offset, self.journal_path), 0)
+  end
+end
+
+-- Recovery reads the journal once into the state with procman.fold,
+-- counting flows (their journaled commands, statuses and completions are
+-- the ones that count: no handler runs, no event is encoded again), then
+-- replays only the records of the flows still live at the end through
+-- their handlers, which rebuilds their state and checks their commands.
+local function recover(self, j)
+  self.offsets = true  -- counted flows note the records they replay from
+  self.outbox:defer()  -- envelopes acked further on are never encoded
   for offset, kind, payload in j:records() do
-    local rec = decode(payload)
-    if kind == RECORD_EVENT then
-      replay_event(self, rec, offset)
-    elseif kind == RECORD_ACK then
-      if self.outbox:has(rec.id) then self.outbox:forget(rec.id) end
-    elseif kind >= RECORD_FLOW and kind <= RECORD_DROP then
-      restore_record(self, kind, rec, offset)
-    else
+    if not fold.knows(kind) then
       error(string.format("procman.router: %s: unknown record type %d at byte %d",
                           self.journal_path, kind, offset), 0)
     end
+    fold.record(self, kind, decode(payload), offset, payload)
     self.recovered = self.recovered + 1
   end
-  self.plan = nil
+  self.offsets = nil
+  self.outbox:undefer()
+  check_code(self)
+  replay_live(self, j)
 end
 
 local function open_journal(self, opts)

@@ -75,6 +75,15 @@ function M.new(names)
   return self
 end
 
+--- schedule:add(name): a workflow of its own, ranked after the others
+-- (the tools learn a journal's workflows as they read it).
+function Schedule:add(name)
+  if self.by_flow[name] ~= nil then return end
+  local n = 0
+  for _ in pairs(self.rank) do n = n + 1 end
+  self.by_flow[name], self.rank[name] = {}, n + 1
+end
+
 local function push(self, name, flow_id, t)
   local heap = self.heap
   heap[#heap + 1] = { due = t.due, seq = t.seq, index = t.index, rank = self.rank[name],
