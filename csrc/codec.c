@@ -245,6 +245,12 @@ static int fail_under(Encoder *e, const Key *k) {
 /* Sort order of keys; keys of one table are never equal. */
 static int key_compare(const void *pa, const void *pb) {
   const Key *a = (const Key *)pa, *b = (const Key *)pb;
+  if (a->kind == KEY_STRING && b->kind == KEY_STRING) {  /* the common case */
+    size_t n = a->len < b->len ? a->len : b->len;
+    int c = memcmp(a->s, b->s, n);
+    if (c != 0) return c;
+    return a->len < b->len ? -1 : a->len > b->len;
+  }
   if ((a->kind == KEY_INT || a->kind == KEY_FLOAT) &&
       (b->kind == KEY_INT || b->kind == KEY_FLOAT)) {
     if (a->kind == KEY_INT && b->kind == KEY_INT)
@@ -265,13 +271,7 @@ static int key_compare(const void *pa, const void *pb) {
   }
   if (a->kind != b->kind)
     return a->kind < b->kind ? -1 : 1;
-  if (a->kind == KEY_STRING) {
-    size_t n = a->len < b->len ? a->len : b->len;
-    int c = memcmp(a->s, b->s, n);
-    if (c != 0) return c;
-    return a->len < b->len ? -1 : a->len > b->len;
-  }
-  return 0;
+  return 0;  /* two booleans of one table: the same key */
 }
 
 /* Describe the key at stack index 'idx'; 0 if it cannot be a map key. */
@@ -337,6 +337,36 @@ static void push_pair(lua_State *L, const Key *k, int store, int key) {
 }
 
 /*
+** Encode the value of pair 'k' and, in copy mode, store its copy under
+** the same key in the table at 'copy' (as element 'j' of an array).  Pairs
+** collected on the stack are encoded where they are: no push, no pop.
+*/
+static int encode_pair_value(Encoder *e, const Key *k, int store, int copy,
+                             lua_Integer j) {
+  lua_State *L = e->L;
+  if (copy != 0 && j == 0)
+    push_pair(L, k, store, 1);                 /* the key, for lua_rawset */
+  if (store == 0) {
+    if (!encode_value(e, k->slot))
+      return 0;
+  }
+  else {
+    push_pair(L, k, store, 0);
+    if (!encode_value(e, -1))
+      return 0;
+    if (copy != 0)
+      lua_remove(L, -2);                       /* the value: keep its copy */
+    else
+      lua_pop(L, 1);
+  }
+  if (copy != 0 && j > 0)
+    lua_rawseti(L, copy, j);
+  else if (copy != 0)
+    lua_rawset(L, copy);
+  return 1;
+}
+
+/*
 ** Write the sorted pairs as an array or a map.  In copy mode the copy of
 ** the table is built alongside and left at the top.
 */
@@ -355,17 +385,8 @@ static int encode_pairs(Encoder *e, Key *keys, size_t n, int store) {
   for (j = 0; j < n; j++) {
     if (!as_array)
       encode_key(e, &keys[j]);
-    push_pair(L, &keys[j], store, 0);
-    if (!encode_value(e, -1))
-      return fail_under(e, &keys[j]);
-    if (copy && as_array)
-      lua_rawseti(L, copy, (lua_Integer)(j + 1));
-    else if (copy) {
-      push_pair(L, &keys[j], store, 1);
-      lua_insert(L, -2);
-      lua_rawset(L, copy);
-    }
-    lua_pop(L, 1);
+    if (!encode_pair_value(e, &keys[j], store, copy, as_array ? (lua_Integer)(j + 1) : 0))
+      return fail_under(e, &keys[j]);  /* encode_table restores the stack */
   }
   return 1;
 }
@@ -829,4 +850,199 @@ int codec_decode(lua_State *L, const char *s, size_t len, size_t *pos) {
   lua_copy(L, -1, top + 1);  /* keep only the message */
   lua_settop(L, top + 1);
   return 0;
+}
+
+/* ===================================================================
+** Reading without building: walk encoded bytes, allocating nothing
+** =================================================================== */
+
+/* A read position in bytes this codec wrote (or checked). */
+typedef struct Cursor {
+  const unsigned char *s;
+  size_t len, pos;
+} Cursor;
+
+enum { R_BAD, R_SCALAR, R_STR, R_ARRAY, R_MAP };
+
+/* Read 'width' big-endian bytes; 0 if the input ends first. */
+static int cursor_be(Cursor *c, int width, size_t *v) {
+  unsigned long long u = 0;
+  int i;
+  if (c->len - c->pos < (size_t)width)
+    return 0;
+  for (i = 0; i < width; i++)
+    u = (u << 8) | c->s[c->pos++];
+  *v = (size_t)u;
+  return 1;
+}
+
+/*
+** Read the header of the value at the cursor: what it is and, for a
+** string (str or bin) its byte length, for an array or a map its element
+** or pair count, for a scalar the bytes that follow the tag.
+*/
+static int cursor_header(Cursor *c, size_t *n) {
+  static const int width_of[] = { 1, 2, 4, 8 };
+  unsigned char tag;
+  if (c->pos >= c->len)
+    return R_BAD;
+  tag = c->s[c->pos++];
+  *n = 0;
+  if (tag <= 0x7f || tag >= 0xe0 || tag == 0xc0 || tag == 0xc2 || tag == 0xc3)
+    return R_SCALAR;
+  if (tag <= 0x8f) { *n = tag & 0x0f; return R_MAP; }
+  if (tag <= 0x9f) { *n = tag & 0x0f; return R_ARRAY; }
+  if (tag <= 0xbf) { *n = tag & 0x1f; return R_STR; }
+  switch (tag) {
+    case 0xca: *n = 4; return R_SCALAR;
+    case 0xcb: *n = 8; return R_SCALAR;
+    case 0xcc: case 0xcd: case 0xce: case 0xcf:
+    case 0xd0: case 0xd1: case 0xd2: case 0xd3:
+      *n = (size_t)width_of[(tag - 0xcc) & 3];
+      return R_SCALAR;
+    case 0xc4: case 0xc5: case 0xc6:
+      return cursor_be(c, width_of[tag - 0xc4], n) ? R_STR : R_BAD;
+    case 0xd9: case 0xda: case 0xdb:
+      return cursor_be(c, width_of[tag - 0xd9], n) ? R_STR : R_BAD;
+    case 0xdc: case 0xdd:
+      return cursor_be(c, width_of[tag - 0xdc + 1], n) ? R_ARRAY : R_BAD;
+    case 0xde: case 0xdf:
+      return cursor_be(c, width_of[tag - 0xde + 1], n) ? R_MAP : R_BAD;
+    default:
+      return R_BAD;
+  }
+}
+
+/* Move the cursor past one value, nested ones included; 0 if malformed. */
+static int cursor_skip(Cursor *c) {
+  size_t items = 1, n;
+  while (items > 0) {
+    int kind = cursor_header(c, &n);
+    items--;
+    if (kind == R_BAD)
+      return 0;
+    if (kind == R_SCALAR || kind == R_STR) {
+      if (c->len - c->pos < n)
+        return 0;
+      c->pos += n;
+    }
+    else {
+      size_t more = kind == R_MAP ? 2 * n : n;
+      if (n > c->len - c->pos || more > c->len - c->pos)  /* >= 1 byte each */
+        return 0;
+      items += more;
+    }
+  }
+  return 1;
+}
+
+/*
+** Find string key 'key' in the map at the cursor: 1 and *vpos at its value,
+** 0 when the map has no such key (or the value is not a map), -1 when the
+** bytes are malformed.  The cursor ends past the value.
+*/
+static int cursor_find(Cursor *c, const char *key, size_t *vpos) {
+  size_t keylen = strlen(key), n, i, found = 0;
+  Cursor start = *c;
+  if (cursor_header(c, &n) != R_MAP) {
+    *c = start;
+    return cursor_skip(c) ? 0 : -1;
+  }
+  for (i = 0; i < n; i++) {
+    unsigned char tag;
+    if (c->pos >= c->len)
+      return -1;
+    tag = c->s[c->pos];
+    if ((tag & 0xe0) == 0xa0) {  /* a fixstr key, the common case: no call */
+      size_t klen = tag & 0x1f;
+      if (c->len - c->pos - 1 < klen)
+        return -1;
+      if (!found && klen == keylen && memcmp(c->s + c->pos + 1, key, klen) == 0) {
+        *vpos = c->pos + 1 + klen;
+        found = 1;
+      }
+      c->pos += 1 + klen;
+    }
+    else if (!cursor_skip(c))
+      return -1;
+    tag = c->pos < c->len ? c->s[c->pos] : 0xc1;
+    if (tag <= 0x7f || tag >= 0xe0 || tag == 0xc0 || tag == 0xc2 || tag == 0xc3)
+      c->pos++;  /* a one-byte value */
+    else if (!cursor_skip(c))
+      return -1;
+  }
+  return found ? 1 : 0;
+}
+
+/* Does the value at the cursor equal the integer or string at 'idx'? */
+static int cursor_equals(lua_State *L, int idx, Cursor *c) {
+  size_t n;
+  const unsigned char *p = c->s + c->pos;
+  if (lua_type(L, idx) == LUA_TSTRING) {
+    size_t len;
+    const char *s = lua_tolstring(L, idx, &len);
+    return cursor_header(c, &n) == R_STR && n == len && c->len - c->pos >= n &&
+           memcmp(c->s + c->pos, s, n) == 0;
+  }
+  if (!lua_isinteger(L, idx) || cursor_header(c, &n) != R_SCALAR || c->len - c->pos < n)
+    return 0;
+  {
+    lua_Integer v = lua_tointeger(L, idx), got;
+    unsigned long long u = 0;
+    size_t i;
+    for (i = 0; i < n; i++)
+      u = (u << 8) | c->s[c->pos + i];
+    if (*p <= 0x7f) got = *p;
+    else if (*p >= 0xe0) got = (lua_Integer)*p - 256;
+    else if (*p >= 0xcc && *p <= 0xcf) {
+      if (u > (unsigned long long)LUA_MAXINTEGER) return 0;
+      got = (lua_Integer)u;
+    }
+    else if (*p >= 0xd0 && *p <= 0xd3) {
+      unsigned long long sign = 1ULL << (n * 8 - 1);
+      got = (lua_Integer)((u ^ sign) - sign);
+    }
+    else
+      return 0;  /* a float, nil or a boolean */
+    return got == v;
+  }
+}
+
+int codec_field_is(lua_State *L, int idx, const char *s, size_t len, size_t *pos,
+                   const char *key) {
+  Cursor c, v;
+  size_t vpos;
+  int found;
+  c.s = (const unsigned char *)s;
+  c.len = len;
+  c.pos = *pos;
+  found = cursor_find(&c, key, &vpos);
+  if (found < 0)
+    return -1;
+  *pos = c.pos;
+  if (found == 0)
+    return 0;
+  v = c;
+  v.pos = vpos;
+  return cursor_equals(L, idx, &v);
+}
+
+int codec_push_field(lua_State *L, const char *s, size_t len, size_t *pos, const char *key) {
+  Cursor c;
+  size_t vpos;
+  int found;
+  c.s = (const unsigned char *)s;
+  c.len = len;
+  c.pos = *pos;
+  found = cursor_find(&c, key, &vpos);
+  if (found < 0) {
+    lua_pushfstring(L, "cannot read: malformed bytes at byte %I", (lua_Integer)*pos);
+    return 0;
+  }
+  if (found == 0)
+    lua_pushnil(L);
+  else if (!codec_decode(L, s, len, &vpos))
+    return 0;
+  *pos = c.pos;
+  return 1;
 }

@@ -52,4 +52,22 @@ int codec_encode_snapshot(lua_State *L, int idx, int bidx, const char *root);
 */
 int codec_decode(lua_State *L, const char *s, size_t len, size_t *pos);
 
+/*
+** Reading bytes this codec wrote, allocating nothing (a flow's history
+** answers "was this event_id handled?" this way).  The value at s[*pos ..
+** len) is one encoded value; both functions move *pos past it.
+**
+** codec_field_is: 1 if it is a map whose string key 'key' holds a value
+** equal to the string or integer at stack index 'idx'; 0 if not (no such
+** key, another value, or not a map); -1 if the bytes are malformed (*pos
+** unchanged).
+*/
+int codec_field_is(lua_State *L, int idx, const char *s, size_t len, size_t *pos,
+                   const char *key);
+
+/* Push the value under string key 'key' of the map at s[*pos .. len) (nil
+** when it has none, or is not a map); 1, or 0 with *pos unchanged and,
+** when decoding failed, an error message pushed. */
+int codec_push_field(lua_State *L, const char *s, size_t len, size_t *pos, const char *key);
+
 #endif

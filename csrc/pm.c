@@ -2,23 +2,31 @@
 ** pm.c - the procman.pm userdata: one live flow of one workflow.
 **
 ** A flow's state is the fold of the events it handled.  The flow keeps a
-** snapshot of its state (encoded by the codec) and the events handled
-** since, encoded, in its history buffer; the state table is a cache of
-** the fold.  That makes handle() atomic without copying the state per
-** event: the handler mutates the state in place, and if anything fails
-** before the event is committed the state is marked dirty and rebuilt by
-** decoding the snapshot and replaying the history.  Every step that can
-** fail (a Lua error or an out-of-memory longjmp) happens before the
-** commit, and the commit itself allocates nothing, so an interrupted
-** handle() leaves the committed history, version and dedup set exactly as
-** they were.
+** log: a snapshot of its state (encoded by the codec; none while the
+** history starts from init) followed by the events handled since, encoded;
+** the state table is a cache of the fold.  That makes handle() atomic
+** without copying the state per event: the handler mutates the state in
+** place, and if anything fails before the event is committed the state is
+** marked dirty and rebuilt by decoding the snapshot and replaying the
+** history.  Every step that can fail (a Lua error or an out-of-memory
+** longjmp) happens before the commit, and the commit itself allocates
+** nothing, so an interrupted handle() leaves the committed history, version
+** and dedup set exactly as they were.
 **
 ** Memory is bounded by the state, not by the events handled: once the
 ** history outgrows SNAPSHOT_FACTOR times the last snapshot (and at least
 ** SNAPSHOT_MIN bytes), the next handle() first encodes the committed state
-** as the new snapshot and empties the history.  The period grows with the
+** as the new snapshot and drops the history.  The period grows with the
 ** state, so the encoding costs O(1) amortised per byte of events.
+**
+** A flow remembers the event_ids it handled.  While its history holds them
+** all (no snapshot dropped one) and is short, the history is the set: a
+** redelivery is found by reading the encoded events (no table, no
+** allocation).  Past SCAN_MAX events, or when a snapshot drops events that
+** had ids, the ids move to a table.  A small flow is then the userdata,
+** its state and one buffer of encoded bytes.
 */
+#include <limits.h>
 #include <stdarg.h>
 #include <string.h>
 
@@ -32,11 +40,11 @@ enum {
   UV_WORKFLOW = 1,  /* the checked workflow definition (a table) */
   UV_ID,            /* the flow id: non-empty string or integer */
   UV_STATE,         /* the state table (cache of the fold) */
-  UV_HISTORY,       /* Buffer: the encoded events, then scratch space */
-  UV_SEEN,          /* event_id -> true (handled) / false (tried): or nil */
-  UV_BASE,          /* Buffer: the encoded snapshot the history starts from, or nil */
-  UV_LAST_ID,       /* the event_id of the last commit (for undo), or nil */
-  UV_COUNT = UV_LAST_ID
+  UV_LOG,           /* Buffer: snapshot, history, staged event; or nil */
+  UV_SEEN,          /* event_id -> true (handled) / false (tried), and
+                    ** LAST_ID -> the last commit's event_id (or false);
+                    ** nil while the history holds every id handled */
+  UV_COUNT = UV_SEEN
 };
 
 /* History bytes before a first snapshot, and the growth (a multiple of
@@ -44,15 +52,30 @@ enum {
 #define SNAPSHOT_MIN 4096
 #define SNAPSHOT_FACTOR 4
 
+/* Events a history may hold and still be searched for an event_id. */
+#define SCAN_MAX 4
+
+/* Scratch buffers larger than this are not kept for the next event. */
+#define SCRATCH_KEEP 65536
+
+/* Registry key of the shared scratch buffer; key in the seen table of the
+** last commit's event_id (light userdata: no event_id can be one). */
+static const char SCRATCH_KEY = 0;
+static const char LAST_ID = 0;
+
 typedef struct PM {
   lua_Integer version;   /* events committed */
-  size_t history_len;    /* committed bytes in the history buffer */
+  size_t base_len;       /* bytes of the log's snapshot (0: none, from init) */
+  size_t history_len;    /* committed bytes of events after the snapshot */
   size_t snapshot_at;    /* history_len that makes a new snapshot */
   size_t undo_len;       /* history_len before the last commit */
-  int can_undo;          /* the last commit may still be taken back */
-  int state_ok;          /* 0: the state cache must be rebuilt */
-  int busy;              /* a handler or replay of this flow is running */
-  int closed;
+  unsigned events;       /* events in the history (saturating) */
+  unsigned history_ids;  /* of those, events with an event_id (saturating) */
+  unsigned char can_undo;     /* the last commit may still be taken back */
+  unsigned char last_had_id;  /* the last commit's event had an event_id */
+  unsigned char state_ok;     /* 0: the state cache must be rebuilt */
+  unsigned char busy;         /* a handler or replay of this flow is running */
+  unsigned char closed;
 } PM;
 
 /* ===================================================================
@@ -134,22 +157,36 @@ static int push_handler(lua_State *L, int pm, int type) {
   return lua_type(L, -1) == LUA_TFUNCTION;
 }
 
-/* Push the state the history starts from: the snapshot the flow was
-** restored from, else init(id), else {}. */
-/* Replace the snapshot Buffer at the top by its decoded state. */
-static void decode_base(lua_State *L) {
+/* The flow's log at the top (a Buffer), or NULL with nil pushed. */
+static Buffer *push_log(lua_State *L, int pm) {
+  if (lua_getiuservalue(L, pm, UV_LOG) == LUA_TNIL)
+    return NULL;
+  return buffer_at(L, -1);
+}
+
+/* Push the snapshot state of the flow at 'pm' (decoded), or nil when its
+** history starts from init. */
+static void push_base(lua_State *L, int pm) {
+  PM *p = (PM *)lua_touserdata(L, pm);
   size_t pos = 0;
-  const Buffer *base = buffer_at(L, -1);
-  if (!codec_decode(L, base->data, base->len, &pos))
+  Buffer *log = push_log(L, pm);
+  if (log != NULL && p->base_len == 0) {
+    lua_pop(L, 1);
+    lua_pushnil(L);
+  }
+  if (log == NULL || p->base_len == 0)
+    return;
+  if (!codec_decode(L, log->data, p->base_len, &pos))
     luaL_error(L, "the snapshot state is damaged: %s", lua_tostring(L, -1));
   lua_remove(L, -2);
 }
 
+/* Push the state the history starts from: the snapshot, else init(id),
+** else {}. */
 static void push_initial_state(lua_State *L, int pm) {
-  if (lua_getiuservalue(L, pm, UV_BASE) == LUA_TUSERDATA) {
-    decode_base(L);
+  push_base(L, pm);
+  if (!lua_isnil(L, -1))
     return;
-  }
   lua_pop(L, 1);
   if (workflow_field(L, pm, "init") == LUA_TNIL) {
     lua_pop(L, 1);
@@ -169,14 +206,14 @@ static void push_initial_state(lua_State *L, int pm) {
 static int replay(lua_State *L) {
   PM *p = (PM *)lua_touserdata(L, 1);
   const char *bytes = NULL;
-  size_t pos = 0;
+  size_t pos = p->base_len, end = p->base_len + p->history_len;
   lua_Integer n = 0;
   push_initial_state(L, 1);                          /* 2: state */
-  if (lua_getiuservalue(L, 1, UV_HISTORY) != LUA_TNIL)  /* 3: history */
+  if (push_log(L, 1) != NULL)                        /* 3: log */
     bytes = buffer_at(L, 3)->data;
-  while (pos < p->history_len) {
+  while (pos < end) {
     n++;
-    if (!codec_decode(L, bytes, p->history_len, &pos))
+    if (!codec_decode(L, bytes, end, &pos))
       return luaL_error(L, "history event #%I is damaged: %s", n, lua_tostring(L, -1));
     lua_pushliteral(L, "event_type");
     lua_rawget(L, -2);                               /* event type */
@@ -230,10 +267,11 @@ static size_t next_snapshot_at(size_t base_len) {
 }
 
 /*
-** Push the committed state of the flow at index 1, encoded, as a snapshot
-** for the next commit to take; nil when the state is not data (the history
-** is kept, and the next try waits until it has doubled).  Allocates, but
-** changes nothing the flow shows: a failure here leaves it as it was.
+** Push a new log holding the committed state of the flow at index 1,
+** encoded, as the snapshot for the next commit to take; nil when the state
+** is not data (the history is kept, and the next try waits until it has
+** doubled).  Allocates, but changes nothing the flow shows: a failure here
+** leaves it as it was.
 */
 static void push_snapshot(lua_State *L, PM *p) {
   int top = lua_gettop(L);
@@ -249,18 +287,105 @@ static void push_snapshot(lua_State *L, PM *p) {
 }
 
 /*
-** Make the snapshot at 'snap' the flow's base; the history keeps only its
-** bytes from 'from' on (the event being committed, if any).  Allocates
-** nothing: part of a commit.
+** Make the log at 'snap' (a snapshot of 'base_len' bytes, then the event
+** being committed, if any) the flow's log.  Allocates nothing: part of a
+** commit.
 */
-static void switch_to_snapshot(lua_State *L, PM *p, int snap, Buffer *history,
-                               size_t from) {
-  memmove(history->data, history->data + from, history->len - from);
-  history->len -= from;
-  p->history_len = 0;
-  p->snapshot_at = next_snapshot_at(buffer_at(L, snap)->len);
+static void switch_to_snapshot(lua_State *L, PM *p, int snap, size_t base_len) {
+  Buffer *log = buffer_at(L, snap);
+  p->base_len = base_len;
+  p->history_len = log->len - base_len;
+  p->undo_len = 0;
+  p->snapshot_at = next_snapshot_at(base_len);
+  p->events = p->history_len > 0;
+  p->history_ids = 0;
   lua_pushvalue(L, snap);
-  lua_setiuservalue(L, 1, UV_BASE);
+  lua_setiuservalue(L, 1, UV_LOG);
+}
+
+/* ===================================================================
+** Remembered event ids
+** =================================================================== */
+
+/*
+** Has the flow at index 1 handled the event_id at 'id'?  For a flow
+** without a seen table: its history holds every id it handled.
+*/
+static int history_has_id(lua_State *L, PM *p, int id) {
+  const Buffer *log;
+  size_t pos = p->base_len, end = p->base_len + p->history_len;
+  int found = 0;
+  if (p->history_ids == 0)
+    return 0;
+  log = push_log(L, 1);
+  while (!found && pos < end) {
+    found = codec_field_is(L, id, log->data, end, &pos, "event_id");
+    if (found < 0)
+      flow_error(L, 1, "the history is damaged at byte %I", (lua_Integer)pos);
+  }
+  lua_pop(L, 1);
+  return found;
+}
+
+/*
+** Push the event_id of each event in the history (nil for one without),
+** calling 'each' with the flow at index 1 and the id at the top.
+*/
+static void for_history_ids(lua_State *L, PM *p, void (*each)(lua_State *L, int arg), int arg) {
+  size_t pos = p->base_len, end = p->base_len + p->history_len;
+  int log;
+  if (push_log(L, 1) == NULL) {
+    lua_pop(L, 1);
+    return;
+  }
+  log = lua_gettop(L);
+  while (pos < end) {
+    if (!codec_push_field(L, buffer_at(L, log)->data, end, &pos, "event_id"))
+      flow_error(L, 1, "the history is damaged: %s", lua_tostring(L, -1));
+    if (!lua_isnil(L, -1))
+      each(L, arg);
+    lua_settop(L, log);
+  }
+  lua_pop(L, 1);
+}
+
+static void mark_handled(lua_State *L, int seen) {
+  lua_pushboolean(L, 1);
+  lua_rawset(L, seen);
+}
+
+/*
+** Give the flow at index 1 a seen table, built from its history (the ids
+** it holds), with LAST_ID the id of the last commit while it may be taken
+** back.  Before a snapshot drops the history, or once it is too long to
+** search.  Allocates; changes nothing the flow shows.
+*/
+static void make_seen_table(lua_State *L, PM *p) {
+  int seen;
+  lua_createtable(L, 0, (int)(p->history_ids < SCAN_MAX ? SCAN_MAX : SCAN_MAX * 2));
+  seen = lua_gettop(L);
+  for_history_ids(L, p, mark_handled, seen);
+  lua_pushboolean(L, 0);
+  lua_rawsetp(L, seen, &LAST_ID);
+  if (p->can_undo && p->last_had_id) {
+    size_t pos = p->base_len + p->undo_len;
+    push_log(L, 1);
+    if (!codec_push_field(L, buffer_at(L, -1)->data, p->base_len + p->history_len, &pos,
+                          "event_id"))
+      flow_error(L, 1, "the history is damaged: %s", lua_tostring(L, -1));
+    lua_rawsetp(L, seen, &LAST_ID);
+    lua_pop(L, 1);
+  }
+  lua_setiuservalue(L, 1, UV_SEEN);
+}
+
+/* Push the flow's seen table, making it first when 'make' (else nil). */
+static void push_seen(lua_State *L, PM *p, int make) {
+  if (lua_getiuservalue(L, 1, UV_SEEN) != LUA_TNIL || !make)
+    return;
+  lua_pop(L, 1);
+  make_seen_table(L, p);
+  lua_getiuservalue(L, 1, UV_SEEN);
 }
 
 /* ===================================================================
@@ -324,25 +449,29 @@ static void push_event_id(lua_State *L) {
 }
 
 /*
-** Claim the event id at 'id' for this attempt and push the flow's set of
-** seen ids (or nil when the event has no id).  Returns 1 if the flow has
-** handled that id already.  A new id is noted as tried (false), so that
-** the commit only flips it to true: assigning an existing key never
-** allocates, and an abandoned attempt leaves an id that still counts as
-** new.
+** Claim the event id at 'id' for this attempt and push the flow's seen
+** table (nil while the history holds every id).  Returns 1 if the flow has
+** handled that id already.  With a table, a new id is noted as tried
+** (false), so that the commit only flips it to true, and LAST_ID is made
+** to exist: assigning an existing key never allocates, and an abandoned
+** attempt leaves an id that still counts as new.  'make' asks for the
+** table now (a snapshot is due: it drops the history).
 */
-static int claim_event_id(lua_State *L, int id) {
+static int claim_event_id(lua_State *L, PM *p, int id, int make) {
   int t, handled;
-  if (lua_isnil(L, id)) {
-    lua_pushnil(L);
+  int has_id = !lua_isnil(L, id);
+  if (has_id && p->events >= SCAN_MAX)
+    make = 1;  /* too long to search */
+  push_seen(L, p, make && (has_id || p->history_ids > 0));
+  if (lua_isnil(L, -1))
+    return has_id && history_has_id(L, p, id);
+  if (lua_rawgetp(L, -1, &LAST_ID) == LUA_TNIL) {
+    lua_pushboolean(L, 0);
+    lua_rawsetp(L, -3, &LAST_ID);
+  }
+  lua_pop(L, 1);
+  if (!has_id)
     return 0;
-  }
-  if (lua_getiuservalue(L, 1, UV_SEEN) == LUA_TNIL) {
-    lua_pop(L, 1);
-    lua_newtable(L);
-    lua_pushvalue(L, -1);
-    lua_setiuservalue(L, 1, UV_SEEN);
-  }
   lua_pushvalue(L, id);
   t = lua_rawget(L, -2);
   handled = t == LUA_TBOOLEAN && lua_toboolean(L, -1);
@@ -355,28 +484,65 @@ static int claim_event_id(lua_State *L, int id) {
   return handled;
 }
 
-/*
-** Encode the event at index 2 after the committed history, and push a
-** copy of it (what decoding it gives): the handler gets that copy, so it
-** sees exactly what a replay will see and cannot keep references into the
-** caller's tables.  A 'fresh' event (just decoded from a journal, held by
-** no one else) is that copy already: the handler gets it as it is.
-*/
-static void stage_event(lua_State *L, PM *p, const char *type, int fresh) {
-  int ok;
-  if (lua_getiuservalue(L, 1, UV_HISTORY) == LUA_TNIL) {
-    lua_pop(L, 1);
-    buffer_new(L, 0);
+/* Take the shared scratch buffer (a finalizer that handles an event
+** while this one is encoded gets a new one), emptied; push it. */
+static void take_scratch(lua_State *L) {
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &SCRATCH_KEY) == LUA_TUSERDATA) {
+    buffer_at(L, -1)->len = 0;
+    lua_pushboolean(L, 0);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &SCRATCH_KEY);
+    return;
   }
-  buffer_at(L, -1)->len = p->history_len;  /* drop an aborted attempt */
-  ok = fresh ? codec_encode(L, 2, -1, "event") : codec_encode_copy(L, 2, -1, "event");
+  lua_pop(L, 1);
+  buffer_new(L, 256);
+}
+
+/* Give back the scratch buffer at 'idx', unless it grew too large. */
+static void keep_scratch(lua_State *L, int idx) {
+  if (buffer_at(L, idx)->cap > SCRATCH_KEEP)
+    return;
+  lua_pushvalue(L, idx);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &SCRATCH_KEY);
+}
+
+/*
+** Stage the event at index 2: encode it and put its bytes after the
+** committed history, in the log at 'snap' (a new snapshot) or else in the
+** flow's log (made or grown to fit); push a copy of it (what decoding it
+** gives): the handler gets that copy, so it sees exactly what a replay
+** will see and cannot keep references into the caller's tables.  A
+** 'fresh' event (just decoded from a journal, held by no one else) is that
+** copy already: the handler gets it as it is.  Returns the event's size.
+*/
+static size_t stage_event(lua_State *L, PM *p, int snap, const char *type, int fresh) {
+  int scratch, ok;
+  const Buffer *bytes;
+  size_t n, at;
+  take_scratch(L);
+  scratch = lua_gettop(L);
+  ok = fresh ? codec_encode(L, 2, scratch, "event") : codec_encode_copy(L, 2, scratch, "event");
   if (!ok)
     flow_error(L, 1, "event '%s' is not data: %s", type, lua_tostring(L, -1));
   if (fresh)
     lua_pushvalue(L, 2);
-  lua_pushvalue(L, -2);
-  lua_setiuservalue(L, 1, UV_HISTORY);  /* it may have grown */
-  lua_remove(L, -2);
+  n = buffer_at(L, scratch)->len;
+  if (!lua_isnil(L, snap))
+    lua_pushvalue(L, snap);
+  else if (push_log(L, 1) == NULL) {
+    lua_pop(L, 1);
+    buffer_new(L, n);  /* a new flow's first event: exactly its size */
+  }
+  at = lua_isnil(L, snap) ? p->base_len + p->history_len : buffer_at(L, -1)->len;
+  buffer_at(L, -1)->len = at;  /* drop an aborted attempt */
+  bytes = buffer_at(L, scratch);
+  buffer_append(L, -1, bytes->data, n);
+  if (lua_isnil(L, snap))
+    lua_setiuservalue(L, 1, UV_LOG);  /* it may have grown */
+  else
+    lua_replace(L, snap);
+  keep_scratch(L, scratch);
+  lua_remove(L, scratch);
+  return n;
 }
 
 /* Check what a handler returned (at 'r'); NULL or a message pushed. */
@@ -437,14 +603,14 @@ static int abort_handle(lua_State *L, int status, const char *type) {
 
 /*
 ** pm:handle(event) -> commands (fresh: see pm_handle_fresh).  Stack: 1 pm, 2 event, 3 workflow,
-** 4 event_type, 5 handler, 6 event_id, 7 seen ids, 8 the snapshot to take
-** with this commit (or nil), 9 commands.
+** 4 event_type, 5 handler, 6 event_id, 7 seen ids (or nil), 8 the new log
+** (snapshot) to take with this commit (or nil), 9 commands.
 */
 static int handle_event(lua_State *L, int fresh) {
   PM *p = check_usable(L);
   const char *type;
-  Buffer *history;
-  int status;
+  size_t base_len = 0, n;
+  int status, snapshot_due;
   lua_settop(L, 2);
   lua_getiuservalue(L, 1, UV_WORKFLOW);
   type = check_event_type(L);
@@ -452,18 +618,21 @@ static int handle_event(lua_State *L, int fresh) {
     return flow_error(L, 1, "workflow has no handler for event type '%s'", type);
   check_correlation(L, 3, type);
   push_event_id(L);
-  if (claim_event_id(L, 6)) {
+  snapshot_due = p->history_len >= p->snapshot_at;
+  if (claim_event_id(L, p, 6, snapshot_due)) {
     lua_newtable(L);
     return 1;  /* at-least-once delivery: a redelivery changes nothing */
   }
   ensure_state(L, p);
-  if (p->history_len >= p->snapshot_at)
+  if (snapshot_due)
     push_snapshot(L, p);
   else
     lua_pushnil(L);
+  if (!lua_isnil(L, 8))
+    base_len = buffer_at(L, 8)->len;
   lua_pushvalue(L, 5);
   lua_getiuservalue(L, 1, UV_STATE);
-  stage_event(L, p, type, fresh);
+  n = stage_event(L, p, 8, type, fresh);
   p->state_ok = 0;  /* dirty until committed: any error below replays */
   p->busy = 1;
   status = lua_pcall(L, 2, 1, 0);  /* the handler guards itself (its budget) */
@@ -477,22 +646,32 @@ static int handle_event(lua_State *L, int fresh) {
   if (check_commands(L, 9, type) != NULL)
     return abort_handle(L, LUA_OK, type);
   /* commit: nothing below allocates */
-  lua_getiuservalue(L, 1, UV_HISTORY);
-  history = buffer_at(L, -1);
   if (!lua_isnil(L, 8))
-    switch_to_snapshot(L, p, 8, history, p->history_len);
-  p->undo_len = p->history_len;
+    switch_to_snapshot(L, p, 8, base_len);
+  else {
+    p->undo_len = p->history_len;
+    p->history_len += n;
+    if (p->events < UINT_MAX)
+      p->events++;
+  }
   p->can_undo = 1;
-  p->history_len = history->len;
+  p->last_had_id = !lua_isnil(L, 6);
+  if (p->last_had_id && p->history_ids < UINT_MAX)
+    p->history_ids++;
   p->version++;
   p->state_ok = 1;
   if (lua_istable(L, 7)) {
-    lua_pushvalue(L, 6);
-    lua_pushboolean(L, 1);
-    lua_rawset(L, 7);  /* the key exists: no allocation */
+    if (p->last_had_id) {
+      lua_pushvalue(L, 6);
+      lua_pushboolean(L, 1);
+      lua_rawset(L, 7);  /* the key exists: no allocation */
+    }
+    if (p->last_had_id)
+      lua_pushvalue(L, 6);
+    else
+      lua_pushboolean(L, 0);
+    lua_rawsetp(L, 7, &LAST_ID);  /* made by claim_event_id */
   }
-  lua_pushvalue(L, 6);
-  lua_setiuservalue(L, 1, UV_LAST_ID);  /* for undo; no allocation */
   lua_settop(L, 9);
   return 1;
 }
@@ -592,17 +771,22 @@ static int pm_undo(lua_State *L) {
   /* nothing allocates until the replay, which is protected: undo works
   ** when memory has run out, which is when callers need it most */
   lua_settop(L, 1);
-  lua_getiuservalue(L, 1, UV_LAST_ID);                /* 2 */
-  lua_getiuservalue(L, 1, UV_SEEN);                   /* 3 */
   p->history_len = p->undo_len;
+  if (p->events > 0 && p->events < UINT_MAX)
+    p->events--;
+  if (p->last_had_id && p->history_ids > 0 && p->history_ids < UINT_MAX)
+    p->history_ids--;
   p->version--;
   p->can_undo = 0;
   p->state_ok = 0;
-  if (!lua_isnil(L, 2) && lua_istable(L, 3)) {
-    lua_pushvalue(L, 2);
+  if (lua_getiuservalue(L, 1, UV_SEEN) == LUA_TTABLE &&     /* 2 */
+      lua_rawgetp(L, 2, &LAST_ID) != LUA_TBOOLEAN) {        /* 3 */
     lua_pushnil(L);
-    lua_rawset(L, 3);  /* removing a key never allocates */
+    lua_rawset(L, 2);  /* removing a key never allocates */
+    lua_pushboolean(L, 0);
+    lua_rawsetp(L, 2, &LAST_ID);
   }
+  lua_settop(L, 1);
   if (!try_replay(L, 1))
     lua_pop(L, 1);  /* stays dirty: the next use replays */
   return 0;
@@ -620,9 +804,8 @@ static int pm_trim(lua_State *L) {
   if (p->history_len > 0) {
     push_snapshot(L, p);                              /* 2 */
     if (!lua_isnil(L, 2)) {
-      lua_getiuservalue(L, 1, UV_HISTORY);            /* 3 */
-      switch_to_snapshot(L, p, 2, buffer_at(L, 3), p->history_len);
-      p->undo_len = 0;
+      push_seen(L, p, p->history_ids > 0);            /* the history's ids */
+      switch_to_snapshot(L, p, 2, buffer_at(L, 2)->len);
       p->can_undo = 0;
     }
   }
@@ -646,18 +829,19 @@ static int pm_id(lua_State *L) {
   return 1;
 }
 
-/* The handled events, decoded, in order. */
+/* The handled events since the snapshot, decoded, in order. */
 static int pm_history(lua_State *L) {
   PM *p = check_usable(L);
-  size_t pos = 0;
+  size_t pos = p->base_len, end = p->base_len + p->history_len;
   lua_Integer n = 0;
-  lua_createtable(L, (int)(p->version < 1 << 20 ? p->version : 1 << 20), 0);
-  if (lua_getiuservalue(L, 1, UV_HISTORY) == LUA_TNIL) {
+  lua_settop(L, 1);
+  lua_createtable(L, (int)(p->events < 1u << 20 ? p->events : 1u << 20), 0);  /* 2 */
+  if (push_log(L, 1) == NULL) {                                                /* 3 */
     lua_pop(L, 1);
     return 1;
   }
-  while (pos < p->history_len) {
-    if (!codec_decode(L, buffer_at(L, 3)->data, p->history_len, &pos))
+  while (pos < end) {
+    if (!codec_decode(L, buffer_at(L, 3)->data, end, &pos))
       return flow_error(L, 1, "history event #%I is damaged: %s", n + 1,
                         lua_tostring(L, -1));
     lua_rawseti(L, 2, ++n);
@@ -696,11 +880,9 @@ static int pm_close(lua_State *L) {
   lua_pushnil(L);
   lua_setiuservalue(L, 1, UV_STATE);
   lua_pushnil(L);
-  lua_setiuservalue(L, 1, UV_HISTORY);
+  lua_setiuservalue(L, 1, UV_LOG);
   lua_pushnil(L);
   lua_setiuservalue(L, 1, UV_SEEN);
-  lua_pushnil(L);
-  lua_setiuservalue(L, 1, UV_BASE);
   return 0;
 }
 
@@ -747,7 +929,12 @@ int pm_new(lua_State *L) {
 }
 
 /* Push an array of the event ids the flow at index 1 has handled. */
+static void append_id(lua_State *L, int ids) {
+  lua_rawseti(L, ids, (lua_Integer)lua_rawlen(L, ids) + 1);
+}
+
 static void push_event_ids(lua_State *L) {
+  PM *p = (PM *)lua_touserdata(L, 1);
   int ids, seen;
   lua_Integer n = 0;
   lua_newtable(L);
@@ -756,12 +943,17 @@ static void push_event_ids(lua_State *L) {
     seen = lua_gettop(L);
     lua_pushnil(L);
     while (lua_next(L, seen)) {
-      if (lua_toboolean(L, -1)) {  /* handled, not merely tried */
+      /* handled, not merely tried; LAST_ID's value is an id or false */
+      if (lua_type(L, -1) == LUA_TBOOLEAN && lua_toboolean(L, -1)) {
         lua_pushvalue(L, -2);
         lua_rawseti(L, ids, ++n);
       }
       lua_pop(L, 1);
     }
+  }
+  else {
+    lua_pop(L, 1);
+    for_history_ids(L, p, append_id, ids);
   }
   lua_settop(L, ids);
 }
@@ -803,8 +995,7 @@ static int pm_origin(lua_State *L) {
   to_pm(L);
   lua_settop(L, 1);
   lua_getiuservalue(L, 1, UV_WORKFLOW);                      /* 2 */
-  if (lua_getiuservalue(L, 1, UV_BASE) == LUA_TUSERDATA)    /* 3 */
-    decode_base(L);
+  push_base(L, 1);                                           /* 3 */
   return 2;
 }
 
@@ -818,12 +1009,19 @@ static int pm_restore(lua_State *L) {
   lua_settop(L, 5);
   p = push_flow(L);                                   /* 6 */
   p->version = version;
-  buffer_new(L, 0);                                   /* 7 */
+  take_scratch(L);                                    /* 7 */
   if (!codec_encode_snapshot(L, 3, 7, "state"))
     return luaL_error(L, "core.restore: %s", lua_tostring(L, -1));
-  p->snapshot_at = next_snapshot_at(buffer_at(L, 7)->len);
-  lua_setiuservalue(L, 6, UV_BASE);
+  p->base_len = buffer_at(L, 7)->len;
+  p->snapshot_at = next_snapshot_at(p->base_len);
+  buffer_new(L, p->base_len);                         /* 8: exactly its size */
+  buffer_append(L, 8, buffer_at(L, 7)->data, p->base_len);
+  lua_setiuservalue(L, 6, UV_LOG);
+  keep_scratch(L, 7);
+  lua_settop(L, 6);
   n = (lua_Integer)lua_rawlen(L, 5);
+  if (n == 0)  /* no id to remember: the (empty) history holds them all */
+    return finish_flow(L);
   lua_createtable(L, 0, (int)(n < 1 << 20 ? n : 1 << 20));  /* 7: seen */
   for (i = 1; i <= n; i++) {
     int t = lua_rawgeti(L, 5, i);

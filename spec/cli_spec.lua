@@ -16,8 +16,7 @@ local A_DONE = '{"event_type":"file_processed","batch_id":"b1","file":{"id":"a",
 
 describe("procman run", function()
   local path
-  before_each(function() path = files.temp_path() end)
-  after_each(function() os.remove(path) end)
+  files.journal_each_test(function(p) path = p end)
 
   it("reads events as JSON lines, writes command envelopes as JSON lines, acks them", function()
     local r = procman_cmd("run batch --journal " .. path, lines(CREATED, A_DONE,
@@ -134,6 +133,31 @@ describe("procman run", function()
     assert.matches("^procman run: line 2: ", err:read("a"))
   end)
 
+  it("opens a damaged journal only with --repair, which the refusal names", function()
+    local r = assert(procman.router { workflows = { batch }, journal = path })
+    r:handle { event_type = "batch_created", batch_id = "b1", files = { "a" } }
+    r:handle { event_type = "batch_created", batch_id = "b2", files = { "c" } }
+    r:close()
+    local bytes = files.bytes(path)
+    files.write(path, bytes:sub(1, 20) .. string.char(bytes:byte(21) ~ 0xff) .. bytes:sub(22))
+    local damaged = files.bytes(path)
+    for _, command in ipairs { "run batch --journal " .. path, "compact " .. path .. " batch",
+                               "resume " .. path .. " batch b1 batch", "drop-dead-letter " .. path .. " 1 batch" } do
+      local out = procman_cmd(command)
+      assert.equal(1, out.code, command)
+      assert.matches("damaged record at byte 16: .*; run again with %-%-repair to skip it%)\n$", out.err)
+      assert.equal(damaged, files.bytes(path))
+      assert.matches("\n%s+%-%-repair%s+Skip a damaged range", procman_cmd(command:match("^%S+") .. " --help").out)
+    end
+    local out = procman_cmd("compact --repair " .. path .. " batch")
+    assert.equal(0, out.code, out.err)
+    assert.matches("skipped damaged records from byte 16", out.err)
+    local again = assert(procman.router { workflows = { batch }, journal = path })  -- repaired
+    assert.is_nil(again:flow("batch", "b1"))
+    assert.equal("created", again:flow("batch", "b2"):status())
+    again:close()
+  end)
+
   it("says what is wrong with its arguments", function()
     local r = procman_cmd("run batch", "")
     assert.equal(2, r.code)
@@ -199,6 +223,33 @@ describe("procman inspect, verify and diagram", function()
     r = procman_cmd("inspect " .. path .. " --flow nope")
     assert.equal(1, r.code)
     assert.equal("procman inspect: " .. path .. " has no flow nope\n", r.err)
+  end)
+
+  it("says which statuses there are when --status matches no flow, with or without --workflow", function()
+    for _, options in ipairs { " --status bogus", " --workflow batch --status bogus" } do
+      local r = procman_cmd("inspect " .. path .. options)
+      assert.equal(1, r.code)
+      assert.equal("", r.out)
+      assert.equal("procman inspect: " .. path .. ' has no flows of workflow "batch" with status "bogus" '
+                   .. "(its flows' statuses: created, error)\n", r.err)
+    end
+  end)
+
+  it("shows the integer flow 7 and the string flow \"7\" apart, and reads \"7\" back as the string", function()
+    local two = files.temp_path()
+    local r = assert(procman.router { workflows = { batch }, journal = two })
+    r:handle { event_type = "batch_created", batch_id = 7, files = { "a" } }
+    r:handle { event_type = "batch_created", batch_id = "7", files = { "a", "b" } }
+    r:handle { event_type = "batch_created", batch_id = "b1", files = { "c" } }
+    r:close()
+    local out = procman_cmd("inspect " .. two .. " --workflow batch").out
+    local listed = {}
+    for flow_id in out:gmatch("\n(%S+)") do listed[#listed + 1] = flow_id end
+    assert.same({ "7", '"7"', "b1" }, listed)
+    assert.matches('^batch/"7": created, version 1\n', procman_cmd("inspect " .. two .. " --flow '\"7\"'").out)
+    assert.matches('"a", "b"', procman_cmd("inspect " .. two .. " --flow '\"7\"'").out)
+    assert.matches("^batch/7: created, version 1\n", procman_cmd("inspect " .. two .. " --flow 7").out)
+    os.remove(two)
   end)
 
   it("gives the summary as JSON", function()
@@ -307,12 +358,16 @@ end)
 
 describe("the REPL on a terminal (tmux)", function()
   local has_tmux = os.execute("command -v tmux >/dev/null 2>&1")
+  -- A tmux server of our own (its socket named after this process): a
+  -- server another checkout started would run the REPL in its environment
+  -- (its LUA_PATH_5_4), not this one's.
+  local TMUX = "tmux -L procman-spec-" .. assert(io.open("/proc/self/stat")):read("n")
 
   -- Wait (polling, at most ~10 s) until the screen shows 'text'.
   local function screen_until(session, text)
     local screen
     for _ = 1, 100 do
-      local p = io.popen("tmux capture-pane -p -t " .. session)
+      local p = io.popen(TMUX .. " capture-pane -p -t " .. session)
       screen = p:read("a")
       p:close()
       if screen:find(text, 1, true) then return screen end
@@ -324,7 +379,7 @@ describe("the REPL on a terminal (tmux)", function()
   local function keys(session, ...)
     local args = {}
     for i, k in ipairs { ... } do args[i] = string.format("%q", k) end
-    os.execute("tmux send-keys -t " .. session .. " " .. table.concat(args, " "))
+    os.execute(TMUX .. " send-keys -t " .. session .. " " .. table.concat(args, " "))
   end
 
   it("edits lines, completes names, interrupts, and keeps history across sessions", function()
@@ -341,10 +396,9 @@ describe("the REPL on a terminal (tmux)", function()
     os.execute("mkdir -p " .. home)
     local session = "procman-spec-" .. tostring(os.time())
     local function start()
-      -- the _5_4 names too: a tmux server started elsewhere may have them set, and they win
-      os.execute(string.format("tmux new-session -d -s %s -x 120 -y 30 'HOME=%s LUA_PATH=%q LUA_CPATH=%q "
-                               .. "LUA_PATH_5_4=%q LUA_CPATH_5_4=%q lua5.4 bin/procman'", session, home,
-                               package.path, package.cpath, package.path, package.cpath))
+      os.execute(string.format("%s new-session -d -s %s -x 120 -y 30 'HOME=%s LUA_PATH_5_4=%q "
+                               .. "LUA_CPATH_5_4=%q lua5.4 bin/procman'", TMUX, session, home, package.path,
+                               package.cpath))
       screen_until(session, "REPL")
     end
     start()
@@ -368,15 +422,16 @@ describe("the REPL on a terminal (tmux)", function()
     assert.is_nil(screen:find("half a line40", 1, true))
     keys(session, "C-d")
     os.execute("sleep 0.3")
-    os.execute("tmux kill-session -t " .. session .. " 2>/dev/null")
+    os.execute(TMUX .. " kill-session -t " .. session .. " 2>/dev/null")
     start()
     keys(session, "Up", "Up")
     screen_until(session, "> while true do end")
     keys(session, "C-u", "C-d")
     os.execute("sleep 0.3")
-    os.execute("tmux kill-session -t " .. session .. " 2>/dev/null")
+    os.execute(TMUX .. " kill-session -t " .. session .. " 2>/dev/null")
     local history = files.bytes(home .. "/.procman_history")
     assert.matches("pm:handle", history)
     os.execute("rm -rf " .. home)
+    os.execute(TMUX .. " kill-server 2>/dev/null")
   end)
 end)

@@ -302,3 +302,67 @@ describe("the codec", function()
     assert.same({ 1, 2 }, decode(unhex("dc 0002 01 02")))
   end)
 end)
+
+-- The encoder's bytes, pinned: a digest of today's encoding of a large
+-- sample, taken before the encoder's fast paths (issue 11) were written.
+-- Replay compares bytes, so any change to them is a format change: if this
+-- fails, the encoder changed its output (find the value with the reference
+-- encoding in codec_golden_values' order).
+local function fnv1a(h, s)
+  for i = 1, #s do h = ((h ~ s:byte(i)) * 16777619) & 0xffffffff end
+  return h
+end
+
+local UTF8 = { "é", "日本語", "\u{10FFFF}", "a\u{7FF}b", "\u{FFFF}", "ascii only" }
+
+-- Values shaped like what the engine encodes most (events, commands,
+-- states: small maps of string keys) and around each fast path's edges:
+-- maps of 15 to 17 pairs, keys that are prefixes of each other, numeric
+-- strings, mixed key kinds, valid multi-byte UTF-8 beside binary.
+local function golden_values()
+  math.randomseed(20261203)
+  local values = {}
+  for _ = 1, 1500 do values[#values + 1] = random_value(0) end
+  local names = { "a", "ab", "abc", "b", "event_id", "event_type", "batch_id", "files", "file",
+                  "10", "9", "", "A", "z", "status", "zz" }
+  for _ = 1, 1500 do
+    local t = {}
+    for _ = 1, math.random(0, 18) do
+      local k = names[math.random(#names)]
+      local r = math.random(6)
+      if r == 1 then t[k] = { id = names[math.random(#names)], status = "success" }
+      elseif r == 2 then t[k] = { "x", "y", UTF8[math.random(#UTF8)] }
+      elseif r == 3 then t[k] = math.random(-100000, 100000)
+      elseif r == 4 then t[k] = UTF8[math.random(#UTF8)]
+      elseif r == 5 then t[k] = random_string()
+      else t[k] = math.random() < 0.5 end
+    end
+    if math.random() < 0.2 then t[math.random(-5, 20)] = "n" end
+    if math.random() < 0.1 then t[math.random() < 0.5] = 1 end
+    if math.random() < 0.1 then t[math.random() * 10] = 2 end
+    values[#values + 1] = t
+  end
+  for n = 14, 18 do  -- maps and arrays around SMALL_MAP (16)
+    local m, a = {}, {}
+    for i = 1, n do m["k" .. i] = i; a[i] = "v" .. i end
+    values[#values + 1] = m
+    values[#values + 1] = a
+  end
+  return values
+end
+
+describe("the encoder's output", function()
+  it("is byte for byte what it was before its fast paths (a digest of a large sample)", function()
+    local h, total = 2166136261, 0
+    for _, v in ipairs(golden_values()) do
+      local bytes = encode(v)
+      local bytes2, copy = procman.encode(procman.copy(v)), procman.copy(v)
+      assert.equal(bytes, bytes2)
+      assert.equal(bytes, encode(copy))
+      h = fnv1a(fnv1a(h, string.pack("<I4", #bytes)), bytes)
+      total = total + #bytes
+    end
+    assert.equal(562918, total)
+    assert.equal(354521741, h)
+  end)
+end)

@@ -85,12 +85,8 @@ end
 
 describe("I/O faults", function()
   local path
-  before_each(function() path = files.temp_path() end)
-  after_each(function()
-    core.journal_faults()
-    os.remove(path)
-    os.remove(path .. ".compact")
-  end)
+  files.journal_each_test(function(p) path = p end)
+  after_each(function() core.journal_faults() end)
 
   it("counts the file operations of the scenario", function()
     setup(path)

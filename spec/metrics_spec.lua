@@ -214,8 +214,7 @@ end)
 
 describe("r:metrics()", function()
   local path
-  before_each(function() path = files.temp_path() end)
-  after_each(function() os.remove(path) end)
+  files.journal_each_test(function(p) path = p end)
 
   it("counts activity and shows the state, in valid exposition", function()
     local now = 1000
@@ -304,8 +303,7 @@ end)
 
 describe("the router's hooks", function()
   local path
-  before_each(function() path = files.temp_path() end)
-  after_each(function() os.remove(path) end)
+  files.journal_each_test(function(p) path = p end)
 
   it("report each kind of activity, after it is journaled, never during recovery", function()
     local seen = {}

@@ -233,8 +233,7 @@ end)
 
 describe("dead letters", function()
   local path
-  before_each(function() path = files.temp_path() end)
-  after_each(function() os.remove(path) end)
+  files.journal_each_test(function(p) path = p end)
 
   it("raise by default", function()
     local r = procman.router { workflows = { batch } }

@@ -35,11 +35,7 @@ end
 
 describe("procman.patched", function()
   local path
-  before_each(function() path = files.temp_path() end)
-  after_each(function()
-    os.remove(path)
-    os.remove(path .. ".compact")
-  end)
+  files.journal_each_test(function(p) path = p end)
 
   it("is true outside a router, and checks its id", function()
     local pm = order(true):new("o1")

@@ -212,6 +212,55 @@ describe("procman.pm", function()
       assert.equal(2, pm:version())
     end)
 
+    -- A short history is the set of ids (pm.c searches its bytes); a longer
+    -- one, or a snapshot, moves them to a table. Every way through must
+    -- give the same answers.
+    it("remembers every id, from a short history, a long one and a snapshot", function()
+      local core = require "procman.core"
+      local ids = { 1, "a", 300, "b", -7, 70000, "a long id " .. string.rep("x", 50), 1 << 40, "c", 5 }
+      for _, undo_at in ipairs { 0, 1, 2, 3, 4, 5, 8 } do
+        local pm = counter():new("c1")
+        for i, id in ipairs(ids) do
+          pm:handle { event_type = "add", event_id = id, pad = string.rep("p", i * 10) }
+          if i == undo_at then
+            core.undo(pm)  -- forgets this id, whichever way ids are kept now
+            assert.equal(i - 1, pm:version())
+            assert.equal(1, #pm:handle { event_type = "add", event_id = id, emit = true }, "undo at " .. i)
+          end
+          for j = 1, i do  -- every id so far is a redelivery, in either form
+            assert.same({}, pm:handle { event_type = "add", event_id = ids[j], emit = true })
+          end
+          assert.same({}, pm:handle { event_type = "add", event_id = id, emit = true })
+          assert.equal(i, pm:version())
+          local remembered = core.event_ids(pm)
+          assert.equal(i, #remembered)
+        end
+        -- ids that were never handled are new: "1" is not 1
+        assert.equal(1, #pm:handle { event_type = "add", event_id = "1", emit = true })
+        assert.equal(11, pm:version())
+      end
+    end)
+
+    it("keeps remembering ids across a snapshot that drops the history", function()
+      local core = require "procman.core"
+      local pm = counter():new("c1")
+      pm:handle { event_type = "add", event_id = "first" }
+      pm:handle { event_type = "add", event_id = 2 }
+      assert.is_true(core.trim(pm))
+      assert.same({}, pm:history())
+      assert.same({}, pm:handle { event_type = "add", event_id = "first", emit = true })
+      assert.same({}, pm:handle { event_type = "add", event_id = 2, emit = true })
+      local ids = core.event_ids(pm)
+      table.sort(ids, function(a, b) return tostring(a) < tostring(b) end)
+      assert.same({ 2, "first" }, ids)
+      -- and a restored flow without ids searches its (new) history
+      local spec = require("procman.workflow").spec(counter())
+      local copy = core.restore(spec, "c2", { id = "c2", n = 0, log = {} }, 0, {})
+      copy:handle { event_type = "add", event_id = "x" }
+      assert.same({}, copy:handle { event_type = "add", event_id = "x", emit = true })
+      assert.same({ "x" }, core.event_ids(copy))
+    end)
+
     it("still refuses a redelivery meant for another flow", function()
       local pm = counter({ correlate = "counter_id" }):new("c1")
       pm:handle { event_type = "add", event_id = "e1" }

@@ -35,8 +35,7 @@ end
 
 describe("router policies", function()
   local path
-  before_each(function() path = files.temp_path() end)
-  after_each(function() os.remove(path) end)
+  files.journal_each_test(function(p) path = p end)
 
   describe("on_unknown", function()
     it("ignores an event type no workflow handles, by default", function()

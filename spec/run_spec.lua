@@ -27,11 +27,7 @@ end
 
 describe("procman run", function()
   local path
-  before_each(function() path = files.temp_path() end)
-  after_each(function()
-    os.remove(path)
-    os.remove(path .. ".compact")
-  end)
+  files.journal_each_test(function(p) path = p end)
 
   it("fires an overdue timer before it reads its first line", function()
     overdue_journal(path)
@@ -144,5 +140,20 @@ describe("procman run", function()
     assert.matches('^procman compact: procman.router: [^\n]*workflow "batch", which this router was not given[^\n]*\n$',
                    r.err)
     assert.equal(kept, files.bytes(path))
+  end)
+
+  it("compact leaves a journal without records as it is: nothing to compact", function()
+    files.write(path, "")
+    local r = procman_cmd("compact " .. path .. " batch")
+    assert.equal(0, r.code, r.err)
+    assert.equal(path .. ": 0 bytes, no records: nothing to compact\n", r.out)
+    assert.equal("", files.bytes(path))
+    os.remove(path)  -- a journal that has only its header: a router that handled nothing
+    assert(procman.router { workflows = { (require "procman.workflows.batch") }, journal = path }):close()
+    local header = files.bytes(path)
+    r = procman_cmd("compact " .. path .. " batch")
+    assert.equal(0, r.code, r.err)
+    assert.equal(string.format("%s: %d bytes, no records: nothing to compact\n", path, #header), r.out)
+    assert.equal(header, files.bytes(path))
   end)
 end)

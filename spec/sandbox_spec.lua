@@ -22,8 +22,7 @@ local SIDE_EFFECT = "work is a side effect: do it in a gateway"
 
 describe("procman.load and the sandbox", function()
   local path
-  before_each(function() path = files.temp_path() end)
-  after_each(function() os.remove(path) end)
+  files.journal_each_test(function(p) path = p end)
 
   it("loads a workflow file and returns its workflow", function()
     files.write(path, [[
@@ -82,6 +81,35 @@ describe("procman.load and the sandbox", function()
     local wf, err = procman.loadstring("while true do end")
     assert.is_nil(wf)
     assert.matches("ran past its instruction budget", err)
+  end)
+
+  it("names the file whose top level ran out of its budget or its memory", function()
+    files.write(path, "local t = {}\nfor i = 1, math.maxinteger do t[i] = i end\n")
+    local wf, err = procman.load(path, { memory = 1024 * 1024 })
+    assert.is_nil(wf)
+    -- which of the two the guard says depends on when the collector ran
+    local memory = { "not enough memory, running the file's top level (its memory budget: 1048576 bytes, "
+                     .. "the host's limits.memory)",
+                     "ran past its memory budget of 1048576 bytes (see the workflow's memory option), "
+                     .. "running the file's top level" }
+    assert.is_true(err == path .. ": " .. memory[1] or err == path .. ": " .. memory[2], err)
+    files.write(path, "while true do end\n")
+    wf, err = procman.load(path, { budget = 100000 })
+    assert.is_nil(wf)
+    assert.equal(path .. ": ran past its instruction budget (a runaway loop? see the workflow's budget "
+                 .. "option), running the file's top level", err)
+    err = select(2, procman.loadstring("error('at a line')", "=named.lua"))  -- has its place: as it is
+    assert.equal("named.lua:1: at a line", err)
+  end)
+
+  it("places a bad string.format at the workflow's line, as Lua's own does", function()
+    local wf, err = procman.loadstring("local s = 'x'\nlocal t = string.format('%y', s)\n", "=fmt.lua")
+    assert.is_nil(wf)
+    assert.equal("fmt.lua:2: invalid conversion '%y' to 'format'", err)
+    local pm = handler_doing("local t = ('%d'):format('x') return {}"):new(1)
+    flow.refuses(pm, { event_type = "go" },
+                 "w/1: handler for 'go' failed: test:2: bad argument #2 to 'string.format' "
+                 .. "(number expected, got string)")
   end)
 
   it("gives each file its own environment", function()

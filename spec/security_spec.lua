@@ -13,11 +13,7 @@ end
 
 describe("security", function()
   local path
-  before_each(function() path = files.temp_path() end)
-  after_each(function()
-    os.remove(path)
-    os.remove(path .. ".compact")
-  end)
+  files.journal_each_test(function(p) path = p end)
 
   it("creates journals readable and writable by their owner only", function()
     local r = assert(procman.router { workflows = { batch }, journal = path })

@@ -23,11 +23,7 @@ end
 
 describe("timers", function()
   local path
-  before_each(function() path = files.temp_path() end)
-  after_each(function()
-    os.remove(path)
-    os.remove(path .. ".compact")
-  end)
+  files.journal_each_test(function(p) path = p end)
 
   describe("directives", function()
     it("are data, checked where the handler builds them", function()

@@ -451,6 +451,70 @@ static void test_buffer_growth_keeps_bytes(void **state) {
     assert_int_equal((unsigned char)b->data[i], (unsigned char)(i * 7));
 }
 
+/* ---- reading fields without decoding -------------------------------- */
+
+/* codec_field_is finds a top-level key's value and compares it; nested
+** keys of the same name and values of another type never match. */
+static void test_field_is(void **state) {
+  lua_State *L = *state;
+  Buffer *b;
+  size_t pos = 0, end;
+  int ok = luaL_dostring(L, "return { inner = { event_id = 7 }, event_id = 70000, z = 'x' }");
+  assert_int_equal(ok, LUA_OK);
+  b = encode_top(L);                                       /* 1: bytes */
+  lua_pushinteger(L, 7);                                   /* 2 */
+  lua_pushinteger(L, 70000);                               /* 3 */
+  lua_pushliteral(L, "70000");                             /* 4 */
+  end = b->len;
+  assert_int_equal(codec_field_is(L, 2, b->data, end, &pos, "event_id"), 0);
+  assert_int_equal(pos, end);  /* past the whole map */
+  pos = 0;
+  assert_int_equal(codec_field_is(L, 3, b->data, end, &pos, "event_id"), 1);
+  pos = 0;
+  assert_int_equal(codec_field_is(L, 4, b->data, end, &pos, "event_id"), 0);
+  pos = 0;
+  assert_int_equal(codec_field_is(L, 3, b->data, end, &pos, "missing"), 0);
+  pos = 0;
+  assert_int_equal(codec_push_field(L, b->data, end, &pos, "event_id"), 1);
+  assert_int_equal(lua_tointeger(L, -1), 70000);
+  pos = 0;
+  assert_int_equal(codec_push_field(L, b->data, end, &pos, "z"), 1);
+  assert_string_equal(lua_tostring(L, -1), "x");
+  /* a truncated map is malformed, never read past its end */
+  pos = 0;
+  assert_int_equal(codec_field_is(L, 3, b->data, end - 1, &pos, "z"), -1);
+  assert_int_equal(pos, 0);
+  assert_int_equal(codec_push_field(L, b->data, end - 1, &pos, "z"), 0);
+}
+
+/* Random bytes: reading fields must never crash nor overread. */
+static void test_field_random_bytes(void **state) {
+  lua_State *L = *state;
+  unsigned long long x = 2463534242ULL;
+  int round;
+  lua_pushinteger(L, 1);
+  lua_pushliteral(L, "a");
+  for (round = 0; round < 50000; round++) {
+    size_t n, i, pos = 0;
+    char *s;
+    x ^= x << 13; x ^= x >> 7; x ^= x << 17;
+    n = (size_t)(x % 48);
+    s = malloc(n + 1);
+    assert_non_null(s);
+    for (i = 0; i < n; i++) {
+      x ^= x << 13; x ^= x >> 7; x ^= x << 17;
+      s[i] = (char)((x & 3) == 0 ? 0x80 + (x >> 8) % 0x20 : (x >> 16) & 0xff);
+    }
+    (void)codec_field_is(L, 1 + (int)(round & 1), s, n, &pos, "a");
+    assert_true(pos <= n);
+    pos = 0;
+    (void)codec_push_field(L, s, n, &pos, "a");
+    assert_true(pos <= n);
+    lua_settop(L, 2);
+    free(s);
+  }
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
     cmocka_unit_test_setup_teardown(test_integer_limits, setup, teardown),
@@ -472,6 +536,8 @@ int main(void) {
     cmocka_unit_test_setup_teardown(test_encode_copy_is_a_decoded_twin, setup, teardown),
     cmocka_unit_test_setup_teardown(test_encode_copy_failure_pushes_only_a_message, setup, teardown),
     cmocka_unit_test_setup_teardown(test_buffer_growth_keeps_bytes, setup, teardown),
+    cmocka_unit_test_setup_teardown(test_field_is, setup, teardown),
+    cmocka_unit_test_setup_teardown(test_field_random_bytes, setup, teardown),
   };
   return cmocka_run_group_tests_name("codec", tests, NULL, NULL);
 }

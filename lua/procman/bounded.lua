@@ -55,6 +55,7 @@ end
 -- ---------------------------------------------------------------------
 
 local rep, format, byte = string.rep, string.format, string.byte
+local MEMORY_ERROR = "not enough memory"  -- Lua's message for a failed allocation
 
 M.string = {
   find = core.pattern_find,
@@ -76,9 +77,12 @@ function M.string.rep(s, n, sep)
 end
 
 -- The result is at most as big as the memory budget lets it be; the work
--- is proportional to it.
+-- is proportional to it. format runs under pcall so that its errors (a bad
+-- specifier or argument) name the workflow's line, as Lua's own
+-- string.format does, not this file's; a memory error passes as it is.
 function M.string.format(...)
-  local result = format(...)
+  local ok, result = pcall(format, ...)
+  if not ok then error(result, result == MEMORY_ERROR and 0 or 2) end
   charge_bytes(#result)
   return result
 end

@@ -217,11 +217,22 @@ function M.environment(host)
   })
 end
 
+-- The error of a file's top level, naming the file: an error raised in it
+-- has its place ("file.lua:3: ..."); one that has none (its budget or
+-- memory ran out, error(x, 0), an error object) gets the file's name.
+local function top_level_error(err, where, host)
+  local text = message(err)
+  if text:sub(1, #where + 1) == where .. ":" then return text end
+  local limit = text == "not enough memory"
+    and string.format(" (its memory budget: %d bytes, the host's limits.memory)", host.max_memory) or ""
+  return string.format("%s: %s, running the file's top level%s", where, text, limit)
+end
+
 -- Run a loaded chunk (under the host's most) and check it returned a workflow.
 local function run(chunk, where, host)
   local ok, wf = pcall(core.guard(chunk, host.max_budget, host.max_memory, core.guard_flags.sandbox,
                                   nil, message))
-  if not ok then return nil, message(wf) end
+  if not ok then return nil, top_level_error(wf, where, host) end
   if not workflow.is_workflow(wf) then
     return nil, string.format("%s: a workflow file must return a workflow (procman.workflow "
                               .. "{ ... }), got %s", where, type(wf))

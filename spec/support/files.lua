@@ -8,6 +8,22 @@ function files.temp_path()
   return path .. ".pmj"
 end
 
+--- In a describe block: before each of its tests, a fresh journal path
+-- handed to set(path); after it, the journal and what compacting it may
+-- leave (path .. ".compact") are removed.
+function files.journal_each_test(set)
+  local busted = require "busted"  -- its hooks are not globals of this module
+  local path
+  busted.before_each(function()
+    path = files.temp_path()
+    set(path)
+  end)
+  busted.after_each(function()
+    os.remove(path)
+    os.remove(path .. ".compact")
+  end)
+end
+
 --- The bytes of a file.
 function files.bytes(path)
   local f = assert(io.open(path, "rb"))

@@ -1,15 +1,15 @@
 --- procman.cli: the procman command (bin/procman is a thin wrapper).
 --
 --   procman [repl] [--journal FILE] [WORKFLOW_FILE ...]
---   procman run WORKFLOW_FILE... --journal FILE [--sync S] [--strict] [--quiet]
+--   procman run WORKFLOW_FILE... --journal FILE [--sync S] [--strict] [--quiet] [--repair]
 --   procman inspect FILE|CONNINFO [--workflow W] [--flow ID] [--status S] [--json]
 --   procman verify FILE WORKFLOW_FILE... [--live]
---   procman compact FILE WORKFLOW_FILE...
+--   procman compact FILE WORKFLOW_FILE... [--repair]
 --   procman diagram FILE|CONNINFO [--workflow W] [--format mermaid|dot]
 --   procman parked FILE [--json]
---   procman resume|skip FILE WORKFLOW FLOW WORKFLOW_FILE...
+--   procman resume|skip FILE WORKFLOW FLOW WORKFLOW_FILE... [--repair]
 --   procman dead-letters FILE [--json]
---   procman retry-dead-letter|drop-dead-letter FILE ID WORKFLOW_FILE...
+--   procman retry-dead-letter|drop-dead-letter FILE ID WORKFLOW_FILE... [--repair]
 --
 -- Unix habits: results on stdout, errors on stderr, status 0 for success,
 -- 1 for a failure, 2 for a usage error. docs/cli.md is the manual.
@@ -59,19 +59,32 @@ end
 --- procman.router for a command. What the router raises on opening a
 -- journal this code cannot replay (a workflow not given, a divergence
 -- under --on-divergence raise) is the command's failure, said in one
--- line, not a Lua traceback; the journal is left as it was.
+-- line, not a Lua traceback; the journal is left as it was. A damaged
+-- journal's message names the command's flag (--repair), not the
+-- router's option.
+local function with_flag(message)
+  return (message:gsub("open with repair = true to skip it", "run again with --repair to skip it"))
+end
+
 function M.router(opts)
   local built, r, err = pcall(procman.router, opts)
-  if not built then M.fail(1, "%s", tostring(r)) end
-  if not r then M.fail(1, "%s", err) end
+  if not built then M.fail(1, "%s", with_flag(tostring(r))) end
+  if not r then M.fail(1, "%s", with_flag(err)) end
   return r
 end
 
+--- The --repair flag of the commands that open a router on a journal.
+function M.repair_flag(command)
+  command:flag("--repair", "Skip a damaged range of the journal (reported on stderr; the events in it "
+                           .. "are lost) instead of failing.")
+end
+
 --- A router on a journal, for the commands that change it (resume, skip,
--- retry-dead-letter, drop-dead-letter): warnings go to stderr.
-function M.open_router(path, workflow_files)
+-- retry-dead-letter, drop-dead-letter): args.journal, args.workflows,
+-- args.repair; warnings go to stderr.
+function M.open_router(args)
   return M.router {
-    workflows = M.load_workflows(workflow_files), journal = path,
+    workflows = M.load_workflows(args.workflows), journal = args.journal, repair = args.repair,
     warn = function(msg) M.io.stderr:write("procman: ", msg, "\n") end,
   }
 end
@@ -88,11 +101,11 @@ function M.print_listing(args, of_view, as_text)
   return 0
 end
 
---- act_on_journal(path, workflow_files, action) -> what action(r) returns:
--- a router on the journal for one change, closed after it. An error the
--- action raises, or its nil, message (the journal failed), is a failure.
-function M.act_on_journal(path, workflow_files, action)
-  local r <close> = M.open_router(path, workflow_files)
+--- act_on_journal(args, action) -> what action(r) returns: a router on
+-- the journal (open_router(args)) for one change, closed after it. An error
+-- the action raises, or its nil, message (the journal failed), is a failure.
+function M.act_on_journal(args, action)
+  local r <close> = M.open_router(args)
   local called, text, err = pcall(action, r)
   if not called then M.fail(1, "%s", tostring(text)) end
   if text == nil then M.fail(1, "%s", err) end
@@ -101,10 +114,9 @@ function M.act_on_journal(path, workflow_files, action)
   return text
 end
 
---- Parse a flow id from the command line: digits are an integer id.
-function M.flow_id(text)
-  return math.tointeger(tonumber(text)) or text
-end
+--- Parse a flow id from the command line: digits are an integer id, a
+-- quoted text ("7") a string (procman.operations.flow_id).
+M.flow_id = require("procman.operations").flow_id
 
 -- The commands for parked flows and dead letters (docs/operations.md).
 local function operator_commands(p, commands)
@@ -122,6 +134,7 @@ local function operator_commands(p, commands)
     c:argument("workflow", "The workflow's name.")
     c:argument("flow", "The flow id.")
     c:argument("workflows", "Workflow files (or batch, order), as procman run was given."):args("+")
+    M.repair_flag(c)
     commands[name] = c
   end
   local dead = p:command("dead-letters", "List the dead letters of a journal: id, time, event, reason.")
@@ -135,6 +148,7 @@ local function operator_commands(p, commands)
     c:argument("journal", "The journal file (no other process may have it open).")
     c:argument("id", "The dead letter's id (procman dead-letters lists them).")
     c:argument("workflows", "Workflow files (or batch, order), as procman run was given."):args("+")
+    M.repair_flag(c)
     commands[name] = c
   end
 end
@@ -173,6 +187,7 @@ local function parser()
      :choices { "ignore", "dead_letter", "raise" }
   run:option("--on-late", "A new event for a completed flow that reaches no live flow: raise (report the "
                           .. "line), ignore or dead_letter."):choices { "raise", "ignore", "dead_letter" }
+  M.repair_flag(run)
 
   local inspect = p:command("inspect", "Summarize a journal, list a workflow's flows, or show one "
                                        .. "flow's timeline.")
@@ -193,6 +208,7 @@ local function parser()
                                        .. "set, pending commands, timers), so that opening it is quick.")
   compact:argument("journal", "The journal file (no router may have it open).")
   compact:argument("workflows", "Workflow files (or batch, order): every version live flows run."):args("+")
+  M.repair_flag(compact)
 
   local diagram = p:command("diagram", "Draw a workflow's observed state machine from a journal.")
   diagram:argument("journal", "The journal file, or a PostgreSQL conninfo (host=... dbname=...).")

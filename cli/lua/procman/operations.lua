@@ -9,9 +9,30 @@ local M = {}
 
 local ONE_LINE = { width = 1e9 }
 
-local function flow_label(workflow, flow_id)
-  return string.format("%s/%s", workflow, tostring(flow_id))
+--- A flow id as the commands print it: an integer as its digits, a
+-- string as it is, but quoted when it would read as a number (the integer
+-- 7 and the string "7" are two flows), is empty, or starts with a quote.
+function M.flow_text(id)
+  if type(id) == "string" and (tonumber(id) ~= nil or id == "" or id:sub(1, 1) == '"') then
+    return '"' .. id .. '"'
+  end
+  return tostring(id)
 end
+
+--- A flow id from a command line, flow_text's inverse: a quoted text is
+-- the string inside the quotes; digits are an integer; anything else is
+-- the string itself.
+function M.flow_id(text)
+  local quoted = text:match('^"(.*)"$')
+  if quoted then return quoted end
+  return math.tointeger(tonumber(text)) or text
+end
+
+--- "workflow/flow", the flow as flow_text shows it.
+function M.flow_label(workflow, flow_id)
+  return workflow .. "/" .. M.flow_text(flow_id)
+end
+local flow_label = M.flow_label
 
 --- A dead letter's time: the router's clock (os.time by default), shown
 -- as UTC; anything else as it is.

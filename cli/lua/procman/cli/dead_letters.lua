@@ -17,7 +17,7 @@ local function act(args, cli)
     cli.fail(2, "a dead letter id is an integer (procman dead-letters lists them), got %s", args.id)
   end
   local action = args.command == "retry-dead-letter" and operations.retry or operations.drop
-  local text = cli.act_on_journal(args.journal, args.workflows, function(r) return action(r, id) end)
+  local text = cli.act_on_journal(args, function(r) return action(r, id) end)
   cli.io.stdout:write(text, "\n")
   return 0
 end

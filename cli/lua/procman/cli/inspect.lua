@@ -18,10 +18,18 @@ local json = require "procman.cli.json"
 local operations = require "procman.operations"
 local metrics = require "procman.metrics"
 
+-- Integer ids in their order, then strings in theirs: the integer 7 and
+-- the string "7" are two keys, never equal in the sort.
+local function before(a, b)
+  local ta, tb = type(a), type(b)
+  if ta ~= tb then return ta < tb end
+  return a < b
+end
+
 local function sorted_keys(t)
   local keys = {}
   for k in pairs(t) do keys[#keys + 1] = k end
-  table.sort(keys, function(a, b) return tostring(a) < tostring(b) end)
+  table.sort(keys, before)
   return keys
 end
 
@@ -92,12 +100,12 @@ local function summary_text(s)
   lines[#lines + 1] = string.format("pending commands: %d", s.pending)
   lines[#lines + 1] = string.format("parked flows: %d", #s.parked)
   for _, p in ipairs(s.parked) do
-    lines[#lines + 1] = string.format("  %s/%s (%d events held): %s", p.workflow, tostring(p.flow),
+    lines[#lines + 1] = string.format("  %s (%d events held): %s", operations.flow_label(p.workflow, p.flow),
                                       p.held, p.error)
   end
   local t = s.timers[1]
-  local next_due = t and string.format(" (next due at %s: %s/%s %s)", pretty.format(t.due), t.workflow,
-                                       tostring(t.flow), t.event.event_type) or ""
+  local next_due = t and string.format(" (next due at %s: %s %s)", pretty.format(t.due),
+                                       operations.flow_label(t.workflow, t.flow), t.event.event_type) or ""
   lines[#lines + 1] = string.format("timers: %d%s", #s.timers, next_due)
   lines[#lines + 1] = string.format("dead letters: %d", #s.dead_letters)
   for _, d in ipairs(s.dead_letters) do
@@ -122,14 +130,20 @@ local function flows_of(view, args, cli)
                           state = f.completed and "completed" or f.parked and "parked" or "live" }
     end
   end
+  if #list == 0 and args.status ~= nil then  -- a status no flow has, as for a workflow no flow has
+    local statuses = {}
+    for _, f in pairs(by_id) do statuses[f.status] = true end
+    cli.fail(1, "%s has no flows of workflow %q with status %q (its flows' statuses: %s)", view.path,
+             args.workflow, args.status, table.concat(sorted_keys(statuses), ", "))
+  end
   return list
 end
 
 local function flows_text(list)
   local lines = { string.format("%-24s %-16s %8s %5s  %s", "flow", "status", "version", "code", "") }
   for _, f in ipairs(list) do
-    lines[#lines + 1] = string.format("%-24s %-16s %8d %5s  %s", tostring(f.flow), f.status, f.version,
-                                      "v" .. f.workflow_version, f.state)
+    lines[#lines + 1] = string.format("%-24s %-16s %8d %5s  %s", operations.flow_text(f.flow), f.status,
+                                      f.version, "v" .. f.workflow_version, f.state)
   end
   return table.concat(lines, "\n")
 end
@@ -141,16 +155,16 @@ local function flow_workflow(view, args, cli, id)
   for _, name in ipairs(view.workflows) do
     if view.flows[name][id] then found[#found + 1] = name end
   end
-  if #found == 0 then cli.fail(1, "%s has no flow %s", view.path, tostring(id)) end
+  if #found == 0 then cli.fail(1, "%s has no flow %s", view.path, operations.flow_text(id)) end
   if #found > 1 then cli.fail(1, "flow %s is in several workflows (%s): say which with --workflow",
-                              tostring(id), table.concat(found, ", ")) end
+                              operations.flow_text(id), table.concat(found, ", ")) end
   return found[1]
 end
 
 local function timeline_text(f)
   local code = f.workflow_version ~= 1 and string.format(", code v%d", f.workflow_version) or ""
   local where = f.completed and " (completed)" or f.parked and " (parked)" or ""
-  local lines = { string.format("%s/%s: %s, version %d%s%s", f.workflow, tostring(f.flow), f.status,
+  local lines = { string.format("%s: %s, version %d%s%s", operations.flow_label(f.workflow, f.flow), f.status,
                                 f.version, code, where) }
   for _, step in ipairs(f.timeline or {}) do
     lines[#lines + 1] = string.format("v%d  %s", step.version, pretty.block(step.event))
@@ -209,7 +223,7 @@ return function(args, cli)
   if id ~= nil then
     local name = flow_workflow(view, args, cli, id)
     if view.flows[name] == nil or view.flows[name][id] == nil then
-      cli.fail(1, "%s has no flow %s/%s", view.path, name, tostring(id))
+      cli.fail(1, "%s has no flow %s", view.path, operations.flow_label(name, id))
     end
     view = assert(source.read(args.journal, { timeline = { name, id } }))
     result = view.flows[name][id]

@@ -14,7 +14,7 @@ local operations = require "procman.operations"
 
 local function act(args, cli)
   local parked_again
-  local text = cli.act_on_journal(args.journal, args.workflows, function(r)
+  local text = cli.act_on_journal(args, function(r)
     local ok, text = operations.resume(r, args.workflow, cli.flow_id(args.flow), args.command == "skip")
     if ok == nil then return nil, text end  -- the journal failed
     parked_again = not ok

@@ -17,7 +17,7 @@ local PROGRESS_EVERY = 1  -- seconds between progress lines
 local function open_router(args, cli)
   return cli.router {
     workflows = cli.load_workflows(args.workflows),
-    journal = args.journal, sync = args.sync,
+    journal = args.journal, sync = args.sync, repair = args.repair,
     on_error = args.park and "park" or nil,
     on_unroutable = args.dead_letter and "dead_letter" or nil,
     on_unknown = args.on_unknown, on_late = args.on_late,

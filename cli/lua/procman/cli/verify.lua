@@ -18,6 +18,7 @@ local records = require "procman.records"
 local workflow = require "procman.workflow"
 local patches = require "procman.patches"
 local replay_plan = require "procman.replay_plan"
+local operations = require "procman.operations"
 
 local encode, decode = core.encode, core.decode
 
@@ -44,12 +45,11 @@ local function is_live(state, e)
 end
 
 local function label(e)
-  return string.format("%s/%s", e.workflow, tostring(e.flow))
+  return operations.flow_label(e.workflow, e.flow)
 end
 
 local function where(e, version, rec, offset)
-  return string.format("%s/%s v%d (sequence %d, byte %d)", e.workflow, tostring(e.flow), version,
-                       rec.seq, offset)
+  return string.format("%s v%d (sequence %d, byte %d)", label(e), version, rec.seq, offset)
 end
 
 -- Replay one applied entry; a problem (text) or nil.
