@@ -42,6 +42,7 @@ build = {
     ["procman.pg.dispatcher"] = "pg/lua/procman/pg/dispatcher.lua",
     ["procman.pg.worker"] = "pg/lua/procman/pg/worker.lua",
     ["procman.pg.routes"] = "pg/lua/procman/pg/routes.lua",
+    ["procman.pg.policies"] = "pg/lua/procman/pg/policies.lua",
     ["procman.pg.store"] = "pg/lua/procman/pg/store.lua",
     ["procman.pg.partitions"] = "pg/lua/procman/pg/partitions.lua",
     ["procman.pg.read"] = "pg/lua/procman/pg/read.lua",

@@ -51,6 +51,13 @@ end
 
 local function one(sql, ...) return assert(conn:exec(sql, ...))[1] end
 
+-- The workflows' routes registered, as workers deployed before the
+-- producers leave them: appends store each event's partition.
+local function deployed()
+  routes.register(conn, (require("procman.workflow").routable { batch, order }), PARTITIONS)
+  routes.forget(conn)
+end
+
 local function spawn(role, ...)
   local p = io.popen(string.format("lua5.4 spec/support/pg_child.lua %s %q %s >/dev/null "
                                    .. "2>>/tmp/procman-pgbench-children.log & echo $!",
@@ -90,23 +97,38 @@ local function flows_done()
   return one("SELECT count(*) AS n FROM procman_flows WHERE done").n
 end
 
--- k workers on the appended workload: events/s from their start to the last flow done.
+-- Index entries read on procman_events so far (every backend's, once
+-- flushed: a backend flushes its counts at exit, and at most once a second).
+local function index_reads()
+  assert(conn:exec("SELECT pg_stat_force_next_flush()"))
+  os.execute("sleep 2")
+  assert(conn:exec("SELECT pg_stat_clear_snapshot()"))
+  return one("SELECT coalesce(sum(idx_tup_read), 0)::bigint AS n FROM pg_stat_user_indexes "
+             .. "WHERE relname = 'procman_events'").n
+end
+
+-- k workers on the appended workload: events/s from their start to the
+-- last flow done, and the index entries of the event store they read per
+-- event (how much of the stream each worker reads that is not its own).
 local function workers(k)
   reset()
+  deployed()
   for first = 1, #events, 500 do
     assert(pg.append_all(conn, table.move(events, first, math.min(first + 499, #events), 1, {})))
   end
+  local before = index_reads()
   local t0, pids = wall(), {}
   for i = 1, k do pids[i] = spawn("worker", PARTITIONS) end
   while flows_done() < FLOWS do nap() end
   local s = wall() - t0
   kill(pids)
-  return #events / s
+  return #events / s, (index_reads() - before) / #events
 end
 
 -- Statements per event of one worker in this process over the workload.
 local function statements_per_event()
   reset()
+  deployed()
   for first = 1, #events, 500 do
     assert(pg.append_all(conn, table.move(events, first, math.min(first + 499, #events), 1, {})))
   end
@@ -219,11 +241,16 @@ row("appends, 1 producer (one event per transaction)", one_producer, always)
 row("appends, 2 concurrent producers", median(rates[2]), always)
 row("appends, 4 concurrent producers", four, always)
 row("batch appends (append_all, 100 a call), 1 producer", batch_appends(), always)
+local reads = {}
 for k = 1, 3 do
+  local rate
+  rate, reads[k] = workers(k)
   row(string.format("worker events/s, %d worker%s (%d partitions)", k, k == 1 and "" or "s", PARTITIONS),
-      workers(k), always)
+      rate, always)
 end
 print()
+print(string.format("index entries of procman_events read by the workers, per event: %.1f (1 worker), "
+                    .. "%.1f (2), %.1f (3)", reads[1], reads[2], reads[3]))
 print(string.format("4 producers / 1 producer: %.2fx (medians of %d rounds; each round's ratio: %s)",
                     four / one_producer, ROUNDS, (function()
                       local r = {}

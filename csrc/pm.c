@@ -1100,6 +1100,7 @@ const char *pm_last_event(lua_State *L, int idx, size_t *len) {
   const PM *p = (const PM *)lua_touserdata(L, idx);
   const char *bytes = NULL;
   if (p->can_undo && lua_getiuservalue(L, idx, UV_LOG) == LUA_TUSERDATA) {
+    /* the log: snapshot, then history; the last event ends it */
     bytes = buffer_at(L, -1)->data + p->base_len + p->undo_len;  /* anchored by the flow */
     *len = p->history_len - p->undo_len;
   }

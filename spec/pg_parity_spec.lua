@@ -5,7 +5,10 @@
 -- workflows on one event, integer and string ids (7 and "7" differ),
 -- binary and very long ids, an unknown type, a missing correlation field,
 -- a table as a flow id, a handler error (parking), a redelivery, a late
--- event for a completed flow, timers on a fixed clock, resume and skip.
+-- event for a completed flow, timers on a fixed clock, resume and skip;
+-- then workflow versions (flows pinned to the version they started on
+-- across a change of code), the policies (on_unknown "dead_letter" and
+-- "ignore", on_late "ignore") and the hooks the worker calls.
 local h = require "spec.support.pg_helpers"
 local conninfo = h.conninfo
 
@@ -38,6 +41,7 @@ describe("procman.pg parity with the embedded router", function()
   }
 
   local long = ("z"):rep(5000)
+  local quoted = "it's \\ \"q\"; DROP TABLE x; --\0\xff"  -- quotes, a backslash, SQL, NUL, not UTF-8
   local sequence = {
     { event_type = "open", acct = 7 },
     { event_type = "open", acct = "7" },
@@ -52,6 +56,8 @@ describe("procman.pg parity with the embedded router", function()
     { event_type = "add", acct = "7", amount = 1 },               -- late: account/"7" is complete
     { event_type = "open", acct = long },
     { event_type = "add", acct = long, amount = 3 },
+    { event_type = "open", acct = quoted },
+    { event_type = "add", acct = quoted, amount = 4 },
   }
   for i, e in ipairs(sequence) do e.event_id = i end
 
@@ -81,7 +87,7 @@ describe("procman.pg parity with the embedded router", function()
   local function flows_of_router(r)
     local out = {}
     for _, name in ipairs { "account", "audit" } do
-      for _, id in ipairs { 7, "7", long } do
+      for _, id in ipairs { 7, "7", long, quoted } do
         local pm = r:flow(name, id)
         if pm then
           out[#out + 1] = { name, id, pm:status(), pm:version(), pm:state(), false }
@@ -96,7 +102,7 @@ describe("procman.pg parity with the embedded router", function()
   local function flows_of_store(conn)
     local out = {}
     for _, name in ipairs { "account", "audit" } do
-      for _, id in ipairs { 7, "7", long } do
+      for _, id in ipairs { 7, "7", long, quoted } do
         local f = pg.flow(conn, name, id)
         if f and f.done then
           out[#out + 1] = { name, id, f.status, "done", "done", true }
@@ -157,4 +163,154 @@ describe("procman.pg parity with the embedded router", function()
     assert.same({}, pg.parked(conn))
     w:close()
   end)
+  -- Versions, policies and hooks. A ticket flow started on version 1 stays
+  -- on it when version 2 (which adds 'escalate') is deployed; new tickets
+  -- start on version 2. Both runtimes get the code change between two
+  -- phases (the router through its journal, the worker through the store).
+  local function ticket(version)
+    local on = {
+      open = function(state, e)
+        if e.flaky and broken.on then error("cannot open yet", 0) end
+        state.notes = 0
+        return { { command_type = "opened", v = version } }
+      end,
+      note = function(state, e)
+        if e.text == "bad" then error("bad note", 0) end
+        state.notes = state.notes + 1
+        return { procman.after(5, { event_type = "remind" }, "remind") }
+      end,
+      remind = function(state) state.reminded = version end,
+      close = function(state) state.closed = true end,
+    }
+    if version >= 2 then on.escalate = function(state) state.escalated = true return { { command_type = "page" } } end end
+    return procman.workflow { name = "ticket", version = version, correlate = "ticket", starts = { "open" }, on = on,
+                              done = function(state) return state.closed == true end,
+                              status = function(state) return state.closed and "closed" or "open" end }
+  end
+  local v1, v2 = ticket(1), ticket(2)
+
+  local phase1 = {
+    { event_type = "open", ticket = "t1" },
+    { event_type = "note", ticket = "t1", text = "a" },
+    { event_type = "open", ticket = "done" },
+    { event_type = "close", ticket = "done" },
+    { event_type = "open", ticket = "p1", flaky = true },   -- parks on its first event, under version 1
+  }
+  local phase2 = {
+    { event_type = "open", ticket = "t2" },                 -- starts on version 2
+    { event_type = "escalate", ticket = "t1" },             -- t1 runs version 1: no handler (on_unknown)
+    { event_type = "escalate", ticket = "t2" },
+    { event_type = "noise", ticket = "t1" },                -- no workflow handles it (on_unknown)
+    { event_type = "note", ticket = "t1", text = "b" },     -- version 1's handler
+    { event_type = "note", ticket = "t2", text = "bad" },   -- parks t2
+    { event_type = "note", ticket = "done", text = "c" },   -- late (on_late)
+    { event_type = "escalate", ticket = "t3" },             -- no flow, and version 2 cannot start one
+    { event_type = "open", ticket = "t4" },
+    { event_type = "note", ticket = "t4", text = "bad" },   -- parks t4
+    { event_type = "close", ticket = "t4" },                -- held; completes t4 once the bad note is skipped
+    { event_type = "note", ticket = "t4", text = "d" },     -- held; a dead letter when t4 completes
+  }
+  for i, e in ipairs(phase1) do e.event_id = "p1-" .. i end
+  for i, e in ipairs(phase2) do e.event_id = "p2-" .. i end
+
+  -- The hooks' calls, in order, without what depends on the clock or the
+  -- runtime (seconds, dead letter ids and times).
+  local function recorder()
+    local calls, hooks = {}, {}
+    for _, name in ipairs { "event_handled", "command_emitted", "flow_started", "flow_completed", "flow_parked",
+                            "flow_resumed", "timer_fired", "dead_letter", "event_ignored" } do
+      hooks[name] = function(...)
+        local args = { name, ... }
+        if name == "event_handled" then args[5] = nil end                       -- seconds
+        if name == "command_emitted" then args[2] = { args[2].id, args[2].command } end
+        if name == "dead_letter" then args[2] = args[2].event.event_id end
+        if name == "event_ignored" then args[4] = args[4]:gsub("^procman%.router: ", "") end
+        calls[#calls + 1] = args
+      end
+    end
+    return calls, hooks
+  end
+
+  local function versions_flows(r_or_conn, is_router)
+    local out = {}
+    for _, id in ipairs { "t1", "t2", "t3", "t4", "p1", "done" } do
+      if is_router then
+        local pm = r_or_conn:flow("ticket", id)
+        if pm then
+          out[#out + 1] = { id, pm:status(), pm:version(), pm:state(), r_or_conn:flow_version("ticket", id) }
+        elseif r_or_conn:completed("ticket", id) then
+          out[#out + 1] = { id, "done" }
+        end
+      else
+        local f = pg.flow(r_or_conn, "ticket", id)
+        if f and f.done then out[#out + 1] = { id, "done" }
+        elseif f then out[#out + 1] = { id, f.status, f.version, f.state, f.workflow_version } end
+      end
+    end
+    return out
+  end
+
+  local function letters(list)
+    local out = {}
+    for i, d in ipairs(list) do out[i] = { d.event.event_id, (d.error:gsub("^procman%.router: ", "")) } end
+    table.sort(out, function(a, b) return a[1] < b[1] end)
+    return out
+  end
+
+  local function run_both(policy, conn)
+    local path = os.tmpname()
+    finally(function() os.remove(path) end)
+    local clock = function() return 2000 end
+    local r = assert(procman.router { workflows = { v1 }, journal = path, on_error = "park", clock = clock,
+                                      on_unroutable = "dead_letter", on_unknown = policy.on_unknown,
+                                      on_late = policy.on_late })
+    local w = pg.worker { conninfo = conninfo, workflows = { v1 }, partitions = 1, on_error = "park",
+                          clock = clock, on_unknown = policy.on_unknown, on_late = policy.on_late }
+    for _, e in ipairs(phase1) do r:handle(e) assert(pg.append(conn, e)) end
+    while w:step() > 0 do end
+    r:close()
+    w:close()
+    -- the code changes: version 2 is deployed beside version 1
+    local r_calls, r_hooks = recorder()
+    local w_calls, w_hooks = recorder()
+    r = assert(procman.router { workflows = { v1, v2 }, journal = path, on_error = "park", clock = clock,
+                                on_unroutable = "dead_letter", on_unknown = policy.on_unknown,
+                                on_late = policy.on_late, hooks = r_hooks })
+    w = pg.worker { conninfo = conninfo, workflows = { v1, v2 }, partitions = 1, on_error = "park",
+                    clock = clock, on_unknown = policy.on_unknown, on_late = policy.on_late, hooks = w_hooks }
+    for _, e in ipairs(phase2) do r:handle(e) assert(pg.append(conn, e)) end
+    while w:step() > 0 do end
+    r:tick(2005)
+    assert.equal(1, w:tick(2005))
+    for _, id in ipairs { "t2", "t4" } do
+      r:skip("ticket", id)
+      w:skip("ticket", id)
+    end
+    broken.on = false  -- fixed: p1 opens, on the version it parked on
+    r:resume("ticket", "p1")
+    w:resume("ticket", "p1")
+    broken.on = true
+    return r, w, r_calls, w_calls
+  end
+
+  for _, policy in ipairs { { on_unknown = "dead_letter" }, { on_unknown = "ignore", on_late = "ignore" } } do
+    it(string.format("keeps flows on the version they started on; on_unknown = %q, on_late = %q and the hooks "
+                     .. "agree", policy.on_unknown, policy.on_late or "dead_letter"), function()
+      local conn = assert(pg.connect(conninfo))
+      finally(function() conn:close() end)
+      h.reset(conn, pg)
+      local r, w, r_calls, w_calls = run_both(policy, conn)
+      finally(function() r:close() w:close() end)
+      assert.same(versions_flows(r, true), versions_flows(conn, false))
+      assert.same({ 1, 2, 1 }, { r:flow_version("ticket", "t1"), r:flow_version("ticket", "t2"),
+                                 r:flow_version("ticket", "p1") })
+      assert.same(commands(r:pending()), commands(pg.outbox(conn)))
+      assert.same(timers(r:timers()), timers(pg.timers(conn)))
+      assert.same(parked(r:parked()), parked(pg.parked(conn)))
+      assert.same(letters(r:dead_letters()), letters(pg.dead_letters(conn)))
+      assert.equal(policy.on_unknown == "dead_letter" and 5 or 2, #pg.dead_letters(conn))
+      assert.same(r_calls, w_calls)
+      assert.is_true(#w_calls > 10)
+    end)
+  end
 end)

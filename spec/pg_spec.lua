@@ -22,13 +22,13 @@ describe("procman.pg", function()
   before_each(function() h.reset(conn, pg) end)
 
   it("migrates idempotently, and refuses a store of another schema version instead of misreading it", function()
-    assert.equal(3, pg.migrate(conninfo))
-    assert.equal(3, one("SELECT version FROM procman_schema").version)
-    assert(conn:script("UPDATE procman_schema SET version = 2"))
+    assert.equal(4, pg.migrate(conninfo))
+    assert.equal(4, one("SELECT version FROM procman_schema").version)
+    assert(conn:script("UPDATE procman_schema SET version = 3"))
     assert.error_matches(function() pg.migrate(conn) end,
-                         "the store has schema version 2, this procman reads version 3 only")
+                         "the store has schema version 3, this procman reads version 4 only")
     assert.error_matches(function() pg.worker { conninfo = conninfo, workflows = { batch } } end,
-                         "the store has schema version 2")
+                         "the store has schema version 3")
     assert(conn:script("DROP TABLE " .. h.TABLES))
     assert.error_matches(function() pg.worker { conninfo = conninfo, workflows = { batch } } end,
                          "no procman tables: run pg.migrate first")
@@ -309,6 +309,51 @@ describe("procman.pg", function()
     assert.same({ 2, { n = 2 } }, { flow.version, flow.state })
     assert.is_nil(pg.flow(conn, "clumsy", "bad"))
     assert.equal(2, #pg.outbox(conn))
+  end)
+
+  it("takes the router's policies and hooks where they apply, and refuses what a worker cannot do", function()
+    local function refused(opts, pattern)
+      opts.conninfo, opts.workflows = conninfo, { batch }
+      assert.error_matches(function() pg.worker(opts) end, pattern)
+    end
+    refused({ on_unknown = "raise" }, 'on_unknown = "raise" is the router\'s: a worker has no caller to raise to')
+    refused({ on_late = "raise" }, 'on_late = "raise" is the router\'s')
+    refused({ on_unroutable = "ignore" }, 'on_unroutable must be "dead_letter", got ignore')
+    refused({ on_unknown = "drop" }, 'on_unknown must be "ignore" or "dead_letter", got drop')
+    refused({ hooks = { journal_fsync = print } }, "hook journal_fsync does not apply to a worker")
+    refused({ hooks = { flow_strated = print } }, "unknown hook flow_strated")
+    -- a hook that raises is reported and changes nothing: the batch is committed
+    local warned = {}
+    local w = pg.worker { conninfo = conninfo, workflows = { batch }, partitions = 1,
+                          hooks = { flow_started = function() error("hook down", 0) end },
+                          warn = function(text) warned[#warned + 1] = text end }
+    finally(function() w:close() end)
+    pg.append(conn, { event_type = "batch_created", batch_id = "b1", event_id = 1, files = { "a" } })
+    assert.equal(1, w:step())
+    assert.same({ "hook flow_started failed: hook down" }, warned)
+    assert.equal(1, pg.flow(conn, "batch", "b1").version)
+    assert.equal(0, w:step())
+  end)
+
+  it("refuses to start without the code of a version that live flows run", function()
+    local function signup(version)
+      return procman.workflow { name = "signup", version = version, correlate = "user", starts = { "registered" },
+                                on = { registered = function() end, confirmed = function() end } }
+    end
+    local w = pg.worker { conninfo = conninfo, workflows = { signup(1) }, partitions = 1 }
+    pg.append(conn, { event_type = "registered", user = "u1", event_id = 1 })
+    assert.equal(1, w:step())
+    w:close()
+    assert.error_matches(function() pg.worker { conninfo = conninfo, workflows = { signup(2) }, partitions = 1 } end,
+                         'the store has 1 live flow of workflow "signup" on version 1, which this worker was not '
+                         .. "given %(it has version 2%)")
+    w = pg.worker { conninfo = conninfo, workflows = { signup(1), signup(2) }, partitions = 1 }
+    finally(function() w:close() end)
+    pg.append(conn, { event_type = "confirmed", user = "u1", event_id = 2 })
+    pg.append(conn, { event_type = "registered", user = "u2", event_id = 3 })
+    assert.equal(2, w:step())
+    assert.same({ 1, 2 }, { pg.flow(conn, "signup", "u1").workflow_version,
+                            pg.flow(conn, "signup", "u2").workflow_version })
   end)
 
   it("3 workers, 2 producers, one worker killed: every flow complete, every command once, "

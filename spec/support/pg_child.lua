@@ -29,7 +29,9 @@ local function append(e)
       local ok, position, err = pcall(pg.append, conn, e)
       if ok and position ~= nil then return position end
       if ok then error(err) end  -- refused: an id reused, a bug of the workload
-      if conn:alive() then error(position) end  -- not the connection: do not hide it
+      -- not the connection (it still answers): do not hide it. (libpq may
+      -- report a connection alive right after the server closed it.)
+      if conn:alive() and conn:exec("SELECT 1") then error(position) end
     end
     pgcore.sleep(0.05)
   end

@@ -118,39 +118,35 @@ end
 -- quoted text ("7") a string (procman.operations.flow_id).
 M.flow_id = require("procman.operations").flow_id
 
+-- A command that changes a journal through a router: the journal, its
+-- own arguments ({ name, description } each), the workflow files, --repair.
+local function journal_action(p, commands, name, what, arguments)
+  local c = p:command(name, what)
+  c:argument("journal", "The journal file (no other process may have it open).")
+  for _, a in ipairs(arguments) do c:argument(a[1], a[2]) end
+  c:argument("workflows", "Workflow files (or batch, order), as procman run was given."):args("+")
+  M.repair_flag(c)
+  commands[name] = c
+end
+
 -- The commands for parked flows and dead letters (docs/operations.md).
 local function operator_commands(p, commands)
   local parked = p:command("parked", "List the parked flows of a journal: error, first event, events held.")
   parked:argument("journal", "The journal file.")
   parked:flag("--json", "Print JSON instead of text.")
   commands.parked = parked
-  local parked_actions = {
-    { "resume", "Retry a parked flow's events in order (after a fix of its code)." },
-    { "skip", "Drop a parked flow's first event (journaled), then resume the rest." } }
-  for _, entry in ipairs(parked_actions) do
-    local name, what = entry[1], entry[2]
-    local c = p:command(name, what .. " Status 1 if the flow parks again.")
-    c:argument("journal", "The journal file (no other process may have it open).")
-    c:argument("workflow", "The workflow's name.")
-    c:argument("flow", "The flow id.")
-    c:argument("workflows", "Workflow files (or batch, order), as procman run was given."):args("+")
-    M.repair_flag(c)
-    commands[name] = c
-  end
+  local flow = { { "workflow", "The workflow's name." }, { "flow", "The flow id." } }
+  journal_action(p, commands, "resume", "Retry a parked flow's events in order (after a fix of its code). "
+                                        .. "Status 1 if the flow parks again.", flow)
+  journal_action(p, commands, "skip", "Drop a parked flow's first event (journaled), then resume the rest. "
+                                      .. "Status 1 if the flow parks again.", flow)
   local dead = p:command("dead-letters", "List the dead letters of a journal: id, time, event, reason.")
   dead:argument("journal", "The journal file.")
   dead:flag("--json", "Print JSON instead of text.")
   commands["dead-letters"] = dead
-  for _, entry in ipairs { { "retry-dead-letter", "Hand a dead letter's event to the router again." },
-                          { "drop-dead-letter", "Forget a dead letter (journaled)." } } do
-    local name, what = entry[1], entry[2]
-    local c = p:command(name, what)
-    c:argument("journal", "The journal file (no other process may have it open).")
-    c:argument("id", "The dead letter's id (procman dead-letters lists them).")
-    c:argument("workflows", "Workflow files (or batch, order), as procman run was given."):args("+")
-    M.repair_flag(c)
-    commands[name] = c
-  end
+  local letter = { { "id", "The dead letter's id (procman dead-letters lists them)." } }
+  journal_action(p, commands, "retry-dead-letter", "Hand a dead letter's event to the router again.", letter)
+  journal_action(p, commands, "drop-dead-letter", "Forget a dead letter (journaled).", letter)
 end
 
 -- The module that implements each command, when not named after it.

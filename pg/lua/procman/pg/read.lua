@@ -26,11 +26,12 @@ local function check_name(name, who)
 end
 
 --- pg.flow(conn, workflow, flow_id) -> { status, version, state, done,
+-- workflow_version (the code it runs: the version it started on),
 -- parked = false | { error, held, event } }, or nil when there is no such flow.
 function M.flow(target, name, flow_id)
   check_name(name, "flow")
   return with(target, "flow", function(conn)
-    local row = db.exec(conn, "SELECT status, version, done, state FROM procman_flows "
+    local row = db.exec(conn, "SELECT status, version, done, state, workflow_version FROM procman_flows "
                               .. "WHERE workflow = $1 AND key_hash = sha256($2::bytea)", name,
                         bytes(encode(flow_id)))[1]
     local parked = db.exec(conn, "SELECT error, event FROM procman_parked WHERE workflow = $1 "
@@ -39,7 +40,7 @@ function M.flow(target, name, flow_id)
     if row == nil and #parked == 0 then return nil end
     row = row or { version = 0, done = false }
     return { status = row.status, version = row.version, done = row.done,
-             state = row.state and decode(row.state) or nil,
+             workflow_version = row.workflow_version, state = row.state and decode(row.state) or nil,
              parked = #parked > 0 and { error = parked[1].error, held = #parked,
                                         event = decode(parked[1].event) } }
   end)

@@ -19,7 +19,7 @@ local M = {}
 
 -- The schema version this procman writes and reads. A store at another
 -- version is refused (pg.migrate, pg.worker), never misread.
-M.VERSION = 3
+M.VERSION = 4
 
 M.ddl = [[
   CREATE TABLE procman_events (
@@ -35,7 +35,8 @@ M.ddl = [[
   );
   CREATE INDEX procman_events_order ON procman_events (xid, position);
   CREATE INDEX procman_events_partition ON procman_events (partition, xid, position);
-  CREATE INDEX procman_events_route_gen ON procman_events (route_gen, xid, position);
+  CREATE INDEX procman_events_route_gen ON procman_events (route_gen, xid, position)
+    WHERE partition IS NOT NULL;
   CREATE TABLE procman_flows (
     workflow    text NOT NULL,
     flow_key    bytea NOT NULL,
@@ -58,6 +59,7 @@ M.ddl = [[
     partition   integer NOT NULL,
     error       bytea,
     event       bytea NOT NULL,
+    workflow_version integer NOT NULL DEFAULT 1,  -- of a flow parked on its first event (no flow row)
     PRIMARY KEY (workflow, key_hash, n)
   );
   CREATE INDEX procman_parked_partition ON procman_parked (partition);

@@ -39,19 +39,35 @@ local function group(rows)
   return by
 end
 
+-- The code of the version a stored flow started on; a version this worker
+-- lacks is a deployment to finish, not the event's fault: the step fails
+-- (and reads the same events again once the code is there).
+local function version_of(versions, w, v)
+  local spec = versions[w.spec.name] and versions[w.spec.name][v]
+  if spec == nil then
+    error(string.format("procman.pg.worker: flow %s/%s runs version %d of %s, which this worker was not "
+                        .. "given: give it that version's code too until such flows complete "
+                        .. "(docs/operations.md)", w.spec.name, tostring(w.flow), v, w.spec.name), 0)
+  end
+  return spec
+end
+
 --- Load the flows of 'list' ({ spec, flow, key, partition }): an entry for
--- each flow the store has, by "workflow\0key"; the others are absent.
-function M.load(conn, list)
+-- each flow the store has, by "workflow\0key", on the code of the version
+-- it started on (versions: name -> version -> spec); the others are absent.
+function M.load(conn, list, versions)
   local entries = {}
   if #list == 0 then return entries end
-  local flows = select_for(conn, list, "SELECT f.workflow, f.flow_key, f.version, f.done, f.status, f.state "
+  local flows = select_for(conn, list, "SELECT f.workflow, f.flow_key, f.version, f.done, f.status, f.state, "
+                                       .. "f.workflow_version "
                                        .. "FROM procman_flows f JOIN want ON f.workflow = want.workflow "
                                        .. "AND f.key_hash = sha256(want.flow_key)")
   local timers = group(select_for(conn, list, "SELECT t.workflow, t.flow_key, t.key, t.due_exact, t.event, "
                                   .. "t.seq, "
                                   .. "t.index FROM procman_timers t JOIN want ON t.workflow = want.workflow "
                                   .. "AND t.key_hash = sha256(want.flow_key) ORDER BY t.seq, t.index"))
-  local parked = group(select_for(conn, list, "SELECT p.workflow, p.flow_key, p.error, p.event FROM "
+  local parked = group(select_for(conn, list, "SELECT p.workflow, p.flow_key, p.error, p.event, "
+                                  .. "p.workflow_version FROM "
                                   .. "procman_parked p JOIN want ON p.workflow = want.workflow "
                                   .. "AND p.key_hash = sha256(want.flow_key) ORDER BY p.n"))
   local by_key = {}
@@ -65,6 +81,7 @@ function M.load(conn, list)
     local entry = entry_of(row.workflow .. "\0" .. row.flow_key)
     entry.db_version, entry.done, entry.status = row.version, row.done, row.status
     if not row.done then  -- no event ids: the store appends each id once (docs/postgres.md)
+      entry.spec = version_of(versions, entry, row.workflow_version)
       entry.pm = core.restore(entry.spec, entry.flow, decode(row.state), row.version, {})
     end
   end
@@ -79,6 +96,9 @@ function M.load(conn, list)
   for k, list_of in pairs(parked) do  -- a flow whose first event failed may have parked events only
     local entry = entry_of(k)
     entry.parked = { events = {}, error = list_of[1].error }
+    if entry.db_version == nil then  -- parked on its first event: pinned to the version it parked on
+      entry.spec = version_of(versions, entry, list_of[1].workflow_version)
+    end
     for i, p in ipairs(list_of) do entry.parked.events[i] = decode(p.event) end
   end
   return entries
@@ -164,12 +184,12 @@ local function write_parked(conn, changed)
       list[#list + 1] = e
       for n, event in ipairs(e.parked and e.parked.events or {}) do
         rows[#rows + 1] = { e.spec.name, bytes(e.key), n, e.partition,
-                            n == 1 and bytes(e.parked.error) or nil, bytes(encode(event)) }
+                            n == 1 and bytes(e.parked.error) or nil, bytes(encode(event)), e.spec.version }
       end
     end
   end
-  replace(conn, "procman_parked", list, "workflow, flow_key, n, partition, error, event",
-          { "text", "bytea", "int", "int", "bytea", "bytea" }, rows)
+  replace(conn, "procman_parked", list, "workflow, flow_key, n, partition, error, event, workflow_version",
+          { "text", "bytea", "int", "int", "bytea", "bytea", "int" }, rows)
 end
 
 local function write_outbox(conn, outbox)
@@ -183,15 +203,23 @@ local function write_outbox(conn, outbox)
   end)
 end
 
+-- The dead letters, and their ids in the same order.
 local function write_dead(conn, dead)
-  if #dead == 0 then return end
+  if #dead == 0 then return {} end
   local rows = {}
   for i, d in ipairs(dead) do
-    rows[i] = { d.position, d.workflow, d.key and bytes(d.key) or nil, bytes(d.error), bytes(d.event) }
+    rows[i] = { i, d.position, d.workflow, d.key and bytes(d.key) or nil, bytes(d.error), bytes(d.event) }
   end
-  db.exec_rows(conn, { "bigint", "text", "bytea", "bytea", "bytea" }, rows, function(values)
-    return "INSERT INTO procman_dead_letters (position, workflow, flow_key, error, event) VALUES " .. values
+  local ids = {}
+  local types = { "int", "bigint", "text", "bytea", "bytea", "bytea" }
+  local added = db.exec_rows(conn, types, rows, function(values)
+    return "WITH input (i, position, workflow, flow_key, error, event) AS (VALUES " .. values .. "), "
+      .. "added AS (INSERT INTO procman_dead_letters (position, workflow, flow_key, error, event) "
+      .. "SELECT position, workflow, flow_key, error, event FROM input ORDER BY i RETURNING id) "
+      .. "SELECT id FROM added ORDER BY id"
   end)
+  for i, row in ipairs(added) do ids[i] = row.id end
+  return ids
 end
 
 -- The observed transitions (status before, event type, status after),
@@ -214,15 +242,16 @@ function M.write_checkpoints(conn, partitions, xid, position)
           position)
 end
 
---- Write a batch's work (in the caller's transaction).
+--- Write a batch's work (in the caller's transaction) -> { dead_ids }.
 function M.write(conn, work, partitions)
   write_flows(conn, work.changed)
   write_timers(conn, work.changed)
   write_parked(conn, work.changed)
   write_outbox(conn, work.outbox)
-  write_dead(conn, work.dead)
+  local dead_ids = write_dead(conn, work.dead)
   write_transitions(conn, work.transitions)
   if work.xid then M.write_checkpoints(conn, partitions, work.xid, work.position) end
+  return { dead_ids = dead_ids }
 end
 
 return M

@@ -16,6 +16,11 @@
 -- transaction fails becomes a dead letter with the database's reason, and
 -- the rest commits. No input can stall a partition.
 --
+-- The router's rules, where a worker can keep them: workflow versions
+-- (new flows on the newest, each flow on the version it started on), the
+-- policies on_unknown, on_late and on_unroutable and the hooks
+-- (procman.pg.policies: called after the commit of what they report).
+--
 -- Connection loss: w:run reconnects with backoff (forever, unless told a
 -- number of attempts), reports each failure (the on_error hook, else
 -- warn), and starts again from the stored checkpoints: nothing is lost and
@@ -25,6 +30,7 @@ local core = require "procman.core"
 local workflow = require "procman.workflow"
 local timers = require "procman.timers"
 local records = require "procman.records"
+local replay_plan = require "procman.replay_plan"
 local message = require "procman.message"
 local db = require "procman.pg.db"
 local pgcore = require "procman.pg.core"
@@ -33,6 +39,7 @@ local routes = require "procman.pg.routes"
 local store = require "procman.pg.store"
 local partitions = require "procman.pg.partitions"
 local producer = require "procman.pg.producer"
+local policies = require "procman.pg.policies"
 
 local encode, decode = procman.encode, procman.decode
 
@@ -44,7 +51,8 @@ Worker.__name = "procman.pg.worker"
 M.partition = routes.partition
 
 local OPTIONS = { conninfo = true, workflows = true, partitions = true, batch = true, clock = true,
-                  on_error = true, cache = true, warn = true, reconnect = true }
+                  on_error = true, cache = true, warn = true, reconnect = true, on_unknown = true,
+                  on_late = true, on_unroutable = true, hooks = true }
 local NO_MEMORY = "not enough memory"  -- never a reason to park or dead-letter
 local START = "[*]"  -- the status before a flow's first event (procman.journal_view's START)
 
@@ -102,19 +110,53 @@ local function check_options(opts)
     fail('on_error must be "dead_letter" or "park", got %s', tostring(on_error))
   end
   return { partitions = n, batch = positive_integer(opts, "batch", 200), on_error = on_error,
-           cache_limit = positive_integer(opts, "cache", 10000), reconnect = check_reconnect(opts.reconnect) }
+           cache_limit = positive_integer(opts, "cache", 10000), reconnect = check_reconnect(opts.reconnect),
+           policies = policies.check(opts) }
 end
 
-local function specs_of(list)
+-- The workflows as the router takes them: the newest version of each
+-- (new flows start on it), every version (a flow runs the one it started
+-- on: procman_flows.workflow_version), and the event types each
+-- workflow handles in some version.
+local function workflows_of(list)
   local specs, by_name, versions = workflow.routable(list)
   if not specs then fail("%s", by_name) end
-  for name, by_version in pairs(versions) do  -- versions: the router's, not yet the worker's
-    if next(by_version, next(by_version)) ~= nil then
-      fail("workflow %q is given in several versions: the PostgreSQL worker runs one version of "
-           .. "each workflow (docs/operations.md)", name)
+  local types_of, known_types = {}, {}
+  for name, by_version in pairs(versions) do
+    types_of[name] = {}
+    for _, spec in pairs(by_version) do
+      for event_type in pairs(spec.on) do types_of[name][event_type], known_types[event_type] = true, true end
     end
   end
-  return specs, by_name
+  return { specs = specs, by_name = by_name, versions = versions, types_of = types_of,
+           known_types = known_types }
+end
+
+-- Refuse a store whose live flows run a version of a workflow this worker
+-- was not given (as the router refuses such a journal): running them on
+-- other code would be wrong, and dead-lettering their events would lose
+-- them. Workflows the worker does not run at all are not its business.
+local function check_versions(conn, wf)
+  -- live flows, and flows parked on their first event (they have no flow row)
+  local rows = db.exec(conn, "SELECT workflow, workflow_version AS v, count(*) AS n FROM ("
+                             .. "SELECT workflow, workflow_version FROM procman_flows WHERE NOT done "
+                             .. "UNION ALL SELECT p.workflow, p.workflow_version FROM procman_parked p "
+                             .. "WHERE p.n = 1 AND "
+                             .. "NOT EXISTS (SELECT 1 FROM procman_flows f WHERE f.workflow = p.workflow "
+                             .. "AND f.key_hash = p.key_hash)) AS live "
+                             .. "GROUP BY workflow, workflow_version ORDER BY workflow, v")
+  local live = {}
+  for _, r in ipairs(rows) do
+    if wf.versions[r.workflow] then
+      live[r.workflow] = live[r.workflow] or {}
+      live[r.workflow][r.v] = r.n
+    end
+  end
+  local why = replay_plan.missing(live, wf.versions)
+  if why then
+    why = why:gsub("the journal has", "the store has"):gsub("this router", "this worker")
+    error("procman.pg.worker: " .. why, 0)
+  end
 end
 
 -- Every worker must cut the flows into the same partitions.
@@ -135,6 +177,7 @@ local function connect(self)
   if not conn then return nil, err end
   local ok, why = pcall(function()
     schema.check(conn)
+    check_versions(conn, self.wf)
     agree_on_partitions(conn, self.partitions)
     routes.register(conn, self.specs, self.partitions)
     partitions.present(conn)
@@ -151,12 +194,16 @@ end
 
 --- pg.worker { conninfo, workflows, partitions = 16, batch = 200, clock = os.time,
 --              on_error = "dead_letter" | "park", cache = 10000 (live flows kept),
---              warn = function(message), reconnect = { initial, max, attempts } }
+--              on_unknown = "ignore" | "dead_letter", on_late = "dead_letter" | "ignore",
+--              hooks = { name = fn } (procman.hooks), warn = function(message),
+--              reconnect = { initial, max, attempts } }
 function M.new(opts)
   local o = check_options(opts)
-  local specs, by_name = specs_of(opts.workflows)
+  local wf = workflows_of(opts.workflows)
   local self = setmetatable({
-    conninfo = opts.conninfo, specs = specs, by_name = by_name, partitions = o.partitions, batch = o.batch,
+    conninfo = opts.conninfo, wf = wf, specs = wf.specs, by_name = wf.by_name, partitions = o.partitions,
+    batch = o.batch, on_unknown = o.policies.on_unknown, on_late = o.policies.on_late,
+    hooks = o.policies.hooks,
     clock = opts.clock or os.time, on_error = o.on_error, cache_limit = o.cache_limit,
     warn = opts.warn, reconnect_opts = o.reconnect, cache = {}, cache_size = 0, owned = {}, owned_count = 0,
     stats = { events = 0, handled = 0, commands = 0, dead = 0, timers = 0, commits = 0, parked = 0,
@@ -241,7 +288,7 @@ local function preload(self, targets)
       want[#want + 1] = t
     end
   end
-  for _, entry in pairs(store.load(self.conn, want)) do cache_put(self, entry) end
+  for _, entry in pairs(store.load(self.conn, want, self.wf.versions)) do cache_put(self, entry) end
 end
 
 -- ---------------------------------------------------------------------
@@ -251,7 +298,7 @@ end
 local function new_work(self, now)
   self.tick_count = (self.tick_count or 0) + 1
   return { changed = {}, changed_set = {}, outbox = {}, dead = {}, transitions = {}, handled = 0,
-           now = now or self.clock(), stamp = self.tick_count }
+           now = now or self.clock(), stamp = self.tick_count, hooks = self.hooks and {} or nil }
 end
 
 local function touch(work, entry)
@@ -262,9 +309,21 @@ local function touch(work, entry)
   end
 end
 
+-- A dead letter; its hook gets it as pg.dead_letters lists it, with the
+-- id the store gives it.
 local function dead_letter(work, position, t, err, event)
-  work.dead[#work.dead + 1] = { position = position, workflow = t and t.spec.name, key = t and t.key,
-                                error = message(err), event = encode(event) }
+  local letter = { position = position, workflow = t and t.spec.name, flow = t and t.flow,
+                   error = message(err), event = event }
+  work.dead[#work.dead + 1] = { letter = letter, position = position, workflow = letter.workflow,
+                                key = t and t.key, error = letter.error, event = encode(event) }
+  policies.queue(work, "dead_letter", letter)
+end
+
+-- An event a policy (on_unknown, on_late) judges: a dead letter, or
+-- ignored (the event_ignored hook, kind "unknown" or "late").
+local function by_policy(work, policy, kind, position, t, why, event)
+  if policy == "dead_letter" then return dead_letter(work, position, t, why, event) end
+  policies.queue(work, "event_ignored", kind, rawget(event, "event_type"), why)
 end
 
 -- The router's wording for a handler's failure.
@@ -293,8 +352,9 @@ local function after_event(entry, plain, position)
   local rows = {}
   for i, command in ipairs(plain) do
     local id = records.command_id(name, entry.flow, version, i)
-    rows[i] = { id = id, workflow = name, key = entry.key, position = position,
-                envelope = encode { id = id, workflow = name, flow = entry.flow, command = command } }
+    local envelope = { id = id, workflow = name, flow = entry.flow, command = command }
+    rows[i] = { id = id, workflow = name, key = entry.key, position = position, envelope = encode(envelope),
+                plain = envelope }
   end
   local done, status = entry.pm:done(), entry.pm:status()
   return { done = done, status = status, snapshot = table.pack(core.snapshot(entry.pm)), outbox = rows }
@@ -318,6 +378,7 @@ end
 -- unchanged.
 local function apply(work, entry, event, position)
   local before = entry.pm:version()
+  local started = work.hooks and core.monotonic()
   local plain, directives = run_handler(entry, event)
   local ok, after, why = plain ~= nil, nil, directives
   if ok then
@@ -338,6 +399,17 @@ local function apply(work, entry, event, position)
   entry.done, entry.status, entry.snapshot = after.done, after.status, after.snapshot
   if after.done then entry.timers_changed = true end  -- its timers go with it
   work.handled = work.handled + 1
+  if work.hooks then
+    local name, flow_id = entry.spec.name, entry.flow
+    if before == 0 and not work.resuming then  -- a flow routed to, not one resumed
+      policies.queue(work, "flow_started", name, flow_id)
+    end
+    policies.queue(work, "event_handled", name, flow_id, rawget(event, "event_type"),
+                   core.monotonic() - started)
+    if after.done then policies.queue(work, "flow_completed", name, flow_id, after.status) end
+    work.commands_at = #work.hooks + 1  -- (the router reports the flow's hooks, then the commands)
+    for _, row in ipairs(after.outbox) do policies.queue(work, "command_emitted", row.plain) end
+  end
   return nil
 end
 
@@ -345,23 +417,33 @@ local function park(self, work, entry, event, err)
   entry.parked = { events = { event }, error = err }
   entry.parked_changed = true
   self.stats.parked = self.stats.parked + 1
+  policies.queue(work, "flow_parked", entry.spec.name, entry.flow, err)
   touch(work, entry)
 end
 
--- Events still parked when a retried one completed the flow: dead letters.
+-- Events still parked when a retried one completed the flow (the retried
+-- one is off the list already): dead letters.
 local function complete_parked(work, entry)
   if not entry.parked then return end
-  for i = 2, #entry.parked.events do
+  for i = 1, #entry.parked.events do
     dead_letter(work, nil, entry, string.format("flow %s completed while this event was parked",
                                                 label(entry.spec.name, entry.flow)), entry.parked.events[i])
   end
   entry.parked, entry.parked_changed = nil, true
 end
 
--- A new flow for an event that may start one; nil, why when it cannot.
+-- A new flow for an event that may start one; nil, why when it cannot
+-- (and "unknown" when the version new flows start on has no handler for
+-- it: on_unknown judges it).
 local function new_flow(self, t, event)
-  if not t.spec.starts_set[rawget(event, "event_type")] then
-    return nil, string.format("no flow %s for %s", label(t.spec.name, t.flow), rawget(event, "event_type"))
+  local event_type = rawget(event, "event_type")
+  if t.spec.on[event_type] == nil then
+    return nil, string.format("no flow %s for %s, and version %d of %s (new flows start on it) has no "
+                              .. "handler for it", label(t.spec.name, t.flow), event_type, t.spec.version,
+                              t.spec.name), "unknown"
+  end
+  if not t.spec.starts_set[event_type] then
+    return nil, string.format("no flow %s for %s", label(t.spec.name, t.flow), event_type)
   end
   local entry = { spec = t.spec, flow = t.flow, key = t.key, partition = t.partition }
   local ok, pm = pcall(core.new, t.spec, t.flow)
@@ -380,20 +462,27 @@ local function handle(self, work, t, event, position, fired)
     entry.timers_changed = true
     touch(work, entry)
   end
+  local event_type = rawget(event, "event_type")
   if entry and entry.done then
-    return dead_letter(work, position, t, string.format("flow %s is complete (%s): event '%s' came after it "
-                                                        .. "finished", label(t.spec.name, t.flow),
-                                                        tostring(entry.status), rawget(event, "event_type")),
-                       event)
+    return by_policy(work, self.on_late, "late", position, t,
+                     string.format("flow %s is complete (%s): event '%s' came after it finished",
+                                   label(t.spec.name, t.flow), tostring(entry.status), event_type), event)
+  end
+  if entry and not fired and (entry.pm or entry.parked) and entry.spec.on[event_type] == nil then
+    return by_policy(work, self.on_unknown, "unknown", position, t,  -- the flow runs an older version
+                     string.format("flow %s runs version %d of %s, which has no handler for '%s'",
+                                   label(t.spec.name, t.flow), entry.spec.version, t.spec.name, event_type),
+                     event)
   end
   if entry and entry.parked then  -- held behind the parked event, in order
     table.insert(entry.parked.events, event)
     entry.parked_changed = true
     return touch(work, entry)
   end
-  local err
+  local err, kind
   if entry == nil or entry.pm == nil then
-    entry, err = new_flow(self, t, event)
+    entry, err, kind = new_flow(self, t, event)
+    if kind then return by_policy(work, self.on_unknown, kind, position, t, err, event) end
     if entry == nil then return dead_letter(work, position, t, err, event) end
   end
   err = err or apply(work, entry, event, position)
@@ -413,11 +502,12 @@ end
 -- Commit a batch; on success the cache follows (completed flows leave it),
 -- on failure it is dropped (the store is the truth).
 local function commit(self, work)
-  local ok, err = pcall(db.transaction, self.conn, store.write, work, partitions.list(self))
+  local ok, written = pcall(db.transaction, self.conn, store.write, work, partitions.list(self))
   if not ok then
     self:forget_all()
-    return nil, err
+    return nil, written
   end
+  for i, d in ipairs(work.dead) do d.letter.id = written.dead_ids[i] end
   for _, entry in ipairs(work.changed) do
     if entry.pm then entry.db_version = entry.pm:version() end
     entry.timers_changed, entry.parked_changed, entry.snapshot = nil, nil, nil
@@ -434,6 +524,7 @@ local function commit(self, work)
                                              s.dead + #work.dead, s.commits + 1
   trim_cache(self)
   s.cached = self.cache_size
+  if work.hooks then policies.run(self.hooks, work.hooks, function(text) self:report(text) end) end
   return true
 end
 
@@ -452,7 +543,7 @@ end
 local function targets_of(self, event)
   local event_type, list = rawget(event, "event_type"), {}
   for _, spec in ipairs(self.specs) do
-    if spec.on[event_type] then
+    if self.wf.types_of[spec.name][event_type] then
       local id, why = workflow.flow_id(spec, event)
       if id == nil then return nil, why end
       list[#list + 1] = { spec = spec, flow = id, key = encode(id),
@@ -479,24 +570,33 @@ end
 -- every event up to the bound that concerns these partitions is in it,
 -- so the checkpoints may move to the horizon (a partition without
 -- events does not hold the lowest checkpoint back).
-local function stream(where)
-  return "(SELECT e.position, e.xid FROM procman_events e, bound WHERE " .. where
-    .. " AND e.xid < bound.x ORDER BY e.xid, e.position LIMIT $6)"
+--
+-- Each stream is written so that PostgreSQL reads its index in order and
+-- stops after 'batch' entries, however long the backlog: the row
+-- comparison starts with the index's leading column (the equality alone
+-- lets the planner prefer the (xid, position) index with a filter), the
+-- ORDER BY is the index's, and the bound is a scalar (a join with it
+-- would lose the index order and sort the whole range). The payloads are
+-- then fetched by key (a join may hash the whole table).
+local function stream(column, where)
+  return "(SELECT e.position, e.xid FROM procman_events e WHERE " .. where
+    .. " AND e.xid < (SELECT x FROM bound) ORDER BY " .. column .. "e.xid, e.position LIMIT $6)"
 end
 
 local READ = "WITH bound AS MATERIALIZED (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS x), "
   .. "own (p, x, pos) AS (SELECT * FROM unnest($3::int[], $4::bigint[], $5::bigint[])), "
   .. "mine AS ((SELECT s.* FROM own, LATERAL "
-  .. stream("e.partition = own.p AND (e.xid, e.position) > (own.x::text::xid8, own.pos)") .. " s) "
-  .. "UNION " .. stream("e.partition IS NULL AND (e.xid, e.position) > ($1::text::xid8, $2)") .. " "
+  .. stream("e.partition, ", "e.partition = own.p "
+            .. "AND (e.partition, e.xid, e.position) > (own.p, own.x::text::xid8, own.pos)") .. " s) "
+  .. "UNION " .. stream("", "e.partition IS NULL AND (e.xid, e.position) > ($1::text::xid8, $2)") .. " "
   .. "UNION (SELECT s.* FROM procman_routes r, unnest(r.history) AS g (gen), LATERAL "
-  .. stream("e.route_gen = g.gen AND e.partition IS NOT NULL AND (e.xid, e.position) > ($1::text::xid8, $2)")
-  .. " s)), "
+  .. stream("e.route_gen, ", "e.route_gen = g.gen AND e.partition IS NOT NULL "
+            .. "AND (e.route_gen, e.xid, e.position) > (g.gen, $1::text::xid8, $2)") .. " s)), "
   .. "batch AS (SELECT * FROM mine ORDER BY xid, position LIMIT $6) "
-  .. "SELECT b.position, b.xid::text::bigint AS xid, e.payload, e.partition, false AS horizon FROM batch b "
-  .. "JOIN procman_events e ON e.position = b.position "
-  .. "UNION ALL (SELECT e.position, e.xid::text::bigint, NULL, NULL, true FROM procman_events e, bound "
-  .. "WHERE e.xid < bound.x ORDER BY e.xid DESC, e.position DESC LIMIT 1) "
+  .. "SELECT b.position, b.xid::text::bigint AS xid, e.payload, e.partition, false AS horizon FROM batch b, "
+  .. "LATERAL (SELECT payload, partition FROM procman_events WHERE position = b.position LIMIT 1) e "
+  .. "UNION ALL (SELECT e.position, e.xid::text::bigint, NULL, NULL, true FROM procman_events e "
+  .. "WHERE e.xid < (SELECT x FROM bound) ORDER BY e.xid DESC, e.position DESC LIMIT 1) "
   .. "ORDER BY horizon, xid, position"
 
 -- The partition whose owner keeps the one dead letter of an event that
@@ -540,6 +640,9 @@ local function read_events(self)
       if ev.unroutable == nil then targets, why = targets_of(self, ev.event) end
       if targets == nil then
         ev.unroutable = after_checkpoint(self, keeper(ev), ev) and (ev.unroutable or why)
+      elseif not self.wf.known_types[rawget(ev.event, "event_type")] then  -- one judgement, by the keeper
+        ev.unknown = after_checkpoint(self, keeper(ev), ev)
+                     and string.format("no workflow handles event type '%s'", rawget(ev.event, "event_type"))
       else
         for _, t in ipairs(targets) do
           if after_checkpoint(self, t.partition, ev) then ev.mine[#ev.mine + 1] = t end
@@ -554,6 +657,9 @@ end
 
 local function apply_event(self, work, ev)
   if ev.unroutable then return dead_letter(work, ev.position, nil, ev.unroutable, ev.event) end
+  if ev.unknown then
+    return by_policy(work, self.on_unknown, "unknown", ev.position, nil, ev.unknown, ev.event)
+  end
   for _, t in ipairs(ev.mine) do handle(self, work, t, ev.event, ev.position) end
 end
 
@@ -650,6 +756,8 @@ local function fire(self, work, t, refused)
     return dead_letter(work, nil, t, refused, timer.event)
   end
   handle(self, work, t, timer.event, nil, t.fired)
+  policies.queue(work, "timer_fired", t.spec.name, t.flow, rawget(timer.event, "event_type"),
+                 work.now - timer.due)
 end
 
 -- The timers again, one per transaction: a timer whose event the store
@@ -745,17 +853,30 @@ local function retry(work, entry)
       local ok, pm = pcall(core.new, entry.spec, entry.flow)
       if ok then entry.pm = pm else err = message(pm) end
     end
+    local mark = work.hooks and #work.hooks
+    work.commands_at = mark and mark + 1  -- (apply moves it past the flow's own hooks)
     err = err or apply(work, entry, event, nil)
     touch(work, entry)
     entry.parked_changed = true
     if err then
       entry.parked.error = err
+      policies.queue(work, "flow_parked", entry.spec.name, entry.flow, err)  -- again
       return applied, err
     end
     applied = applied + 1
     table.remove(entry.parked.events, 1)
-    if #entry.parked.events == 0 then entry.parked = nil end
-    if entry.done then complete_parked(work, entry) end
+    -- the router's order of reports: the letters of events left parked by
+    -- a completed flow, the flow's hooks, flow_resumed, then the commands
+    if entry.done or #entry.parked.events == 0 then
+      policies.queue(work, "flow_resumed", entry.spec.name, entry.flow)
+      if mark then policies.hoist(work, work.commands_at - 1, #work.hooks) end
+    end
+    if entry.done then
+      local from = mark and #work.hooks + 1
+      complete_parked(work, entry)
+      if mark then policies.hoist(work, mark, from) end
+    end
+    if entry.parked and #entry.parked.events == 0 then entry.parked = nil end
   end
   return applied
 end
@@ -780,6 +901,7 @@ end
 
 local function resume(self, entry, skip)
   local work = new_work(self)
+  work.resuming = true
   if skip then
     table.remove(entry.parked.events, 1)
     entry.parked_changed = true
