@@ -1127,7 +1127,7 @@ lua_Integer pm_version_at(lua_State *L, int idx) {
 }
 
 /* For the engine (engine.c): the bytes of the event that the flow at 'idx'
-** committed last, as the codec encoded it into the history, or NULL when
+** committed last, as the codec encoded it into its log, or NULL when
 ** it can no longer tell.  Valid until the flow handles another event. */
 const char *pm_last_event(lua_State *L, int idx, size_t *len) {
   const PM *p = (const PM *)lua_touserdata(L, idx);

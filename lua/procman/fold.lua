@@ -232,12 +232,13 @@ end
 
 -- One flow's entry of an event record, counted: the journaled commands,
 -- status and completion are the ones that count.
-local function counted_target(state, f, rec, offset)
+local function counted_target(state, f, rec, offset, t)
   local name = workflow(state, f.workflow, offset)
   local g = state.live[name][f.flow]
   if g == nil and (f.commands or f.parked) then g = counted(state, name, f.flow, f.workflow_version) end
-  local t = { spec = spec_of(state, name), flow = f.flow, pm = g, resumed = f.resumed, held = f.held,
-              parked_error = f.parked }
+  t.spec, t.flow, t.pm, t.resumed, t.held, t.parked_error = spec_of(state, name), f.flow, g, f.resumed,
+    f.held, f.parked
+  t.committed, t.commands, t.done, t.plain, t.directives = nil, nil, nil, nil, nil
   if g and g.offsets and (f.commands or f.parked) then g.offsets[#g.offsets + 1] = offset end
   if f.commands then
     local before = g.applied == 0 and records.START or g.last_status
@@ -253,11 +254,23 @@ local function counted_target(state, f, rec, offset)
   return t
 end
 
+-- The targets of counted entries: reused from record to record (settle
+-- keeps none of them).
+local scratch = {}
+
 local function fold_event(state, rec, offset)
   local fired = rec.fired
   if fired then workflow(state, fired.workflow, offset) end
-  local targets = {}
-  for i, f in ipairs(rec.flows) do targets[i] = counted_target(state, f, rec, offset) end
+  local targets, flows = scratch, rec.flows
+  for i = 1, #flows do
+    local t = targets[i]
+    if t == nil then
+      t = {}
+      targets[i] = t
+    end
+    counted_target(state, flows[i], rec, offset, t)
+  end
+  for i = #flows + 1, #targets do targets[i] = nil end
   M.settle(state, targets, rec)
   state.seq = rec.seq
 end
