@@ -399,6 +399,33 @@ static int guarded_call(lua_State *L) {
   return lua_gettop(L);
 }
 
+int budget_pcall_function(lua_State *L, int nargs, int nresults) {
+  BudgetLimits limits;
+  int f = lua_gettop(L) - nargs, status;
+  if (lua_tocfunction(L, f) != guarded_call)
+    return lua_pcall(L, nargs, nresults, 0);
+  lua_getupvalue(L, f, 4);                           /* flags */
+  lua_getupvalue(L, f, 6);                           /* describe */
+  limits.flags = (int)lua_tointeger(L, -2);
+  if ((limits.flags & BUDGET_COPY) || !lua_isnil(L, -1)) {
+    lua_pop(L, 2);  /* guarded_call's own body is needed: call it */
+    return lua_pcall(L, nargs, nresults, 0);
+  }
+  lua_pop(L, 2);
+  lua_getupvalue(L, f, 2);
+  lua_getupvalue(L, f, 3);
+  lua_getupvalue(L, f, 5);
+  limits.units = lua_tointeger(L, -3);
+  limits.memory = lua_tointeger(L, -2);
+  limits.label = lua_tostring(L, -1);  /* anchored: the closure stays at f */
+  lua_pop(L, 3);
+  lua_getupvalue(L, f, 1);                           /* fn */
+  lua_insert(L, f + 1);                              /* closure fn args... */
+  status = budget_guard_pcall(L, nargs, nresults, &limits);
+  lua_remove(L, f);
+  return status == LUA_OK ? LUA_OK : LUA_ERRRUN;  /* as guarded_call's raise */
+}
+
 int budget_guard(lua_State *L) {
   lua_Integer units, memory, flags;
   luaL_checktype(L, 1, LUA_TFUNCTION);

@@ -34,6 +34,14 @@ typedef struct BudgetLimits {
 */
 int budget_guard_pcall(lua_State *L, int nargs, int nresults, const BudgetLimits *limits);
 
+/*
+** lua_pcall(L, nargs, nresults, 0) of the function below the arguments,
+** where a function made by core.guard runs under its limits without a
+** call of its own (the hot path: a handler per event).  The same results
+** and errors as calling it; a failure is LUA_ERRRUN, as when it raises.
+*/
+int budget_pcall_function(lua_State *L, int nargs, int nresults);
+
 /* The instruction budget alone (budget <= 0: no limit). */
 int budget_pcall(lua_State *L, int nargs, int nresults, lua_Integer budget);
 

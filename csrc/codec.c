@@ -43,6 +43,8 @@ typedef struct Encoder {
   int copy;                              /* also push a copy of the value */
   int unsorted;                          /* large maps in lua_next order */
   int depth;                             /* tables open right now */
+  const char *mark;                      /* a key of the root map to find, or NULL */
+  size_t mark_len, mark_at;              /* its length; where its value starts */
   const void *open[CODEC_MAX_DEPTH];     /* those tables, for cycles */
   char why[96];                          /* what went wrong */
   char path[PATH_SIZE];                  /* where: filled from the end */
@@ -383,8 +385,13 @@ static int encode_pairs(Encoder *e, Key *keys, size_t n, int store) {
   else
     put_header(e, n, 0x80, 15, 0, 0xde, 0xdf);
   for (j = 0; j < n; j++) {
-    if (!as_array)
-      encode_key(e, &keys[j]);
+    if (!as_array) {
+      const Key *k = &keys[j];
+      encode_key(e, k);
+      if (e->mark != NULL && e->depth == 1 && k->kind == KEY_STRING &&
+          k->len == e->mark_len && memcmp(k->s, e->mark, k->len) == 0)
+        e->mark_at = e->b->len;
+    }
     if (!encode_pair_value(e, &keys[j], store, copy, as_array ? (lua_Integer)(j + 1) : 0))
       return fail_under(e, &keys[j]);  /* encode_table restores the stack */
   }
@@ -593,11 +600,14 @@ static int encode_value(Encoder *e, int idx) {
 }
 
 static int encode_root(lua_State *L, int idx, int bidx, const char *root,
-                       int copy, int unsorted) {
+                       int copy, int unsorted, const char *mark, size_t *mark_at) {
   Encoder e;
   int top = lua_gettop(L);
   idx = lua_absindex(L, idx);
   e.L = L;
+  e.mark = mark;
+  e.mark_len = mark != NULL ? strlen(mark) : 0;
+  e.mark_at = (size_t)-1;
   e.copy = copy;
   e.unsorted = unsorted;
   e.bidx = lua_absindex(L, bidx);
@@ -607,8 +617,11 @@ static int encode_root(lua_State *L, int idx, int bidx, const char *root,
   e.path_start = PATH_SIZE - 1;
   e.path[PATH_SIZE - 1] = '\0';
   e.path_cut = 0;
-  if (encode_value(&e, idx))
+  if (encode_value(&e, idx)) {
+    if (mark_at != NULL)
+      *mark_at = e.mark_at;
     return 1;
+  }
   lua_settop(L, top);
   lua_pushfstring(L, "cannot encode %s at %s%s%s", e.why, root,
                   e.path_cut ? "..." : "", e.path + e.path_start);
@@ -616,15 +629,20 @@ static int encode_root(lua_State *L, int idx, int bidx, const char *root,
 }
 
 int codec_encode(lua_State *L, int idx, int bidx, const char *root) {
-  return encode_root(L, idx, bidx, root, 0, 0);
+  return encode_root(L, idx, bidx, root, 0, 0, NULL, NULL);
 }
 
 int codec_encode_copy(lua_State *L, int idx, int bidx, const char *root) {
-  return encode_root(L, idx, bidx, root, 1, 0);
+  return encode_root(L, idx, bidx, root, 1, 0, NULL, NULL);
+}
+
+int codec_encode_marking(lua_State *L, int idx, int bidx, const char *root, int copy,
+                         const char *key, size_t *at) {
+  return encode_root(L, idx, bidx, root, copy, 0, key, at);
 }
 
 int codec_encode_snapshot(lua_State *L, int idx, int bidx, const char *root) {
-  return encode_root(L, idx, bidx, root, 0, 1);
+  return encode_root(L, idx, bidx, root, 0, 1, NULL, NULL);
 }
 
 /* ===================================================================
@@ -1008,23 +1026,12 @@ static int cursor_equals(lua_State *L, int idx, Cursor *c) {
   }
 }
 
-int codec_field_is(lua_State *L, int idx, const char *s, size_t len, size_t *pos,
-                   const char *key) {
-  Cursor c, v;
-  size_t vpos;
-  int found;
+int codec_value_is(lua_State *L, int idx, const char *s, size_t len, size_t pos) {
+  Cursor c;
   c.s = (const unsigned char *)s;
   c.len = len;
-  c.pos = *pos;
-  found = cursor_find(&c, key, &vpos);
-  if (found < 0)
-    return -1;
-  *pos = c.pos;
-  if (found == 0)
-    return 0;
-  v = c;
-  v.pos = vpos;
-  return cursor_equals(L, idx, &v);
+  c.pos = pos;
+  return pos < len && cursor_equals(L, idx, &c);
 }
 
 int codec_push_field(lua_State *L, const char *s, size_t len, size_t *pos, const char *key) {

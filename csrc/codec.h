@@ -53,17 +53,20 @@ int codec_encode_snapshot(lua_State *L, int idx, int bidx, const char *root);
 int codec_decode(lua_State *L, const char *s, size_t len, size_t *pos);
 
 /*
-** Reading bytes this codec wrote, allocating nothing (a flow's history
-** answers "was this event_id handled?" this way).  The value at s[*pos ..
-** len) is one encoded value; both functions move *pos past it.
-**
-** codec_field_is: 1 if it is a map whose string key 'key' holds a value
-** equal to the string or integer at stack index 'idx'; 0 if not (no such
-** key, another value, or not a map); -1 if the bytes are malformed (*pos
-** unchanged).
+** codec_encode ('copy' 0) or codec_encode_copy ('copy' 1), also telling
+** where, in the buffer, the value under the string key 'key' of the root
+** map starts (*at; (size_t)-1 when the value is not a map or has no such
+** key): a flow notes where each event's event_id is.
 */
-int codec_field_is(lua_State *L, int idx, const char *s, size_t len, size_t *pos,
-                   const char *key);
+int codec_encode_marking(lua_State *L, int idx, int bidx, const char *root, int copy,
+                         const char *key, size_t *at);
+
+/*
+** Reading bytes this codec wrote, allocating nothing.  codec_value_is:
+** does the value encoded at s[pos .. len) equal the string or integer at
+** stack index 'idx'?  (0 for any other value, or bytes that end early.)
+*/
+int codec_value_is(lua_State *L, int idx, const char *s, size_t len, size_t pos);
 
 /* Push the value under string key 'key' of the map at s[*pos .. len) (nil
 ** when it has none, or is not a map); 1, or 0 with *pos unchanged and,

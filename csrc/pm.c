@@ -31,6 +31,7 @@
 #include <string.h>
 
 #include "lauxlib.h"
+#include "budget.h"
 #include "buffer.h"
 #include "codec.h"
 #include "pm.h"
@@ -55,13 +56,19 @@ enum {
 /* Events a history may hold and still be searched for an event_id. */
 #define SCAN_MAX 4
 
+/* An event without an event_id, in PM.id_at; offsets must be below it. */
+#define NO_ID 0xffff
+
 /* Scratch buffers larger than this are not kept for the next event. */
 #define SCRATCH_KEEP 65536
 
-/* Registry key of the shared scratch buffer; key in the seen table of the
-** last commit's event_id (light userdata: no event_id can be one). */
-static const char SCRATCH_KEY = 0;
+/* Key in the seen table of the last commit's event_id (light userdata: no
+** event_id can be one). */
 static const char LAST_ID = 0;
+
+/* handle and handle_fresh keep a scratch buffer in this upvalue (false
+** while it is in use); other functions make their own. */
+#define SCRATCH lua_upvalueindex(2)
 
 typedef struct PM {
   lua_Integer version;   /* events committed */
@@ -70,6 +77,9 @@ typedef struct PM {
   size_t snapshot_at;    /* history_len that makes a new snapshot */
   size_t undo_len;       /* history_len before the last commit */
   unsigned events;       /* events in the history (saturating) */
+  unsigned short id_at[SCAN_MAX];  /* without a seen table: where the event_id
+                                   ** of each of those events is, from the
+                                   ** history's start (NO_ID: none) */
   unsigned history_ids;  /* of those, events with an event_id (saturating) */
   unsigned char can_undo;     /* the last commit may still be taken back */
   unsigned char last_had_id;  /* the last commit's event had an event_id */
@@ -313,16 +323,15 @@ static void switch_to_snapshot(lua_State *L, PM *p, int snap, size_t base_len) {
 */
 static int history_has_id(lua_State *L, PM *p, int id) {
   const Buffer *log;
-  size_t pos = p->base_len, end = p->base_len + p->history_len;
+  size_t end = p->base_len + p->history_len;
+  unsigned i, n = p->events < SCAN_MAX ? p->events : SCAN_MAX;
   int found = 0;
   if (p->history_ids == 0)
     return 0;
   log = push_log(L, 1);
-  while (!found && pos < end) {
-    found = codec_field_is(L, id, log->data, end, &pos, "event_id");
-    if (found < 0)
-      flow_error(L, 1, "the history is damaged at byte %I", (lua_Integer)pos);
-  }
+  for (i = 0; i < n && !found; i++)
+    found = p->id_at[i] != NO_ID &&
+            codec_value_is(L, id, log->data, end, p->base_len + p->id_at[i]);
   lua_pop(L, 1);
   return found;
 }
@@ -457,20 +466,10 @@ static void push_event_id(lua_State *L) {
 ** attempt leaves an id that still counts as new.  'make' asks for the
 ** table now (a snapshot is due: it drops the history).
 */
-static int claim_event_id(lua_State *L, PM *p, int id, int make) {
+/* Claim the id at 'id' in the seen table at the top; see claim_event_id. */
+static int claim_in_table(lua_State *L, int id) {
   int t, handled;
-  int has_id = !lua_isnil(L, id);
-  if (has_id && p->events >= SCAN_MAX)
-    make = 1;  /* too long to search */
-  push_seen(L, p, make && (has_id || p->history_ids > 0));
-  if (lua_isnil(L, -1))
-    return has_id && history_has_id(L, p, id);
-  if (lua_rawgetp(L, -1, &LAST_ID) == LUA_TNIL) {
-    lua_pushboolean(L, 0);
-    lua_rawsetp(L, -3, &LAST_ID);
-  }
-  lua_pop(L, 1);
-  if (!has_id)
+  if (lua_isnil(L, id))  /* (LAST_ID exists: made with the table) */
     return 0;
   lua_pushvalue(L, id);
   t = lua_rawget(L, -2);
@@ -484,16 +483,26 @@ static int claim_event_id(lua_State *L, PM *p, int id, int make) {
   return handled;
 }
 
-/* Take the shared scratch buffer (a finalizer that handles an event
+static int claim_event_id(lua_State *L, PM *p, int id, int make) {
+  int has_id = !lua_isnil(L, id);
+  if (has_id && p->events >= SCAN_MAX)
+    make = 1;  /* no room to note where its id is */
+  push_seen(L, p, make && (has_id || p->history_ids > 0));
+  if (lua_isnil(L, -1))
+    return has_id && history_has_id(L, p, id);
+  return claim_in_table(L, id);
+}
+
+/* Take the scratch buffer of handle (a finalizer that handles an event
 ** while this one is encoded gets a new one), emptied; push it. */
-static void take_scratch(lua_State *L) {
-  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &SCRATCH_KEY) == LUA_TUSERDATA) {
+static void take_scratch(lua_State *L, int shared) {
+  if (shared && lua_type(L, SCRATCH) == LUA_TUSERDATA) {
+    lua_pushvalue(L, SCRATCH);
     buffer_at(L, -1)->len = 0;
     lua_pushboolean(L, 0);
-    lua_rawsetp(L, LUA_REGISTRYINDEX, &SCRATCH_KEY);
+    lua_replace(L, SCRATCH);
     return;
   }
-  lua_pop(L, 1);
   buffer_new(L, 256);
 }
 
@@ -502,7 +511,7 @@ static void keep_scratch(lua_State *L, int idx) {
   if (buffer_at(L, idx)->cap > SCRATCH_KEEP)
     return;
   lua_pushvalue(L, idx);
-  lua_rawsetp(L, LUA_REGISTRYINDEX, &SCRATCH_KEY);
+  lua_replace(L, SCRATCH);
 }
 
 /*
@@ -514,14 +523,14 @@ static void keep_scratch(lua_State *L, int idx) {
 ** 'fresh' event (just decoded from a journal, held by no one else) is that
 ** copy already: the handler gets it as it is.  Returns the event's size.
 */
-static size_t stage_event(lua_State *L, PM *p, int snap, const char *type, int fresh) {
-  int scratch, ok;
+static size_t stage_event(lua_State *L, PM *p, int snap, const char *type, int fresh,
+                          size_t *id_at) {
+  int scratch;
   const Buffer *bytes;
-  size_t n, at;
-  take_scratch(L);
+  size_t n, at, mark;
+  take_scratch(L, 1);
   scratch = lua_gettop(L);
-  ok = fresh ? codec_encode(L, 2, scratch, "event") : codec_encode_copy(L, 2, scratch, "event");
-  if (!ok)
+  if (!codec_encode_marking(L, 2, scratch, "event", !fresh, "event_id", &mark))
     flow_error(L, 1, "event '%s' is not data: %s", type, lua_tostring(L, -1));
   if (fresh)
     lua_pushvalue(L, 2);
@@ -542,7 +551,23 @@ static size_t stage_event(lua_State *L, PM *p, int snap, const char *type, int f
     lua_replace(L, snap);
   keep_scratch(L, scratch);
   lua_remove(L, scratch);
+  /* from the history's start: after the committed events, or first */
+  *id_at = mark == (size_t)-1 ? mark : (lua_isnil(L, snap) ? p->history_len : 0) + mark;
   return n;
+}
+
+/*
+** Without a seen table, the commit notes where the event's id is in the
+** history; when that offset does not fit in PM.id_at, the ids move to a
+** table now (before the handler: this allocates) and the id is claimed
+** there.  Stack: 6 the event_id, 7 the seen table or nil.
+*/
+static void note_id_at(lua_State *L, PM *p, size_t id_at) {
+  if (lua_isnil(L, 6) || !lua_isnil(L, 7) || id_at < NO_ID)
+    return;
+  push_seen(L, p, 1);
+  claim_in_table(L, 6);  /* new: history_has_id said so */
+  lua_replace(L, 7);
 }
 
 /* Check what a handler returned (at 'r'); NULL or a message pushed. */
@@ -609,7 +634,7 @@ static int abort_handle(lua_State *L, int status, const char *type) {
 static int handle_event(lua_State *L, int fresh) {
   PM *p = check_usable(L);
   const char *type;
-  size_t base_len = 0, n;
+  size_t base_len = 0, n, id_at;
   int status, snapshot_due;
   lua_settop(L, 2);
   lua_getiuservalue(L, 1, UV_WORKFLOW);
@@ -632,10 +657,11 @@ static int handle_event(lua_State *L, int fresh) {
     base_len = buffer_at(L, 8)->len;
   lua_pushvalue(L, 5);
   lua_getiuservalue(L, 1, UV_STATE);
-  n = stage_event(L, p, 8, type, fresh);
+  n = stage_event(L, p, 8, type, fresh, &id_at);
+  note_id_at(L, p, id_at);
   p->state_ok = 0;  /* dirty until committed: any error below replays */
   p->busy = 1;
-  status = lua_pcall(L, 2, 1, 0);  /* the handler guards itself (its budget) */
+  status = budget_pcall_function(L, 2, 1);  /* under the handler's own guard */
   p->busy = 0;
   if (status != LUA_OK)
     return abort_handle(L, status, type);
@@ -656,6 +682,8 @@ static int handle_event(lua_State *L, int fresh) {
   }
   p->can_undo = 1;
   p->last_had_id = !lua_isnil(L, 6);
+  if (p->events <= SCAN_MAX)  /* read only without a seen table */
+    p->id_at[p->events - 1] = (unsigned short)(p->last_had_id && id_at < NO_ID ? id_at : NO_ID);
   if (p->last_had_id && p->history_ids < UINT_MAX)
     p->history_ids++;
   p->version++;
@@ -1009,7 +1037,7 @@ static int pm_restore(lua_State *L) {
   lua_settop(L, 5);
   p = push_flow(L);                                   /* 6 */
   p->version = version;
-  take_scratch(L);                                    /* 7 */
+  take_scratch(L, 0);                                 /* 7 */
   if (!codec_encode_snapshot(L, 3, 7, "state"))
     return luaL_error(L, "core.restore: %s", lua_tostring(L, -1));
   p->base_len = buffer_at(L, 7)->len;
@@ -1017,7 +1045,6 @@ static int pm_restore(lua_State *L) {
   buffer_new(L, p->base_len);                         /* 8: exactly its size */
   buffer_append(L, 8, buffer_at(L, 7)->data, p->base_len);
   lua_setiuservalue(L, 6, UV_LOG);
-  keep_scratch(L, 7);
   lua_settop(L, 6);
   n = (lua_Integer)lua_rawlen(L, 5);
   if (n == 0)  /* no id to remember: the (empty) history holds them all */
@@ -1030,12 +1057,13 @@ static int pm_restore(lua_State *L) {
     lua_pushboolean(L, 1);
     lua_rawset(L, 7);
   }
+  lua_pushboolean(L, 0);
+  lua_rawsetp(L, 7, &LAST_ID);  /* every seen table has it: see claim_in_table */
   lua_setiuservalue(L, 6, UV_SEEN);
   return finish_flow(L);
 }
 
-static const luaL_Reg pm_methods[] = {
-  { "handle", pm_handle },
+static const luaL_Reg pm_methods[] = {  /* and handle, with a scratch buffer */
   { "state", pm_state },
   { "status", pm_status },
   { "version", pm_version },
@@ -1060,6 +1088,10 @@ void pm_register(lua_State *L, int core) {
   luaL_newlibtable(L, pm_methods);
   lua_pushvalue(L, -2);
   luaL_setfuncs(L, pm_methods, 1);
+  lua_pushvalue(L, -2);
+  lua_pushboolean(L, 0);  /* handle's scratch buffer, made at first use */
+  lua_pushcclosure(L, pm_handle, 2);
+  lua_setfield(L, -2, "handle");
   lua_getfield(L, -2, "__gc");  /* one function: __gc, __close and close */
   lua_pushvalue(L, -1);
   lua_setfield(L, -4, "__close");
@@ -1083,7 +1115,8 @@ void pm_register(lua_State *L, int core) {
   lua_setfield(L, core, "origin");
   lua_pushcclosure(L, pm_trim, 1);
   lua_setfield(L, core, "trim");
-  lua_pushcclosure(L, pm_handle_fresh, 1);
+  lua_pushboolean(L, 0);  /* its scratch buffer, made at first use */
+  lua_pushcclosure(L, pm_handle_fresh, 2);
   lua_setfield(L, core, "handle_fresh");
 }
 
@@ -1094,7 +1127,7 @@ lua_Integer pm_version_at(lua_State *L, int idx) {
 }
 
 /* For the engine (engine.c): the bytes of the event that the flow at 'idx'
-** committed last, as the codec encoded it into the history, or NULL when
+** committed last, as the codec encoded it into its log, or NULL when
 ** it can no longer tell.  Valid until the flow handles another event. */
 const char *pm_last_event(lua_State *L, int idx, size_t *len) {
   const PM *p = (const PM *)lua_touserdata(L, idx);

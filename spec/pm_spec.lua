@@ -241,6 +241,20 @@ describe("procman.pm", function()
       end
     end)
 
+    it("remembers an id that sits too far into its event to be noted (a table takes it)", function()
+      local core = require "procman.core"
+      local pm = counter():new("c1")
+      -- "a" sorts before "event_id": the id is 70,000 bytes into the event
+      pm:handle { event_type = "add", event_id = "far", a = string.rep("x", 70000) }
+      pm:handle { event_type = "add", event_id = 2 }
+      assert.same({}, pm:handle { event_type = "add", event_id = "far", emit = true })
+      assert.same({}, pm:handle { event_type = "add", event_id = 2, emit = true })
+      assert.equal(2, pm:version())
+      core.undo(pm)
+      assert.equal(1, #pm:handle { event_type = "add", event_id = 2, emit = true })
+      assert.equal(2, #core.event_ids(pm))
+    end)
+
     it("keeps remembering ids across a snapshot that drops the history", function()
       local core = require "procman.core"
       local pm = counter():new("c1")
@@ -266,6 +280,39 @@ describe("procman.pm", function()
       pm:handle { event_type = "add", event_id = "e1" }
       flow.refuses(pm, { event_type = "add", event_id = "e1", counter_id = "c2" }, "belongs to flow 'c2'")
     end)
+  end)
+
+  it("stages events right when a finalizer handles one meanwhile (handle's scratch is not shared)", function()
+    local other, pm = counter():new("o"), counter():new("c1")
+    local ran = 0
+    local function garbage()
+      for _ = 1, 200 do
+        setmetatable({}, { __gc = function()
+          ran = ran + 1
+          other:handle { event_type = "add", event_id = "g" .. ran, pad = { "from a finalizer", ran } }
+        end })
+      end
+    end
+    local pad = {}
+    for i = 1, 300 do pad["k" .. i] = { i, tostring(i) } end
+    collectgarbage("generational")
+    for i = 1, 20 do
+      garbage()
+      pm:handle { event_type = "add", event_id = i, pad = pad }
+    end
+    collectgarbage("incremental")
+    collectgarbage()
+    assert.is_true(ran > 0)
+    assert.equal(20, pm:version())
+    local first = pm:version() - #pm:history()  -- the history since the last snapshot
+    assert.is_true(#pm:history() > 0)
+    for i, event in ipairs(pm:history()) do
+      assert.equal(first + i, event.event_id)
+      assert.equal(procman.encode(pad), procman.encode(event.pad))
+    end
+    first = other:version() - #other:history()
+    for i, event in ipairs(other:history()) do assert.same({ "from a finalizer", first + i }, event.pad) end
+    for i = 1, 20 do assert.same({}, pm:handle { event_type = "add", event_id = i }) end
   end)
 
   describe("state()", function()

@@ -360,23 +360,37 @@ static void test_start_past_end(void **state) {
   assert_non_null(strstr(lua_tostring(L, -1), "start past the end"));
 }
 
+/* xorshift64: deterministic pseudo-random numbers for the tests below. */
+static unsigned long long next_random(unsigned long long *x) {
+  *x ^= *x << 13;
+  *x ^= *x >> 7;
+  *x ^= *x << 17;
+  return *x;
+}
+
+/* Up to 47 random bytes (malloc'd, *n of them), one in four a tag from
+** 'tags' .. 'tags' + 'ntags' - 1 (containers and lengths, to get deep). */
+static char *random_input(unsigned long long *x, size_t *n, unsigned tags, unsigned ntags) {
+  size_t i;
+  char *s;
+  *n = (size_t)(next_random(x) % 48);
+  s = malloc(*n + 1);
+  assert_non_null(s);
+  for (i = 0; i < *n; i++) {
+    unsigned long long r = next_random(x);
+    s[i] = (char)((r & 3) == 0 ? tags + (r >> 8) % ntags : (r >> 16) & 0xff);
+  }
+  return s;
+}
+
 /* Deterministic random bytes: decoding must never crash nor overread. */
 static void test_random_bytes_never_crash(void **state) {
   lua_State *L = *state;
   unsigned long long x = 88172645463325252ULL;
   int round;
   for (round = 0; round < 50000; round++) {
-    size_t n, i, pos = 0;
-    char *s;
-    x ^= x << 13; x ^= x >> 7; x ^= x << 17;
-    n = (size_t)(x % 48);
-    s = malloc(n + 1);
-    assert_non_null(s);
-    for (i = 0; i < n; i++) {
-      x ^= x << 13; x ^= x >> 7; x ^= x << 17;
-      /* bias towards container and length tags to get deep */
-      s[i] = (char)((x & 3) == 0 ? 0x90 + (x >> 8) % 0x10 : (x >> 16) & 0xff);
-    }
+    size_t n, pos = 0;
+    char *s = random_input(&x, &n, 0x90, 0x10);
     (void)codec_decode(L, s, n, &pos);
     lua_settop(L, 0);
     free(s);
@@ -453,41 +467,56 @@ static void test_buffer_growth_keeps_bytes(void **state) {
 
 /* ---- reading fields without decoding -------------------------------- */
 
-/* codec_field_is finds a top-level key's value and compares it; nested
-** keys of the same name and values of another type never match. */
-static void test_field_is(void **state) {
+/* codec_encode_marking finds where a root map's key's value is, not a
+** nested one's; codec_value_is compares it without decoding. */
+static void test_marking_and_value_is(void **state) {
+  lua_State *L = *state;
+  Buffer *b;
+  size_t at = 0, none = 0;
+  int ok = luaL_dostring(L, "return { inner = { event_id = 7 }, event_id = 70000, z = 'x' }");
+  assert_int_equal(ok, LUA_OK);                            /* 1: the value */
+  b = buffer_new(L, 0);                                    /* 2: bytes */
+  assert_int_equal(codec_encode_marking(L, 1, 2, "v", 0, "event_id", &at), 1);
+  b = buffer_at(L, 2);
+  assert_int_equal(codec_encode_marking(L, 1, 2, "v", 1, "absent", &none), 1);  /* 3: copy */
+  assert_true(none == (size_t)-1);
+  assert_true(lua_istable(L, 3));
+  b = buffer_at(L, 2);
+  lua_pushinteger(L, 70000);                               /* 4 */
+  lua_pushinteger(L, 7);                                   /* 5 */
+  lua_pushliteral(L, "70000");                             /* 6 */
+  assert_int_equal(codec_value_is(L, 4, b->data, b->len, at), 1);
+  assert_int_equal(codec_value_is(L, 5, b->data, b->len, at), 0);
+  assert_int_equal(codec_value_is(L, 6, b->data, b->len, at), 0);
+  /* bytes that end inside the value never match, nor are read past */
+  assert_int_equal(codec_value_is(L, 4, b->data, at + 2, at), 0);
+  assert_int_equal(codec_value_is(L, 4, b->data, at, at), 0);
+  lua_pushliteral(L, "x");                                 /* 7 */
+  assert_int_equal(codec_value_is(L, 7, b->data, b->len, b->len - 2), 1);
+  assert_int_equal(codec_value_is(L, 7, b->data, b->len - 1, b->len - 2), 0);
+}
+
+/* codec_push_field reads a root map's field; never past the input. */
+static void test_push_field(void **state) {
   lua_State *L = *state;
   Buffer *b;
   size_t pos = 0, end;
   int ok = luaL_dostring(L, "return { inner = { event_id = 7 }, event_id = 70000, z = 'x' }");
   assert_int_equal(ok, LUA_OK);
   b = encode_top(L);                                       /* 1: bytes */
-  lua_pushinteger(L, 7);                                   /* 2 */
-  lua_pushinteger(L, 70000);                               /* 3 */
-  lua_pushliteral(L, "70000");                             /* 4 */
   end = b->len;
-  assert_int_equal(codec_field_is(L, 2, b->data, end, &pos, "event_id"), 0);
-  assert_int_equal(pos, end);  /* past the whole map */
-  pos = 0;
-  assert_int_equal(codec_field_is(L, 3, b->data, end, &pos, "event_id"), 1);
-  pos = 0;
-  assert_int_equal(codec_field_is(L, 4, b->data, end, &pos, "event_id"), 0);
-  pos = 0;
-  assert_int_equal(codec_field_is(L, 3, b->data, end, &pos, "missing"), 0);
-  pos = 0;
   assert_int_equal(codec_push_field(L, b->data, end, &pos, "event_id"), 1);
   assert_int_equal(lua_tointeger(L, -1), 70000);
+  assert_int_equal(pos, end);  /* past the whole map */
   pos = 0;
-  assert_int_equal(codec_push_field(L, b->data, end, &pos, "z"), 1);
-  assert_string_equal(lua_tostring(L, -1), "x");
-  /* a truncated map is malformed, never read past its end */
+  assert_int_equal(codec_push_field(L, b->data, end, &pos, "missing"), 1);
+  assert_true(lua_isnil(L, -1));
   pos = 0;
-  assert_int_equal(codec_field_is(L, 3, b->data, end - 1, &pos, "z"), -1);
-  assert_int_equal(pos, 0);
   assert_int_equal(codec_push_field(L, b->data, end - 1, &pos, "z"), 0);
+  assert_int_equal(pos, 0);
 }
 
-/* Random bytes: reading fields must never crash nor overread. */
+/* Random bytes: reading fields and values must never crash nor overread. */
 static void test_field_random_bytes(void **state) {
   lua_State *L = *state;
   unsigned long long x = 2463534242ULL;
@@ -495,19 +524,9 @@ static void test_field_random_bytes(void **state) {
   lua_pushinteger(L, 1);
   lua_pushliteral(L, "a");
   for (round = 0; round < 50000; round++) {
-    size_t n, i, pos = 0;
-    char *s;
-    x ^= x << 13; x ^= x >> 7; x ^= x << 17;
-    n = (size_t)(x % 48);
-    s = malloc(n + 1);
-    assert_non_null(s);
-    for (i = 0; i < n; i++) {
-      x ^= x << 13; x ^= x >> 7; x ^= x << 17;
-      s[i] = (char)((x & 3) == 0 ? 0x80 + (x >> 8) % 0x20 : (x >> 16) & 0xff);
-    }
-    (void)codec_field_is(L, 1 + (int)(round & 1), s, n, &pos, "a");
-    assert_true(pos <= n);
-    pos = 0;
+    size_t n, pos = 0;
+    char *s = random_input(&x, &n, 0x80, 0x20);  /* maps and arrays */
+    (void)codec_value_is(L, 1 + (int)(round & 1), s, n, (size_t)(x % (n + 1)));
     (void)codec_push_field(L, s, n, &pos, "a");
     assert_true(pos <= n);
     lua_settop(L, 2);
@@ -536,7 +555,8 @@ int main(void) {
     cmocka_unit_test_setup_teardown(test_encode_copy_is_a_decoded_twin, setup, teardown),
     cmocka_unit_test_setup_teardown(test_encode_copy_failure_pushes_only_a_message, setup, teardown),
     cmocka_unit_test_setup_teardown(test_buffer_growth_keeps_bytes, setup, teardown),
-    cmocka_unit_test_setup_teardown(test_field_is, setup, teardown),
+    cmocka_unit_test_setup_teardown(test_marking_and_value_is, setup, teardown),
+    cmocka_unit_test_setup_teardown(test_push_field, setup, teardown),
     cmocka_unit_test_setup_teardown(test_field_random_bytes, setup, teardown),
   };
   return cmocka_run_group_tests_name("codec", tests, NULL, NULL);
