@@ -45,9 +45,11 @@ end
 -- one. Copies of the envelopes are appended to 'out' (made by the same
 -- pass of the codec that encodes them).
 function Outbox:emit(name, flow_id, version, commands, out)
-  if commands[1] == nil then return end
+  -- raw access, as pm.c checked the list: a metatable on it means nothing
+  if rawget(commands, 1) == nil then return end
   local prefix, deferred = command_prefix(name, flow_id, version), self.deferred
-  for i, command in ipairs(commands) do
+  for i = 1, rawlen(commands) do
+    local command = rawget(commands, i)
     local id = prefix .. i
     local envelope = { id = id, workflow = name, flow = flow_id, command = command }
     if out then

@@ -86,16 +86,18 @@ end
 
 --- split(commands) -> plain commands, directives (nil when there are none),
 -- or raises with what is wrong with a directive. Most handlers return no
--- directives: then 'commands' itself comes back.
+-- directives: then 'commands' itself comes back. Raw access, as pm.c
+-- checked the list: a metatable on it (__len, __index) means nothing.
 function M.split(commands)
-  local first
-  for i = 1, #commands do
-    if DIRECTIVE[rawget(commands[i], "command_type")] then first = i break end
+  local first, n = nil, rawlen(commands)
+  for i = 1, n do
+    if DIRECTIVE[rawget(rawget(commands, i), "command_type")] then first = i break end
   end
   if first == nil then return commands, nil end
-  local plain, directives = table.move(commands, 1, first - 1, 1, {}), {}
-  for i = first, #commands do
-    local c = commands[i]
+  local plain, directives = {}, {}
+  for i = 1, first - 1 do plain[i] = rawget(commands, i) end
+  for i = first, n do
+    local c = rawget(commands, i)
     if DIRECTIVE[rawget(c, "command_type")] then
       local why = problem(c)
       if why then error(string.format("commands[%d]: %s", i, why), 0) end
