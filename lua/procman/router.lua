@@ -745,6 +745,10 @@ end
 -- returns nil, message.
 function Router:handle(event)
   check_open(self)
+  -- From a handler (of any router): its flow's undo replays it and the
+  -- engine's Lua fallback reruns it, so the inner event would be handled
+  -- again, and the outer event's failure would not take it back.
+  if patches.context then fail("r:handle called from a handler: handlers are pure (return commands)") end
   local event_type = check_event(event)
   local engine = self.engine
   if engine then  -- the common step, in C (csrc/engine.c); false: not one it takes
