@@ -95,15 +95,7 @@ local function outcome(r, event)
 end
 
 describe("procman.engine under attack", function()
-  local paths = {}
-  local function temp()
-    paths[#paths + 1] = files.temp_path()
-    return paths[#paths]
-  end
-  after_each(function()
-    for _, p in ipairs(paths) do os.remove(p) end
-    paths = {}
-  end)
+  local temp = files.temps_each_test()
 
   -- Run 'events' (each a table or a function making one) through the
   -- three routers: the same outcomes, states and journal bytes.

@@ -83,15 +83,7 @@ local function counting(r)
 end
 
 describe("procman.engine", function()
-  local paths = {}
-  local function temp()
-    paths[#paths + 1] = files.temp_path()
-    return paths[#paths]
-  end
-  after_each(function()
-    for _, p in ipairs(paths) do os.remove(p) end
-    paths = {}
-  end)
+  local temp = files.temps_each_test()
 
   it("writes the journal the Lua path writes, byte for byte, and leaves the same router", function()
     local pe, pl = temp(), temp()

@@ -19,3 +19,21 @@ describe("files.journal_each_test", function()
     assert.is_nil(io.open(first .. ".compact"))
   end)
 end)
+
+describe("files.temps_each_test", function()
+  local temp = files.temps_each_test()
+  local made
+
+  it("hands a new path at each call, where no file is yet", function()
+    local a, b = temp(), temp()
+    assert.not_equal(a, b)
+    assert.is_nil(io.open(a))
+    files.write(a, "one")
+    files.write(b, "two")
+    made = { a, b }
+  end)
+
+  it("removed every path the last test made", function()
+    for _, p in ipairs(made) do assert.is_nil(io.open(p)) end
+  end)
+end)

@@ -24,6 +24,22 @@ function files.journal_each_test(set)
   end)
 end
 
+--- In a describe block: a function that gives a fresh journal path each
+-- time it is called (for tests that need several); they are all removed
+-- after each test.
+function files.temps_each_test()
+  local busted = require "busted"
+  local paths = {}
+  busted.after_each(function()
+    for _, p in ipairs(paths) do os.remove(p) end
+    paths = {}
+  end)
+  return function()
+    paths[#paths + 1] = files.temp_path()
+    return paths[#paths]
+  end
+end
+
 --- The bytes of a file.
 function files.bytes(path)
   local f = assert(io.open(path, "rb"))
