@@ -240,4 +240,29 @@ describe("procman.engine under attack", function()
     }
     assert.same({}, snap.flows)  -- each refused, nothing changed
   end)
+
+  it("a handler that calls any method that changes its router: refused, nothing changed", function()
+    local methods = { tick = { 1 }, resume = { "w", "x" }, skip = { "w", "x" }, ack = { "w/x/1/1" },
+                      retry_dead_letter = { 1 }, drop_dead_letter = { 1 },
+                      dispatch = { function() end }, compact = {} }
+    local r, errors = nil, {}
+    local w = procman.workflow {
+      name = "w", correlate = "id", starts = { "try" }, budget = false,
+      on = { try = function(state, event)
+        state.tried = (state.tried or 0) + 1
+        local ok, err = pcall(r[event.method], r, table.unpack(methods[event.method]))
+        errors[event.method] = not ok and err or "no error"
+        return { { command_type = "tried", method = event.method } }
+      end },
+    }
+    r = assert(procman.router { workflows = { w }, journal = temp() })
+    for method in pairs(methods) do
+      local before = r:stats()
+      assert(r:handle { event_type = "try", id = method, method = method })
+      assert.equal("procman.router: r:" .. method .. " called from a handler: handlers are pure "
+                   .. "(return commands)", errors[method])
+      assert.equal(before.seq + 1, r:stats().seq)  -- only the outer event
+    end
+    r:close()
+  end)
 end)

@@ -73,6 +73,15 @@ local function check_open(self)
   if self.closed then error("procman.router: this router is closed", 0) end
 end
 
+-- A handler (of any router) may not change a router: a flow's undo replays
+-- its handler and the engine's Lua path may run it again, so what it did
+-- would happen more than once and not be taken back with a failed event.
+local function check_not_in_handler(method)
+  if patches.context then
+    fail("r:%s called from a handler: handlers are pure (return commands)", method)
+  end
+end
+
 local function label(name, flow_id)
   return string.format("%s/%s", name, tostring(flow_id))
 end
@@ -748,7 +757,7 @@ function Router:handle(event)
   -- From a handler (of any router): its flow's undo replays it and the
   -- engine's Lua fallback reruns it, so the inner event would be handled
   -- again, and the outer event's failure would not take it back.
-  if patches.context then fail("r:handle called from a handler: handlers are pure (return commands)") end
+  check_not_in_handler("handle")
   local event_type = check_event(event)
   local engine = self.engine
   if engine then  -- the common step, in C (csrc/engine.c); false: not one it takes
@@ -823,6 +832,7 @@ end
 -- tick, so a handler that always asks for "now" cannot loop.
 function Router:tick(now, max)
   check_open(self)
+  check_not_in_handler("tick")
   if now == nil then now = read_clock(self) end
   if type(now) ~= "number" or now ~= now then fail("tick needs a time (a number), got %s", tostring(now)) end
   if max ~= nil and not (math.type(max) == "integer" and max >= 0) then
@@ -888,6 +898,7 @@ end
 -- again the flow stays parked with that error, returned second.
 function Router:resume(name, flow_id)
   check_open(self)
+  check_not_in_handler("resume")
   check_parked(self, name, flow_id)
   return retry(self, name, flow_id)
 end
@@ -896,6 +907,7 @@ end
 -- event (journaled as skipped), then resume the rest.
 function Router:skip(name, flow_id)
   check_open(self)
+  check_not_in_handler("skip")
   check_parked(self, name, flow_id)
   local ok, err = append(self, RECORD_SKIP, encode({ workflow = name, flow = flow_id }))
   if not ok then return nil, err end
@@ -926,6 +938,7 @@ end
 -- router parks), this raises and the letter stays.
 function Router:retry_dead_letter(id)
   check_open(self)
+  check_not_in_handler("retry_dead_letter")
   local event = check_letter(self, id).event
   local event_type = rawget(event, "event_type")
   local ok, targets, missed = pcall(targets_of, self, event, event_type)
@@ -946,6 +959,7 @@ end
 -- dead letter (journaled).
 function Router:drop_dead_letter(id)
   check_open(self)
+  check_not_in_handler("drop_dead_letter")
   check_letter(self, id)
   local ok, err = append(self, RECORD_DROP, encode({ id = id }))
   if not ok then return nil, err end
@@ -962,6 +976,7 @@ end
 --- r:ack(id) -> true, or nil, message if the journal cannot take it.
 function Router:ack(id)
   check_open(self)
+  check_not_in_handler("ack")
   if type(id) ~= "string" or not self.outbox:has(id) then
     fail("no pending command with id %s", tostring(id))
   end
@@ -975,6 +990,7 @@ end
 -- envelope in order, acking each that returns; stops at the first error.
 function Router:dispatch(fn)
   check_open(self)
+  check_not_in_handler("dispatch")
   if type(fn) ~= "function" then fail("dispatch needs a function(command, envelope)") end
   local count = 0
   for _, envelope in ipairs(self:pending()) do
@@ -1037,6 +1053,7 @@ end
 -- closes the router (reopening the journal gives the same state).
 function Router:compact()
   check_open(self)
+  check_not_in_handler("compact")
   if not self.journal then fail("compact needs a journal") end
   return compaction.compact(self)
 end
