@@ -110,7 +110,7 @@ $(BUILD)/test/%: csrc/test/%.c $(CORE_SRC) $(TERMINAL_SRC) $(FAULTS_SRC) $(CORE_
 
 # The fuzz harnesses (fuzz/) run over their seed corpus and the crashers
 # kept in fuzz/regressions/, with the normal compiler: no libFuzzer needed.
-FUZZERS    := decode journal handle pattern
+FUZZERS    := decode journal handle pattern recovery
 REGRESS    := $(patsubst %,$(BUILD)/fuzz/regress_%,$(FUZZERS))
 
 # The journal harness reads with small windows, so that records straddle them.
