@@ -55,9 +55,9 @@ static int int_vs_float(int64_t i, double f) {
 
 static int key_order(const Key *a, const Key *b) {
   if (a->kind == K_STRING && b->kind == K_STRING) {
-    size_t n = a->len < b->len ? a->len : b->len;
-    int c = memcmp(a->s, b->s, n);
-    if (c != 0) return c;
+    size_t n = a->len < b->len ? a->len : b->len, i;
+    for (i = 0; i < n; i++)  /* keys are short: no call to memcmp */
+      if (a->s[i] != b->s[i]) return a->s[i] < b->s[i] ? -1 : 1;
     return a->len < b->len ? -1 : a->len > b->len;
   }
   if ((a->kind == K_INT || a->kind == K_FLOAT) && (b->kind == K_INT || b->kind == K_FLOAT)) {
@@ -79,8 +79,16 @@ static int value(Walk *w, int depth, Key *key);
 /* A str or bin of n bytes at the walk, after a header of 'width' bytes. */
 static int string_body(Walk *w, size_t n, int is_str, int width, Key *key) {
   const unsigned char *p = w->s + w->pos;
+  size_t i;
+  int utf8 = 1;
   if (w->len - w->pos < n) return 0;
-  if (codec_utf8_valid(p, n) != is_str) return 0;
+  if (n <= 32) {  /* short ASCII, the common case, without a call */
+    for (i = 0; i < n && p[i] < 0x80; i++) {}
+    if (i < n) utf8 = codec_utf8_valid(p, n);
+  }
+  else
+    utf8 = codec_utf8_valid(p, n);
+  if (utf8 != is_str) return 0;
   if (header_width(n, is_str ? 31 : -1, 1) != width) return 0;
   w->pos += n;
   key->kind = K_STRING;

@@ -83,9 +83,11 @@ typedef struct Flow {
   Ids seen;                  /* ids of the completed flow (n == 0: none) */
 } Flow;
 
-/* A pending command: its id and envelope bytes. */
+/* A pending command: its id, then its envelope's bytes, in one block (the
+** id alone once acked: the index still finds it). */
 typedef struct Pending {
-  Raw id, env;
+  unsigned char *p;
+  size_t idn, envn;
   int alive;
 } Pending;
 
@@ -203,10 +205,8 @@ static int scan_gc(lua_State *L) {
   }
   mem(sc, sc->flows, sc->flows_cap * sizeof(Flow *), 0);
   mem(sc, sc->table, sc->table_cap * sizeof(Flow *), 0);
-  for (i = 0; i < sc->queued; i++) {
-    raw_free(sc, &sc->queue[i].id);
-    raw_free(sc, &sc->queue[i].env);
-  }
+  for (i = 0; i < sc->queued; i++)
+    mem(sc, sc->queue[i].p, sc->queue[i].idn + sc->queue[i].envn, 0);
   mem(sc, sc->queue, sc->queue_cap * sizeof(Pending), 0);
   mem(sc, sc->by_id, sc->by_id_cap * sizeof(size_t), 0);
   raw_free(sc, &sc->seq);
@@ -293,7 +293,7 @@ static size_t *by_id_slot(Scan *sc, const unsigned char *s, size_t n) {
   for (i = (size_t)hash_bytes(14695981039346656037ULL, s, n) & mask; sc->by_id[i] != 0;
        i = (i + 1) & mask) {
     Pending *p = &sc->queue[sc->by_id[i] - 1];
-    if (p->id.n == n && memcmp(p->id.p, s, n) == 0) return &sc->by_id[i];
+    if (p->idn == n && memcmp(p->p, s, n) == 0) return &sc->by_id[i];
   }
   return &sc->by_id[i];
 }
@@ -315,11 +315,11 @@ static void outbox_rebuild(Scan *sc, size_t cap, int squeeze) {
   for (i = 0; i < sc->queued; i++) {
     Pending p = sc->queue[i];
     if (squeeze && !p.alive) {
-      raw_free(sc, &sc->queue[i].id);
+      mem(sc, p.p, p.idn + p.envn, 0);
       continue;
     }
     sc->queue[j] = p;
-    *by_id_slot(sc, p.id.p, p.id.n) = ++j;
+    *by_id_slot(sc, p.p, p.idn) = ++j;
     sc->by_id_used++;
   }
   if (squeeze) {
@@ -340,8 +340,11 @@ static void outbox_push(Scan *sc, const unsigned char *id, size_t idn, const uns
   sc->queue = (Pending *)grow(sc, sc->queue, &sc->queue_cap, sc->queued, sizeof(Pending));
   p = &sc->queue[sc->queued];
   memset(p, 0, sizeof *p);
-  raw_set(sc, &p->id, id, idn);
-  raw_set(sc, &p->env, env, envn);
+  p->p = (unsigned char *)mem(sc, NULL, 0, idn + envn + 1);
+  memcpy(p->p, id, idn);
+  memcpy(p->p + idn, env, envn);
+  p->idn = idn;
+  p->envn = envn + 1;  /* the block's size, less the id (never 0 bytes) */
   p->alive = 1;
   sc->queued++;
   slot = by_id_slot(sc, id, idn);
@@ -356,7 +359,8 @@ static void outbox_forget(Scan *sc, const unsigned char *s, size_t n) {
   p = &sc->queue[*slot - 1];
   if (!p->alive) return;
   p->alive = 0;
-  raw_free(sc, &p->env);
+  p->p = (unsigned char *)mem(sc, p->p, p->idn + p->envn, p->idn + 1);  /* shrinks */
+  p->envn = 1;
   sc->dead++;
 }
 
@@ -488,14 +492,17 @@ static int list_at(const unsigned char *s, size_t *pos, size_t *n) {
 }
 
 /*
-** The values of the string keys 'keys' (NULL-terminated, at most 12) of
+** The values of the string keys 'keys' (NULL-terminated, at most 15) of
 ** the map at s[pos]: spans[k] for keys[k] (absent: at == end).  0 if it
 ** is not a map.
 */
 static int fields(const unsigned char *s, size_t len, size_t pos, const char *const *keys,
                   Span *spans) {
-  size_t n, i, k;
-  for (k = 0; keys[k] != NULL; k++) spans[k].at = spans[k].end = 0;
+  size_t n, i, k, lens[16];
+  for (k = 0; keys[k] != NULL; k++) {
+    spans[k].at = spans[k].end = 0;
+    lens[k] = strlen(keys[k]);
+  }
   if (!map_at(s, &pos, &n)) return 0;
   for (i = 0; i < n; i++) {
     const unsigned char *p;
@@ -504,7 +511,7 @@ static int fields(const unsigned char *s, size_t len, size_t pos, const char *co
     vat = skip(s, len, pos);
     if (is_str) {
       for (k = 0; keys[k] != NULL; k++) {
-        if (strlen(keys[k]) == klen && memcmp(keys[k], p, klen) == 0) {
+        if (lens[k] == klen && memcmp(keys[k], p, klen) == 0) {
           spans[k].at = vat;
           break;
         }
@@ -536,13 +543,33 @@ static size_t workflow_at(Scan *sc, const unsigned char *s, size_t len, const Sp
 
 /* ---- type 1: an event handled ------------------------------------------ */
 
+/* v in decimal, as Lua's tostring and %d give it, at out (room for 21);
+** its length. */
+static size_t format_int(char *out, int64_t v) {
+  char digits[24];
+  size_t n = 0, i;
+  uint64_t u = v < 0 ? 0 - (uint64_t)v : (uint64_t)v;
+  do {
+    digits[n++] = (char)('0' + u % 10);
+    u /= 10;
+  } while (u > 0);
+  if (v < 0) digits[n++] = '-';
+  for (i = 0; i < n; i++) out[i] = digits[n - 1 - i];
+  return n;
+}
+
+#define ID_MAX 512  /* command ids longer than this: the Lua fold's */
+
 typedef struct Entry {
   size_t wf;
   Id id;
-  Span flow, commands, status, wversion;
+  Span workflow, flow, commands, status, wversion;
   size_t ncommands, first_command;
   int done;
-  char tostring[32];         /* an integer flow id as tostring gives it */
+  char text[24];             /* an integer flow id as tostring gives it */
+  size_t text_len;
+  char prefix[ID_MAX];       /* its command ids, but for their number */
+  size_t prefix_len;
 } Entry;
 
 enum { F_WORKFLOW, F_FLOW, F_COMMANDS, F_STATUS, F_DONE, F_WVERSION, F_PARKED, F_HELD, F_RESUMED };
@@ -552,7 +579,7 @@ static const char *const entry_keys[] = { "workflow", "flow", "commands", "statu
 /* A flow id as tostring gives it (the command ids' prefix). */
 static void id_text(const Entry *e, const unsigned char **p, size_t *n) {
   if (e->id.is_str) { *p = e->id.s.p; *n = e->id.s.n; }
-  else { *p = (const unsigned char *)e->tostring; *n = strlen(e->tostring); }
+  else { *p = (const unsigned char *)e->text; *n = e->text_len; }
 }
 
 /* Are the commands at s[e->commands] plain (no timer directive), each a
@@ -585,7 +612,8 @@ static int read_entry(Scan *sc, const unsigned char *s, size_t len, size_t pos, 
   e->wf = workflow_at(sc, s, len, &f[F_WORKFLOW]);
   if (e->wf == (size_t)-1 || !present(&f[F_FLOW]) || !id_at(s, len, f[F_FLOW].at, &e->id))
     return 0;
-  if (!e->id.is_str) snprintf(e->tostring, sizeof e->tostring, "%lld", (long long)e->id.i);
+  if (!e->id.is_str) e->text_len = format_int(e->text, e->id.i);
+  e->workflow = f[F_WORKFLOW];
   e->flow = f[F_FLOW];
   e->status = f[F_STATUS];
   e->wversion = f[F_WVERSION];
@@ -600,20 +628,28 @@ static int read_entry(Scan *sc, const unsigned char *s, size_t len, size_t pos, 
 }
 
 /* The prefix of a flow's command ids after its version 'v' (records.lua's
-** command_prefix) in buf; its length. */
-static size_t command_prefix(Scan *sc, const Entry *e, int64_t v, char *buf, size_t cap) {
+** command_prefix: "workflow/flow/version/"); 0 if it is too long. */
+static int command_prefix(Scan *sc, Entry *e, int64_t v) {
   const unsigned char *p;
-  size_t n, w = sc->names[e->wf].len, at;
-  char tail[48];
+  size_t n, w = sc->names[e->wf].len;
+  char *out = e->prefix;
   id_text(e, &p, &n);
-  snprintf(tail, sizeof tail, "/%lld/", (long long)v);
-  at = w + 1 + n + strlen(tail);
-  if (at + 24 > cap) return 0;
-  memcpy(buf, sc->names[e->wf].s, w);
-  buf[w] = '/';
-  memcpy(buf + w + 1, p, n);
-  memcpy(buf + w + 1 + n, tail, strlen(tail));
-  return at;
+  if (w + n + 48 > ID_MAX) return 0;
+  memcpy(out, sc->names[e->wf].s, w);
+  out[w] = '/';
+  memcpy(out + w + 1, p, n);
+  out += w + 1 + n;
+  *out++ = '/';
+  out += format_int(out, v);
+  *out++ = '/';
+  e->prefix_len = (size_t)(out - e->prefix);
+  return 1;
+}
+
+/* The i-th command id of an entry, in buf (ID_MAX bytes); its length. */
+static size_t command_id(const Entry *e, size_t i, char *buf) {
+  memcpy(buf, e->prefix, e->prefix_len);
+  return e->prefix_len + format_int(buf + e->prefix_len, (int64_t)i);
 }
 
 static size_t applied_of(Scan *sc, const Entry *e) {
@@ -621,29 +657,27 @@ static size_t applied_of(Scan *sc, const Entry *e) {
   return f != NULL && f->live ? (size_t)f->applied : 0;
 }
 
-/* Would any command id of these entries be pending twice (two flows whose
-** ids read alike, 7 and "7")?  The Lua fold then says what happens. */
-static int ids_collide(Scan *sc, Entry *entries, size_t n) {
+/* The command ids of the entries; 0 if one would be pending twice (two
+** flows whose ids read alike, 7 and "7", or a flow listed twice): the Lua
+** fold then says what happens. */
+static int command_ids(Scan *sc, Entry *entries, size_t n) {
   size_t a, b, i;
-  char id[512];
+  char id[ID_MAX];
   for (a = 0; a < n; a++) {
     const unsigned char *pa, *pb;
-    size_t na, nb, at;
+    size_t na, nb;
     if (entries[a].ncommands == 0) continue;
     id_text(&entries[a], &pa, &na);
     for (b = 0; b < n; b++) {
       if (b == a || entries[b].wf != entries[a].wf) continue;
       id_text(&entries[b], &pb, &nb);
-      if (na == nb && memcmp(pa, pb, na) == 0) return 1;  /* the same flow twice, too */
+      if (na == nb && memcmp(pa, pb, na) == 0) return 0;
     }
-    at = command_prefix(sc, &entries[a], (int64_t)applied_of(sc, &entries[a]) + 1, id, sizeof id);
-    if (at == 0) return 1;  /* an id too long to check here */
-    for (i = 1; i <= entries[a].ncommands; i++) {
-      size_t idn = at + (size_t)snprintf(id + at, sizeof id - at, "%zu", i);
-      if (is_pending(sc, (const unsigned char *)id, idn)) return 1;
-    }
+    if (!command_prefix(sc, &entries[a], (int64_t)applied_of(sc, &entries[a]) + 1)) return 0;
+    for (i = 1; i <= entries[a].ncommands; i++)
+      if (is_pending(sc, (const unsigned char *)id, command_id(&entries[a], i, id))) return 0;
   }
-  return 0;
+  return 1;
 }
 
 /* Append bytes to the scratch envelope. */
@@ -685,12 +719,11 @@ static void put_string(Scan *sc, size_t *at, const unsigned char *p, size_t n) {
 ** in that order, the command's and the flow id's journaled bytes as they
 ** are (canonical), the id made here.
 */
-static void emit(Scan *sc, const unsigned char *s, size_t len, const Entry *e, int64_t version,
-                 Span workflow) {
-  char id[512];
-  size_t at = command_prefix(sc, e, version, id, sizeof id), i, pos = e->first_command;
+static void emit(Scan *sc, const unsigned char *s, size_t len, const Entry *e) {
+  char id[ID_MAX];
+  size_t i, pos = e->first_command;
   for (i = 1; i <= e->ncommands; i++) {
-    size_t idn = at + (size_t)snprintf(id + at, sizeof id - at, "%zu", i), n = 0;
+    size_t idn = command_id(e, i, id), n = 0;
     size_t end = skip(s, len, pos);
     put(sc, &n, "\x84\xa7" "command", 9);
     put(sc, &n, s + pos, end - pos);
@@ -699,7 +732,7 @@ static void emit(Scan *sc, const unsigned char *s, size_t len, const Entry *e, i
     put(sc, &n, "\xa2" "id", 3);
     put_string(sc, &n, (const unsigned char *)id, idn);
     put(sc, &n, "\xa8" "workflow", 9);
-    put(sc, &n, s + workflow.at, workflow.end - workflow.at);
+    put(sc, &n, s + e->workflow.at, e->workflow.end - e->workflow.at);
     outbox_push(sc, (const unsigned char *)id, idn, sc->scratch, n);
     pos = end;
   }
@@ -736,7 +769,7 @@ static int event_id_of(const unsigned char *s, size_t len, const Span *sp, Id *i
 }
 
 static void settle_entry(Scan *sc, const unsigned char *s, size_t len, size_t offset, Entry *e,
-                         const Id *event_id, int has_id, Span workflow) {
+                         const Id *event_id, int has_id) {
   Flow *f;
   if (e->commands.end == 0) return;  /* neither applied nor parked: nothing */
   f = flow_get(sc, e->wf, &e->id);
@@ -751,7 +784,7 @@ static void settle_entry(Scan *sc, const unsigned char *s, size_t len, size_t of
   if (present(&e->status)) raw_set(sc, &f->status, s + e->status.at, e->status.end - e->status.at);
   else raw_free(sc, &f->status);
   if (has_id) ids_add(sc, &f->ids, event_id);
-  if (e->ncommands > 0) emit(sc, s, len, e, f->applied, workflow);
+  if (e->ncommands > 0) emit(sc, s, len, e);
   if (e->done) complete(sc, f);
 }
 
@@ -759,12 +792,11 @@ enum { R_SEQ, R_EVENT, R_FLOWS, R_FIRED, R_LATE, R_DEAD };
 static const char *const event_keys[] = { "seq", "event", "flows", "fired", "late", "dead_letter", NULL };
 
 static int fold_event(Scan *sc, const unsigned char *s, size_t len, size_t offset) {
-  Span r[6], wf[MAX_ENTRIES];
+  Span r[6];
   Entry entries[MAX_ENTRIES];
   Id event_id;
   size_t n, i, pos;
   int has_id = 0, any = 0;
-  static const char *const wf_key[] = { "workflow", NULL };
   if (!fields(s, len, 0, event_keys, r)) return 0;
   if (truthy(s, &r[R_FIRED]) || truthy(s, &r[R_LATE]) || truthy(s, &r[R_DEAD])) return 0;
   if (!present(&r[R_FLOWS])) return 0;
@@ -772,14 +804,13 @@ static int fold_event(Scan *sc, const unsigned char *s, size_t len, size_t offse
   if (!list_at(s, &pos, &n) || n > MAX_ENTRIES) return 0;
   for (i = 0; i < n; i++) {
     if (!read_entry(sc, s, len, pos, &entries[i])) return 0;
-    fields(s, len, pos, wf_key, &wf[i]);
     any = any || entries[i].commands.end != 0;
     pos = skip(s, len, pos);
   }
   if (any && !event_id_of(s, len, &r[R_EVENT], &event_id, &has_id)) return 0;
-  if (ids_collide(sc, entries, n)) return 0;
+  if (!command_ids(sc, entries, n)) return 0;
   /* taken: from here on only memory can fail (and the recovery with it) */
-  for (i = 0; i < n; i++) settle_entry(sc, s, len, offset, &entries[i], &event_id, has_id, wf[i]);
+  for (i = 0; i < n; i++) settle_entry(sc, s, len, offset, &entries[i], &event_id, has_id);
   if (present(&r[R_SEQ])) raw_set(sc, &sc->seq, s + r[R_SEQ].at, r[R_SEQ].end - r[R_SEQ].at);
   else raw_free(sc, &sc->seq);
   sc->seq_set = 1;
@@ -1088,9 +1119,9 @@ static int scan_pending(lua_State *L) {
     const Pending *p = &sc->queue[i];
     if (!p->alive) continue;
     k++;
-    lua_pushlstring(L, (const char *)p->id.p, p->id.n);
+    lua_pushlstring(L, (const char *)p->p, p->idn);
     lua_rawseti(L, -3, k);
-    lua_pushlstring(L, (const char *)p->env.p, p->env.n);
+    lua_pushlstring(L, (const char *)p->p + p->idn, p->envn - 1);
     lua_rawseti(L, -2, k);
   }
   return 2;
