@@ -72,6 +72,7 @@ static int key_order(const Key *a, const Key *b) {
 typedef struct Walk {
   const unsigned char *s;
   size_t len, pos;
+  uint32_t *ends;  /* ends[start] = end of each value, or NULL */
 } Walk;
 
 static int value(Walk *w, int depth, Key *key);
@@ -82,9 +83,14 @@ static int string_body(Walk *w, size_t n, int is_str, int width, Key *key) {
   size_t i;
   int utf8 = 1;
   if (w->len - w->pos < n) return 0;
-  if (n <= 32) {  /* short ASCII, the common case, without a call */
-    for (i = 0; i < n && p[i] < 0x80; i++) {}
-    if (i < n) utf8 = codec_utf8_valid(p, n);
+  if (n <= 32) {  /* short ASCII, the common case, 8 bytes a step and no call */
+    uint64_t high = 0, word;
+    for (i = 0; i + 8 <= n; i += 8) {
+      memcpy(&word, p + i, 8);
+      high |= word;
+    }
+    for (; i < n; i++) high |= p[i];
+    if (high & 0x8080808080808080ULL) utf8 = codec_utf8_valid(p, n);
   }
   else
     utf8 = codec_utf8_valid(p, n);
@@ -132,7 +138,7 @@ static int map(Walk *w, size_t n, int width, int depth) {
 }
 
 /* One value; 'key' says what it is as a map key (K_OTHER for tables and nil). */
-static int value(Walk *w, int depth, Key *key) {
+static int value_at(Walk *w, int depth, Key *key) {
   unsigned char tag;
   key->kind = K_OTHER;
   if (w->pos >= w->len) return 0;
@@ -205,12 +211,21 @@ static int value(Walk *w, int depth, Key *key) {
   }
 }
 
-int canonical_value(const unsigned char *s, size_t len, size_t *pos) {
+/* One value, its end noted. */
+static int value(Walk *w, int depth, Key *key) {
+  size_t start = w->pos;
+  if (!value_at(w, depth, key)) return 0;
+  if (w->ends != NULL) w->ends[start] = (uint32_t)w->pos;
+  return 1;
+}
+
+int canonical_value(const unsigned char *s, size_t len, size_t *pos, uint32_t *ends) {
   Walk w;
   Key k;
   w.s = s;
   w.len = len;
   w.pos = *pos;
+  w.ends = ends;
   if (!value(&w, 0, &k)) return 0;
   *pos = w.pos;
   return 1;

@@ -12,9 +12,13 @@
 #define PROCMAN_CANONICAL_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 /* Is the value at s[*pos .. len) canonical?  1 with *pos past it, or 0
-** (malformed, or not canonical) with *pos unchanged.  Allocates nothing. */
-int canonical_value(const unsigned char *s, size_t len, size_t *pos);
+** (malformed, or not canonical) with *pos unchanged.  Allocates nothing.
+** With 'ends' (room for len entries; len < 2^32), ends[p] is set to where
+** each value starting at p ends, nested ones included: the caller can then
+** skip any value in one step. */
+int canonical_value(const unsigned char *s, size_t len, size_t *pos, uint32_t *ends);
 
 #endif

@@ -41,6 +41,7 @@
 
 #define SCAN_TYPENAME "procman.fold_scan"
 #define MAX_ENTRIES 16  /* flows of one event record taken here; more: the Lua fold */
+#define INDEXED_MAX (1u << 20)  /* records up to this size get their value ends indexed */
 
 enum { T_EVENT = 1, T_ACK = 2, T_FLOW = 3, T_OUTBOX = 4, T_COMPLETED = 5, T_SEQ = 6 };
 
@@ -117,6 +118,8 @@ typedef struct Scan {
   size_t nskips, skips_cap;
   size_t stopped;            /* offset of the record left to Lua (0: none) */
   int64_t records;           /* records folded here */
+  uint32_t *ends;            /* the record's value ends (Rec) */
+  size_t ends_cap;
   unsigned char *scratch;    /* an envelope being built */
   size_t scratch_cap;
 } Scan;
@@ -212,6 +215,7 @@ static int scan_gc(lua_State *L) {
   raw_free(sc, &sc->seq);
   mem(sc, sc->skips, sc->skips_cap * sizeof(int64_t), 0);
   mem(sc, sc->scratch, sc->scratch_cap, 0);
+  mem(sc, sc->ends, sc->ends_cap * sizeof(uint32_t), 0);
   mem(sc, sc->names, sc->names_cap * sizeof(Name), 0);
   memset(sc, 0, sizeof *sc);
   return 0;
@@ -366,14 +370,25 @@ static void outbox_forget(Scan *sc, const unsigned char *s, size_t n) {
 
 /* ---- reading a canonical record ---------------------------------------- */
 
+/* A record's payload, checked canonical: ends[pos] is where the value
+** starting at pos ends (the check notes it), NULL when it is too large to
+** index (then values are walked). */
+typedef struct Rec {
+  const unsigned char *s;
+  size_t len;
+  const uint32_t *ends;
+} Rec;
+
 typedef struct Span {
   size_t at, end;  /* at == end: absent */
 } Span;
 
-/* Past the value at s[pos] (well-formed: the record was checked canonical). */
-static size_t skip(const unsigned char *s, size_t len, size_t pos) {
+/* Past the value at s[pos]: noted by the canonical check, or walked (the
+** record was checked canonical: well-formed). */
+static size_t skip(const Rec *r, size_t pos) {
+  const unsigned char *s = r->s;
   size_t items = 1;
-  (void)len;
+  if (r->ends != NULL) return r->ends[pos];
   while (items > 0) {
     unsigned char tag = s[pos++];
     size_t n = 0;
@@ -408,8 +423,10 @@ static size_t skip(const unsigned char *s, size_t len, size_t pos) {
 }
 
 /* The header of the str/bin at s[pos]: 1 with its bytes, or 0. */
-static int string_at(const unsigned char *s, size_t len, size_t pos, const unsigned char **p,
+static int string_at(const Rec *r, size_t pos, const unsigned char **p,
                      size_t *n) {
+  const unsigned char *s = r->s;
+  size_t len = r->len;
   unsigned char tag;
   size_t w = 0, i;
   if (pos >= len) return 0;
@@ -445,11 +462,12 @@ static int int_at(const unsigned char *s, size_t pos, int64_t *v) {
 }
 
 /* An id (string or integer) at s[pos], its bytes not copied. */
-static int id_at(const unsigned char *s, size_t len, size_t pos, Id *id) {
+static int id_at(const Rec *r, size_t pos, Id *id) {
+  const unsigned char *s = r->s;
   const unsigned char *p;
   size_t n;
   memset(id, 0, sizeof *id);
-  if (string_at(s, len, pos, &p, &n)) {
+  if (string_at(r, pos, &p, &n)) {
     id->is_str = 1;
     id->s.p = (unsigned char *)p;
     id->s.n = n;
@@ -496,8 +514,9 @@ static int list_at(const unsigned char *s, size_t *pos, size_t *n) {
 ** the map at s[pos]: spans[k] for keys[k] (absent: at == end).  0 if it
 ** is not a map.
 */
-static int fields(const unsigned char *s, size_t len, size_t pos, const char *const *keys,
+static int fields(const Rec *r, size_t pos, const char *const *keys,
                   Span *spans) {
+  const unsigned char *s = r->s;
   size_t n, i, k, lens[16];
   for (k = 0; keys[k] != NULL; k++) {
     spans[k].at = spans[k].end = 0;
@@ -507,17 +526,18 @@ static int fields(const unsigned char *s, size_t len, size_t pos, const char *co
   for (i = 0; i < n; i++) {
     const unsigned char *p;
     size_t klen, vat;
-    int is_str = string_at(s, len, pos, &p, &klen);
-    vat = skip(s, len, pos);
+    int is_str = string_at(r, pos, &p, &klen);
+    vat = skip(r, pos);
     if (is_str) {
       for (k = 0; keys[k] != NULL; k++) {
-        if (lens[k] == klen && memcmp(keys[k], p, klen) == 0) {
+        if (lens[k] == klen && klen > 0 && (unsigned char)keys[k][0] == p[0] &&
+            memcmp(keys[k], p, klen) == 0) {
           spans[k].at = vat;
           break;
         }
       }
     }
-    pos = skip(s, len, vat);
+    pos = skip(r, vat);
     if (is_str && keys[k] != NULL) spans[k].end = pos;
   }
   return 1;
@@ -532,10 +552,10 @@ static int truthy(const unsigned char *s, const Span *sp) {
 
 /* The index of workflow name s[sp], or (size_t)-1 (not a string, or not
 ** one of the router's). */
-static size_t workflow_at(Scan *sc, const unsigned char *s, size_t len, const Span *sp) {
+static size_t workflow_at(Scan *sc, const Rec *r, const Span *sp) {
   const unsigned char *p;
   size_t n, i;
-  if (!present(sp) || !string_at(s, len, sp->at, &p, &n)) return (size_t)-1;
+  if (!present(sp) || !string_at(r, sp->at, &p, &n)) return (size_t)-1;
   for (i = 0; i < sc->nnames; i++)
     if (sc->names[i].len == n && memcmp(sc->names[i].s, p, n) == 0) return i;
   return (size_t)-1;
@@ -584,7 +604,8 @@ static void id_text(const Entry *e, const unsigned char **p, size_t *n) {
 
 /* Are the commands at s[e->commands] plain (no timer directive), each a
 ** table?  Notes their count and where the first one starts. */
-static int plain_commands(const unsigned char *s, size_t len, Entry *e) {
+static int plain_commands(const Rec *r, Entry *e) {
+  const unsigned char *s = r->s;
   static const char *const ct[] = { "command_type", NULL };
   size_t pos = e->commands.at, i;
   if (!list_at(s, &pos, &e->ncommands)) return 0;
@@ -596,21 +617,22 @@ static int plain_commands(const unsigned char *s, size_t len, Entry *e) {
     unsigned char tag = s[pos];
     if (!((tag >= 0x80 && tag <= 0x9f) || tag == 0xdc || tag == 0xdd || tag == 0xde || tag == 0xdf))
       return 0;  /* not a table: timers.split raises, in the Lua fold */
-    if (fields(s, len, pos, ct, &type) && present(&type) && string_at(s, len, type.at, &p, &n) &&
+    if (fields(r, pos, ct, &type) && present(&type) && string_at(r, type.at, &p, &n) &&
         n >= 10 && memcmp(p, "procman.", 8) == 0)
       return 0;  /* procman.after/at/cancel, or near enough: the Lua fold */
-    pos = skip(s, len, pos);
+    pos = skip(r, pos);
   }
   return 1;
 }
 
 /* One entry of 'flows', read: 0 if the Lua fold must take the record. */
-static int read_entry(Scan *sc, const unsigned char *s, size_t len, size_t pos, Entry *e) {
+static int read_entry(Scan *sc, const Rec *r, size_t pos, Entry *e) {
+  const unsigned char *s = r->s;
   Span f[9];
-  if (!fields(s, len, pos, entry_keys, f)) return 0;
+  if (!fields(r, pos, entry_keys, f)) return 0;
   if (truthy(s, &f[F_PARKED]) || truthy(s, &f[F_HELD]) || truthy(s, &f[F_RESUMED])) return 0;
-  e->wf = workflow_at(sc, s, len, &f[F_WORKFLOW]);
-  if (e->wf == (size_t)-1 || !present(&f[F_FLOW]) || !id_at(s, len, f[F_FLOW].at, &e->id))
+  e->wf = workflow_at(sc, r, &f[F_WORKFLOW]);
+  if (e->wf == (size_t)-1 || !present(&f[F_FLOW]) || !id_at(r, f[F_FLOW].at, &e->id))
     return 0;
   if (!e->id.is_str) e->text_len = format_int(e->text, e->id.i);
   e->workflow = f[F_WORKFLOW];
@@ -624,7 +646,7 @@ static int read_entry(Scan *sc, const unsigned char *s, size_t len, size_t pos, 
     e->commands.at = e->commands.end = 0;
     return 1;
   }
-  return plain_commands(s, len, e);
+  return plain_commands(r, e);
 }
 
 /* The prefix of a flow's command ids after its version 'v' (records.lua's
@@ -719,12 +741,13 @@ static void put_string(Scan *sc, size_t *at, const unsigned char *p, size_t n) {
 ** in that order, the command's and the flow id's journaled bytes as they
 ** are (canonical), the id made here.
 */
-static void emit(Scan *sc, const unsigned char *s, size_t len, const Entry *e) {
+static void emit(Scan *sc, const Rec *r, const Entry *e) {
+  const unsigned char *s = r->s;
   char id[ID_MAX];
   size_t i, pos = e->first_command;
   for (i = 1; i <= e->ncommands; i++) {
     size_t idn = command_id(e, i, id), n = 0;
-    size_t end = skip(s, len, pos);
+    size_t end = skip(r, pos);
     put(sc, &n, "\x84\xa7" "command", 9);
     put(sc, &n, s + pos, end - pos);
     put(sc, &n, "\xa4" "flow", 5);
@@ -755,21 +778,23 @@ static void complete(Scan *sc, Flow *f) {
 
 /* The event_id of the event at s[sp] (a router's dedup): 1 with it (or
 ** none: *has = 0), or 0 when the Lua fold must take it. */
-static int event_id_of(const unsigned char *s, size_t len, const Span *sp, Id *id, int *has) {
+static int event_id_of(const Rec *r, const Span *sp, Id *id, int *has) {
+  const unsigned char *s = r->s;
   static const char *const keys[] = { "event_id", NULL };
   Span v;
   size_t pos = sp->at, n;
   *has = 0;
   if (!present(sp)) return 0;
   if (array_at(s, &pos, &n)) return 1;  /* a table without the key */
-  if (!fields(s, len, sp->at, keys, &v)) return 0;  /* not a table: rawget raises */
+  if (!fields(r, sp->at, keys, &v)) return 0;  /* not a table: rawget raises */
   if (!present(&v)) return 1;
   *has = 1;
-  return id_at(s, len, v.at, id);
+  return id_at(r, v.at, id);
 }
 
-static void settle_entry(Scan *sc, const unsigned char *s, size_t len, size_t offset, Entry *e,
+static void settle_entry(Scan *sc, const Rec *r, size_t offset, Entry *e,
                          const Id *event_id, int has_id) {
+  const unsigned char *s = r->s;
   Flow *f;
   if (e->commands.end == 0) return;  /* neither applied nor parked: nothing */
   f = flow_get(sc, e->wf, &e->id);
@@ -784,34 +809,35 @@ static void settle_entry(Scan *sc, const unsigned char *s, size_t len, size_t of
   if (present(&e->status)) raw_set(sc, &f->status, s + e->status.at, e->status.end - e->status.at);
   else raw_free(sc, &f->status);
   if (has_id) ids_add(sc, &f->ids, event_id);
-  if (e->ncommands > 0) emit(sc, s, len, e);
+  if (e->ncommands > 0) emit(sc, r, e);
   if (e->done) complete(sc, f);
 }
 
 enum { R_SEQ, R_EVENT, R_FLOWS, R_FIRED, R_LATE, R_DEAD };
 static const char *const event_keys[] = { "seq", "event", "flows", "fired", "late", "dead_letter", NULL };
 
-static int fold_event(Scan *sc, const unsigned char *s, size_t len, size_t offset) {
-  Span r[6];
+static int fold_event(Scan *sc, const Rec *r, size_t offset) {
+  const unsigned char *s = r->s;
+  Span rf[6];
   Entry entries[MAX_ENTRIES];
   Id event_id;
   size_t n, i, pos;
   int has_id = 0, any = 0;
-  if (!fields(s, len, 0, event_keys, r)) return 0;
-  if (truthy(s, &r[R_FIRED]) || truthy(s, &r[R_LATE]) || truthy(s, &r[R_DEAD])) return 0;
-  if (!present(&r[R_FLOWS])) return 0;
-  pos = r[R_FLOWS].at;
+  if (!fields(r, 0, event_keys, rf)) return 0;
+  if (truthy(s, &rf[R_FIRED]) || truthy(s, &rf[R_LATE]) || truthy(s, &rf[R_DEAD])) return 0;
+  if (!present(&rf[R_FLOWS])) return 0;
+  pos = rf[R_FLOWS].at;
   if (!list_at(s, &pos, &n) || n > MAX_ENTRIES) return 0;
   for (i = 0; i < n; i++) {
-    if (!read_entry(sc, s, len, pos, &entries[i])) return 0;
+    if (!read_entry(sc, r, pos, &entries[i])) return 0;
     any = any || entries[i].commands.end != 0;
-    pos = skip(s, len, pos);
+    pos = skip(r, pos);
   }
-  if (any && !event_id_of(s, len, &r[R_EVENT], &event_id, &has_id)) return 0;
+  if (any && !event_id_of(r, &rf[R_EVENT], &event_id, &has_id)) return 0;
   if (!command_ids(sc, entries, n)) return 0;
   /* taken: from here on only memory can fail (and the recovery with it) */
-  for (i = 0; i < n; i++) settle_entry(sc, s, len, offset, &entries[i], &event_id, has_id);
-  if (present(&r[R_SEQ])) raw_set(sc, &sc->seq, s + r[R_SEQ].at, r[R_SEQ].end - r[R_SEQ].at);
+  for (i = 0; i < n; i++) settle_entry(sc, r, offset, &entries[i], &event_id, has_id);
+  if (present(&rf[R_SEQ])) raw_set(sc, &sc->seq, s + rf[R_SEQ].at, rf[R_SEQ].end - rf[R_SEQ].at);
   else raw_free(sc, &sc->seq);
   sc->seq_set = 1;
   return 1;
@@ -824,22 +850,23 @@ static const char *const flow_keys[] = { "workflow", "flow", "version", "status"
                                          "workflow_version", NULL };
 
 /* Type 3: a counted flow from a snapshot (the state is for the replay). */
-static int fold_flow(Scan *sc, const unsigned char *s, size_t len, size_t offset) {
+static int fold_flow(Scan *sc, const Rec *r, size_t offset) {
+  const unsigned char *s = r->s;
   Span f[6];
   Id id, seen;
   size_t wf, pos, n, i;
   int64_t version = 0;
   Flow *flow;
-  if (!fields(s, len, 0, flow_keys, f)) return 0;
-  wf = workflow_at(sc, s, len, &f[S_WORKFLOW]);
-  if (wf == (size_t)-1 || !present(&f[S_FLOW]) || !id_at(s, len, f[S_FLOW].at, &id)) return 0;
+  if (!fields(r, 0, flow_keys, f)) return 0;
+  wf = workflow_at(sc, r, &f[S_WORKFLOW]);
+  if (wf == (size_t)-1 || !present(&f[S_FLOW]) || !id_at(r, f[S_FLOW].at, &id)) return 0;
   if (present(&f[S_VERSION]) && !int_at(s, f[S_VERSION].at, &version)) return 0;
   n = 0;
   if (present(&f[S_SEEN])) {
     pos = f[S_SEEN].at;
     if (!list_at(s, &pos, &n)) return 0;
-    for (i = 0; i < n; i++, pos = skip(s, len, pos))
-      if (!id_at(s, len, pos, &seen)) return 0;
+    for (i = 0; i < n; i++, pos = skip(r, pos))
+      if (!id_at(r, pos, &seen)) return 0;
   }
   flow = flow_get(sc, wf, &id);
   flow_free_live(sc, flow);
@@ -851,8 +878,8 @@ static int fold_flow(Scan *sc, const unsigned char *s, size_t len, size_t offset
   if (n > 0) {
     pos = f[S_SEEN].at;
     list_at(s, &pos, &n);
-    for (i = 0; i < n; i++, pos = skip(s, len, pos)) {
-      id_at(s, len, pos, &seen);
+    for (i = 0; i < n; i++, pos = skip(r, pos)) {
+      id_at(r, pos, &seen);
       ids_add(sc, &flow->ids, &seen);
     }
   }
@@ -862,14 +889,15 @@ static int fold_flow(Scan *sc, const unsigned char *s, size_t len, size_t offset
 }
 
 /* Type 5: a completed flow (no ids: compaction let them go). */
-static int fold_completed(Scan *sc, const unsigned char *s, size_t len) {
+static int fold_completed(Scan *sc, const Rec *r) {
+  const unsigned char *s = r->s;
   Span f[6];
   Id id;
   size_t wf;
   Flow *flow;
-  if (!fields(s, len, 0, flow_keys, f)) return 0;
-  wf = workflow_at(sc, s, len, &f[S_WORKFLOW]);
-  if (wf == (size_t)-1 || !present(&f[S_FLOW]) || !id_at(s, len, f[S_FLOW].at, &id)) return 0;
+  if (!fields(r, 0, flow_keys, f)) return 0;
+  wf = workflow_at(sc, r, &f[S_WORKFLOW]);
+  if (wf == (size_t)-1 || !present(&f[S_FLOW]) || !id_at(r, f[S_FLOW].at, &id)) return 0;
   flow = flow_get(sc, wf, &id);
   if (present(&f[S_STATUS])) raw_set(sc, &flow->fstatus, s + f[S_STATUS].at, f[S_STATUS].end - f[S_STATUS].at);
   else raw_free(sc, &flow->fstatus);
@@ -886,14 +914,16 @@ static int is_array(unsigned char tag) {
 /* Type 2 (ack) and 4 (a pending command), by their string id.  An ack of
 ** anything else acks nothing (only strings are pending here); a pending
 ** command without a string id is the Lua fold's. */
-static int fold_by_id(Scan *sc, const unsigned char *s, size_t len, int type) {
+static int fold_by_id(Scan *sc, const Rec *r, int type) {
+  const unsigned char *s = r->s;
+  size_t len = r->len;
   static const char *const keys[] = { "id", NULL };
   Span f;
   const unsigned char *p;
   size_t n;
-  if (!fields(s, len, 0, keys, &f))
+  if (!fields(r, 0, keys, &f))
     return type == T_ACK && is_array(s[0]);  /* rec.id of a scalar raises */
-  if (!present(&f) || !string_at(s, len, f.at, &p, &n))
+  if (!present(&f) || !string_at(r, f.at, &p, &n))
     return type == T_ACK;
   if (type == T_ACK) {
     outbox_forget(sc, p, n);
@@ -905,11 +935,12 @@ static int fold_by_id(Scan *sc, const unsigned char *s, size_t len, int type) {
 }
 
 /* Type 6: the sequence counter and the next dead letter id. */
-static int fold_seq(Scan *sc, const unsigned char *s, size_t len) {
+static int fold_seq(Scan *sc, const Rec *r) {
+  const unsigned char *s = r->s;
   static const char *const keys[] = { "seq", "next_dead_letter", NULL };
   Span f[2];
   int64_t next = 0;
-  if (!fields(s, len, 0, keys, f)) return 0;
+  if (!fields(r, 0, keys, f)) return 0;
   if (present(&f[1]) && !int_at(s, f[1].at, &next)) return 0;
   if (present(&f[1])) {
     sc->skips = (int64_t *)grow(sc, sc->skips, &sc->skips_cap, sc->nskips, sizeof(int64_t));
@@ -924,13 +955,26 @@ static int fold_seq(Scan *sc, const unsigned char *s, size_t len) {
 /* Fold one record; 0 (nothing changed) when the Lua fold must take it. */
 static int fold_record(Scan *sc, int type, const unsigned char *s, size_t len, size_t offset) {
   size_t end = 0;
-  if (len == 0 || !canonical_value(s, len, &end) || end != len) return 0;
+  Rec rec;
+  rec.s = s;
+  rec.len = len;
+  rec.ends = NULL;
+  if (len <= INDEXED_MAX) {  /* the check notes where each value ends */
+    if (len > sc->ends_cap) {
+      size_t cap = len < 4096 ? 4096 : len;
+      sc->ends = (uint32_t *)mem(sc, sc->ends, sc->ends_cap * sizeof(uint32_t), cap * sizeof(uint32_t));
+      sc->ends_cap = cap;
+    }
+    rec.ends = sc->ends;
+  }
+  if (len == 0 || !canonical_value(s, len, &end, rec.ends != NULL ? sc->ends : NULL) || end != len)
+    return 0;
   switch (type) {
-    case T_EVENT: return fold_event(sc, s, len, offset);
-    case T_ACK: case T_OUTBOX: return fold_by_id(sc, s, len, type);
-    case T_FLOW: return fold_flow(sc, s, len, offset);
-    case T_COMPLETED: return fold_completed(sc, s, len);
-    case T_SEQ: return fold_seq(sc, s, len);
+    case T_EVENT: return fold_event(sc, &rec, offset);
+    case T_ACK: case T_OUTBOX: return fold_by_id(sc, &rec, type);
+    case T_FLOW: return fold_flow(sc, &rec, offset);
+    case T_COMPLETED: return fold_completed(sc, &rec);
+    case T_SEQ: return fold_seq(sc, &rec);
     default: return 0;
   }
 }

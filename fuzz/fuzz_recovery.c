@@ -92,8 +92,17 @@ static lua_State *state(void) {
 
 /* Canonical bytes decode, and encode back to themselves. */
 static void check_canonical(lua_State *L, const uint8_t *data, size_t size) {
-  size_t pos = 0, dpos = 0;
-  if (!canonical_value(data, size, &pos))
+  size_t pos = 0, dpos = 0, again = 0;
+  uint32_t *ends = malloc((size ? size : 1) * sizeof(uint32_t));
+  int ok;
+  if (ends == NULL)
+    abort();
+  ok = canonical_value(data, size, &pos, ends);
+  /* the same answer without the index; the index gives the value's end */
+  if (ok != canonical_value(data, size, &again, NULL) || (ok && (again != pos || ends[0] != pos)))
+    abort();
+  free(ends);
+  if (!ok)
     return;
   if (pos == 0 || pos > size || !codec_decode(L, (const char *)data, pos, &dpos) || dpos != pos)
     abort();
