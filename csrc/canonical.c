@@ -78,23 +78,23 @@ typedef struct Walk {
 static int value(Walk *w, int depth, Key *key);
 
 /* A str or bin of n bytes at the walk, after a header of 'width' bytes. */
+/* Is p[n] UTF-8?  Short ASCII, the common case, 8 bytes a step, no call. */
+static int utf8(const unsigned char *p, size_t n) {
+  uint64_t high = 0, word;
+  size_t i;
+  if (n > 32) return codec_utf8_valid(p, n);
+  for (i = 0; i + 8 <= n; i += 8) {
+    memcpy(&word, p + i, 8);
+    high |= word;
+  }
+  for (; i < n; i++) high |= p[i];
+  return (high & 0x8080808080808080ULL) == 0 || codec_utf8_valid(p, n);
+}
+
 static int string_body(Walk *w, size_t n, int is_str, int width, Key *key) {
   const unsigned char *p = w->s + w->pos;
-  size_t i;
-  int utf8 = 1;
   if (w->len - w->pos < n) return 0;
-  if (n <= 32) {  /* short ASCII, the common case, 8 bytes a step and no call */
-    uint64_t high = 0, word;
-    for (i = 0; i + 8 <= n; i += 8) {
-      memcpy(&word, p + i, 8);
-      high |= word;
-    }
-    for (; i < n; i++) high |= p[i];
-    if (high & 0x8080808080808080ULL) utf8 = codec_utf8_valid(p, n);
-  }
-  else
-    utf8 = codec_utf8_valid(p, n);
-  if (utf8 != is_str) return 0;
+  if (utf8(p, n) != is_str) return 0;
   if (header_width(n, is_str ? 31 : -1, 1) != width) return 0;
   w->pos += n;
   key->kind = K_STRING;
@@ -211,10 +211,27 @@ static int value_at(Walk *w, int depth, Key *key) {
   }
 }
 
-/* One value, its end noted. */
+/* One value, its end noted; small integers and short strings (most
+** values, and the keys) without a call. */
 static int value(Walk *w, int depth, Key *key) {
   size_t start = w->pos;
-  if (!value_at(w, depth, key)) return 0;
+  unsigned char tag = start < w->len ? w->s[start] : 0xc1;
+  if (tag <= 0x7f) {
+    key->kind = K_INT;
+    key->i = tag;
+    w->pos++;
+  }
+  else if (tag >= 0xa0 && tag <= 0xbf) {
+    size_t n = tag & 0x1f;
+    const unsigned char *p = w->s + start + 1;
+    if (w->len - start - 1 < n || !utf8(p, n)) return 0;
+    key->kind = K_STRING;
+    key->s = p;
+    key->len = n;
+    w->pos += 1 + n;
+  }
+  else if (!value_at(w, depth, key))
+    return 0;
   if (w->ends != NULL) w->ends[start] = (uint32_t)w->pos;
   return 1;
 }
