@@ -194,9 +194,11 @@ static void flow_free_live(Scan *sc, Flow *f) {
   f->applied = 0;
 }
 
+/* __gc, and scan:free(): the memory goes back now (once). */
 static int scan_gc(lua_State *L) {
   Scan *sc = (Scan *)luaL_checkudata(L, 1, SCAN_TYPENAME);
   size_t i;
+  if (sc->alloc == NULL) return 0;  /* freed already */
   sc->L = L;
   for (i = 0; i < sc->nflows; i++) {
     Flow *f = sc->flows[i];
@@ -476,31 +478,29 @@ static int id_at(const Rec *r, size_t pos, Id *id) {
   return int_at(s, pos, &id->i);
 }
 
-/* The map at s[pos]: 1 with its pair count and *pos at its first key. */
-static int map_at(const unsigned char *s, size_t *pos, size_t *n) {
-  unsigned char tag = s[*pos];
-  if (tag >= 0x80 && tag <= 0x8f) { *n = tag & 0x0f; *pos += 1; return 1; }
-  if (tag == 0xde) { *n = (size_t)s[*pos + 1] << 8 | s[*pos + 2]; *pos += 3; return 1; }
-  if (tag == 0xdf) {
-    *n = (size_t)s[*pos + 1] << 24 | (size_t)s[*pos + 2] << 16 | (size_t)s[*pos + 3] << 8 |
-         s[*pos + 4];
+/* The container at s[pos] whose fix form starts at 'fix' and whose 16-bit
+** form is 'tag16' (a map: 0x80, 0xde; an array: 0x90, 0xdc): 1 with its
+** count and *pos at its first element, or 0. */
+static int container_at(const unsigned char *s, size_t *pos, size_t *n, unsigned fix,
+                        unsigned tag16) {
+  unsigned tag = s[*pos];
+  const unsigned char *p = s + *pos + 1;
+  if (tag >= fix && tag <= fix + 0x0f) { *n = tag & 0x0f; *pos += 1; return 1; }
+  if (tag == tag16) { *n = (size_t)p[0] << 8 | p[1]; *pos += 3; return 1; }
+  if (tag == tag16 + 1) {
+    *n = (size_t)p[0] << 24 | (size_t)p[1] << 16 | (size_t)p[2] << 8 | p[3];
     *pos += 5;
     return 1;
   }
   return 0;
 }
 
+static int map_at(const unsigned char *s, size_t *pos, size_t *n) {
+  return container_at(s, pos, n, 0x80, 0xde);
+}
+
 static int array_at(const unsigned char *s, size_t *pos, size_t *n) {
-  unsigned char tag = s[*pos];
-  if (tag >= 0x90 && tag <= 0x9f) { *n = tag & 0x0f; *pos += 1; return 1; }
-  if (tag == 0xdc) { *n = (size_t)s[*pos + 1] << 8 | s[*pos + 2]; *pos += 3; return 1; }
-  if (tag == 0xdd) {
-    *n = (size_t)s[*pos + 1] << 24 | (size_t)s[*pos + 2] << 16 | (size_t)s[*pos + 3] << 8 |
-         s[*pos + 4];
-    *pos += 5;
-    return 1;
-  }
-  return 0;
+  return container_at(s, pos, n, 0x90, 0xdc);
 }
 
 /* A list as the fold reads it: an array, or {} (an empty map). */
@@ -679,22 +679,23 @@ static size_t applied_of(Scan *sc, const Entry *e) {
   return f != NULL && f->live ? (size_t)f->applied : 0;
 }
 
-/* The command ids of the entries; 0 if one would be pending twice (two
-** flows whose ids read alike, 7 and "7", or a flow listed twice): the Lua
-** fold then says what happens. */
+/* The command ids of the entries; 0 if the Lua fold must say what
+** happens: a flow listed twice (the fold counts both entries before it
+** settles either), two flows whose ids read alike (7 and "7": their
+** command ids would be the same), or an id already pending. */
 static int command_ids(Scan *sc, Entry *entries, size_t n) {
   size_t a, b, i;
   char id[ID_MAX];
   for (a = 0; a < n; a++) {
     const unsigned char *pa, *pb;
     size_t na, nb;
-    if (entries[a].ncommands == 0) continue;
     id_text(&entries[a], &pa, &na);
-    for (b = 0; b < n; b++) {
-      if (b == a || entries[b].wf != entries[a].wf) continue;
+    for (b = a + 1; b < n; b++) {
+      if (entries[b].wf != entries[a].wf) continue;
       id_text(&entries[b], &pb, &nb);
       if (na == nb && memcmp(pa, pb, na) == 0) return 0;
     }
+    if (entries[a].ncommands == 0) continue;
     if (!command_prefix(sc, &entries[a], (int64_t)applied_of(sc, &entries[a]) + 1)) return 0;
     for (i = 1; i <= entries[a].ncommands; i++)
       if (is_pending(sc, (const unsigned char *)id, command_id(&entries[a], i, id))) return 0;
@@ -983,6 +984,7 @@ static int fold_record(Scan *sc, int type, const unsigned char *s, size_t len, s
 
 static Scan *check_scan(lua_State *L) {
   Scan *sc = (Scan *)luaL_checkudata(L, 1, SCAN_TYPENAME);
+  if (sc->alloc == NULL) luaL_error(L, "procman.fold_scan: the scan was freed");
   sc->L = L;
   return sc;
 }
@@ -1172,6 +1174,7 @@ static int scan_pending(lua_State *L) {
 }
 
 static const luaL_Reg scan_methods[] = {
+  { "free", scan_gc },
   { "result", scan_result },
   { "seq", scan_seq },
   { "skips", scan_skips },

@@ -175,11 +175,17 @@ describe("procman.fold_scan (recovery's first pass in C)", function()
     j:close()
   end
 
-  it("leaves bytes that are not canonical to the Lua fold (an integer in a long form)", function()
+  -- The common journal; its size (where what follows starts).
+  local function common_journal()
     local r = open(path)
     common(r)
     local at = r:stats().journal_bytes
     r:close()
+    return at
+  end
+
+  it("leaves bytes that are not canonical to the Lua fold (an integer in a long form)", function()
+    local at = common_journal()
     -- seq 9999 as uint32 (0xce) where the encoder writes uint16: decodes the same
     local canonical = core.encode { seq = 9999, event = { event_type = "stop", id = 9 },
                                     flows = { { workflow = "other", flow = 9, commands = {}, done = true } } }
@@ -194,9 +200,7 @@ describe("procman.fold_scan (recovery's first pass in C)", function()
   end)
 
   it("takes acks of ids that are not pending, and of ids that are not strings, as no-ops", function()
-    local r = open(path)
-    common(r)
-    r:close()
+    common_journal()
     append_raw(2, core.encode { id = "no such id" })
     append_raw(2, core.encode { id = 12 })
     append_raw(2, core.encode { "an array" })
@@ -207,10 +211,18 @@ describe("procman.fold_scan (recovery's first pass in C)", function()
     assert.equal(want.recovered, records)
   end)
 
+  it("leaves a record that lists one flow twice to the Lua fold", function()
+    local at = common_journal()
+    local twice = { workflow = "other", flow = 40, commands = {}, status = "b" }
+    append_raw(1, core.encode { seq = 500, event = { event_type = "go", id = 40, event_id = "twice" },
+                                flows = { { workflow = "other", flow = 40, commands = {}, status = "a" }, twice } })
+    local want, got, _, stopped = both(path, { on_divergence = "warn", warn = function() end })
+    assert.same(want, got)
+    assert.equal(at, stopped)
+  end)
+
   it("leaves a record the Lua fold refuses to it: the same error", function()
-    local r = open(path)
-    common(r)
-    r:close()
+    common_journal()
     append_raw(1, core.encode { seq = 1, event = {}, flows = { { workflow = "nope", flow = 1, commands = {} } } })
     fold_scan.enabled = false
     local ok1, plain = pcall(open, path)
@@ -236,6 +248,19 @@ describe("procman.fold_scan (recovery's first pass in C)", function()
     local want, got = both(path, { repair = true, warn = function() end })
     assert.same(want, got)
     assert.is_true(got.recovered > 0)
+  end)
+
+  it("gives its memory back when told to, once, and is then refused", function()
+    common_journal()
+    local j = assert(core.journal_open(path))
+    local scan = core.fold_scan(j, { "batch", "other" })
+    j:close()
+    assert.is_true(scan:result() > 0)
+    scan:free()
+    scan:free()
+    assert.error_matches(function() scan:result() end, "the scan was freed")
+    scan = nil  -- luacheck: ignore
+    collectgarbage()
   end)
 
   it("reads as a stream: a journal larger than its window", function()

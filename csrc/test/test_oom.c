@@ -495,19 +495,31 @@ static void test_router_tick_under_oom(void **state) {
 /* Recovery of a journal, each allocation failing in turn: it works, or
 ** raises a memory error and leaves the file as it was.  The journal has
 ** flows live at its end (their records replayed through the handlers) and
-** one that completes (folded from its records alone, procman.fold). */
-static void test_recovery_under_oom(void **state) {
-  Fixture *f = *state;
+** one that completes (folded from its records alone, procman.fold); with
+** 'compacted', it is compacted first (types 3 to 6), and one more event
+** follows.  Its records are all taken by recovery's scan in C
+** (fold_scan.c: its allocations fail in turn too). */
+static void recovery_under_oom(Fixture *f, int compacted) {
   lua_State *L = f->L;
   long k;
+  lua_pushboolean(L, compacted);
+  lua_setglobal(L, "compacted");
   run(L, "path = temp_journal()\n"
          "local w = open_router(path)\n"
          "fill(w, 4)\n"
          "w:handle{ event_type = 'file_processed', batch_id = 'b4', file = { id = 'b', status = 'success' } }\n"
          "assert(w:completed('batch', 'b4') == 'success')\n"
+         "if compacted then\n"
+         "  assert(w:compact())\n"
+         "  w:handle{ event_type = 'file_processed', batch_id = 'b3', file = { id = 'b', status = 'error' } }\n"
+         "end\n"
          "expected = router_state(w)\n"
          "w:close()\n"
          "bytes = file_bytes(path)\n"
+         "local j = assert(require('procman.core').journal_open(path))\n"
+         "local scanned, stopped = require('procman.core').fold_scan(j, { 'batch' }):result()\n"
+         "j:close()\n"
+         "assert(scanned > 4 and stopped == nil, 'the scan in C does not take every record')\n"
          "function recover()\n"
          "  local again = open_router(path)\n"
          "  local state = router_state(again)\n"
@@ -530,8 +542,16 @@ static void test_recovery_under_oom(void **state) {
            "assert(file_bytes(path) == bytes, 'recovery changed the journal')");
   }
   run(L, "os.remove(path)");
-  print_message("recovery: %ld allocations failed in turn\n", k - 1);
+  print_message("recovery%s: %ld allocations failed in turn\n", compacted ? " (compacted)" : "", k - 1);
   assert_true(k > 10 && k < 100000);
+}
+
+static void test_recovery_under_oom(void **state) {
+  recovery_under_oom(*state, 0);
+}
+
+static void test_compacted_recovery_under_oom(void **state) {
+  recovery_under_oom(*state, 1);
 }
 
 /* Compaction, each allocation failing in turn: it works; or it fails and
@@ -590,6 +610,7 @@ int main(void) {
     cmocka_unit_test_setup_teardown(test_engine_step_under_oom, setup, teardown),
     cmocka_unit_test_setup_teardown(test_router_tick_under_oom, setup, teardown),
     cmocka_unit_test_setup_teardown(test_recovery_under_oom, setup, teardown),
+    cmocka_unit_test_setup_teardown(test_compacted_recovery_under_oom, setup, teardown),
     cmocka_unit_test_setup_teardown(test_compaction_under_oom, setup, teardown),
   };
   return cmocka_run_group_tests_name("the core under memory failure", tests, NULL, NULL);

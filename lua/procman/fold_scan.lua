@@ -38,6 +38,7 @@ function M.run(state, j)
   if set then state.seq = seq end
   for _, next_id in ipairs(scan:skips()) do state.dead:skip_to(next_id) end
   local records, stopped = scan:result()
+  scan:free()  -- its memory now, not at the next collection
   return records, stopped or false
 end
 
