@@ -973,6 +973,15 @@ function Router:pending()
   return self.outbox:list()
 end
 
+-- Ack a pending command (journaled): true, or nil, message.
+local function ack(self, id)
+  local ok, err = append(self, RECORD_ACK, self.journal and encode({ id = id }))  -- memory: no bytes
+  if not ok then return nil, err end
+  local box = self.outbox
+  after_journaling(self, pcall(box.forget, box, id))
+  return true
+end
+
 --- r:ack(id) -> true, or nil, message if the journal cannot take it.
 function Router:ack(id)
   check_open(self)
@@ -980,25 +989,31 @@ function Router:ack(id)
   if type(id) ~= "string" or not self.outbox:has(id) then
     fail("no pending command with id %s", tostring(id))
   end
-  local ok, err = append(self, RECORD_ACK, self.journal and encode({ id = id }))  -- memory: no bytes
-  if not ok then return nil, err end
-  after_journaling(self, pcall(self.outbox.forget, self.outbox, id))
-  return true
+  return ack(self, id)
 end
 
---- r:dispatch(fn) -> count[, error]: fn(command, envelope) for each pending
--- envelope in order, acking each that returns; stops at the first error.
+--- r:dispatch(fn) -> count[, error]: fn(command, envelope) for each
+-- envelope pending when called, in order, acking each that returns; stops
+-- at the first error. Each envelope is decoded when its turn comes (not
+-- all of them first), and one that fn acked or the router lost meanwhile
+-- is passed over: fn sees each command once, while it is still pending.
 function Router:dispatch(fn)
   check_open(self)
   check_not_in_handler("dispatch")
   if type(fn) ~= "function" then fail("dispatch needs a function(command, envelope)") end
   local count = 0
-  for _, envelope in ipairs(self:pending()) do
-    local ok, err = pcall(fn, envelope.command, envelope)
-    if not ok then return count, err end
-    local acked, why = self:ack(envelope.id)
-    if not acked then return count, why end
-    count = count + 1
+  for _, id in ipairs(self.outbox:pending_ids()) do
+    local envelope = self.outbox:get(id)
+    if envelope then
+      local ok, err = pcall(fn, envelope.command, envelope)
+      if not ok then return count, err end
+      check_open(self)  -- fn may have closed it
+      if self.outbox:has(id) then  -- fn may have acked it itself
+        local acked, why = ack(self, id)
+        if not acked then return count, why end
+      end
+      count = count + 1
+    end
   end
   return count
 end
