@@ -1200,8 +1200,10 @@ return function(given)
   -- journal it reads from self, since compaction replaces it).
   self.engine = core.engine {
     router = self, specs = specs, live = self.live, finished = self.finished, parked_of = self.parked_of,
-    older = self.older, types_of = self.types_of, outbox = self.outbox, patches = patches, undo = core.undo,
+    finished_of = self.finished_of, older = self.older, types_of = self.types_of,
+    timers = self.schedule.by_flow, outbox = self.outbox, patches = patches, undo = core.undo,
     complete = function(name, flow_id, pm) complete(self, name, flow_id, pm) end,
+    event_ids = core.event_ids,
   }
   return self
 end
