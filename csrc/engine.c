@@ -41,6 +41,9 @@
 
 /* Targets (flows of different workflows) one event may have here. */
 #define MAX_TARGETS 16
+/* Commands of one step whose length in their envelope is noted (more:
+** found by walking the envelope's bytes). */
+#define MAX_NOTED 64
 /* A scratch buffer larger than this is not kept between steps. */
 #define SCRATCH_KEEP (64 * 1024)
 /* The journal's record type of an event (procman.records.EVENT). */
@@ -85,7 +88,8 @@ enum {
   R_PARKED,    /* parked_of[name]: flow id -> { events, error } */
   R_OLDER,     /* older[name]: flow id -> the older spec the flow runs */
   R_TIMERS,    /* schedule.by_flow[name]: flow id -> its timers */
-  R_COUNT = R_TIMERS
+  R_NAME_BYTES, /* the codec's bytes for the name */
+  R_COUNT = R_NAME_BYTES
 };
 
 typedef struct Engine {
@@ -98,6 +102,9 @@ enum { STEP_NOT_MINE, STEP_DONE, STEP_LOG_FAILED };
 typedef struct Target {
   int route, id, pm;        /* stack indices */
   int spec, name;
+  int noted;                /* index in Step.command_len of its first command, or -1 */
+  unsigned char flow_len;   /* bytes in flow_bytes: the codec's for the id (0: not yet) */
+  char flow_bytes[39];
   int commands, status;     /* stack indices, once run */
   int envelopes;            /* stack index of its first envelope's bytes */
   int is_new, committed, done;
@@ -109,6 +116,8 @@ typedef struct Step {
   int journaled;                    /* past the point of no return */
   int n;                            /* targets routed */
   lua_Integer before[MAX_TARGETS];  /* each flow's version before its run */
+  int noted;                        /* command lengths noted */
+  size_t command_len[MAX_NOTED];    /* each command's bytes in its envelope */
   Target t[MAX_TARGETS];
 } Step;
 
@@ -373,6 +382,32 @@ static int put_value(lua_State *L, int idx) {
   return 0;
 }
 
+/* The flow id of a target, through the codec once a step. */
+static void put_flow(lua_State *L, Target *t) {
+  size_t at, n;
+  if (t->flow_len > 0) {
+    put(L, t->flow_bytes, t->flow_len);
+    return;
+  }
+  at = buffer_at(L, P_SCRATCH)->len;
+  put_value(L, t->id);  /* an integer or a string: data */
+  n = buffer_at(L, P_SCRATCH)->len - at;
+  if (n <= sizeof t->flow_bytes) {
+    memcpy(t->flow_bytes, buffer_at(L, P_SCRATCH)->data + at, n);
+    t->flow_len = (unsigned char)n;
+  }
+}
+
+/* The workflow name of a target: the route keeps its bytes. */
+static void put_name(lua_State *L, Target *t) {
+  size_t n;
+  const char *bytes;
+  lua_rawgeti(L, t->route, R_NAME_BYTES);
+  bytes = lua_tolstring(L, -1, &n);
+  put(L, bytes, n);
+  lua_pop(L, 1);
+}
+
 static void reset_scratch(lua_State *L) {
   buffer_at(L, P_SCRATCH)->len = 0;
 }
@@ -425,11 +460,12 @@ static void push_command_id(lua_State *L, Target *t, lua_Integer version, lua_In
 ** Encoded before the log, so commands that are not data are found while
 ** everything can still be taken back.  0 when one is not data.
 */
-static int encode_envelopes(lua_State *L, Target *t) {
+static int encode_envelopes(lua_State *L, Step *s, Target *t) {
   lua_Integer i, n = (lua_Integer)lua_rawlen(L, t->commands);
   lua_Integer version = version_of(L, t->pm);
   luaL_checkstack(L, 8, "procman.engine");
   t->envelopes = lua_gettop(L) + 1;
+  t->noted = n <= MAX_NOTED - s->noted ? s->noted : -1;
   for (i = 1; i <= n; i++) {
     int id, copy;
     push_command_id(L, t, version, i);
@@ -440,13 +476,15 @@ static int encode_envelopes(lua_State *L, Target *t) {
     put_key(L, "command");
     if (!codec_encode_copy(L, id + 1, P_SCRATCH, "value"))
       return 0;
+    if (t->noted >= 0)
+      s->command_len[s->noted++] = buffer_at(L, P_SCRATCH)->len - 9;
     copy = lua_gettop(L);
     put_key(L, "flow");
-    put_value(L, t->id);
+    put_flow(L, t);
     put_key(L, "id");
     put_value(L, id);
     put_key(L, "workflow");
-    put_value(L, t->name);
+    put_name(L, t);
     lua_createtable(L, 0, 4);  /* the caller's copy, as core.encode_copy makes it */
     lua_insert(L, copy);
     lua_setfield(L, copy, "command");
@@ -547,7 +585,9 @@ static const unsigned char *skip_value(const unsigned char *p, const unsigned ch
 static int put_encoded(lua_State *L, const char *bytes, size_t len, int around) {
   const unsigned char *p = (const unsigned char *)bytes;
   int deepest = 0;
-  if (skip_value(p, p + len, 0, &deepest) != p + len || deepest + around > CODEC_MAX_DEPTH)
+  /* a table takes a byte at least: bytes this short cannot nest too deep */
+  if (len + (size_t)around > CODEC_MAX_DEPTH &&
+      (skip_value(p, p + len, 0, &deepest) != p + len || deepest + around > CODEC_MAX_DEPTH))
     return 0;
   put(L, bytes, len);
   return 1;
@@ -573,7 +613,7 @@ static void put_event(lua_State *L, Step *s) {
 
 /* A target's commands, from the bytes of its envelopes (each is 0x84,
 ** "command", then the command's bytes), 3 tables deep in the record. */
-static void put_commands(lua_State *L, Target *t) {
+static void put_commands(lua_State *L, Step *s, Target *t) {
   lua_Integer i, n = (lua_Integer)lua_rawlen(L, t->commands);
   if (n == 0) {
     put(L, "\x80", 1);  /* {}: the codec writes an empty table as a map */
@@ -585,6 +625,10 @@ static void put_commands(lua_State *L, Target *t) {
     const char *env = lua_tolstring(L, t->envelopes + 2 * (int)i + 1, &len);
     const unsigned char *cmd = (const unsigned char *)env + 9, *after;
     int deepest = 0;
+    if (t->noted >= 0 && s->command_len[t->noted + i] + 4 <= CODEC_MAX_DEPTH) {
+      put(L, cmd, s->command_len[t->noted + i]);  /* too short to nest too deep */
+      continue;
+    }
     after = skip_value(cmd, (const unsigned char *)env + len, 0, &deepest);
     if (after == NULL || deepest + 4 > CODEC_MAX_DEPTH)  /* record, flows, entry, commands */
       luaL_error(L, "procman.engine: commands nested too deep for the record");
@@ -593,7 +637,7 @@ static void put_commands(lua_State *L, Target *t) {
 }
 
 /* A committed target's entry in the record's flows (keys in codec order). */
-static void put_entry(lua_State *L, Target *t) {
+static void put_entry(lua_State *L, Step *s, Target *t) {
   lua_Integer version;
   int pinned;
   lua_rawgeti(L, t->route, R_VERSION);
@@ -602,15 +646,15 @@ static void put_entry(lua_State *L, Target *t) {
   pinned = t->is_new && version != 1;
   put_header(L, 0x80, 0xde, (size_t)(4 + t->done + pinned));
   put_key(L, "commands");
-  put_commands(L, t);
+  put_commands(L, s, t);
   if (t->done)
     put(L, "\xa4" "done" "\xc3", 6);
   put_key(L, "flow");
-  put_value(L, t->id);
+  put_flow(L, t);
   put_key(L, "status");
   put_value(L, t->status);
   put_key(L, "workflow");
-  put_value(L, t->name);
+  put_name(L, t);
   if (pinned) {
     put_key(L, "workflow_version");
     lua_pushinteger(L, version);
@@ -630,7 +674,7 @@ static void encode_record(lua_State *L, Step *s, int committed, lua_Integer seq)
   put_header(L, 0x90, 0xdc, (size_t)committed);
   for (k = 0; k < s->n; k++)
     if (s->t[k].committed)
-      put_entry(L, &s->t[k]);
+      put_entry(L, s, &s->t[k]);
   put_key(L, "seq");
   lua_pushinteger(L, seq);
   put_value(L, lua_gettop(L));
@@ -820,7 +864,7 @@ static int prepare(lua_State *L, Step *s, lua_Integer *seq, int *committed) {
     if (!s->t[k].committed)
       continue;
     ++*committed;
-    if (!encode_envelopes(L, &s->t[k]))
+    if (!encode_envelopes(L, s, &s->t[k]))
       return STEP_NOT_MINE;
   }
   if (*committed == 0)
@@ -1025,6 +1069,11 @@ static void make_routes(lua_State *L, int parts) {
     route_table(L, parts, "parked_of", name, R_PARKED);
     route_table(L, parts, "older", name, R_OLDER);
     route_table(L, parts, "timers", name, R_TIMERS);
+    buffer_new(L, 64);
+    codec_encode(L, name, lua_gettop(L), "name");  /* a string: data */
+    lua_pushlstring(L, buffer_at(L, -1)->data, buffer_at(L, -1)->len);
+    lua_rawseti(L, route, R_NAME_BYTES);
+    lua_pop(L, 1);
     lua_rawseti(L, specs + 1, i);
     lua_settop(L, specs + 1);
   }
