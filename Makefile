@@ -9,7 +9,8 @@ CFLAGS     ?= -O2 -g
 CSTD       := -std=c99
 SANFLAGS   := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
 
-CORE_SRC   := csrc/budget.c csrc/buffer.c csrc/codec.c csrc/crc32c.c csrc/engine.c csrc/journal.c \
+CORE_SRC   := csrc/budget.c csrc/buffer.c csrc/canonical.c csrc/codec.c csrc/crc32c.c csrc/engine.c \
+              csrc/fold_scan.c csrc/journal.c \
               csrc/journal_lua.c csrc/lock_holder.c csrc/pattern.c csrc/pattern_lua.c \
               csrc/pm.c csrc/procman.c
 # procman.terminal: the command's terminal helpers, apart from the core.
@@ -109,7 +110,7 @@ $(BUILD)/test/%: csrc/test/%.c $(CORE_SRC) $(TERMINAL_SRC) $(FAULTS_SRC) $(CORE_
 
 # The fuzz harnesses (fuzz/) run over their seed corpus and the crashers
 # kept in fuzz/regressions/, with the normal compiler: no libFuzzer needed.
-FUZZERS    := decode journal handle pattern
+FUZZERS    := decode journal handle pattern recovery
 REGRESS    := $(patsubst %,$(BUILD)/fuzz/regress_%,$(FUZZERS))
 
 # The journal harness reads with small windows, so that records straddle them.

@@ -60,6 +60,15 @@ local function counted(state, name, flow_id, workflow_version, version, status, 
   return g
 end
 
+--- restore_counted(state, name, flow_id, workflow_version, version, status,
+-- ids, offsets): a counted flow as recovery's scan in C (procman.fold_scan)
+-- left it: the same flow the records would have counted.
+function M.restore_counted(state, name, flow_id, workflow_version, version, status, ids, offsets)
+  local g = counted(state, name, flow_id, workflow_version, version, status, ids)
+  if g.offsets then g.offsets = offsets end
+  state.live[name][flow_id] = g
+end
+
 local function event_ids(flow)
   if getmetatable(flow) == Counted then return flow.ids end
   return core.event_ids(flow)

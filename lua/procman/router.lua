@@ -45,6 +45,7 @@ local metrics = require "procman.metrics"
 local patches = require "procman.patches"
 local replay_plan = require "procman.replay_plan"
 local fold = require "procman.fold"
+local fold_scan = require "procman.fold_scan"
 local describe = require "procman.describe"
 
 local encode, decode, copy, monotonic = core.encode, core.decode, core.copy, core.monotonic
@@ -643,7 +644,8 @@ local function check_code(self)
   end
 end
 
--- Recovery reads the journal once into the state with procman.fold,
+-- Recovery reads the journal once into the state with procman.fold (the
+-- common records in C from their bytes, procman.fold_scan, the rest in Lua),
 -- counting flows (their journaled commands, statuses and completions are
 -- the ones that count: no handler runs, no event is encoded again), then
 -- replays only the records of the flows still live at the end through
@@ -651,13 +653,17 @@ end
 local function recover(self, j)
   self.offsets = true  -- counted flows note the records they replay from
   self.outbox:defer()  -- envelopes acked further on are never encoded
-  for offset, kind, payload in j:records() do
-    if not fold.knows(kind) then
-      error(string.format("procman.router: %s: unknown record type %d at byte %d",
-                          self.journal_path, kind, offset), 0)
+  local scanned, rest = fold_scan.run(self, j)  -- the common records, in C
+  self.recovered = scanned
+  if rest ~= false then
+    for offset, kind, payload in j:records(rest) do
+      if not fold.knows(kind) then
+        error(string.format("procman.router: %s: unknown record type %d at byte %d",
+                            self.journal_path, kind, offset), 0)
+      end
+      fold.record(self, kind, decode(payload), offset, payload)
+      self.recovered = self.recovered + 1
     end
-    fold.record(self, kind, decode(payload), offset, payload)
-    self.recovered = self.recovered + 1
   end
   self.offsets = nil
   self.outbox:undefer()
