@@ -967,9 +967,17 @@ function Router:drop_dead_letter(id)
   return true
 end
 
---- r:pending() -> the envelopes not yet acked, in emission order (copies).
+--- r:pending() -> the envelopes not yet acked, in emission order (copies),
+-- or nil, message if the journal cannot write what it holds in its buffer:
+-- a command leaves the router only once the record that made it is in the
+-- file, so that no crash of the process can forget a command that was sent
+-- (docs/durable.md).
 function Router:pending()
   check_open(self)
+  if self.journal then
+    local written, err = self.journal:write()
+    if not written then return nil, "procman.router: " .. err end
+  end
   return self.outbox:list()
 end
 
@@ -992,8 +1000,9 @@ function Router:dispatch(fn)
   check_open(self)
   check_not_in_handler("dispatch")
   if type(fn) ~= "function" then fail("dispatch needs a function(command, envelope)") end
-  local count = 0
-  for _, envelope in ipairs(self:pending()) do
+  local count, pending, refused = 0, self:pending()
+  if not pending then return 0, refused end
+  for _, envelope in ipairs(pending) do
     local ok, err = pcall(fn, envelope.command, envelope)
     if not ok then return count, err end
     local acked, why = self:ack(envelope.id)
