@@ -922,7 +922,9 @@ end
 -- when the letter was made.
 function Router:dead_letters()
   check_open(self)
-  return copy(self.dead.list)
+  local list = {}  -- each letter copied alone: the list's own level must not count
+  for i, letter in ipairs(self.dead.list) do list[i] = copy(letter) end  -- toward the codec's depth
+  return list
 end
 
 local function check_letter(self, id)
