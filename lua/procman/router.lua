@@ -928,7 +928,9 @@ end
 -- when the letter was made.
 function Router:dead_letters()
   check_open(self)
-  return copy(self.dead.list)
+  local list = {}  -- each letter copied alone: the list's own level must not count
+  for i, letter in ipairs(self.dead.list) do list[i] = copy(letter) end  -- toward the codec's depth
+  return list
 end
 
 local function check_letter(self, id)
@@ -973,9 +975,17 @@ function Router:drop_dead_letter(id)
   return true
 end
 
---- r:pending() -> the envelopes not yet acked, in emission order (copies).
+--- r:pending() -> the envelopes not yet acked, in emission order (copies),
+-- or nil, message if the journal cannot write what it holds in its buffer:
+-- a command leaves the router only once the record that made it is in the
+-- file, so that no crash of the process can forget a command that was sent
+-- (docs/durable.md).
 function Router:pending()
   check_open(self)
+  if self.journal then
+    local written, err = self.journal:write()
+    if not written then return nil, "procman.router: " .. err end
+  end
   return self.outbox:list()
 end
 
@@ -1008,6 +1018,10 @@ function Router:dispatch(fn)
   check_not_in_handler("dispatch")
   if type(fn) ~= "function" then fail("dispatch needs a function(command, envelope)") end
   local count = 0
+  if self.journal then  -- no command leaves before the record that made it is written
+    local written, err = self.journal:write()
+    if not written then return 0, "procman.router: " .. err end
+  end
   for _, id in ipairs(self.outbox:pending_ids()) do
     local envelope = self.outbox:get(id)
     if envelope then
