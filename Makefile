@@ -157,10 +157,11 @@ valgrind: deps all $(FAULTS_SO) $(patsubst csrc/test/%.c,$(BUILD)/test/%,$(TEST_
 	  valgrind --quiet --error-exitcode=1 --leak-check=full --errors-for-leak-kinds=all \
 	    $(BUILD)/fuzz/regress_$$f fuzz/corpus/$$f $$(ls -d fuzz/regressions/$$f 2>/dev/null) || exit 1; done
 
-# The crash soak, long (make test runs 15 rounds): SOAK_ROUNDS kills.
+# The crash soak, long (make test runs a few rounds): SOAK_ROUNDS kills at
+# each sync level (the buffered ones lose what is not yet written).
 SOAK_ROUNDS ?= 300
 soak: deps all
-	$(LUA) tools/soak.lua --rounds $(SOAK_ROUNDS)
+	@for sync in always batch none; do $(LUA) tools/soak.lua --rounds $(SOAK_ROUNDS) --sync $$sync || exit 1; done
 
 # libFuzzer (clang), each harness for FUZZ_SECONDS under ASan and UBSan. New
 # inputs go to build/fuzz/corpus-<name>; a crasher stops the run, saved as

@@ -8,7 +8,8 @@
 **   info = { records = n, bytes = size, dropped = torn tail bytes cut,
 **            damaged_at = offset or nil (with repair) }
 **   j:append(type, payload) -> offset of the record | nil, message, errno
-**   j:sync() -> true | nil, message, errno
+**   j:write() -> true | nil, message, errno   (the buffer to the file)
+**   j:sync() -> true | nil, message, errno    (the buffer, then fdatasync)
 **   j:syncs() -> fdatasyncs done, seconds they took in all, the last one's
 **   for offset, type, payload in j:records() do ... end
 **   j:size(), j:close(), <close>, tostring(j)
@@ -89,6 +90,14 @@ static void push_info(lua_State *L, const JournalScan *scan, size_t size) {
   }
 }
 
+/* The write buffer ("batch", "none") takes the state's memory, as the
+** rest of the core does (so the OOM harness fails its growth too). */
+static void use_state_memory(lua_State *L, LJournal *lj) {
+  void *ud;
+  lua_Alloc alloc = lua_getallocf(L, &ud);
+  journal_set_alloc(&lj->j, alloc, ud);
+}
+
 /* core.journal_create(path [, opts]) -> a new journal (path must not exist). */
 int journal_lua_create(lua_State *L) {
   const char *path = luaL_checkstring(L, 1);
@@ -107,6 +116,7 @@ int journal_lua_create(lua_State *L) {
   e = journal_create(&lj->j, path, sync, &why);
   if (e != 0)
     return io_failure(L, path, why, e);
+  use_state_memory(L, lj);
   lj->open = 1;
   return 1;
 }
@@ -194,6 +204,7 @@ int journal_lua_open(lua_State *L) {
   }
   if (e != 0)
     return io_failure(L, path, why, e);
+  use_state_memory(L, lj);
   lj->open = 1;
   push_info(L, &scan, lj->j.size);
   return 2;
@@ -229,14 +240,23 @@ int journal_lua_append_at(lua_State *L, int idx, int type, const void *p, size_t
   return 0;
 }
 
-static int j_sync(lua_State *L) {
+/* j:write() and j:sync(): true, or nil, message, errno. */
+static int j_flush(lua_State *L, int (*flush)(Journal *, const char **)) {
   LJournal *lj = check_open(L);
   const char *why = NULL;
-  int e = journal_sync(&lj->j, &why);
+  int e = flush(&lj->j, &why);
   if (e != 0)
     return io_failure(L, NULL, why, e);
   lua_pushboolean(L, 1);
   return 1;
+}
+
+static int j_write(lua_State *L) {
+  return j_flush(L, journal_write);
+}
+
+static int j_sync(lua_State *L) {
+  return j_flush(L, journal_sync);
 }
 
 static int j_syncs(lua_State *L) {
@@ -528,6 +548,7 @@ int journal_lua_scan(lua_State *L) {
 
 static const luaL_Reg journal_methods[] = {
   { "append", j_append },
+  { "write", j_write },
   { "sync", j_sync },
   { "size", j_size },
   { "syncs", j_syncs },

@@ -388,6 +388,11 @@ end
 -- as records (compaction): folded into an empty state they give it back.
 -- A payload is a table to encode, or bytes already encoded (the outbox's).
 function M.state_records(state)
+  -- The counters come first, always: they must never go back (sequence
+  -- numbers, dead letter ids never given twice). For a router that holds nothing
+  -- they are the start values, so compacting one grows the 16-byte journal
+  -- to 49 bytes: that is right (one shape for every compacted journal, no
+  -- special case), and compacting it again gives the same 49 bytes.
   local out = { { records.SEQ, { seq = state.seq, next_dead_letter = state.dead.next_id } } }
   local names = names_of(state)
   for _, name in ipairs(names) do
