@@ -163,6 +163,12 @@ static void raw_set(Scan *sc, Raw *r, const unsigned char *p, size_t n) {
     memcpy(r->p, p, n);
 }
 
+/* The bytes of a value read from the record being folded, or none. */
+static void raw_span(Scan *sc, Raw *raw, const unsigned char *s, size_t at, size_t end) {
+  if (end > at) raw_set(sc, raw, s + at, end - at);
+  else raw_free(sc, raw);
+}
+
 static void ids_free(Scan *sc, Ids *ids) {
   size_t i;
   for (i = 0; i < ids->n; i++)
@@ -381,6 +387,14 @@ typedef struct Rec {
   const uint32_t *ends;
 } Rec;
 
+/* A key that fields() looks for, with its length. */
+typedef struct FieldName {
+  const char *s;
+  size_t n;
+} FieldName;
+
+#define K(name) { name, sizeof(name) - 1 }
+
 typedef struct Span {
   size_t at, end;  /* at == end: absent */
 } Span;
@@ -510,35 +524,30 @@ static int list_at(const unsigned char *s, size_t *pos, size_t *n) {
 }
 
 /*
-** The values of the string keys 'keys' (NULL-terminated, at most 15) of
+** The values of the string keys 'keys' (ending with { NULL, 0 }) of
 ** the map at s[pos]: spans[k] for keys[k] (absent: at == end).  0 if it
 ** is not a map.
 */
-static int fields(const Rec *r, size_t pos, const char *const *keys,
-                  Span *spans) {
+static int fields(const Rec *r, size_t pos, const FieldName *keys, Span *spans) {
   const unsigned char *s = r->s;
-  size_t n, i, k, lens[16];
-  for (k = 0; keys[k] != NULL; k++) {
-    spans[k].at = spans[k].end = 0;
-    lens[k] = strlen(keys[k]);
-  }
+  size_t n, i, k;
+  for (k = 0; keys[k].s != NULL; k++) spans[k].at = spans[k].end = 0;
   if (!map_at(s, &pos, &n)) return 0;
   for (i = 0; i < n; i++) {
     const unsigned char *p;
     size_t klen, vat;
     int is_str = string_at(r, pos, &p, &klen);
     vat = skip(r, pos);
-    if (is_str) {
-      for (k = 0; keys[k] != NULL; k++) {
-        if (lens[k] == klen && klen > 0 && (unsigned char)keys[k][0] == p[0] &&
-            memcmp(keys[k], p, klen) == 0) {
-          spans[k].at = vat;
-          break;
-        }
+    pos = skip(r, vat);
+    if (!is_str || klen == 0) continue;
+    for (k = 0; keys[k].s != NULL; k++) {
+      if (keys[k].n == klen && (unsigned char)keys[k].s[0] == p[0] &&
+          memcmp(keys[k].s, p, klen) == 0) {
+        spans[k].at = vat;
+        spans[k].end = pos;
+        break;
       }
     }
-    pos = skip(r, vat);
-    if (is_str && keys[k] != NULL) spans[k].end = pos;
   }
   return 1;
 }
@@ -593,8 +602,9 @@ typedef struct Entry {
 } Entry;
 
 enum { F_WORKFLOW, F_FLOW, F_COMMANDS, F_STATUS, F_DONE, F_WVERSION, F_PARKED, F_HELD, F_RESUMED };
-static const char *const entry_keys[] = { "workflow", "flow", "commands", "status", "done",
-                                          "workflow_version", "parked", "held", "resumed", NULL };
+static const FieldName entry_keys[] = { K("workflow"), K("flow"), K("commands"), K("status"),
+                                        K("done"), K("workflow_version"), K("parked"), K("held"),
+                                        K("resumed"), { NULL, 0 } };
 
 /* A flow id as tostring gives it (the command ids' prefix). */
 static void id_text(const Entry *e, const unsigned char **p, size_t *n) {
@@ -606,7 +616,7 @@ static void id_text(const Entry *e, const unsigned char **p, size_t *n) {
 ** table?  Notes their count and where the first one starts. */
 static int plain_commands(const Rec *r, Entry *e) {
   const unsigned char *s = r->s;
-  static const char *const ct[] = { "command_type", NULL };
+  static const FieldName ct[] = { K("command_type"), { NULL, 0 } };
   size_t pos = e->commands.at, i;
   if (!list_at(s, &pos, &e->ncommands)) return 0;
   e->first_command = pos;
@@ -715,24 +725,28 @@ static void put(Scan *sc, size_t *n, const void *p, size_t k) {
   *n += k;
 }
 
-/* A str or bin of p[n], as the encoder writes it. */
-static void put_string(Scan *sc, size_t *at, const unsigned char *p, size_t n) {
+/* A str (fix 0xa0, tags 0xd9..0xdb) or bin (no fix form, 0xc4..0xc6)
+** length header, as the encoder writes it: the shortest form. */
+static void put_length(Scan *sc, size_t *at, size_t n, unsigned fix, unsigned tag8) {
   unsigned char h[5];
-  size_t hn;
-  if (codec_utf8_valid(p, n)) {
-    if (n <= 31) { h[0] = (unsigned char)(0xa0 | n); hn = 1; }
-    else if (n <= 0xff) { h[0] = 0xd9; h[1] = (unsigned char)n; hn = 2; }
-    else if (n <= 0xffff) { h[0] = 0xda; h[1] = (unsigned char)(n >> 8); h[2] = (unsigned char)n; hn = 3; }
-    else { h[0] = 0xdb; h[1] = (unsigned char)(n >> 24); h[2] = (unsigned char)(n >> 16);
-           h[3] = (unsigned char)(n >> 8); h[4] = (unsigned char)n; hn = 5; }
+  size_t hn, i;
+  if (fix != 0 && n <= 31) {
+    h[0] = (unsigned char)(fix | n);
+    hn = 1;
   }
   else {
-    if (n <= 0xff) { h[0] = 0xc4; h[1] = (unsigned char)n; hn = 2; }
-    else if (n <= 0xffff) { h[0] = 0xc5; h[1] = (unsigned char)(n >> 8); h[2] = (unsigned char)n; hn = 3; }
-    else { h[0] = 0xc6; h[1] = (unsigned char)(n >> 24); h[2] = (unsigned char)(n >> 16);
-           h[3] = (unsigned char)(n >> 8); h[4] = (unsigned char)n; hn = 5; }
+    size_t width = n <= 0xff ? 1 : n <= 0xffff ? 2 : 4;
+    h[0] = (unsigned char)(tag8 + (width == 1 ? 0 : width == 2 ? 1 : 2));
+    for (i = 0; i < width; i++) h[1 + i] = (unsigned char)(n >> (8 * (width - 1 - i)));
+    hn = 1 + width;
   }
   put(sc, at, h, hn);
+}
+
+/* A str or bin of p[n], as the encoder writes it. */
+static void put_string(Scan *sc, size_t *at, const unsigned char *p, size_t n) {
+  if (codec_utf8_valid(p, n)) put_length(sc, at, n, 0xa0, 0xd9);
+  else put_length(sc, at, n, 0, 0xc4);
   put(sc, at, p, n);
 }
 
@@ -781,7 +795,7 @@ static void complete(Scan *sc, Flow *f) {
 ** none: *has = 0), or 0 when the Lua fold must take it. */
 static int event_id_of(const Rec *r, const Span *sp, Id *id, int *has) {
   const unsigned char *s = r->s;
-  static const char *const keys[] = { "event_id", NULL };
+  static const FieldName keys[] = { K("event_id"), { NULL, 0 } };
   Span v;
   size_t pos = sp->at, n;
   *has = 0;
@@ -801,21 +815,21 @@ static void settle_entry(Scan *sc, const Rec *r, size_t offset, Entry *e,
   f = flow_get(sc, e->wf, &e->id);
   if (!f->live) {  /* a counted flow starts */
     flow_free_live(sc, f);
-    if (present(&e->wversion)) raw_set(sc, &f->wversion, s + e->wversion.at, e->wversion.end - e->wversion.at);
+    raw_span(sc, &f->wversion, s, e->wversion.at, e->wversion.end);
     f->live = 1;
   }
   f->offsets.v = (size_t *)grow(sc, f->offsets.v, &f->offsets.cap, f->offsets.n, sizeof(size_t));
   f->offsets.v[f->offsets.n++] = offset;
   f->applied++;
-  if (present(&e->status)) raw_set(sc, &f->status, s + e->status.at, e->status.end - e->status.at);
-  else raw_free(sc, &f->status);
+  raw_span(sc, &f->status, s, e->status.at, e->status.end);
   if (has_id) ids_add(sc, &f->ids, event_id);
   if (e->ncommands > 0) emit(sc, r, e);
   if (e->done) complete(sc, f);
 }
 
 enum { R_SEQ, R_EVENT, R_FLOWS, R_FIRED, R_LATE, R_DEAD };
-static const char *const event_keys[] = { "seq", "event", "flows", "fired", "late", "dead_letter", NULL };
+static const FieldName event_keys[] = { K("seq"), K("event"), K("flows"), K("fired"), K("late"),
+                                        K("dead_letter"), { NULL, 0 } };
 
 static int fold_event(Scan *sc, const Rec *r, size_t offset) {
   const unsigned char *s = r->s;
@@ -838,8 +852,7 @@ static int fold_event(Scan *sc, const Rec *r, size_t offset) {
   if (!command_ids(sc, entries, n)) return 0;
   /* taken: from here on only memory can fail (and the recovery with it) */
   for (i = 0; i < n; i++) settle_entry(sc, r, offset, &entries[i], &event_id, has_id);
-  if (present(&rf[R_SEQ])) raw_set(sc, &sc->seq, s + rf[R_SEQ].at, rf[R_SEQ].end - rf[R_SEQ].at);
-  else raw_free(sc, &sc->seq);
+  raw_span(sc, &sc->seq, s, rf[R_SEQ].at, rf[R_SEQ].end);
   sc->seq_set = 1;
   return 1;
 }
@@ -847,8 +860,8 @@ static int fold_event(Scan *sc, const Rec *r, size_t offset) {
 /* ---- the other records --------------------------------------------------- */
 
 enum { S_WORKFLOW, S_FLOW, S_VERSION, S_STATUS, S_SEEN, S_WVERSION };
-static const char *const flow_keys[] = { "workflow", "flow", "version", "status", "seen",
-                                         "workflow_version", NULL };
+static const FieldName flow_keys[] = { K("workflow"), K("flow"), K("version"), K("status"), K("seen"),
+                                       K("workflow_version"), { NULL, 0 } };
 
 /* Type 3: a counted flow from a snapshot (the state is for the replay). */
 static int fold_flow(Scan *sc, const Rec *r, size_t offset) {
@@ -873,9 +886,8 @@ static int fold_flow(Scan *sc, const Rec *r, size_t offset) {
   flow_free_live(sc, flow);
   flow->live = 1;
   flow->applied = version;
-  if (present(&f[S_STATUS])) raw_set(sc, &flow->status, s + f[S_STATUS].at, f[S_STATUS].end - f[S_STATUS].at);
-  if (present(&f[S_WVERSION]))
-    raw_set(sc, &flow->wversion, s + f[S_WVERSION].at, f[S_WVERSION].end - f[S_WVERSION].at);
+  raw_span(sc, &flow->status, s, f[S_STATUS].at, f[S_STATUS].end);
+  raw_span(sc, &flow->wversion, s, f[S_WVERSION].at, f[S_WVERSION].end);
   if (n > 0) {
     pos = f[S_SEEN].at;
     list_at(s, &pos, &n);
@@ -900,8 +912,7 @@ static int fold_completed(Scan *sc, const Rec *r) {
   wf = workflow_at(sc, r, &f[S_WORKFLOW]);
   if (wf == (size_t)-1 || !present(&f[S_FLOW]) || !id_at(r, f[S_FLOW].at, &id)) return 0;
   flow = flow_get(sc, wf, &id);
-  if (present(&f[S_STATUS])) raw_set(sc, &flow->fstatus, s + f[S_STATUS].at, f[S_STATUS].end - f[S_STATUS].at);
-  else raw_free(sc, &flow->fstatus);
+  raw_span(sc, &flow->fstatus, s, f[S_STATUS].at, f[S_STATUS].end);
   ids_free(sc, &flow->seen);
   flow->finished = 1;
   sc->names[wf].remembered++;
@@ -918,7 +929,7 @@ static int is_array(unsigned char tag) {
 static int fold_by_id(Scan *sc, const Rec *r, int type) {
   const unsigned char *s = r->s;
   size_t len = r->len;
-  static const char *const keys[] = { "id", NULL };
+  static const FieldName keys[] = { K("id"), { NULL, 0 } };
   Span f;
   const unsigned char *p;
   size_t n;
@@ -938,7 +949,7 @@ static int fold_by_id(Scan *sc, const Rec *r, int type) {
 /* Type 6: the sequence counter and the next dead letter id. */
 static int fold_seq(Scan *sc, const Rec *r) {
   const unsigned char *s = r->s;
-  static const char *const keys[] = { "seq", "next_dead_letter", NULL };
+  static const FieldName keys[] = { K("seq"), K("next_dead_letter"), { NULL, 0 } };
   Span f[2];
   int64_t next = 0;
   if (!fields(r, 0, keys, f)) return 0;
@@ -947,8 +958,7 @@ static int fold_seq(Scan *sc, const Rec *r) {
     sc->skips = (int64_t *)grow(sc, sc->skips, &sc->skips_cap, sc->nskips, sizeof(int64_t));
     sc->skips[sc->nskips++] = next;
   }
-  if (present(&f[0])) raw_set(sc, &sc->seq, s + f[0].at, f[0].end - f[0].at);
-  else raw_free(sc, &sc->seq);
+  raw_span(sc, &sc->seq, s, f[0].at, f[0].end);
   sc->seq_set = 1;
   return 1;
 }
@@ -963,7 +973,8 @@ static int fold_record(Scan *sc, int type, const unsigned char *s, size_t len, s
   if (len <= INDEXED_MAX) {  /* the check notes where each value ends */
     if (len > sc->ends_cap) {
       size_t cap = len < 4096 ? 4096 : len;
-      sc->ends = (uint32_t *)mem(sc, sc->ends, sc->ends_cap * sizeof(uint32_t), cap * sizeof(uint32_t));
+      sc->ends = (uint32_t *)mem(sc, sc->ends, sc->ends_cap * sizeof(uint32_t),
+                                 cap * sizeof(uint32_t));
       sc->ends_cap = cap;
     }
     rec.ends = sc->ends;

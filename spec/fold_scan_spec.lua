@@ -40,11 +40,13 @@ local function processed(id, file, n)
 end
 
 -- Flows that complete, flows left live, acks, integer and string ids
--- a non-UTF-8 id, an event without event_id, both workflows.
+-- non-UTF-8 and long ids, an event without event_id, both workflows.
 local function common(r)
   for i = 1, 6 do r:handle(created(i, 1)) end
   r:handle(created(7, 1))
   r:handle(created("\xff\xfe", 1))
+  r:handle(created(string.rep("long", 10), 1))      -- command ids over 31 bytes
+  r:handle(created(string.rep("\xfe", 300), 1))    -- over 255 bytes, not UTF-8
   for i = 1, 4 do
     r:handle(processed(i, "a", 2))
     r:handle(processed(i, "b", 3))
