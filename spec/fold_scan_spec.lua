@@ -65,14 +65,16 @@ end
 local function internals(r)
   local flows = {}
   for pm in r:flows() do
-    flows[#flows + 1] = { tostring(pm), pm:version(), pm:status(), pm:state(), core.event_ids(pm) }
+    flows[#flows + 1] = { tostring(pm) .. " " .. type(pm:id()), pm:version(), pm:status(), pm:state(),
+                          core.event_ids(pm) }
   end
-  table.sort(flows, function(x, y) return x[1] < y[1] end)
+  table.sort(flows, function(x, y) return x[1] < y[1] end)  -- 7 and "7" apart
   local finished = {}
   for name, by_id in pairs(r.finished) do
     for id, final in pairs(by_id) do finished[#finished + 1] = { name, id, final.status, final.seen } end
   end
-  table.sort(finished, function(x, y) return x[1] .. tostring(x[2]) < y[1] .. tostring(y[2]) end)
+  local function key(x) return x[1] .. "/" .. type(x[2]) .. "/" .. tostring(x[2]) end
+  table.sort(finished, function(x, y) return key(x) < key(y) end)
   return { flows = flows, finished = finished, finished_count = r.finished_count,
            finished_of = r.finished_of, outbox = r.outbox:encoded(), pending = r:pending(),
            seq = r.seq, next_dead_letter = r.dead.next_id, dead = r:dead_letters(), parked = r:parked(),
