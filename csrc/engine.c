@@ -844,14 +844,18 @@ static void settle(lua_State *L, Step *s) {
 ** step(event)
 ** =================================================================== */
 
-/* Is the router in a state the engine covers (no hooks: they report
-** each stage)? */
+/* Is the router in a state the engine covers: open, without hooks (they
+** report each stage)?  And is the event's type a non-empty string?  Else
+** r:handle's own checks say what is wrong. */
 static int covered(lua_State *L) {
-  int hooks;
+  int open;
+  if (lua_type(L, P_TYPE) != LUA_TSTRING || lua_rawlen(L, P_TYPE) == 0)
+    return 0;
   uv(L, P_ENGINE, UV_ROUTER);
-  hooks = lua_getfield(L, -1, "hooks") != LUA_TNIL;
-  lua_pop(L, 2);
-  return !hooks;
+  open = lua_getfield(L, -1, "hooks") == LUA_TNIL && lua_getfield(L, -2, "closed") == LUA_TBOOLEAN &&
+         !lua_toboolean(L, -1);
+  lua_settop(L, P_FIRST - 1);
+  return open;
 }
 
 /* Run, encode, log: STEP_* (the message of a failed log pushed). */
@@ -944,14 +948,24 @@ static void clear_targets(lua_State *L, int engine, Step *s) {
   lua_pop(L, 1);
 }
 
+/* Is a handler (of any router) running?  Then r:handle refuses the event;
+** the step must not even clear the context the handler runs in. */
+static int in_handler(lua_State *L) {
+  int running;
+  lua_getiuservalue(L, 1, UV_PATCHES);
+  lua_getfield(L, -1, "context");
+  running = lua_toboolean(L, -1);
+  lua_pop(L, 2);
+  return running;
+}
+
 /* engine:step(event) -> see the top of this file. */
 static int engine_step(lua_State *L) {
   Engine *e = (Engine *)luaL_checkudata(L, 1, ENGINE_TYPENAME);
   Step s;
   int status;
-  luaL_checktype(L, 2, LUA_TTABLE);
-  if (e->busy) {  /* a handler's code reached its own router */
-    lua_pushboolean(L, 0);
+  if (lua_type(L, 2) != LUA_TTABLE || e->busy || in_handler(L)) {
+    lua_pushboolean(L, 0);  /* r:handle says what is wrong */
     return 1;
   }
   lua_settop(L, 2);

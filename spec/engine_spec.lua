@@ -149,6 +149,18 @@ describe("procman.engine", function()
     assert.equal(1, r:flow("beta", 7):version())
   end)
 
+  it("leaves r:handle's refusals to it: a closed router, an event that is not one", function()
+    local r = assert(open(temp()))
+    for _, event in ipairs { 7, { a = "a1" }, { event_type = "", a = "a1" }, { event_type = 5, a = "a1" } } do
+      assert.is_false(r.engine:step(event))
+    end
+    assert.matches("event must be a table", select(2, pcall(r.handle, r, 7)))
+    assert.matches("event_type must be a non%-empty string", select(2, pcall(r.handle, r, { event_type = "" })))
+    r:close()
+    assert.is_false(r.engine:step(EVENTS[1]))
+    assert.matches("this router is closed", select(2, pcall(r.handle, r, EVENTS[1])))
+  end)
+
   it("completes flows as the Lua path does: status, remembered ids, counts, timers dropped", function()
     local re, rl = assert(open(temp())), assert(open(temp()))
     local count = counting(re)

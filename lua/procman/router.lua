@@ -753,14 +753,9 @@ end
 -- cannot take the record, nothing changes. A failure of the journal
 -- returns nil, message.
 function Router:handle(event)
-  check_open(self)
-  -- From a handler (of any router): its flow's undo replays it and the
-  -- engine's Lua fallback reruns it, so the inner event would be handled
-  -- again, and the outer event's failure would not take it back.
-  check_not_in_handler("handle")
-  local event_type = check_event(event)
   local engine = self.engine
   if engine then  -- the common step, in C (csrc/engine.c); false: not one it takes
+    -- (nor one that fails the checks below: it makes them itself)
     local out, err, journaled = engine:step(event)
     if out then return out end
     if out == nil then
@@ -768,6 +763,12 @@ function Router:handle(event)
       return nil, err
     end
   end
+  check_open(self)
+  -- From a handler (of any router): its flow's undo replays it and the
+  -- engine's Lua fallback reruns it, so the inner event would be handled
+  -- again, and the outer event's failure would not take it back.
+  check_not_in_handler("handle")
+  local event_type = check_event(event)
   local ok, targets, missed = pcall(targets_of, self, event, event_type)
   if not ok then return unroutable(self, event, targets) end
   if #targets == 0 then return reached_none(self, event, event_type, missed) end
