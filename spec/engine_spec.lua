@@ -191,6 +191,24 @@ describe("procman.engine", function()
     assert.same(routers.snapshot(rl), routers.snapshot(re))
   end)
 
+  it("journals acks as the Lua path does, byte for byte", function()
+    for _, id in ipairs { "alpha/a1/1/1", "z\0\255", string.rep("x", 300), "ü" } do
+      assert.equal(core.encode({ id = id }), open(temp()).engine:ack_record(id))
+    end
+    local pe, pl = temp(), temp()
+    local re, rl = assert(open(pe)), assert(open(pl))
+    rl.engine = false
+    for i = 1, 4 do
+      re:handle(EVENTS[i])
+      rl:handle(EVENTS[i])
+    end
+    assert.equal(3, re:dispatch(function() end))
+    assert.equal(3, rl:dispatch(function() end))
+    re:close()
+    rl:close()
+    assert.equal(files.bytes(pl), files.bytes(pe))
+  end)
+
   it("routes in memory as with a journal", function()
     local r = procman.router { workflows = { alpha, beta } }
     local count = counting(r)

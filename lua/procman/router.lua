@@ -974,9 +974,18 @@ function Router:pending()
   return self.outbox:list()
 end
 
+-- The journal record of an ack (the engine writes the codec's bytes for
+-- it directly). A router in memory journals nothing: no bytes.
+local function ack_record(self, id)
+  if not self.journal then return nil end
+  local engine = self.engine
+  if engine then return engine:ack_record(id) end
+  return encode({ id = id })
+end
+
 -- Ack a pending command (journaled): true, or nil, message.
 local function ack(self, id)
-  local ok, err = append(self, RECORD_ACK, self.journal and encode({ id = id }))  -- memory: no bytes
+  local ok, err = append(self, RECORD_ACK, ack_record(self, id))
   if not ok then return nil, err end
   local box = self.outbox
   after_journaling(self, pcall(box.forget, box, id))
@@ -1002,14 +1011,14 @@ function Router:dispatch(fn)
   check_open(self)
   check_not_in_handler("dispatch")
   if type(fn) ~= "function" then fail("dispatch needs a function(command, envelope)") end
-  local count = 0
-  for _, id in ipairs(self.outbox:pending_ids()) do
-    local envelope = self.outbox:get(id)
+  local box, count = self.outbox, 0
+  for _, id in ipairs(box:pending_ids()) do
+    local envelope = box:get(id)
     if envelope then
       local ok, err = pcall(fn, envelope.command, envelope)
       if not ok then return count, err end
-      check_open(self)  -- fn may have closed it
-      if self.outbox:has(id) then  -- fn may have acked it itself
+      if self.closed then check_open(self) end  -- fn closed it
+      if box.by_id[id] then  -- (fn may have acked it itself)
         local acked, why = ack(self, id)
         if not acked then return count, why end
       end
