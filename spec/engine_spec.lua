@@ -66,8 +66,8 @@ local EVENTS = {
   { event_type = "open", a = "z\0\255" },                                  -- a zero byte, not UTF-8
 }
 
-local function open(path)
-  return procman.router { workflows = { alpha, beta, by_fn }, journal = path, sync = "none",
+local function open(path, sync)
+  return procman.router { workflows = { alpha, beta, by_fn }, journal = path, sync = sync or "none",
                           on_error = "park", on_late = "dead_letter", clock = function() return 100 end }
 end
 
@@ -135,7 +135,7 @@ describe("procman.engine", function()
   end)
 
   it("returns nil and a message when the journal refuses the record, changing nothing", function()
-    local r = assert(open(temp()))
+    local r = assert(open(temp(), "always"))  -- "none" would only buffer it: no file operation
     r:handle(EVENTS[1])
     local before, bytes = routers.snapshot(r), r:stats().journal_bytes
     core.journal_faults(1, "ENOSPC")

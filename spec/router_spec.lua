@@ -319,6 +319,20 @@ describe("procman.router", function()
       again:close()
     end)
 
+    it("compacts a router that holds nothing into its counters alone, the same bytes each time", function()
+      local r = procman.router { workflows = { batch }, journal = path }
+      assert.equal(16, #file_bytes(path))
+      assert.is_true(r:compact())
+      local once = file_bytes(path)
+      assert.equal(16 + 9 + #procman.encode { seq = 0, next_dead_letter = 1 }, #once)  -- 49
+      assert.is_true(r:compact())
+      assert.equal(once, file_bytes(path))
+      r:close()
+      r = assert(procman.router { workflows = { batch }, journal = path })
+      assert.same({ 0, 0 }, { r:stats().seq, r:stats().live })
+      r:close()
+    end)
+
     it("compaction trims the live flows' histories, which it made redundant", function()
       local r = procman.router { workflows = { batch }, journal = path, sync = "none" }
       r:handle { event_type = "batch_created", batch_id = "b1", files = { "a", "b" } }

@@ -45,6 +45,7 @@ local metrics = require "procman.metrics"
 local patches = require "procman.patches"
 local replay_plan = require "procman.replay_plan"
 local fold = require "procman.fold"
+local fold_scan = require "procman.fold_scan"
 local describe = require "procman.describe"
 
 local encode, decode, copy, monotonic = core.encode, core.decode, core.copy, core.monotonic
@@ -643,7 +644,8 @@ local function check_code(self)
   end
 end
 
--- Recovery reads the journal once into the state with procman.fold,
+-- Recovery reads the journal once into the state with procman.fold (the
+-- common records in C from their bytes, procman.fold_scan, the rest in Lua),
 -- counting flows (their journaled commands, statuses and completions are
 -- the ones that count: no handler runs, no event is encoded again), then
 -- replays only the records of the flows still live at the end through
@@ -651,13 +653,17 @@ end
 local function recover(self, j)
   self.offsets = true  -- counted flows note the records they replay from
   self.outbox:defer()  -- envelopes acked further on are never encoded
-  for offset, kind, payload in j:records() do
-    if not fold.knows(kind) then
-      error(string.format("procman.router: %s: unknown record type %d at byte %d",
-                          self.journal_path, kind, offset), 0)
+  local scanned, rest = fold_scan.run(self, j)  -- the common records, in C
+  self.recovered = scanned
+  if rest ~= false then
+    for offset, kind, payload in j:records(rest) do
+      if not fold.knows(kind) then
+        error(string.format("procman.router: %s: unknown record type %d at byte %d",
+                            self.journal_path, kind, offset), 0)
+      end
+      fold.record(self, kind, decode(payload), offset, payload)
+      self.recovered = self.recovered + 1
     end
-    fold.record(self, kind, decode(payload), offset, payload)
-    self.recovered = self.recovered + 1
   end
   self.offsets = nil
   self.outbox:undefer()
@@ -923,7 +929,9 @@ end
 -- when the letter was made.
 function Router:dead_letters()
   check_open(self)
-  return copy(self.dead.list)
+  local list = {}  -- each letter copied alone: the list's own level must not count
+  for i, letter in ipairs(self.dead.list) do list[i] = copy(letter) end  -- toward the codec's depth
+  return list
 end
 
 local function check_letter(self, id)
@@ -968,9 +976,17 @@ function Router:drop_dead_letter(id)
   return true
 end
 
---- r:pending() -> the envelopes not yet acked, in emission order (copies).
+--- r:pending() -> the envelopes not yet acked, in emission order (copies),
+-- or nil, message if the journal cannot write what it holds in its buffer:
+-- a command leaves the router only once the record that made it is in the
+-- file, so that no crash of the process can forget a command that was sent
+-- (docs/durable.md).
 function Router:pending()
   check_open(self)
+  if self.journal then
+    local written, err = self.journal:write()
+    if not written then return nil, "procman.router: " .. err end
+  end
   return self.outbox:list()
 end
 
@@ -1012,6 +1028,10 @@ function Router:dispatch(fn)
   check_not_in_handler("dispatch")
   if type(fn) ~= "function" then fail("dispatch needs a function(command, envelope)") end
   local box, count = self.outbox, 0
+  if self.journal then  -- no command leaves before the record that made it is written
+    local written, err = self.journal:write()
+    if not written then return 0, "procman.router: " .. err end
+  end
   for _, id in ipairs(box:pending_ids()) do
     local envelope = box:get(id)
     if envelope then
