@@ -1033,11 +1033,16 @@ static void route_table(lua_State *L, int parts, const char *key, int name, int 
   lua_pop(L, 1);
 }
 
-/* Push spec[key] and set it as route field 'field' (at -2); its type. */
-static int route_field(lua_State *L, int spec, const char *key, int field) {
-  int type = lua_getfield(L, spec, key);
+/* Set route field 'field' of the route at the top to spec[key] when it
+** has type 'type', else to false; whether it had. */
+static int route_field(lua_State *L, int spec, const char *key, int field, int type) {
+  int found = lua_getfield(L, spec, key) == type;
+  if (!found) {
+    lua_pop(L, 1);
+    lua_pushboolean(L, 0);
+  }
   lua_rawseti(L, -2, field);
-  return type;
+  return found;
 }
 
 /* The routes (see R_*) of the specs in parts.specs, pushed as an array. */
@@ -1063,20 +1068,12 @@ static void make_routes(lua_State *L, int parts) {
     lua_rawseti(L, route, R_SPEC);
     lua_pushvalue(L, name);
     lua_rawseti(L, route, R_NAME);
-    if (route_field(L, spec, "version", R_VERSION) != LUA_TNUMBER)
+    if (!route_field(L, spec, "version", R_VERSION, LUA_TNUMBER))
       luaL_error(L, "core.engine: specs[%d].version must be an integer", (int)i);
-    if (lua_getfield(L, spec, "correlate") != LUA_TSTRING) {
-      lua_pop(L, 1);
-      lua_pushboolean(L, 0);
-    }
-    lua_rawseti(L, route, R_CORRELATE);
-    if (route_field(L, spec, "on", R_ON) != LUA_TTABLE)
+    route_field(L, spec, "correlate", R_CORRELATE, LUA_TSTRING);  /* false: a function */
+    if (!route_field(L, spec, "on", R_ON, LUA_TTABLE))
       luaL_error(L, "core.engine: specs[%d].on must be a table", (int)i);
-    if (lua_getfield(L, spec, "starts_set") != LUA_TTABLE) {
-      lua_pop(L, 1);
-      lua_pushboolean(L, 0);
-    }
-    lua_rawseti(L, route, R_STARTS);
+    route_field(L, spec, "starts_set", R_STARTS, LUA_TTABLE);
     route_table(L, parts, "types_of", name, R_TYPES);
     route_table(L, parts, "live", name, R_LIVE);
     route_table(L, parts, "finished", name, R_FINISHED);
