@@ -815,11 +815,8 @@ static void complete(lua_State *L, Target *t) {
 /* After the log took the record: flows, outbox, completion (procman.fold's
 ** settle, for this kind of event). */
 static void settle(lua_State *L, Step *s) {
-  int k, outbox;
+  int k, outbox = 0;
   Queue q;
-  uv(L, P_ENGINE, UV_OUTBOX);
-  outbox = lua_gettop(L);
-  open_queue(L, outbox, &q);
   for (k = 0; k < s->n; k++) {
     Target *t = &s->t[k];
     if (!t->committed)
@@ -831,10 +828,19 @@ static void settle(lua_State *L, Step *s) {
       lua_rawset(L, -3);
       lua_pop(L, 1);
     }
+    if (lua_rawlen(L, t->commands) == 0)
+      continue;
+    if (outbox == 0) {  /* most events emit nothing: the outbox is read when one does */
+      uv(L, P_ENGINE, UV_OUTBOX);
+      outbox = lua_gettop(L);
+      open_queue(L, outbox, &q);
+    }
     emit(L, t, &q);
   }
-  close_queue(L, outbox, &q);
-  lua_pop(L, 1);
+  if (outbox != 0) {
+    close_queue(L, outbox, &q);
+    lua_pop(L, 1);
+  }
   for (k = 0; k < s->n; k++)
     if (s->t[k].committed && s->t[k].done)
       complete(L, &s->t[k]);
@@ -948,6 +954,16 @@ static void clear_targets(lua_State *L, int engine, Step *s) {
   lua_pop(L, 1);
 }
 
+/* The engine at index 1: a method's closure has the metatable as its
+** upvalue (one comparison, not luaL_checkudata's lookup by name). */
+static Engine *to_engine(lua_State *L) {
+  int same = lua_getmetatable(L, 1) && lua_rawequal(L, -1, lua_upvalueindex(1));
+  if (!same)
+    luaL_typeerror(L, 1, ENGINE_TYPENAME);
+  lua_pop(L, 1);
+  return (Engine *)lua_touserdata(L, 1);
+}
+
 /* Is a handler (of any router) running?  Then r:handle refuses the event;
 ** the step must not even clear the context the handler runs in. */
 static int in_handler(lua_State *L) {
@@ -961,7 +977,7 @@ static int in_handler(lua_State *L) {
 
 /* engine:step(event) -> see the top of this file. */
 static int engine_step(lua_State *L) {
-  Engine *e = (Engine *)luaL_checkudata(L, 1, ENGINE_TYPENAME);
+  Engine *e = to_engine(L);
   Step s;
   int status;
   if (lua_type(L, 2) != LUA_TTABLE || e->busy || in_handler(L)) {
@@ -1146,7 +1162,7 @@ int engine_new(lua_State *L) {
 ** (without a table to build, or keys to sort, for each command acked).
 */
 static int engine_ack_record(lua_State *L) {
-  Engine *e = (Engine *)luaL_checkudata(L, 1, ENGINE_TYPENAME);
+  Engine *e = to_engine(L);
   Buffer *b;
   luaL_checktype(L, 2, LUA_TSTRING);
   if (e->busy)
@@ -1175,7 +1191,9 @@ static const luaL_Reg engine_methods[] = {
 
 void engine_register(lua_State *L) {
   luaL_newmetatable(L, ENGINE_TYPENAME);
-  luaL_newlib(L, engine_methods);
+  luaL_newlibtable(L, engine_methods);
+  lua_pushvalue(L, -2);
+  luaL_setfuncs(L, engine_methods, 1);  /* each method's upvalue: the metatable */
   lua_setfield(L, -2, "__index");
   lua_pop(L, 1);
 }
