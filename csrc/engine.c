@@ -993,7 +993,8 @@ static int engine_step(lua_State *L) {
   e->busy = 1;
   status = lua_pcall(L, 3, 1, 0);
   e->busy = 0;
-  clear_context(L, 1);
+  if (status != LUA_OK)
+    clear_context(L, 1);  /* a handler raised: the step clears it after each one */
   if (s.journaled) {
     clear_targets(L, 1, &s);
     if (status == LUA_OK)
