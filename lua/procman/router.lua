@@ -196,6 +196,8 @@ end
 local function target_in(self, newest, event, event_type)
   local name = newest.name
   local flow_id = flow_id_of(newest, event)
+  local owns = self.owns  -- a PostgreSQL worker's: a flow of a partition it owns (and loaded), or none
+  if owns and not owns(name, flow_id) then return nil end
   local pm = self.live[name][flow_id]
   local parked = self.parked_of[name][flow_id] ~= nil
   if pm ~= nil or parked then
@@ -759,7 +761,7 @@ function Router:handle(event)
   -- again, and the outer event's failure would not take it back.
   check_not_in_handler("handle")
   local event_type = check_event(event)
-  local engine = self.engine
+  local engine = not self.owns and self.engine  -- (the engine does not ask owns: the Lua path does)
   if engine then  -- the common step, in C (csrc/engine.c); false: not one it takes
     local out, err, journaled = engine:step(event)
     if out then return out end
