@@ -169,6 +169,7 @@ end
 local function other_typed_flow(self, name, flow_id)
   local other = math.type(flow_id) == "integer" and tostring(flow_id) or math.tointeger(tonumber(flow_id))
   if other == nil or tostring(other) ~= tostring(flow_id) then return "" end
+  if self.owns and not self.owns(name, other) then return "" end  -- (a worker's: it fills the flow in)
   local known = self.live[name][other] or self.parked_of[name][other] or self.finished[name][other]
   if known == nil then return "" end
   return string.format(": the event's flow id is %s, but there is a flow %s; ids of different types "
