@@ -365,4 +365,40 @@ describe("procman.pg parity with the embedded router", function()
       assert.is_true(#w_calls > 10)
     end)
   end
+
+  -- Two workers: an event whose flows lie in partitions of different
+  -- workers. Each takes its own flows' part (the router's owns hook);
+  -- what is judged for the event as a whole is judged once.
+  it("two workers: each takes its own flows' part of an event, and one keeps its judgement as a whole", function()
+    local conn = assert(pg.connect(conninfo))
+    finally(function() conn:close() end)
+    h.reset(conn, pg)
+    broken.on = true
+    local opts = { conninfo = conninfo, workflows = { account, audit }, partitions = 3, on_unknown = "dead_letter" }
+    local w1, w2 = pg.worker(opts), pg.worker(opts)
+    finally(function() w1:close() w2:close() end)
+    assert.same({ 2, 1 }, { w1:claim(), w2:claim() })
+    local mine = {}
+    for _, p in ipairs(w2:owned_partitions()) do mine[p] = true end
+    local routes, x = require "procman.pg.routes", 1
+    while mine[routes.partition("account", x, 3)] == mine[routes.partition("audit", x, 3)] do x = x + 1 end
+    for i, e in ipairs { { event_type = "open", acct = x }, { event_type = "add", acct = x, amount = -1 },
+                         { event_type = "add", acct = x, amount = 4 }, { event_type = "noise", acct = x },
+                         { event_type = "add" } } do
+      e.event_id = "two-" .. i
+      assert(pg.append(conn, e))
+    end
+    while w1:step() + w2:step() > 0 do end
+    -- audit/x took the add that account/x refused (the router, with "raise", refuses it for both)
+    assert.same({ 3, { n = 3 } }, { pg.flow(conn, "audit", x).version, pg.flow(conn, "audit", x).state })
+    assert.same({ 2, 4 }, { pg.flow(conn, "account", x).version, pg.flow(conn, "account", x).state.balance })
+    local dead = pg.dead_letters(conn)
+    table.sort(dead, function(a, b) return a.event.event_id < b.event.event_id end)
+    assert.same({ "two-2", "two-4", "two-5" }, { dead[1].event.event_id, dead[2].event.event_id,
+                                                  dead[3].event.event_id })
+    assert.same({ "account", x, string.format("account/%d: handler for 'add' failed: negative amount -1", x) },
+                { dead[1].workflow, dead[1].flow, dead[1].error })
+    assert.equal("procman.router: no workflow handles event type 'noise'", dead[2].error)
+    assert.matches("lacks the field acct", dead[3].error)
+  end)
 end)

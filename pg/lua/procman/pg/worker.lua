@@ -570,19 +570,22 @@ end
 
 -- Numbers of the store's position sequence that no event has: the
 -- sequence numbers of a tick's or a resume's records (procman.pg.unit).
+local NEXT_NUMBER = "SELECT nextval(pg_get_serial_sequence('procman_events', 'position'))"
+
 local function sequence_number(self)
-  return db.exec(self.conn, "SELECT nextval(pg_get_serial_sequence('procman_events', 'position')) AS v")[1].v
+  return db.exec(self.conn, NEXT_NUMBER .. " AS v")[1].v
 end
 
 -- The due timers of the owned partitions, in due order, at most a batch.
 local function due_timers(self, now)
   local list = partitions.list(self)
   if #list == 0 then return {} end
-  local rows = db.exec(self.conn, "SELECT workflow, flow_key, partition, seq, index FROM procman_timers "
-                                  .. "WHERE partition = ANY($1::int[]) AND due <= $2 "
-                                  .. "ORDER BY due, seq, index LIMIT $3",
+  -- (with the tick's sequence number: evaluated once, and only when a timer is due)
+  local rows = db.exec(self.conn, "SELECT workflow, flow_key, partition, seq, index, (" .. NEXT_NUMBER
+                                  .. ") AS v FROM procman_timers WHERE partition = ANY($1::int[]) "
+                                  .. "AND due <= $2 ORDER BY due, seq, index LIMIT $3",
                        "{" .. table.concat(list, ",") .. "}", now, self.batch)
-  local targets = {}
+  local targets = { number = rows[1] and rows[1].v }
   for _, row in ipairs(rows) do
     local spec = self.by_name[row.workflow]
     if spec then
@@ -594,9 +597,9 @@ local function due_timers(self, now)
 end
 
 -- Fire timers in a unit: the router's tick over their flows.
-local function fire(self, u, targets, now)
+local function fire(u, targets, now)
   for _, t in ipairs(targets) do u:ensure(t.spec.name, t.flow) end
-  u:sequence(sequence_number(self))
+  u:sequence(targets.number)
   u:tick(now, #targets)
 end
 
@@ -628,7 +631,7 @@ local function tick(self, now)
   local loaded = {}
   preload(self, targets, loaded)
   local u = new_unit(self, loaded)
-  fire(self, u, targets, now)
+  fire(u, targets, now)
   local ok, err = commit(self, u, nil, loaded)
   if not ok then
     if not isolatable(self, err) then return nil, err end
