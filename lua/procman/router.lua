@@ -979,17 +979,23 @@ function Router:drop_dead_letter(id)
   return true
 end
 
+-- A command leaves the router only once the record that made it is in
+-- the journal file, so that no crash of the process can forget a command
+-- that was sent (docs/durable.md): write the journal's buffer. true, or
+-- nil, message.
+local function before_leaving(self)
+  if not self.journal then return true end
+  local written, err = self.journal:write()
+  if not written then return nil, "procman.router: " .. err end
+  return true
+end
+
 --- r:pending() -> the envelopes not yet acked, in emission order (copies),
--- or nil, message if the journal cannot write what it holds in its buffer:
--- a command leaves the router only once the record that made it is in the
--- file, so that no crash of the process can forget a command that was sent
--- (docs/durable.md).
+-- or nil, message if the journal cannot write what it holds in its buffer.
 function Router:pending()
   check_open(self)
-  if self.journal then
-    local written, err = self.journal:write()
-    if not written then return nil, "procman.router: " .. err end
-  end
+  local ready, err = before_leaving(self)
+  if not ready then return nil, err end
   return self.outbox:list()
 end
 
@@ -1030,11 +1036,8 @@ function Router:dispatch(fn)
   check_open(self)
   check_not_in_handler("dispatch")
   if type(fn) ~= "function" then fail("dispatch needs a function(command, envelope)") end
-  local box, count = self.outbox, 0
-  if self.journal then  -- no command leaves before the record that made it is written
-    local written, err = self.journal:write()
-    if not written then return 0, "procman.router: " .. err end
-  end
+  local box, count, ready, refused = self.outbox, 0, before_leaving(self)
+  if not ready then return 0, refused end
   for _, id in ipairs(box:pending_ids()) do
     local envelope = box:get(id)
     if envelope then
