@@ -28,6 +28,7 @@
 */
 #include <limits.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <string.h>
 
 #include "lauxlib.h"
@@ -39,14 +40,17 @@
 /* The flow's Lua values live in user values, not registry references. */
 enum {
   UV_WORKFLOW = 1,  /* the checked workflow definition (a table) */
-  UV_ID,            /* the flow id: non-empty string or integer */
+  UV_ID,            /* the flow id (a non-empty string or an integer); or,
+                    ** once the flow has a seen table, { id, seen }: few
+                    ** flows have one, so it has no user value of its own
+                    ** (see push_id, push_seen_table, set_seen) */
   UV_STATE,         /* the state table (cache of the fold) */
   UV_LOG,           /* Buffer: snapshot, history, staged event; or nil */
-  UV_SEEN,          /* event_id -> true (handled) / false (tried), and
-                    ** LAST_ID -> the last commit's event_id (or false);
-                    ** nil while the history holds every id handled */
-  UV_COUNT = UV_SEEN
+  UV_COUNT = UV_LOG
 };
+/* The seen table: event_id -> true (handled) / false (tried), and LAST_ID
+** -> the last commit's event_id (or false); none while the history holds
+** every id handled. */
 
 /* History bytes before a first snapshot, and the growth (a multiple of
 ** the last snapshot's size) that makes the next one. */
@@ -59,6 +63,9 @@ enum {
 /* An event without an event_id, in PM.id_at; offsets must be below it. */
 #define NO_ID 0xffff
 
+/* The largest event a flow takes, encoded (PM.last_len). */
+#define EVENT_MAX 0xffffffffu
+
 /* Scratch buffers larger than this are not kept for the next event. */
 #define SCRATCH_KEEP 65536
 
@@ -70,17 +77,19 @@ static const char LAST_ID = 0;
 ** while it is in use); other functions make their own. */
 #define SCRATCH lua_upvalueindex(2)
 
+/* 48 bytes: a flow's fixed cost is this, three user values and its log. */
 typedef struct PM {
   lua_Integer version;   /* events committed */
   size_t base_len;       /* bytes of the log's snapshot (0: none, from init) */
   size_t history_len;    /* committed bytes of events after the snapshot */
-  size_t snapshot_at;    /* history_len that makes a new snapshot */
-  size_t undo_len;       /* history_len before the last commit */
-  unsigned events;       /* events in the history (saturating) */
+  uint32_t last_len;     /* bytes of the last committed event (EVENT_MAX) */
   unsigned short id_at[SCAN_MAX];  /* without a seen table: where the event_id
                                    ** of each of those events is, from the
                                    ** history's start (NO_ID: none) */
-  unsigned history_ids;  /* of those, events with an event_id (saturating) */
+  unsigned short events;       /* events in the history (saturating) */
+  unsigned short history_ids;  /* of those, events with an event_id (saturating) */
+  unsigned char snapshot_waits;  /* doublings of the next snapshot's threshold,
+                                 ** after a state that was not data */
   unsigned char can_undo;     /* the last commit may still be taken back */
   unsigned char last_had_id;  /* the last commit's event had an event_id */
   unsigned char state_ok;     /* 0: the state cache must be rebuilt */
@@ -111,6 +120,58 @@ static PM *to_pm(lua_State *L) {
   return p;
 }
 
+/* ===================================================================
+** The flow id, and the seen table in the same user value
+** =================================================================== */
+
+/* Push the flow id of the flow at 'pm'. */
+static void push_id(lua_State *L, int pm) {
+  if (lua_getiuservalue(L, pm, UV_ID) == LUA_TTABLE) {
+    lua_rawgeti(L, -1, 1);
+    lua_remove(L, -2);
+  }
+}
+
+/* Push the seen table of the flow at 'pm', or nil; returns its type. */
+static int push_seen_table(lua_State *L, int pm) {
+  int t;
+  if (lua_getiuservalue(L, pm, UV_ID) != LUA_TTABLE) {
+    lua_pop(L, 1);
+    lua_pushnil(L);
+    return LUA_TNIL;
+  }
+  t = lua_rawgeti(L, -1, 2);
+  lua_remove(L, -2);
+  return t;
+}
+
+/* Make the table at the top (or nil: none) the seen table of the flow at
+** 'pm'; pops it.  Allocates only when the flow had none. */
+static void set_seen(lua_State *L, int pm) {
+  pm = lua_absindex(L, pm);
+  if (lua_getiuservalue(L, pm, UV_ID) == LUA_TTABLE) {  /* seen, pair */
+    if (lua_isnil(L, -2)) {
+      lua_rawgeti(L, -1, 1);
+      lua_setiuservalue(L, pm, UV_ID);                   /* the id alone */
+      lua_pop(L, 2);
+      return;
+    }
+    lua_insert(L, -2);                                   /* pair, seen */
+    lua_rawseti(L, -2, 2);                               /* an existing slot */
+    lua_pop(L, 1);
+    return;
+  }
+  if (lua_isnil(L, -2)) {                                /* nil, id */
+    lua_pop(L, 2);
+    return;
+  }
+  lua_createtable(L, 2, 0);                              /* seen, id, pair */
+  lua_insert(L, -3);                                     /* pair, seen, id */
+  lua_rawseti(L, -3, 1);
+  lua_rawseti(L, -2, 2);
+  lua_setiuservalue(L, pm, UV_ID);
+}
+
 /* Push field 'name' of the flow's workflow definition. */
 static int workflow_field(lua_State *L, int pm, const char *name) {
   int t;
@@ -124,7 +185,7 @@ static int workflow_field(lua_State *L, int pm, const char *name) {
 static void push_label(lua_State *L, int pm) {
   const char *name, *id;
   workflow_field(L, pm, "name");
-  lua_getiuservalue(L, pm, UV_ID);
+  push_id(L, pm);
   id = luaL_tolstring(L, -1, NULL);
   name = lua_tostring(L, -3);
   lua_pushfstring(L, "%s/%s", name, id);
@@ -205,7 +266,7 @@ static void push_initial_state(lua_State *L, int pm) {
     lua_newtable(L);
     return;
   }
-  lua_getiuservalue(L, pm, UV_ID);
+  push_id(L, pm);
   lua_call(L, 1, 1);
   if (!lua_istable(L, -1))
     flow_error(L, pm, "init must return a table, got %s", luaL_typename(L, -1));
@@ -278,6 +339,15 @@ static size_t next_snapshot_at(size_t base_len) {
   return at < SNAPSHOT_MIN ? SNAPSHOT_MIN : at;
 }
 
+/* The history length that makes the flow's next snapshot. */
+static size_t snapshot_threshold(const PM *p) {
+  size_t at = next_snapshot_at(p->base_len);
+  unsigned i;
+  for (i = 0; i < p->snapshot_waits && at <= ((size_t)-1) / 2; i++)
+    at *= 2;
+  return i < p->snapshot_waits ? (size_t)-1 : at;
+}
+
 /*
 ** Push a new log holding the committed state of the flow at index 1,
 ** encoded, as the snapshot for the next commit to take; nil when the state
@@ -288,9 +358,11 @@ static size_t next_snapshot_at(size_t base_len) {
 static void push_snapshot(lua_State *L, PM *p) {
   int top = lua_gettop(L);
   lua_getiuservalue(L, 1, UV_STATE);
-  buffer_new(L, p->snapshot_at / SNAPSHOT_FACTOR + 64);  /* about the last one */
+  buffer_new(L, (p->base_len > 0 ? p->base_len : SNAPSHOT_MIN / SNAPSHOT_FACTOR) + 64);  /* about the last one */
   if (!codec_encode_snapshot(L, top + 1, top + 2, "state")) {
-    p->snapshot_at = next_snapshot_at(p->history_len);
+    size_t wait = next_snapshot_at(p->history_len);
+    while (snapshot_threshold(p) < wait && p->snapshot_waits < UCHAR_MAX)
+      p->snapshot_waits++;
     lua_settop(L, top);
     lua_pushnil(L);
     return;
@@ -307,8 +379,8 @@ static void switch_to_snapshot(lua_State *L, PM *p, int snap, size_t base_len) {
   Buffer *log = buffer_at(L, snap);
   p->base_len = base_len;
   p->history_len = log->len - base_len;
-  p->undo_len = 0;
-  p->snapshot_at = next_snapshot_at(base_len);
+  p->last_len = (uint32_t)p->history_len;  /* the event, at most EVENT_MAX */
+  p->snapshot_waits = 0;
   p->events = p->history_len > 0;
   p->history_ids = 0;
   lua_pushvalue(L, snap);
@@ -379,7 +451,7 @@ static void make_seen_table(lua_State *L, PM *p) {
   lua_pushboolean(L, 0);
   lua_rawsetp(L, seen, &LAST_ID);
   if (p->can_undo && p->last_had_id) {
-    size_t pos = p->base_len + p->undo_len;
+    size_t pos = p->base_len + p->history_len - p->last_len;
     push_log(L, 1);
     if (!codec_push_field(L, buffer_at(L, -1)->data, p->base_len + p->history_len, &pos,
                           "event_id"))
@@ -387,16 +459,16 @@ static void make_seen_table(lua_State *L, PM *p) {
     lua_rawsetp(L, seen, &LAST_ID);
     lua_pop(L, 1);
   }
-  lua_setiuservalue(L, 1, UV_SEEN);
+  set_seen(L, 1);
 }
 
 /* Push the flow's seen table, making it first when 'make' (else nil). */
 static void push_seen(lua_State *L, PM *p, int make) {
-  if (lua_getiuservalue(L, 1, UV_SEEN) != LUA_TNIL || !make)
+  if (push_seen_table(L, 1) != LUA_TNIL || !make)
     return;
   lua_pop(L, 1);
   make_seen_table(L, p);
-  lua_getiuservalue(L, 1, UV_SEEN);
+  push_seen_table(L, 1);
 }
 
 /* ===================================================================
@@ -435,7 +507,7 @@ static void check_correlation(lua_State *L, int spec, const char *type) {
     lua_pushnil(L);
     lua_insert(L, -2);  /* no field name to report */
   }
-  lua_getiuservalue(L, 1, UV_ID);                    /* field, flow, id */
+  push_id(L, 1);                                     /* field, flow, id */
   if (!lua_isnil(L, -2) && !lua_rawequal(L, -1, -2)) {
     const char *other = luaL_tolstring(L, -2, NULL);  /* field, flow, id, other */
     const char *field = lua_tostring(L, -4);
@@ -667,7 +739,7 @@ static int handle_event(lua_State *L, int fresh) {
     return flow_error(L, 1, "workflow has no handler for event type '%s'", type);
   check_correlation(L, 3, type);
   push_event_id(L);
-  snapshot_due = p->history_len >= p->snapshot_at;
+  snapshot_due = p->history_len >= snapshot_threshold(p);
   if (claim_event_id(L, p, 6, snapshot_due)) {
     lua_newtable(L);
     return 1;  /* at-least-once delivery: a redelivery changes nothing */
@@ -682,6 +754,9 @@ static int handle_event(lua_State *L, int fresh) {
   lua_pushvalue(L, 5);
   lua_getiuservalue(L, 1, UV_STATE);
   n = stage_event(L, p, 8, type, fresh, &id_at);
+  if (n > EVENT_MAX)
+    return flow_error(L, 1, "event '%s' is too large: %I bytes encoded, at most %I", type,
+                      (lua_Integer)n, (lua_Integer)EVENT_MAX);
   staged = p->stagings;
   note_id_at(L, p, id_at);
   p->state_ok = 0;  /* dirty until committed: any error below replays */
@@ -704,16 +779,16 @@ static int handle_event(lua_State *L, int fresh) {
   if (!lua_isnil(L, 8))
     switch_to_snapshot(L, p, 8, base_len);
   else {
-    p->undo_len = p->history_len;
+    p->last_len = (uint32_t)n;
     p->history_len += n;
-    if (p->events < UINT_MAX)
+    if (p->events < USHRT_MAX)
       p->events++;
   }
   p->can_undo = 1;
   p->last_had_id = !lua_isnil(L, 6);
   if (p->events <= SCAN_MAX)  /* read only without a seen table */
     p->id_at[p->events - 1] = (unsigned short)(p->last_had_id && id_at < NO_ID ? id_at : NO_ID);
-  if (p->last_had_id && p->history_ids < UINT_MAX)
+  if (p->last_had_id && p->history_ids < USHRT_MAX)
     p->history_ids++;
   p->version++;
   p->state_ok = 1;
@@ -828,15 +903,15 @@ static int pm_undo(lua_State *L) {
   /* nothing allocates until the replay, which is protected: undo works
   ** when memory has run out, which is when callers need it most */
   lua_settop(L, 1);
-  p->history_len = p->undo_len;
-  if (p->events > 0 && p->events < UINT_MAX)
+  p->history_len -= p->last_len;
+  if (p->events > 0 && p->events < USHRT_MAX)
     p->events--;
-  if (p->last_had_id && p->history_ids > 0 && p->history_ids < UINT_MAX)
+  if (p->last_had_id && p->history_ids > 0 && p->history_ids < USHRT_MAX)
     p->history_ids--;
   p->version--;
   p->can_undo = 0;
   p->state_ok = 0;
-  if (lua_getiuservalue(L, 1, UV_SEEN) == LUA_TTABLE &&     /* 2 */
+  if (push_seen_table(L, 1) == LUA_TTABLE &&                /* 2 */
       lua_rawgetp(L, 2, &LAST_ID) != LUA_TBOOLEAN) {        /* 3 */
     lua_pushnil(L);
     lua_rawset(L, 2);  /* removing a key never allocates */
@@ -882,7 +957,7 @@ static int pm_version(lua_State *L) {
 
 static int pm_id(lua_State *L) {
   to_pm(L);
-  lua_getiuservalue(L, 1, UV_ID);
+  push_id(L, 1);
   return 1;
 }
 
@@ -892,7 +967,7 @@ static int pm_history(lua_State *L) {
   size_t pos = p->base_len, end = p->base_len + p->history_len;
   lua_Integer n = 0;
   lua_settop(L, 1);
-  lua_createtable(L, (int)(p->events < 1u << 20 ? p->events : 1u << 20), 0);  /* 2 */
+  lua_createtable(L, (int)p->events, 0);  /* 2: a hint (saturating) */
   if (push_log(L, 1) == NULL) {                                                /* 3 */
     lua_pop(L, 1);
     return 1;
@@ -939,7 +1014,7 @@ static int pm_close(lua_State *L) {
   lua_pushnil(L);
   lua_setiuservalue(L, 1, UV_LOG);
   lua_pushnil(L);
-  lua_setiuservalue(L, 1, UV_SEEN);
+  set_seen(L, 1);  /* keeps the id: pm:id() and tostring still tell */
   return 0;
 }
 
@@ -962,7 +1037,6 @@ static PM *push_flow(lua_State *L) {
   luaL_argexpected(L, id_ok, 2, "non-empty string or integer flow id");
   p = (PM *)lua_newuserdatauv(L, sizeof(PM), UV_COUNT);
   memset(p, 0, sizeof *p);
-  p->snapshot_at = SNAPSHOT_MIN;
   luaL_setmetatable(L, PM_TYPENAME);
   lua_pushvalue(L, 1);
   lua_setiuservalue(L, -2, UV_WORKFLOW);
@@ -996,7 +1070,7 @@ static void push_event_ids(lua_State *L) {
   lua_Integer n = 0;
   lua_newtable(L);
   ids = lua_gettop(L);
-  if (lua_getiuservalue(L, 1, UV_SEEN) == LUA_TTABLE) {
+  if (push_seen_table(L, 1) == LUA_TTABLE) {
     seen = lua_gettop(L);
     lua_pushnil(L);
     while (lua_next(L, seen)) {
@@ -1070,7 +1144,6 @@ static int pm_restore(lua_State *L) {
   if (!codec_encode_snapshot(L, 3, 7, "state"))
     return luaL_error(L, "core.restore: %s", lua_tostring(L, -1));
   p->base_len = buffer_at(L, 7)->len;
-  p->snapshot_at = next_snapshot_at(p->base_len);
   buffer_new(L, p->base_len);                         /* 8: exactly its size */
   buffer_append(L, 8, buffer_at(L, 7)->data, p->base_len);
   lua_setiuservalue(L, 6, UV_LOG);
@@ -1088,7 +1161,7 @@ static int pm_restore(lua_State *L) {
   }
   lua_pushboolean(L, 0);
   lua_rawsetp(L, 7, &LAST_ID);  /* every seen table has it: see claim_in_table */
-  lua_setiuservalue(L, 6, UV_SEEN);
+  set_seen(L, 6);
   return finish_flow(L);
 }
 
@@ -1163,8 +1236,8 @@ const char *pm_last_event(lua_State *L, int idx, size_t *len) {
   const char *bytes = NULL;
   if (p->can_undo && lua_getiuservalue(L, idx, UV_LOG) == LUA_TUSERDATA) {
     /* the log: snapshot, then history; the last event ends it */
-    bytes = buffer_at(L, -1)->data + p->base_len + p->undo_len;  /* anchored by the flow */
-    *len = p->history_len - p->undo_len;
+    bytes = buffer_at(L, -1)->data + p->base_len + p->history_len - p->last_len;  /* anchored */
+    *len = p->last_len;
   }
   lua_pop(L, 1);
   return bytes;

@@ -355,6 +355,25 @@ describe("procman.pm", function()
     for i = 1, 20 do assert.same({}, pm:handle { event_type = "add", event_id = i }) end
   end)
 
+  it("keeps its id beside the seen table it makes past a few events (one user value for both)", function()
+    local core = require "procman.core"
+    local pm = counter({ correlate = "counter_id" }):new("c1")
+    for i = 1, 10 do pm:handle { event_type = "add", event_id = i } end  -- past SCAN_MAX: a seen table
+    assert.equal("c1", pm:id())
+    assert.matches("counter/c1", tostring(pm), 1, true)
+    flow.refuses(pm, { event_type = "add", event_id = 11, counter_id = "c2" }, "belongs to flow 'c2'")
+    for i = 1, 10 do assert.same({}, pm:handle { event_type = "add", event_id = i }) end
+    assert.equal(10, pm:version())
+    core.undo(pm)  -- forgets event 10, in the seen table
+    assert.equal(9, pm:version())
+    pm:handle { event_type = "add", event_id = 10 }
+    assert.equal(10, pm:version())
+    assert.equal(10, #core.event_ids(pm))
+    pm:close()
+    assert.equal("c1", pm:id())
+    assert.matches("counter/c1 (closed)", tostring(pm), 1, true)
+  end)
+
   describe("state()", function()
     it("returns a deep copy", function()
       local pm = counter():new("c1")
@@ -515,6 +534,28 @@ describe("procman.pm", function()
       for i = 1, 200 do pm:handle { event_type = "add", pad = pad_of(i) } end
       assert.equal(200, #pm:history())
       assert.equal(200, pm:state())
+    end)
+
+    it("takes snapshots again once the state is data again, later each time it was not", function()
+      local odd = procman.workflow {
+        name = "odd", init = function() return { n = 0 } end, view = function(state) return state.n end,
+        on = { add = function(state, event)
+          state.n = state.n + 1
+          state.f = event.bad and print or nil
+          state.pad = event.pad
+        end },
+      }
+      local pm = odd:new("o")
+      for i = 1, 300 do pm:handle { event_type = "add", bad = true, pad = pad_of(i) } end
+      assert.equal(300, #pm:history())  -- every try failed: the history stays whole
+      local most = 0
+      for i = 301, 2000 do
+        pm:handle { event_type = "add", pad = pad_of(i) }
+        most = math.max(most, history_bytes(pm))
+      end
+      assert.is_true(#pm:history() < 2000 // 2)  -- cut again
+      assert.is_true(most < 4 * 4096 * 4)        -- the wait grew with the history, no more
+      assert.equal(2000, pm:state())
     end)
 
     it("rebuilds a large state of every kind of key from its snapshot", function()
