@@ -282,26 +282,30 @@ describe("procman.pm", function()
     end)
   end)
 
-  it("stages events right when a finalizer handles one meanwhile (handle's scratch is not shared)", function()
-    local other, pm = counter():new("o"), counter():new("c1")
-    local ran = 0
-    local function garbage()
-      for _ = 1, 200 do
-        setmetatable({}, { __gc = function()
-          ran = ran + 1
-          other:handle { event_type = "add", event_id = "g" .. ran, pad = { "from a finalizer", ran } }
-        end })
-      end
-    end
-    local pad = {}
+  -- pm:handle of 'count' events with a large pad (event_id i), each after
+  -- 200 objects whose finalizers call on_gc(n) (n: finalizers run so far),
+  -- with the generational collector. Returns the pad and n.
+  local function handle_among_finalizers(pm, count, on_gc)
+    local ran, pad = 0, {}
     for i = 1, 300 do pad["k" .. i] = { i, tostring(i) } end
+    collectgarbage()
     collectgarbage("generational")
-    for i = 1, 20 do
-      garbage()
+    for i = 1, count do
+      for _ = 1, 200 do
+        setmetatable({}, { __gc = function() ran = ran + 1; on_gc(ran) end })
+      end
       pm:handle { event_type = "add", event_id = i, pad = pad }
     end
     collectgarbage("incremental")
     collectgarbage()
+    return pad, ran
+  end
+
+  it("stages events right when a finalizer handles one meanwhile (handle's scratch is not shared)", function()
+    local other, pm = counter():new("o"), counter():new("c1")
+    local pad, ran = handle_among_finalizers(pm, 20, function(n)
+      other:handle { event_type = "add", event_id = "g" .. n, pad = { "from a finalizer", n } }
+    end)
     assert.is_true(ran > 0)
     assert.equal(20, pm:version())
     local first = pm:version() - #pm:history()  -- the history since the last snapshot
@@ -318,28 +322,13 @@ describe("procman.pm", function()
   it("stages events right when a finalizer handles one of the same flow meanwhile (events are encoded "
      .. "straight into the log)", function()
     local pm = counter():new("c1")
-    local ran, nested = 0, 0
-    local function garbage()
-      for _ = 1, 200 do
-        setmetatable({}, { __gc = function()
-          ran = ran + 1
-          -- refused while the handler runs (busy); taken while the event is staged
-          if pcall(pm.handle, pm, { event_type = "add", event_id = "g" .. ran, pad = { "nested", ran } }) then
-            nested = nested + 1
-          end
-        end })
+    local nested = 0
+    local pad, ran = handle_among_finalizers(pm, 60, function(n)
+      -- refused while the handler runs (busy); taken while the event is staged
+      if pcall(pm.handle, pm, { event_type = "add", event_id = "g" .. n, pad = { "nested", n } }) then
+        nested = nested + 1
       end
-    end
-    local pad = {}
-    for i = 1, 300 do pad["k" .. i] = { i, tostring(i) } end
-    collectgarbage()
-    collectgarbage("generational")
-    for i = 1, 60 do
-      garbage()
-      pm:handle { event_type = "add", event_id = i, pad = pad }
-    end
-    collectgarbage("incremental")
-    collectgarbage()
+    end)
     assert.is_true(ran > 0)
     assert.is_true(nested > 0)
     assert.equal(60 + nested, pm:version())
