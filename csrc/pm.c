@@ -45,7 +45,10 @@ enum {
                     ** flows have one, so it has no user value of its own
                     ** (see push_id, push_seen_table, set_seen) */
   UV_STATE,         /* the state table (cache of the fold) */
-  UV_LOG,           /* Buffer: snapshot, history, staged event; or nil */
+  UV_LOG,           /* the log: snapshot, history, staged event; nil at
+                    ** first.  A string of exactly its size while short
+                    ** (LOG_STRING_MAX: most flows are small), a Buffer
+                    ** (grown by doubling) once longer or after a snapshot */
   UV_COUNT = UV_LOG
 };
 /* The seen table: event_id -> true (handled) / false (tried), and LAST_ID
@@ -62,6 +65,9 @@ enum {
 
 /* An event without an event_id, in PM.id_at; offsets must be below it. */
 #define NO_ID 0xffff
+
+/* Committed bytes up to which a log stays a string. */
+#define LOG_STRING_MAX 256
 
 /* The largest event a flow takes, encoded (PM.last_len). */
 #define EVENT_MAX 0xffffffffu
@@ -230,11 +236,17 @@ static int push_handler(lua_State *L, int pm, int type) {
   return lua_type(L, -1) == LUA_TFUNCTION;
 }
 
-/* The flow's log at the top (a Buffer), or NULL with nil pushed. */
-static Buffer *push_log(lua_State *L, int pm) {
+/* The bytes of a log (a string or a Buffer: see UV_LOG) at 'idx'. */
+static const char *log_data(lua_State *L, int idx) {
+  return lua_type(L, idx) == LUA_TSTRING ? lua_tostring(L, idx) : buffer_at(L, idx)->data;
+}
+
+/* Push the flow's log and return its bytes; NULL with nil pushed when the
+** flow has none. */
+static const char *push_log(lua_State *L, int pm) {
   if (lua_getiuservalue(L, pm, UV_LOG) == LUA_TNIL)
     return NULL;
-  return buffer_at(L, -1);
+  return log_data(L, -1);
 }
 
 /* Push the snapshot state of the flow at 'pm' (decoded), or nil when its
@@ -242,14 +254,14 @@ static Buffer *push_log(lua_State *L, int pm) {
 static void push_base(lua_State *L, int pm) {
   PM *p = (PM *)lua_touserdata(L, pm);
   size_t pos = 0;
-  Buffer *log = push_log(L, pm);
+  const char *log = push_log(L, pm);
   if (log != NULL && p->base_len == 0) {
     lua_pop(L, 1);
     lua_pushnil(L);
   }
   if (log == NULL || p->base_len == 0)
     return;
-  if (!codec_decode(L, log->data, p->base_len, &pos))
+  if (!codec_decode(L, log, p->base_len, &pos))
     luaL_error(L, "the snapshot state is damaged: %s", lua_tostring(L, -1));
   lua_remove(L, -2);
 }
@@ -282,8 +294,7 @@ static int replay(lua_State *L) {
   size_t pos = p->base_len, end = p->base_len + p->history_len;
   lua_Integer n = 0;
   push_initial_state(L, 1);                          /* 2: state */
-  if (push_log(L, 1) != NULL)                        /* 3: log */
-    bytes = buffer_at(L, 3)->data;
+  bytes = push_log(L, 1);                            /* 3: log */
   while (pos < end) {
     n++;
     if (!codec_decode(L, bytes, end, &pos))
@@ -396,7 +407,7 @@ static void switch_to_snapshot(lua_State *L, PM *p, int snap, size_t base_len) {
 ** without a seen table: its history holds every id it handled.
 */
 static int history_has_id(lua_State *L, PM *p, int id) {
-  const Buffer *log;
+  const char *log;
   size_t end = p->base_len + p->history_len;
   unsigned i, n = p->events < SCAN_MAX ? p->events : SCAN_MAX;
   int found = 0;
@@ -405,7 +416,7 @@ static int history_has_id(lua_State *L, PM *p, int id) {
   log = push_log(L, 1);
   for (i = 0; i < n && !found; i++)
     found = p->id_at[i] != NO_ID &&
-            codec_value_is(L, id, log->data, end, p->base_len + p->id_at[i]);
+            codec_value_is(L, id, log, end, p->base_len + p->id_at[i]);
   lua_pop(L, 1);
   return found;
 }
@@ -423,7 +434,7 @@ static void for_history_ids(lua_State *L, PM *p, void (*each)(lua_State *L, int 
   }
   log = lua_gettop(L);
   while (pos < end) {
-    if (!codec_push_field(L, buffer_at(L, log)->data, end, &pos, "event_id"))
+    if (!codec_push_field(L, log_data(L, log), end, &pos, "event_id"))
       flow_error(L, 1, "the history is damaged: %s", lua_tostring(L, -1));
     if (!lua_isnil(L, -1))
       each(L, arg);
@@ -452,9 +463,8 @@ static void make_seen_table(lua_State *L, PM *p) {
   lua_rawsetp(L, seen, &LAST_ID);
   if (p->can_undo && p->last_had_id) {
     size_t pos = p->base_len + p->history_len - p->last_len;
-    push_log(L, 1);
-    if (!codec_push_field(L, buffer_at(L, -1)->data, p->base_len + p->history_len, &pos,
-                          "event_id"))
+    const char *log = push_log(L, 1);
+    if (!codec_push_field(L, log, p->base_len + p->history_len, &pos, "event_id"))
       flow_error(L, 1, "the history is damaged: %s", lua_tostring(L, -1));
     lua_rawsetp(L, seen, &LAST_ID);
     lua_pop(L, 1);
@@ -598,25 +608,36 @@ static void keep_scratch(lua_State *L, int idx) {
 ** Returns the event's size; *id_at is where its event_id is, from the
 ** history's start ((size_t)-1: none).
 **
-** The event is encoded straight into the log (grown by doubling, so
-** O(1) amortised per byte); only a flow's first event goes through the
-** scratch buffer, so that a new flow's log is exactly its size (most flows
-** are small).  An attempt that fails leaves bytes past the committed
-** history, which the next one drops.
+** The event is encoded straight into the log while it is a Buffer (grown
+** by doubling, so O(1) amortised per byte).  A short log is a string of
+** exactly its size (most flows are small): the event is staged in the
+** scratch buffer after a copy of the committed bytes, and the log becomes
+** a new string of those bytes and the event's; past LOG_STRING_MAX
+** committed bytes it becomes a Buffer.  An attempt that fails leaves bytes
+** past the committed history, which the next one drops.
 */
 static size_t stage_event(lua_State *L, PM *p, int snap, const char *type, int fresh,
                           size_t *id_at) {
-  int log, first = 0;
+  int log, small = 0;
   size_t at, n, mark;
   unsigned short mine;
 again:
   mine = ++p->stagings;
   if (!lua_isnil(L, snap))
     lua_pushvalue(L, snap);
-  else if (push_log(L, 1) == NULL) {
-    lua_pop(L, 1);
-    take_scratch(L, 1);
-    first = 1;
+  else {
+    const char *old = push_log(L, 1);
+    if (old == NULL || lua_type(L, -1) == LUA_TSTRING) {  /* none yet, or a string */
+      size_t committed = p->base_len + p->history_len;
+      small = committed < LOG_STRING_MAX;
+      if (small)
+        take_scratch(L, 1);
+      else
+        buffer_new(L, 2 * committed);  /* from now on a Buffer */
+      if (committed > 0)
+        buffer_append(L, -1, old, committed);
+      lua_remove(L, -2);  /* the old log */
+    }
   }
   log = lua_gettop(L);
   at = lua_isnil(L, snap) ? p->base_len + p->history_len : buffer_at(L, log)->len;
@@ -633,13 +654,12 @@ again:
   n = buffer_at(L, log)->len - at;
   /* from the history's start: after the committed events, or first */
   *id_at = mark == (size_t)-1 ? mark : mark - (lua_isnil(L, snap) ? p->base_len : at);
-  if (first) {  /* a new flow's first event: a log of exactly its size */
-    buffer_new(L, n);
+  if (small) {  /* a short log: a string of exactly its size */
+    lua_pushlstring(L, buffer_at(L, log)->data, at + n);
     if (p->stagings != mine) {  /* (it allocated) */
       lua_settop(L, log - 2);
       goto again;
     }
-    buffer_append(L, -1, buffer_at(L, log)->data, n);
     lua_setiuservalue(L, 1, UV_LOG);
     keep_scratch(L, log);
     lua_pop(L, 1);
@@ -973,7 +993,7 @@ static int pm_history(lua_State *L) {
     return 1;
   }
   while (pos < end) {
-    if (!codec_decode(L, buffer_at(L, 3)->data, end, &pos))
+    if (!codec_decode(L, log_data(L, 3), end, &pos))
       return flow_error(L, 1, "history event #%I is damaged: %s", n + 1,
                         lua_tostring(L, -1));
     lua_rawseti(L, 2, ++n);
@@ -1144,8 +1164,7 @@ static int pm_restore(lua_State *L) {
   if (!codec_encode_snapshot(L, 3, 7, "state"))
     return luaL_error(L, "core.restore: %s", lua_tostring(L, -1));
   p->base_len = buffer_at(L, 7)->len;
-  buffer_new(L, p->base_len);                         /* 8: exactly its size */
-  buffer_append(L, 8, buffer_at(L, 7)->data, p->base_len);
+  lua_pushlstring(L, buffer_at(L, 7)->data, p->base_len);  /* 8: exactly its size */
   lua_setiuservalue(L, 6, UV_LOG);
   lua_settop(L, 6);
   n = (lua_Integer)lua_rawlen(L, 5);
@@ -1234,9 +1253,9 @@ lua_Integer pm_version_at(lua_State *L, int idx) {
 const char *pm_last_event(lua_State *L, int idx, size_t *len) {
   const PM *p = (const PM *)lua_touserdata(L, idx);
   const char *bytes = NULL;
-  if (p->can_undo && lua_getiuservalue(L, idx, UV_LOG) == LUA_TUSERDATA) {
+  if (p->can_undo && lua_getiuservalue(L, idx, UV_LOG) != LUA_TNIL) {
     /* the log: snapshot, then history; the last event ends it */
-    bytes = buffer_at(L, -1)->data + p->base_len + p->history_len - p->last_len;  /* anchored */
+    bytes = log_data(L, -1) + p->base_len + p->history_len - p->last_len;  /* anchored */
     *len = p->last_len;
   }
   lua_pop(L, 1);

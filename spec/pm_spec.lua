@@ -363,6 +363,28 @@ describe("procman.pm", function()
     assert.matches("counter/c1 (closed)", tostring(pm), 1, true)
   end)
 
+  it("keeps a short log at its exact size, and its events whole as it grows past that", function()
+    local core = require "procman.core"
+    local pm = counter():new("c1")
+    local handled = {}
+    for i = 1, 12 do  -- about 40 bytes each: the log outgrows a short one on the way
+      local event = { event_type = "add", event_id = i, pad = string.rep("x", 20) }
+      pm:handle(event)
+      handled[#handled + 1] = event
+      assert.same(handled, pm:history())
+      if i % 3 == 0 then
+        core.undo(pm)
+        table.remove(handled)
+        flow.refuses(pm, { event_type = "half_then_fail" }, "boom")  -- rebuilt from the log
+        pm:handle(event)
+        handled[#handled + 1] = event
+      end
+      assert.same({}, pm:handle(event))  -- a redelivery, found in the log or the seen table
+    end
+    assert.equal(12, pm:version())
+    assert.equal(12, pm:state().n)
+  end)
+
   describe("state()", function()
     it("returns a deep copy", function()
       local pm = counter():new("c1")
