@@ -28,6 +28,7 @@
 */
 #include <limits.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <string.h>
 
 #include "lauxlib.h"
@@ -39,14 +40,20 @@
 /* The flow's Lua values live in user values, not registry references. */
 enum {
   UV_WORKFLOW = 1,  /* the checked workflow definition (a table) */
-  UV_ID,            /* the flow id: non-empty string or integer */
+  UV_ID,            /* the flow id (a non-empty string or an integer); or,
+                    ** once the flow has a seen table, { id, seen }: few
+                    ** flows have one, so it has no user value of its own
+                    ** (see push_id, push_seen_table, set_seen) */
   UV_STATE,         /* the state table (cache of the fold) */
-  UV_LOG,           /* Buffer: snapshot, history, staged event; or nil */
-  UV_SEEN,          /* event_id -> true (handled) / false (tried), and
-                    ** LAST_ID -> the last commit's event_id (or false);
-                    ** nil while the history holds every id handled */
-  UV_COUNT = UV_SEEN
+  UV_LOG,           /* the log: snapshot, history, staged event; nil at
+                    ** first.  A string of exactly its size while short
+                    ** (LOG_STRING_MAX: most flows are small), a Buffer
+                    ** (grown by doubling) once longer or after a snapshot */
+  UV_COUNT = UV_LOG
 };
+/* The seen table: event_id -> true (handled) / false (tried), and LAST_ID
+** -> the last commit's event_id (or false); none while the history holds
+** every id handled. */
 
 /* History bytes before a first snapshot, and the growth (a multiple of
 ** the last snapshot's size) that makes the next one. */
@@ -59,6 +66,12 @@ enum {
 /* An event without an event_id, in PM.id_at; offsets must be below it. */
 #define NO_ID 0xffff
 
+/* Committed bytes up to which a log stays a string. */
+#define LOG_STRING_MAX 256
+
+/* The largest event a flow takes, encoded (PM.last_len). */
+#define EVENT_MAX 0xffffffffu
+
 /* Scratch buffers larger than this are not kept for the next event. */
 #define SCRATCH_KEEP 65536
 
@@ -70,17 +83,19 @@ static const char LAST_ID = 0;
 ** while it is in use); other functions make their own. */
 #define SCRATCH lua_upvalueindex(2)
 
+/* 48 bytes: a flow's fixed cost is this, three user values and its log. */
 typedef struct PM {
   lua_Integer version;   /* events committed */
   size_t base_len;       /* bytes of the log's snapshot (0: none, from init) */
   size_t history_len;    /* committed bytes of events after the snapshot */
-  size_t snapshot_at;    /* history_len that makes a new snapshot */
-  size_t undo_len;       /* history_len before the last commit */
-  unsigned events;       /* events in the history (saturating) */
+  uint32_t last_len;     /* bytes of the last committed event (EVENT_MAX) */
   unsigned short id_at[SCAN_MAX];  /* without a seen table: where the event_id
                                    ** of each of those events is, from the
                                    ** history's start (NO_ID: none) */
-  unsigned history_ids;  /* of those, events with an event_id (saturating) */
+  unsigned short events;       /* events in the history (saturating) */
+  unsigned short history_ids;  /* of those, events with an event_id (saturating) */
+  unsigned char snapshot_waits;  /* doublings of the next snapshot's threshold,
+                                 ** after a state that was not data */
   unsigned char can_undo;     /* the last commit may still be taken back */
   unsigned char last_had_id;  /* the last commit's event had an event_id */
   unsigned char state_ok;     /* 0: the state cache must be rebuilt */
@@ -111,6 +126,58 @@ static PM *to_pm(lua_State *L) {
   return p;
 }
 
+/* ===================================================================
+** The flow id, and the seen table in the same user value
+** =================================================================== */
+
+/* Push the flow id of the flow at 'pm'. */
+static void push_id(lua_State *L, int pm) {
+  if (lua_getiuservalue(L, pm, UV_ID) == LUA_TTABLE) {
+    lua_rawgeti(L, -1, 1);
+    lua_remove(L, -2);
+  }
+}
+
+/* Push the seen table of the flow at 'pm', or nil; returns its type. */
+static int push_seen_table(lua_State *L, int pm) {
+  int t;
+  if (lua_getiuservalue(L, pm, UV_ID) != LUA_TTABLE) {
+    lua_pop(L, 1);
+    lua_pushnil(L);
+    return LUA_TNIL;
+  }
+  t = lua_rawgeti(L, -1, 2);
+  lua_remove(L, -2);
+  return t;
+}
+
+/* Make the table at the top (or nil: none) the seen table of the flow at
+** 'pm'; pops it.  Allocates only when the flow had none. */
+static void set_seen(lua_State *L, int pm) {
+  pm = lua_absindex(L, pm);
+  if (lua_getiuservalue(L, pm, UV_ID) == LUA_TTABLE) {  /* seen, pair */
+    if (lua_isnil(L, -2)) {
+      lua_rawgeti(L, -1, 1);
+      lua_setiuservalue(L, pm, UV_ID);                   /* the id alone */
+      lua_pop(L, 2);
+      return;
+    }
+    lua_insert(L, -2);                                   /* pair, seen */
+    lua_rawseti(L, -2, 2);                               /* an existing slot */
+    lua_pop(L, 1);
+    return;
+  }
+  if (lua_isnil(L, -2)) {                                /* nil, id */
+    lua_pop(L, 2);
+    return;
+  }
+  lua_createtable(L, 2, 0);                              /* seen, id, pair */
+  lua_insert(L, -3);                                     /* pair, seen, id */
+  lua_rawseti(L, -3, 1);
+  lua_rawseti(L, -2, 2);
+  lua_setiuservalue(L, pm, UV_ID);
+}
+
 /* Push field 'name' of the flow's workflow definition. */
 static int workflow_field(lua_State *L, int pm, const char *name) {
   int t;
@@ -124,7 +191,7 @@ static int workflow_field(lua_State *L, int pm, const char *name) {
 static void push_label(lua_State *L, int pm) {
   const char *name, *id;
   workflow_field(L, pm, "name");
-  lua_getiuservalue(L, pm, UV_ID);
+  push_id(L, pm);
   id = luaL_tolstring(L, -1, NULL);
   name = lua_tostring(L, -3);
   lua_pushfstring(L, "%s/%s", name, id);
@@ -169,11 +236,17 @@ static int push_handler(lua_State *L, int pm, int type) {
   return lua_type(L, -1) == LUA_TFUNCTION;
 }
 
-/* The flow's log at the top (a Buffer), or NULL with nil pushed. */
-static Buffer *push_log(lua_State *L, int pm) {
+/* The bytes of a log (a string or a Buffer: see UV_LOG) at 'idx'. */
+static const char *log_data(lua_State *L, int idx) {
+  return lua_type(L, idx) == LUA_TSTRING ? lua_tostring(L, idx) : buffer_at(L, idx)->data;
+}
+
+/* Push the flow's log and return its bytes; NULL with nil pushed when the
+** flow has none. */
+static const char *push_log(lua_State *L, int pm) {
   if (lua_getiuservalue(L, pm, UV_LOG) == LUA_TNIL)
     return NULL;
-  return buffer_at(L, -1);
+  return log_data(L, -1);
 }
 
 /* Push the snapshot state of the flow at 'pm' (decoded), or nil when its
@@ -181,14 +254,14 @@ static Buffer *push_log(lua_State *L, int pm) {
 static void push_base(lua_State *L, int pm) {
   PM *p = (PM *)lua_touserdata(L, pm);
   size_t pos = 0;
-  Buffer *log = push_log(L, pm);
+  const char *log = push_log(L, pm);
   if (log != NULL && p->base_len == 0) {
     lua_pop(L, 1);
     lua_pushnil(L);
   }
   if (log == NULL || p->base_len == 0)
     return;
-  if (!codec_decode(L, log->data, p->base_len, &pos))
+  if (!codec_decode(L, log, p->base_len, &pos))
     luaL_error(L, "the snapshot state is damaged: %s", lua_tostring(L, -1));
   lua_remove(L, -2);
 }
@@ -205,7 +278,7 @@ static void push_initial_state(lua_State *L, int pm) {
     lua_newtable(L);
     return;
   }
-  lua_getiuservalue(L, pm, UV_ID);
+  push_id(L, pm);
   lua_call(L, 1, 1);
   if (!lua_istable(L, -1))
     flow_error(L, pm, "init must return a table, got %s", luaL_typename(L, -1));
@@ -221,8 +294,7 @@ static int replay(lua_State *L) {
   size_t pos = p->base_len, end = p->base_len + p->history_len;
   lua_Integer n = 0;
   push_initial_state(L, 1);                          /* 2: state */
-  if (push_log(L, 1) != NULL)                        /* 3: log */
-    bytes = buffer_at(L, 3)->data;
+  bytes = push_log(L, 1);                            /* 3: log */
   while (pos < end) {
     n++;
     if (!codec_decode(L, bytes, end, &pos))
@@ -278,6 +350,15 @@ static size_t next_snapshot_at(size_t base_len) {
   return at < SNAPSHOT_MIN ? SNAPSHOT_MIN : at;
 }
 
+/* The history length that makes the flow's next snapshot. */
+static size_t snapshot_threshold(const PM *p) {
+  size_t at = next_snapshot_at(p->base_len);
+  unsigned i;
+  for (i = 0; i < p->snapshot_waits && at <= ((size_t)-1) / 2; i++)
+    at *= 2;
+  return i < p->snapshot_waits ? (size_t)-1 : at;
+}
+
 /*
 ** Push a new log holding the committed state of the flow at index 1,
 ** encoded, as the snapshot for the next commit to take; nil when the state
@@ -288,9 +369,11 @@ static size_t next_snapshot_at(size_t base_len) {
 static void push_snapshot(lua_State *L, PM *p) {
   int top = lua_gettop(L);
   lua_getiuservalue(L, 1, UV_STATE);
-  buffer_new(L, p->snapshot_at / SNAPSHOT_FACTOR + 64);  /* about the last one */
+  buffer_new(L, (p->base_len > 0 ? p->base_len : SNAPSHOT_MIN / SNAPSHOT_FACTOR) + 64);  /* about the last one */
   if (!codec_encode_snapshot(L, top + 1, top + 2, "state")) {
-    p->snapshot_at = next_snapshot_at(p->history_len);
+    size_t wait = next_snapshot_at(p->history_len);
+    while (snapshot_threshold(p) < wait && p->snapshot_waits < UCHAR_MAX)
+      p->snapshot_waits++;
     lua_settop(L, top);
     lua_pushnil(L);
     return;
@@ -307,8 +390,8 @@ static void switch_to_snapshot(lua_State *L, PM *p, int snap, size_t base_len) {
   Buffer *log = buffer_at(L, snap);
   p->base_len = base_len;
   p->history_len = log->len - base_len;
-  p->undo_len = 0;
-  p->snapshot_at = next_snapshot_at(base_len);
+  p->last_len = (uint32_t)p->history_len;  /* the event, at most EVENT_MAX */
+  p->snapshot_waits = 0;
   p->events = p->history_len > 0;
   p->history_ids = 0;
   lua_pushvalue(L, snap);
@@ -324,7 +407,7 @@ static void switch_to_snapshot(lua_State *L, PM *p, int snap, size_t base_len) {
 ** without a seen table: its history holds every id it handled.
 */
 static int history_has_id(lua_State *L, PM *p, int id) {
-  const Buffer *log;
+  const char *log;
   size_t end = p->base_len + p->history_len;
   unsigned i, n = p->events < SCAN_MAX ? p->events : SCAN_MAX;
   int found = 0;
@@ -333,7 +416,7 @@ static int history_has_id(lua_State *L, PM *p, int id) {
   log = push_log(L, 1);
   for (i = 0; i < n && !found; i++)
     found = p->id_at[i] != NO_ID &&
-            codec_value_is(L, id, log->data, end, p->base_len + p->id_at[i]);
+            codec_value_is(L, id, log, end, p->base_len + p->id_at[i]);
   lua_pop(L, 1);
   return found;
 }
@@ -351,7 +434,7 @@ static void for_history_ids(lua_State *L, PM *p, void (*each)(lua_State *L, int 
   }
   log = lua_gettop(L);
   while (pos < end) {
-    if (!codec_push_field(L, buffer_at(L, log)->data, end, &pos, "event_id"))
+    if (!codec_push_field(L, log_data(L, log), end, &pos, "event_id"))
       flow_error(L, 1, "the history is damaged: %s", lua_tostring(L, -1));
     if (!lua_isnil(L, -1))
       each(L, arg);
@@ -379,24 +462,23 @@ static void make_seen_table(lua_State *L, PM *p) {
   lua_pushboolean(L, 0);
   lua_rawsetp(L, seen, &LAST_ID);
   if (p->can_undo && p->last_had_id) {
-    size_t pos = p->base_len + p->undo_len;
-    push_log(L, 1);
-    if (!codec_push_field(L, buffer_at(L, -1)->data, p->base_len + p->history_len, &pos,
-                          "event_id"))
+    size_t pos = p->base_len + p->history_len - p->last_len;
+    const char *log = push_log(L, 1);
+    if (!codec_push_field(L, log, p->base_len + p->history_len, &pos, "event_id"))
       flow_error(L, 1, "the history is damaged: %s", lua_tostring(L, -1));
     lua_rawsetp(L, seen, &LAST_ID);
     lua_pop(L, 1);
   }
-  lua_setiuservalue(L, 1, UV_SEEN);
+  set_seen(L, 1);
 }
 
 /* Push the flow's seen table, making it first when 'make' (else nil). */
 static void push_seen(lua_State *L, PM *p, int make) {
-  if (lua_getiuservalue(L, 1, UV_SEEN) != LUA_TNIL || !make)
+  if (push_seen_table(L, 1) != LUA_TNIL || !make)
     return;
   lua_pop(L, 1);
   make_seen_table(L, p);
-  lua_getiuservalue(L, 1, UV_SEEN);
+  push_seen_table(L, 1);
 }
 
 /* ===================================================================
@@ -435,7 +517,7 @@ static void check_correlation(lua_State *L, int spec, const char *type) {
     lua_pushnil(L);
     lua_insert(L, -2);  /* no field name to report */
   }
-  lua_getiuservalue(L, 1, UV_ID);                    /* field, flow, id */
+  push_id(L, 1);                                     /* field, flow, id */
   if (!lua_isnil(L, -2) && !lua_rawequal(L, -1, -2)) {
     const char *other = luaL_tolstring(L, -2, NULL);  /* field, flow, id, other */
     const char *field = lua_tostring(L, -4);
@@ -526,25 +608,36 @@ static void keep_scratch(lua_State *L, int idx) {
 ** Returns the event's size; *id_at is where its event_id is, from the
 ** history's start ((size_t)-1: none).
 **
-** The event is encoded straight into the log (grown by doubling, so
-** O(1) amortised per byte); only a flow's first event goes through the
-** scratch buffer, so that a new flow's log is exactly its size (most flows
-** are small).  An attempt that fails leaves bytes past the committed
-** history, which the next one drops.
+** The event is encoded straight into the log while it is a Buffer (grown
+** by doubling, so O(1) amortised per byte).  A short log is a string of
+** exactly its size (most flows are small): the event is staged in the
+** scratch buffer after a copy of the committed bytes, and the log becomes
+** a new string of those bytes and the event's; past LOG_STRING_MAX
+** committed bytes it becomes a Buffer.  An attempt that fails leaves bytes
+** past the committed history, which the next one drops.
 */
 static size_t stage_event(lua_State *L, PM *p, int snap, const char *type, int fresh,
                           size_t *id_at) {
-  int log, first = 0;
+  int log, small = 0;
   size_t at, n, mark;
   unsigned short mine;
 again:
   mine = ++p->stagings;
   if (!lua_isnil(L, snap))
     lua_pushvalue(L, snap);
-  else if (push_log(L, 1) == NULL) {
-    lua_pop(L, 1);
-    take_scratch(L, 1);
-    first = 1;
+  else {
+    const char *old = push_log(L, 1);
+    if (old == NULL || lua_type(L, -1) == LUA_TSTRING) {  /* none yet, or a string */
+      size_t committed = p->base_len + p->history_len;
+      small = committed < LOG_STRING_MAX;
+      if (small)
+        take_scratch(L, 1);
+      else
+        buffer_new(L, 2 * committed);  /* from now on a Buffer */
+      if (committed > 0)
+        buffer_append(L, -1, old, committed);
+      lua_remove(L, -2);  /* the old log */
+    }
   }
   log = lua_gettop(L);
   at = lua_isnil(L, snap) ? p->base_len + p->history_len : buffer_at(L, log)->len;
@@ -561,13 +654,12 @@ again:
   n = buffer_at(L, log)->len - at;
   /* from the history's start: after the committed events, or first */
   *id_at = mark == (size_t)-1 ? mark : mark - (lua_isnil(L, snap) ? p->base_len : at);
-  if (first) {  /* a new flow's first event: a log of exactly its size */
-    buffer_new(L, n);
+  if (small) {  /* a short log: a string of exactly its size */
+    lua_pushlstring(L, buffer_at(L, log)->data, at + n);
     if (p->stagings != mine) {  /* (it allocated) */
       lua_settop(L, log - 2);
       goto again;
     }
-    buffer_append(L, -1, buffer_at(L, log)->data, n);
     lua_setiuservalue(L, 1, UV_LOG);
     keep_scratch(L, log);
     lua_pop(L, 1);
@@ -667,7 +759,7 @@ static int handle_event(lua_State *L, int fresh) {
     return flow_error(L, 1, "workflow has no handler for event type '%s'", type);
   check_correlation(L, 3, type);
   push_event_id(L);
-  snapshot_due = p->history_len >= p->snapshot_at;
+  snapshot_due = p->history_len >= snapshot_threshold(p);
   if (claim_event_id(L, p, 6, snapshot_due)) {
     lua_newtable(L);
     return 1;  /* at-least-once delivery: a redelivery changes nothing */
@@ -682,6 +774,9 @@ static int handle_event(lua_State *L, int fresh) {
   lua_pushvalue(L, 5);
   lua_getiuservalue(L, 1, UV_STATE);
   n = stage_event(L, p, 8, type, fresh, &id_at);
+  if (n > EVENT_MAX)
+    return flow_error(L, 1, "event '%s' is too large: %I bytes encoded, at most %I", type,
+                      (lua_Integer)n, (lua_Integer)EVENT_MAX);
   staged = p->stagings;
   note_id_at(L, p, id_at);
   p->state_ok = 0;  /* dirty until committed: any error below replays */
@@ -704,16 +799,16 @@ static int handle_event(lua_State *L, int fresh) {
   if (!lua_isnil(L, 8))
     switch_to_snapshot(L, p, 8, base_len);
   else {
-    p->undo_len = p->history_len;
+    p->last_len = (uint32_t)n;
     p->history_len += n;
-    if (p->events < UINT_MAX)
+    if (p->events < USHRT_MAX)
       p->events++;
   }
   p->can_undo = 1;
   p->last_had_id = !lua_isnil(L, 6);
   if (p->events <= SCAN_MAX)  /* read only without a seen table */
     p->id_at[p->events - 1] = (unsigned short)(p->last_had_id && id_at < NO_ID ? id_at : NO_ID);
-  if (p->last_had_id && p->history_ids < UINT_MAX)
+  if (p->last_had_id && p->history_ids < USHRT_MAX)
     p->history_ids++;
   p->version++;
   p->state_ok = 1;
@@ -828,15 +923,15 @@ static int pm_undo(lua_State *L) {
   /* nothing allocates until the replay, which is protected: undo works
   ** when memory has run out, which is when callers need it most */
   lua_settop(L, 1);
-  p->history_len = p->undo_len;
-  if (p->events > 0 && p->events < UINT_MAX)
+  p->history_len -= p->last_len;
+  if (p->events > 0 && p->events < USHRT_MAX)
     p->events--;
-  if (p->last_had_id && p->history_ids > 0 && p->history_ids < UINT_MAX)
+  if (p->last_had_id && p->history_ids > 0 && p->history_ids < USHRT_MAX)
     p->history_ids--;
   p->version--;
   p->can_undo = 0;
   p->state_ok = 0;
-  if (lua_getiuservalue(L, 1, UV_SEEN) == LUA_TTABLE &&     /* 2 */
+  if (push_seen_table(L, 1) == LUA_TTABLE &&                /* 2 */
       lua_rawgetp(L, 2, &LAST_ID) != LUA_TBOOLEAN) {        /* 3 */
     lua_pushnil(L);
     lua_rawset(L, 2);  /* removing a key never allocates */
@@ -882,7 +977,7 @@ static int pm_version(lua_State *L) {
 
 static int pm_id(lua_State *L) {
   to_pm(L);
-  lua_getiuservalue(L, 1, UV_ID);
+  push_id(L, 1);
   return 1;
 }
 
@@ -892,13 +987,13 @@ static int pm_history(lua_State *L) {
   size_t pos = p->base_len, end = p->base_len + p->history_len;
   lua_Integer n = 0;
   lua_settop(L, 1);
-  lua_createtable(L, (int)(p->events < 1u << 20 ? p->events : 1u << 20), 0);  /* 2 */
+  lua_createtable(L, (int)p->events, 0);  /* 2: a hint (saturating) */
   if (push_log(L, 1) == NULL) {                                                /* 3 */
     lua_pop(L, 1);
     return 1;
   }
   while (pos < end) {
-    if (!codec_decode(L, buffer_at(L, 3)->data, end, &pos))
+    if (!codec_decode(L, log_data(L, 3), end, &pos))
       return flow_error(L, 1, "history event #%I is damaged: %s", n + 1,
                         lua_tostring(L, -1));
     lua_rawseti(L, 2, ++n);
@@ -939,7 +1034,7 @@ static int pm_close(lua_State *L) {
   lua_pushnil(L);
   lua_setiuservalue(L, 1, UV_LOG);
   lua_pushnil(L);
-  lua_setiuservalue(L, 1, UV_SEEN);
+  set_seen(L, 1);  /* keeps the id: pm:id() and tostring still tell */
   return 0;
 }
 
@@ -962,7 +1057,6 @@ static PM *push_flow(lua_State *L) {
   luaL_argexpected(L, id_ok, 2, "non-empty string or integer flow id");
   p = (PM *)lua_newuserdatauv(L, sizeof(PM), UV_COUNT);
   memset(p, 0, sizeof *p);
-  p->snapshot_at = SNAPSHOT_MIN;
   luaL_setmetatable(L, PM_TYPENAME);
   lua_pushvalue(L, 1);
   lua_setiuservalue(L, -2, UV_WORKFLOW);
@@ -996,7 +1090,7 @@ static void push_event_ids(lua_State *L) {
   lua_Integer n = 0;
   lua_newtable(L);
   ids = lua_gettop(L);
-  if (lua_getiuservalue(L, 1, UV_SEEN) == LUA_TTABLE) {
+  if (push_seen_table(L, 1) == LUA_TTABLE) {
     seen = lua_gettop(L);
     lua_pushnil(L);
     while (lua_next(L, seen)) {
@@ -1070,9 +1164,7 @@ static int pm_restore(lua_State *L) {
   if (!codec_encode_snapshot(L, 3, 7, "state"))
     return luaL_error(L, "core.restore: %s", lua_tostring(L, -1));
   p->base_len = buffer_at(L, 7)->len;
-  p->snapshot_at = next_snapshot_at(p->base_len);
-  buffer_new(L, p->base_len);                         /* 8: exactly its size */
-  buffer_append(L, 8, buffer_at(L, 7)->data, p->base_len);
+  lua_pushlstring(L, buffer_at(L, 7)->data, p->base_len);  /* 8: exactly its size */
   lua_setiuservalue(L, 6, UV_LOG);
   lua_settop(L, 6);
   n = (lua_Integer)lua_rawlen(L, 5);
@@ -1088,7 +1180,7 @@ static int pm_restore(lua_State *L) {
   }
   lua_pushboolean(L, 0);
   lua_rawsetp(L, 7, &LAST_ID);  /* every seen table has it: see claim_in_table */
-  lua_setiuservalue(L, 6, UV_SEEN);
+  set_seen(L, 6);
   return finish_flow(L);
 }
 
@@ -1161,10 +1253,10 @@ lua_Integer pm_version_at(lua_State *L, int idx) {
 const char *pm_last_event(lua_State *L, int idx, size_t *len) {
   const PM *p = (const PM *)lua_touserdata(L, idx);
   const char *bytes = NULL;
-  if (p->can_undo && lua_getiuservalue(L, idx, UV_LOG) == LUA_TUSERDATA) {
+  if (p->can_undo && lua_getiuservalue(L, idx, UV_LOG) != LUA_TNIL) {
     /* the log: snapshot, then history; the last event ends it */
-    bytes = buffer_at(L, -1)->data + p->base_len + p->undo_len;  /* anchored by the flow */
-    *len = p->history_len - p->undo_len;
+    bytes = log_data(L, -1) + p->base_len + p->history_len - p->last_len;  /* anchored */
+    *len = p->last_len;
   }
   lua_pop(L, 1);
   return bytes;

@@ -282,26 +282,30 @@ describe("procman.pm", function()
     end)
   end)
 
-  it("stages events right when a finalizer handles one meanwhile (handle's scratch is not shared)", function()
-    local other, pm = counter():new("o"), counter():new("c1")
-    local ran = 0
-    local function garbage()
-      for _ = 1, 200 do
-        setmetatable({}, { __gc = function()
-          ran = ran + 1
-          other:handle { event_type = "add", event_id = "g" .. ran, pad = { "from a finalizer", ran } }
-        end })
-      end
-    end
-    local pad = {}
+  -- pm:handle of 'count' events with a large pad (event_id i), each after
+  -- 200 objects whose finalizers call on_gc(n) (n: finalizers run so far),
+  -- with the generational collector. Returns the pad and n.
+  local function handle_among_finalizers(pm, count, on_gc)
+    local ran, pad = 0, {}
     for i = 1, 300 do pad["k" .. i] = { i, tostring(i) } end
+    collectgarbage()
     collectgarbage("generational")
-    for i = 1, 20 do
-      garbage()
+    for i = 1, count do
+      for _ = 1, 200 do
+        setmetatable({}, { __gc = function() ran = ran + 1; on_gc(ran) end })
+      end
       pm:handle { event_type = "add", event_id = i, pad = pad }
     end
     collectgarbage("incremental")
     collectgarbage()
+    return pad, ran
+  end
+
+  it("stages events right when a finalizer handles one meanwhile (handle's scratch is not shared)", function()
+    local other, pm = counter():new("o"), counter():new("c1")
+    local pad, ran = handle_among_finalizers(pm, 20, function(n)
+      other:handle { event_type = "add", event_id = "g" .. n, pad = { "from a finalizer", n } }
+    end)
     assert.is_true(ran > 0)
     assert.equal(20, pm:version())
     local first = pm:version() - #pm:history()  -- the history since the last snapshot
@@ -318,28 +322,13 @@ describe("procman.pm", function()
   it("stages events right when a finalizer handles one of the same flow meanwhile (events are encoded "
      .. "straight into the log)", function()
     local pm = counter():new("c1")
-    local ran, nested = 0, 0
-    local function garbage()
-      for _ = 1, 200 do
-        setmetatable({}, { __gc = function()
-          ran = ran + 1
-          -- refused while the handler runs (busy); taken while the event is staged
-          if pcall(pm.handle, pm, { event_type = "add", event_id = "g" .. ran, pad = { "nested", ran } }) then
-            nested = nested + 1
-          end
-        end })
+    local nested = 0
+    local pad, ran = handle_among_finalizers(pm, 60, function(n)
+      -- refused while the handler runs (busy); taken while the event is staged
+      if pcall(pm.handle, pm, { event_type = "add", event_id = "g" .. n, pad = { "nested", n } }) then
+        nested = nested + 1
       end
-    end
-    local pad = {}
-    for i = 1, 300 do pad["k" .. i] = { i, tostring(i) } end
-    collectgarbage()
-    collectgarbage("generational")
-    for i = 1, 60 do
-      garbage()
-      pm:handle { event_type = "add", event_id = i, pad = pad }
-    end
-    collectgarbage("incremental")
-    collectgarbage()
+    end)
     assert.is_true(ran > 0)
     assert.is_true(nested > 0)
     assert.equal(60 + nested, pm:version())
@@ -353,6 +342,47 @@ describe("procman.pm", function()
     flow.refuses(pm, { event_type = "half_then_fail" }, "boom")  -- rebuilt from the log
     assert.equal(pm:version(), pm:state().n)
     for i = 1, 20 do assert.same({}, pm:handle { event_type = "add", event_id = i }) end
+  end)
+
+  it("keeps its id beside the seen table it makes past a few events (one user value for both)", function()
+    local core = require "procman.core"
+    local pm = counter({ correlate = "counter_id" }):new("c1")
+    for i = 1, 10 do pm:handle { event_type = "add", event_id = i } end  -- past SCAN_MAX: a seen table
+    assert.equal("c1", pm:id())
+    assert.matches("counter/c1", tostring(pm), 1, true)
+    flow.refuses(pm, { event_type = "add", event_id = 11, counter_id = "c2" }, "belongs to flow 'c2'")
+    for i = 1, 10 do assert.same({}, pm:handle { event_type = "add", event_id = i }) end
+    assert.equal(10, pm:version())
+    core.undo(pm)  -- forgets event 10, in the seen table
+    assert.equal(9, pm:version())
+    pm:handle { event_type = "add", event_id = 10 }
+    assert.equal(10, pm:version())
+    assert.equal(10, #core.event_ids(pm))
+    pm:close()
+    assert.equal("c1", pm:id())
+    assert.matches("counter/c1 (closed)", tostring(pm), 1, true)
+  end)
+
+  it("keeps a short log at its exact size, and its events whole as it grows past that", function()
+    local core = require "procman.core"
+    local pm = counter():new("c1")
+    local handled = {}
+    for i = 1, 12 do  -- about 40 bytes each: the log outgrows a short one on the way
+      local event = { event_type = "add", event_id = i, pad = string.rep("x", 20) }
+      pm:handle(event)
+      handled[#handled + 1] = event
+      assert.same(handled, pm:history())
+      if i % 3 == 0 then
+        core.undo(pm)
+        table.remove(handled)
+        flow.refuses(pm, { event_type = "half_then_fail" }, "boom")  -- rebuilt from the log
+        pm:handle(event)
+        handled[#handled + 1] = event
+      end
+      assert.same({}, pm:handle(event))  -- a redelivery, found in the log or the seen table
+    end
+    assert.equal(12, pm:version())
+    assert.equal(12, pm:state().n)
   end)
 
   describe("state()", function()
@@ -515,6 +545,28 @@ describe("procman.pm", function()
       for i = 1, 200 do pm:handle { event_type = "add", pad = pad_of(i) } end
       assert.equal(200, #pm:history())
       assert.equal(200, pm:state())
+    end)
+
+    it("takes snapshots again once the state is data again, later each time it was not", function()
+      local odd = procman.workflow {
+        name = "odd", init = function() return { n = 0 } end, view = function(state) return state.n end,
+        on = { add = function(state, event)
+          state.n = state.n + 1
+          state.f = event.bad and print or nil
+          state.pad = event.pad
+        end },
+      }
+      local pm = odd:new("o")
+      for i = 1, 300 do pm:handle { event_type = "add", bad = true, pad = pad_of(i) } end
+      assert.equal(300, #pm:history())  -- every try failed: the history stays whole
+      local most = 0
+      for i = 301, 2000 do
+        pm:handle { event_type = "add", pad = pad_of(i) }
+        most = math.max(most, history_bytes(pm))
+      end
+      assert.is_true(#pm:history() < 2000 // 2)  -- cut again
+      assert.is_true(most < 4 * 4096 * 4)        -- the wait grew with the history, no more
+      assert.equal(2000, pm:state())
     end)
 
     it("rebuilds a large state of every kind of key from its snapshot", function()
