@@ -41,6 +41,7 @@ build = {
     ["procman.pg.producer"] = "pg/lua/procman/pg/producer.lua",
     ["procman.pg.dispatcher"] = "pg/lua/procman/pg/dispatcher.lua",
     ["procman.pg.worker"] = "pg/lua/procman/pg/worker.lua",
+    ["procman.pg.unit"] = "pg/lua/procman/pg/unit.lua",
     ["procman.pg.routes"] = "pg/lua/procman/pg/routes.lua",
     ["procman.pg.policies"] = "pg/lua/procman/pg/policies.lua",
     ["procman.pg.store"] = "pg/lua/procman/pg/store.lua",

@@ -170,6 +170,7 @@ end
 local function other_typed_flow(self, name, flow_id)
   local other = math.type(flow_id) == "integer" and tostring(flow_id) or math.tointeger(tonumber(flow_id))
   if other == nil or tostring(other) ~= tostring(flow_id) then return "" end
+  if self.owns and not self.owns(name, other) then return "" end  -- (a worker's: it fills the flow in)
   local known = self.live[name][other] or self.parked_of[name][other] or self.finished[name][other]
   if known == nil then return "" end
   return string.format(": the event's flow id is %s, but there is a flow %s; ids of different types "
@@ -197,6 +198,8 @@ end
 local function target_in(self, newest, event, event_type)
   local name = newest.name
   local flow_id = flow_id_of(newest, event)
+  local owns = self.owns  -- a PostgreSQL worker's: a flow of a partition it owns (and loaded), or none
+  if owns and not owns(name, flow_id) then return nil end
   local pm = self.live[name][flow_id]
   local parked = self.parked_of[name][flow_id] ~= nil
   if pm ~= nil or parked then
@@ -759,7 +762,7 @@ end
 -- cannot take the record, nothing changes. A failure of the journal
 -- returns nil, message.
 function Router:handle(event)
-  local engine = self.engine
+  local engine = not self.owns and self.engine  -- (the engine does not ask owns: the Lua path does)
   if engine then  -- the common step, in C (csrc/engine.c); false: not one it takes
     -- (nor one that fails the checks below: it makes them itself)
     local out, err, journaled = engine:step(event)

@@ -1,7 +1,8 @@
---- procman.pg.policies: what a worker does with an event that no flow
+--- procman.pg.policies: a worker's policies for an event that no flow
 -- takes, with the router's option names and outcomes (on_unknown, on_late,
--- on_unroutable), and the router's hooks (procman.hooks), called after the
--- batch that did what they report has committed.
+-- on_unroutable: the router of each unit applies them), and the router's
+-- hooks (procman.hooks), which the worker calls once the unit that did
+-- what they report has committed.
 --
 -- A worker has no caller to raise to: "raise" would stop its partitions
 -- on one event, so it is refused; the worker's defaults are the router's
@@ -52,21 +53,6 @@ function M.check(opts)
     out.hooks = next(given) and given or nil
   end
   return out
-end
-
---- queue(work, name, ...): note a hook call for after the commit.
-function M.queue(work, name, ...)
-  if work.hooks then work.hooks[#work.hooks + 1] = table.pack(name, ...) end
-end
-
---- hoist(work, mark, from): move the calls queued from 'from' on to just
--- after the first 'mark' ones (the router's order of reports).
-function M.hoist(work, mark, from)
-  local calls = work.hooks
-  if calls == nil or from > #calls then return end
-  local moved = table.move(calls, from, #calls, 1, {})
-  table.move(calls, mark + 1, from - 1, mark + 1 + #moved)
-  table.move(moved, 1, #moved, mark + 1, calls)
 end
 
 --- run(hooks, calls, report): call the queued hooks; one that raises is

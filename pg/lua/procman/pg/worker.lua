@@ -3,12 +3,16 @@
 -- A flow belongs to partition hash(workflow, flow id) mod N; a worker owns
 -- partitions (procman.pg.partitions). A step reads, in (transaction id,
 -- position) order, the events after its checkpoints that may concern its
--- partitions, routes each by the router's rules (procman.workflow's
--- flow_id, the same dead letters, parking with on_error = "park"), and
--- commits in ONE transaction: the flows' new state and version (checked
--- against the version it read, so two owners can never both write), the
--- outbox rows, the timers, the parked events, the dead letters and the
--- checkpoints (procman.pg.store, one statement per table).
+-- partitions, loads the flows they may go to (procman.pg.store: three
+-- statements), and hands the events to the router's own step
+-- (procman.pg.unit: a procman.router filled from the store, told which
+-- flows are this worker's, writing its records to a PostgreSQL log port):
+-- routing, dedup, parking, dead letters, timers, command ids and statuses
+-- are the router's. It commits in ONE transaction what the step did: the
+-- flows' new state and version (checked against the version it read, so
+-- two owners can never both write), the outbox rows, the timers, the
+-- parked events, the dead letters and the checkpoints (procman.pg.store,
+-- one statement per table).
 --
 -- Failure isolation: when the commit fails for anything but a lost
 -- connection or another owner, the worker forgets its cache and handles
@@ -16,20 +20,12 @@
 -- transaction fails becomes a dead letter with the database's reason, and
 -- the rest commits. No input can stall a partition.
 --
--- The router's rules, where a worker can keep them: workflow versions
--- (new flows on the newest, each flow on the version it started on), the
--- policies on_unknown, on_late and on_unroutable and the hooks
--- (procman.pg.policies: called after the commit of what they report).
---
 -- Connection loss: w:run reconnects with backoff (forever, unless told a
 -- number of attempts), reports each failure (the on_error hook, else
 -- warn), and starts again from the stored checkpoints: nothing is lost and
 -- nothing is applied twice, since state and checkpoints commit together.
 local procman = require "procman"
-local core = require "procman.core"
 local workflow = require "procman.workflow"
-local timers = require "procman.timers"
-local records = require "procman.records"
 local replay_plan = require "procman.replay_plan"
 local message = require "procman.message"
 local db = require "procman.pg.db"
@@ -40,6 +36,7 @@ local store = require "procman.pg.store"
 local partitions = require "procman.pg.partitions"
 local producer = require "procman.pg.producer"
 local policies = require "procman.pg.policies"
+local unit = require "procman.pg.unit"
 
 local encode, decode = procman.encode, procman.decode
 
@@ -53,8 +50,6 @@ M.partition = routes.partition
 local OPTIONS = { conninfo = true, workflows = true, partitions = true, batch = true, clock = true,
                   on_error = true, cache = true, warn = true, reconnect = true, on_unknown = true,
                   on_late = true, on_unroutable = true, hooks = true }
-local NO_MEMORY = "not enough memory"  -- never a reason to park or dead-letter
-local START = "[*]"  -- the status before a flow's first event (procman.journal_view's START)
 
 local function fail(fmt, ...)
   error("procman.pg.worker: " .. string.format(fmt, ...), 3)
@@ -201,7 +196,8 @@ function M.new(opts)
   local o = check_options(opts)
   local wf = workflows_of(opts.workflows)
   local self = setmetatable({
-    conninfo = opts.conninfo, wf = wf, specs = wf.specs, by_name = wf.by_name, partitions = o.partitions,
+    conninfo = opts.conninfo, wf = wf, workflow_list = opts.workflows, specs = wf.specs, by_name = wf.by_name,
+    partitions = o.partitions,
     batch = o.batch, on_unknown = o.policies.on_unknown, on_late = o.policies.on_late,
     hooks = o.policies.hooks,
     clock = opts.clock or os.time, on_error = o.on_error, cache_limit = o.cache_limit,
@@ -231,14 +227,9 @@ function Worker:reconnect(stop)
   if ok then self.stats.reconnects = self.stats.reconnects + 1 end
   return ok, err
 end
-
 -- ---------------------------------------------------------------------
 -- The cache: live flows by workflow and key, bounded
 -- ---------------------------------------------------------------------
-
-local function cache_key(name, key)
-  return name .. "\0" .. key
-end
 
 function Worker:forget_all()
   self.cache, self.cache_size = {}, 0
@@ -253,14 +244,12 @@ function Worker:forget_partition(p)
   end
 end
 
-local function cache_put(self, entry)
-  local k = cache_key(entry.spec.name, entry.key)
+local function cache_put(self, k, entry)
   if self.cache[k] == nil then self.cache_size = self.cache_size + 1 end
   self.cache[k] = entry
 end
 
-local function cache_drop(self, entry)
-  local k = cache_key(entry.spec.name, entry.key)
+local function cache_drop(self, k)
   if self.cache[k] ~= nil then
     self.cache[k] = nil
     self.cache_size = self.cache_size - 1
@@ -272,264 +261,97 @@ end
 local function trim_cache(self)
   if self.cache_size <= self.cache_limit then return end
   local list = {}
-  for _, entry in pairs(self.cache) do list[#list + 1] = entry end
-  table.sort(list, function(a, b) return (a.used or 0) < (b.used or 0) end)
-  for i = 1, #list - (self.cache_limit * 9) // 10 do cache_drop(self, list[i]) end
+  for k, entry in pairs(self.cache) do list[#list + 1] = { k = k, used = entry.used or 0 } end
+  table.sort(list, function(a, b) return a.used < b.used end)
+  for i = 1, #list - (self.cache_limit * 9) // 10 do cache_drop(self, list[i].k) end
 end
 
--- Load into the cache the flows of 'targets' it lacks (three statements
--- however many): after this, a miss means the store has no such flow.
-local function preload(self, targets)
-  local want, seen = {}, {}
+-- Load the flows of 'targets' ({ spec, flow, key, partition }) the cache
+-- lacks, three statements however many; 'loaded' (key -> entry or false)
+-- then knows each: live flows also go to the cache, completed ones only
+-- to 'loaded' (they are not cached).
+local function preload(self, targets, loaded)
+  local want = {}
   for _, t in ipairs(targets) do
-    local k = cache_key(t.spec.name, t.key)
-    if self.cache[k] == nil and not seen[k] then
-      seen[k] = true
-      want[#want + 1] = t
+    local k = unit.key_of(t.spec.name, t.flow)
+    if loaded[k] == nil then
+      local cached = self.cache[k]
+      loaded[k] = cached or false
+      if cached == nil then want[#want + 1] = t end
     end
   end
-  for _, entry in pairs(store.load(self.conn, want, self.wf.versions)) do cache_put(self, entry) end
+  for k, entry in pairs(store.load(self.conn, want, self.wf.versions)) do
+    loaded[k] = entry
+    if not entry.done then cache_put(self, k, entry) end
+  end
 end
 
--- ---------------------------------------------------------------------
--- Handling one event on one flow (the router's rules)
--- ---------------------------------------------------------------------
-
-local function new_work(self, now)
+-- A unit of work (procman.pg.unit) whose flows come from 'loaded'; a flow
+-- the batch did not foresee is loaded when the router asks for it (a
+-- failure there fails the unit: nothing of it is written).
+local function new_unit(self, loaded)
   self.tick_count = (self.tick_count or 0) + 1
-  return { changed = {}, changed_set = {}, outbox = {}, dead = {}, transitions = {}, handled = 0,
-           now = now or self.clock(), stamp = self.tick_count, hooks = self.hooks and {} or nil }
-end
-
-local function touch(work, entry)
-  entry.used = work.stamp
-  if not work.changed_set[entry] then
-    work.changed_set[entry] = true
-    work.changed[#work.changed + 1] = entry
-  end
-end
-
--- A dead letter; its hook gets it as pg.dead_letters lists it, with the
--- id the store gives it.
-local function dead_letter(work, position, t, err, event)
-  local letter = { position = position, workflow = t and t.spec.name, flow = t and t.flow,
-                   error = message(err), event = event }
-  work.dead[#work.dead + 1] = { letter = letter, position = position, workflow = letter.workflow,
-                                key = t and t.key, error = letter.error, event = encode(event) }
-  policies.queue(work, "dead_letter", letter)
-end
-
--- An event a policy (on_unknown, on_late) judges: a dead letter, or
--- ignored (the event_ignored hook, kind "unknown" or "late").
-local function by_policy(work, policy, kind, position, t, why, event)
-  if policy == "dead_letter" then return dead_letter(work, position, t, why, event) end
-  policies.queue(work, "event_ignored", kind, rawget(event, "event_type"), why)
-end
-
--- The router's wording for a handler's failure.
-local function run_handler(entry, event)
-  local pm = entry.pm
-  local ok, result = pcall(pm.handle, pm, event)
-  if not ok and type(result) ~= "string" then
-    return nil, string.format("%s: handler for '%s' failed: %s", label(entry.spec.name, entry.flow),
-                              rawget(event, "event_type"), message(result))
-  end
-  if not ok then return nil, result end
-  local plain, directives
-  ok, plain, directives = pcall(timers.split, result)
-  if not ok then
-    return nil, string.format("%s: handler for '%s' returned a bad timer directive: %s",
-                              label(entry.spec.name, entry.flow), rawget(event, "event_type"), plain)
-  end
-  return plain, directives
-end
-
--- What a flow needs to know after an event, and its outbox rows: may
--- raise (a status or done function that fails, a state or a command that
--- is not data), before anything changed.
-local function after_event(entry, plain, position)
-  local name, version = entry.spec.name, entry.pm:version()
-  local rows = {}
-  for i, command in ipairs(plain) do
-    local id = records.command_id(name, entry.flow, version, i)
-    local envelope = { id = id, workflow = name, flow = entry.flow, command = command }
-    rows[i] = { id = id, workflow = name, key = entry.key, position = position, envelope = encode(envelope),
-                plain = envelope }
-  end
-  local done, status = entry.pm:done(), entry.pm:status()
-  return { done = done, status = status, snapshot = table.pack(core.snapshot(entry.pm)), outbox = rows }
-end
-
--- Count the edge (status before, event type, status after) for procman
--- diagram.
-local function count_transition(work, entry, before, event, status)
-  local from = before == 0 and START or tostring(entry.status)
-  local edge = encode { from, rawget(event, "event_type"), tostring(status) }
-  local key = entry.spec.name .. "\0" .. edge
-  local t = work.transitions[key]
-  if t == nil then
-    t = { workflow = entry.spec.name, edge = edge, count = 0 }
-    work.transitions[key] = t
-  end
-  t.count = t.count + 1
-end
-
--- Apply an event to a flow that has a pm; nil, or the error with the flow
--- unchanged.
-local function apply(work, entry, event, position)
-  local before = entry.pm:version()
-  local started = work.hooks and core.monotonic()
-  local plain, directives = run_handler(entry, event)
-  local ok, after, why = plain ~= nil, nil, directives
-  if ok then
-    if entry.pm:version() == before then return nil end  -- a redelivery: nothing
-    ok, after = pcall(after_event, entry, plain, position)
-    if not ok then why = after end
-  end
-  if not ok then
-    if entry.pm:version() > before then core.undo(entry.pm) end
-    return message(why)
-  end
-  table.move(after.outbox, 1, #after.outbox, #work.outbox + 1, work.outbox)
-  count_transition(work, entry, before, event, after.status)
-  if directives then  -- timers named by the flow's version: the same in every worker
-    entry.timers = timers.apply(entry.timers, directives, work.now, entry.pm:version())
-    entry.timers_changed = true
-  end
-  entry.done, entry.status, entry.snapshot = after.done, after.status, after.snapshot
-  if after.done then entry.timers_changed = true end  -- its timers go with it
-  work.handled = work.handled + 1
-  if work.hooks then
-    local name, flow_id = entry.spec.name, entry.flow
-    if before == 0 and not work.resuming then  -- a flow routed to, not one resumed
-      policies.queue(work, "flow_started", name, flow_id)
+  local stamp = self.tick_count
+  return unit.new(self, function(k, name, flow_id)
+    if loaded[k] == nil then
+      local t = { spec = self.by_name[name], flow = flow_id, key = encode(flow_id),
+                  partition = routes.partition(name, flow_id, self.partitions) }
+      local ok, err = pcall(preload, self, { t }, loaded)
+      if not ok then
+        loaded.failed = loaded.failed or err
+        loaded[k] = false
+      end
     end
-    policies.queue(work, "event_handled", name, flow_id, rawget(event, "event_type"),
-                   core.monotonic() - started)
-    if after.done then policies.queue(work, "flow_completed", name, flow_id, after.status) end
-    work.commands_at = #work.hooks + 1  -- (the router reports the flow's hooks, then the commands)
-    for _, row in ipairs(after.outbox) do policies.queue(work, "command_emitted", row.plain) end
-  end
-  return nil
-end
-
-local function park(self, work, entry, event, err)
-  entry.parked = { events = { event }, error = err }
-  entry.parked_changed = true
-  self.stats.parked = self.stats.parked + 1
-  policies.queue(work, "flow_parked", entry.spec.name, entry.flow, err)
-  touch(work, entry)
-end
-
--- Events still parked when a retried one completed the flow (the retried
--- one is off the list already): dead letters.
-local function complete_parked(work, entry)
-  if not entry.parked then return end
-  for i = 1, #entry.parked.events do
-    dead_letter(work, nil, entry, string.format("flow %s completed while this event was parked",
-                                                label(entry.spec.name, entry.flow)), entry.parked.events[i])
-  end
-  entry.parked, entry.parked_changed = nil, true
-end
-
--- A new flow for an event that may start one; nil, why when it cannot
--- (and "unknown" when the version new flows start on has no handler for
--- it: on_unknown judges it).
-local function new_flow(self, t, event)
-  local event_type = rawget(event, "event_type")
-  if t.spec.on[event_type] == nil then
-    return nil, string.format("no flow %s for %s, and version %d of %s (new flows start on it) has no "
-                              .. "handler for it", label(t.spec.name, t.flow), event_type, t.spec.version,
-                              t.spec.name), "unknown"
-  end
-  if not t.spec.starts_set[event_type] then
-    return nil, string.format("no flow %s for %s", label(t.spec.name, t.flow), event_type)
-  end
-  local entry = { spec = t.spec, flow = t.flow, key = t.key, partition = t.partition }
-  local ok, pm = pcall(core.new, t.spec, t.flow)
-  if not ok then return entry, message(pm) end
-  entry.pm = pm
-  cache_put(self, entry)
-  return entry
-end
-
--- Handle an event on one target flow of an owned partition, into 'work'.
--- fired: the timer that injected it (removed whatever happens).
-local function handle(self, work, t, event, position, fired)
-  local entry = self.cache[cache_key(t.spec.name, t.key)]
-  if fired and entry then
-    entry.timers = timers.remove(entry.timers, fired.seq, fired.index)
-    entry.timers_changed = true
-    touch(work, entry)
-  end
-  local event_type = rawget(event, "event_type")
-  if entry and entry.done then
-    return by_policy(work, self.on_late, "late", position, t,
-                     string.format("flow %s is complete (%s): event '%s' came after it finished",
-                                   label(t.spec.name, t.flow), tostring(entry.status), event_type), event)
-  end
-  if entry and not fired and (entry.pm or entry.parked) and entry.spec.on[event_type] == nil then
-    return by_policy(work, self.on_unknown, "unknown", position, t,  -- the flow runs an older version
-                     string.format("flow %s runs version %d of %s, which has no handler for '%s'",
-                                   label(t.spec.name, t.flow), entry.spec.version, t.spec.name, event_type),
-                     event)
-  end
-  if entry and entry.parked then  -- held behind the parked event, in order
-    table.insert(entry.parked.events, event)
-    entry.parked_changed = true
-    return touch(work, entry)
-  end
-  local err, kind
-  if entry == nil or entry.pm == nil then
-    entry, err, kind = new_flow(self, t, event)
-    if kind then return by_policy(work, self.on_unknown, kind, position, t, err, event) end
-    if entry == nil then return dead_letter(work, position, t, err, event) end
-  end
-  err = err or apply(work, entry, event, position)
-  if err == nil then return touch(work, entry) end
-  if self.on_error == "park" and not err:find(NO_MEMORY, 1, true) then
-    cache_put(self, entry)
-    return park(self, work, entry, event, err)
-  end
-  if entry.db_version == nil and not work.changed_set[entry] then cache_drop(self, entry) end  -- never was
-  dead_letter(work, position, t, err, event)
+    local entry = loaded[k] or nil
+    if entry then entry.used = stamp end
+    return entry
+  end)
 end
 
 -- ---------------------------------------------------------------------
 -- Committing
 -- ---------------------------------------------------------------------
 
--- Commit a batch; on success the cache follows (completed flows leave it),
--- on failure it is dropped (the store is the truth).
-local function commit(self, work)
+-- Commit a unit (with the checkpoint 'cp', or none); on success the cache
+-- follows (completed flows leave it), on failure it is dropped (the store
+-- is the truth).
+local function commit(self, u, cp, loaded)
+  if loaded and loaded.failed then
+    self:forget_all()
+    return nil, loaded.failed
+  end
+  local work = u:writes()
+  if cp then work.xid, work.position = cp.xid, cp.position end
   local ok, written = pcall(db.transaction, self.conn, store.write, work, partitions.list(self))
   if not ok then
     self:forget_all()
     return nil, written
   end
   for i, d in ipairs(work.dead) do d.letter.id = written.dead_ids[i] end
-  for _, entry in ipairs(work.changed) do
-    if entry.pm then entry.db_version = entry.pm:version() end
-    entry.timers_changed, entry.parked_changed, entry.snapshot = nil, nil, nil
-    if entry.done then cache_drop(self, entry) end  -- a completed flow: in the store, not in memory
+  for k, entry in pairs(u.cached(work.changed)) do
+    if entry then
+      entry.used = self.tick_count
+      cache_put(self, k, entry)
+    else
+      cache_drop(self, k)
+    end
   end
-  if work.xid then
-    local cp = { xid = work.xid, position = work.position }
+  if cp then
     for p, old in pairs(self.owned) do
       if partitions.before(old, cp) then self.owned[p] = cp end
     end
   end
   local s = self.stats
-  s.handled, s.commands, s.dead, s.commits = s.handled + work.handled, s.commands + #work.outbox,
-                                             s.dead + #work.dead, s.commits + 1
+  s.handled, s.commands, s.dead, s.commits, s.parked = s.handled + u.handled, s.commands + #work.outbox,
+                                                       s.dead + #work.dead, s.commits + 1, s.parked + u.parked
   trim_cache(self)
   s.cached = self.cache_size
-  if work.hooks then policies.run(self.hooks, work.hooks, function(text) self:report(text) end) end
+  if u.calls then policies.run(self.hooks, u.calls, function(text) self:report(text) end) end
   return true
 end
 
--- May a failed commit be blamed on the batch's events (and retried one
--- by one)? Not a lost connection, not another owner's write.
+-- May a failed commit be blamed on the unit's events (and retried one by
+-- one)? Not a lost connection, not another owner's write.
 local function isolatable(self, err)
   return not (type(err) == "table" and err.conflict) and not db.is_connection_loss(err, self.conn)
 end
@@ -538,8 +360,8 @@ end
 -- Steps
 -- ---------------------------------------------------------------------
 
--- The flows an event goes to (all of them, as the router computes them),
--- or nil and why it cannot be routed.
+-- The flows an event may go to in this worker's partitions (to load them
+-- in one go; the router decides), or nil and why it cannot be routed.
 local function targets_of(self, event)
   local event_type, list = rawget(event, "event_type"), {}
   for _, spec in ipairs(self.specs) do
@@ -599,13 +421,6 @@ local READ = "WITH bound AS MATERIALIZED (SELECT pg_snapshot_xmin(pg_current_sna
   .. "WHERE e.xid < (SELECT x FROM bound) ORDER BY e.xid DESC, e.position DESC LIMIT 1) "
   .. "ORDER BY horizon, xid, position"
 
--- The partition whose owner keeps the one dead letter of an event that
--- reaches no flow: the one it is stored for, or 0 (an event for every
--- worker).
-local function keeper(ev)
-  return ev.partition or 0
-end
-
 -- A stored event whose payload cannot be decoded (damaged in the store):
 -- a dead letter, never a step that fails on it again and again. The
 -- letter's event is what the store still says (its type and id) with the
@@ -615,9 +430,26 @@ local function damaged(self, ev, payload, why)
                       ev.position)[1]
   local ok, id = pcall(decode, row.event_key)
   ev.event = { event_type = row.event_type, event_id = ok and id or row.event_key, payload = payload }
-  ev.unroutable = string.format("procman.pg.worker: the stored payload of the event at position %d cannot "
-                                .. "be decoded (%s): its bytes are kept in this letter's event.payload",
-                                ev.position, message(why))
+  ev.damaged = string.format("procman.pg.worker: the stored payload of the event at position %d cannot "
+                             .. "be decoded (%s): its bytes are kept in this letter's event.payload",
+                             ev.position, message(why))
+end
+
+-- Is this worker to hand the event to its router? When it owns one of
+-- the flows the event may go to (after that partition's checkpoint), or
+-- keeps the event's own judgement (no workflow handles its type, it
+-- cannot be routed): the owner of the partition it is stored for (of
+-- partition 0 when it has none), so that one worker judges it.
+local function concerned(self, ev)
+  local keeper = after_checkpoint(self, ev.partition or 0, ev)
+  ev.keeper = keeper
+  if ev.damaged then return keeper end
+  local targets = targets_of(self, ev.event)
+  if targets == nil then return keeper end
+  for _, t in ipairs(targets) do
+    if after_checkpoint(self, t.partition, ev) then ev.mine[#ev.mine + 1] = t end
+  end
+  return keeper or #ev.mine > 0
 end
 
 local function read_events(self)
@@ -636,18 +468,7 @@ local function read_events(self)
       local ev = { xid = row.xid, position = row.position, partition = row.partition, mine = {} }
       local ok, event = pcall(decode, row.payload)
       if ok then ev.event = event else damaged(self, ev, row.payload, event) end
-      local targets, why
-      if ev.unroutable == nil then targets, why = targets_of(self, ev.event) end
-      if targets == nil then
-        ev.unroutable = after_checkpoint(self, keeper(ev), ev) and (ev.unroutable or why)
-      elseif not self.wf.known_types[rawget(ev.event, "event_type")] then  -- one judgement, by the keeper
-        ev.unknown = after_checkpoint(self, keeper(ev), ev)
-                     and string.format("no workflow handles event type '%s'", rawget(ev.event, "event_type"))
-      else
-        for _, t in ipairs(targets) do
-          if after_checkpoint(self, t.partition, ev) then ev.mine[#ev.mine + 1] = t end
-        end
-      end
+      ev.concerned = concerned(self, ev)
       events[#events + 1] = ev
     end
   end
@@ -655,12 +476,16 @@ local function read_events(self)
   return events, horizon, low
 end
 
-local function apply_event(self, work, ev)
-  if ev.unroutable then return dead_letter(work, ev.position, nil, ev.unroutable, ev.event) end
-  if ev.unknown then
-    return by_policy(work, self.on_unknown, "unknown", ev.position, nil, ev.unknown, ev.event)
+-- Hand the events to a unit's router (a damaged one is a dead letter).
+local function handle_events(u, events)
+  for _, ev in ipairs(events) do
+    if ev.damaged then
+      local letter = u:dead_letter(ev.position, nil, nil, ev.damaged, ev.event)
+      if u.calls then u.calls[#u.calls + 1] = table.pack("dead_letter", letter) end
+    elseif ev.concerned then
+      u:handle(ev)
+    end
   end
-  for _, t in ipairs(ev.mine) do handle(self, work, t, ev.event, ev.position) end
 end
 
 local function all_targets(events)
@@ -669,22 +494,25 @@ local function all_targets(events)
   return list
 end
 
--- Units (events or timers) again, one per transaction: fill(work, unit)
--- puts what a unit does into a work; a unit whose transaction the store
--- refuses is handed to refuse(work, unit, reason) instead (a dead letter).
--- targets(unit): the flows to load first (the cache is dropped on failure).
-local function one_by_one(self, units, now, targets, fill, refuse)
-  for _, unit in ipairs(units) do
-    preload(self, targets(unit))
-    local work = new_work(self, now)
-    fill(work, unit)
-    local ok, err = commit(self, work)
+-- Units (events or timers) again, one per transaction: fill(u, unit)
+-- runs one in a unit; one whose transaction the store refuses is handed
+-- to refuse(u, unit, reason) in a new unit instead (a dead letter).
+-- targets(unit): the flows to load first (the cache is dropped on
+-- failure); checkpoint(unit): where the checkpoints move with it.
+local function one_by_one(self, units, how)
+  for _, one in ipairs(units) do
+    local loaded = {}
+    preload(self, how.targets(one), loaded)
+    local u = new_unit(self, loaded)
+    how.fill(u, one)
+    local ok, err = commit(self, u, how.checkpoint(one), loaded)
     if not ok then
       if not isolatable(self, err) then return nil, err end
-      preload(self, targets(unit))
-      local dead = new_work(self, now)
-      refuse(dead, unit, message(err))
-      ok, err = commit(self, dead)
+      loaded = {}
+      preload(self, how.targets(one), loaded)
+      u = new_unit(self, loaded)
+      how.refuse(u, one, message(err))
+      ok, err = commit(self, u, how.checkpoint(one), loaded)
       if not ok then return nil, err end
     end
   end
@@ -695,19 +523,18 @@ end
 -- The batch again, one event per transaction: the ones the store refuses
 -- become dead letters with its reason.
 local function isolate(self, events)
-  return one_by_one(self, events, nil, function(ev) return ev.mine end,
-    function(work, ev)
-      apply_event(self, work, ev)
-      work.xid, work.position = ev.xid, ev.position
+  return one_by_one(self, events, {
+    targets = function(ev) return ev.mine end,
+    checkpoint = function(ev) return { xid = ev.xid, position = ev.position } end,
+    fill = function(u, ev) handle_events(u, { ev }) end,
+    refuse = function(u, ev, why)
+      if not (ev.concerned or ev.damaged) then return end
+      local letter = u:dead_letter(ev.position, nil, nil, "procman.pg.worker: the store refused this event's "
+                                   .. "changes: " .. why, ev.event)
+      if u.calls then u.calls[#u.calls + 1] = table.pack("dead_letter", letter) end
     end,
-    function(dead, ev, why)
-      dead_letter(dead, ev.position, nil,
-                  "procman.pg.worker: the store refused this event's changes: " .. why, ev.event)
-      dead.xid, dead.position = ev.xid, ev.position
-    end)
+  })
 end
-
-local isolate_timers  -- (below, with tick)
 
 local function claim(self)
   local now = os.time()
@@ -721,19 +548,17 @@ local function step(self)
   local events, horizon, low = read_events(self)
   if #events == 0 then
     if horizon and partitions.before(low, horizon) then  -- nothing of ours up to there
-      local work = new_work(self)
-      work.xid, work.position = horizon.xid, horizon.position
-      local ok, err = commit(self, work)
+      local ok, err = commit(self, new_unit(self, {}), horizon)
       if not ok then return nil, err end
     end
     return 0
   end
-  preload(self, all_targets(events))
-  local work = new_work(self)
-  for _, ev in ipairs(events) do apply_event(self, work, ev) end
+  local loaded = {}
+  preload(self, all_targets(events), loaded)
+  local u = new_unit(self, loaded)
+  handle_events(u, events)
   local last = horizon or events[#events]
-  work.xid, work.position = last.xid, last.position
-  local ok, err = commit(self, work)
+  local ok, err = commit(self, u, { xid = last.xid, position = last.position }, loaded)
   if not ok then
     if not isolatable(self, err) then return nil, err end
     ok, err = isolate(self, events)
@@ -743,55 +568,71 @@ local function step(self)
   return #events
 end
 
--- Fire one timer of a loaded flow into 'work' (nothing if it is gone).
--- With 'refused', the timer goes and its event becomes a dead letter.
-local function fire(self, work, t, refused)
-  local entry = self.cache[cache_key(t.spec.name, t.key)]
-  local timer = entry and entry.timers and timers.find(entry.timers, t.fired.seq, t.fired.index)
-  if timer == nil then return end
-  if refused then
-    entry.timers = timers.remove(entry.timers, t.fired.seq, t.fired.index)
-    entry.timers_changed = true
-    touch(work, entry)
-    return dead_letter(work, nil, t, refused, timer.event)
+-- Numbers of the store's position sequence that no event has: the
+-- sequence numbers of a tick's or a resume's records (procman.pg.unit).
+local NEXT_NUMBER = "SELECT nextval(pg_get_serial_sequence('procman_events', 'position'))"
+
+local function sequence_number(self)
+  return db.exec(self.conn, NEXT_NUMBER .. " AS v")[1].v
+end
+
+-- The due timers of the owned partitions, in due order, at most a batch.
+local function due_timers(self, now)
+  local list = partitions.list(self)
+  if #list == 0 then return {} end
+  -- (with the tick's sequence number: evaluated once, and only when a timer is due)
+  local rows = db.exec(self.conn, "SELECT workflow, flow_key, partition, seq, index, (" .. NEXT_NUMBER
+                                  .. ") AS v FROM procman_timers WHERE partition = ANY($1::int[]) "
+                                  .. "AND due <= $2 ORDER BY due, seq, index LIMIT $3",
+                       "{" .. table.concat(list, ",") .. "}", now, self.batch)
+  local targets = { number = rows[1] and rows[1].v }
+  for _, row in ipairs(rows) do
+    local spec = self.by_name[row.workflow]
+    if spec then
+      targets[#targets + 1] = { spec = spec, flow = decode(row.flow_key), key = row.flow_key,
+                                partition = row.partition, seq = row.seq, index = row.index }
+    end
   end
-  handle(self, work, t, timer.event, nil, t.fired)
-  policies.queue(work, "timer_fired", t.spec.name, t.flow, rawget(timer.event, "event_type"),
-                 work.now - timer.due)
+  return targets
+end
+
+-- Fire timers in a unit: the router's tick over their flows.
+local function fire(u, targets, now)
+  for _, t in ipairs(targets) do u:ensure(t.spec.name, t.flow) end
+  u:sequence(targets.number)
+  u:tick(now, #targets)
 end
 
 -- The timers again, one per transaction: a timer whose event the store
 -- refuses goes, its event a dead letter with the reason (as for events).
-function isolate_timers(self, targets, now)
-  return one_by_one(self, targets, now, function(t) return { t } end,
-    function(work, t) fire(self, work, t) end,
-    function(dead, t, why)
-      fire(self, dead, t, "procman.pg.worker: the store refused this timer's changes: " .. why)
-    end)
+local function isolate_timers(self, targets, now)
+  return one_by_one(self, targets, {
+    targets = function(t) return { t } end,
+    checkpoint = function() return nil end,
+    fill = function(u, t)
+      u:ensure(t.spec.name, t.flow)
+      if u.r.schedule:find(t.spec.name, t.flow, t.seq, t.index) then
+        u:sequence(sequence_number(self))
+        u:tick(now, 1)
+      end
+    end,
+    refuse = function(u, t, why)
+      u:drop_timer(t.spec.name, t.flow, t.seq, t.index,
+                   "procman.pg.worker: the store refused this timer's changes: " .. why)
+    end,
+  })
 end
 
 local function tick(self, now)
   claim(self)
   now = now or self.clock()
-  local list = partitions.list(self)
-  if #list == 0 then return 0 end
-  local rows = db.exec(self.conn, "SELECT workflow, flow_key, partition, seq, index FROM procman_timers "
-                                  .. "WHERE partition = ANY($1::int[]) AND due <= $2 "
-                                  .. "ORDER BY due, seq, index LIMIT $3",
-                       "{" .. table.concat(list, ",") .. "}", now, self.batch)
-  local targets = {}
-  for _, row in ipairs(rows) do
-    local spec = self.by_name[row.workflow]
-    if spec then
-      targets[#targets + 1] = { spec = spec, flow = decode(row.flow_key), key = row.flow_key,
-                                partition = row.partition, fired = { seq = row.seq, index = row.index } }
-    end
-  end
+  local targets = due_timers(self, now)
   if #targets == 0 then return 0 end
-  preload(self, targets)
-  local work = new_work(self, now)
-  for _, t in ipairs(targets) do fire(self, work, t) end
-  local ok, err = commit(self, work)
+  local loaded = {}
+  preload(self, targets, loaded)
+  local u = new_unit(self, loaded)
+  fire(u, targets, now)
+  local ok, err = commit(self, u, nil, loaded)
   if not ok then
     if not isolatable(self, err) then return nil, err end
     ok, err = isolate_timers(self, targets, now)
@@ -839,49 +680,10 @@ function Worker:owned_partitions()
 end
 
 -- ---------------------------------------------------------------------
--- Parked flows
+-- Parked flows: the router's resume and skip
 -- ---------------------------------------------------------------------
 
--- Retry the parked events of a flow in order until none is left or one
--- fails again (then the flow stays parked with that error).
-local function retry(work, entry)
-  local applied = 0
-  while entry.parked do
-    local event = entry.parked.events[1]
-    local err
-    if entry.pm == nil then
-      local ok, pm = pcall(core.new, entry.spec, entry.flow)
-      if ok then entry.pm = pm else err = message(pm) end
-    end
-    local mark = work.hooks and #work.hooks
-    work.commands_at = mark and mark + 1  -- (apply moves it past the flow's own hooks)
-    err = err or apply(work, entry, event, nil)
-    touch(work, entry)
-    entry.parked_changed = true
-    if err then
-      entry.parked.error = err
-      policies.queue(work, "flow_parked", entry.spec.name, entry.flow, err)  -- again
-      return applied, err
-    end
-    applied = applied + 1
-    table.remove(entry.parked.events, 1)
-    -- the router's order of reports: the letters of events left parked by
-    -- a completed flow, the flow's hooks, flow_resumed, then the commands
-    if entry.done or #entry.parked.events == 0 then
-      policies.queue(work, "flow_resumed", entry.spec.name, entry.flow)
-      if mark then policies.hoist(work, work.commands_at - 1, #work.hooks) end
-    end
-    if entry.done then
-      local from = mark and #work.hooks + 1
-      complete_parked(work, entry)
-      if mark then policies.hoist(work, mark, from) end
-    end
-    if entry.parked and #entry.parked.events == 0 then entry.parked = nil end
-  end
-  return applied
-end
-
-local function parked_entry(self, name, flow_id)
+local function resume(self, name, flow_id, skip)
   local spec = self.by_name[name]
   if spec == nil then fail("no workflow named %s", tostring(name)) end
   if not (math.type(flow_id) == "integer" or (type(flow_id) == "string" and flow_id ~= "")) then
@@ -893,38 +695,30 @@ local function parked_entry(self, name, flow_id)
   if not self.owned[t.partition] then
     fail("flow %s is in partition %d, which this worker does not own", label(name, flow_id), t.partition)
   end
-  preload(self, { t })
-  local entry = self.cache[cache_key(name, t.key)]
+  local loaded = {}
+  preload(self, { t }, loaded)
+  local u = new_unit(self, loaded)
+  local entry = u:ensure(name, flow_id)
   if entry == nil or entry.parked == nil then fail("flow %s is not parked", label(name, flow_id)) end
-  return entry
-end
-
-local function resume(self, entry, skip)
-  local work = new_work(self)
-  work.resuming = true
-  if skip then
-    table.remove(entry.parked.events, 1)
-    entry.parked_changed = true
-    touch(work, entry)
-    if #entry.parked.events == 0 then entry.parked = nil end
-  end
-  local applied, why = retry(work, entry)
-  local ok, err = commit(self, work)
+  u:sequence(sequence_number(self))
+  local applied, why = u:resume(name, flow_id, skip)
+  local ok, err = commit(self, u, nil, loaded)
   if not ok then return nil, message(err) end
   return applied, why
 end
 
---- w:resume(workflow, flow) -> events applied[, error]: retry the flow's
--- parked events in order, in one transaction (after a fix of the code).
--- When one fails again the flow stays parked with that error.
+--- w:resume(workflow, flow) -> events applied[, error]: r:resume on the
+-- flow, in one transaction: retry its parked events in order (after a
+-- fix of the code); when one fails again the flow stays parked with that
+-- error.
 function Worker:resume(name, flow_id)
-  return resume(self, parked_entry(self, name, flow_id), false)
+  return resume(self, name, flow_id, false)
 end
 
---- w:skip(workflow, flow) -> events applied[, error]: drop the first
--- parked event, then resume the rest.
+--- w:skip(workflow, flow) -> events applied[, error]: r:skip: drop the
+-- first parked event, then resume the rest.
 function Worker:skip(name, flow_id)
-  return resume(self, parked_entry(self, name, flow_id), true)
+  return resume(self, name, flow_id, true)
 end
 
 -- ---------------------------------------------------------------------
