@@ -14,6 +14,13 @@ local function reenter(event)
   return current:handle(event)
 end
 
+-- A table nested d deep.
+local function nest(d)
+  local t = {}
+  for _ = 2, d do t = { t } end
+  return t
+end
+
 local one = procman.workflow {
   name = "one", correlate = "id", starts = { "go", "shared", "reenter", "reenter_timer" }, budget = 200000,
   on = {
@@ -56,6 +63,11 @@ local one = procman.workflow {
       return { procman.after(5, { event_type = "go" }) }
     end,
     finish = function(state) state.done = true end,
+    many = function(_, event)
+      local out = {}
+      for i = 1, event.n do out[i] = { command_type = "m", i = i, deep = event.deep and nest(event.deep) } end
+      return out
+    end,
   },
   done = function(state) return state.done == true end,
 }
@@ -201,6 +213,18 @@ describe("procman.engine under attack", function()
         { event_type = "len_only", id = "c" },
         { event_type = "go", id = "c" },
       }, { on_error = park and "park" or "raise" })
+    end
+  end)
+
+  it("many commands, and events and commands nested about as deep as the record holds", function()
+    local events = { { event_type = "go", id = "n" }, { event_type = "many", id = "n", n = 70 } }
+    for deep = 94, 99 do
+      events[#events + 1] = { event_type = "many", id = "n", n = 2, deep = deep }
+      events[#events + 1] = { event_type = "many", id = "n", n = 66, deep = deep }
+    end
+    for deep = 96, 100 do events[#events + 1] = { event_type = "go", id = "n", tag = nest(deep) } end
+    for _, park in ipairs { false, true } do
+      same_everywhere(events, { on_error = park and "park" or "raise" })
     end
   end)
 
