@@ -9,7 +9,8 @@ CFLAGS     ?= -O2 -g
 CSTD       := -std=c99
 SANFLAGS   := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
 
-CORE_SRC   := csrc/budget.c csrc/buffer.c csrc/codec.c csrc/crc32c.c csrc/engine.c csrc/journal.c \
+CORE_SRC   := csrc/budget.c csrc/buffer.c csrc/canonical.c csrc/codec.c csrc/crc32c.c csrc/engine.c \
+              csrc/fold_scan.c csrc/journal.c \
               csrc/journal_lua.c csrc/lock_holder.c csrc/pattern.c csrc/pattern_lua.c \
               csrc/pm.c csrc/procman.c
 # procman.terminal: the command's terminal helpers, apart from the core.
@@ -109,7 +110,7 @@ $(BUILD)/test/%: csrc/test/%.c $(CORE_SRC) $(TERMINAL_SRC) $(FAULTS_SRC) $(CORE_
 
 # The fuzz harnesses (fuzz/) run over their seed corpus and the crashers
 # kept in fuzz/regressions/, with the normal compiler: no libFuzzer needed.
-FUZZERS    := decode journal handle pattern
+FUZZERS    := decode journal handle pattern recovery
 REGRESS    := $(patsubst %,$(BUILD)/fuzz/regress_%,$(FUZZERS))
 
 # The journal harness reads with small windows, so that records straddle them.
@@ -156,10 +157,11 @@ valgrind: deps all $(FAULTS_SO) $(patsubst csrc/test/%.c,$(BUILD)/test/%,$(TEST_
 	  valgrind --quiet --error-exitcode=1 --leak-check=full --errors-for-leak-kinds=all \
 	    $(BUILD)/fuzz/regress_$$f fuzz/corpus/$$f $$(ls -d fuzz/regressions/$$f 2>/dev/null) || exit 1; done
 
-# The crash soak, long (make test runs 15 rounds): SOAK_ROUNDS kills.
+# The crash soak, long (make test runs a few rounds): SOAK_ROUNDS kills at
+# each sync level (the buffered ones lose what is not yet written).
 SOAK_ROUNDS ?= 300
 soak: deps all
-	$(LUA) tools/soak.lua --rounds $(SOAK_ROUNDS)
+	@for sync in always batch none; do $(LUA) tools/soak.lua --rounds $(SOAK_ROUNDS) --sync $$sync || exit 1; done
 
 # libFuzzer (clang), each harness for FUZZ_SECONDS under ASan and UBSan. New
 # inputs go to build/fuzz/corpus-<name>; a crasher stops the run, saved as

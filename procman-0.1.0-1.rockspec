@@ -33,8 +33,8 @@ build = {
   type = "builtin",
   modules = {
     ["procman.core"] = {
-      sources = { "csrc/budget.c", "csrc/buffer.c", "csrc/codec.c", "csrc/crc32c.c", "csrc/engine.c",
-                  "csrc/journal.c", "csrc/journal_lua.c", "csrc/lock_holder.c",
+      sources = { "csrc/budget.c", "csrc/buffer.c", "csrc/canonical.c", "csrc/codec.c", "csrc/crc32c.c",
+                  "csrc/engine.c", "csrc/fold_scan.c", "csrc/journal.c", "csrc/journal_lua.c", "csrc/lock_holder.c",
                   "csrc/pattern.c", "csrc/pattern_lua.c", "csrc/pm.c",
                   "csrc/procman.c" },
       incdirs = { "csrc" },
@@ -51,6 +51,7 @@ build = {
     ["procman.repl_commands"] = "cli/lua/procman/repl_commands.lua",
     ["procman.journal_view"] = "lua/procman/journal_view.lua",
     ["procman.fold"] = "lua/procman/fold.lua",
+    ["procman.fold_scan"] = "lua/procman/fold_scan.lua",
     ["procman.cli"] = "cli/lua/procman/cli.lua",
     ["procman.cli.json"] = "cli/lua/procman/cli/json.lua",
     ["procman.cli.repl"] = "cli/lua/procman/cli/repl.lua",

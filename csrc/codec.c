@@ -1053,3 +1053,9 @@ int codec_push_field(lua_State *L, const char *s, size_t len, size_t *pos, const
   *pos = c.pos;
   return 1;
 }
+
+/* For canonical.c (the recovery scan's check of journaled bytes): the
+** encoder's own test of str against bin. */
+int codec_utf8_valid(const unsigned char *s, size_t n) {
+  return is_utf8(s, n);
+}

@@ -73,4 +73,7 @@ int codec_value_is(lua_State *L, int idx, const char *s, size_t len, size_t pos)
 ** when decoding failed, an error message pushed. */
 int codec_push_field(lua_State *L, const char *s, size_t len, size_t *pos, const char *key);
 
+/* Is s[0 .. n) strict UTF-8 (the encoder then writes a str, else a bin)? */
+int codec_utf8_valid(const unsigned char *s, size_t n);
+
 #endif

@@ -41,6 +41,9 @@
 
 /* Targets (flows of different workflows) one event may have here. */
 #define MAX_TARGETS 16
+/* Commands of one step whose length in their envelope is noted (more:
+** found by walking the envelope's bytes). */
+#define MAX_NOTED 64
 /* A scratch buffer larger than this is not kept between steps. */
 #define SCRATCH_KEEP (64 * 1024)
 /* The journal's record type of an event (procman.records.EVENT). */
@@ -48,19 +51,16 @@
 
 /* The router's tables and functions, in user values. */
 enum {
-  UV_ROUTER = 1,  /* the router table: seq, hooks, journal */
-  UV_SPECS,       /* the newest spec of each workflow, in order */
-  UV_LIVE,        /* name -> flow id -> procman.pm */
-  UV_FINISHED,    /* name -> flow id -> { status, seen } */
-  UV_PARKED,      /* name -> flow id -> { events, error } */
-  UV_OLDER,       /* name -> flow id -> the older spec the flow runs */
-  UV_TYPES,       /* name -> event type -> true (any version) */
+  UV_ROUTER = 1,  /* the router table: seq, hooks, journal, finished_count */
+  UV_ROUTES,      /* one route (R_*) per newest spec, in workflow order */
+  UV_FINISHED_OF, /* name -> completed flows (a count, for metrics) */
   UV_OUTBOX,      /* the procman.outbox: queue, ids, by_id, tail, count */
   UV_PATCHES,     /* procman.patches: its context field */
   UV_LIVE_CTX,    /* patches.LIVE */
   UV_UNDO_CTX,    /* patches.UNDO */
   UV_UNDO,        /* core.undo */
   UV_COMPLETE,    /* function(name, flow_id, pm): the router's complete */
+  UV_EVENT_IDS,   /* core.event_ids */
   UV_HANDLE,      /* the methods of procman.pm: handle, status, done */
   UV_STATUS,
   UV_DONE,
@@ -68,6 +68,28 @@ enum {
   UV_TARGETS,     /* array of MAX_TARGETS slots: the flows run (for undo) */
   UV_WRAP,        /* { x }: see put_nested */
   UV_COUNT = UV_WRAP
+};
+
+/*
+** A route: what the step reads of one workflow, made once by core.engine
+** (an array, read by index: no string key is hashed on the step's path).
+** The tables are the router's own, by flow id; they are never replaced.
+*/
+enum {
+  R_SPEC = 1,  /* the newest spec */
+  R_NAME,      /* spec.name */
+  R_VERSION,   /* spec.version */
+  R_CORRELATE, /* spec.correlate when it names a field, else false */
+  R_ON,        /* spec.on: event type -> handler */
+  R_STARTS,    /* spec.starts_set: event type -> true (false: none) */
+  R_TYPES,     /* types_of[name]: event type -> true (any version) */
+  R_LIVE,      /* live[name]: flow id -> procman.pm */
+  R_FINISHED,  /* finished[name]: flow id -> { status, seen } */
+  R_PARKED,    /* parked_of[name]: flow id -> { events, error } */
+  R_OLDER,     /* older[name]: flow id -> the older spec the flow runs */
+  R_TIMERS,    /* schedule.by_flow[name]: flow id -> its timers */
+  R_NAME_BYTES, /* the codec's bytes for the name */
+  R_COUNT = R_NAME_BYTES
 };
 
 typedef struct Engine {
@@ -78,7 +100,11 @@ enum { STEP_NOT_MINE, STEP_DONE, STEP_LOG_FAILED };
 
 /* One target, in the protected call: stack indices and what it did. */
 typedef struct Target {
-  int spec, name, id, pm;   /* stack indices */
+  int route, id, pm;        /* stack indices */
+  int spec, name;
+  int noted;                /* index in Step.command_len of its first command, or -1 */
+  unsigned char flow_len;   /* bytes in flow_bytes: the codec's for the id (0: not yet) */
+  char flow_bytes[39];
   int commands, status;     /* stack indices, once run */
   int envelopes;            /* stack index of its first envelope's bytes */
   int is_new, committed, done;
@@ -90,11 +116,13 @@ typedef struct Step {
   int journaled;                    /* past the point of no return */
   int n;                            /* targets routed */
   lua_Integer before[MAX_TARGETS];  /* each flow's version before its run */
+  int noted;                        /* command lengths noted */
+  size_t command_len[MAX_NOTED];    /* each command's bytes in its envelope */
   Target t[MAX_TARGETS];
 } Step;
 
 /* Stack indices of the protected call. */
-enum { P_ENGINE = 1, P_EVENT, P_STEP, P_TYPE, P_SCRATCH, P_OUT, P_FIRST };
+enum { P_ENGINE = 1, P_EVENT, P_STEP, P_TYPE, P_SCRATCH, P_OUT, P_PATCHES, P_CTX, P_FIRST };
 
 /* ===================================================================
 ** Helpers
@@ -111,18 +139,13 @@ static int raw_get(lua_State *L, int t, int k) {
   return lua_rawget(L, t);
 }
 
-/* Push uv[name][k] (nil when uv has no table for name); its type. */
-static int by_flow(lua_State *L, int which, int name, int k) {
-  uv(L, P_ENGINE, which);
-  if (raw_get(L, -1, name) != LUA_TTABLE) {
-    lua_pop(L, 2);
-    lua_pushnil(L);
-    return LUA_TNIL;
-  }
-  lua_remove(L, -2);
-  raw_get(L, -1, k);
-  lua_remove(L, -2);
-  return lua_type(L, -1);
+/* Does route field 'field' (a table) of the route at 'route' hold key k? */
+static int route_has(lua_State *L, int route, int field, int k) {
+  int found;
+  lua_rawgeti(L, route, field);
+  found = raw_get(L, -1, k) != LUA_TNIL;
+  lua_pop(L, 2);
+  return found;
 }
 
 /* Set patches.context to the context at the top, pointing it at the flow
@@ -170,69 +193,60 @@ static int is_flow_id(lua_State *L, int idx) {
 ** -1 (not mine).
 */
 static int route_one(lua_State *L, Target *t) {
-  int found;
-  if (by_flow(L, UV_TYPES, t->name, P_TYPE) == LUA_TNIL) {
-    lua_pop(L, 1);
+  int r = t->route, found;
+  if (!route_has(L, r, R_TYPES, P_TYPE))
     return 0;
-  }
-  lua_pop(L, 1);
-  if (lua_getfield(L, t->spec, "correlate") != LUA_TSTRING)
+  if (lua_rawgeti(L, r, R_CORRELATE) != LUA_TSTRING)
     return -1;  /* a correlate function: the Lua path calls it */
   lua_rawget(L, P_EVENT);
   t->id = lua_gettop(L);
-  if (!is_flow_id(L, t->id))
+  if (!is_flow_id(L, t->id) || route_has(L, r, R_PARKED, t->id))
     return -1;
-  found = by_flow(L, UV_PARKED, t->name, t->id) != LUA_TNIL;
-  lua_pop(L, 1);
-  if (found)
-    return -1;
-  found = by_flow(L, UV_LIVE, t->name, t->id) != LUA_TNIL;
+  lua_rawgeti(L, r, R_LIVE);
+  found = raw_get(L, -1, t->id) != LUA_TNIL;
+  lua_remove(L, -2);
   t->pm = lua_gettop(L);
   t->is_new = !found;
   /* pinned to an older version, or completed (a late event, a redelivery) */
-  if (by_flow(L, found ? UV_OLDER : UV_FINISHED, t->name, t->id) != LUA_TNIL)
-    return -1;
-  lua_pop(L, 1);
-  lua_getfield(L, t->spec, "on");
-  found = raw_get(L, -1, P_TYPE) != LUA_TNIL;
-  lua_pop(L, 2);
-  if (!found)
+  if (route_has(L, r, found ? R_OLDER : R_FINISHED, t->id) || !route_has(L, r, R_ON, P_TYPE))
     return -1;
   if (t->is_new) {
-    lua_getfield(L, t->spec, "starts_set");
-    found = lua_istable(L, -1) && raw_get(L, -1, P_TYPE) == LUA_TBOOLEAN && lua_toboolean(L, -1);
-    lua_pop(L, 2);
+    found = lua_rawgeti(L, r, R_STARTS) == LUA_TTABLE && raw_get(L, -1, P_TYPE) == LUA_TBOOLEAN &&
+            lua_toboolean(L, -1);
+    lua_settop(L, t->pm);
     if (!found)
       return -1;
   }
+  lua_rawgeti(L, r, R_SPEC);
+  t->spec = t->pm + 1;
+  lua_rawgeti(L, r, R_NAME);
+  t->name = t->pm + 2;
   return 1;
 }
 
 /* Find the targets in workflow order; 0 when the event is not mine. */
 static int route(lua_State *L, Step *s) {
   lua_Integer i, n;
-  int specs;
-  uv(L, P_ENGINE, UV_SPECS);
-  specs = lua_gettop(L);
-  n = (lua_Integer)lua_rawlen(L, specs);
+  int routes;
+  uv(L, P_ENGINE, UV_ROUTES);
+  routes = lua_gettop(L);
+  n = (lua_Integer)lua_rawlen(L, routes);
   luaL_checkstack(L, (int)(n < MAX_TARGETS ? n : MAX_TARGETS) * 8 + 10, "procman.engine");
   for (i = 1; i <= n; i++) {
     Target *t = &s->t[s->n];
     int top, r;
     if (s->n == MAX_TARGETS)
       return 0;
-    lua_rawgeti(L, specs, i);
+    lua_rawgeti(L, routes, i);
     top = lua_gettop(L);
-    t->spec = top;
-    lua_getfield(L, top, "name");
-    t->name = top + 1;
+    t->route = top;
     r = route_one(L, t);
     if (r < 0)
       return 0;
     if (r == 0)
       lua_settop(L, top - 1);
     else
-      lua_settop(L, t->pm), s->n++;
+      lua_settop(L, t->name), s->n++;
   }
   return s->n > 0;
 }
@@ -282,19 +296,23 @@ static int run_one(lua_State *L, Step *s, int k) {
   lua_pushvalue(L, t->pm);
   lua_rawseti(L, -2, k + 1);  /* a slot made with the table: no allocation */
   lua_pop(L, 1);
-  uv(L, P_ENGINE, UV_LIVE_CTX);
-  set_context(L, P_ENGINE, t->pm);
+  lua_pushvalue(L, t->pm);  /* patches.context = LIVE, pointed at the flow */
+  lua_setfield(L, P_CTX, "pm");
+  lua_pushboolean(L, 0);
+  lua_setfield(L, P_CTX, "recorded");
+  lua_pushvalue(L, P_CTX);
+  lua_setfield(L, P_PATCHES, "context");
   uv(L, P_ENGINE, UV_HANDLE);  /* pm.c's handle: procman.patched tells it by identity */
   lua_pushvalue(L, t->pm);
   lua_pushvalue(L, P_EVENT);
   lua_call(L, 2, 1);
   t->commands = lua_gettop(L);
-  clear_context(L, P_ENGINE);
+  lua_pushboolean(L, 0);
+  lua_setfield(L, P_PATCHES, "context");
   t->committed = version_of(L, t->pm) > s->before[k];
-  uv(L, P_ENGINE, UV_LIVE_CTX);
-  lua_getfield(L, -1, "recorded");
+  lua_getfield(L, P_CTX, "recorded");
   recorded = lua_toboolean(L, -1);
-  lua_pop(L, 2);
+  lua_pop(L, 1);
   if (recorded)
     return 0;
   n = (lua_Integer)lua_rawlen(L, t->commands);
@@ -364,6 +382,32 @@ static int put_value(lua_State *L, int idx) {
   return 0;
 }
 
+/* The flow id of a target, through the codec once a step. */
+static void put_flow(lua_State *L, Target *t) {
+  size_t at, n;
+  if (t->flow_len > 0) {
+    put(L, t->flow_bytes, t->flow_len);
+    return;
+  }
+  at = buffer_at(L, P_SCRATCH)->len;
+  put_value(L, t->id);  /* an integer or a string: data */
+  n = buffer_at(L, P_SCRATCH)->len - at;
+  if (n <= sizeof t->flow_bytes) {
+    memcpy(t->flow_bytes, buffer_at(L, P_SCRATCH)->data + at, n);
+    t->flow_len = (unsigned char)n;
+  }
+}
+
+/* The workflow name of a target: the route keeps its bytes. */
+static void put_name(lua_State *L, Target *t) {
+  size_t n;
+  const char *bytes;
+  lua_rawgeti(L, t->route, R_NAME_BYTES);
+  bytes = lua_tolstring(L, -1, &n);
+  put(L, bytes, n);
+  lua_pop(L, 1);
+}
+
 static void reset_scratch(lua_State *L) {
   buffer_at(L, P_SCRATCH)->len = 0;
 }
@@ -416,11 +460,12 @@ static void push_command_id(lua_State *L, Target *t, lua_Integer version, lua_In
 ** Encoded before the log, so commands that are not data are found while
 ** everything can still be taken back.  0 when one is not data.
 */
-static int encode_envelopes(lua_State *L, Target *t) {
+static int encode_envelopes(lua_State *L, Step *s, Target *t) {
   lua_Integer i, n = (lua_Integer)lua_rawlen(L, t->commands);
   lua_Integer version = version_of(L, t->pm);
   luaL_checkstack(L, 8, "procman.engine");
   t->envelopes = lua_gettop(L) + 1;
+  t->noted = n <= MAX_NOTED - s->noted ? s->noted : -1;
   for (i = 1; i <= n; i++) {
     int id, copy;
     push_command_id(L, t, version, i);
@@ -431,13 +476,15 @@ static int encode_envelopes(lua_State *L, Target *t) {
     put_key(L, "command");
     if (!codec_encode_copy(L, id + 1, P_SCRATCH, "value"))
       return 0;
+    if (t->noted >= 0)
+      s->command_len[s->noted++] = buffer_at(L, P_SCRATCH)->len - 9;
     copy = lua_gettop(L);
     put_key(L, "flow");
-    put_value(L, t->id);
+    put_flow(L, t);
     put_key(L, "id");
     put_value(L, id);
     put_key(L, "workflow");
-    put_value(L, t->name);
+    put_name(L, t);
     lua_createtable(L, 0, 4);  /* the caller's copy, as core.encode_copy makes it */
     lua_insert(L, copy);
     lua_setfield(L, copy, "command");
@@ -538,7 +585,9 @@ static const unsigned char *skip_value(const unsigned char *p, const unsigned ch
 static int put_encoded(lua_State *L, const char *bytes, size_t len, int around) {
   const unsigned char *p = (const unsigned char *)bytes;
   int deepest = 0;
-  if (skip_value(p, p + len, 0, &deepest) != p + len || deepest + around > CODEC_MAX_DEPTH)
+  /* a table takes a byte at least: bytes this short cannot nest too deep */
+  if (len + (size_t)around > CODEC_MAX_DEPTH &&
+      (skip_value(p, p + len, 0, &deepest) != p + len || deepest + around > CODEC_MAX_DEPTH))
     return 0;
   put(L, bytes, len);
   return 1;
@@ -564,7 +613,7 @@ static void put_event(lua_State *L, Step *s) {
 
 /* A target's commands, from the bytes of its envelopes (each is 0x84,
 ** "command", then the command's bytes), 3 tables deep in the record. */
-static void put_commands(lua_State *L, Target *t) {
+static void put_commands(lua_State *L, Step *s, Target *t) {
   lua_Integer i, n = (lua_Integer)lua_rawlen(L, t->commands);
   if (n == 0) {
     put(L, "\x80", 1);  /* {}: the codec writes an empty table as a map */
@@ -576,6 +625,10 @@ static void put_commands(lua_State *L, Target *t) {
     const char *env = lua_tolstring(L, t->envelopes + 2 * (int)i + 1, &len);
     const unsigned char *cmd = (const unsigned char *)env + 9, *after;
     int deepest = 0;
+    if (t->noted >= 0 && s->command_len[t->noted + i] + 4 <= CODEC_MAX_DEPTH) {
+      put(L, cmd, s->command_len[t->noted + i]);  /* too short to nest too deep */
+      continue;
+    }
     after = skip_value(cmd, (const unsigned char *)env + len, 0, &deepest);
     if (after == NULL || deepest + 4 > CODEC_MAX_DEPTH)  /* record, flows, entry, commands */
       luaL_error(L, "procman.engine: commands nested too deep for the record");
@@ -584,24 +637,24 @@ static void put_commands(lua_State *L, Target *t) {
 }
 
 /* A committed target's entry in the record's flows (keys in codec order). */
-static void put_entry(lua_State *L, Target *t) {
+static void put_entry(lua_State *L, Step *s, Target *t) {
   lua_Integer version;
   int pinned;
-  lua_getfield(L, t->spec, "version");
+  lua_rawgeti(L, t->route, R_VERSION);
   version = lua_tointeger(L, -1);
   lua_pop(L, 1);
   pinned = t->is_new && version != 1;
   put_header(L, 0x80, 0xde, (size_t)(4 + t->done + pinned));
   put_key(L, "commands");
-  put_commands(L, t);
+  put_commands(L, s, t);
   if (t->done)
     put(L, "\xa4" "done" "\xc3", 6);
   put_key(L, "flow");
-  put_value(L, t->id);
+  put_flow(L, t);
   put_key(L, "status");
   put_value(L, t->status);
   put_key(L, "workflow");
-  put_value(L, t->name);
+  put_name(L, t);
   if (pinned) {
     put_key(L, "workflow_version");
     lua_pushinteger(L, version);
@@ -621,7 +674,7 @@ static void encode_record(lua_State *L, Step *s, int committed, lua_Integer seq)
   put_header(L, 0x90, 0xdc, (size_t)committed);
   for (k = 0; k < s->n; k++)
     if (s->t[k].committed)
-      put_entry(L, &s->t[k]);
+      put_entry(L, s, &s->t[k]);
   put_key(L, "seq");
   lua_pushinteger(L, seq);
   put_value(L, lua_gettop(L));
@@ -653,65 +706,138 @@ static int log_record(lua_State *L) {
   return 1;
 }
 
-/* Queue a target's envelopes in the outbox (procman.outbox's push). */
-static void emit(lua_State *L, Target *t, int outbox) {
-  lua_Integer i, n = (lua_Integer)lua_rawlen(L, t->commands);
+/* The outbox's parts a step changes, read once (forget replaces the
+** tables when the outbox empties). */
+typedef struct Queue {
+  int queue, ids, by_id;  /* stack indices */
   lua_Integer tail, count;
-  int q = lua_gettop(L) + 1;
+} Queue;
+
+static void open_queue(lua_State *L, int outbox, Queue *q) {
+  q->queue = lua_gettop(L) + 1;
+  q->ids = q->queue + 1;
+  q->by_id = q->queue + 2;
   lua_getfield(L, outbox, "queue");
   lua_getfield(L, outbox, "ids");
   lua_getfield(L, outbox, "by_id");
   lua_getfield(L, outbox, "tail");
-  tail = lua_tointeger(L, -1);
+  q->tail = lua_tointeger(L, -1);
   lua_getfield(L, outbox, "count");
-  count = lua_tointeger(L, -1);
+  q->count = lua_tointeger(L, -1);
   lua_pop(L, 2);
-  for (i = 0; i < n; i++) {
-    int id = t->envelopes + 2 * (int)i, bytes = id + 1;
-    tail++;
-    lua_pushvalue(L, bytes);
-    lua_rawseti(L, q, tail);
-    lua_pushvalue(L, id);
-    lua_rawseti(L, q + 1, tail);
-    lua_pushvalue(L, id);
-    lua_pushinteger(L, tail);
-    lua_rawset(L, q + 2);
-    lua_pushinteger(L, tail);
-    lua_setfield(L, outbox, "tail");
-    lua_pushinteger(L, ++count);
-    lua_setfield(L, outbox, "count");
-  }
-  lua_settop(L, q - 1);
 }
 
-/* After the log took the record: flows, outbox, completion (the router's
-** settle for this kind of event). */
+/* Write back the counts and drop the tables (the outbox's own fields). */
+static void close_queue(lua_State *L, int outbox, Queue *q) {
+  lua_pushinteger(L, q->tail);
+  lua_setfield(L, outbox, "tail");
+  lua_pushinteger(L, q->count);
+  lua_setfield(L, outbox, "count");
+  lua_settop(L, q->queue - 1);
+}
+
+/* Queue a target's envelopes in the outbox (procman.outbox's push). */
+static void emit(lua_State *L, Target *t, Queue *q) {
+  lua_Integer i, n = (lua_Integer)lua_rawlen(L, t->commands);
+  for (i = 0; i < n; i++) {
+    int id = t->envelopes + 2 * (int)i, bytes = id + 1;
+    lua_Integer at = q->tail + 1;
+    lua_pushvalue(L, bytes);
+    lua_rawseti(L, q->queue, at);
+    lua_pushvalue(L, id);
+    lua_rawseti(L, q->ids, at);
+    lua_pushvalue(L, id);
+    lua_pushinteger(L, at);
+    lua_rawset(L, q->by_id);
+    q->tail = at, q->count++;  /* counted once the slot holds it */
+  }
+}
+
+/* Add 'delta' to the integer t[key] of the table at 't'. */
+static void count_field(lua_State *L, int t, const char *key, lua_Integer delta) {
+  lua_getfield(L, t, key);
+  lua_pushinteger(L, lua_tointeger(L, -1) + delta);
+  lua_setfield(L, t, key);
+  lua_pop(L, 1);
+}
+
+/*
+** A flow is done (procman.fold's complete, for the flows the step takes:
+** neither parked nor pinned to an older version): it leaves the live set
+** and is remembered with its final status and the ids it handled.  One
+** with timers goes through the router's complete (the schedule drops them).
+*/
+static void complete(lua_State *L, Target *t) {
+  lua_Integer i, n;
+  int ids, entry;
+  if (route_has(L, t->route, R_TIMERS, t->id)) {
+    uv(L, P_ENGINE, UV_COMPLETE);
+    lua_pushvalue(L, t->name);
+    lua_pushvalue(L, t->id);
+    lua_pushvalue(L, t->pm);
+    lua_call(L, 3, 0);
+    return;
+  }
+  lua_rawgeti(L, t->route, R_LIVE);
+  lua_pushvalue(L, t->id);
+  lua_pushnil(L);
+  lua_rawset(L, -3);
+  call_method(L, UV_EVENT_IDS, t->pm);
+  ids = lua_gettop(L);
+  n = (lua_Integer)lua_rawlen(L, ids);
+  lua_createtable(L, 0, 2);  /* { status = s, seen = set of ids (none: nil) } */
+  entry = ids + 1;
+  lua_pushvalue(L, t->status);
+  lua_setfield(L, entry, "status");
+  if (n > 0) {
+    lua_createtable(L, 0, (int)n);
+    for (i = 1; i <= n; i++) {
+      lua_rawgeti(L, ids, i);
+      lua_pushboolean(L, 1);
+      lua_rawset(L, -3);
+    }
+    lua_setfield(L, entry, "seen");
+  }
+  lua_rawgeti(L, t->route, R_FINISHED);
+  lua_pushvalue(L, t->id);
+  lua_pushvalue(L, entry);
+  lua_rawset(L, -3);
+  uv(L, P_ENGINE, UV_ROUTER);
+  count_field(L, lua_gettop(L), "finished_count", 1);
+  uv(L, P_ENGINE, UV_FINISHED_OF);
+  raw_get(L, -1, t->name);
+  lua_pushvalue(L, t->name);
+  lua_pushinteger(L, lua_tointeger(L, -2) + 1);
+  lua_rawset(L, -4);
+  lua_settop(L, ids - 2);  /* and live[name] */
+}
+
+/* After the log took the record: flows, outbox, completion (procman.fold's
+** settle, for this kind of event). */
 static void settle(lua_State *L, Step *s) {
   int k, outbox;
+  Queue q;
   uv(L, P_ENGINE, UV_OUTBOX);
   outbox = lua_gettop(L);
+  open_queue(L, outbox, &q);
   for (k = 0; k < s->n; k++) {
     Target *t = &s->t[k];
     if (!t->committed)
       continue;
     if (t->is_new) {
-      uv(L, P_ENGINE, UV_LIVE);
-      raw_get(L, -1, t->name);
+      lua_rawgeti(L, t->route, R_LIVE);
       lua_pushvalue(L, t->id);
       lua_pushvalue(L, t->pm);
       lua_rawset(L, -3);
-      lua_pop(L, 2);
+      lua_pop(L, 1);
     }
-    emit(L, t, outbox);
-    if (t->done) {
-      uv(L, P_ENGINE, UV_COMPLETE);
-      lua_pushvalue(L, t->name);
-      lua_pushvalue(L, t->id);
-      lua_pushvalue(L, t->pm);
-      lua_call(L, 3, 0);
-    }
+    emit(L, t, &q);
   }
+  close_queue(L, outbox, &q);
   lua_pop(L, 1);
+  for (k = 0; k < s->n; k++)
+    if (s->t[k].committed && s->t[k].done)
+      complete(L, &s->t[k]);
 }
 
 /* ===================================================================
@@ -738,7 +864,7 @@ static int prepare(lua_State *L, Step *s, lua_Integer *seq, int *committed) {
     if (!s->t[k].committed)
       continue;
     ++*committed;
-    if (!encode_envelopes(L, &s->t[k]))
+    if (!encode_envelopes(L, s, &s->t[k]))
       return STEP_NOT_MINE;
   }
   if (*committed == 0)
@@ -762,6 +888,8 @@ static int protected_step(lua_State *L) {
   lua_rawget(L, P_EVENT);                                /* P_TYPE */
   uv(L, P_ENGINE, UV_SCRATCH);                           /* P_SCRATCH */
   lua_newtable(L);                                       /* P_OUT */
+  uv(L, P_ENGINE, UV_PATCHES);                           /* P_PATCHES */
+  uv(L, P_ENGINE, UV_LIVE_CTX);                          /* P_CTX */
   if (!covered(L) || !route(L, s))
     return 0;
   s->result = prepare(L, s, &seq, &committed);
@@ -880,19 +1008,90 @@ static void take_method(lua_State *L, const char *name, int n) {
   lua_pop(L, 2);
 }
 
+/* Set route field 'field' (at the top) from by_name[name], a table. */
+static void route_table(lua_State *L, int parts, const char *key, int name, int field) {
+  if (lua_getfield(L, parts, key) != LUA_TTABLE)
+    luaL_error(L, "core.engine: parts.%s must be a table, got %s", key, luaL_typename(L, -1));
+  lua_pushvalue(L, name);
+  if (lua_rawget(L, -2) != LUA_TTABLE)
+    luaL_error(L, "core.engine: parts.%s has no table for workflow %s", key, lua_tostring(L, name));
+  lua_rawseti(L, -3, field);
+  lua_pop(L, 1);
+}
+
+/* Push spec[key] and set it as route field 'field' (at -2); its type. */
+static int route_field(lua_State *L, int spec, const char *key, int field) {
+  int type = lua_getfield(L, spec, key);
+  lua_rawseti(L, -2, field);
+  return type;
+}
+
+/* The routes (see R_*) of the specs in parts.specs, pushed as an array. */
+static void make_routes(lua_State *L, int parts) {
+  lua_Integer i, n;
+  int specs;
+  if (lua_getfield(L, parts, "specs") != LUA_TTABLE)
+    luaL_error(L, "core.engine: parts.specs must be a table, got %s", luaL_typename(L, -1));
+  specs = lua_gettop(L);
+  n = (lua_Integer)lua_rawlen(L, specs);
+  lua_createtable(L, (int)n, 0);
+  for (i = 1; i <= n; i++) {
+    int spec, name, route;
+    lua_rawgeti(L, specs, i);
+    spec = lua_gettop(L);
+    lua_getfield(L, spec, "name");
+    name = spec + 1;
+    if (lua_type(L, name) != LUA_TSTRING)
+      luaL_error(L, "core.engine: specs[%d].name must be a string", (int)i);
+    lua_createtable(L, R_COUNT, 0);
+    route = name + 1;
+    lua_pushvalue(L, spec);
+    lua_rawseti(L, route, R_SPEC);
+    lua_pushvalue(L, name);
+    lua_rawseti(L, route, R_NAME);
+    if (route_field(L, spec, "version", R_VERSION) != LUA_TNUMBER)
+      luaL_error(L, "core.engine: specs[%d].version must be an integer", (int)i);
+    if (lua_getfield(L, spec, "correlate") != LUA_TSTRING) {
+      lua_pop(L, 1);
+      lua_pushboolean(L, 0);
+    }
+    lua_rawseti(L, route, R_CORRELATE);
+    if (route_field(L, spec, "on", R_ON) != LUA_TTABLE)
+      luaL_error(L, "core.engine: specs[%d].on must be a table", (int)i);
+    if (lua_getfield(L, spec, "starts_set") != LUA_TTABLE) {
+      lua_pop(L, 1);
+      lua_pushboolean(L, 0);
+    }
+    lua_rawseti(L, route, R_STARTS);
+    route_table(L, parts, "types_of", name, R_TYPES);
+    route_table(L, parts, "live", name, R_LIVE);
+    route_table(L, parts, "finished", name, R_FINISHED);
+    route_table(L, parts, "parked_of", name, R_PARKED);
+    route_table(L, parts, "older", name, R_OLDER);
+    route_table(L, parts, "timers", name, R_TIMERS);
+    buffer_new(L, 64);
+    codec_encode(L, name, lua_gettop(L), "name");  /* a string: data */
+    lua_pushlstring(L, buffer_at(L, -1)->data, buffer_at(L, -1)->len);
+    lua_rawseti(L, route, R_NAME_BYTES);
+    lua_pop(L, 1);
+    lua_rawseti(L, specs + 1, i);
+    lua_settop(L, specs + 1);
+  }
+  lua_remove(L, specs);
+}
+
 /*
 ** core.engine(parts) -> procman.engine.  parts: { router, specs, live,
-** finished, parked_of, older, types_of, outbox, patches, undo, complete }
-** (the router's own tables; see lua/procman/router.lua).
+** finished, finished_of, parked_of, older, types_of, timers (the
+** schedule's by_flow), outbox, patches, undo, complete, event_ids } (the
+** router's own tables; see lua/procman/router.lua).
 */
 int engine_new(lua_State *L) {
   static const struct { const char *key; int type, n; } parts[] = {
-    { "router", LUA_TTABLE, UV_ROUTER }, { "specs", LUA_TTABLE, UV_SPECS },
-    { "live", LUA_TTABLE, UV_LIVE }, { "finished", LUA_TTABLE, UV_FINISHED },
-    { "parked_of", LUA_TTABLE, UV_PARKED }, { "older", LUA_TTABLE, UV_OLDER },
-    { "types_of", LUA_TTABLE, UV_TYPES }, { "outbox", LUA_TTABLE, UV_OUTBOX },
-    { "patches", LUA_TTABLE, UV_PATCHES }, { "undo", LUA_TFUNCTION, UV_UNDO },
-    { "complete", LUA_TFUNCTION, UV_COMPLETE },
+    { "router", LUA_TTABLE, UV_ROUTER }, { "finished_of", LUA_TTABLE, UV_FINISHED_OF },
+    { "outbox", LUA_TTABLE, UV_OUTBOX }, { "patches", LUA_TTABLE, UV_PATCHES },
+    { "undo", LUA_TFUNCTION, UV_UNDO }, { "complete", LUA_TFUNCTION, UV_COMPLETE },
+    { "event_ids", LUA_TFUNCTION, UV_EVENT_IDS },
   };
   Engine *e;
   size_t i;
@@ -904,6 +1103,8 @@ int engine_new(lua_State *L) {
   luaL_setmetatable(L, ENGINE_TYPENAME);
   for (i = 0; i < sizeof parts / sizeof parts[0]; i++)
     take_part(L, parts[i].key, parts[i].type, parts[i].n);
+  make_routes(L, 1);
+  lua_setiuservalue(L, 2, UV_ROUTES);
   lua_getiuservalue(L, 2, UV_PATCHES);
   lua_getfield(L, -1, "LIVE");
   lua_setiuservalue(L, 2, UV_LIVE_CTX);

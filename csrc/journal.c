@@ -10,6 +10,7 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
 #include <sys/mman.h>
@@ -304,7 +305,7 @@ static int write_header(Journal *j, const char *path, const char **why) {
     return fail(why, "cannot write the journal header");
   if (sync_fd(j->fd) != 0 || sync_parent_dir(path) != 0)
     return fail(why, "cannot sync the new journal");
-  j->size = JOURNAL_HEADER_SIZE;
+  j->size = j->written = JOURNAL_HEADER_SIZE;
   return 0;
 }
 
@@ -321,6 +322,30 @@ static int scan_file(Journal *j, size_t size, JournalScan *scan, const char **wh
   journal_scan(buf, size, scan);
   munmap((void *)buf, size);
   return 0;
+}
+
+/* The default memory of the write buffer: the C library's. */
+static void *plain_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
+  (void)ud;
+  (void)osize;
+  if (nsize == 0) {
+    free(ptr);
+    return NULL;
+  }
+  return realloc(ptr, nsize);
+}
+
+/* A closed journal with the policy 'sync' and no buffer yet. */
+static void init(Journal *j, JournalSync sync) {
+  memset(j, 0, sizeof *j);
+  j->fd = -1;
+  j->sync = sync;
+  j->alloc = plain_alloc;
+}
+
+void journal_set_alloc(Journal *j, JournalAlloc alloc, void *ud) {
+  j->alloc = alloc;
+  j->alloc_ud = ud;
 }
 
 static int open_locked(Journal *j, const char *path, int flags, size_t *size,
@@ -364,7 +389,7 @@ static int settle(Journal *j, const char *path, size_t size, int repair,
       return fail(why, "cannot cut the torn tail of the journal");
     size = scan->end;
   }
-  j->size = size;
+  j->size = j->written = size;
   return 0;
 }
 
@@ -372,9 +397,7 @@ int journal_open(Journal *j, const char *path, JournalSync sync, int repair,
                  JournalScan *scan, const char **why) {
   size_t size = 0;
   int e;
-  memset(j, 0, sizeof *j);
-  j->fd = -1;
-  j->sync = sync;
+  init(j, sync);
   memset(scan, 0, sizeof *scan);
   errno = 0;
   e = open_locked(j, path, 0, &size, why);
@@ -392,9 +415,7 @@ int journal_open(Journal *j, const char *path, JournalSync sync, int repair,
 int journal_create(Journal *j, const char *path, JournalSync sync, const char **why) {
   size_t size = 0;
   int e;
-  memset(j, 0, sizeof *j);
-  j->fd = -1;
-  j->sync = sync;
+  init(j, sync);
   errno = 0;
   e = open_locked(j, path, O_EXCL, &size, why);
   if (e == 0)
@@ -418,54 +439,150 @@ int journal_replace(const char *from, const char *to, int *renamed, const char *
   return 0;
 }
 
-int journal_append(Journal *j, int type, const void *p, size_t n, const char **why) {
-  unsigned char frame[JOURNAL_RECORD_HEADER_SIZE];
-  struct iovec iov[2];
+/* ---- appending ---- */
+
+static int refused(const Journal *j, const char **why) {
   if (j->fd < 0) {
     *why = "the journal is closed";
     return EBADF;
+  }
+  if (j->lost) {
+    *why = "an earlier write of the journal lost records it had accepted; reopen it";
+    return j->failed;
   }
   if (j->failed != 0) {
     *why = "an earlier write or sync of the journal failed; reopen it";
     return j->failed;
   }
+  return 0;
+}
+
+/*
+** Write the buffered records.  A failure loses them (their appends have
+** returned): the file is cut back to its last whole record (if that fails
+** too, the torn tail is cut on open) and the journal fails, since a later
+** record must never follow a gap.
+*/
+static int drain(Journal *j, const char **why) {
+  struct iovec iov;
+  if (j->buf_len == 0)
+    return 0;
+  iov.iov_base = j->buf;
+  iov.iov_len = j->buf_len;
+  if (write_all(j->fd, &iov, 1) != 0) {
+    j->failed = fail(why, "cannot write the journal's buffered records, which are lost "
+                     "(the file keeps the records before them); reopen the journal");
+    j->lost = 1;
+    io_ftruncate(j->fd, (off_t)j->written);
+    j->buf_len = 0;
+    j->size = j->written;
+    return j->failed;
+  }
+  j->written += j->buf_len;
+  j->buf_len = 0;
+  j->dirty = 1;
+  return 0;
+}
+
+/* Write one record now, whole or not at all: on failure the file is cut
+** back, and only if that fails too does the journal refuse more. */
+static int write_record(Journal *j, const unsigned char *frame, const void *p, size_t n,
+                        const char **why) {
+  struct iovec iov[2];
+  iov[0].iov_base = (void *)frame;
+  iov[0].iov_len = JOURNAL_RECORD_HEADER_SIZE;
+  iov[1].iov_base = (void *)p;
+  iov[1].iov_len = n;
+  if (write_all(j->fd, iov, 2) != 0) {
+    int e = fail(why, "cannot write to the journal");
+    if (io_ftruncate(j->fd, (off_t)j->written) != 0)
+      j->failed = e;
+    return e;
+  }
+  j->dirty = 1;
+  j->written += JOURNAL_RECORD_HEADER_SIZE + n;
+  j->size = j->written;
+  return 0;
+}
+
+/* "always": written and synced before the append returns; a failed sync
+** takes the record back (the caller is told it failed). */
+static int append_synced(Journal *j, const unsigned char *frame, const void *p, size_t n,
+                         const char **why) {
+  size_t at = j->written;
+  int e = write_record(j, frame, p, n, why);
+  if (e == 0 && (e = journal_sync(j, why)) != 0) {
+    io_ftruncate(j->fd, (off_t)at);
+    j->size = j->written = at;
+  }
+  return e;
+}
+
+/* Room for 'need' more bytes in the buffer (buf_len + need <= CHUNK)?
+** Grows it by doubling; 0 when there is no memory for it. */
+static int reserve(Journal *j, size_t need) {
+  size_t cap = j->buf_cap > 0 ? j->buf_cap : 4096;
+  unsigned char *bigger;
+  if (j->buf_cap - j->buf_len >= need)
+    return 1;
+  while (cap - j->buf_len < need)
+    cap *= 2;
+  if (cap > JOURNAL_CHUNK)
+    cap = JOURNAL_CHUNK;
+  bigger = (unsigned char *)j->alloc(j->alloc_ud, j->buf, j->buf_cap, cap);
+  if (bigger == NULL)
+    return 0;
+  j->buf = bigger;
+  j->buf_cap = cap;
+  return 1;
+}
+
+/* "batch", "none": into the buffer, or (too large, or no memory for it)
+** written at once after what the buffer holds. */
+static int append_buffered(Journal *j, const unsigned char *frame, const void *p, size_t n,
+                           const char **why) {
+  size_t rec = JOURNAL_RECORD_HEADER_SIZE + n;
+  int e;
+  if (rec > JOURNAL_CHUNK - j->buf_len && (e = drain(j, why)) != 0)
+    return e;
+  if (rec <= JOURNAL_CHUNK && reserve(j, rec)) {
+    memcpy(j->buf + j->buf_len, frame, JOURNAL_RECORD_HEADER_SIZE);
+    memcpy(j->buf + j->buf_len + JOURNAL_RECORD_HEADER_SIZE, p, n);
+    j->buf_len += rec;
+    j->size += rec;
+    return 0;
+  }
+  if ((e = drain(j, why)) != 0)
+    return e;
+  return write_record(j, frame, p, n, why);
+}
+
+int journal_append(Journal *j, int type, const void *p, size_t n, const char **why) {
+  unsigned char frame[JOURNAL_RECORD_HEADER_SIZE];
+  int e = refused(j, why);
+  if (e != 0)
+    return e;
   if (type < 1 || type > 255 || n > JOURNAL_MAX_PAYLOAD) {
     *why = "a record type outside 1..255 or a payload beyond the limit";
     return EINVAL;
   }
   journal_frame(frame, type, p, n);
-  iov[0].iov_base = frame;
-  iov[0].iov_len = sizeof frame;
-  iov[1].iov_base = (void *)p;
-  iov[1].iov_len = n;
-  if (write_all(j->fd, iov, 2) != 0) {
-    int e = fail(why, "cannot write to the journal");
-    if (io_ftruncate(j->fd, (off_t)j->size) != 0)  /* whole or absent */
-      j->failed = e;
-    return e;
-  }
-  j->dirty = 1;
-  if (j->sync == JOURNAL_SYNC_ALWAYS) {
-    int e = journal_sync(j, why);
-    if (e != 0) {  /* the caller is told it failed: take the record back */
-      io_ftruncate(j->fd, (off_t)j->size);
-      return e;
-    }
-  }
-  j->size += sizeof frame + n;
-  return 0;
+  if (j->sync == JOURNAL_SYNC_ALWAYS)
+    return append_synced(j, frame, p, n, why);
+  return append_buffered(j, frame, p, n, why);
+}
+
+int journal_write(Journal *j, const char **why) {
+  if (j->fd < 0 || j->lost)
+    return refused(j, why);
+  return drain(j, why);
 }
 
 int journal_sync(Journal *j, const char **why) {
   uint64_t started;
-  if (j->fd < 0) {
-    *why = "the journal is closed";
-    return EBADF;
-  }
-  if (j->failed != 0) {
-    *why = "an earlier write or sync of the journal failed; reopen it";
-    return j->failed;
-  }
+  int e = refused(j, why);
+  if (e != 0 || (e = drain(j, why)) != 0)
+    return e;
   if (!j->dirty)
     return 0;
   started = monotonic_ns();
@@ -486,11 +603,15 @@ int journal_close(Journal *j, const char **why) {
   int e = 0;
   if (j->fd < 0)
     return 0;
-  if (j->sync != JOURNAL_SYNC_NONE && j->failed == 0)
-    e = journal_sync(j, why);
+  if (j->failed == 0)
+    e = j->sync == JOURNAL_SYNC_NONE ? drain(j, why) : journal_sync(j, why);
   if (close(j->fd) != 0 && e == 0)
     e = fail(why, "cannot close the journal");
   j->fd = -1;
+  if (j->buf != NULL)
+    j->alloc(j->alloc_ud, j->buf, j->buf_cap, 0);
+  j->buf = NULL;
+  j->buf_len = j->buf_cap = 0;
   return e;
 }
 
@@ -499,6 +620,11 @@ int journal_read_at(Journal *j, void *buf, size_t n, size_t off, const char **wh
   if (j->fd < 0) {
     *why = "the journal is closed";
     return EBADF;
+  }
+  if (off + n > j->written) {  /* into the buffer: the file must have it first */
+    int e = journal_write(j, why);
+    if (e != 0)
+      return e;
   }
   while (done < n) {
     ssize_t r = io_pread(j->fd, (char *)buf + done, n - done, (off_t)(off + done));

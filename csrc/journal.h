@@ -69,15 +69,34 @@ size_t journal_resync(const unsigned char *buf, size_t size, size_t off);
 
 typedef enum { JOURNAL_SYNC_ALWAYS, JOURNAL_SYNC_BATCH, JOURNAL_SYNC_NONE } JournalSync;
 
+/* Memory for the write buffer, in lua_Alloc's shape (nsize 0: free; NULL:
+** no memory).  The default is realloc/free; the Lua binding gives the
+** state's allocator, so the OOM harness reaches the buffer too. */
+typedef void *(*JournalAlloc)(void *ud, void *ptr, size_t osize, size_t nsize);
+
+/* "batch" and "none" gather records in a buffer of up to this many bytes
+** and write it in one call when the next record does not fit (and at
+** journal_write, journal_sync, journal_close).  A larger record is written
+** on its own, after the buffer. */
+#define JOURNAL_CHUNK (64u * 1024u)
+
 typedef struct Journal {
   int fd;               /* -1 once closed */
   JournalSync sync;
-  size_t size;          /* bytes in the file: always a record boundary */
+  size_t size;          /* bytes of the records accepted (the file's and the
+                        ** buffer's): where the next record goes */
+  size_t written;       /* bytes in the file: always a record boundary */
   int failed;           /* an errno that makes further appends unsafe */
-  int dirty;            /* appended since the last sync */
+  int lost;             /* a failed write lost buffered records whose
+                        ** appends had returned */
+  int dirty;            /* written since the last sync */
   uint64_t syncs;       /* fdatasyncs done (for metrics) */
   uint64_t sync_ns;     /* the time they took, in all */
   uint64_t last_sync_ns;/* the time the last one took */
+  unsigned char *buf;   /* records accepted, not yet written ("batch", "none") */
+  size_t buf_len, buf_cap;
+  JournalAlloc alloc;   /* for buf (see journal_set_alloc) */
+  void *alloc_ud;
 } Journal;
 
 /*
@@ -101,26 +120,47 @@ int journal_create(Journal *j, const char *path, JournalSync sync, const char **
 ** the directory sync failed: 'to' is the new file, not known durable). */
 int journal_replace(const char *from, const char *to, int *renamed, const char **why);
 
-/* Append one record, whole or not at all: on a failed write, or a failed
-** sync under the "always" policy, the file is cut back (and after a failed
-** sync no later write is accepted).  Returns 0 or an errno. */
+/*
+** Append one record, whole or not at all.  "always" writes it and syncs it
+** before returning; on a failed write or sync the file is cut back (after
+** a failed sync no later append is accepted).  "batch" and "none" copy it
+** into the buffer (writing the buffer first when it does not fit); a
+** record larger than JOURNAL_CHUNK, or one the buffer has no memory for,
+** is written at once, after the buffer.  If writing the buffer fails, the
+** records it held (whose appends returned 0) are lost: the file is cut
+** back to its last whole record and the journal refuses every later
+** append.  Returns 0 or an errno.
+*/
 int journal_append(Journal *j, int type, const void *p, size_t n, const char **why);
 
-/* Make everything appended so far durable (fdatasync).  0 or an errno.
-** Each fdatasync is counted and timed (monotonic clock) in j->syncs,
-** j->sync_ns and j->last_sync_ns. */
+/* Write the buffered records to the file (no fdatasync): after this a
+** crash of the process loses none of them.  0 or an errno: the write
+** failed, and the journal refuses further appends (as after any failed
+** write of the buffer), or an earlier one did and lost records (j->lost).
+** A journal that failed otherwise (a failed sync) has nothing buffered:
+** 0. */
+int journal_write(Journal *j, const char **why);
+
+/* Write the buffer and make everything appended so far durable
+** (fdatasync).  0 or an errno.  Each fdatasync is counted and timed
+** (monotonic clock) in j->syncs, j->sync_ns and j->last_sync_ns. */
 int journal_sync(Journal *j, const char **why);
 
-/* Close the file (syncing first unless the policy is "none"); safe twice. */
+/* Close the file: write the buffer, sync unless the policy is "none",
+** free the buffer.  Safe twice. */
 int journal_close(Journal *j, const char **why);
 
-/* Read the journal's first 'size' bytes (size <= j->size) into buf.
-** 0 or an errno.  (Not a mapping: a mapping would keep the file, and so
+/* Use 'alloc' (with 'ud') for the write buffer from now on.  Call it
+** right after journal_open or journal_create, before any append. */
+void journal_set_alloc(Journal *j, JournalAlloc alloc, void *ud);
+
+/* Read the journal's first 'size' bytes (size <= j->size) into buf,
+** writing the buffer first if the range reaches into it.  0 or an errno.  (Not a mapping: a mapping would keep the file, and so
 ** its lock, alive after close.) */
 int journal_read(Journal *j, void *buf, size_t size, const char **why);
 
-/* Read n bytes at offset 'off' (off + n <= j->size) into buf.  0 or an
-** errno. */
+/* Read n bytes at offset 'off' (off + n <= j->size) into buf, writing
+** the buffer first if the range reaches into it.  0 or an errno. */
 int journal_read_at(Journal *j, void *buf, size_t n, size_t off, const char **why);
 
 #endif

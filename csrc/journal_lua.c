@@ -8,7 +8,8 @@
 **   info = { records = n, bytes = size, dropped = torn tail bytes cut,
 **            damaged_at = offset or nil (with repair) }
 **   j:append(type, payload) -> offset of the record | nil, message, errno
-**   j:sync() -> true | nil, message, errno
+**   j:write() -> true | nil, message, errno   (the buffer to the file)
+**   j:sync() -> true | nil, message, errno    (the buffer, then fdatasync)
 **   j:syncs() -> fdatasyncs done, seconds they took in all, the last one's
 **   for offset, type, payload in j:records() do ... end
 **   j:size(), j:close(), <close>, tostring(j)
@@ -89,6 +90,14 @@ static void push_info(lua_State *L, const JournalScan *scan, size_t size) {
   }
 }
 
+/* The write buffer ("batch", "none") takes the state's memory, as the
+** rest of the core does (so the OOM harness fails its growth too). */
+static void use_state_memory(lua_State *L, LJournal *lj) {
+  void *ud;
+  lua_Alloc alloc = lua_getallocf(L, &ud);
+  journal_set_alloc(&lj->j, alloc, ud);
+}
+
 /* core.journal_create(path [, opts]) -> a new journal (path must not exist). */
 int journal_lua_create(lua_State *L) {
   const char *path = luaL_checkstring(L, 1);
@@ -107,6 +116,7 @@ int journal_lua_create(lua_State *L) {
   e = journal_create(&lj->j, path, sync, &why);
   if (e != 0)
     return io_failure(L, path, why, e);
+  use_state_memory(L, lj);
   lj->open = 1;
   return 1;
 }
@@ -194,6 +204,7 @@ int journal_lua_open(lua_State *L) {
   }
   if (e != 0)
     return io_failure(L, path, why, e);
+  use_state_memory(L, lj);
   lj->open = 1;
   push_info(L, &scan, lj->j.size);
   return 2;
@@ -229,14 +240,23 @@ int journal_lua_append_at(lua_State *L, int idx, int type, const void *p, size_t
   return 0;
 }
 
-static int j_sync(lua_State *L) {
+/* j:write() and j:sync(): true, or nil, message, errno. */
+static int j_flush(lua_State *L, int (*flush)(Journal *, const char **)) {
   LJournal *lj = check_open(L);
   const char *why = NULL;
-  int e = journal_sync(&lj->j, &why);
+  int e = flush(&lj->j, &why);
   if (e != 0)
     return io_failure(L, NULL, why, e);
   lua_pushboolean(L, 1);
   return 1;
+}
+
+static int j_write(lua_State *L) {
+  return j_flush(L, journal_write);
+}
+
+static int j_sync(lua_State *L) {
+  return j_flush(L, journal_sync);
 }
 
 static int j_syncs(lua_State *L) {
@@ -311,10 +331,11 @@ static Reader *new_reader(lua_State *L, size_t cap) {
 /*
 ** Have at least 'need' bytes from the next record on in the window (fewer
 ** only where the journal ends): slide the unread bytes to the front and
-** read more, in a larger reader (the new upvalue 1) if it is too small.
+** read more, in a larger reader (replacing the one at 'ridx') if it is too
+** small; the journal is at 'jidx' (nil: the reader holds the whole file).
 */
-static Reader *refill(lua_State *L, Reader *r, size_t need) {
-  LJournal *lj = (LJournal *)lua_touserdata(L, lua_upvalueindex(2));
+static Reader *refill(lua_State *L, int ridx, int jidx, Reader *r, size_t need) {
+  LJournal *lj = (LJournal *)lua_touserdata(L, jidx);
   size_t keep = r->len - r->pos, want;
   const char *why = NULL;
   int e;
@@ -327,7 +348,7 @@ static Reader *refill(lua_State *L, Reader *r, size_t need) {
     memcpy(bigger, r, sizeof *r);
     bigger->cap = need > 2 * r->cap ? need : 2 * r->cap;
     memcpy(bigger->buf, r->buf + r->pos, keep);
-    lua_replace(L, lua_upvalueindex(1));
+    lua_replace(L, ridx);
     r = bigger;
   }
   else
@@ -363,45 +384,89 @@ static int reads_to_end(const Reader *r) {
   return r->base + r->len >= r->end;
 }
 
-/* The iterator: offset, type, payload of the next intact record. */
-static int reader_next(lua_State *L) {
-  Reader *r = (Reader *)lua_touserdata(L, lua_upvalueindex(1));
-  int type;
-  size_t len;
+/* The next intact record of the reader at 'ridx' (the journal at 'jidx'):
+** 1 with its offset, type and payload (valid until the next call), or 0
+** at the end. */
+static int read_next(lua_State *L, int ridx, int jidx, size_t *offset, int *type,
+                     const unsigned char **payload, size_t *len) {
+  Reader *r = (Reader *)lua_touserdata(L, ridx);
   const char *why;
   if (r->base + r->pos >= r->end)
     return 0;
   while (!reads_to_end(r) && record_span(r) > r->len - r->pos)
-    r = refill(L, r, record_span(r));  /* the header first, then the rest */
-  if (!journal_record_at(r->buf, r->len, r->pos, &type, &len, &why)) {
+    r = refill(L, ridx, jidx, r, record_span(r));  /* the header first, then the rest */
+  if (!journal_record_at(r->buf, r->len, r->pos, type, len, &why)) {
     if (!reads_to_end(r))  /* a repaired range: look for what follows in the rest */
-      r = refill(L, r, r->end - (r->base + r->pos));
+      r = refill(L, ridx, jidx, r, r->end - (r->base + r->pos));
     r->pos = journal_resync(r->buf, r->len, r->pos);
     if (r->pos >= r->len)
       return 0;
-    journal_record_at(r->buf, r->len, r->pos, &type, &len, &why);
+    journal_record_at(r->buf, r->len, r->pos, type, len, &why);
   }
-  lua_pushinteger(L, (lua_Integer)(r->base + r->pos));
+  *offset = r->base + r->pos;
+  *payload = r->buf + r->pos + JOURNAL_RECORD_HEADER_SIZE;
+  r->pos += JOURNAL_RECORD_HEADER_SIZE + *len;
+  return 1;
+}
+
+int journal_lua_next(lua_State *L, int ridx, int jidx, size_t *offset, int *type,
+                     const unsigned char **payload, size_t *len) {
+  return read_next(L, lua_absindex(L, ridx), lua_absindex(L, jidx), offset, type, payload, len);
+}
+
+/* The iterator: offset, type, payload of the next intact record. */
+static int reader_next(lua_State *L) {
+  size_t offset, len;
+  int type;
+  const unsigned char *payload;
+  if (!read_next(L, lua_upvalueindex(1), lua_upvalueindex(2), &offset, &type, &payload, &len))
+    return 0;
+  lua_pushinteger(L, (lua_Integer)offset);
   lua_pushinteger(L, type);
-  lua_pushlstring(L, (const char *)r->buf + r->pos + JOURNAL_RECORD_HEADER_SIZE, len);
-  r->pos += JOURNAL_RECORD_HEADER_SIZE + len;
+  lua_pushlstring(L, (const char *)payload, len);
   return 3;
 }
 
+/* Push a reader of the journal at 'jidx' from byte 'from' (a record's
+** offset, or the first record) to its size now. */
+static void push_reader(lua_State *L, LJournal *lj, size_t from) {
+  size_t size = lj->j.size;
+  size_t cap = size - from < READ_WINDOW ? size - from : READ_WINDOW;
+  Reader *r = new_reader(L, cap);
+  r->end = size;
+  r->base = from;
+}
+
+/* The start of reading: 'from' at index 'idx' (a record's offset from a
+** reader) or the first record. */
+static size_t check_from(lua_State *L, int idx, const LJournal *lj) {
+  lua_Integer from = luaL_optinteger(L, idx, JOURNAL_HEADER_SIZE);
+  luaL_argcheck(L, from >= (lua_Integer)JOURNAL_HEADER_SIZE && (lua_Unsigned)from <= lj->j.size,
+                idx, "not a record offset of this journal");
+  return (size_t)from;
+}
+
+int journal_lua_reader(lua_State *L, int jidx, lua_Integer from) {
+  LJournal *lj = (LJournal *)luaL_checkudata(L, jidx, JOURNAL_TYPENAME);
+  if (!lj->open)
+    luaL_error(L, "procman.journal: the journal is closed");
+  if (from < (lua_Integer)JOURNAL_HEADER_SIZE || (lua_Unsigned)from > lj->j.size)
+    luaL_error(L, "procman.journal: %I is not a record offset of this journal", from);
+  push_reader(L, lj, (size_t)from);
+  return 1;
+}
+
 /*
-** j:records(): the records as they are now (later appends are not seen),
-** read in windows: memory in proportion to the largest record, not to the
-** journal.
+** j:records([from]): the records as they are now (later appends are not
+** seen), from the record at byte 'from' on (a record offset a reader gave:
+** recovery goes on where its scan stopped), read in windows: memory in
+** proportion to the largest record, not to the journal.
 */
 static int j_records(lua_State *L) {
   LJournal *lj = check_open(L);
-  size_t size = lj->j.size;
-  size_t cap = size - JOURNAL_HEADER_SIZE < READ_WINDOW ? size - JOURNAL_HEADER_SIZE : READ_WINDOW;
-  Reader *r;
+  size_t from = check_from(L, 2, lj);
   lua_settop(L, 1);
-  r = new_reader(L, cap);                                    /* 2 */
-  r->end = size;
-  r->base = JOURNAL_HEADER_SIZE;
+  push_reader(L, lj, from);                                  /* 2 */
   lua_pushvalue(L, 1);
   lua_pushcclosure(L, reader_next, 2);
   return 1;
@@ -483,6 +548,7 @@ int journal_lua_scan(lua_State *L) {
 
 static const luaL_Reg journal_methods[] = {
   { "append", j_append },
+  { "write", j_write },
   { "sync", j_sync },
   { "size", j_size },
   { "syncs", j_syncs },

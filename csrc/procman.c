@@ -11,6 +11,7 @@
 #include "codec.h"
 #include "engine.h"
 #include "journal_lua.h"
+#include "fold_scan.h"
 #include "pattern_lua.h"
 #include "pm.h"
 
@@ -129,6 +130,7 @@ static const luaL_Reg core_functions[] = {
   { "journal_create", journal_lua_create },
   { "journal_replace", journal_lua_replace },
   { "journal_scan", journal_lua_scan },
+  { "fold_scan", fold_scan_lua },
 #ifdef PROCMAN_FAULTS  /* test builds only: see faults.h */
   { "journal_faults", journal_lua_faults },
 #endif
@@ -148,6 +150,7 @@ static const luaL_Reg core_functions[] = {
 
 LUAMOD_API int luaopen_procman_core(lua_State *L) {
   journal_lua_register(L);
+  fold_scan_register(L);
   engine_register(L);
   luaL_newlib(L, core_functions);
   lua_pushnil(L);  /* the scratch buffer, made at the first call */

@@ -76,3 +76,39 @@ local patterns = {
 for i, case in ipairs(patterns) do
   write("pattern", string.format("case%02d", i), string.char(#case[1]) .. case[1] .. case[2])
 end
+
+-- recovery: journals of the records the scan in C takes (events applied,
+-- completed, acked; compacted: sequence, completed, live, pending), one
+-- that hands over to the Lua fold (a timer), and MessagePack values
+-- (canonical or not) for its check of canonical bytes
+local function journal_of(fill)
+  local p = os.tmpname() .. ".pmj"
+  local w = assert(procman.router { workflows = { batch }, journal = p, clock = function() return 0 end })
+  fill(w)
+  w:close()
+  local file = assert(io.open(p, "rb"))
+  local bytes = file:read("a")
+  file:close()
+  os.remove(p)
+  return bytes
+end
+local function common(w)
+  for i = 1, 3 do w:handle { event_type = "batch_created", batch_id = i, event_id = "c" .. i, files = { "a" } } end
+  w:handle { event_type = "batch_created", batch_id = "\xff", files = { "a", "b" } }
+  w:handle { event_type = "file_processed", batch_id = 1, event_id = "p1", file = { id = "a", status = "success" } }
+  w:ack("batch/2/1/1")
+end
+write("recovery", "common", journal_of(common))
+write("recovery", "compacted", journal_of(function(w)
+  common(w)
+  assert(w:compact())
+  w:handle { event_type = "file_processed", batch_id = 2, event_id = "p2", file = { id = "a", status = "error" } }
+end))
+write("recovery", "timer", journal_of(function(w)
+  common(w)
+  w:handle { event_type = "batch_created", batch_id = 9, files = { "a" }, file_timeout = 5 }
+  w:handle { event_type = "file_processed", batch_id = 3, event_id = "p3", file = { id = "a", status = "success" } }
+end))
+write("recovery", "value-canonical", procman.encode { command_type = "c", n = { 1, 2.5, "\xff", -200 } })
+write("recovery", "value-long-int", "\x81\xa1n\xce\x00\x00\x00\x05")
+write("recovery", "value-float32", "\x91\xca\x3f\x80\x00\x00")

@@ -66,8 +66,8 @@ local EVENTS = {
   { event_type = "open", a = "z\0\255" },                                  -- a zero byte, not UTF-8
 }
 
-local function open(path)
-  return procman.router { workflows = { alpha, beta, by_fn }, journal = path, sync = "none",
+local function open(path, sync)
+  return procman.router { workflows = { alpha, beta, by_fn }, journal = path, sync = sync or "none",
                           on_error = "park", on_late = "dead_letter", clock = function() return 100 end }
 end
 
@@ -135,7 +135,7 @@ describe("procman.engine", function()
   end)
 
   it("returns nil and a message when the journal refuses the record, changing nothing", function()
-    local r = assert(open(temp()))
+    local r = assert(open(temp(), "always"))  -- "none" would only buffer it: no file operation
     r:handle(EVENTS[1])
     local before, bytes = routers.snapshot(r), r:stats().journal_bytes
     core.journal_faults(1, "ENOSPC")
@@ -147,6 +147,36 @@ describe("procman.engine", function()
     assert.equal(bytes, r:stats().journal_bytes)
     assert.equal(1, #assert(r:handle(EVENTS[2])))  -- and takes it once there is room
     assert.equal(1, r:flow("beta", 7):version())
+  end)
+
+  it("completes flows as the Lua path does: status, remembered ids, counts, timers dropped", function()
+    local re, rl = assert(open(temp())), assert(open(temp()))
+    local count = counting(re)
+    rl.engine = false
+    for _, event in ipairs {
+      { event_type = "open", a = "c1", event_id = "x1" },
+      { event_type = "shared", a = "c1", b = 1, event_id = 2 },
+      { event_type = "close", a = "c1", event_id = "x3" },         -- completes, with ids
+      { event_type = "open", a = "c2" },
+      { event_type = "close", a = "c2" },                          -- completes, no ids
+      { event_type = "open", a = "c3", event_id = "x4" },
+      { event_type = "later", a = "c3", event_id = "x5" },         -- a timer (Lua path)
+      { event_type = "close", a = "c3", event_id = "x6" },         -- completes: the timer goes
+      { event_type = "close", a = "c1", event_id = "x3" },         -- a redelivery: a no-op
+    } do
+      assert.same({ rl:handle(event) }, { re:handle(event) })
+    end
+    assert.same({ taken = 7, left = 2 }, count)
+    for _, r in ipairs { re, rl } do
+      assert.same({ x1 = true, [2] = true, x3 = true }, r.finished.alpha.c1.seen)
+      assert.is_nil(r.finished.alpha.c2.seen)
+      assert.same({}, r:timers())
+    end
+    assert.same(rl.finished, re.finished)
+    assert.same(rl.finished_of, re.finished_of)
+    assert.same(rl:stats(), re:stats())
+    assert.equal(rl:metrics(), re:metrics())
+    assert.same(routers.snapshot(rl), routers.snapshot(re))
   end)
 
   it("routes in memory as with a journal", function()

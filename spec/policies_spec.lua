@@ -138,6 +138,31 @@ describe("router policies", function()
     end)
   end)
 
+  it("lists a dead letter whose event is nested as deep as a letter can hold", function()
+    local function nested(n)
+      local v = {}
+      for _ = 1, n do v = { v } end
+      return v
+    end
+    -- the deepest event still kept as a letter: one deeper is not data
+    local deepest
+    for n = 1, 200 do
+      local r = procman.router { workflows = { accounts }, on_unroutable = "dead_letter" }
+      if not pcall(r.handle, r, { event_type = "user_created", deep = nested(n) }) then break end
+      deepest = n
+    end
+    assert.is_true(deepest > 90)
+    local r = router({ on_unroutable = "dead_letter" }, path)
+    assert.same({}, r:handle { event_type = "user_created", deep = nested(deepest) })
+    local letters = r:dead_letters()
+    assert.equal(1, #letters)
+    assert.same(nested(deepest), letters[1].event.deep)
+    r:close()
+    r = router({ on_unroutable = "dead_letter" }, path)  -- and from the journal
+    assert.equal(1, #r:dead_letters())
+    r:close()
+  end)
+
   it("refuses a due time that would overflow an integer clock, changing nothing", function()
     local wf = procman.workflow {
       name = "t", correlate = "id", starts = { "go" },

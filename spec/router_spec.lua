@@ -192,6 +192,36 @@ describe("procman.router", function()
       assert.equal(2, r:dispatch(function() end))
       assert.equal(0, #r:pending())
     end)
+
+    it("dispatch passes over a command its function acked, and leaves those emitted meanwhile", function()
+      local r = procman.router { workflows = { batch } }
+      r:handle { event_type = "batch_created", batch_id = "b1", files = { "a", "b", "c" } }
+      local sent = {}
+      local count = r:dispatch(function(command, envelope)
+        sent[#sent + 1] = envelope.id
+        if command.file == "a" then
+          assert(r:ack("batch/b1/1/3"))  -- the gateway answered for c already
+          r:handle { event_type = "batch_created", batch_id = "b2", files = { "x" } }
+        end
+      end)
+      assert.same({ "batch/b1/1/1", "batch/b1/1/2" }, sent)
+      assert.equal(2, count)
+      assert.same({ "batch/b2/1/1" }, { r:pending()[1].id })
+    end)
+
+    it("gives back the outbox's memory once every command is acked", function()
+      local box = require("procman.outbox").new()
+      for i = 1, 3000 do box:add({ id = "w/1/1/" .. i, workflow = "w", flow = 1, command = {} }) end
+      for i = 1, 3000 do box:forget("w/1/1/" .. i) end
+      collectgarbage()
+      collectgarbage()
+      local before = collectgarbage("count")
+      box = nil  -- luacheck: ignore
+      collectgarbage()
+      collectgarbage()
+      -- an empty outbox is a few small tables; 3000 emptied slots would be ~100 KB
+      assert.is_true((before - collectgarbage("count")) * 1024 < 2000)
+    end)
   end)
 
   describe("with a journal", function()
@@ -287,6 +317,20 @@ describe("procman.router", function()
       local again = assert(procman.router { workflows = { batch, order }, journal = path })
       assert.same(snapshot(reference, true), snapshot(again, true))
       again:close()
+    end)
+
+    it("compacts a router that holds nothing into its counters alone, the same bytes each time", function()
+      local r = procman.router { workflows = { batch }, journal = path }
+      assert.equal(16, #file_bytes(path))
+      assert.is_true(r:compact())
+      local once = file_bytes(path)
+      assert.equal(16 + 9 + #procman.encode { seq = 0, next_dead_letter = 1 }, #once)  -- 49
+      assert.is_true(r:compact())
+      assert.equal(once, file_bytes(path))
+      r:close()
+      r = assert(procman.router { workflows = { batch }, journal = path })
+      assert.same({ 0, 0 }, { r:stats().seq, r:stats().live })
+      r:close()
     end)
 
     it("compaction trims the live flows' histories, which it made redundant", function()

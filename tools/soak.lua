@@ -2,7 +2,7 @@
 -- at random moments, recovered each time and checked against an in-memory
 -- reference run of the same operations.
 --
---   lua5.4 tools/soak.lua [--rounds N] [--ops N] [--seed N]
+--   lua5.4 tools/soak.lua [--rounds N] [--ops N] [--seed N] [--sync always|batch|none]
 --
 -- The workload (from the seed, the same in every process): batch flows
 -- (some with file timeouts, so timers), order flows, acks of the oldest
@@ -16,6 +16,12 @@
 --   nothing applied twice, outbox = emitted - acked, states equal: the
 --     comparison covers every flow's state and version, the pending
 --     outbox, timers, parked flows and completed flows.
+-- With sync "batch" or "none" the journal buffers records, and a kill
+-- loses those not yet written: the recovered router must then equal the
+-- reference after some operation from the last one known written on (an
+-- ack, which lists the outbox first and so writes the buffer: a command
+-- never leaves before its record; a compaction; the round's start) to the
+-- one in flight.
 -- Exit status 0 when every round holds; prints a summary line.
 package.path = "lua/?.lua;lua/?/init.lua;cli/lua/?.lua;workflows/lua/?.lua;" .. package.path
 package.cpath = "build/?.so;" .. package.cpath
@@ -114,10 +120,10 @@ end
 -- The child: apply operations from 'start', logging each one done
 -- ---------------------------------------------------------------------
 
-local function child(journal, progress, seed, n, start)
+local function child(journal, progress, seed, n, start, sync)
   local ops = workload(seed, n)
   local now = clock_at(ops, start)
-  local r = assert(procman.router { workflows = WORKFLOWS, journal = journal, sync = "always",
+  local r = assert(procman.router { workflows = WORKFLOWS, journal = journal, sync = sync,
                                     clock = function() return now end, warn = function() end })
   local log = assert(io.open(progress, "a"))
   for i = start, n do
@@ -170,6 +176,18 @@ local function last_logged(progress)
   return last
 end
 
+-- The last operation up to 'last' whose record the journal surely has
+-- (not less than 'floor'): an ack lists the outbox first, which writes
+-- every record before it; a compaction writes them all.
+local function written_through(ops, last, floor, sync)
+  if sync == "always" then return last end
+  for i = last, floor + 1, -1 do
+    if ops[i].kind == "compact" then return i end
+    if ops[i].kind == "ack" then return math.max(i - 1, floor) end
+  end
+  return floor
+end
+
 local function parent(opts)
   local ops = workload(opts.seed, opts.ops)
   local journal = os.tmpname() .. ".pmj"
@@ -185,12 +203,30 @@ local function parent(opts)
       if ops[applied].kind ~= "compact" then apply(reference, ops, applied) end
     end
   end
-  local start, rounds, in_flight_seen, done_ops, partial_ticks = 1, 0, 0, 0, 0
+  -- Move the reference on until it equals 'got', at most through operation
+  -- 'to'. A tick fires each timer as a record of its own, so the journal
+  -- may end inside one: its timers are fired one at a time (the child's
+  -- next tick fires the rest). True when it ended inside a tick.
+  local function match_from(got, to)
+    while applied < to and got ~= snapshot(reference) do
+      local nxt = ops[applied + 1]
+      if nxt.kind == "tick" then
+        ref_now = nxt.time
+        while got ~= snapshot(reference) and due_timers(reference, ref_now) > 0 do
+          reference:tick(ref_now, 1)
+        end
+        if got == snapshot(reference) then return true end
+      end
+      advance(applied + 1)
+    end
+    return false
+  end
+  local start, rounds, in_flight_seen, done_ops, partial_ticks, unwritten = 1, 0, 0, 0, 0, 0
   math.randomseed(opts.seed + 1)
   while rounds < opts.rounds and start <= opts.ops do
     rounds = rounds + 1
-    local cmd = string.format("exec lua5.4 tools/soak.lua --child %s %s %d %d %d", journal, progress,
-                              opts.seed, opts.ops, start)
+    local cmd = string.format("exec lua5.4 tools/soak.lua --child %s %s %d %d %d %s", journal, progress,
+                              opts.seed, opts.ops, start, opts.sync)
     os.execute(string.format("%s & pid=$!; sleep 0.%03d; kill -9 $pid 2>/dev/null; wait $pid 2>/dev/null",
                              cmd, math.random(20, 400)))
     -- (a child killed before it logged anything did at least what the last
@@ -199,34 +235,26 @@ local function parent(opts)
     local r = assert(procman.router { workflows = WORKFLOWS, journal = journal, warn = function() end })
     local got = snapshot(r)
     r:close()
-    advance(last)
-    local recovered = last
-    if got ~= snapshot(reference) and ops[last + 1] and ops[last + 1].kind == "tick" then
-      -- a tick in flight: each fired timer is its own record, so the journal
-      -- may hold the first few; the child's next tick fires the rest
-      ref_now = ops[last + 1].time
-      while got ~= snapshot(reference) and due_timers(reference, ref_now) > 0 do
-        reference:tick(ref_now, 1)
-      end
-      if got == snapshot(reference) then partial_ticks = partial_ticks + 1 end
-    end
+    -- the journal holds every operation through the last one known written
+    -- (with sync "always": the last logged); buffered, maybe some after it
+    advance(written_through(ops, last, start - 1, opts.sync))
+    local partial = match_from(got, last + 1)
     if got ~= snapshot(reference) then
-      advance(last + 1)  -- the operation in flight made it to the journal
-      if got ~= snapshot(reference) then
-        io.stderr:write(string.format("seed %d, round %d: the recovered router differs from the "
-                                      .. "reference after operation %d (and %d)\n", opts.seed, rounds,
-                                      last, last + 1))
-        if os.getenv("SOAK_DEBUG") then
-          for j = last - 2, last + 2 do
-            io.stderr:write(string.format("op %d: %s\n", j, require("procman.pretty").format(ops[j])))
-          end
-          debug_diff(got, reference, journal)
+      io.stderr:write(string.format("seed %d, round %d: the recovered router differs from the "
+                                    .. "reference after operation %d (and %d)\n", opts.seed, rounds,
+                                    last, last + 1))
+      if os.getenv("SOAK_DEBUG") then
+        for j = last - 2, last + 2 do
+          io.stderr:write(string.format("op %d: %s\n", j, require("procman.pretty").format(ops[j])))
         end
-        os.exit(1)
+        debug_diff(got, reference, journal)
       end
-      recovered = last + 1
-      in_flight_seen = in_flight_seen + 1
+      os.exit(1)
     end
+    if partial then partial_ticks = partial_ticks + 1 end
+    if applied > last then in_flight_seen = in_flight_seen + 1 end
+    if applied < last then unwritten = unwritten + last - applied end
+    local recovered = applied
     if os.getenv("SOAK_DEBUG") then
       io.stderr:write(string.format("round %d: started at %d, logged %d, recovered %d (%s)\n", rounds,
                                     start, last, recovered, ops[recovered + 1] and ops[recovered + 1].kind))
@@ -239,25 +267,30 @@ local function parent(opts)
   os.remove(progress)
   print(string.format("soak: %d rounds killed with SIGKILL, %d operations recovered and checked "
                       .. "(the operation in flight was in the journal %d times, a tick half done %d "
-                      .. "times), seed %d: ok", rounds, done_ops, in_flight_seen, partial_ticks, opts.seed))
+                      .. "times; %d operations done but still in the buffer were lost, as sync "
+                      .. "\"%s\" allows), seed %d: ok", rounds, done_ops, in_flight_seen, partial_ticks,
+                      unwritten, opts.sync, opts.seed))
 end
 
 -- ---------------------------------------------------------------------
 
 if arg[1] == "--child" then
-  child(arg[2], arg[3], tonumber(arg[4]), tonumber(arg[5]), tonumber(arg[6]))
+  child(arg[2], arg[3], tonumber(arg[4]), tonumber(arg[5]), tonumber(arg[6]), arg[7])
   return
 end
 
-local opts = { rounds = 20, ops = 100000, seed = os.time() }
+local SYNCS = { always = true, batch = true, none = true }
+local opts = { rounds = 20, ops = 100000, seed = os.time(), sync = "always" }
 local i = 1
 while arg[i] do
   local key = arg[i]:match("^%-%-(%a+)$")
-  if not (key and opts[key] and tonumber(arg[i + 1])) then
-    io.stderr:write("usage: lua5.4 tools/soak.lua [--rounds N] [--ops N] [--seed N]\n")
+  local value = key == "sync" and SYNCS[arg[i + 1]] and arg[i + 1] or tonumber(arg[i + 1])
+  if not (key and opts[key] and value) then
+    io.stderr:write("usage: lua5.4 tools/soak.lua [--rounds N] [--ops N] [--seed N] "
+                    .. "[--sync always|batch|none]\n")
     os.exit(2)
   end
-  opts[key] = tonumber(arg[i + 1])
+  opts[key] = value
   i = i + 2
 end
 parent(opts)

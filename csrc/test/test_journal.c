@@ -354,6 +354,62 @@ static void test_file_create_and_replace(void **state) {
   unlink(path);
 }
 
+static off_t file_size(const char *path) {
+  struct stat st;
+  assert_int_equal(stat(path, &st), 0);
+  return st.st_size;
+}
+
+/* "none": records wait in the buffer (size counts them, written does not)
+** and reach the file in runs of whole records: when one does not fit, at
+** journal_write, when read, and at close. */
+static void test_file_buffer(void **state) {
+  char path[128];
+  Journal j;
+  JournalScan scan;
+  const char *why = NULL;
+  unsigned char rec[1000], back[JOURNAL_RECORD_HEADER_SIZE + 3];
+  size_t per = JOURNAL_RECORD_HEADER_SIZE + sizeof rec, n;
+  (void)state;
+  memset(rec, 'r', sizeof rec);
+  temp_path(path, sizeof path);
+  assert_int_equal(journal_open(&j, path, JOURNAL_SYNC_NONE, 0, &scan, &why), 0);
+  assert_int_equal(journal_append(&j, 1, "abc", 3, &why), 0);
+  assert_int_equal(j.size, JOURNAL_HEADER_SIZE + JOURNAL_RECORD_HEADER_SIZE + 3);
+  assert_int_equal(j.written, JOURNAL_HEADER_SIZE);
+  assert_int_equal(file_size(path), JOURNAL_HEADER_SIZE);
+  /* reading past the file writes the buffer first */
+  assert_int_equal(journal_read_at(&j, back, sizeof back, JOURNAL_HEADER_SIZE, &why), 0);
+  assert_memory_equal(back + JOURNAL_RECORD_HEADER_SIZE, "abc", 3);
+  assert_int_equal(j.written, j.size);
+  /* a full buffer is written when the next record does not fit */
+  for (n = 0; n < JOURNAL_CHUNK / per; n++)
+    assert_int_equal(journal_append(&j, 2, rec, sizeof rec, &why), 0);
+  assert_int_equal(j.written, JOURNAL_HEADER_SIZE + JOURNAL_RECORD_HEADER_SIZE + 3);
+  assert_int_equal(journal_append(&j, 2, rec, sizeof rec, &why), 0);
+  assert_int_equal(j.written, j.size - per);
+  assert_int_equal(file_size(path), (off_t)j.written);
+  assert_int_equal(journal_write(&j, &why), 0);
+  assert_int_equal(file_size(path), (off_t)j.size);
+  assert_int_equal(j.syncs, 0);  /* "none" never syncs by itself */
+  /* a failed write of the buffer loses it and fails the journal */
+  assert_int_equal(journal_append(&j, 1, "lost", 4, &why), 0);
+  journal_faults_arm(1, ENOSPC, 1);
+  assert_int_equal(journal_write(&j, &why), ENOSPC);
+  journal_faults_disarm();
+  assert_int_equal(j.lost, 1);
+  assert_int_equal(j.size, j.written);
+  assert_int_equal(file_size(path), (off_t)j.written);  /* the torn half cut back */
+  assert_int_equal(journal_append(&j, 1, "x", 1, &why), ENOSPC);
+  assert_string_equal(why, "an earlier write of the journal lost records it had accepted; reopen it");
+  assert_int_equal(journal_close(&j, &why), 0);
+  assert_int_equal(journal_open(&j, path, JOURNAL_SYNC_NONE, 0, &scan, &why), 0);
+  assert_int_equal(scan.records, 2 + JOURNAL_CHUNK / per);
+  assert_int_equal(scan.dropped, 0);
+  assert_int_equal(journal_close(&j, &why), 0);
+  unlink(path);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_crc32c_vectors),
@@ -368,6 +424,7 @@ int main(void) {
     cmocka_unit_test(test_file_torn_tail_is_cut),
     cmocka_unit_test(test_file_foreign_is_untouched),
     cmocka_unit_test(test_file_create_and_replace),
+    cmocka_unit_test(test_file_buffer),
   };
   return cmocka_run_group_tests_name("journal", tests, NULL, NULL);
 }

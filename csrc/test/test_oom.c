@@ -346,6 +346,53 @@ static void test_router_handle_under_oom(void **state) {
 }
 
 /*
+** The journal's write buffer ("none", "batch") grows by doubling up to a
+** chunk, in the state's memory.  With each growth failing in turn, every
+** append still succeeds (a record with no room in the buffer is written at
+** once, after what the buffer holds), and the file holds every record, in
+** order.  Records of 300 to 12,000 bytes make it grow through each size
+** and write several chunks.
+*/
+static void test_journal_buffer_under_oom(void **state) {
+  Fixture *f = *state;
+  lua_State *L = f->L;
+  long k;
+  run(L, "core = require 'procman.core'\n"
+         "payloads = {}\n"
+         "for i = 1, 40 do payloads[i] = string.rep(string.char(65 + i % 26), 300 * i) end\n"
+         "function buffer_open()\n"
+         "  jpath = temp_journal()\n"
+         "  j = assert(core.journal_open(jpath, { sync = 'none' }))\n"
+         "end\n"
+         "function buffer_appends()\n"
+         "  for i = 1, #payloads do assert(j:append(1 + i % 3, payloads[i])) end\n"
+         "end\n"
+         "function buffer_check()\n"
+         "  assert(j:close())\n"
+         "  local n, next_record, info = 0, core.journal_scan(jpath)\n"
+         "  for _, kind, payload in next_record do\n"
+         "    n = n + 1\n"
+         "    assert(kind == 1 + n % 3 and payload == payloads[n], 'record ' .. n .. ' differs')\n"
+         "  end\n"
+         "  assert(n == #payloads and info.dropped == 0, n .. ' records of ' .. #payloads)\n"
+         "  os.remove(jpath)\n"
+         "end");
+  for (k = 1; k < 100; k++) {
+    int status;
+    run(L, "buffer_open()");
+    status = call_failing_at(f, "buffer_appends", k);
+    if (status != LUA_OK)
+      fail_msg("k=%ld: an append failed for want of memory: %s", k, lua_tostring(L, -1));
+    lua_settop(L, 0);
+    run(L, "buffer_check()");
+    if (f->limit.count < k)  /* the k-th growth never came: all were tried */
+      break;
+  }
+  print_message("journal buffer: %ld growths failed in turn, nothing lost\n", k - 1);
+  assert_true(k > 4);
+}
+
+/*
 ** The engine's step (csrc/engine.c) alone, each allocation failing in
 ** turn, in memory and with a journal, on a fresh router each time: the
 ** step gives its envelopes, or leaves router, outbox and journal exactly
@@ -587,6 +634,7 @@ int main(void) {
     cmocka_unit_test_setup_teardown(test_snapshot_under_oom, setup, teardown),
     cmocka_unit_test_setup_teardown(test_codec_under_oom, setup, teardown),
     cmocka_unit_test_setup_teardown(test_router_handle_under_oom, setup, teardown),
+    cmocka_unit_test_setup_teardown(test_journal_buffer_under_oom, setup, teardown),
     cmocka_unit_test_setup_teardown(test_engine_step_under_oom, setup, teardown),
     cmocka_unit_test_setup_teardown(test_router_tick_under_oom, setup, teardown),
     cmocka_unit_test_setup_teardown(test_recovery_under_oom, setup, teardown),

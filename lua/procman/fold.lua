@@ -60,6 +60,15 @@ local function counted(state, name, flow_id, workflow_version, version, status, 
   return g
 end
 
+--- restore_counted(state, name, flow_id, workflow_version, version, status,
+-- ids, offsets): a counted flow as recovery's scan in C (procman.fold_scan)
+-- left it: the same flow the records would have counted.
+function M.restore_counted(state, name, flow_id, workflow_version, version, status, ids, offsets)
+  local g = counted(state, name, flow_id, workflow_version, version, status, ids)
+  if g.offsets then g.offsets = offsets end
+  state.live[name][flow_id] = g
+end
+
 local function event_ids(flow)
   if getmetatable(flow) == Counted then return flow.ids end
   return core.event_ids(flow)
@@ -379,6 +388,11 @@ end
 -- as records (compaction): folded into an empty state they give it back.
 -- A payload is a table to encode, or bytes already encoded (the outbox's).
 function M.state_records(state)
+  -- The counters come first, always: they must never go back (sequence
+  -- numbers, dead letter ids never given twice). For a router that holds nothing
+  -- they are the start values, so compacting one grows the 16-byte journal
+  -- to 49 bytes: that is right (one shape for every compacted journal, no
+  -- special case), and compacting it again gives the same 49 bytes.
   local out = { { records.SEQ, { seq = state.seq, next_dead_letter = state.dead.next_id } } }
   local names = names_of(state)
   for _, name in ipairs(names) do

@@ -96,8 +96,30 @@ function Outbox:forget(id)
     q[head], ids[head] = nil, nil
     head = head + 1
   end
-  if head > self.tail then self.queue, self.ids, head, self.tail = {}, {}, 1, 0 end
+  if head > self.tail then  -- empty: give back what the tables grew to (a Lua table never shrinks
+    -- by removals alone), so memory after a dispatch is that of the flows, not of past commands
+    self.queue, self.ids, self.by_id, head, self.tail = {}, {}, {}, 1, 0
+  end
   self.head = head
+end
+
+--- outbox:pending_ids() -> the ids of the pending envelopes, in emission order (a
+-- new array: the outbox may change while the caller goes through them).
+function Outbox:pending_ids()
+  local out, q, ids, n = {}, self.queue, self.ids, 0
+  for i = self.head, self.tail do
+    if q[i] then
+      n = n + 1
+      out[n] = ids[i]
+    end
+  end
+  return out
+end
+
+--- outbox:get(id) -> a copy of the pending envelope with this id, or nil.
+function Outbox:get(id)
+  local at = self.by_id[id]
+  return at and decode(self.queue[at])
 end
 
 --- outbox:list() -> copies of the pending envelopes, in emission order.

@@ -45,6 +45,7 @@ local metrics = require "procman.metrics"
 local patches = require "procman.patches"
 local replay_plan = require "procman.replay_plan"
 local fold = require "procman.fold"
+local fold_scan = require "procman.fold_scan"
 local describe = require "procman.describe"
 
 local encode, decode, copy, monotonic = core.encode, core.decode, core.copy, core.monotonic
@@ -646,7 +647,8 @@ local function check_code(self)
   end
 end
 
--- Recovery reads the journal once into the state with procman.fold,
+-- Recovery reads the journal once into the state with procman.fold (the
+-- common records in C from their bytes, procman.fold_scan, the rest in Lua),
 -- counting flows (their journaled commands, statuses and completions are
 -- the ones that count: no handler runs, no event is encoded again), then
 -- replays only the records of the flows still live at the end through
@@ -654,13 +656,17 @@ end
 local function recover(self, j)
   self.offsets = true  -- counted flows note the records they replay from
   self.outbox:defer()  -- envelopes acked further on are never encoded
-  for offset, kind, payload in j:records() do
-    if not fold.knows(kind) then
-      error(string.format("procman.router: %s: unknown record type %d at byte %d",
-                          self.journal_path, kind, offset), 0)
+  local scanned, rest = fold_scan.run(self, j)  -- the common records, in C
+  self.recovered = scanned
+  if rest ~= false then
+    for offset, kind, payload in j:records(rest) do
+      if not fold.knows(kind) then
+        error(string.format("procman.router: %s: unknown record type %d at byte %d",
+                            self.journal_path, kind, offset), 0)
+      end
+      fold.record(self, kind, decode(payload), offset, payload)
+      self.recovered = self.recovered + 1
     end
-    fold.record(self, kind, decode(payload), offset, payload)
-    self.recovered = self.recovered + 1
   end
   self.offsets = nil
   self.outbox:undefer()
@@ -925,7 +931,9 @@ end
 -- when the letter was made.
 function Router:dead_letters()
   check_open(self)
-  return copy(self.dead.list)
+  local list = {}  -- each letter copied alone: the list's own level must not count
+  for i, letter in ipairs(self.dead.list) do list[i] = copy(letter) end  -- toward the codec's depth
+  return list
 end
 
 local function check_letter(self, id)
@@ -970,10 +978,27 @@ function Router:drop_dead_letter(id)
   return true
 end
 
---- r:pending() -> the envelopes not yet acked, in emission order (copies).
+--- r:pending() -> the envelopes not yet acked, in emission order (copies),
+-- or nil, message if the journal cannot write what it holds in its buffer:
+-- a command leaves the router only once the record that made it is in the
+-- file, so that no crash of the process can forget a command that was sent
+-- (docs/durable.md).
 function Router:pending()
   check_open(self)
+  if self.journal then
+    local written, err = self.journal:write()
+    if not written then return nil, "procman.router: " .. err end
+  end
   return self.outbox:list()
+end
+
+-- Ack a pending command (journaled): true, or nil, message.
+local function ack(self, id)
+  local ok, err = append(self, RECORD_ACK, self.journal and encode({ id = id }))  -- memory: no bytes
+  if not ok then return nil, err end
+  local box = self.outbox
+  after_journaling(self, pcall(box.forget, box, id))
+  return true
 end
 
 --- r:ack(id) -> true, or nil, message if the journal cannot take it.
@@ -983,25 +1008,35 @@ function Router:ack(id)
   if type(id) ~= "string" or not self.outbox:has(id) then
     fail("no pending command with id %s", tostring(id))
   end
-  local ok, err = append(self, RECORD_ACK, self.journal and encode({ id = id }))  -- memory: no bytes
-  if not ok then return nil, err end
-  after_journaling(self, pcall(self.outbox.forget, self.outbox, id))
-  return true
+  return ack(self, id)
 end
 
---- r:dispatch(fn) -> count[, error]: fn(command, envelope) for each pending
--- envelope in order, acking each that returns; stops at the first error.
+--- r:dispatch(fn) -> count[, error]: fn(command, envelope) for each
+-- envelope pending when called, in order, acking each that returns; stops
+-- at the first error. Each envelope is decoded when its turn comes (not
+-- all of them first), and one that fn acked or the router lost meanwhile
+-- is passed over: fn sees each command once, while it is still pending.
 function Router:dispatch(fn)
   check_open(self)
   check_not_in_handler("dispatch")
   if type(fn) ~= "function" then fail("dispatch needs a function(command, envelope)") end
   local count = 0
-  for _, envelope in ipairs(self:pending()) do
-    local ok, err = pcall(fn, envelope.command, envelope)
-    if not ok then return count, err end
-    local acked, why = self:ack(envelope.id)
-    if not acked then return count, why end
-    count = count + 1
+  if self.journal then  -- no command leaves before the record that made it is written
+    local written, err = self.journal:write()
+    if not written then return 0, "procman.router: " .. err end
+  end
+  for _, id in ipairs(self.outbox:pending_ids()) do
+    local envelope = self.outbox:get(id)
+    if envelope then
+      local ok, err = pcall(fn, envelope.command, envelope)
+      if not ok then return count, err end
+      check_open(self)  -- fn may have closed it
+      if self.outbox:has(id) then  -- fn may have acked it itself
+        local acked, why = ack(self, id)
+        if not acked then return count, why end
+      end
+      count = count + 1
+    end
   end
   return count
 end
@@ -1188,8 +1223,10 @@ return function(given)
   -- journal it reads from self, since compaction replaces it).
   self.engine = core.engine {
     router = self, specs = specs, live = self.live, finished = self.finished, parked_of = self.parked_of,
-    older = self.older, types_of = self.types_of, outbox = self.outbox, patches = patches, undo = core.undo,
+    finished_of = self.finished_of, older = self.older, types_of = self.types_of,
+    timers = self.schedule.by_flow, outbox = self.outbox, patches = patches, undo = core.undo,
     complete = function(name, flow_id, pm) complete(self, name, flow_id, pm) end,
+    event_ids = core.event_ids,
   }
   return self
 end
