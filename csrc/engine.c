@@ -815,11 +815,8 @@ static void complete(lua_State *L, Target *t) {
 /* After the log took the record: flows, outbox, completion (procman.fold's
 ** settle, for this kind of event). */
 static void settle(lua_State *L, Step *s) {
-  int k, outbox;
+  int k, outbox = 0;
   Queue q;
-  uv(L, P_ENGINE, UV_OUTBOX);
-  outbox = lua_gettop(L);
-  open_queue(L, outbox, &q);
   for (k = 0; k < s->n; k++) {
     Target *t = &s->t[k];
     if (!t->committed)
@@ -831,10 +828,19 @@ static void settle(lua_State *L, Step *s) {
       lua_rawset(L, -3);
       lua_pop(L, 1);
     }
+    if (lua_rawlen(L, t->commands) == 0)
+      continue;
+    if (outbox == 0) {  /* most events emit nothing: the outbox is read when one does */
+      uv(L, P_ENGINE, UV_OUTBOX);
+      outbox = lua_gettop(L);
+      open_queue(L, outbox, &q);
+    }
     emit(L, t, &q);
   }
-  close_queue(L, outbox, &q);
-  lua_pop(L, 1);
+  if (outbox != 0) {
+    close_queue(L, outbox, &q);
+    lua_pop(L, 1);
+  }
   for (k = 0; k < s->n; k++)
     if (s->t[k].committed && s->t[k].done)
       complete(L, &s->t[k]);
@@ -844,14 +850,18 @@ static void settle(lua_State *L, Step *s) {
 ** step(event)
 ** =================================================================== */
 
-/* Is the router in a state the engine covers (no hooks: they report
-** each stage)? */
+/* Is the router in a state the engine covers: open, without hooks (they
+** report each stage)?  And is the event's type a non-empty string?  Else
+** r:handle's own checks say what is wrong. */
 static int covered(lua_State *L) {
-  int hooks;
+  int open;
+  if (lua_type(L, P_TYPE) != LUA_TSTRING || lua_rawlen(L, P_TYPE) == 0)
+    return 0;
   uv(L, P_ENGINE, UV_ROUTER);
-  hooks = lua_getfield(L, -1, "hooks") != LUA_TNIL;
-  lua_pop(L, 2);
-  return !hooks;
+  open = lua_getfield(L, -1, "hooks") == LUA_TNIL && lua_getfield(L, -2, "closed") == LUA_TBOOLEAN &&
+         !lua_toboolean(L, -1);
+  lua_settop(L, P_FIRST - 1);
+  return open;
 }
 
 /* Run, encode, log: STEP_* (the message of a failed log pushed). */
@@ -944,14 +954,34 @@ static void clear_targets(lua_State *L, int engine, Step *s) {
   lua_pop(L, 1);
 }
 
+/* The engine at index 1: a method's closure has the metatable as its
+** upvalue (one comparison, not luaL_checkudata's lookup by name). */
+static Engine *to_engine(lua_State *L) {
+  int same = lua_getmetatable(L, 1) && lua_rawequal(L, -1, lua_upvalueindex(1));
+  if (!same)
+    luaL_typeerror(L, 1, ENGINE_TYPENAME);
+  lua_pop(L, 1);
+  return (Engine *)lua_touserdata(L, 1);
+}
+
+/* Is a handler (of any router) running?  Then r:handle refuses the event;
+** the step must not even clear the context the handler runs in. */
+static int in_handler(lua_State *L) {
+  int running;
+  lua_getiuservalue(L, 1, UV_PATCHES);
+  lua_getfield(L, -1, "context");
+  running = lua_toboolean(L, -1);
+  lua_pop(L, 2);
+  return running;
+}
+
 /* engine:step(event) -> see the top of this file. */
 static int engine_step(lua_State *L) {
-  Engine *e = (Engine *)luaL_checkudata(L, 1, ENGINE_TYPENAME);
+  Engine *e = to_engine(L);
   Step s;
   int status;
-  luaL_checktype(L, 2, LUA_TTABLE);
-  if (e->busy) {  /* a handler's code reached its own router */
-    lua_pushboolean(L, 0);
+  if (lua_type(L, 2) != LUA_TTABLE || e->busy || in_handler(L)) {
+    lua_pushboolean(L, 0);  /* r:handle says what is wrong */
     return 1;
   }
   lua_settop(L, 2);
@@ -963,7 +993,8 @@ static int engine_step(lua_State *L) {
   e->busy = 1;
   status = lua_pcall(L, 3, 1, 0);
   e->busy = 0;
-  clear_context(L, 1);
+  if (status != LUA_OK)
+    clear_context(L, 1);  /* a handler raised: the step clears it after each one */
   if (s.journaled) {
     clear_targets(L, 1, &s);
     if (status == LUA_OK)
@@ -1019,11 +1050,16 @@ static void route_table(lua_State *L, int parts, const char *key, int name, int 
   lua_pop(L, 1);
 }
 
-/* Push spec[key] and set it as route field 'field' (at -2); its type. */
-static int route_field(lua_State *L, int spec, const char *key, int field) {
-  int type = lua_getfield(L, spec, key);
+/* Set route field 'field' of the route at the top to spec[key] when it
+** has type 'type', else to false; whether it had. */
+static int route_field(lua_State *L, int spec, const char *key, int field, int type) {
+  int found = lua_getfield(L, spec, key) == type;
+  if (!found) {
+    lua_pop(L, 1);
+    lua_pushboolean(L, 0);
+  }
   lua_rawseti(L, -2, field);
-  return type;
+  return found;
 }
 
 /* The routes (see R_*) of the specs in parts.specs, pushed as an array. */
@@ -1049,20 +1085,12 @@ static void make_routes(lua_State *L, int parts) {
     lua_rawseti(L, route, R_SPEC);
     lua_pushvalue(L, name);
     lua_rawseti(L, route, R_NAME);
-    if (route_field(L, spec, "version", R_VERSION) != LUA_TNUMBER)
+    if (!route_field(L, spec, "version", R_VERSION, LUA_TNUMBER))
       luaL_error(L, "core.engine: specs[%d].version must be an integer", (int)i);
-    if (lua_getfield(L, spec, "correlate") != LUA_TSTRING) {
-      lua_pop(L, 1);
-      lua_pushboolean(L, 0);
-    }
-    lua_rawseti(L, route, R_CORRELATE);
-    if (route_field(L, spec, "on", R_ON) != LUA_TTABLE)
+    route_field(L, spec, "correlate", R_CORRELATE, LUA_TSTRING);  /* false: a function */
+    if (!route_field(L, spec, "on", R_ON, LUA_TTABLE))
       luaL_error(L, "core.engine: specs[%d].on must be a table", (int)i);
-    if (lua_getfield(L, spec, "starts_set") != LUA_TTABLE) {
-      lua_pop(L, 1);
-      lua_pushboolean(L, 0);
-    }
-    lua_rawseti(L, route, R_STARTS);
+    route_field(L, spec, "starts_set", R_STARTS, LUA_TTABLE);
     route_table(L, parts, "types_of", name, R_TYPES);
     route_table(L, parts, "live", name, R_LIVE);
     route_table(L, parts, "finished", name, R_FINISHED);
@@ -1129,14 +1157,44 @@ int engine_new(lua_State *L) {
   return 1;
 }
 
+/*
+** engine:ack_record(id) -> the journal record of an ack, { id = id }, as
+** core.encode writes it: a map of one key, then the id through the codec
+** (without a table to build, or keys to sort, for each command acked).
+*/
+static int engine_ack_record(lua_State *L) {
+  Engine *e = to_engine(L);
+  Buffer *b;
+  luaL_checktype(L, 2, LUA_TSTRING);
+  if (e->busy)
+    return luaL_error(L, "procman.engine: ack_record during a step");
+  lua_settop(L, 2);
+  lua_getiuservalue(L, 1, UV_SCRATCH);  /* 3 */
+  b = buffer_at(L, 3);
+  b->len = 0;
+  buffer_append(L, 3, "\x81\xa2" "id", 4);
+  if (!codec_encode(L, 2, 3, "id"))
+    return lua_error(L);
+  b = buffer_at(L, 3);
+  lua_pushlstring(L, b->data, b->len);
+  if (b->cap <= SCRATCH_KEEP) {
+    lua_pushvalue(L, 3);
+    lua_setiuservalue(L, 1, UV_SCRATCH);  /* it may have grown */
+  }
+  return 1;
+}
+
 static const luaL_Reg engine_methods[] = {
   { "step", engine_step },
+  { "ack_record", engine_ack_record },
   { NULL, NULL }
 };
 
 void engine_register(lua_State *L) {
   luaL_newmetatable(L, ENGINE_TYPENAME);
-  luaL_newlib(L, engine_methods);
+  luaL_newlibtable(L, engine_methods);
+  lua_pushvalue(L, -2);
+  luaL_setfuncs(L, engine_methods, 1);  /* each method's upvalue: the metatable */
   lua_setfield(L, -2, "__index");
   lua_pop(L, 1);
 }

@@ -86,6 +86,8 @@ typedef struct PM {
   unsigned char state_ok;     /* 0: the state cache must be rebuilt */
   unsigned char busy;         /* a handler or replay of this flow is running */
   unsigned char closed;
+  unsigned short stagings;    /* stage_event calls: a finalizer may stage an
+                              ** event of this flow while one is encoded */
 } PM;
 
 /* ===================================================================
@@ -515,44 +517,65 @@ static void keep_scratch(lua_State *L, int idx) {
 }
 
 /*
-** Stage the event at index 2: encode it and put its bytes after the
-** committed history, in the log at 'snap' (a new snapshot) or else in the
-** flow's log (made or grown to fit); push a copy of it (what decoding it
-** gives): the handler gets that copy, so it sees exactly what a replay
-** will see and cannot keep references into the caller's tables.  A
-** 'fresh' event (just decoded from a journal, held by no one else) is that
-** copy already: the handler gets it as it is.  Returns the event's size.
+** Stage the event at index 2: encode it after the committed history, in
+** the log at 'snap' (a new snapshot) or else in the flow's log, and push a
+** copy of it (what decoding it gives): the handler gets that copy, so it
+** sees exactly what a replay will see and cannot keep references into the
+** caller's tables.  A 'fresh' event (just decoded from a journal, held by
+** no one else) is that copy already: the handler gets it as it is.
+** Returns the event's size; *id_at is where its event_id is, from the
+** history's start ((size_t)-1: none).
+**
+** The event is encoded straight into the log (grown by doubling, so
+** O(1) amortised per byte); only a flow's first event goes through the
+** scratch buffer, so that a new flow's log is exactly its size (most flows
+** are small).  An attempt that fails leaves bytes past the committed
+** history, which the next one drops.
 */
 static size_t stage_event(lua_State *L, PM *p, int snap, const char *type, int fresh,
                           size_t *id_at) {
-  int scratch;
-  const Buffer *bytes;
-  size_t n, at, mark;
-  take_scratch(L, 1);
-  scratch = lua_gettop(L);
-  if (!codec_encode_marking(L, 2, scratch, "event", !fresh, "event_id", &mark))
-    flow_error(L, 1, "event '%s' is not data: %s", type, lua_tostring(L, -1));
-  if (fresh)
-    lua_pushvalue(L, 2);
-  n = buffer_at(L, scratch)->len;
+  int log, first = 0;
+  size_t at, n, mark;
+  unsigned short mine;
+again:
+  mine = ++p->stagings;
   if (!lua_isnil(L, snap))
     lua_pushvalue(L, snap);
   else if (push_log(L, 1) == NULL) {
     lua_pop(L, 1);
-    buffer_new(L, n);  /* a new flow's first event: exactly its size */
+    take_scratch(L, 1);
+    first = 1;
   }
-  at = lua_isnil(L, snap) ? p->base_len + p->history_len : buffer_at(L, -1)->len;
-  buffer_at(L, -1)->len = at;  /* drop an aborted attempt */
-  bytes = buffer_at(L, scratch);
-  buffer_append(L, -1, bytes->data, n);
-  if (lua_isnil(L, snap))
-    lua_setiuservalue(L, 1, UV_LOG);  /* it may have grown */
-  else
-    lua_replace(L, snap);
-  keep_scratch(L, scratch);
-  lua_remove(L, scratch);
+  log = lua_gettop(L);
+  at = lua_isnil(L, snap) ? p->base_len + p->history_len : buffer_at(L, log)->len;
+  buffer_at(L, log)->len = at;  /* drop an aborted attempt */
+  if (!codec_encode_marking(L, 2, log, "event", !fresh, "event_id", &mark))
+    flow_error(L, 1, "event '%s' is not data: %s", type, lua_tostring(L, -1));
+  if (p->stagings != mine && lua_isnil(L, snap)) {
+    lua_settop(L, log - 1);  /* a finalizer wrote into this log meanwhile */
+    goto again;
+  }
+  if (fresh)
+    lua_pushvalue(L, 2);
+  lua_insert(L, log++);  /* the copy, below the log */
+  n = buffer_at(L, log)->len - at;
   /* from the history's start: after the committed events, or first */
-  *id_at = mark == (size_t)-1 ? mark : (lua_isnil(L, snap) ? p->history_len : 0) + mark;
+  *id_at = mark == (size_t)-1 ? mark : mark - (lua_isnil(L, snap) ? p->base_len : at);
+  if (first) {  /* a new flow's first event: a log of exactly its size */
+    buffer_new(L, n);
+    if (p->stagings != mine) {  /* (it allocated) */
+      lua_settop(L, log - 2);
+      goto again;
+    }
+    buffer_append(L, -1, buffer_at(L, log)->data, n);
+    lua_setiuservalue(L, 1, UV_LOG);
+    keep_scratch(L, log);
+    lua_pop(L, 1);
+  }
+  else if (!lua_isnil(L, snap))
+    lua_replace(L, snap);
+  else
+    lua_setiuservalue(L, 1, UV_LOG);  /* it may have grown */
   return n;
 }
 
@@ -636,6 +659,7 @@ static int handle_event(lua_State *L, int fresh) {
   const char *type;
   size_t base_len = 0, n, id_at;
   int status, snapshot_due;
+  unsigned short staged;
   lua_settop(L, 2);
   lua_getiuservalue(L, 1, UV_WORKFLOW);
   type = check_event_type(L);
@@ -658,6 +682,7 @@ static int handle_event(lua_State *L, int fresh) {
   lua_pushvalue(L, 5);
   lua_getiuservalue(L, 1, UV_STATE);
   n = stage_event(L, p, 8, type, fresh, &id_at);
+  staged = p->stagings;
   note_id_at(L, p, id_at);
   p->state_ok = 0;  /* dirty until committed: any error below replays */
   p->busy = 1;
@@ -671,6 +696,10 @@ static int handle_event(lua_State *L, int fresh) {
   }
   if (check_commands(L, 9, type) != NULL)
     return abort_handle(L, LUA_OK, type);
+  if (p->stagings != staged) {  /* a finalizer staged an event of this flow */
+    lua_pushliteral(L, "a finalizer handled an event of this flow meanwhile; handle it again");
+    return abort_handle(L, LUA_OK, type);
+  }
   /* commit: nothing below allocates */
   if (!lua_isnil(L, 8))
     switch_to_snapshot(L, p, 8, base_len);

@@ -111,6 +111,20 @@ describe("procman.workflows.batch", function()
       flow.refuses(pm, { event_type = "batch_created", files = { "" } }, "files[1] must be a non-empty string, got an empty string")
       flow.refuses(pm, { event_type = "batch_created", files = { "a", x = "b" } }, "files must be an array, but has the key x")
     end)
+    it("a bad file list: the same error whatever order its pairs come in", function()
+      -- a map, not an array: its copy keeps every key in the hash part, in no set order
+      for _ = 1, 20 do
+        local pm = batch:new("b1")
+        flow.refuses(pm, { event_type = "batch_created", files = { x = "b", [1] = "a", [2] = 3, y = "c" } },
+                     "files[2] must be a non-empty string, got number")
+        flow.refuses(pm, { event_type = "batch_created", files = { x = "b", [1] = "a", [2] = "a", y = "c" } },
+                     'file "a" is listed twice (files[1] and files[2])')
+        flow.refuses(pm, { event_type = "batch_created", files = { z = "b", [1] = "a", [2] = "d" } },
+                     "files must be an array, but has the key z")
+        assert.equal("idle", pm:status())
+        assert.same({}, pm:state().files)
+      end
+    end)
     it("an event for another batch", function()
       flow.refuses(created("b1"), { event_type = "file_processed", batch_id = "b2", file = { id = "f1", status = "success" } },
                    "event 'file_processed' belongs to flow 'b2' (event.batch_id)")

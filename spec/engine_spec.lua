@@ -149,6 +149,18 @@ describe("procman.engine", function()
     assert.equal(1, r:flow("beta", 7):version())
   end)
 
+  it("leaves r:handle's refusals to it: a closed router, an event that is not one", function()
+    local r = assert(open(temp()))
+    for _, event in ipairs { 7, { a = "a1" }, { event_type = "", a = "a1" }, { event_type = 5, a = "a1" } } do
+      assert.is_false(r.engine:step(event))
+    end
+    assert.matches("event must be a table", select(2, pcall(r.handle, r, 7)))
+    assert.matches("event_type must be a non%-empty string", select(2, pcall(r.handle, r, { event_type = "" })))
+    r:close()
+    assert.is_false(r.engine:step(EVENTS[1]))
+    assert.matches("this router is closed", select(2, pcall(r.handle, r, EVENTS[1])))
+  end)
+
   it("completes flows as the Lua path does: status, remembered ids, counts, timers dropped", function()
     local re, rl = assert(open(temp())), assert(open(temp()))
     local count = counting(re)
@@ -177,6 +189,24 @@ describe("procman.engine", function()
     assert.same(rl:stats(), re:stats())
     assert.equal(rl:metrics(), re:metrics())
     assert.same(routers.snapshot(rl), routers.snapshot(re))
+  end)
+
+  it("journals acks as the Lua path does, byte for byte", function()
+    for _, id in ipairs { "alpha/a1/1/1", "z\0\255", string.rep("x", 300), "ü" } do
+      assert.equal(core.encode({ id = id }), open(temp()).engine:ack_record(id))
+    end
+    local pe, pl = temp(), temp()
+    local re, rl = assert(open(pe)), assert(open(pl))
+    rl.engine = false
+    for i = 1, 4 do
+      re:handle(EVENTS[i])
+      rl:handle(EVENTS[i])
+    end
+    assert.equal(3, re:dispatch(function() end))
+    assert.equal(3, rl:dispatch(function() end))
+    re:close()
+    rl:close()
+    assert.equal(files.bytes(pl), files.bytes(pe))
   end)
 
   it("routes in memory as with a journal", function()

@@ -315,6 +315,46 @@ describe("procman.pm", function()
     for i = 1, 20 do assert.same({}, pm:handle { event_type = "add", event_id = i }) end
   end)
 
+  it("stages events right when a finalizer handles one of the same flow meanwhile (events are encoded "
+     .. "straight into the log)", function()
+    local pm = counter():new("c1")
+    local ran, nested = 0, 0
+    local function garbage()
+      for _ = 1, 200 do
+        setmetatable({}, { __gc = function()
+          ran = ran + 1
+          -- refused while the handler runs (busy); taken while the event is staged
+          if pcall(pm.handle, pm, { event_type = "add", event_id = "g" .. ran, pad = { "nested", ran } }) then
+            nested = nested + 1
+          end
+        end })
+      end
+    end
+    local pad = {}
+    for i = 1, 300 do pad["k" .. i] = { i, tostring(i) } end
+    collectgarbage()
+    collectgarbage("generational")
+    for i = 1, 60 do
+      garbage()
+      pm:handle { event_type = "add", event_id = i, pad = pad }
+    end
+    collectgarbage("incremental")
+    collectgarbage()
+    assert.is_true(ran > 0)
+    assert.is_true(nested > 0)
+    assert.equal(60 + nested, pm:version())
+    for _, event in ipairs(pm:history()) do  -- every event whole: none written over another
+      if type(event.event_id) == "number" then
+        assert.equal(procman.encode(pad), procman.encode(event.pad))
+      else
+        assert.equal("nested", event.pad[1])
+      end
+    end
+    flow.refuses(pm, { event_type = "half_then_fail" }, "boom")  -- rebuilt from the log
+    assert.equal(pm:version(), pm:state().n)
+    for i = 1, 20 do assert.same({}, pm:handle { event_type = "add", event_id = i }) end
+  end)
+
   describe("state()", function()
     it("returns a deep copy", function()
       local pm = counter():new("c1")

@@ -762,14 +762,9 @@ end
 -- cannot take the record, nothing changes. A failure of the journal
 -- returns nil, message.
 function Router:handle(event)
-  check_open(self)
-  -- From a handler (of any router): its flow's undo replays it and the
-  -- engine's Lua fallback reruns it, so the inner event would be handled
-  -- again, and the outer event's failure would not take it back.
-  check_not_in_handler("handle")
-  local event_type = check_event(event)
   local engine = not self.owns and self.engine  -- (the engine does not ask owns: the Lua path does)
   if engine then  -- the common step, in C (csrc/engine.c); false: not one it takes
+    -- (nor one that fails the checks below: it makes them itself)
     local out, err, journaled = engine:step(event)
     if out then return out end
     if out == nil then
@@ -777,6 +772,12 @@ function Router:handle(event)
       return nil, err
     end
   end
+  check_open(self)
+  -- From a handler (of any router): its flow's undo replays it and the
+  -- engine's Lua fallback reruns it, so the inner event would be handled
+  -- again, and the outer event's failure would not take it back.
+  check_not_in_handler("handle")
+  local event_type = check_event(event)
   local ok, targets, missed = pcall(targets_of, self, event, event_type)
   if not ok then return unroutable(self, event, targets) end
   if #targets == 0 then return reached_none(self, event, event_type, missed) end
@@ -992,9 +993,18 @@ function Router:pending()
   return self.outbox:list()
 end
 
+-- The journal record of an ack (the engine writes the codec's bytes for
+-- it directly). A router in memory journals nothing: no bytes.
+local function ack_record(self, id)
+  if not self.journal then return nil end
+  local engine = self.engine
+  if engine then return engine:ack_record(id) end
+  return encode({ id = id })
+end
+
 -- Ack a pending command (journaled): true, or nil, message.
 local function ack(self, id)
-  local ok, err = append(self, RECORD_ACK, self.journal and encode({ id = id }))  -- memory: no bytes
+  local ok, err = append(self, RECORD_ACK, ack_record(self, id))
   if not ok then return nil, err end
   local box = self.outbox
   after_journaling(self, pcall(box.forget, box, id))
@@ -1020,18 +1030,18 @@ function Router:dispatch(fn)
   check_open(self)
   check_not_in_handler("dispatch")
   if type(fn) ~= "function" then fail("dispatch needs a function(command, envelope)") end
-  local count = 0
+  local box, count = self.outbox, 0
   if self.journal then  -- no command leaves before the record that made it is written
     local written, err = self.journal:write()
     if not written then return 0, "procman.router: " .. err end
   end
-  for _, id in ipairs(self.outbox:pending_ids()) do
-    local envelope = self.outbox:get(id)
+  for _, id in ipairs(box:pending_ids()) do
+    local envelope = box:get(id)
     if envelope then
       local ok, err = pcall(fn, envelope.command, envelope)
       if not ok then return count, err end
-      check_open(self)  -- fn may have closed it
-      if self.outbox:has(id) then  -- fn may have acked it itself
+      if self.closed then check_open(self) end  -- fn closed it
+      if box.by_id[id] then  -- (fn may have acked it itself)
         local acked, why = ack(self, id)
         if not acked then return count, why end
       end
