@@ -70,6 +70,7 @@ local function log_port(unit)
   return {
     append = function(_, kind, bytes) unit:logged(kind, bytes) return 0 end,
     syncs = function() return 0 end,
+    write = function() return true end,
     sync = function() return true end,
     size = function() return 0 end,
     close = function() return true end,
@@ -349,10 +350,15 @@ local function store_entry(self, c, timers_of)
   local final = r.finished[name][id]
   local pm = r.live[name][id] or (loaded and loaded.pm) or self.pms[name][id]
   local spec = r.older[name][id] or r.by_name[name]
+  local timers, parked = timers_of[c.k], r.parked_of[name][id]
+  -- timers and parked events are rewritten when the flow has some, or had
+  -- (nothing to delete otherwise: a statement less per table and batch)
   local e = { spec = spec, flow = id, key = encode(id), db_version = loaded and loaded.db_version,
               partition = loaded and loaded.partition or routes.partition(name, id, self.w.partitions),
-              timers_changed = true, parked_changed = true, timers = timers_of[c.k],
-              parked = r.parked_of[name][id] }
+              timers = timers, parked = parked,
+              timers_changed = (timers ~= nil and #timers > 0) or (loaded and loaded.timers ~= nil
+                                                                   and #loaded.timers > 0) or false,
+              parked_changed = parked ~= nil or (loaded and loaded.parked ~= nil) or false }
   -- a row when the flow moved (not for one parked on its first event, nor
   -- one that only parked or held: its state may not even be rebuilt now)
   if pm and pm:version() > (e.db_version or 0) then
