@@ -1034,6 +1034,14 @@ int codec_value_is(lua_State *L, int idx, const char *s, size_t len, size_t pos)
   return pos < len && cursor_equals(L, idx, &c);
 }
 
+size_t codec_skip(const char *s, size_t len, size_t pos) {
+  Cursor c;
+  c.s = (const unsigned char *)s;
+  c.len = len;
+  c.pos = pos;
+  return pos < len && cursor_skip(&c) ? c.pos : 0;
+}
+
 int codec_push_field(lua_State *L, const char *s, size_t len, size_t *pos, const char *key) {
   Cursor c;
   size_t vpos;

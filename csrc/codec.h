@@ -68,6 +68,10 @@ int codec_encode_marking(lua_State *L, int idx, int bidx, const char *root, int 
 */
 int codec_value_is(lua_State *L, int idx, const char *s, size_t len, size_t pos);
 
+/* The position past the value at s[pos .. len) (nested ones included);
+** 0 when the bytes are malformed or end early.  Allocates nothing. */
+size_t codec_skip(const char *s, size_t len, size_t pos);
+
 /* Push the value under string key 'key' of the map at s[*pos .. len) (nil
 ** when it has none, or is not a map); 1, or 0 with *pos unchanged and,
 ** when decoding failed, an error message pushed. */

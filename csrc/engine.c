@@ -580,31 +580,31 @@ static const unsigned char *skip_value(const unsigned char *p, const unsigned ch
   return p;
 }
 
-/* Append the one value in bytes[0 .. len) when its tables, 'around' more
-** tables deep, fit the codec's depth limit; 0 when they do not. */
-static int put_encoded(lua_State *L, const char *bytes, size_t len, int around) {
+/* Do the tables of the one value in bytes[0 .. len), 'around' more tables
+** deep, fit the codec's depth limit? */
+static int fits_nested(const char *bytes, size_t len, int around) {
   const unsigned char *p = (const unsigned char *)bytes;
   int deepest = 0;
   /* a table takes a byte at least: bytes this short cannot nest too deep */
-  if (len + (size_t)around > CODEC_MAX_DEPTH &&
-      (skip_value(p, p + len, 0, &deepest) != p + len || deepest + around > CODEC_MAX_DEPTH))
-    return 0;
-  put(L, bytes, len);
-  return 1;
+  return len + (size_t)around <= CODEC_MAX_DEPTH ||
+         (skip_value(p, p + len, 0, &deepest) == p + len && deepest + around <= CODEC_MAX_DEPTH);
 }
 
 /* The event, as the first committed flow encoded it into its history
-** (the codec's bytes for it), else through the codec. */
+** (the codec's bytes for it, which pm.c appends), else through the codec. */
 static void put_event(lua_State *L, Step *s) {
   int k;
   for (k = 0; k < s->n; k++) {
-    size_t len;
-    const char *bytes;
+    size_t at = buffer_at(L, P_SCRATCH)->len;
+    Buffer *b;
     if (!s->t[k].committed)
       continue;
-    bytes = pm_last_event(L, s->t[k].pm, &len);
-    if (bytes != NULL && put_encoded(L, bytes, len, 1))
+    if (!pm_put_last_event(L, s->t[k].pm, P_SCRATCH))
+      break;
+    b = buffer_at(L, P_SCRATCH);
+    if (fits_nested(b->data + at, b->len - at, 1))
       return;
+    b->len = at;
     break;
   }
   if (!put_nested(L, P_EVENT))

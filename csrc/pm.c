@@ -36,6 +36,7 @@
 #include "buffer.h"
 #include "codec.h"
 #include "pm.h"
+#include "shorthand.h"
 
 /* The flow's Lua values live in user values, not registry references;
 ** its workflow is its metatable's (see push_flow_metatable). */
@@ -46,9 +47,12 @@ enum {
                     ** (see push_id, push_seen_table, set_seen) */
   UV_STATE,         /* the state table (cache of the fold) */
   UV_LOG,           /* the log: snapshot, history, staged event; nil at
-                    ** first.  A string of exactly its size while short
-                    ** (LOG_STRING_MAX: most flows are small), a Buffer
-                    ** (grown by doubling) once longer or after a snapshot */
+                    ** first.  While short (LOG_STRING_MAX: most flows are
+                    ** small; PM.short_log), a userdata of exactly its
+                    ** bytes, its events in shorthand (shorthand.h); a
+                    ** Buffer (grown by doubling) of the codec's bytes once
+                    ** longer or after a snapshot.  (Not a string: one that
+                    ** short would take a slot in Lua's string table too.) */
   UV_COUNT = UV_LOG
 };
 /* The seen table: event_id -> true (handled) / false (tried), and LAST_ID
@@ -66,8 +70,13 @@ enum {
 /* An event without an event_id, in PM.id_at; offsets must be below it. */
 #define NO_ID 0xffff
 
-/* Committed bytes up to which a log stays a string. */
+/* Committed bytes up to which a log stays short (UV_LOG). */
 #define LOG_STRING_MAX 256
+
+/* A short log writes in shorthand the events of at most LOG_STRING_MAX
+** bytes that it stages while its committed bytes are fewer: so the
+** events in shorthand take fewer than this (what expanding may add). */
+#define SHORTHAND_BYTES (2 * LOG_STRING_MAX)
 
 /* The largest event a flow takes, encoded (PM.last_len). */
 #define EVENT_MAX 0xffffffffu
@@ -96,23 +105,25 @@ typedef struct PM {
   unsigned short history_ids;  /* of those, events with an event_id (saturating) */
   unsigned char snapshot_waits;  /* doublings of the next snapshot's threshold,
                                  ** after a state that was not data */
-  unsigned char can_undo;     /* the last commit may still be taken back */
-  unsigned char last_had_id;  /* the last commit's event had an event_id */
-  unsigned char state_ok;     /* 0: the state cache must be rebuilt */
-  unsigned char busy;         /* a handler or replay of this flow is running */
-  unsigned char closed;
   unsigned short stagings;    /* stage_event calls: a finalizer may stage an
                               ** event of this flow while one is encoded */
+  unsigned can_undo : 1;      /* the last commit may still be taken back */
+  unsigned last_had_id : 1;   /* the last commit's event had an event_id */
+  unsigned state_ok : 1;      /* 0: the state cache must be rebuilt */
+  unsigned busy : 1;          /* a handler or replay of this flow is running */
+  unsigned closed : 1;
+  unsigned short_log : 1;     /* the log is short: see UV_LOG */
 } PM;
 
 /*
 ** A flow's metatable is its workflow's, one per workflow (made with the
 ** workflow's first flow, kept while the workflow lives): procman.pm's
 ** metamethods and __name, with procman.pm's metatable at MT_CLASS (how a
-** method knows a flow) and the workflow definition at MT_WORKFLOW.  So a
-** flow needs no user value for its workflow: 16 bytes less a flow.
+** method knows a flow), the workflow definition at MT_WORKFLOW and the
+** dictionary of its short logs' shorthand at MT_DICTIONARY.  So a flow
+** needs no user value for its workflow: 16 bytes less a flow.
 */
-enum { MT_CLASS = 1, MT_WORKFLOW = 2 };
+enum { MT_CLASS = 1, MT_WORKFLOW = 2, MT_DICTIONARY = 3 /* see shorthand.h */ };
 
 /* Key in procman.pm's metatable of workflow -> its flows' metatable (weak
 ** keys: an entry goes with its workflow). */
@@ -262,9 +273,14 @@ static int push_handler(lua_State *L, int pm, int type) {
   return lua_type(L, -1) == LUA_TFUNCTION;
 }
 
-/* The bytes of a log (a string or a Buffer: see UV_LOG) at 'idx'. */
-static const char *log_data(lua_State *L, int idx) {
-  return lua_type(L, idx) == LUA_TSTRING ? lua_tostring(L, idx) : buffer_at(L, idx)->data;
+/* The bytes of the log (see UV_LOG) at 'idx' of the flow 'p'. */
+static const char *log_data(lua_State *L, const PM *p, int idx) {
+  return p->short_log ? (const char *)lua_touserdata(L, idx) : buffer_at(L, idx)->data;
+}
+
+/* Push a short log: a userdata of exactly the 'n' bytes at 's'. */
+static void push_short_log(lua_State *L, const char *s, size_t n) {
+  memcpy(lua_newuserdatauv(L, n, 0), s, n);
 }
 
 /* Push the flow's log and return its bytes; NULL with nil pushed when the
@@ -272,7 +288,70 @@ static const char *log_data(lua_State *L, int idx) {
 static const char *push_log(lua_State *L, int pm) {
   if (lua_getiuservalue(L, pm, UV_LOG) == LUA_TNIL)
     return NULL;
-  return log_data(L, -1);
+  return log_data(L, (const PM *)lua_touserdata(L, pm), -1);
+}
+
+/* The dictionary of the shorthand of the flow at 'pm' (NULL: none).  Its
+** metatable, which the flow keeps, holds it. */
+static const char *flow_dictionary(lua_State *L, int pm) {
+  const char *dict;
+  lua_getmetatable(L, pm);
+  lua_rawgeti(L, -1, MT_DICTIONARY);
+  dict = lua_tostring(L, -1);  /* a string or nil */
+  lua_pop(L, 2);
+  return dict;
+}
+
+/*
+** Append to the Buffer at 'bidx' the codec's bytes of the events in
+** log[from .. to) (a short log's, in shorthand: see stage_event).  When
+** 'id_at' is given, it gets where (from the first event appended) the
+** event_id of each of the first SCAN_MAX events is (NO_ID: none), and
+** *last where the last event starts.
+*/
+static void expand_events(lua_State *L, int pm, const char *log, size_t from, size_t to, int bidx,
+                          unsigned short *id_at, size_t *last) {
+  const char *dict = flow_dictionary(L, pm);
+  size_t n = to - from, words = (n < SHORTHAND_BYTES ? n : SHORTHAND_BYTES) / 2;
+  Buffer *b = buffer_reserve(L, bidx, n + words * SHORTHAND_GROWTH);  /* log is anchored */
+  size_t start = b->len, pos = from;
+  unsigned i;
+  for (i = 0; id_at != NULL && i < SCAN_MAX; i++)
+    id_at[i] = NO_ID;
+  for (i = 0; pos < to; i++) {
+    size_t mark = (size_t)-1, at = b->len;
+    pos = shorthand_expand(dict, log, to, pos, b->data + at, b->cap - at, &n,
+                           id_at != NULL ? "event_id" : NULL, &mark);
+    if (pos == 0)
+      flow_error(L, pm, "the history is damaged: malformed bytes in event #%d", (int)i + 1);
+    b->len += n;
+    if (id_at != NULL && i < SCAN_MAX && mark != (size_t)-1 && at + mark - start < NO_ID)
+      id_at[i] = (unsigned short)(at + mark - start);
+    if (last != NULL)
+      *last = at - start;
+  }
+}
+
+/*
+** Push the codec's bytes of the flow's history and return them, from
+** *from to *to: a Buffer log's own (events are encoded into it as they
+** are), a short log's expanded into a new Buffer.  NULL with nil pushed
+** when the flow has no log.
+*/
+static const char *push_history(lua_State *L, PM *p, int pm, size_t *from, size_t *to) {
+  const char *log;
+  pm = lua_absindex(L, pm);
+  log = push_log(L, pm);
+  *from = p->base_len;
+  *to = p->base_len + p->history_len;
+  if (log == NULL || !p->short_log || p->history_len == 0)
+    return log;
+  buffer_new(L, 2 * p->history_len);
+  expand_events(L, pm, log, *from, *to, lua_gettop(L), NULL, NULL);
+  lua_remove(L, -2);
+  *from = 0;
+  *to = buffer_at(L, -1)->len;
+  return buffer_at(L, -1)->data;
 }
 
 /* Push the snapshot state of the flow at 'pm' (decoded), or nil when its
@@ -320,7 +399,7 @@ static int replay(lua_State *L) {
   size_t pos = p->base_len, end = p->base_len + p->history_len;
   lua_Integer n = 0;
   push_initial_state(L, 1);                          /* 2: state */
-  bytes = push_log(L, 1);                            /* 3: log */
+  bytes = push_history(L, p, 1, &pos, &end);         /* 3: the history */
   while (pos < end) {
     n++;
     if (!codec_decode(L, bytes, end, &pos))
@@ -420,6 +499,7 @@ static void switch_to_snapshot(lua_State *L, PM *p, int snap, size_t base_len) {
   p->snapshot_waits = 0;
   p->events = p->history_len > 0;
   p->history_ids = 0;
+  p->short_log = 0;
   lua_pushvalue(L, snap);
   lua_setiuservalue(L, 1, UV_LOG);
 }
@@ -453,23 +533,29 @@ static int history_has_id(lua_State *L, PM *p, int id) {
 */
 static void for_history_ids(lua_State *L, PM *p, void (*each)(lua_State *L, int arg), int arg) {
   size_t pos = p->base_len, end = p->base_len + p->history_len;
-  int log;
-  if (push_log(L, 1) == NULL) {
+  const char *bytes = push_log(L, 1), *dict;
+  int log = lua_gettop(L);
+  if (bytes == NULL) {
     lua_pop(L, 1);
     return;
   }
-  log = lua_gettop(L);
-  while (pos < end) {
-    if (!codec_push_field(L, log_data(L, log), end, &pos, "event_id"))
-      flow_error(L, 1, "the history is damaged: %s", lua_tostring(L, -1));
-    if (!lua_isnil(L, -1))
+  dict = p->short_log ? flow_dictionary(L, 1) : NULL;
+  while (pos < end) {  /* read where they are, in shorthand or not */
+    size_t at = pos, vpos = (size_t)-1;
+    pos = shorthand_find(dict, bytes, end, pos, "event_id", &vpos);
+    if (pos == 0 || (vpos != (size_t)-1 && !codec_decode(L, bytes, end, &vpos)))
+      flow_error(L, 1, "the history is damaged: malformed bytes at byte %I", (lua_Integer)at);
+    if (vpos != (size_t)-1)
       each(L, arg);
     lua_settop(L, log);
   }
   lua_pop(L, 1);
 }
 
+/* Note the id at the top as handled, and as the last one so far. */
 static void mark_handled(lua_State *L, int seen) {
+  lua_pushvalue(L, -1);
+  lua_rawsetp(L, seen, &LAST_ID);
   lua_pushboolean(L, 1);
   lua_rawset(L, seen);
 }
@@ -484,16 +570,10 @@ static void make_seen_table(lua_State *L, PM *p) {
   int seen;
   lua_createtable(L, 0, (int)(p->history_ids < SCAN_MAX ? SCAN_MAX : SCAN_MAX * 2));
   seen = lua_gettop(L);
-  for_history_ids(L, p, mark_handled, seen);
-  lua_pushboolean(L, 0);
-  lua_rawsetp(L, seen, &LAST_ID);
-  if (p->can_undo && p->last_had_id) {
-    size_t pos = p->base_len + p->history_len - p->last_len;
-    const char *log = push_log(L, 1);
-    if (!codec_push_field(L, log, p->base_len + p->history_len, &pos, "event_id"))
-      flow_error(L, 1, "the history is damaged: %s", lua_tostring(L, -1));
+  for_history_ids(L, p, mark_handled, seen);  /* LAST_ID: the last event's id, if it had one */
+  if (!(p->can_undo && p->last_had_id)) {
+    lua_pushboolean(L, 0);
     lua_rawsetp(L, seen, &LAST_ID);
-    lua_pop(L, 1);
   }
   set_seen(L, 1);
 }
@@ -641,32 +721,50 @@ static void keep_scratch(lua_State *L, int idx) {
 ** a new string of those bytes and the event's; past LOG_STRING_MAX
 ** committed bytes it becomes a Buffer.  An attempt that fails leaves bytes
 ** past the committed history, which the next one drops.
+**
+** A short log keeps its small events in shorthand (shorthand.h: the words
+** of the workflow's dictionary in two bytes; a batch_created of 3 files
+** takes 24 bytes, not 59), and the event_id where it was written, so
+** that history_has_id reads it as it is.  It is expanded back to the
+** codec's bytes wherever it is read, and when it becomes a Buffer.
 */
 static size_t stage_event(lua_State *L, PM *p, int snap, const char *type, int fresh,
                           size_t *id_at) {
-  int log, small = 0;
-  size_t at, n, mark;
+  int log, small, expanded;
+  size_t at, n, mark, history_len, last_at = 0;
+  unsigned short ids[SCAN_MAX];
   unsigned short mine;
+  const char *dict;
 again:
   mine = ++p->stagings;
+  small = expanded = 0;
+  history_len = p->history_len;
   if (!lua_isnil(L, snap))
     lua_pushvalue(L, snap);
   else {
     const char *old = push_log(L, 1);
-    if (old == NULL || lua_type(L, -1) == LUA_TSTRING) {  /* none yet, or a string */
-      size_t committed = p->base_len + p->history_len;
+    if (old == NULL || p->short_log) {  /* none yet, or a short one */
+      /* (what the old log holds: a finalizer may commit meanwhile, and
+      ** the stagings check below then starts again) */
+      size_t base = p->base_len, committed = base + p->history_len;
       small = committed < LOG_STRING_MAX;
-      if (small)
+      if (small) {
         take_scratch(L, 1);
-      else
-        buffer_new(L, 2 * committed);  /* from now on a Buffer */
-      if (committed > 0)
-        buffer_append(L, -1, old, committed);
+        if (committed > 0)
+          buffer_append(L, -1, old, committed);
+      }
+      else {  /* from now on a Buffer, of the codec's bytes */
+        buffer_new(L, 2 * committed);
+        buffer_append(L, -1, old, base);
+        expand_events(L, 1, old, base, committed, lua_gettop(L), ids, &last_at);
+        history_len = buffer_at(L, -1)->len - base;
+        expanded = 1;
+      }
       lua_remove(L, -2);  /* the old log */
     }
   }
   log = lua_gettop(L);
-  at = lua_isnil(L, snap) ? p->base_len + p->history_len : buffer_at(L, log)->len;
+  at = lua_isnil(L, snap) ? p->base_len + history_len : buffer_at(L, log)->len;
   buffer_at(L, log)->len = at;  /* drop an aborted attempt */
   if (!codec_encode_marking(L, 2, log, "event", !fresh, "event_id", &mark))
     flow_error(L, 1, "event '%s' is not data: %s", type, lua_tostring(L, -1));
@@ -678,22 +776,38 @@ again:
     lua_pushvalue(L, 2);
   lua_insert(L, log++);  /* the copy, below the log */
   n = buffer_at(L, log)->len - at;
+  if (small && n <= LOG_STRING_MAX && (dict = flow_dictionary(L, 1)) != NULL) {
+    Buffer *b = buffer_at(L, log);
+    size_t m = mark == (size_t)-1 ? mark : mark - at;
+    n = shorthand_compact(dict, b->data + at, n, &m);
+    b->len = at + n;
+    mark = m == (size_t)-1 ? m : m + at;
+  }
   /* from the history's start: after the committed events, or first */
   *id_at = mark == (size_t)-1 ? mark : mark - (lua_isnil(L, snap) ? p->base_len : at);
-  if (small) {  /* a short log: a string of exactly its size */
-    lua_pushlstring(L, buffer_at(L, log)->data, at + n);
+  if (small) {  /* a short log: exactly its size */
+    push_short_log(L, buffer_at(L, log)->data, at + n);
     if (p->stagings != mine) {  /* (it allocated) */
       lua_settop(L, log - 2);
       goto again;
     }
     lua_setiuservalue(L, 1, UV_LOG);
+    p->short_log = 1;
     keep_scratch(L, log);
     lua_pop(L, 1);
   }
   else if (!lua_isnil(L, snap))
     lua_replace(L, snap);
-  else
+  else {
     lua_setiuservalue(L, 1, UV_LOG);  /* it may have grown */
+    p->short_log = 0;
+    if (expanded) {  /* the same history, as the codec wrote it */
+      if (p->history_len > 0)
+        p->last_len = (uint32_t)(history_len - last_at);
+      p->history_len = history_len;
+      memcpy(p->id_at, ids, sizeof ids);
+    }
+  }
   return n;
 }
 
@@ -1010,16 +1124,17 @@ static int pm_id(lua_State *L) {
 /* The handled events since the snapshot, decoded, in order. */
 static int pm_history(lua_State *L) {
   PM *p = check_usable(L);
-  size_t pos = p->base_len, end = p->base_len + p->history_len;
+  size_t pos, end;
   lua_Integer n = 0;
+  const char *bytes;
   lua_settop(L, 1);
   lua_createtable(L, (int)p->events, 0);  /* 2: a hint (saturating) */
-  if (push_log(L, 1) == NULL) {                                                /* 3 */
+  if ((bytes = push_history(L, p, 1, &pos, &end)) == NULL) {                  /* 3 */
     lua_pop(L, 1);
     return 1;
   }
   while (pos < end) {
-    if (!codec_decode(L, log_data(L, 3), end, &pos))
+    if (!codec_decode(L, bytes, end, &pos))
       return flow_error(L, 1, "history event #%I is damaged: %s", n + 1,
                         lua_tostring(L, -1));
     lua_rawseti(L, 2, ++n);
@@ -1059,6 +1174,7 @@ static int pm_close(lua_State *L) {
   lua_setiuservalue(L, 1, UV_STATE);
   lua_pushnil(L);
   lua_setiuservalue(L, 1, UV_LOG);
+  p->short_log = 0;
   lua_pushnil(L);
   set_seen(L, 1);  /* keeps the id: pm:id() and tostring still tell */
   return 0;
@@ -1089,6 +1205,8 @@ static void push_flow_metatable(lua_State *L, int spec) {
     lua_rawseti(L, -2, MT_CLASS);
     lua_pushvalue(L, spec);
     lua_rawseti(L, -2, MT_WORKFLOW);
+    shorthand_dictionary(L, spec);
+    lua_rawseti(L, -2, MT_DICTIONARY);
     lua_pushvalue(L, spec);
     lua_pushvalue(L, -2);
     lua_rawset(L, cache);
@@ -1219,8 +1337,9 @@ static int pm_restore(lua_State *L) {
   if (!codec_encode_snapshot(L, 3, 7, "state"))
     return luaL_error(L, "core.restore: %s", lua_tostring(L, -1));
   p->base_len = buffer_at(L, 7)->len;
-  lua_pushlstring(L, buffer_at(L, 7)->data, p->base_len);  /* 8: exactly its size */
+  push_short_log(L, buffer_at(L, 7)->data, p->base_len);  /* 8: exactly its size */
   lua_setiuservalue(L, 6, UV_LOG);
+  p->short_log = 1;
   lua_settop(L, 6);
   n = (lua_Integer)lua_rawlen(L, 5);
   if (n == 0)  /* no id to remember: the (empty) history holds them all */
@@ -1308,17 +1427,23 @@ lua_Integer pm_version_at(lua_State *L, int idx) {
   return ((const PM *)lua_touserdata(L, idx))->version;
 }
 
-/* For the engine (engine.c): the bytes of the event that the flow at 'idx'
-** committed last, as the codec encoded it into its log, or NULL when
-** it can no longer tell.  Valid until the flow handles another event. */
-const char *pm_last_event(lua_State *L, int idx, size_t *len) {
+/* For the engine (engine.c): append to the Buffer at 'bidx' the codec's
+** bytes of the event that the flow at 'idx' committed last (expanded from
+** a short log's shorthand); 0, appending nothing, when it can no longer
+** tell. */
+int pm_put_last_event(lua_State *L, int idx, int bidx) {
   const PM *p = (const PM *)lua_touserdata(L, idx);
-  const char *bytes = NULL;
-  if (p->can_undo && lua_getiuservalue(L, idx, UV_LOG) != LUA_TNIL) {
-    /* the log: snapshot, then history; the last event ends it */
-    bytes = log_data(L, -1) + p->base_len + p->history_len - p->last_len;  /* anchored */
-    *len = p->last_len;
+  size_t from = p->base_len + p->history_len - p->last_len, to = p->base_len + p->history_len;
+  idx = lua_absindex(L, idx);
+  bidx = lua_absindex(L, bidx);
+  if (!p->can_undo || lua_getiuservalue(L, idx, UV_LOG) == LUA_TNIL) {
+    lua_pop(L, 1);
+    return 0;
   }
+  if (p->short_log)
+    expand_events(L, idx, lua_touserdata(L, -1), from, to, bidx, NULL, NULL);
+  else
+    buffer_append(L, bidx, buffer_at(L, -1)->data + from, to - from);  /* anchored below */
   lua_pop(L, 1);
-  return bytes;
+  return 1;
 }

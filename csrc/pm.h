@@ -20,9 +20,9 @@ int pm_new(lua_State *L);
 ** for the engine (engine.c), which passes only flows. */
 lua_Integer pm_version_at(lua_State *L, int idx);
 
-/* The encoded bytes of the event the flow at 'idx' committed last (NULL
-** when it cannot tell), for the engine's record; valid until the flow
-** handles another event. */
-const char *pm_last_event(lua_State *L, int idx, size_t *len);
+/* Append to the Buffer at 'bidx' the codec's bytes of the event the flow
+** at 'idx' committed last, for the engine's record; 0, appending nothing,
+** when it cannot tell. */
+int pm_put_last_event(lua_State *L, int idx, int bidx);
 
 #endif
