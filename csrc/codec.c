@@ -511,17 +511,27 @@ static int encode_large(Encoder *e, int t) {
 /*
 ** A large table for a snapshot (codec_encode_snapshot): a map is written
 ** in the order lua_next gives, with no pairs table and no sort.  Decodes
-** to the same table; only the bytes are not canonical.
+** to the same table; only the bytes are not canonical.  A table without a
+** [1] (lua_rawlen 0) cannot be an array, so it takes one pass: the pairs
+** go after room for the largest header, which is then cut to the shortest
+** (the bytes are those of counting first; a pass over a large table costs
+** a hash lookup and a cache miss per key).
 */
 static int encode_large_unsorted(Encoder *e, int t) {
   lua_State *L = e->L;
-  int sequence;
-  size_t n = count_pairs(L, t, &sequence);
-  if (sequence)
-    return encode_large_array(e, t, n);
-  if (n > 0xffffffffu)
-    return fail(e, "a table with too many entries");
-  put_header(e, n, 0x80, 15, 0, 0xde, 0xdf);
+  int sequence, counted = lua_rawlen(L, t) > 0;
+  size_t n = 0, at, end;
+  if (counted) {
+    n = count_pairs(L, t, &sequence);
+    if (sequence)
+      return encode_large_array(e, t, n);
+    if (n > 0xffffffffu)
+      return fail(e, "a table with too many entries");
+    put_header(e, n, 0x80, 15, 0, 0xde, 0xdf);
+  }
+  else
+    put(e, "\xdf\0\0\0\0", 5);  /* room for the header, written below */
+  at = e->b->len;
   lua_pushnil(L);
   while (lua_next(L, t)) {
     Key k;
@@ -531,7 +541,17 @@ static int encode_large_unsorted(Encoder *e, int t) {
     if (!encode_value(e, -1))
       return fail_under(e, &k);
     lua_pop(L, 1);
+    n++;
   }
+  if (counted)
+    return 1;
+  if (n > 0xffffffffu)
+    return fail(e, "a table with too many entries");
+  end = e->b->len;
+  e->b->len = at - 5;  /* the shortest header, then the pairs after it */
+  put_header(e, n, 0x80, 15, 0, 0xde, 0xdf);
+  memmove(e->b->data + e->b->len, e->b->data + at, end - at);
+  e->b->len += end - at;
   return 1;
 }
 
