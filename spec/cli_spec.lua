@@ -363,23 +363,39 @@ describe("the REPL on a terminal (tmux)", function()
   -- (its LUA_PATH_5_4), not this one's.
   local TMUX = "tmux -L procman-spec-" .. assert(io.open("/proc/self/stat")):read("n")
 
-  -- Wait (polling, at most ~10 s) until the screen shows 'text'.
-  local function screen_until(session, text)
+  local function keys(session, ...)
+    local args = {}
+    for i, k in ipairs { ... } do args[i] = string.format("%q", k) end
+    os.execute(TMUX .. " send-keys -t " .. session .. " " .. table.concat(args, " "))
+  end
+
+  -- Wait until the screen shows 'text' (polling; a loaded machine can be
+  -- slow, so the cap, ~60 s, is there only so that a broken REPL fails
+  -- instead of hanging). 'again', when given, is sent at every poll: for
+  -- keys whose effect depends on when they arrive (Ctrl-C must reach a
+  -- running loop, not the line editor before the loop has started).
+  local function screen_until(session, text, again)
     local screen
-    for _ = 1, 100 do
+    for _ = 1, 600 do
       local p = io.popen(TMUX .. " capture-pane -p -t " .. session)
       screen = p:read("a")
       p:close()
       if screen:find(text, 1, true) then return screen end
+      if again then keys(session, again) end
       os.execute("sleep 0.1")
     end
     error("the screen never showed " .. text .. ":\n" .. screen)
   end
 
-  local function keys(session, ...)
-    local args = {}
-    for i, k in ipairs { ... } do args[i] = string.format("%q", k) end
-    os.execute(TMUX .. " send-keys -t " .. session .. " " .. table.concat(args, " "))
+  -- End the REPL with Ctrl-D and wait until it has exited (it writes its
+  -- history on the way out).
+  local function quit(session)
+    keys(session, "C-d")
+    for _ = 1, 600 do
+      if not os.execute(TMUX .. " has-session -t " .. session .. " 2>/dev/null") then return end
+      os.execute("sleep 0.1")
+    end
+    error("the REPL did not exit on Ctrl-D")
   end
 
   it("edits lines, completes names, interrupts, and keeps history across sessions", function()
@@ -413,22 +429,17 @@ describe("the REPL on a terminal (tmux)", function()
     keys(session, "Tab")
     screen_until(session, "procman.load  procman.loadstring")
     keys(session, "C-u", "while true do end", "Enter")
-    os.execute("sleep 0.3")
-    keys(session, "C-c")
-    screen_until(session, "error: interrupted!")
+    screen_until(session, "error: interrupted!", "C-c")
     keys(session, "half a line", "C-c")
     keys(session, "40 + 2", "Enter")
     local screen = screen_until(session, "\n42")
     assert.is_nil(screen:find("half a line40", 1, true))
-    keys(session, "C-d")
-    os.execute("sleep 0.3")
-    os.execute(TMUX .. " kill-session -t " .. session .. " 2>/dev/null")
+    quit(session)
     start()
     keys(session, "Up", "Up")
     screen_until(session, "> while true do end")
-    keys(session, "C-u", "C-d")
-    os.execute("sleep 0.3")
-    os.execute(TMUX .. " kill-session -t " .. session .. " 2>/dev/null")
+    keys(session, "C-u")
+    quit(session)
     local history = files.bytes(home .. "/.procman_history")
     assert.matches("pm:handle", history)
     os.execute("rm -rf " .. home)
