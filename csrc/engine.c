@@ -160,11 +160,9 @@ static int get_key(lua_State *L, int keys, int t, int k) {
   return lua_rawget(L, t);
 }
 
-/* t[K] = the value at the top, which is popped (see get_key). */
-static void set_key(lua_State *L, int keys, int t, int k) {
+/* Push the key K (to set a field: the key, the value, then lua_rawset). */
+static void push_key(lua_State *L, int keys, int k) {
   lua_rawgeti(L, keys, k);
-  lua_insert(L, -2);
-  lua_rawset(L, t);
 }
 
 /* Push t[k] for t, k at stack indices; its type. */
@@ -190,16 +188,19 @@ static void set_context(lua_State *L, int engine, int pm) {
   int ctx = lua_gettop(L), keys = ctx + 1, patches = ctx + 2;
   uv(L, engine, UV_KEYS);
   uv(L, engine, UV_PATCHES);
+  push_key(L, keys, K_CONTEXT);
   if (pm == 0)
     lua_pushboolean(L, 0);
   else {
+    push_key(L, keys, K_PM);
     lua_pushvalue(L, pm);
-    set_key(L, keys, ctx, K_PM);
+    lua_rawset(L, ctx);
+    push_key(L, keys, K_RECORDED);
     lua_pushboolean(L, 0);
-    set_key(L, keys, ctx, K_RECORDED);
+    lua_rawset(L, ctx);
     lua_pushvalue(L, ctx);
   }
-  set_key(L, keys, patches, K_CONTEXT);
+  lua_rawset(L, patches);
   lua_pop(L, 3);
 }
 
@@ -326,19 +327,23 @@ static int run_one(lua_State *L, Step *s, int k) {
   lua_pushvalue(L, t->pm);
   lua_rawseti(L, -2, k + 1);  /* a slot made with the table: no allocation */
   lua_pop(L, 1);
-  lua_pushvalue(L, t->pm);  /* patches.context = LIVE, pointed at the flow */
-  set_key(L, P_KEYS, P_CTX, K_PM);
+  push_key(L, P_KEYS, K_PM);  /* patches.context = LIVE, pointed at the flow */
+  lua_pushvalue(L, t->pm);
+  lua_rawset(L, P_CTX);
+  push_key(L, P_KEYS, K_RECORDED);
   lua_pushboolean(L, 0);
-  set_key(L, P_KEYS, P_CTX, K_RECORDED);
+  lua_rawset(L, P_CTX);
+  push_key(L, P_KEYS, K_CONTEXT);
   lua_pushvalue(L, P_CTX);
-  set_key(L, P_KEYS, P_PATCHES, K_CONTEXT);
+  lua_rawset(L, P_PATCHES);
   uv(L, P_ENGINE, UV_HANDLE);  /* pm.c's handle: procman.patched tells it by identity */
   lua_pushvalue(L, t->pm);
   lua_pushvalue(L, P_EVENT);
   lua_call(L, 2, 1);
   t->commands = lua_gettop(L);
+  push_key(L, P_KEYS, K_CONTEXT);
   lua_pushboolean(L, 0);
-  set_key(L, P_KEYS, P_PATCHES, K_CONTEXT);
+  lua_rawset(L, P_PATCHES);
   t->committed = version_of(L, t->pm) > s->before[k];
   get_key(L, P_KEYS, P_CTX, K_RECORDED);
   recorded = lua_toboolean(L, -1);
@@ -518,16 +523,20 @@ static int encode_envelopes(lua_State *L, Step *s, Target *t) {
     put_key(L, "workflow");
     put_name(L, t);
     lua_createtable(L, 0, 4);  /* the caller's copy, as core.encode_copy makes it */
-    lua_insert(L, copy);
-    set_key(L, P_KEYS, copy, K_COMMAND);
+    push_key(L, P_KEYS, K_COMMAND);
+    lua_pushvalue(L, copy);
+    lua_rawset(L, -3);
+    push_key(L, P_KEYS, K_FLOW);
     lua_pushvalue(L, t->id);
-    set_key(L, P_KEYS, copy, K_FLOW);
+    lua_rawset(L, -3);
+    push_key(L, P_KEYS, K_ID);
     lua_pushvalue(L, id);
-    set_key(L, P_KEYS, copy, K_ID);
+    lua_rawset(L, -3);
+    push_key(L, P_KEYS, K_WORKFLOW);
     lua_pushvalue(L, t->name);
-    set_key(L, P_KEYS, copy, K_WORKFLOW);
+    lua_rawset(L, -3);
     lua_rawseti(L, P_OUT, ++s->out);
-    lua_pop(L, 1);  /* the command */
+    lua_pop(L, 2);  /* the copy and the command */
     lua_pushlstring(L, buffer_at(L, P_SCRATCH)->data, buffer_at(L, P_SCRATCH)->len);
     luaL_checkstack(L, 8, "procman.engine");
   }
@@ -785,10 +794,13 @@ static void emit(lua_State *L, Target *t, Queue *q) {
 
 /* Add 'delta' to the integer t[K] of the table at 't' (see get_key). */
 static void count_field(lua_State *L, int t, int k, lua_Integer delta) {
+  lua_Integer n;
   get_key(L, P_KEYS, t, k);
-  lua_pushinteger(L, lua_tointeger(L, -1) + delta);
-  set_key(L, P_KEYS, t, k);
+  n = lua_tointeger(L, -1);
   lua_pop(L, 1);
+  push_key(L, P_KEYS, k);
+  lua_pushinteger(L, n + delta);
+  lua_rawset(L, t);
 }
 
 /*
@@ -812,13 +824,15 @@ static void complete(lua_State *L, Target *t) {
   }
   lua_createtable(L, 0, 2);  /* { status = s, ids = bytes (none: nil) } */
   entry = lua_gettop(L);
+  push_key(L, P_KEYS, K_STATUS);
   lua_pushvalue(L, t->status);
-  set_key(L, P_KEYS, entry, K_STATUS);
+  lua_rawset(L, entry);
   reset_scratch(L);
   if (pm_encode_event_ids(L, t->pm, P_SCRATCH, &start) > 0) {
     const Buffer *b = buffer_at(L, P_SCRATCH);
+    push_key(L, P_KEYS, K_IDS);
     lua_pushlstring(L, b->data + start, b->len - start);
-    set_key(L, P_KEYS, entry, K_IDS);
+    lua_rawset(L, entry);
   }
   lua_rawgeti(L, t->route, R_FINISHED);
   lua_pushvalue(L, t->id);
@@ -948,8 +962,9 @@ static int protected_step(lua_State *L) {
     return 1;
   }
   s->journaled = 1;  /* the log has it: the router must follow (settle) */
+  push_key(L, P_KEYS, K_SEQ);
   lua_pushinteger(L, seq);
-  set_key(L, P_KEYS, P_ROUTER, K_SEQ);  /* an existing key: no allocation */
+  lua_rawset(L, P_ROUTER);  /* an existing key: no allocation */
   settle(L, s);
   if (buffer_at(L, P_SCRATCH)->cap <= SCRATCH_KEEP) {
     lua_pushvalue(L, P_SCRATCH);
