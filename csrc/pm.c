@@ -95,7 +95,8 @@ typedef struct PM {
   unsigned short events;       /* events in the history (saturating) */
   unsigned short history_ids;  /* of those, events with an event_id (saturating) */
   unsigned char snapshot_waits;  /* doublings of the next snapshot's threshold,
-                                 ** after a state that was not data */
+                                 ** after a state that was not data or a
+                                 ** large event */
   unsigned char can_undo;     /* the last commit may still be taken back */
   unsigned char last_had_id;  /* the last commit's event had an event_id */
   unsigned char state_ok;     /* 0: the state cache must be rebuilt */
@@ -357,6 +358,20 @@ static size_t snapshot_threshold(const PM *p) {
   for (i = 0; i < p->snapshot_waits && at <= ((size_t)-1) / 2; i++)
     at *= 2;
   return i < p->snapshot_waits ? (size_t)-1 : at;
+}
+
+/*
+** A large event puts the next snapshot off until the history holds
+** SNAPSHOT_FACTOR times its size.  The flow holds that event anyway, and a
+** state built from it tends to be as large (a batch's file list): a
+** snapshot right after it would cost that much and save nothing.  So a
+** flow holds at most about SNAPSHOT_FACTOR times the larger of its last
+** snapshot and its largest event since.  Allocates nothing (a commit).
+*/
+static void wait_after_event(PM *p, size_t n) {
+  size_t want = n > ((size_t)-1) / SNAPSHOT_FACTOR ? (size_t)-1 : n * SNAPSHOT_FACTOR;
+  while (p->snapshot_waits < UCHAR_MAX && snapshot_threshold(p) < want)
+    p->snapshot_waits++;
 }
 
 /*
@@ -804,6 +819,7 @@ static int handle_event(lua_State *L, int fresh) {
     if (p->events < USHRT_MAX)
       p->events++;
   }
+  wait_after_event(p, n);
   p->can_undo = 1;
   p->last_had_id = !lua_isnil(L, 6);
   if (p->events <= SCAN_MAX)  /* read only without a seen table */
