@@ -11,7 +11,8 @@
 local core = require "procman.core"
 local records = require "procman.records"
 
-local encode, encode_copy, decode = core.encode, core.encode_copy, core.decode
+-- decode_envelope: core.decode, faster for an envelope's known keys
+local encode, encode_copy, decode = core.encode, core.encode_copy, core.decode_envelope
 local command_prefix = records.command_prefix
 
 local Outbox = {}
@@ -129,6 +130,31 @@ function Outbox:list()
     if q[i] then out[#out + 1] = decode(q[i]) end
   end
   return out
+end
+
+--- outbox:dispatch(fn, after) -> count[, error]: for each envelope pending
+-- when called, in order, fn(command, envelope) (a copy, decoded at its
+-- turn), then after(id, pending) (pending: fn did not ack it meanwhile),
+-- which returns true to go on, or nil, message to stop there. Stops at
+-- fn's first error. The envelopes are found by their places, not through
+-- a list of ids: one that fn acked is passed over, and one that fn emitted
+-- (it handled an event) goes after the last and waits for the next call.
+-- (An outbox that empties gets new tables: 'q' is then the old one, whose
+-- slots forget cleared.)
+function Outbox:dispatch(fn, after)
+  local q, ids, count = self.queue, self.ids, 0
+  for i = self.head, self.tail do
+    local bytes = q[i]
+    if bytes then
+      local id, envelope = ids[i], decode(bytes)
+      local ok, err = pcall(fn, envelope.command, envelope)
+      if not ok then return count, err end
+      local went, why = after(id, q[i] and true or false)
+      if not went then return count, why end
+      count = count + 1
+    end
+  end
+  return count
 end
 
 --- outbox:encoded() -> the pending envelopes' bytes, in emission order

@@ -1036,22 +1036,13 @@ function Router:dispatch(fn)
   check_open(self)
   check_not_in_handler("dispatch")
   if type(fn) ~= "function" then fail("dispatch needs a function(command, envelope)") end
-  local box, count, ready, refused = self.outbox, 0, before_leaving(self)
+  local ready, refused = before_leaving(self)
   if not ready then return 0, refused end
-  for _, id in ipairs(box:pending_ids()) do
-    local envelope = box:get(id)
-    if envelope then
-      local ok, err = pcall(fn, envelope.command, envelope)
-      if not ok then return count, err end
-      if self.closed then check_open(self) end  -- fn closed it
-      if box.by_id[id] then  -- (fn may have acked it itself)
-        local acked, why = ack(self, id)
-        if not acked then return count, why end
-      end
-      count = count + 1
-    end
-  end
-  return count
+  return self.outbox:dispatch(fn, function(id, pending)
+    if self.closed then check_open(self) end  -- fn closed it
+    if pending then return ack(self, id) end  -- (fn may have acked it itself)
+    return true
+  end)
 end
 
 --- r:flow(workflow_name, flow_id) -> the live procman.pm, or nil.
