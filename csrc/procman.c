@@ -11,6 +11,7 @@
 #include "codec.h"
 #include "engine.h"
 #include "journal_lua.h"
+#include "outbox.h"
 #include "fold_scan.h"
 #include "pattern_lua.h"
 #include "pm.h"
@@ -104,9 +105,6 @@ static int core_decode(lua_State *L) {
   return decoded(L, ok, pos, len);
 }
 
-/* The keys of a command's envelope, in canonical order. */
-static const char *const envelope_keys[] = { "command", "flow", "id", "workflow" };
-#define ENVELOPE_KEYS 4
 
 /* core.decode_envelope(s) -> exactly procman.decode(s), faster for an
 ** envelope { command, flow, id, workflow } (the outbox decodes one per
@@ -116,10 +114,10 @@ static int core_decode_envelope(lua_State *L) {
   const char *s = luaL_checklstring(L, 1, &len);
   int i, ok;
   lua_settop(L, 1);
-  luaL_checkstack(L, ENVELOPE_KEYS, "procman.decode");
-  for (i = 1; i <= ENVELOPE_KEYS; i++)
+  luaL_checkstack(L, OUTBOX_ENVELOPE_KEYS, "procman.decode");
+  for (i = 1; i <= OUTBOX_ENVELOPE_KEYS; i++)
     lua_pushvalue(L, lua_upvalueindex(i));
-  ok = codec_decode_shaped(L, s, len, &pos, 2, ENVELOPE_KEYS);
+  ok = codec_decode_shaped(L, s, len, &pos, 2, OUTBOX_ENVELOPE_KEYS);
   return decoded(L, ok, pos, len);
 }
 
@@ -179,6 +177,7 @@ LUAMOD_API int luaopen_procman_core(lua_State *L) {
   fold_scan_register(L);
   engine_register(L);
   luaL_newlib(L, core_functions);
+  outbox_register(L);
   lua_pushnil(L);  /* the scratch buffer, made at the first call */
   lua_pushcclosure(L, core_encode, 1);
   lua_setfield(L, -2, "encode");
@@ -188,9 +187,9 @@ LUAMOD_API int luaopen_procman_core(lua_State *L) {
   lua_pushnil(L);
   lua_pushcclosure(L, core_encode_copy, 1);
   lua_setfield(L, -2, "encode_copy");
-  for (i = 0; i < ENVELOPE_KEYS; i++)
-    lua_pushstring(L, envelope_keys[i]);
-  lua_pushcclosure(L, core_decode_envelope, ENVELOPE_KEYS);
+  for (i = 0; i < OUTBOX_ENVELOPE_KEYS; i++)
+    lua_pushstring(L, outbox_envelope_keys[i]);
+  lua_pushcclosure(L, core_decode_envelope, OUTBOX_ENVELOPE_KEYS);
   lua_setfield(L, -2, "decode_envelope");
   pm_register(L, -1);
   lua_pushinteger(L, CODEC_MAX_DEPTH);

@@ -87,41 +87,11 @@ function Outbox:has(id)
   return self.by_id[id] ~= nil
 end
 
---- outbox:forget(id): the command was acked.
-function Outbox:forget(id)
-  self.queue[self.by_id[id]] = false  -- the slot stays until the front passes it
-  self.by_id[id] = nil
-  self.count = self.count - 1
-  local q, ids, head = self.queue, self.ids, self.head
-  while head <= self.tail and not q[head] do
-    q[head], ids[head] = nil, nil
-    head = head + 1
-  end
-  if head > self.tail then  -- empty: give back what the tables grew to (a Lua table never shrinks
-    -- by removals alone), so memory after a dispatch is that of the flows, not of past commands
-    self.queue, self.ids, self.by_id, head, self.tail = {}, {}, {}, 1, 0
-  end
-  self.head = head
-end
-
---- outbox:pending_ids() -> the ids of the pending envelopes, in emission order (a
--- new array: the outbox may change while the caller goes through them).
-function Outbox:pending_ids()
-  local out, q, ids, n = {}, self.queue, self.ids, 0
-  for i = self.head, self.tail do
-    if q[i] then
-      n = n + 1
-      out[n] = ids[i]
-    end
-  end
-  return out
-end
-
---- outbox:get(id) -> a copy of the pending envelope with this id, or nil.
-function Outbox:get(id)
-  local at = self.by_id[id]
-  return at and decode(self.queue[at])
-end
+--- outbox:forget(id): the command was acked. Its slot is cleared and the
+-- front moves past every cleared slot; an outbox left empty gets new
+-- tables (a Lua table never shrinks by removals alone), so memory after a
+-- dispatch is that of the flows, not of past commands (core.outbox_forget).
+Outbox.forget = core.outbox_forget
 
 --- outbox:list() -> copies of the pending envelopes, in emission order.
 function Outbox:list()
@@ -138,24 +108,9 @@ end
 -- which returns true to go on, or nil, message to stop there. Stops at
 -- fn's first error. The envelopes are found by their places, not through
 -- a list of ids: one that fn acked is passed over, and one that fn emitted
--- (it handled an event) goes after the last and waits for the next call.
--- (An outbox that empties gets new tables: 'q' is then the old one, whose
--- slots forget cleared.)
-function Outbox:dispatch(fn, after)
-  local q, ids, count = self.queue, self.ids, 0
-  for i = self.head, self.tail do
-    local bytes = q[i]
-    if bytes then
-      local id, envelope = ids[i], decode(bytes)
-      local ok, err = pcall(fn, envelope.command, envelope)
-      if not ok then return count, err end
-      local went, why = after(id, q[i] and true or false)
-      if not went then return count, why end
-      count = count + 1
-    end
-  end
-  return count
-end
+-- (it handled an event) goes after the last and waits for the next call
+-- (core.outbox_dispatch).
+Outbox.dispatch = core.outbox_dispatch
 
 --- outbox:encoded() -> the pending envelopes' bytes, in emission order
 -- (for compaction, which journals them as they are).

@@ -49,6 +49,7 @@ local fold_scan = require "procman.fold_scan"
 local describe = require "procman.describe"
 
 local encode, decode, copy, monotonic = core.encode, core.decode, core.copy, core.monotonic
+local forget = core.outbox_forget
 
 local RECORD_EVENT, RECORD_ACK, RECORD_FLOW, RECORD_SKIP, RECORD_DEAD, RECORD_DROP =
   records.EVENT, records.ACK, records.FLOW, records.SKIP, records.DEAD, records.DROP
@@ -1008,12 +1009,15 @@ local function ack_record(self, id)
   return encode({ id = id })
 end
 
--- Ack a pending command (journaled): true, or nil, message.
+-- Ack a pending command (journaled): true, or nil, message. (Once per
+-- command dispatched: a router in memory goes straight to the outbox.)
 local function ack(self, id)
-  local ok, err = append(self, RECORD_ACK, ack_record(self, id))
-  if not ok then return nil, err end
-  local box = self.outbox
-  after_journaling(self, pcall(box.forget, box, id))
+  if self.journal then
+    local ok, err = append(self, RECORD_ACK, ack_record(self, id))
+    if not ok then return nil, err end
+  end
+  local ok, err = pcall(forget, self.outbox, id)
+  if not ok then after_journaling(self, ok, err) end
   return true
 end
 
