@@ -504,6 +504,25 @@ describe("procman.pm", function()
       assert.same(pm:state(), replica:state())
     end)
 
+    it("puts the next snapshot off until the history holds four times a large event", function()
+      local pm = ring:new("r")
+      pm:handle { event_type = "add", pad = string.rep("x", 20000) }  -- alone past 4096
+      local i, most = 1, 0
+      repeat
+        i = i + 1
+        pm:handle { event_type = "add", pad = pad_of(i) }
+        most = math.max(most, history_bytes(pm))
+      until #pm:history() < i
+      assert.is_true(most >= 4 * 20000)              -- not taken at 4096: the event holds more
+      assert.is_true(most < 4 * 20000 * 2 + 200)     -- taken once the history was 4 times it
+      assert.same(expected(i, function(j) return j == 1 and string.rep("x", 20000) or pad_of(j) end),
+                  pm:state())
+      for j = i + 1, i + 1000 do                      -- then the usual period again
+        pm:handle { event_type = "add", pad = pad_of(j) }
+      end
+      assert.is_true(history_bytes(pm) < 4096 + 200)
+    end)
+
     it("rebuilds a failed handle from the snapshot and the history since", function()
       local pm = ring:new("r")
       for i = 1, 500 do
