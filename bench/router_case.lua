@@ -20,6 +20,7 @@
 local procman = require "procman"
 local batch = require "procman.workflows.batch"
 local baseline = require "baseline"
+local weigh_items = require "weigh"
 
 local case, n, journal = arg[1], tonumber(arg[2]), arg[3]
 local clock = os.clock
@@ -234,15 +235,7 @@ end
 
 -- n live flows (batch_created only), weighed with the GC's count.
 local function weigh(make)
-  collectgarbage()
-  collectgarbage()
-  local before = collectgarbage("count")
-  local keep = make()
-  collectgarbage()
-  collectgarbage()
-  local bytes = (collectgarbage("count") - before) * 1024 / n
-  assert(keep)
-  return string.format("bytes_per_flow=%.0f", bytes)
+  return string.format("bytes_per_flow=%.0f", weigh_items(n, make))
 end
 
 function cases.live()

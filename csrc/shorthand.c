@@ -225,19 +225,41 @@ static int is_key(const unsigned char *p, size_t n, const char *key, size_t k) {
   return n == k + 1 && p[0] == (0xa0 | k) && memcmp(p + 1, key, k) == 0;
 }
 
+/*
+** The item of an event's top-level map at s[r .. len): *item and *n are
+** the codec's bytes for it (a word of 'dict' for a shorthand, else the
+** bytes where they are); returns the position past it, 0 when malformed.
+*/
+static size_t next_item(const char *dict, const unsigned char *s, size_t len, size_t r,
+                        const unsigned char **item, size_t *n) {
+  size_t end;
+  if (r >= len)
+    return 0;
+  if (s[r] == SHORTHAND_TAG) {
+    if (dict == NULL || len - r < 2 || s[r + 1] >= words_in(dict))
+      return 0;
+    *item = word_at(dict, s[r + 1]);
+    *n = 1 + (size_t)(**item & 0x1f);
+    return r + 2;
+  }
+  if ((end = item_end(s, len, r)) != 0) {
+    *item = s + r;
+    *n = end - r;
+  }
+  return end;
+}
+
 size_t shorthand_expand(const char *dict, const char *s, size_t len, size_t pos, char *out,
                         size_t cap, size_t *written, const char *key, size_t *mark) {
   const unsigned char *u = (const unsigned char *)s;
-  size_t pairs, r = pos, i, w, k = key != NULL ? strlen(key) : 0;
+  size_t pairs, r = pos, i, w, k = key != NULL ? strlen(key) : WORD_MAX + 1;
   int keyed = 0;
   if (!map_header(u, len, &r, &pairs)) {
     size_t end = codec_skip(s, len, pos);
-    if (end != 0 && end - pos > cap)
+    if (end == 0 || end - pos > cap)
       return 0;
-    if (end != 0) {
-      memcpy(out, s + pos, end - pos);
-      *written = end - pos;
-    }
+    memcpy(out, s + pos, end - pos);
+    *written = end - pos;
     return end;
   }
   if (r - pos > cap)
@@ -245,29 +267,15 @@ size_t shorthand_expand(const char *dict, const char *s, size_t len, size_t pos,
   memcpy(out, s + pos, r - pos);
   w = r - pos;
   for (i = 0; i < 2 * pairs; i++) {
-    const unsigned char *item = u + r;
-    size_t n, end;
-    if (r >= len)
-      return 0;
-    if (u[r] == SHORTHAND_TAG) {
-      if (dict == NULL || len - r < 2 || u[r + 1] >= words_in(dict))
-        return 0;
-      item = word_at(dict, u[r + 1]);
-      n = 1 + (size_t)(item[0] & 0x1f);
-      end = r + 2;
-    }
-    else if ((end = item_end(u, len, r)) == 0)
-      return 0;
-    else
-      n = end - r;
-    if (n > cap - w)
+    const unsigned char *item;
+    size_t n;
+    if ((r = next_item(dict, u, len, r, &item, &n)) == 0 || n > cap - w)
       return 0;
     if (keyed)
       *mark = w;
-    keyed = i % 2 == 0 && key != NULL && k <= WORD_MAX && is_key(item, n, key, k);
+    keyed = i % 2 == 0 && k <= WORD_MAX && is_key(item, n, key, k);
     memcpy(out + w, item, n);
     w += n;
-    r = end;
   }
   *written = w;
   return r;
@@ -281,25 +289,13 @@ size_t shorthand_find(const char *dict, const char *s, size_t len, size_t pos, c
   if (!map_header(u, len, &r, &pairs))
     return codec_skip(s, len, pos);
   for (i = 0; i < 2 * pairs; i++) {
-    const unsigned char *item = u + r;
-    size_t n, end;
-    if (r >= len)
+    const unsigned char *item;
+    size_t n, at = r;
+    if ((r = next_item(dict, u, len, r, &item, &n)) == 0)
       return 0;
-    if (u[r] == SHORTHAND_TAG) {
-      if (dict == NULL || len - r < 2 || u[r + 1] >= words_in(dict))
-        return 0;
-      item = word_at(dict, u[r + 1]);
-      n = 1 + (size_t)(item[0] & 0x1f);
-      end = r + 2;
-    }
-    else if ((end = item_end(u, len, r)) == 0)
-      return 0;
-    else
-      n = end - r;
     if (keyed)
-      *vpos = r;
+      *vpos = at;
     keyed = i % 2 == 0 && k <= WORD_MAX && is_key(item, n, key, k);
-    r = end;
   }
   return r;
 }

@@ -798,18 +798,7 @@ describe("procman.pm", function()
     local batch = require "procman.workflows.batch"
     local FILES = { "a", "b", "c" }
 
-    -- Bytes the GC counts for what make() returns, per item (n items).
-    local function weigh(n, make)
-      collectgarbage()
-      collectgarbage()
-      local before = collectgarbage("count")
-      local keep = make()
-      collectgarbage()
-      collectgarbage()
-      local bytes = (collectgarbage("count") - before) * 1024 / n
-      assert(keep)
-      return bytes
-    end
+    local weigh = require "weigh"  -- bench/weigh.lua: as bench/router_case.lua live weighs
 
     it("shares its workflow's metatable: no user value holds the workflow", function()
       local a, b = counter(), counter()
