@@ -857,6 +857,23 @@ describe("procman.pm", function()
       assert.same(events, r:flow("counter", "add"):history())
     end)
 
+    it("finds the ids of a short log's events after it becomes a Buffer of the codec's bytes", function()
+      local core = require "procman.core"
+      local pm = counter({ correlate = "counter_id" }):new("c")
+      local pad = string.rep("p", 150)  -- the third event finds 2 events, over 256 bytes, to expand
+      local ids = { "add", 2, "event_type" }
+      for _, id in ipairs(ids) do pm:handle { event_type = "add", counter_id = "c", event_id = id, pad = pad } end
+      for _, id in ipairs(ids) do  -- redeliveries, found where the move noted them
+        assert.same({}, pm:handle { event_type = "add", counter_id = "c", event_id = id, emit = true })
+      end
+      core.undo(pm)
+      assert.equal(1, #pm:handle { event_type = "add", event_id = "event_type", emit = true })
+      assert.same({}, pm:handle { event_type = "add", event_id = "add", emit = true })
+      assert.equal(3, pm:version())
+      assert.equal(3, #pm:history())
+      assert.equal(pad, pm:history()[1].pad)
+    end)
+
     it("weighs little more than its state after batch_created", function()
       local n = 2000
       local plain = weigh(n, function()
