@@ -280,7 +280,7 @@ static int push_handler_from(lua_State *L, int spec, int on, int type) {
 static int push_handler(lua_State *L, int pm, int type) {
   int found;
   type = lua_absindex(L, type);
-  lua_getiuservalue(L, pm, UV_WORKFLOW);
+  push_workflow(L, pm);
   found = push_handler_from(L, lua_gettop(L), 0, type);
   lua_remove(L, -2);
   return found;
