@@ -11,7 +11,7 @@ SANFLAGS   := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize
 
 CORE_SRC   := csrc/budget.c csrc/buffer.c csrc/canonical.c csrc/codec.c csrc/crc32c.c csrc/engine.c \
               csrc/fold_scan.c csrc/journal.c \
-              csrc/journal_lua.c csrc/lock_holder.c csrc/pattern.c csrc/pattern_lua.c \
+              csrc/journal_lua.c csrc/lock_holder.c csrc/outbox.c csrc/pattern.c csrc/pattern_lua.c \
               csrc/pm.c csrc/procman.c
 # procman.terminal: the command's terminal helpers, apart from the core.
 TERMINAL_SRC := csrc/terminal.c csrc/interrupt.c csrc/line_reader.c

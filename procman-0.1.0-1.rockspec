@@ -35,7 +35,7 @@ build = {
     ["procman.core"] = {
       sources = { "csrc/budget.c", "csrc/buffer.c", "csrc/canonical.c", "csrc/codec.c", "csrc/crc32c.c",
                   "csrc/engine.c", "csrc/fold_scan.c", "csrc/journal.c", "csrc/journal_lua.c", "csrc/lock_holder.c",
-                  "csrc/pattern.c", "csrc/pattern_lua.c", "csrc/pm.c",
+                  "csrc/outbox.c", "csrc/pattern.c", "csrc/pattern_lua.c", "csrc/pm.c",
                   "csrc/procman.c" },
       incdirs = { "csrc" },
     },

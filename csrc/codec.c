@@ -908,6 +908,59 @@ int codec_decode(lua_State *L, const char *s, size_t len, size_t *pos) {
   return 0;
 }
 
+/*
+** A map of known keys: the bytes an encoder of this codec writes for a
+** table with exactly these string keys (a fixmap header, then each key as
+** a fixstr in the order given, which must be the canonical one, each
+** followed by its value).  The keys are not decoded: each is compared with
+** the bytes and the string given for it is used (no interning, no
+** duplicate check: they are distinct).  Values are decoded as ever, at the
+** depth they have in the map.  0 when the bytes have another shape, or a
+** value does not decode: the caller then goes the generic way (which
+** gives the same value, or the same error).
+*/
+static int decode_shaped(Decoder *d, int keys, int nkeys) {
+  lua_State *L = d->L;
+  int i, t;
+  if (nkeys > 15 || d->pos >= d->len || d->s[d->pos] != (0x80 | nkeys))
+    return 0;
+  d->pos++;
+  luaL_checkstack(L, 4, "procman: decoding a map");
+  lua_createtable(L, 0, nkeys);
+  t = lua_gettop(L);
+  d->depth = 1;  /* the values are inside the map */
+  for (i = 0; i < nkeys; i++) {
+    size_t klen;
+    const char *k = lua_tolstring(L, keys + i, &klen);
+    if (klen > 31 || d->len - d->pos <= klen || d->s[d->pos] != (0xa0 | klen) ||
+        memcmp(d->s + d->pos + 1, k, klen) != 0)
+      return 0;
+    d->pos += klen + 1;
+    lua_pushvalue(L, keys + i);
+    if (!decode_value(d))
+      return 0;
+    lua_rawset(L, t);  /* a nil value just leaves the key absent */
+  }
+  return 1;
+}
+
+int codec_decode_shaped(lua_State *L, const char *s, size_t len, size_t *pos,
+                        int keys, int nkeys) {
+  Decoder d;
+  int top = lua_gettop(L);
+  d.L = L;
+  d.s = (const unsigned char *)s;
+  d.len = len;
+  d.pos = *pos;
+  d.depth = 0;
+  if (decode_shaped(&d, keys, nkeys)) {
+    *pos = d.pos;
+    return 1;
+  }
+  lua_settop(L, top);
+  return codec_decode(L, s, len, pos);
+}
+
 /* ===================================================================
 ** Reading without building: walk encoded bytes, allocating nothing
 ** =================================================================== */

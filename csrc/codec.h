@@ -53,6 +53,18 @@ int codec_encode_snapshot(lua_State *L, int idx, int bidx, const char *root);
 int codec_decode(lua_State *L, const char *s, size_t len, size_t *pos);
 
 /*
+** codec_decode for a map whose string keys are known: the 'nkeys' (at most
+** 15) strings at stack indices keys .. keys + nkeys - 1, each shorter than
+** 32 bytes, in the canonical order (as the encoder writes them).  Bytes of
+** that shape are decoded without decoding, interning or checking the keys
+** again (a pending command's envelope, decoded for each dispatch); any
+** other bytes go through codec_decode: the result, or the error, is
+** always exactly codec_decode's.
+*/
+int codec_decode_shaped(lua_State *L, const char *s, size_t len, size_t *pos,
+                        int keys, int nkeys);
+
+/*
 ** codec_encode ('copy' 0) or codec_encode_copy ('copy' 1), also telling
 ** where, in the buffer, the value under the string key 'key' of the root
 ** map starts (*at; (size_t)-1 when the value is not a map or has no such

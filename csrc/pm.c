@@ -37,10 +37,10 @@
 #include "codec.h"
 #include "pm.h"
 
-/* The flow's Lua values live in user values, not registry references. */
+/* The flow's Lua values live in user values, not registry references;
+** its workflow is its metatable's (see push_flow_metatable). */
 enum {
-  UV_WORKFLOW = 1,  /* the checked workflow definition (a table) */
-  UV_ID,            /* the flow id (a non-empty string or an integer); or,
+  UV_ID = 1,        /* the flow id (a non-empty string or an integer); or,
                     ** once the flow has a seen table, { id, seen }: few
                     ** flows have one, so it has no user value of its own
                     ** (see push_id, push_seen_table, set_seen) */
@@ -106,6 +106,24 @@ typedef struct PM {
                               ** event of this flow while one is encoded */
 } PM;
 
+/*
+** A flow's metatable is its workflow's, one per workflow (made with the
+** workflow's first flow, kept while the workflow lives): procman.pm's
+** metamethods and __name, with procman.pm's metatable at MT_CLASS (how a
+** method knows a flow) and the workflow definition at MT_WORKFLOW.  So a
+** flow needs no user value for its workflow: 16 bytes less a flow.
+*/
+enum { MT_CLASS = 1, MT_WORKFLOW = 2 };
+
+/* Key in procman.pm's metatable of workflow -> its flows' metatable (weak
+** keys: an entry goes with its workflow). */
+static const char FLOW_METATABLES = 0;
+
+/* The fields of procman.pm's metatable that every flow's metatable has. */
+static const char *const class_fields[] = {
+  "__name", "__index", "__gc", "__close", "__tostring", NULL
+};
+
 /* ===================================================================
 ** Helpers
 ** =================================================================== */
@@ -119,8 +137,9 @@ static PM *to_pm(lua_State *L) {
   PM *p = (PM *)lua_touserdata(L, 1);
   int ok = p != NULL && lua_getmetatable(L, 1);
   if (ok) {
+    lua_rawgeti(L, -1, MT_CLASS);
     ok = lua_rawequal(L, -1, lua_upvalueindex(1));
-    lua_pop(L, 1);
+    lua_pop(L, 2);
   }
   if (!ok)
     luaL_typeerror(L, 1, PM_TYPENAME);
@@ -179,10 +198,17 @@ static void set_seen(lua_State *L, int pm) {
   lua_setiuservalue(L, pm, UV_ID);
 }
 
+/* Push the workflow definition of the flow at 'pm'. */
+static void push_workflow(lua_State *L, int pm) {
+  lua_getmetatable(L, pm);
+  lua_rawgeti(L, -1, MT_WORKFLOW);
+  lua_remove(L, -2);
+}
+
 /* Push field 'name' of the flow's workflow definition. */
 static int workflow_field(lua_State *L, int pm, const char *name) {
   int t;
-  lua_getiuservalue(L, pm, UV_WORKFLOW);
+  push_workflow(L, pm);
   t = lua_getfield(L, -1, name);
   lua_remove(L, -2);
   return t;
@@ -768,7 +794,7 @@ static int handle_event(lua_State *L, int fresh) {
   int status, snapshot_due;
   unsigned short staged;
   lua_settop(L, 2);
-  lua_getiuservalue(L, 1, UV_WORKFLOW);
+  push_workflow(L, 1);
   type = check_event_type(L);
   if (!push_handler(L, 1, 4))
     return flow_error(L, 1, "workflow has no handler for event type '%s'", type);
@@ -1076,6 +1102,35 @@ static int pm_close(lua_State *L) {
 ** Construction and registration
 ** =================================================================== */
 
+/* Push the metatable of the flows of the workflow at 'spec', making it
+** at the workflow's first flow. */
+static void push_flow_metatable(lua_State *L, int spec) {
+  int class_mt, cache, i;
+  spec = lua_absindex(L, spec);
+  luaL_getmetatable(L, PM_TYPENAME);
+  class_mt = lua_gettop(L);
+  lua_rawgetp(L, class_mt, &FLOW_METATABLES);
+  cache = class_mt + 1;
+  lua_pushvalue(L, spec);
+  if (lua_rawget(L, cache) != LUA_TTABLE) {
+    lua_pop(L, 1);
+    lua_createtable(L, 2, 5);
+    for (i = 0; class_fields[i] != NULL; i++) {
+      lua_getfield(L, class_mt, class_fields[i]);
+      lua_setfield(L, -2, class_fields[i]);
+    }
+    lua_pushvalue(L, class_mt);
+    lua_rawseti(L, -2, MT_CLASS);
+    lua_pushvalue(L, spec);
+    lua_rawseti(L, -2, MT_WORKFLOW);
+    lua_pushvalue(L, spec);
+    lua_pushvalue(L, -2);
+    lua_rawset(L, cache);
+  }
+  lua_replace(L, class_mt);
+  lua_settop(L, class_mt);
+}
+
 /* Push a new flow of workflow 'spec' (index 1) with id (index 2). */
 static PM *push_flow(lua_State *L) {
   PM *p;
@@ -1089,11 +1144,11 @@ static PM *push_flow(lua_State *L) {
   if (!id_ok && lua_type(L, 2) == LUA_TSTRING)
     luaL_argerror(L, 2, "non-empty string or integer flow id expected, got an empty string");
   luaL_argexpected(L, id_ok, 2, "non-empty string or integer flow id");
+  push_flow_metatable(L, 1);
   p = (PM *)lua_newuserdatauv(L, sizeof(PM), UV_COUNT);
   memset(p, 0, sizeof *p);
-  luaL_setmetatable(L, PM_TYPENAME);
-  lua_pushvalue(L, 1);
-  lua_setiuservalue(L, -2, UV_WORKFLOW);
+  lua_insert(L, -2);
+  lua_setmetatable(L, -2);
   lua_pushvalue(L, 2);
   lua_setiuservalue(L, -2, UV_ID);
   return p;
@@ -1330,7 +1385,7 @@ static int pm_snapshot(lua_State *L) {
 static int pm_origin(lua_State *L) {
   to_pm(L);
   lua_settop(L, 1);
-  lua_getiuservalue(L, 1, UV_WORKFLOW);                      /* 2 */
+  push_workflow(L, 1);                                       /* 2 */
   push_base(L, 1);                                           /* 3 */
   return 2;
 }
@@ -1389,6 +1444,12 @@ static const luaL_Reg pm_metamethods[] = {
 void pm_register(lua_State *L, int core) {
   core = lua_absindex(L, core);
   luaL_newmetatable(L, PM_TYPENAME);
+  lua_createtable(L, 0, 4);  /* workflow -> its flows' metatable */
+  lua_createtable(L, 0, 1);
+  lua_pushliteral(L, "k");
+  lua_setfield(L, -2, "__mode");
+  lua_setmetatable(L, -2);
+  lua_rawsetp(L, -2, &FLOW_METATABLES);
   lua_pushvalue(L, -1);
   luaL_setfuncs(L, pm_metamethods, 1);
   luaL_newlibtable(L, pm_methods);

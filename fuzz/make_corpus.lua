@@ -19,8 +19,12 @@ local values = {
   "", "text", string.rep("x", 40), string.rep("y", 300), "\0\255binary", true, false,
   {}, { 1, 2, 3 }, { a = 1, b = { c = { d = { 1 } } } }, { [1] = "a", [3] = "c", x = false },
   { [-5] = 1, [2 ^ 40] = 2, [1.5] = 3 },
+  -- an outbox envelope (the decoder for its known keys), one with nil values written
+  { command = { command_type = "process_file", file = "a" }, flow = 17, id = "batch/17/1/1",
+    workflow = "batch" },
 }
 for i, v in ipairs(values) do write("decode", string.format("value%02d", i), procman.encode(v)) end
+write("decode", "envelope_nils", "\x84\xa7command\xc0\xa4flow\xc0\xa2id\xc0\xa8workflow\xc0")
 
 -- handle: events, as the harness decodes them
 local events = {

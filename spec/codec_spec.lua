@@ -366,3 +366,52 @@ describe("the encoder's output", function()
     assert.equal(354521741, h)
   end)
 end)
+
+describe("core.decode_envelope (the outbox's decoder for an envelope's known keys)", function()
+  local core = require "procman.core"
+  local decode_envelope = core.decode_envelope
+
+  -- The same outcome as procman.decode: the value (same bytes again), or the same error.
+  local function agrees(bytes)
+    local ok1, v1 = pcall(decode, bytes)
+    local ok2, v2 = pcall(decode_envelope, bytes)
+    assert.equal(ok1, ok2)
+    if ok1 then
+      assert.is_true(same(v1, v2))
+    else
+      assert.equal(v1, v2)
+    end
+  end
+
+  local envelope = { command = { command_type = "process_file", file = "a", attempt = 2,
+                                 nested = { list = { 1, 2.5, "x" } } },
+                     flow = "b1", id = "batch/b1/1/1", workflow = "batch" }
+
+  it("decodes an envelope into new tables, as procman.decode does", function()
+    local bytes = encode(envelope)
+    local a, b = decode_envelope(bytes), decode_envelope(bytes)
+    assert.same(envelope, a)
+    assert.are_not.equal(a, b)
+    assert.are_not.equal(a.command, b.command)
+    agrees(bytes)
+  end)
+
+  it("agrees with procman.decode on every cut and every changed byte of an envelope", function()
+    local bytes = encode(envelope)
+    for n = 0, #bytes do agrees(bytes:sub(1, n)) end
+    agrees(bytes .. "\1")
+    for i = 1, #bytes do
+      for _, c in ipairs { 0x00, 0x80, 0x84, 0x85, 0xa0, 0xc0, 0xc1, 0xd9, 0xff } do
+        agrees(bytes:sub(1, i - 1) .. string.char(c) .. bytes:sub(i + 1))
+      end
+    end
+  end)
+
+  it("agrees with procman.decode on other values and shapes", function()
+    for _, v in ipairs(golden_values()) do agrees(encode(v)) end
+    agrees(encode { command = 1, flow = 2, id = 3 })
+    agrees(encode { command = 1, flow = 2, id = 3, workflow = 4, zzz = 5 })
+    agrees(unhex "84 a7 636f6d6d616e64 c0 a4 666c6f77 c0 a2 6964 c0 a8 776f726b666c6f77 c0")
+    assert.has_error(function() decode_envelope(nil) end)
+  end)
+end)

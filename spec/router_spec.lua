@@ -209,6 +209,45 @@ describe("procman.router", function()
       assert.same({ "batch/b2/1/1" }, { r:pending()[1].id })
     end)
 
+    it("dispatch goes on right when its function empties the outbox and emits anew", function()
+      local r = procman.router { workflows = { batch } }
+      r:handle { event_type = "batch_created", batch_id = "b1", files = { "a", "b", "c" } }
+      local sent = {}
+      local count = r:dispatch(function(command, envelope)
+        sent[#sent + 1] = envelope.id
+        if command.file == "a" then  -- acked all three: the outbox empties (new tables)...
+          for _, id in ipairs { "batch/b1/1/1", "batch/b1/1/2", "batch/b1/1/3" } do assert(r:ack(id)) end
+          assert.equal(0, r:stats().pending)
+          -- ... then gets new commands, in the places the acked ones had
+          r:handle { event_type = "batch_created", batch_id = "b2", files = { "x", "y", "z" } }
+        end
+      end)
+      assert.same({ "batch/b1/1/1" }, sent)
+      assert.equal(1, count)
+      assert.equal(3, r:dispatch(function(_, envelope) sent[#sent + 1] = envelope.id end))
+      assert.same({ "batch/b1/1/1", "batch/b2/1/1", "batch/b2/1/2", "batch/b2/1/3" }, sent)
+      assert.equal(0, r:stats().pending)
+    end)
+
+    it("dispatch hands out fresh copies: what fn changes does not reach the outbox", function()
+      local r = procman.router { workflows = { batch } }
+      r:handle { event_type = "batch_created", batch_id = "b1", files = { "a" } }
+      local err = select(2, r:dispatch(function(command, envelope)
+        command.file, envelope.id = "changed", "changed"
+        error("gateway down", 0)
+      end))
+      assert.equal("gateway down", err)
+      assert.same({ { id = "batch/b1/1/1", workflow = "batch", flow = "b1",
+                      command = { command_type = "process_file", file = "a" } } }, r:pending())
+    end)
+
+    it("dispatch stops when its function closed the router", function()
+      local r = procman.router { workflows = { batch } }
+      r:handle { event_type = "batch_created", batch_id = "b1", files = { "a", "b" } }
+      assert.has_error(function() r:dispatch(function() r:close() end) end,
+                       "procman.router: this router is closed")
+    end)
+
     it("gives back the outbox's memory once every command is acked", function()
       local box = require("procman.outbox").new()
       for i = 1, 3000 do box:add({ id = "w/1/1/" .. i, workflow = "w", flow = 1, command = {} }) end

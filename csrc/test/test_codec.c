@@ -534,6 +534,177 @@ static void test_field_random_bytes(void **state) {
   }
 }
 
+/* ---- maps of known keys: codec_decode_shaped ------------------------ */
+
+/* Push the envelope keys, in canonical order: stack 1 .. 4. */
+static void push_envelope_keys(lua_State *L) {
+  lua_settop(L, 0);
+  lua_pushliteral(L, "command");
+  lua_pushliteral(L, "flow");
+  lua_pushliteral(L, "id");
+  lua_pushliteral(L, "workflow");
+}
+
+/* codec_decode_shaped gives exactly codec_decode's result on s[0 .. n):
+** the same return, position, stack height, and the same value (by its
+** canonical bytes) or the same message. Keys at 1 .. 4; the stack is left
+** at 4. */
+static void assert_shaped_is_generic(lua_State *L, const char *s, size_t n) {
+  size_t pos1 = 0, pos2 = 0;
+  int ok1, ok2;
+  lua_settop(L, 4);
+  ok1 = codec_decode(L, s, n, &pos1);       /* 5 */
+  ok2 = codec_decode_shaped(L, s, n, &pos2, 1, 4);  /* 6 */
+  assert_int_equal(ok1, ok2);
+  assert_int_equal(pos1, pos2);
+  assert_int_equal(lua_gettop(L), 6);
+  if (ok1) {
+    const char *a, *b;
+    size_t na, nb;
+    buffer_new(L, 0);  /* 7 */
+    buffer_new(L, 0);  /* 8 */
+    assert_int_equal(codec_encode(L, 5, 7, "v"), 1);
+    assert_int_equal(codec_encode(L, 6, 8, "v"), 1);
+    a = buffer_at(L, 7)->data, na = buffer_at(L, 7)->len;
+    b = buffer_at(L, 8)->data, nb = buffer_at(L, 8)->len;
+    assert_int_equal(na, nb);
+    assert_memory_equal(a, b, na);
+    if (lua_istable(L, 5))
+      assert_false(lua_rawequal(L, 5, 6));  /* two tables, not one */
+  }
+  else
+    assert_string_equal(lua_tostring(L, 5), lua_tostring(L, 6));
+  lua_settop(L, 4);
+}
+
+/* Encode an envelope { command = { command_type = "process_file",
+** file = "a", attempt = 2 }, flow = 17, id = "batch/17/1/1",
+** workflow = "batch" } into a malloc'd copy (*n bytes). */
+static char *envelope_bytes(lua_State *L, size_t *n) {
+  char *copy;
+  lua_createtable(L, 0, 4);
+  lua_createtable(L, 0, 3);
+  lua_pushliteral(L, "process_file");
+  lua_setfield(L, -2, "command_type");
+  lua_pushliteral(L, "a");
+  lua_setfield(L, -2, "file");
+  lua_pushinteger(L, 2);
+  lua_setfield(L, -2, "attempt");
+  lua_setfield(L, -2, "command");
+  lua_pushinteger(L, 17);
+  lua_setfield(L, -2, "flow");
+  lua_pushliteral(L, "batch/17/1/1");
+  lua_setfield(L, -2, "id");
+  lua_pushliteral(L, "batch");
+  lua_setfield(L, -2, "workflow");
+  {
+    Buffer *b = encode_top(L);
+    *n = b->len;
+    copy = malloc(b->len + 1);
+    assert_non_null(copy);
+    memcpy(copy, b->data, b->len);
+  }
+  lua_pop(L, 1);
+  return copy;
+}
+
+static void test_shaped_envelope(void **state) {
+  lua_State *L = *state;
+  size_t n, pos = 0;
+  char *s;
+  push_envelope_keys(L);
+  s = envelope_bytes(L, &n);
+  assert_int_equal((unsigned char)s[0], 0x84);
+  assert_int_equal(codec_decode_shaped(L, s, n, &pos, 1, 4), 1);
+  assert_int_equal(pos, n);
+  lua_getfield(L, 5, "id");
+  assert_string_equal(lua_tostring(L, -1), "batch/17/1/1");
+  lua_getfield(L, 5, "command");
+  lua_getfield(L, -1, "file");
+  assert_string_equal(lua_tostring(L, -1), "a");
+  lua_settop(L, 4);
+  assert_shaped_is_generic(L, s, n);
+  free(s);
+}
+
+/* Other shapes go the generic way: keys in another order, a key missing
+** or extra, a key written as str8, nil values, bytes left over, a value
+** nested too deep, a start past the end. */
+static void test_shaped_other_shapes(void **state) {
+  static const struct { const char *s; size_t n; } cases[] = {
+    { "\x84\xa4" "flow" "\x01\xa7" "command" "\x80\xa2" "id" "\xa1x\xa8" "workflow" "\xa1w", 34 },
+    { "\x83\xa7" "command" "\x80\xa4" "flow" "\x01\xa2" "id" "\xa1x", 22 },
+    { "\x85\xa7" "command" "\x80\xa4" "flow" "\x01\xa2" "id" "\xa1x\xa8" "workflow" "\xa1w\xa1z\x01", 37 },
+    { "\x84\xd9\x07" "command" "\x80\xa4" "flow" "\x01\xa2" "id" "\xa1x\xa8" "workflow" "\xa1w", 35 },
+    { "\x84\xa7" "command" "\xc0\xa4" "flow" "\xc0\xa2" "id" "\xc0\xa8" "workflow" "\xc0", 31 },
+    { "\x84\xa7" "command" "\x80\xa4" "flow" "\x01\xa2" "id" "\xa1x\xa8" "workflow" "\xa1w\x01\x02", 36 },
+    { "\x84\xa7" "command" "\x80\xa4" "flow" "\x01\xa2" "id" "\xa1x\xa8" "workflow" "\xc1", 33 },
+    { "\x84\xa7" "commanX" "\x80\xa4" "flow" "\x01\xa2" "id" "\xa1x\xa8" "workflow" "\xa1w", 34 },
+    { "\x84\xa7" "command" "\x80\xa4" "flow" "\x01\xa2" "id" "\xa1x\xa8" "workflow", 32 },
+    { "\x81\xa7" "command" "\x80", 10 },
+    { "\x80", 1 }, { "", 0 }, { "\xc0", 1 },
+  };
+  lua_State *L = *state;
+  size_t i, pos = 3;
+  char deep[140];
+  push_envelope_keys(L);
+  for (i = 0; i < sizeof cases / sizeof cases[0]; i++)
+    assert_shaped_is_generic(L, cases[i].s, cases[i].n);
+  /* command nested 99 deep (fits, with the map: 100) and 100 deep */
+  for (i = 98; i <= 99; i++) {
+    size_t k, at = 0;
+    memcpy(deep, "\x84\xa7" "command", 9), at = 9;
+    for (k = 0; k < i; k++)
+      deep[at++] = (char)0x91;
+    deep[at++] = 0x01;
+    memcpy(deep + at, "\xa4" "flow" "\x01\xa2" "id" "\xa1x\xa8" "workflow" "\xa1w", 23);
+    assert_shaped_is_generic(L, deep, at + 23);
+  }
+  assert_int_equal(codec_decode_shaped(L, "\x01", 1, &pos, 1, 4), 0);  /* past the end */
+  assert_int_equal(pos, 3);
+  assert_non_null(strstr(lua_tostring(L, -1), "start past the end"));
+}
+
+/* Every truncation and every one-byte change of an envelope, and random
+** bytes after its header: the generic decoder's result each time. */
+static void test_shaped_mutations(void **state) {
+  static const unsigned char into[] = { 0x00, 0x01, 0x7f, 0x80, 0x83, 0x84, 0x85, 0x91, 0xa0,
+                                        0xa2, 0xa7, 0xc0, 0xc1, 0xd9, 0xde, 0xdf, 0xff };
+  lua_State *L = *state;
+  unsigned long long x = 1181783497276652981ULL;
+  size_t n, i, k;
+  char *s;
+  int round;
+  push_envelope_keys(L);
+  s = envelope_bytes(L, &n);
+  for (i = 0; i <= n; i++) {
+    char *cut = malloc(i + 1);  /* exact size: ASan sees any overread */
+    assert_non_null(cut);
+    memcpy(cut, s, i);
+    assert_shaped_is_generic(L, cut, i);
+    free(cut);
+  }
+  for (i = 0; i < n; i++)
+    for (k = 0; k < sizeof into; k++) {
+      char was = s[i];
+      s[i] = (char)into[k];
+      assert_shaped_is_generic(L, s, n);
+      s[i] = was;
+    }
+  for (round = 0; round < 20000; round++) {
+    size_t m, keep = (size_t)(next_random(&x) % n);
+    char *r = random_input(&x, &m, 0x80, 0x20);
+    char *t = malloc(keep + m + 1);
+    assert_non_null(t);
+    memcpy(t, s, keep);
+    memcpy(t + keep, r, m);
+    assert_shaped_is_generic(L, t, keep + m);
+    free(t);
+    free(r);
+  }
+  free(s);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
     cmocka_unit_test_setup_teardown(test_integer_limits, setup, teardown),
@@ -558,6 +729,9 @@ int main(void) {
     cmocka_unit_test_setup_teardown(test_marking_and_value_is, setup, teardown),
     cmocka_unit_test_setup_teardown(test_push_field, setup, teardown),
     cmocka_unit_test_setup_teardown(test_field_random_bytes, setup, teardown),
+    cmocka_unit_test_setup_teardown(test_shaped_envelope, setup, teardown),
+    cmocka_unit_test_setup_teardown(test_shaped_other_shapes, setup, teardown),
+    cmocka_unit_test_setup_teardown(test_shaped_mutations, setup, teardown),
   };
   return cmocka_run_group_tests_name("codec", tests, NULL, NULL);
 }

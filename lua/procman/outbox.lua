@@ -11,7 +11,8 @@
 local core = require "procman.core"
 local records = require "procman.records"
 
-local encode, encode_copy, decode = core.encode, core.encode_copy, core.decode
+-- decode_envelope: core.decode, faster for an envelope's known keys
+local encode, encode_copy, decode = core.encode, core.encode_copy, core.decode_envelope
 local command_prefix = records.command_prefix
 
 local Outbox = {}
@@ -86,41 +87,11 @@ function Outbox:has(id)
   return self.by_id[id] ~= nil
 end
 
---- outbox:forget(id): the command was acked.
-function Outbox:forget(id)
-  self.queue[self.by_id[id]] = false  -- the slot stays until the front passes it
-  self.by_id[id] = nil
-  self.count = self.count - 1
-  local q, ids, head = self.queue, self.ids, self.head
-  while head <= self.tail and not q[head] do
-    q[head], ids[head] = nil, nil
-    head = head + 1
-  end
-  if head > self.tail then  -- empty: give back what the tables grew to (a Lua table never shrinks
-    -- by removals alone), so memory after a dispatch is that of the flows, not of past commands
-    self.queue, self.ids, self.by_id, head, self.tail = {}, {}, {}, 1, 0
-  end
-  self.head = head
-end
-
---- outbox:pending_ids() -> the ids of the pending envelopes, in emission order (a
--- new array: the outbox may change while the caller goes through them).
-function Outbox:pending_ids()
-  local out, q, ids, n = {}, self.queue, self.ids, 0
-  for i = self.head, self.tail do
-    if q[i] then
-      n = n + 1
-      out[n] = ids[i]
-    end
-  end
-  return out
-end
-
---- outbox:get(id) -> a copy of the pending envelope with this id, or nil.
-function Outbox:get(id)
-  local at = self.by_id[id]
-  return at and decode(self.queue[at])
-end
+--- outbox:forget(id): the command was acked. Its slot is cleared and the
+-- front moves past every cleared slot; an outbox left empty gets new
+-- tables (a Lua table never shrinks by removals alone), so memory after a
+-- dispatch is that of the flows, not of past commands (core.outbox_forget).
+Outbox.forget = core.outbox_forget
 
 --- outbox:list() -> copies of the pending envelopes, in emission order.
 function Outbox:list()
@@ -130,6 +101,16 @@ function Outbox:list()
   end
   return out
 end
+
+--- outbox:dispatch(fn, after) -> count[, error]: for each envelope pending
+-- when called, in order, fn(command, envelope) (a copy, decoded at its
+-- turn), then after(id, pending) (pending: fn did not ack it meanwhile),
+-- which returns true to go on, or nil, message to stop there. Stops at
+-- fn's first error. The envelopes are found by their places, not through
+-- a list of ids: one that fn acked is passed over, and one that fn emitted
+-- (it handled an event) goes after the last and waits for the next call
+-- (core.outbox_dispatch).
+Outbox.dispatch = core.outbox_dispatch
 
 --- outbox:encoded() -> the pending envelopes' bytes, in emission order
 -- (for compaction, which journals them as they are).

@@ -49,6 +49,7 @@ local fold_scan = require "procman.fold_scan"
 local describe = require "procman.describe"
 
 local encode, decode, copy, monotonic = core.encode, core.decode, core.copy, core.monotonic
+local forget = core.outbox_forget
 
 local RECORD_EVENT, RECORD_ACK, RECORD_FLOW, RECORD_SKIP, RECORD_DEAD, RECORD_DROP =
   records.EVENT, records.ACK, records.FLOW, records.SKIP, records.DEAD, records.DROP
@@ -1007,12 +1008,15 @@ local function ack_record(self, id)
   return encode({ id = id })
 end
 
--- Ack a pending command (journaled): true, or nil, message.
+-- Ack a pending command (journaled): true, or nil, message. (Once per
+-- command dispatched: a router in memory goes straight to the outbox.)
 local function ack(self, id)
-  local ok, err = append(self, RECORD_ACK, ack_record(self, id))
-  if not ok then return nil, err end
-  local box = self.outbox
-  after_journaling(self, pcall(box.forget, box, id))
+  if self.journal then
+    local ok, err = append(self, RECORD_ACK, ack_record(self, id))
+    if not ok then return nil, err end
+  end
+  local ok, err = pcall(forget, self.outbox, id)
+  if not ok then after_journaling(self, ok, err) end
   return true
 end
 
@@ -1035,22 +1039,13 @@ function Router:dispatch(fn)
   check_open(self)
   check_not_in_handler("dispatch")
   if type(fn) ~= "function" then fail("dispatch needs a function(command, envelope)") end
-  local box, count, ready, refused = self.outbox, 0, before_leaving(self)
+  local ready, refused = before_leaving(self)
   if not ready then return 0, refused end
-  for _, id in ipairs(box:pending_ids()) do
-    local envelope = box:get(id)
-    if envelope then
-      local ok, err = pcall(fn, envelope.command, envelope)
-      if not ok then return count, err end
-      if self.closed then check_open(self) end  -- fn closed it
-      if box.by_id[id] then  -- (fn may have acked it itself)
-        local acked, why = ack(self, id)
-        if not acked then return count, why end
-      end
-      count = count + 1
-    end
-  end
-  return count
+  return self.outbox:dispatch(fn, function(id, pending)
+    if self.closed then check_open(self) end  -- fn closed it
+    if pending then return ack(self, id) end  -- (fn may have acked it itself)
+    return true
+  end)
 end
 
 --- r:flow(workflow_name, flow_id) -> the live procman.pm, or nil.
