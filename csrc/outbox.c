@@ -18,66 +18,102 @@ const char *const outbox_envelope_keys[OUTBOX_ENVELOPE_KEYS] = {
   "command", "flow", "id", "workflow"
 };
 
-static lua_Integer int_field(lua_State *L, int t, const char *key) {
+/* The outbox's fields, as strings made once (the upvalues of
+** outbox_forget, read with rawget: no C string to look up per call). */
+enum { F_QUEUE = 1, F_IDS, F_BY_ID, F_HEAD, F_TAIL, F_COUNT, F_COUNT_ };
+static const char *const field_names[F_COUNT_] = {
+  NULL, "queue", "ids", "by_id", "head", "tail", "count"
+};
+
+/* Push box[field] (box: stack index 1). */
+static int get_field(lua_State *L, int field) {
+  lua_pushvalue(L, lua_upvalueindex(field));
+  return lua_rawget(L, 1);
+}
+
+static lua_Integer int_field(lua_State *L, int field) {
   lua_Integer v;
-  lua_getfield(L, t, key);
+  get_field(L, field);
   v = lua_tointeger(L, -1);
   lua_pop(L, 1);
   return v;
 }
 
-static void set_int_field(lua_State *L, int t, const char *key, lua_Integer v) {
+/* box[field] = the value at the top (popped). */
+static void set_field(lua_State *L, int field) {
+  lua_pushvalue(L, lua_upvalueindex(field));
+  lua_insert(L, -2);
+  lua_rawset(L, 1);
+}
+
+static void set_int_field(lua_State *L, int field, lua_Integer v) {
   lua_pushinteger(L, v);
-  lua_setfield(L, t, key);
+  set_field(L, field);
 }
 
 /*
 ** core.outbox_forget(box, id): the command with this id was acked.  Its
-** slot is cleared, and the front of the queue moves past every cleared
-** slot; an outbox left empty gets new tables (a Lua table never shrinks by
-** removals alone: memory after a dispatch is that of the flows, not of
-** past commands).
+** slot is cleared; when it was the front, the front moves past every
+** cleared slot (otherwise the front is pending and stays), and an outbox
+** left empty gets new tables (a Lua table never shrinks by removals
+** alone: memory after a dispatch is that of the flows, not of past
+** commands).  Those tables are made before anything changes, and nothing
+** else allocates: out of memory, the outbox is as it was.
 */
 static int outbox_forget(lua_State *L) {
-  lua_Integer at, head, tail;
+  lua_Integer at, head, tail, front;
   luaL_checktype(L, 1, LUA_TTABLE);
   lua_settop(L, 2);
-  lua_getfield(L, 1, "by_id");   /* 3 */
-  lua_getfield(L, 1, "queue");   /* 4 */
-  lua_getfield(L, 1, "ids");     /* 5 */
+  get_field(L, F_BY_ID);  /* 3 */
+  get_field(L, F_QUEUE);  /* 4 */
+  get_field(L, F_IDS);    /* 5 */
   lua_pushvalue(L, 2);
   if (lua_rawget(L, 3) != LUA_TNUMBER)
     return luaL_error(L, "procman.outbox: no pending command with id %s",
                       luaL_tolstring(L, 2, NULL));
   at = lua_tointeger(L, -1);
   lua_pop(L, 1);
-  lua_pushboolean(L, 0);  /* the slot stays until the front passes it */
-  lua_rawseti(L, 4, at);
+  head = int_field(L, F_HEAD);
+  tail = int_field(L, F_TAIL);
+  front = head;
+  if (at == head) {  /* where the front goes: past 'at' and the cleared slots after it */
+    int pending = 0;
+    while (++front <= tail && !pending) {
+      lua_rawgeti(L, 4, front);
+      pending = lua_toboolean(L, -1);
+      lua_pop(L, 1);
+    }
+    if (pending)
+      front--;
+  }
+  if (front > tail) {  /* empty: new tables (6, 7, 8), made first */
+    lua_newtable(L);
+    lua_newtable(L);
+    lua_newtable(L);
+  }
   lua_pushvalue(L, 2);
   lua_pushnil(L);
   lua_rawset(L, 3);
-  set_int_field(L, 1, "count", int_field(L, 1, "count") - 1);
-  head = int_field(L, 1, "head");
-  tail = int_field(L, 1, "tail");
-  while (head <= tail && !(lua_rawgeti(L, 4, head), lua_toboolean(L, -1))) {
-    lua_pop(L, 1);
-    lua_pushnil(L);
-    lua_rawseti(L, 4, head);
+  set_int_field(L, F_COUNT, int_field(L, F_COUNT) - 1);
+  if (at != head) {
+    lua_pushboolean(L, 0);  /* the slot stays until the front passes it */
+    lua_rawseti(L, 4, at);
+    return 0;
+  }
+  for (; head < front; head++) {  /* drop the front's cleared slots (also when the */
+    lua_pushnil(L);                /* tables are replaced: a dispatch may be going */
+    lua_rawseti(L, 4, head);       /* through the old queue) */
     lua_pushnil(L);
     lua_rawseti(L, 5, head);
-    head++;
   }
-  if (head > tail) {  /* empty: new tables */
-    lua_newtable(L);
-    lua_setfield(L, 1, "queue");
-    lua_newtable(L);
-    lua_setfield(L, 1, "ids");
-    lua_newtable(L);
-    lua_setfield(L, 1, "by_id");
-    set_int_field(L, 1, "tail", 0);
-    head = 1;
+  if (front > tail) {
+    set_field(L, F_BY_ID);
+    set_field(L, F_IDS);
+    set_field(L, F_QUEUE);
+    set_int_field(L, F_TAIL, 0);
+    front = 1;
   }
-  set_int_field(L, 1, "head", head);
+  set_int_field(L, F_HEAD, front);
   return 0;
 }
 
@@ -102,8 +138,11 @@ static int outbox_dispatch(lua_State *L) {
   lua_settop(L, 3);
   lua_getfield(L, 1, "queue");  /* 4 */
   lua_getfield(L, 1, "ids");    /* 5 */
-  head = int_field(L, 1, "head");
-  tail = int_field(L, 1, "tail");
+  lua_getfield(L, 1, "head");
+  lua_getfield(L, 1, "tail");
+  head = lua_tointeger(L, -2);
+  tail = lua_tointeger(L, -1);
+  lua_pop(L, 2);
   luaL_checkstack(L, OUTBOX_ENVELOPE_KEYS + 8, "procman.outbox");
   for (k = 1; k <= OUTBOX_ENVELOPE_KEYS; k++)  /* 6 .. 9 */
     lua_pushvalue(L, lua_upvalueindex(k));
@@ -155,6 +194,8 @@ void outbox_register(lua_State *L) {
     lua_pushstring(L, outbox_envelope_keys[k]);
   lua_pushcclosure(L, outbox_dispatch, OUTBOX_ENVELOPE_KEYS);
   lua_setfield(L, -2, "outbox_dispatch");
-  lua_pushcfunction(L, outbox_forget);
+  for (k = 1; k < F_COUNT_; k++)
+    lua_pushstring(L, field_names[k]);
+  lua_pushcclosure(L, outbox_forget, F_COUNT_ - 1);
   lua_setfield(L, -2, "outbox_forget");
 }

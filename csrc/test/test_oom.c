@@ -656,6 +656,79 @@ static void test_compaction_under_oom(void **state) {
   assert_true(k > 10 && k < 100000);  /* and in the end it worked */
 }
 
+/*
+** r:dispatch, each allocation failing in turn, in memory and with a
+** journal: no command is lost or made up.  The dispatch fails (a command
+** whose ack failed stays pending: at least once), or the router closes
+** (an ack was journaled, and the outbox could not follow: reopening the
+** journal gives its outbox); either way every command pending before is
+** still pending or was handed to fn, nothing else is pending, and a
+** dispatch with memory to spare hands out exactly those left and empties
+** the outbox.
+*/
+static void dispatch_under_oom(Fixture *f, int journaled) {
+  lua_State *L = f->L;
+  long k, closings = 0;
+  lua_pushboolean(L, journaled);
+  lua_setglobal(L, "with_journal");
+  run(L, "function dispatch_fresh()\n"
+         "  if r then r:close() end\n"
+         "  if path then os.remove(path) end\n"
+         "  path = with_journal and temp_journal() or nil\n"
+         "  r = path and open_router(path) or procman.router{ workflows = { batch } }\n"
+         "  fill(r, 3)\n"
+         "  before, seen = {}, {}\n"
+         "  for _, e in ipairs(r:pending()) do before[#before + 1] = e.id end\n"
+         "end\n"
+         "function dispatch_run()\n"
+         "  local count, err = r:dispatch(function(_, e) seen[#seen + 1] = e.id end)\n"
+         "  if err then error(err, 0) end\n"
+         "  return count\n"
+         "end\n"
+         "function dispatch_check()\n"
+         "  local was, left, handed, n = {}, {}, {}, 0\n"
+         "  for _, id in ipairs(before) do was[id] = true end\n"
+         "  for _, id in ipairs(seen) do handed[id] = true end\n"
+         "  for _, e in ipairs(r:pending()) do\n"
+         "    assert(was[e.id], 'made up: ' .. e.id)\n"
+         "    left[e.id], n = true, n + 1\n"
+         "  end\n"
+         "  for _, id in ipairs(before) do assert(left[id] or handed[id], 'lost: ' .. id) end\n"
+         "  assert(r:stats().pending == n)\n"
+         "  assert(r:dispatch(function(_, e) assert(left[e.id]); left[e.id] = nil end) == n)\n"
+         "  assert(next(left) == nil and r:stats().pending == 0 and #r:pending() == 0)\n"
+         "end");
+  for (k = 1; k < 100000; k++) {
+    int status;
+    lua_settop(L, 0);
+    f->limit.fail_at = 0;
+    run(L, "r, path = nil, nil; dispatch_fresh()");
+    status = call_failing_at(f, "dispatch_run", k);
+    if (status == LUA_OK)
+      break;
+    if (!router_closed(f) && strstr(luaL_tolstring(L, -1, NULL), "not enough memory") == NULL)
+      fail_msg("k=%ld: unexpected error: %s", k, lua_tostring(L, -1));
+    f->limit.fail_at = 0;
+    if (router_closed(f)) {
+      closings++;
+      if (!journaled)
+        continue;  /* nothing to reopen */
+      run(L, "collectgarbage(); r = open_router(path)");
+    }
+    run(L, "dispatch_check()");
+  }
+  f->limit.fail_at = 0;
+  run(L, "dispatch_check(); r:close(); if path then os.remove(path) end; r, path = nil, nil");
+  print_message("dispatch (%s): %ld allocations failed in turn (%ld closed the router)\n",
+                journaled ? "journal" : "memory", k - 1, closings);
+  assert_true(k > 3 && k < 100000);
+}
+
+static void test_dispatch_under_oom(void **state) {
+  dispatch_under_oom(*state, 0);
+  dispatch_under_oom(*state, 1);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
     cmocka_unit_test_setup_teardown(test_handle_atomic_under_oom, setup, teardown),
@@ -670,6 +743,7 @@ int main(void) {
     cmocka_unit_test_setup_teardown(test_recovery_under_oom, setup, teardown),
     cmocka_unit_test_setup_teardown(test_compacted_recovery_under_oom, setup, teardown),
     cmocka_unit_test_setup_teardown(test_compaction_under_oom, setup, teardown),
+    cmocka_unit_test_setup_teardown(test_dispatch_under_oom, setup, teardown),
   };
   return cmocka_run_group_tests_name("the core under memory failure", tests, NULL, NULL);
 }
