@@ -248,6 +248,25 @@ describe("procman.router", function()
                        "procman.router: this router is closed")
     end)
 
+    it("gives back the outbox's memory once r:dispatch sent every command", function()
+      local r = procman.router { workflows = { batch } }
+      local files = {}
+      for i = 1, 3000 do files[i] = "f" .. i end
+      r:handle { event_type = "batch_created", batch_id = "b1", files = files }
+      collectgarbage()
+      collectgarbage()
+      local full = collectgarbage("count")
+      assert.equal(3000, r:dispatch(function() end))
+      collectgarbage()
+      collectgarbage()
+      -- 3000 pending commands are ~300 KB; their emptied slots would be ~100 KB
+      assert.is_true((full - collectgarbage("count")) * 1024 > 250000)
+      assert.equal(0, r.outbox.tail)
+      r:handle { event_type = "batch_created", batch_id = "b2", files = { "x" } }
+      assert.same({ "batch/b2/1/1" }, { r:pending()[1].id })
+      assert.equal(1, r:dispatch(function() end))
+    end)
+
     it("gives back the outbox's memory once every command is acked", function()
       local box = require("procman.outbox").new()
       for i = 1, 3000 do box:add({ id = "w/1/1/" .. i, workflow = "w", flow = 1, command = {} }) end
