@@ -250,9 +250,9 @@ describe("procman.router", function()
 
     it("gives back the outbox's memory once r:dispatch sent every command", function()
       local r = procman.router { workflows = { batch } }
-      local files = {}
-      for i = 1, 3000 do files[i] = "f" .. i end
-      r:handle { event_type = "batch_created", batch_id = "b1", files = files }
+      local names = {}
+      for i = 1, 3000 do names[i] = "f" .. i end
+      r:handle { event_type = "batch_created", batch_id = "b1", files = names }
       collectgarbage()
       collectgarbage()
       local full = collectgarbage("count")
