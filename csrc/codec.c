@@ -138,10 +138,10 @@ static void encode_float(Encoder *e, double f) {
   put_tagged(e, 0xcb, bits, 8);
 }
 
-/* Push what decoding the encoding of the scalar at 'idx' would give. */
-static void push_scalar_copy(lua_State *L, int idx) {
-  if (lua_type(L, idx) == LUA_TNUMBER && !lua_isinteger(L, idx) &&
-      isnan(lua_tonumber(L, idx))) {
+/* Push what decoding the encoding of the scalar at 'idx' (of type 't')
+** would give. */
+static void push_scalar_copy(lua_State *L, int idx, int t) {
+  if (t == LUA_TNUMBER && !lua_isinteger(L, idx) && isnan(lua_tonumber(L, idx))) {
     unsigned long long bits = CANONICAL_NAN;
     double nan;
     memcpy(&nan, &bits, sizeof nan);
@@ -154,11 +154,24 @@ static void push_scalar_copy(lua_State *L, int idx) {
 /* Strict UTF-8: no overlongs, no surrogates, nothing past U+10FFFF. */
 static int is_utf8(const unsigned char *s, size_t n) {
   size_t i = 0;
+  uint64_t w;
+  if (n < 8) {  /* a short string: ASCII when no byte has its top bit */
+    unsigned any = 0;
+    for (; i < n; i++)
+      any |= s[i];
+    if (any < 0x80)
+      return 1;
+    i = 0;
+  }
   for (; i + 8 <= n; i += 8) {  /* ASCII, the common case, 8 bytes a step */
-    uint64_t w;
     memcpy(&w, s + i, 8);
     if (w & 0x8080808080808080ULL)
       break;
+  }
+  if (i < n && i + 8 > n && n >= 8) {  /* the tail: its last 8 bytes at once */
+    memcpy(&w, s + n - 8, 8);
+    if (!(w & 0x8080808080808080ULL))
+      return 1;
   }
   while (i < n) {
     unsigned c = s[i];
@@ -249,7 +262,10 @@ static int key_compare(const void *pa, const void *pb) {
   const Key *a = (const Key *)pa, *b = (const Key *)pb;
   if (a->kind == KEY_STRING && b->kind == KEY_STRING) {  /* the common case */
     size_t n = a->len < b->len ? a->len : b->len;
-    int c = memcmp(a->s, b->s, n);
+    int c;
+    if (n > 0 && a->s[0] != b->s[0])  /* most keys differ at once: no call */
+      return (unsigned char)a->s[0] < (unsigned char)b->s[0] ? -1 : 1;
+    c = memcmp(a->s, b->s, n);
     if (c != 0) return c;
     return a->len < b->len ? -1 : a->len > b->len;
   }
@@ -511,17 +527,27 @@ static int encode_large(Encoder *e, int t) {
 /*
 ** A large table for a snapshot (codec_encode_snapshot): a map is written
 ** in the order lua_next gives, with no pairs table and no sort.  Decodes
-** to the same table; only the bytes are not canonical.
+** to the same table; only the bytes are not canonical.  A table without a
+** [1] (lua_rawlen 0) cannot be an array, so it takes one pass: the pairs
+** go after room for the largest header, which is then cut to the shortest
+** (the bytes are those of counting first; a pass over a large table costs
+** a hash lookup and a cache miss per key).
 */
 static int encode_large_unsorted(Encoder *e, int t) {
   lua_State *L = e->L;
-  int sequence;
-  size_t n = count_pairs(L, t, &sequence);
-  if (sequence)
-    return encode_large_array(e, t, n);
-  if (n > 0xffffffffu)
-    return fail(e, "a table with too many entries");
-  put_header(e, n, 0x80, 15, 0, 0xde, 0xdf);
+  int sequence, counted = lua_rawlen(L, t) > 0;
+  size_t n = 0, at, end;
+  if (counted) {
+    n = count_pairs(L, t, &sequence);
+    if (sequence)
+      return encode_large_array(e, t, n);
+    if (n > 0xffffffffu)
+      return fail(e, "a table with too many entries");
+    put_header(e, n, 0x80, 15, 0, 0xde, 0xdf);
+  }
+  else
+    put(e, "\xdf\0\0\0\0", 5);  /* room for the header, written below */
+  at = e->b->len;
   lua_pushnil(L);
   while (lua_next(L, t)) {
     Key k;
@@ -531,7 +557,17 @@ static int encode_large_unsorted(Encoder *e, int t) {
     if (!encode_value(e, -1))
       return fail_under(e, &k);
     lua_pop(L, 1);
+    n++;
   }
+  if (counted)
+    return 1;
+  if (n > 0xffffffffu)
+    return fail(e, "a table with too many entries");
+  end = e->b->len;
+  e->b->len = at - 5;  /* the shortest header, then the pairs after it */
+  put_header(e, n, 0x80, 15, 0, 0xde, 0xdf);
+  memmove(e->b->data + e->b->len, e->b->data + at, end - at);
+  e->b->len += end - at;
   return 1;
 }
 
@@ -570,8 +606,10 @@ static int encode_table(Encoder *e, int t) {
 /* Encode the value at 'idx'; in copy mode, push its copy on success. */
 static int encode_value(Encoder *e, int idx) {
   lua_State *L = e->L;
-  idx = lua_absindex(L, idx);
-  switch (lua_type(L, idx)) {
+  int t;
+  if (idx < 0)
+    idx = lua_absindex(L, idx);
+  switch (t = lua_type(L, idx)) {
     case LUA_TNIL: put_byte(e, 0xc0); break;
     case LUA_TBOOLEAN: put_byte(e, lua_toboolean(L, idx) ? 0xc3 : 0xc2); break;
     case LUA_TNUMBER:
@@ -595,7 +633,7 @@ static int encode_value(Encoder *e, int idx) {
     }
   }
   if (e->copy)
-    push_scalar_copy(L, idx);
+    push_scalar_copy(L, idx, t);
   return 1;
 }
 

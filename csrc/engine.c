@@ -61,14 +61,26 @@ enum {
   UV_UNDO_CTX,    /* patches.UNDO */
   UV_UNDO,        /* core.undo */
   UV_COMPLETE,    /* function(name, flow_id, pm): the router's complete */
-  UV_EVENT_IDS,   /* core.event_ids */
-  UV_HANDLE,      /* the methods of procman.pm: handle, status, done */
-  UV_STATUS,
-  UV_DONE,
+  UV_HANDLE,      /* procman.pm's handle method */
   UV_SCRATCH,     /* Buffer: the record, then each envelope */
   UV_TARGETS,     /* array of MAX_TARGETS slots: the flows run (for undo) */
   UV_WRAP,        /* { x }: see put_nested */
-  UV_COUNT = UV_WRAP
+  UV_KEYS,        /* the field names the step reads and writes (K_*) */
+  UV_COUNT = UV_KEYS
+};
+
+/*
+** The field names the step reads and writes, made once: an array of
+** strings read by index.  lua_getfield and lua_setfield with a C string
+** look the string up in the string cache (and compare it) each time.
+*/
+enum {
+  K_SEQ = 1, K_HOOKS, K_CLOSED, K_JOURNAL, K_PM, K_RECORDED, K_CONTEXT, K_COMMAND, K_FLOW,
+  K_ID, K_WORKFLOW, K_STATUS, K_IDS, K_FINISHED_COUNT, K_COUNT = K_FINISHED_COUNT
+};
+static const char *const KEYS[K_COUNT] = {
+  "seq", "hooks", "closed", "journal", "pm", "recorded", "context", "command", "flow",
+  "id", "workflow", "status", "ids", "finished_count"
 };
 
 /*
@@ -85,12 +97,14 @@ enum {
   R_STARTS,    /* spec.starts_set: event type -> true (false: none) */
   R_TYPES,     /* types_of[name]: event type -> true (any version) */
   R_LIVE,      /* live[name]: flow id -> procman.pm */
-  R_FINISHED,  /* finished[name]: flow id -> { status, seen } */
+  R_FINISHED,  /* finished[name]: flow id -> { status, ids } */
   R_PARKED,    /* parked_of[name]: flow id -> { events, error } */
   R_OLDER,     /* older[name]: flow id -> the older spec the flow runs */
   R_TIMERS,    /* schedule.by_flow[name]: flow id -> its timers */
   R_NAME_BYTES, /* the codec's bytes for the name */
-  R_COUNT = R_NAME_BYTES
+  R_STATUS_FN, /* spec.status (nil: none) */
+  R_DONE_FN,   /* spec.done (nil: none) */
+  R_COUNT = R_DONE_FN
 };
 
 typedef struct Engine {
@@ -111,19 +125,25 @@ typedef struct Target {
   int is_new, committed, done;
 } Target;
 
-/* A step, in the C frame of engine:step (it outlives a longjmp). */
+/* A step, in the C frame of engine:step (it outlives a longjmp).  Only
+** what it routed is set: each target when routed, before[k] when run. */
 typedef struct Step {
   int result;                       /* STEP_* */
   int journaled;                    /* past the point of no return */
   int n;                            /* targets routed */
   lua_Integer before[MAX_TARGETS];  /* each flow's version before its run */
   int noted;                        /* command lengths noted */
+  lua_Integer out;                  /* envelopes in P_OUT */
   size_t command_len[MAX_NOTED];    /* each command's bytes in its envelope */
   Target t[MAX_TARGETS];
 } Step;
 
-/* Stack indices of the protected call. */
-enum { P_ENGINE = 1, P_EVENT, P_STEP, P_TYPE, P_SCRATCH, P_OUT, P_PATCHES, P_CTX, P_FIRST };
+/* Stack indices of the protected call.  P_OUT is nil until the step
+** knows how many envelopes it returns. */
+enum {
+  P_ENGINE = 1, P_EVENT, P_STEP, P_TYPE, P_SCRATCH, P_OUT, P_PATCHES, P_CTX, P_KEYS, P_ROUTER,
+  P_FIRST
+};
 
 /* ===================================================================
 ** Helpers
@@ -131,6 +151,19 @@ enum { P_ENGINE = 1, P_EVENT, P_STEP, P_TYPE, P_SCRATCH, P_OUT, P_PATCHES, P_CTX
 
 static int uv(lua_State *L, int engine, int n) {
   return lua_getiuservalue(L, engine, n);
+}
+
+/* Push t[K] for the table at 't' (an absolute index) and key K_*, with
+** the keys at 'keys'; its type.  Raw: the tables the step reads have no
+** __index or __newindex for these fields. */
+static int get_key(lua_State *L, int keys, int t, int k) {
+  lua_rawgeti(L, keys, k);
+  return lua_rawget(L, t);
+}
+
+/* Push the key K (to set a field: the key, the value, then lua_rawset). */
+static void push_key(lua_State *L, int keys, int k) {
+  lua_rawgeti(L, keys, k);
 }
 
 /* Push t[k] for t, k at stack indices; its type. */
@@ -153,19 +186,23 @@ static int route_has(lua_State *L, int route, int field, int k) {
 ** at 'pm' (or false when pm is 0); pops the context.  Existing keys only:
 ** allocates nothing (undo runs when memory may have run out). */
 static void set_context(lua_State *L, int engine, int pm) {
-  int ctx = lua_gettop(L);
+  int ctx = lua_gettop(L), keys = ctx + 1, patches = ctx + 2;
+  uv(L, engine, UV_KEYS);
   uv(L, engine, UV_PATCHES);
+  push_key(L, keys, K_CONTEXT);
   if (pm == 0)
     lua_pushboolean(L, 0);
   else {
+    push_key(L, keys, K_PM);
     lua_pushvalue(L, pm);
-    lua_setfield(L, ctx, "pm");
+    lua_rawset(L, ctx);
+    push_key(L, keys, K_RECORDED);
     lua_pushboolean(L, 0);
-    lua_setfield(L, ctx, "recorded");
+    lua_rawset(L, ctx);
     lua_pushvalue(L, ctx);
   }
-  lua_setfield(L, -2, "context");
-  lua_pop(L, 2);
+  lua_rawset(L, patches);
+  lua_pop(L, 3);
 }
 
 static void clear_context(lua_State *L, int engine) {
@@ -238,6 +275,7 @@ static int route(lua_State *L, Step *s) {
     int top, r;
     if (s->n == MAX_TARGETS)
       return 0;
+    memset(t, 0, sizeof *t);
     lua_rawgeti(L, routes, i);
     top = lua_gettop(L);
     t->route = top;
@@ -270,13 +308,6 @@ static int is_directive(lua_State *L) {
          strcmp(ct + 8, "cancel") == 0;
 }
 
-/* Call the pm method in user value 'which' on the flow at 'pm'. */
-static void call_method(lua_State *L, int which, int pm) {
-  uv(L, P_ENGINE, which);
-  lua_pushvalue(L, pm);
-  lua_call(L, 1, 1);
-}
-
 /*
 ** Run target k: make its flow if new, call its handler.  Returns 0 when
 ** the result is not mine (a patched change or a timer directive).
@@ -297,21 +328,25 @@ static int run_one(lua_State *L, Step *s, int k) {
   lua_pushvalue(L, t->pm);
   lua_rawseti(L, -2, k + 1);  /* a slot made with the table: no allocation */
   lua_pop(L, 1);
-  lua_pushvalue(L, t->pm);  /* patches.context = LIVE, pointed at the flow */
-  lua_setfield(L, P_CTX, "pm");
+  push_key(L, P_KEYS, K_PM);  /* patches.context = LIVE, pointed at the flow */
+  lua_pushvalue(L, t->pm);
+  lua_rawset(L, P_CTX);
+  push_key(L, P_KEYS, K_RECORDED);
   lua_pushboolean(L, 0);
-  lua_setfield(L, P_CTX, "recorded");
+  lua_rawset(L, P_CTX);
+  push_key(L, P_KEYS, K_CONTEXT);
   lua_pushvalue(L, P_CTX);
-  lua_setfield(L, P_PATCHES, "context");
+  lua_rawset(L, P_PATCHES);
   uv(L, P_ENGINE, UV_HANDLE);  /* pm.c's handle: procman.patched tells it by identity */
   lua_pushvalue(L, t->pm);
   lua_pushvalue(L, P_EVENT);
   lua_call(L, 2, 1);
   t->commands = lua_gettop(L);
+  push_key(L, P_KEYS, K_CONTEXT);
   lua_pushboolean(L, 0);
-  lua_setfield(L, P_PATCHES, "context");
+  lua_rawset(L, P_PATCHES);
   t->committed = version_of(L, t->pm) > s->before[k];
-  lua_getfield(L, P_CTX, "recorded");
+  get_key(L, P_KEYS, P_CTX, K_RECORDED);
   recorded = lua_toboolean(L, -1);
   lua_pop(L, 1);
   if (recorded)
@@ -326,11 +361,13 @@ static int run_one(lua_State *L, Step *s, int k) {
       return 0;
   }
   if (t->committed) {  /* journaled with the event: tools read flows without the code */
-    call_method(L, UV_STATUS, t->pm);
-    t->status = lua_gettop(L);
-    call_method(L, UV_DONE, t->pm);
-    t->done = lua_toboolean(L, -1);
-    lua_pop(L, 1);
+    int fns = lua_gettop(L) + 1;
+    lua_rawgeti(L, t->route, R_STATUS_FN);
+    lua_rawgeti(L, t->route, R_DONE_FN);
+    t->done = pm_settled(L, t->pm, fns, fns + 1);
+    lua_replace(L, fns);
+    lua_settop(L, fns);
+    t->status = fns;
   }
   return 1;
 }
@@ -487,16 +524,20 @@ static int encode_envelopes(lua_State *L, Step *s, Target *t) {
     put_key(L, "workflow");
     put_name(L, t);
     lua_createtable(L, 0, 4);  /* the caller's copy, as core.encode_copy makes it */
-    lua_insert(L, copy);
-    lua_setfield(L, copy, "command");
+    push_key(L, P_KEYS, K_COMMAND);
+    lua_pushvalue(L, copy);
+    lua_rawset(L, -3);
+    push_key(L, P_KEYS, K_FLOW);
     lua_pushvalue(L, t->id);
-    lua_setfield(L, copy, "flow");
+    lua_rawset(L, -3);
+    push_key(L, P_KEYS, K_ID);
     lua_pushvalue(L, id);
-    lua_setfield(L, copy, "id");
+    lua_rawset(L, -3);
+    push_key(L, P_KEYS, K_WORKFLOW);
     lua_pushvalue(L, t->name);
-    lua_setfield(L, copy, "workflow");
-    lua_rawseti(L, P_OUT, (lua_Integer)lua_rawlen(L, P_OUT) + 1);
-    lua_pop(L, 1);  /* the command */
+    lua_rawset(L, -3);
+    lua_rawseti(L, P_OUT, ++s->out);
+    lua_pop(L, 2);  /* the copy and the command */
     lua_pushlstring(L, buffer_at(L, P_SCRATCH)->data, buffer_at(L, P_SCRATCH)->len);
     luaL_checkstack(L, 8, "procman.engine");
   }
@@ -693,17 +734,15 @@ static void encode_record(lua_State *L, Step *s, int committed, lua_Integer seq)
 */
 static int log_record(lua_State *L) {
   int ok = 1;
-  uv(L, P_ENGINE, UV_ROUTER);
-  if (lua_getfield(L, -1, "journal") == LUA_TUSERDATA) {
+  if (get_key(L, P_KEYS, P_ROUTER, K_JOURNAL) == LUA_TUSERDATA) {
     const Buffer *b = buffer_at(L, P_SCRATCH);
     ok = journal_lua_append_at(L, lua_gettop(L), RECORD_EVENT, b->data, b->len);
     if (!ok) {
-      lua_replace(L, -3);
-      lua_pop(L, 1);
+      lua_replace(L, -2);  /* the message */
       return 0;
     }
   }
-  lua_pop(L, 2);
+  lua_pop(L, 1);
   return 1;
 }
 
@@ -754,23 +793,28 @@ static void emit(lua_State *L, Target *t, Queue *q) {
   }
 }
 
-/* Add 'delta' to the integer t[key] of the table at 't'. */
-static void count_field(lua_State *L, int t, const char *key, lua_Integer delta) {
-  lua_getfield(L, t, key);
-  lua_pushinteger(L, lua_tointeger(L, -1) + delta);
-  lua_setfield(L, t, key);
+/* Add 'delta' to the integer t[K] of the table at 't' (see get_key). */
+static void count_field(lua_State *L, int t, int k, lua_Integer delta) {
+  lua_Integer n;
+  get_key(L, P_KEYS, t, k);
+  n = lua_tointeger(L, -1);
   lua_pop(L, 1);
+  push_key(L, P_KEYS, k);
+  lua_pushinteger(L, n + delta);
+  lua_rawset(L, t);
 }
 
 /*
 ** A flow is done (procman.fold's complete, for the flows the step takes:
 ** neither parked nor pinned to an older version): it leaves the live set
-** and is remembered with its final status and the ids it handled.  One
+** and is remembered with its final status and the ids it handled, as the
+** codec's bytes for them (core.encoded_event_ids: no table of ids).  One
 ** with timers goes through the router's complete (the schedule drops them).
+** The record is logged: the scratch buffer is free.
 */
 static void complete(lua_State *L, Target *t) {
-  lua_Integer i, n;
-  int ids, entry;
+  size_t start;
+  int entry;
   if (route_has(L, t->route, R_TIMERS, t->id)) {
     uv(L, P_ENGINE, UV_COMPLETE);
     lua_pushvalue(L, t->name);
@@ -779,38 +823,33 @@ static void complete(lua_State *L, Target *t) {
     lua_call(L, 3, 0);
     return;
   }
-  lua_rawgeti(L, t->route, R_LIVE);
-  lua_pushvalue(L, t->id);
-  lua_pushnil(L);
-  lua_rawset(L, -3);
-  call_method(L, UV_EVENT_IDS, t->pm);
-  ids = lua_gettop(L);
-  n = (lua_Integer)lua_rawlen(L, ids);
-  lua_createtable(L, 0, 2);  /* { status = s, seen = set of ids (none: nil) } */
-  entry = ids + 1;
+  lua_createtable(L, 0, 2);  /* { status = s, ids = bytes (none: nil) } */
+  entry = lua_gettop(L);
+  push_key(L, P_KEYS, K_STATUS);
   lua_pushvalue(L, t->status);
-  lua_setfield(L, entry, "status");
-  if (n > 0) {
-    lua_createtable(L, 0, (int)n);
-    for (i = 1; i <= n; i++) {
-      lua_rawgeti(L, ids, i);
-      lua_pushboolean(L, 1);
-      lua_rawset(L, -3);
-    }
-    lua_setfield(L, entry, "seen");
+  lua_rawset(L, entry);
+  reset_scratch(L);
+  if (pm_encode_event_ids(L, t->pm, P_SCRATCH, &start) > 0) {
+    const Buffer *b = buffer_at(L, P_SCRATCH);
+    push_key(L, P_KEYS, K_IDS);
+    lua_pushlstring(L, b->data + start, b->len - start);
+    lua_rawset(L, entry);
   }
   lua_rawgeti(L, t->route, R_FINISHED);
   lua_pushvalue(L, t->id);
   lua_pushvalue(L, entry);
   lua_rawset(L, -3);
-  uv(L, P_ENGINE, UV_ROUTER);
-  count_field(L, lua_gettop(L), "finished_count", 1);
+  lua_rawgeti(L, t->route, R_LIVE);  /* after the last allocation: it leaves */
+  lua_pushvalue(L, t->id);
+  lua_pushnil(L);
+  lua_rawset(L, -3);
+  count_field(L, P_ROUTER, K_FINISHED_COUNT, 1);
   uv(L, P_ENGINE, UV_FINISHED_OF);
   raw_get(L, -1, t->name);
   lua_pushvalue(L, t->name);
   lua_pushinteger(L, lua_tointeger(L, -2) + 1);
   lua_rawset(L, -4);
-  lua_settop(L, ids - 2);  /* and live[name] */
+  lua_settop(L, entry - 1);
 }
 
 /* After the log took the record: flows, outbox, completion (procman.fold's
@@ -858,11 +897,22 @@ static int covered(lua_State *L) {
   int open;
   if (lua_type(L, P_TYPE) != LUA_TSTRING || lua_rawlen(L, P_TYPE) == 0)
     return 0;
-  uv(L, P_ENGINE, UV_ROUTER);
-  open = lua_getfield(L, -1, "hooks") == LUA_TNIL && lua_getfield(L, -2, "closed") == LUA_TBOOLEAN &&
-         !lua_toboolean(L, -1);
+  open = get_key(L, P_KEYS, P_ROUTER, K_HOOKS) == LUA_TNIL &&
+         get_key(L, P_KEYS, P_ROUTER, K_CLOSED) == LUA_TBOOLEAN && !lua_toboolean(L, -1);
   lua_settop(L, P_FIRST - 1);
   return open;
+}
+
+/* The table of envelopes the step returns, at P_OUT, made once the
+** handlers ran: sized for the commands of the flows that committed. */
+static void make_out(lua_State *L, Step *s) {
+  size_t n = 0;
+  int k;
+  for (k = 0; k < s->n; k++)
+    if (s->t[k].committed)
+      n += lua_rawlen(L, s->t[k].commands);
+  lua_createtable(L, n < 1024 ? (int)n : 1024, 0);
+  lua_replace(L, P_OUT);
 }
 
 /* Run, encode, log: STEP_* (the message of a failed log pushed). */
@@ -871,6 +921,7 @@ static int prepare(lua_State *L, Step *s, lua_Integer *seq, int *committed) {
   for (k = 0; k < s->n; k++)
     if (!run_one(L, s, k))
       return STEP_NOT_MINE;
+  make_out(L, s);
   for (k = 0; k < s->n; k++) {
     if (!s->t[k].committed)
       continue;
@@ -880,10 +931,9 @@ static int prepare(lua_State *L, Step *s, lua_Integer *seq, int *committed) {
   }
   if (*committed == 0)
     return STEP_DONE;  /* a redelivery everywhere: no record */
-  uv(L, P_ENGINE, UV_ROUTER);
-  lua_getfield(L, -1, "seq");
+  get_key(L, P_KEYS, P_ROUTER, K_SEQ);
   *seq = lua_tointeger(L, -1) + 1;
-  lua_pop(L, 2);
+  lua_pop(L, 1);
   /* also without a journal: the record is what says the event and the
   ** commands are data (nested within it, for instance) */
   encode_record(L, s, *committed, *seq);
@@ -898,9 +948,11 @@ static int protected_step(lua_State *L) {
   lua_pushliteral(L, "event_type");
   lua_rawget(L, P_EVENT);                                /* P_TYPE */
   uv(L, P_ENGINE, UV_SCRATCH);                           /* P_SCRATCH */
-  lua_newtable(L);                                       /* P_OUT */
+  lua_pushnil(L);                                        /* P_OUT: see make_out */
   uv(L, P_ENGINE, UV_PATCHES);                           /* P_PATCHES */
   uv(L, P_ENGINE, UV_LIVE_CTX);                          /* P_CTX */
+  uv(L, P_ENGINE, UV_KEYS);                              /* P_KEYS */
+  uv(L, P_ENGINE, UV_ROUTER);                            /* P_ROUTER */
   if (!covered(L) || !route(L, s))
     return 0;
   s->result = prepare(L, s, &seq, &committed);
@@ -911,10 +963,9 @@ static int protected_step(lua_State *L) {
     return 1;
   }
   s->journaled = 1;  /* the log has it: the router must follow (settle) */
-  uv(L, P_ENGINE, UV_ROUTER);
+  push_key(L, P_KEYS, K_SEQ);
   lua_pushinteger(L, seq);
-  lua_setfield(L, -2, "seq");  /* an existing key: no allocation */
-  lua_pop(L, 1);
+  lua_rawset(L, P_ROUTER);  /* an existing key: no allocation */
   settle(L, s);
   if (buffer_at(L, P_SCRATCH)->cap <= SCRATCH_KEEP) {
     lua_pushvalue(L, P_SCRATCH);
@@ -969,10 +1020,11 @@ static Engine *to_engine(lua_State *L) {
 ** the step must not even clear the context the handler runs in. */
 static int in_handler(lua_State *L) {
   int running;
+  lua_getiuservalue(L, 1, UV_KEYS);
   lua_getiuservalue(L, 1, UV_PATCHES);
-  lua_getfield(L, -1, "context");
+  get_key(L, lua_gettop(L) - 1, lua_gettop(L), K_CONTEXT);
   running = lua_toboolean(L, -1);
-  lua_pop(L, 2);
+  lua_pop(L, 3);
   return running;
 }
 
@@ -986,7 +1038,8 @@ static int engine_step(lua_State *L) {
     return 1;
   }
   lua_settop(L, 2);
-  memset(&s, 0, sizeof s);
+  s.result = s.journaled = s.n = s.noted = 0;  /* each target: when routed */
+  s.out = 0;
   lua_pushcfunction(L, protected_step);
   lua_pushvalue(L, 1);
   lua_pushvalue(L, 2);
@@ -1030,6 +1083,16 @@ static void take_part(lua_State *L, const char *key, int type, int n) {
     luaL_error(L, "core.engine: parts.%s must be a %s, got %s", key, lua_typename(L, type),
                luaL_typename(L, -1));
   lua_setiuservalue(L, -2, n);
+}
+
+/* Push the array of field names (K_*). */
+static void make_keys(lua_State *L) {
+  int k;
+  lua_createtable(L, K_COUNT, 0);
+  for (k = 1; k <= K_COUNT; k++) {
+    lua_pushstring(L, KEYS[k - 1]);
+    lua_rawseti(L, -2, k);
+  }
 }
 
 static void take_method(lua_State *L, const char *name, int n) {
@@ -1092,6 +1155,10 @@ static void make_routes(lua_State *L, int parts) {
     if (!route_field(L, spec, "on", R_ON, LUA_TTABLE))
       luaL_error(L, "core.engine: specs[%d].on must be a table", (int)i);
     route_field(L, spec, "starts_set", R_STARTS, LUA_TTABLE);
+    lua_getfield(L, spec, "status");
+    lua_rawseti(L, route, R_STATUS_FN);
+    lua_getfield(L, spec, "done");
+    lua_rawseti(L, route, R_DONE_FN);
     route_table(L, parts, "types_of", name, R_TYPES);
     route_table(L, parts, "live", name, R_LIVE);
     route_table(L, parts, "finished", name, R_FINISHED);
@@ -1112,7 +1179,7 @@ static void make_routes(lua_State *L, int parts) {
 /*
 ** core.engine(parts) -> procman.engine.  parts: { router, specs, live,
 ** finished, finished_of, parked_of, older, types_of, timers (the
-** schedule's by_flow), outbox, patches, undo, complete, event_ids } (the
+** schedule's by_flow), outbox, patches, undo, complete } (the
 ** router's own tables; see lua/procman/router.lua).
 */
 int engine_new(lua_State *L) {
@@ -1120,7 +1187,6 @@ int engine_new(lua_State *L) {
     { "router", LUA_TTABLE, UV_ROUTER }, { "finished_of", LUA_TTABLE, UV_FINISHED_OF },
     { "outbox", LUA_TTABLE, UV_OUTBOX }, { "patches", LUA_TTABLE, UV_PATCHES },
     { "undo", LUA_TFUNCTION, UV_UNDO }, { "complete", LUA_TFUNCTION, UV_COMPLETE },
-    { "event_ids", LUA_TFUNCTION, UV_EVENT_IDS },
   };
   Engine *e;
   size_t i;
@@ -1141,8 +1207,8 @@ int engine_new(lua_State *L) {
   lua_setiuservalue(L, 2, UV_UNDO_CTX);
   lua_pop(L, 1);
   take_method(L, "handle", UV_HANDLE);
-  take_method(L, "status", UV_STATUS);
-  take_method(L, "done", UV_DONE);
+  make_keys(L);
+  lua_setiuservalue(L, 2, UV_KEYS);
   buffer_new(L, 256);
   lua_setiuservalue(L, 2, UV_SCRATCH);
   lua_createtable(L, MAX_TARGETS, 0);

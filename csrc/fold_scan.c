@@ -33,6 +33,7 @@
 #include <string.h>
 
 #include "lauxlib.h"
+#include "buffer.h"
 #include "canonical.h"
 #include "codec.h"
 #include "fold_scan.h"
@@ -1095,15 +1096,18 @@ static void push_ids(lua_State *L, const Ids *ids) {
 
 /*
 ** scan:finished(finished, finished_of) -> n: the completed flows into the
-** fold's tables (finished[name][id] = { status, seen = set of ids });
+** fold's tables (finished[name][id] = { status, ids = the codec's bytes
+** for the array of its event ids, as procman.fold keeps them });
 ** finished_of[name] grows by the flows remembered; n is their sum.
 */
 static int scan_finished(lua_State *L) {
   Scan *sc = check_scan(L);
-  size_t i, j;
+  size_t i;
   lua_Integer total = 0;
   luaL_checktype(L, 2, LUA_TTABLE);
   luaL_checktype(L, 3, LUA_TTABLE);
+  lua_settop(L, 3);
+  buffer_new(L, 64);                                   /* 4 */
   for (i = 0; i < sc->nflows; i++) {
     const Flow *f = sc->flows[i];
     if (!f->finished) continue;
@@ -1114,13 +1118,15 @@ static int scan_finished(lua_State *L) {
     push_raw(L, &f->fstatus);
     lua_setfield(L, -2, "status");
     if (f->seen.n > 0) {
-      lua_createtable(L, 0, (int)f->seen.n);
-      for (j = 0; j < f->seen.n; j++) {
-        push_id(L, &f->seen.v[j]);
-        lua_pushboolean(L, 1);
-        lua_rawset(L, -3);
-      }
-      lua_setfield(L, -2, "seen");
+      Buffer *b = buffer_at(L, 4);
+      b->len = 0;
+      push_ids(L, &f->seen);
+      if (!codec_encode(L, -1, 4, "ids"))
+        return lua_error(L);  /* (not reached: strings and integers) */
+      lua_pop(L, 1);
+      b = buffer_at(L, 4);
+      lua_pushlstring(L, b->data, b->len);
+      lua_setfield(L, -2, "ids");
     }
     lua_rawset(L, -3);
     lua_pop(L, 1);

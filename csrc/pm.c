@@ -37,10 +37,10 @@
 #include "codec.h"
 #include "pm.h"
 
-/* The flow's Lua values live in user values, not registry references. */
+/* The flow's Lua values live in user values, not registry references;
+** its workflow is its metatable's (see push_flow_metatable). */
 enum {
-  UV_WORKFLOW = 1,  /* the checked workflow definition (a table) */
-  UV_ID,            /* the flow id (a non-empty string or an integer); or,
+  UV_ID = 1,        /* the flow id (a non-empty string or an integer); or,
                     ** once the flow has a seen table, { id, seen }: few
                     ** flows have one, so it has no user value of its own
                     ** (see push_id, push_seen_table, set_seen) */
@@ -95,7 +95,8 @@ typedef struct PM {
   unsigned short events;       /* events in the history (saturating) */
   unsigned short history_ids;  /* of those, events with an event_id (saturating) */
   unsigned char snapshot_waits;  /* doublings of the next snapshot's threshold,
-                                 ** after a state that was not data */
+                                 ** after a state that was not data or a
+                                 ** large event */
   unsigned char can_undo;     /* the last commit may still be taken back */
   unsigned char last_had_id;  /* the last commit's event had an event_id */
   unsigned char state_ok;     /* 0: the state cache must be rebuilt */
@@ -104,6 +105,24 @@ typedef struct PM {
   unsigned short stagings;    /* stage_event calls: a finalizer may stage an
                               ** event of this flow while one is encoded */
 } PM;
+
+/*
+** A flow's metatable is its workflow's, one per workflow (made with the
+** workflow's first flow, kept while the workflow lives): procman.pm's
+** metamethods and __name, with procman.pm's metatable at MT_CLASS (how a
+** method knows a flow) and the workflow definition at MT_WORKFLOW.  So a
+** flow needs no user value for its workflow: 16 bytes less a flow.
+*/
+enum { MT_CLASS = 1, MT_WORKFLOW = 2 };
+
+/* Key in procman.pm's metatable of workflow -> its flows' metatable (weak
+** keys: an entry goes with its workflow). */
+static const char FLOW_METATABLES = 0;
+
+/* The fields of procman.pm's metatable that every flow's metatable has. */
+static const char *const class_fields[] = {
+  "__name", "__index", "__gc", "__close", "__tostring", NULL
+};
 
 /* ===================================================================
 ** Helpers
@@ -118,8 +137,9 @@ static PM *to_pm(lua_State *L) {
   PM *p = (PM *)lua_touserdata(L, 1);
   int ok = p != NULL && lua_getmetatable(L, 1);
   if (ok) {
+    lua_rawgeti(L, -1, MT_CLASS);
     ok = lua_rawequal(L, -1, lua_upvalueindex(1));
-    lua_pop(L, 1);
+    lua_pop(L, 2);
   }
   if (!ok)
     luaL_typeerror(L, 1, PM_TYPENAME);
@@ -178,10 +198,17 @@ static void set_seen(lua_State *L, int pm) {
   lua_setiuservalue(L, pm, UV_ID);
 }
 
+/* Push the workflow definition of the flow at 'pm'. */
+static void push_workflow(lua_State *L, int pm) {
+  lua_getmetatable(L, pm);
+  lua_rawgeti(L, -1, MT_WORKFLOW);
+  lua_remove(L, -2);
+}
+
 /* Push field 'name' of the flow's workflow definition. */
 static int workflow_field(lua_State *L, int pm, const char *name) {
   int t;
-  lua_getiuservalue(L, pm, UV_WORKFLOW);
+  push_workflow(L, pm);
   t = lua_getfield(L, -1, name);
   lua_remove(L, -2);
   return t;
@@ -357,6 +384,20 @@ static size_t snapshot_threshold(const PM *p) {
   for (i = 0; i < p->snapshot_waits && at <= ((size_t)-1) / 2; i++)
     at *= 2;
   return i < p->snapshot_waits ? (size_t)-1 : at;
+}
+
+/*
+** A large event puts the next snapshot off until the history holds
+** SNAPSHOT_FACTOR times its size.  The flow holds that event anyway, and a
+** state built from it tends to be as large (a batch's file list): a
+** snapshot right after it would cost that much and save nothing.  So a
+** flow holds at most about SNAPSHOT_FACTOR times the larger of its last
+** snapshot and its largest event since.  Allocates nothing (a commit).
+*/
+static void wait_after_event(PM *p, size_t n) {
+  size_t want = n > ((size_t)-1) / SNAPSHOT_FACTOR ? (size_t)-1 : n * SNAPSHOT_FACTOR;
+  while (p->snapshot_waits < UCHAR_MAX && snapshot_threshold(p) < want)
+    p->snapshot_waits++;
 }
 
 /*
@@ -753,7 +794,7 @@ static int handle_event(lua_State *L, int fresh) {
   int status, snapshot_due;
   unsigned short staged;
   lua_settop(L, 2);
-  lua_getiuservalue(L, 1, UV_WORKFLOW);
+  push_workflow(L, 1);
   type = check_event_type(L);
   if (!push_handler(L, 1, 4))
     return flow_error(L, 1, "workflow has no handler for event type '%s'", type);
@@ -804,6 +845,7 @@ static int handle_event(lua_State *L, int fresh) {
     if (p->events < USHRT_MAX)
       p->events++;
   }
+  wait_after_event(p, n);
   p->can_undo = 1;
   p->last_had_id = !lua_isnil(L, 6);
   if (p->events <= SCAN_MAX)  /* read only without a seen table */
@@ -873,19 +915,20 @@ static int pm_state(lua_State *L) {
   return 1;
 }
 
-/* Push the flow's status string: status(state), or state.status. */
-static void push_status(lua_State *L, PM *p) {
+/* Push the status of the flow at 'pm', whose state is valid: status(state)
+** with the workflow's status function at 'fn' (nil: state.status); a
+** string, "none" for nil. */
+static void status_with(lua_State *L, int pm, int fn) {
   int t;
-  ensure_state(L, p);
-  if (workflow_field(L, 1, "status") == LUA_TNIL) {
-    lua_pop(L, 1);
-    lua_getiuservalue(L, 1, UV_STATE);
+  if (lua_isnil(L, fn)) {
+    lua_getiuservalue(L, pm, UV_STATE);
     lua_pushliteral(L, "status");
     lua_rawget(L, -2);  /* no metamethod of the workflow's runs unguarded */
     lua_remove(L, -2);
   }
   else {
-    lua_getiuservalue(L, 1, UV_STATE);
+    lua_pushvalue(L, fn);
+    lua_getiuservalue(L, pm, UV_STATE);
     lua_call(L, 1, 1);
   }
   t = lua_type(L, -1);
@@ -894,20 +937,37 @@ static void push_status(lua_State *L, PM *p) {
     lua_pushliteral(L, "none");
   }
   else if (t != LUA_TSTRING)
-    flow_error(L, 1, "status must be a string or nil, got %s", lua_typename(L, t));
+    flow_error(L, pm, "status must be a string or nil, got %s", lua_typename(L, t));
+}
+
+/* done(state) for the flow at 'pm', whose state is valid, with the
+** workflow's done function at 'fn' (nil: never done). */
+static int done_with(lua_State *L, int pm, int fn) {
+  int done;
+  if (lua_isnil(L, fn))
+    return 0;
+  lua_pushvalue(L, fn);
+  lua_getiuservalue(L, pm, UV_STATE);
+  lua_call(L, 1, 1);
+  done = lua_toboolean(L, -1);
+  lua_pop(L, 1);
+  return done;
+}
+
+/* Push the flow's status string: status(state), or state.status. */
+static void push_status(lua_State *L, PM *p) {
+  ensure_state(L, p);
+  workflow_field(L, 1, "status");
+  status_with(L, 1, lua_gettop(L));
+  lua_remove(L, -2);
 }
 
 /* pm:done() -> true once the workflow's done(state) says so. */
 static int pm_done(lua_State *L) {
   PM *p = check_usable(L);
   ensure_state(L, p);
-  if (workflow_field(L, 1, "done") == LUA_TNIL) {
-    lua_pushboolean(L, 0);
-    return 1;
-  }
-  lua_getiuservalue(L, 1, UV_STATE);
-  lua_call(L, 1, 1);
-  lua_pushboolean(L, lua_toboolean(L, -1));
+  workflow_field(L, 1, "done");
+  lua_pushboolean(L, done_with(L, 1, lua_gettop(L)));
   return 1;
 }
 
@@ -1042,6 +1102,35 @@ static int pm_close(lua_State *L) {
 ** Construction and registration
 ** =================================================================== */
 
+/* Push the metatable of the flows of the workflow at 'spec', making it
+** at the workflow's first flow. */
+static void push_flow_metatable(lua_State *L, int spec) {
+  int class_mt, cache, i;
+  spec = lua_absindex(L, spec);
+  luaL_getmetatable(L, PM_TYPENAME);
+  class_mt = lua_gettop(L);
+  lua_rawgetp(L, class_mt, &FLOW_METATABLES);
+  cache = class_mt + 1;
+  lua_pushvalue(L, spec);
+  if (lua_rawget(L, cache) != LUA_TTABLE) {
+    lua_pop(L, 1);
+    lua_createtable(L, 2, 5);
+    for (i = 0; class_fields[i] != NULL; i++) {
+      lua_getfield(L, class_mt, class_fields[i]);
+      lua_setfield(L, -2, class_fields[i]);
+    }
+    lua_pushvalue(L, class_mt);
+    lua_rawseti(L, -2, MT_CLASS);
+    lua_pushvalue(L, spec);
+    lua_rawseti(L, -2, MT_WORKFLOW);
+    lua_pushvalue(L, spec);
+    lua_pushvalue(L, -2);
+    lua_rawset(L, cache);
+  }
+  lua_replace(L, class_mt);
+  lua_settop(L, class_mt);
+}
+
 /* Push a new flow of workflow 'spec' (index 1) with id (index 2). */
 static PM *push_flow(lua_State *L) {
   PM *p;
@@ -1055,11 +1144,11 @@ static PM *push_flow(lua_State *L) {
   if (!id_ok && lua_type(L, 2) == LUA_TSTRING)
     luaL_argerror(L, 2, "non-empty string or integer flow id expected, got an empty string");
   luaL_argexpected(L, id_ok, 2, "non-empty string or integer flow id");
+  push_flow_metatable(L, 1);
   p = (PM *)lua_newuserdatauv(L, sizeof(PM), UV_COUNT);
   memset(p, 0, sizeof *p);
-  luaL_setmetatable(L, PM_TYPENAME);
-  lua_pushvalue(L, 1);
-  lua_setiuservalue(L, -2, UV_WORKFLOW);
+  lua_insert(L, -2);
+  lua_setmetatable(L, -2);
   lua_pushvalue(L, 2);
   lua_setiuservalue(L, -2, UV_ID);
   return p;
@@ -1117,6 +1206,157 @@ static int pm_event_ids(lua_State *L) {
   return 1;
 }
 
+/* ===================================================================
+** A completed flow's ids: bytes, made into ids only when asked for
+** =================================================================== */
+
+/* Bytes of the string or integer the codec wrote at s[0 .. n); 0 for
+** any other value, or bytes that end early. */
+static size_t id_len(const unsigned char *s, size_t n) {
+  size_t head = 1, len = 0;
+  if (n == 0)
+    return 0;
+  if (s[0] <= 0x7f || s[0] >= 0xe0)
+    return 1;
+  if (s[0] >= 0xa0 && s[0] <= 0xbf)
+    len = s[0] & 0x1f;
+  else switch (s[0]) {
+    case 0xcc: case 0xd0: len = 1; break;
+    case 0xcd: case 0xd1: len = 2; break;
+    case 0xce: case 0xd2: len = 4; break;
+    case 0xcf: case 0xd3: len = 8; break;
+    case 0xc4: case 0xd9: head = 2; break;
+    case 0xc5: case 0xda: head = 3; break;
+    case 0xc6: case 0xdb: head = 5; break;
+    default: return 0;
+  }
+  if (head > 1) {
+    size_t i;
+    if (n < head)
+      return 0;
+    for (i = 1; i < head; i++)
+      len = len << 8 | s[i];
+  }
+  return n - head < len ? 0 : head + len;
+}
+
+/* The header of an array of n items, as the codec writes it, at h; its
+** length. */
+static size_t array_header(unsigned char *h, size_t n) {
+  if (n <= 15) {
+    h[0] = (unsigned char)(0x90 | n);
+    return 1;
+  }
+  if (n <= 0xffff) {
+    h[0] = 0xdc, h[1] = (unsigned char)(n >> 8), h[2] = (unsigned char)n;
+    return 3;
+  }
+  h[0] = 0xdd, h[1] = (unsigned char)(n >> 24), h[2] = (unsigned char)(n >> 16);
+  h[3] = (unsigned char)(n >> 8), h[4] = (unsigned char)n;
+  return 5;
+}
+
+/*
+** Append to the Buffer at 'bidx' the event ids the flow at 'idx' has
+** handled, as the codec encodes the array core.event_ids gives; returns
+** how many, with *start where the bytes begin (the array's header is
+** written last, before the ids).  Without a seen table the ids are
+** copied from the history where the flow noted them: nothing is decoded.
+*/
+static size_t encode_event_ids(lua_State *L, int idx, int bidx, size_t *start) {
+  PM *p = (PM *)lua_touserdata(L, idx);
+  size_t at, n = 0, hlen;
+  unsigned char h[5];
+  Buffer *b;
+  idx = lua_absindex(L, idx);
+  bidx = lua_absindex(L, bidx);
+  at = buffer_append(L, bidx, "\0\0\0\0\0", 5)->len;  /* room for the header */
+  if (push_seen_table(L, idx) == LUA_TTABLE) {
+    int seen = lua_gettop(L);
+    lua_pushnil(L);
+    while (lua_next(L, seen)) {
+      /* handled, not merely tried; LAST_ID's value is an id or false */
+      if (lua_type(L, -1) == LUA_TBOOLEAN && lua_toboolean(L, -1)) {
+        if (!codec_encode(L, -2, bidx, "event_id"))
+          lua_error(L);  /* (not reached: a string or an integer) */
+        n++;
+      }
+      lua_pop(L, 1);
+    }
+  }
+  else if (p->history_ids > 0) {
+    unsigned i, events = p->events < SCAN_MAX ? p->events : SCAN_MAX;
+    const unsigned char *log = (const unsigned char *)push_log(L, idx);
+    size_t end = p->base_len + p->history_len;
+    for (i = 0; i < events; i++) {
+      size_t pos = p->base_len + p->id_at[i], len;
+      if (p->id_at[i] == NO_ID)
+        continue;
+      len = id_len(log + pos, end - pos);
+      if (len == 0)
+        luaL_error(L, "the history is damaged: no event id where one was noted");
+      buffer_append(L, bidx, log + pos, len);  /* (another userdata: the log stays) */
+      n++;
+    }
+  }
+  lua_pop(L, 1);
+  b = buffer_at(L, bidx);
+  hlen = array_header(h, n);
+  *start = at - hlen;
+  memcpy(b->data + *start, h, hlen);
+  return n;
+}
+
+/* For the engine (engine.c): see pm.h. */
+size_t pm_encode_event_ids(lua_State *L, int idx, int bidx, size_t *start) {
+  return encode_event_ids(L, idx, bidx, start);
+}
+
+/* core.encoded_event_ids(pm) -> the bytes of core.event_ids(pm) as the
+** codec encodes them, or nil when the flow remembers none: what a
+** completed flow keeps. */
+static int pm_encoded_event_ids(lua_State *L) {
+  size_t start;
+  check_usable(L);
+  lua_settop(L, 1);
+  buffer_new(L, 64);
+  if (encode_event_ids(L, 1, 2, &start) == 0)
+    lua_pushnil(L);
+  else
+    lua_pushlstring(L, buffer_at(L, 2)->data + start, buffer_at(L, 2)->len - start);
+  return 1;
+}
+
+/* core.ids_include(bytes, id) -> is 'id' (a string or an integer) in the
+** array of ids 'bytes' (core.encoded_event_ids's)?  Reads the bytes where
+** they are: a completed flow's ids are never made into a table. */
+static int pm_ids_include(lua_State *L) {
+  size_t n, pos = 0, count = 0, i;
+  const unsigned char *s = (const unsigned char *)luaL_checklstring(L, 1, &n);
+  int t = lua_type(L, 2), found = 0;
+  if (n > 0 && (s[0] & 0xf0) == 0x90)
+    count = s[0] & 0x0f, pos = 1;
+  else if (n >= 3 && s[0] == 0xdc)
+    count = (size_t)s[1] << 8 | s[2], pos = 3;
+  else if (n >= 5 && s[0] == 0xdd)
+    count = (size_t)s[1] << 24 | (size_t)s[2] << 16 | (size_t)s[3] << 8 | s[4], pos = 5;
+  else
+    return luaL_argerror(L, 1, "an array of event ids expected");
+  if (t != LUA_TSTRING && !lua_isinteger(L, 2)) {
+    lua_pushboolean(L, 0);  /* no event_id is anything else */
+    return 1;
+  }
+  for (i = 0; i < count && !found; i++) {
+    size_t len = id_len(s + pos, n - pos);
+    if (len == 0)
+      return luaL_argerror(L, 1, "damaged array of event ids");
+    found = codec_value_is(L, 2, (const char *)s, n, pos);
+    pos += len;
+  }
+  lua_pushboolean(L, found);
+  return 1;
+}
+
 /*
 ** core.snapshot(pm) -> state, version, event_ids: the flow's raw state (a
 ** copy), its version and the event ids it remembers, for compaction.
@@ -1145,7 +1385,7 @@ static int pm_snapshot(lua_State *L) {
 static int pm_origin(lua_State *L) {
   to_pm(L);
   lua_settop(L, 1);
-  lua_getiuservalue(L, 1, UV_WORKFLOW);                      /* 2 */
+  push_workflow(L, 1);                                       /* 2 */
   push_base(L, 1);                                           /* 3 */
   return 2;
 }
@@ -1204,6 +1444,12 @@ static const luaL_Reg pm_metamethods[] = {
 void pm_register(lua_State *L, int core) {
   core = lua_absindex(L, core);
   luaL_newmetatable(L, PM_TYPENAME);
+  lua_createtable(L, 0, 4);  /* workflow -> its flows' metatable */
+  lua_createtable(L, 0, 1);
+  lua_pushliteral(L, "k");
+  lua_setfield(L, -2, "__mode");
+  lua_setmetatable(L, -2);
+  lua_rawsetp(L, -2, &FLOW_METATABLES);
   lua_pushvalue(L, -1);
   luaL_setfuncs(L, pm_metamethods, 1);
   luaL_newlibtable(L, pm_methods);
@@ -1226,6 +1472,9 @@ void pm_register(lua_State *L, int core) {
   lua_pushvalue(L, -1);
   lua_pushcclosure(L, pm_event_ids, 1);  /* the metatable is their upvalue */
   lua_setfield(L, core, "event_ids");
+  lua_pushvalue(L, -1);
+  lua_pushcclosure(L, pm_encoded_event_ids, 1);
+  lua_setfield(L, core, "encoded_event_ids");
   lua_pushcclosure(L, pm_undo, 1);
   lua_setfield(L, core, "undo");
   lua_pushcclosure(L, pm_snapshot, 1);
@@ -1239,6 +1488,8 @@ void pm_register(lua_State *L, int core) {
   lua_pushboolean(L, 0);  /* its scratch buffer, made at first use */
   lua_pushcclosure(L, pm_handle_fresh, 2);
   lua_setfield(L, core, "handle_fresh");
+  lua_pushcfunction(L, pm_ids_include);
+  lua_setfield(L, core, "ids_include");
 }
 
 /* For the engine (engine.c): the version of the procman.pm at 'idx'
@@ -1260,4 +1511,17 @@ const char *pm_last_event(lua_State *L, int idx, size_t *len) {
   }
   lua_pop(L, 1);
   return bytes;
+}
+
+/* For the engine (engine.c): push the status of the flow at 'idx', which
+** has just committed an event, and return whether it is done, as
+** pm:status() and pm:done() tell, with its workflow's status and done
+** functions at 'status_fn' and 'done_fn' (nil: none), read once by the
+** engine rather than by name per event. */
+int pm_settled(lua_State *L, int idx, int status_fn, int done_fn) {
+  const PM *p = (const PM *)lua_touserdata(L, idx);
+  if (!p->state_ok || p->closed || p->busy)
+    return luaL_error(L, "procman.engine: the flow is not usable");  /* (not reached) */
+  status_with(L, idx, status_fn);
+  return done_with(L, idx, done_fn);
 }

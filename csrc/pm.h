@@ -4,6 +4,8 @@
 #ifndef PROCMAN_PM_H
 #define PROCMAN_PM_H
 
+#include <stddef.h>
+
 #include "lua.h"
 
 #define PM_TYPENAME "procman.pm"
@@ -24,5 +26,16 @@ lua_Integer pm_version_at(lua_State *L, int idx);
 ** when it cannot tell), for the engine's record; valid until the flow
 ** handles another event. */
 const char *pm_last_event(lua_State *L, int idx, size_t *len);
+
+/* The status of the flow at 'idx' (pushed) and whether it is done, right
+** after it committed an event; 'status_fn' and 'done_fn' are the stack
+** indices of its workflow's status and done functions (nil: none). */
+int pm_settled(lua_State *L, int idx, int status_fn, int done_fn);
+
+/* Append to the Buffer at 'bidx' the event ids the flow at 'idx' has
+** handled, as the codec encodes that array (core.encoded_event_ids):
+** returns how many, with *start where the bytes begin (they end at the
+** buffer's end).  The Buffer may be replaced by a larger one. */
+size_t pm_encode_event_ids(lua_State *L, int idx, int bidx, size_t *start);
 
 #endif

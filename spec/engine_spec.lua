@@ -4,6 +4,7 @@
 -- not take it leaves to the Lua path having changed nothing.
 local procman = require "procman"
 local core = require "procman.core"
+local fold = require "procman.fold"
 
 local files = require "spec.support.files"
 local routers = require "spec.support.routers"
@@ -180,8 +181,9 @@ describe("procman.engine", function()
     end
     assert.same({ taken = 7, left = 2 }, count)
     for _, r in ipairs { re, rl } do
-      assert.same({ x1 = true, [2] = true, x3 = true }, r.finished.alpha.c1.seen)
-      assert.is_nil(r.finished.alpha.c2.seen)
+      assert.same({ "x1", 2, "x3" }, fold.completed_ids(r.finished.alpha.c1))  -- kept as bytes
+      assert.equal(core.encode { "x1", 2, "x3" }, r.finished.alpha.c1.ids)
+      assert.is_nil(r.finished.alpha.c2.ids)
       assert.same({}, r:timers())
     end
     assert.same(rl.finished, re.finished)

@@ -71,7 +71,7 @@ local function internals(r)
   table.sort(flows, function(x, y) return x[1] < y[1] end)  -- 7 and "7" apart
   local finished = {}
   for name, by_id in pairs(r.finished) do
-    for id, final in pairs(by_id) do finished[#finished + 1] = { name, id, final.status, final.seen } end
+    for id, final in pairs(by_id) do finished[#finished + 1] = { name, id, final.status, final.ids } end
   end
   local function key(x) return x[1] .. "/" .. type(x[2]) .. "/" .. tostring(x[2]) end
   table.sort(finished, function(x, y) return key(x) < key(y) end)

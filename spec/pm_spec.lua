@@ -504,6 +504,25 @@ describe("procman.pm", function()
       assert.same(pm:state(), replica:state())
     end)
 
+    it("puts the next snapshot off until the history holds four times a large event", function()
+      local pm = ring:new("r")
+      pm:handle { event_type = "add", pad = string.rep("x", 20000) }  -- alone past 4096
+      local i, most = 1, 0
+      repeat
+        i = i + 1
+        pm:handle { event_type = "add", pad = pad_of(i) }
+        most = math.max(most, history_bytes(pm))
+      until #pm:history() < i
+      assert.is_true(most >= 4 * 20000)              -- not taken at 4096: the event holds more
+      assert.is_true(most < 4 * 20000 * 2 + 200)     -- taken once the history was 4 times it
+      assert.same(expected(i, function(j) return j == 1 and string.rep("x", 20000) or pad_of(j) end),
+                  pm:state())
+      for j = i + 1, i + 1000 do                      -- then the usual period again
+        pm:handle { event_type = "add", pad = pad_of(j) }
+      end
+      assert.is_true(history_bytes(pm) < 4096 + 200)
+    end)
+
     it("rebuilds a failed handle from the snapshot and the history since", function()
       local pm = ring:new("r")
       for i = 1, 500 do
@@ -772,6 +791,72 @@ describe("procman.pm", function()
       collectgarbage()
       collectgarbage()
       assert.is_nil(weak[1])
+    end)
+  end)
+
+  describe("what a flow keeps", function()
+    local batch = require "procman.workflows.batch"
+    local FILES = { "a", "b", "c" }
+
+    -- Bytes the GC counts for what make() returns, per item (n items).
+    local function weigh(n, make)
+      collectgarbage()
+      collectgarbage()
+      local before = collectgarbage("count")
+      local keep = make()
+      collectgarbage()
+      collectgarbage()
+      local bytes = (collectgarbage("count") - before) * 1024 / n
+      assert(keep)
+      return bytes
+    end
+
+    it("shares its workflow's metatable: no user value holds the workflow", function()
+      local a, b = counter(), counter()
+      local p1, p2, q = a:new("x"), a:new("y"), b:new("x")
+      assert.equal(getmetatable(p1), getmetatable(p2))
+      assert.are_not.equal(getmetatable(p1), getmetatable(q))
+      for _, k in ipairs { "__name", "__index", "__gc", "__close", "__tostring" } do
+        assert.equal(getmetatable(p1)[k], getmetatable(q)[k])
+      end
+      -- three user values: the id, the state, the log
+      assert.equal(2, select("#", debug.getuservalue(p1, 3)))
+      assert.equal(1, select("#", debug.getuservalue(p1, 4)))  -- nil alone: no such value
+      assert.equal("procman.pm: counter/x (small, v0)", tostring(p1))
+      -- the workflow's metatable goes with the workflow
+      local weak = setmetatable({}, { __mode = "v" })
+      do
+        local wf = counter()
+        weak[1], weak[2] = require("procman.workflow").spec(wf), getmetatable(wf:new("z"))
+      end
+      collectgarbage()
+      collectgarbage()
+      assert.is_nil(weak[1])
+      assert.is_nil(weak[2])
+    end)
+
+    it("weighs little more than its state after batch_created", function()
+      local n = 2000
+      local plain = weigh(n, function()
+        local states = {}
+        for i = 1, n do
+          local state = { id = i, files = {}, status = "idle", pending = 0, failed = 0 }
+          for _, f in ipairs(FILES) do state.files[f] = "pending" end
+          state.pending, state.status = #FILES, "created"
+          states[i] = state
+        end
+        return states
+      end)
+      local flows = weigh(n, function()
+        local pms = {}
+        for i = 1, n do
+          pms[i] = batch:new(i)
+          pms[i]:handle { event_type = "batch_created", batch_id = i, event_id = 4 * i, files = FILES }
+        end
+        return pms
+      end)
+      -- the userdata (a 40-byte header, 3 user values, 48 bytes) and its log
+      assert.is_true(flows - plain <= 224, string.format("%.0f bytes a flow over its state", flows - plain))
     end)
   end)
 

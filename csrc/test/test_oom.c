@@ -108,14 +108,21 @@ static int setup(void **state) {
       "    flows[#flows + 1] = { tostring(flow), flow:state(), flow:version() }\n"
       "  end\n"
       "  table.sort(flows, function(a, b) return a[1] < b[1] end)\n"
+      "  local done = {}  -- completed flows, with the ids they keep (bytes)\n"
+      "  for flow_id, final in pairs(router.finished.batch) do\n"
+      "    done[#done + 1] = flow_id .. '=' .. final.status .. ':' .. (final.ids or '')\n"
+      "  end\n"
+      "  table.sort(done)\n"
       "  local s = router:stats()\n"
-      "  return procman.encode{ flows, router:pending(), s.seq, s.completed }\n"
+      "  return procman.encode{ flows, router:pending(), s.seq, s.completed, done }\n"
       "end\n"
       "function fill(router, n)\n"
-      "  for i = 1, n do\n"
-      "    router:handle{ event_type = 'batch_created', batch_id = 'b' .. i, files = { 'a', 'b' } }\n"
+      "  for i = 1, n do  -- odd flows' events have ids: completed flows keep them\n"
+      "    local odd = i % 2 == 1\n"
+      "    router:handle{ event_type = 'batch_created', batch_id = 'b' .. i, files = { 'a', 'b' },\n"
+      "                   event_id = odd and 'c' .. i or nil }\n"
       "    router:handle{ event_type = 'file_processed', batch_id = 'b' .. i,\n"
-      "                   file = { id = 'a', status = 'success' } }\n"
+      "                   file = { id = 'a', status = 'success' }, event_id = odd and i or nil }\n"
       "  end\n"
       "  router:ack('batch/b1/1/1')\n"
       "end\n"
@@ -458,12 +465,13 @@ static void engine_step_under_oom(Fixture *f, int journaled, const char *event) 
 }
 
 static void test_engine_step_under_oom(void **state) {
-  static const char *const events[] = {  /* a new flow with commands; a flow completing */
+  static const char *const events[] = {  /* a new flow with commands; flows completing, */
     "{ event_type = 'batch_created', batch_id = 'b9', event_id = 'n', files = { 'a', 'b' } }",
     "{ event_type = 'file_processed', batch_id = 'b2', event_id = 'x', file = { id = 'b', status = 'success' } }",
-  };
+    "{ event_type = 'file_processed', batch_id = 'b3', event_id = 'y', file = { id = 'b', status = 'success' } }",
+  };  /* the second keeping one event id, the third three */
   int i;
-  for (i = 0; i < 2; i++) {
+  for (i = 0; i < 3; i++) {
     engine_step_under_oom(*state, 0, events[i]);
     engine_step_under_oom(*state, 1, events[i]);
   }
@@ -556,9 +564,11 @@ static void recovery_under_oom(Fixture *f, int compacted) {
          "fill(w, 4)\n"
          "w:handle{ event_type = 'file_processed', batch_id = 'b4', file = { id = 'b', status = 'success' } }\n"
          "assert(w:completed('batch', 'b4') == 'success')\n"
+         "w:handle{ event_type = 'file_processed', batch_id = 'b3', event_id = 'z',\n"
+         "          file = { id = 'b', status = 'success' } }  -- completes, keeping its ids\n"
          "if compacted then\n"
          "  assert(w:compact())\n"
-         "  w:handle{ event_type = 'file_processed', batch_id = 'b3', file = { id = 'b', status = 'error' } }\n"
+         "  w:handle{ event_type = 'file_processed', batch_id = 'b2', file = { id = 'b', status = 'error' } }\n"
          "end\n"
          "expected = router_state(w)\n"
          "w:close()\n"

@@ -9,7 +9,10 @@
 --   live[name][flow_id]      a live flow: a procman.pm, or a counted flow
 --                            (fold.counted: version, status and event ids
 --                            as the journal gives them, no code run)
---   finished[name][flow_id]  a completed flow: { status, seen = set of ids }
+--   finished[name][flow_id]  a completed flow: { status, ids = the event ids it
+--                            handled, as the codec's bytes for their array (nil:
+--                            none); fold.completed_ids makes them into ids, and
+--                            fold.was_seen asks the bytes }
 --   finished_count, finished_of[name]   how many
 --   parked_of[name][flow_id] a parked flow: { events, error }; parked_count
 --   older[name][flow_id]     the spec of a flow on an older version (router)
@@ -69,9 +72,12 @@ function M.restore_counted(state, name, flow_id, workflow_version, version, stat
   state.live[name][flow_id] = g
 end
 
-local function event_ids(flow)
-  if getmetatable(flow) == Counted then return flow.ids end
-  return core.event_ids(flow)
+-- The event ids a flow handled, as a completed flow keeps them: the
+-- codec's bytes for their array (nil: none).
+local function encoded_ids(flow)
+  if getmetatable(flow) ~= Counted then return core.encoded_event_ids(flow) end
+  if #flow.ids == 0 then return nil end
+  return core.encode(flow.ids)
 end
 
 -- ---------------------------------------------------------------------
@@ -111,14 +117,10 @@ end
 -- ---------------------------------------------------------------------
 
 -- A completed flow is remembered with its final status and, until the
--- journal is compacted, the event ids it handled (redeliveries stay no-ops).
-local function remember_completed(state, name, flow_id, status, seen_ids)
-  local set
-  if seen_ids and #seen_ids > 0 then
-    set = {}
-    for _, id in ipairs(seen_ids) do set[id] = true end
-  end
-  state.finished[name][flow_id] = { status = status, seen = set }
+-- journal is compacted, the event ids it handled (redeliveries stay
+-- no-ops), kept as bytes: a table of them is made only when asked for.
+local function remember_completed(state, name, flow_id, status, ids)
+  state.finished[name][flow_id] = { status = status, ids = ids }
   state.finished_count = state.finished_count + 1
   state.finished_of[name] = state.finished_of[name] + 1  -- for metrics: no walk of them all
 end
@@ -166,7 +168,7 @@ function M.complete(state, name, flow_id, pm, now)
   state.live[name][flow_id] = nil
   state.older[name][flow_id] = nil
   state.schedule:drop(name, flow_id)
-  remember_completed(state, name, flow_id, pm:status(), event_ids(pm))
+  remember_completed(state, name, flow_id, pm:status(), encoded_ids(pm))
   local p = state.parked_of[name][flow_id]
   if p then
     for _, event in ipairs(p.events) do
@@ -425,8 +427,22 @@ end
 -- (compaction): completed flows' event ids are let go, as after a restart.
 function M.forget_seen(state)
   for _, name in ipairs(names_of(state)) do
-    for _, final in pairs(state.finished[name]) do final.seen = nil end
+    for _, final in pairs(state.finished[name]) do final.ids = nil end
   end
+end
+
+--- was_seen(final, event_id) -> did the completed flow 'final' (an entry
+-- of finished[name]) handle that event_id (a redelivery)? Read from its
+-- bytes: no table of ids is made.
+function M.was_seen(final, event_id)
+  return final.ids ~= nil and event_id ~= nil and core.ids_include(final.ids, event_id)
+end
+
+--- completed_ids(final) -> the event ids a completed flow handled (an
+-- array, in the order it keeps them; empty once they were let go).
+function M.completed_ids(final)
+  if final.ids == nil then return {} end
+  return core.decode(final.ids)
 end
 
 --- trim_histories(state): the journal now starts each live flow at its

@@ -214,8 +214,7 @@ local function target_in(self, newest, event, event_type)
   end
   local final = self.finished[name][flow_id]
   if final then
-    local event_id = rawget(event, "event_id")
-    if final.seen and event_id ~= nil and final.seen[event_id] then return nil end  -- redelivered
+    if fold.was_seen(final, rawget(event, "event_id")) then return nil end  -- redelivered
     return nil, "late", late_part(name, flow_id, final, event_type)
   end
   if newest.on[event_type] == nil then  -- only older versions handle it: no flow to start
@@ -1236,7 +1235,6 @@ return function(given)
     finished_of = self.finished_of, older = self.older, types_of = self.types_of,
     timers = self.schedule.by_flow, outbox = self.outbox, patches = patches, undo = core.undo,
     complete = function(name, flow_id, pm) complete(self, name, flow_id, pm) end,
-    event_ids = core.event_ids,
   }
   return self
 end
