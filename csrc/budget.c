@@ -376,21 +376,40 @@ static lua_Integer optional_limit(lua_State *L, int arg) {
   return luaL_checkinteger(L, arg);
 }
 
-/* The function core.guard made: upvalues fn, units, memory, flags, label,
-** describe (turns an error object into text). */
+/* The upvalues of the function core.guard made: fn, its limits (a
+** userdata: read in one step per call), the label, describe (turns an
+** error object into text), the flags (an integer, for call_body). */
+enum { UP_FN = 1, UP_LIMITS, UP_LABEL, UP_DESCRIBE, UP_FLAGS, UP_COUNT = UP_FLAGS };
+
+/* Its limits, with the label anchored by the closure ('closure' is its
+** stack index, or 0 for the running one). */
+static void read_limits(lua_State *L, int closure, BudgetLimits *limits) {
+  if (closure == 0) {
+    *limits = *(const BudgetLimits *)lua_touserdata(L, lua_upvalueindex(UP_LIMITS));
+    limits->label = lua_tostring(L, lua_upvalueindex(UP_LABEL));
+    return;
+  }
+  lua_getupvalue(L, closure, UP_LIMITS);
+  *limits = *(const BudgetLimits *)lua_touserdata(L, -1);
+  lua_getupvalue(L, closure, UP_LABEL);
+  limits->label = lua_tostring(L, -1);  /* anchored: the closure stays */
+  lua_pop(L, 2);
+}
+
+/* Flags in BudgetLimits.flags for the guard's own use: there is a
+** describe function (the call needs call_body). */
+#define HAS_DESCRIBE 0x100
+
 static int guarded_call(lua_State *L) {
   BudgetLimits limits;
   int nargs = lua_gettop(L);
-  limits.units = lua_tointeger(L, lua_upvalueindex(2));
-  limits.memory = lua_tointeger(L, lua_upvalueindex(3));
-  limits.flags = (int)lua_tointeger(L, lua_upvalueindex(4));
-  limits.label = lua_tostring(L, lua_upvalueindex(5));
-  lua_pushvalue(L, lua_upvalueindex(1));
+  read_limits(L, 0, &limits);
+  lua_pushvalue(L, lua_upvalueindex(UP_FN));
   lua_insert(L, 1);                                  /* fn args... */
-  if ((limits.flags & BUDGET_COPY) || !lua_isnil(L, lua_upvalueindex(6))) {
+  if (limits.flags & (BUDGET_COPY | HAS_DESCRIBE)) {
     lua_pushcfunction(L, call_body);
-    lua_pushvalue(L, lua_upvalueindex(6));
-    lua_pushvalue(L, lua_upvalueindex(4));
+    lua_pushvalue(L, lua_upvalueindex(UP_DESCRIBE));
+    lua_pushvalue(L, lua_upvalueindex(UP_FLAGS));
     lua_rotate(L, 1, 3);                   /* call_body describe flags fn args... */
     nargs += 3;
   }
@@ -404,22 +423,10 @@ int budget_pcall_function(lua_State *L, int nargs, int nresults) {
   int f = lua_gettop(L) - nargs, status;
   if (lua_tocfunction(L, f) != guarded_call)
     return lua_pcall(L, nargs, nresults, 0);
-  lua_getupvalue(L, f, 4);                           /* flags */
-  lua_getupvalue(L, f, 6);                           /* describe */
-  limits.flags = (int)lua_tointeger(L, -2);
-  if ((limits.flags & BUDGET_COPY) || !lua_isnil(L, -1)) {
-    lua_pop(L, 2);  /* guarded_call's own body is needed: call it */
-    return lua_pcall(L, nargs, nresults, 0);
-  }
-  lua_pop(L, 2);
-  lua_getupvalue(L, f, 2);
-  lua_getupvalue(L, f, 3);
-  lua_getupvalue(L, f, 5);
-  limits.units = lua_tointeger(L, -3);
-  limits.memory = lua_tointeger(L, -2);
-  limits.label = lua_tostring(L, -1);  /* anchored: the closure stays at f */
-  lua_pop(L, 3);
-  lua_getupvalue(L, f, 1);                           /* fn */
+  read_limits(L, f, &limits);
+  if (limits.flags & (BUDGET_COPY | HAS_DESCRIBE))  /* guarded_call's own body is */
+    return lua_pcall(L, nargs, nresults, 0);        /* needed: call it */
+  lua_getupvalue(L, f, UP_FN);
   lua_insert(L, f + 1);                              /* closure fn args... */
   status = budget_guard_pcall(L, nargs, nresults, &limits);
   lua_remove(L, f);
@@ -428,6 +435,7 @@ int budget_pcall_function(lua_State *L, int nargs, int nresults) {
 
 int budget_guard(lua_State *L) {
   lua_Integer units, memory, flags;
+  BudgetLimits *limits;
   luaL_checktype(L, 1, LUA_TFUNCTION);
   units = optional_limit(L, 2);
   memory = optional_limit(L, 3);
@@ -437,13 +445,17 @@ int budget_guard(lua_State *L) {
   if (!lua_isnoneornil(L, 6))
     luaL_checktype(L, 6, LUA_TFUNCTION);
   lua_settop(L, 6);
-  lua_pushvalue(L, 1);
-  lua_pushinteger(L, units);
-  lua_pushinteger(L, memory);
-  lua_pushinteger(L, flags);
-  lua_pushvalue(L, 5);
-  lua_pushvalue(L, 6);
-  lua_pushcclosure(L, guarded_call, 6);
+  lua_pushvalue(L, 1);                                     /* UP_FN */
+  limits = (BudgetLimits *)lua_newuserdatauv(L, sizeof *limits, 0);  /* UP_LIMITS */
+  limits->units = units;
+  limits->memory = memory;
+  limits->flags = (int)(flags & (BUDGET_SANDBOX | BUDGET_COPY)) |
+                  (lua_isnil(L, 6) ? 0 : HAS_DESCRIBE);
+  limits->label = NULL;  /* the string is UP_LABEL */
+  lua_pushvalue(L, 5);                                     /* UP_LABEL */
+  lua_pushvalue(L, 6);                                     /* UP_DESCRIBE */
+  lua_pushinteger(L, flags);                               /* UP_FLAGS */
+  lua_pushcclosure(L, guarded_call, UP_COUNT);
   return 1;
 }
 

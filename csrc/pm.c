@@ -82,6 +82,13 @@ static const char LAST_ID = 0;
 /* handle and handle_fresh keep a scratch buffer in this upvalue (false
 ** while it is in use); other functions make their own. */
 #define SCRATCH lua_upvalueindex(2)
+/* and the keys they read per event, as strings made once (a literal would
+** be looked up in the string table each time) */
+#define KEY_EVENT_TYPE lua_upvalueindex(3)
+#define KEY_EVENT_ID lua_upvalueindex(4)
+#define KEY_ON lua_upvalueindex(5)
+#define KEY_CORRELATE lua_upvalueindex(6)
+#define HANDLE_UPVALUES 6
 
 /* 48 bytes: a flow's fixed cost is this, three user values and its log. */
 typedef struct PM {
@@ -252,15 +259,31 @@ static PM *check_usable(lua_State *L) {
 ** Replay: the state is the fold of the history
 ** =================================================================== */
 
-/* Push the handler for the event type at stack index 'type' (or nil);
-** true if there is one. */
-static int push_handler(lua_State *L, int pm, int type) {
+/* Push the handler for the event type at stack index 'type' (or nil)
+** from the workflow definition at 'spec'; true if there is one.  'on' is
+** the index of the string "on", or 0. */
+static int push_handler_from(lua_State *L, int spec, int on, int type) {
   type = lua_absindex(L, type);
-  workflow_field(L, pm, "on");
+  if (on != 0) {
+    lua_pushvalue(L, on);
+    lua_gettable(L, spec);
+  }
+  else
+    lua_getfield(L, spec, "on");
   lua_pushvalue(L, type);
   lua_rawget(L, -2);
   lua_remove(L, -2);
   return lua_type(L, -1) == LUA_TFUNCTION;
+}
+
+/* The same for the flow at 'pm'. */
+static int push_handler(lua_State *L, int pm, int type) {
+  int found;
+  type = lua_absindex(L, type);
+  push_workflow(L, pm);
+  found = push_handler_from(L, lua_gettop(L), 0, type);
+  lua_remove(L, -2);
+  return found;
 }
 
 /* The bytes of a log (a string or a Buffer: see UV_LOG) at 'idx'. */
@@ -531,7 +554,7 @@ static const char *check_event_type(lua_State *L) {
   int t;
   if (!lua_istable(L, 2))
     flow_error(L, 1, "event must be a table, got %s", luaL_typename(L, 2));
-  lua_pushliteral(L, "event_type");
+  lua_pushvalue(L, KEY_EVENT_TYPE);
   t = lua_rawget(L, 2);
   if (t == LUA_TSTRING && lua_rawlen(L, -1) > 0)
     return lua_tostring(L, -1);
@@ -543,7 +566,9 @@ static const char *check_event_type(lua_State *L) {
 /* One flow per process manager: refuse an event naming another flow.
 ** 'spec' is the stack index of the workflow definition. */
 static void check_correlation(lua_State *L, int spec, const char *type) {
-  int t = lua_getfield(L, spec, "correlate");        /* field or function */
+  int t;
+  lua_pushvalue(L, KEY_CORRELATE);
+  t = lua_gettable(L, spec);                         /* field or function */
   if (t == LUA_TNIL) {
     lua_pop(L, 1);
     return;
@@ -575,7 +600,7 @@ static void check_correlation(lua_State *L, int spec, const char *type) {
 /* Push the event's event_id (nil if none); check its type. */
 static void push_event_id(lua_State *L) {
   int t;
-  lua_pushliteral(L, "event_id");
+  lua_pushvalue(L, KEY_EVENT_ID);
   t = lua_rawget(L, 2);
   if (t != LUA_TNIL && t != LUA_TSTRING && !lua_isinteger(L, -1))
     flow_error(L, 1, "event.event_id must be a string or an integer, got %s",
@@ -796,7 +821,7 @@ static int handle_event(lua_State *L, int fresh) {
   lua_settop(L, 2);
   push_workflow(L, 1);
   type = check_event_type(L);
-  if (!push_handler(L, 1, 4))
+  if (!push_handler_from(L, 3, KEY_ON, 4))
     return flow_error(L, 1, "workflow has no handler for event type '%s'", type);
   check_correlation(L, 3, type);
   push_event_id(L);
@@ -826,11 +851,11 @@ static int handle_event(lua_State *L, int fresh) {
   p->busy = 0;
   if (status != LUA_OK)
     return abort_handle(L, status, type);
-  if (lua_isnil(L, 9)) {  /* no commands */
+  if (lua_isnil(L, 9)) {  /* no commands: nothing to check */
     lua_newtable(L);
     lua_replace(L, 9);
   }
-  if (check_commands(L, 9, type) != NULL)
+  else if (check_commands(L, 9, type) != NULL)
     return abort_handle(L, LUA_OK, type);
   if (p->stagings != staged) {  /* a finalizer staged an event of this flow */
     lua_pushliteral(L, "a finalizer handled an event of this flow meanwhile; handle it again");
@@ -1441,6 +1466,15 @@ static const luaL_Reg pm_metamethods[] = {
   { NULL, NULL }
 };
 
+/* Push handle's upvalues after the metatable: see SCRATCH. */
+static void push_handle_upvalues(lua_State *L) {
+  lua_pushboolean(L, 0);  /* the scratch buffer, made at first use */
+  lua_pushliteral(L, "event_type");
+  lua_pushliteral(L, "event_id");
+  lua_pushliteral(L, "on");
+  lua_pushliteral(L, "correlate");
+}
+
 void pm_register(lua_State *L, int core) {
   core = lua_absindex(L, core);
   luaL_newmetatable(L, PM_TYPENAME);
@@ -1456,8 +1490,8 @@ void pm_register(lua_State *L, int core) {
   lua_pushvalue(L, -2);
   luaL_setfuncs(L, pm_methods, 1);
   lua_pushvalue(L, -2);
-  lua_pushboolean(L, 0);  /* handle's scratch buffer, made at first use */
-  lua_pushcclosure(L, pm_handle, 2);
+  push_handle_upvalues(L);
+  lua_pushcclosure(L, pm_handle, HANDLE_UPVALUES);
   lua_setfield(L, -2, "handle");
   lua_getfield(L, -2, "__gc");  /* one function: __gc, __close and close */
   lua_pushvalue(L, -1);
@@ -1485,8 +1519,8 @@ void pm_register(lua_State *L, int core) {
   lua_setfield(L, core, "origin");
   lua_pushcclosure(L, pm_trim, 1);
   lua_setfield(L, core, "trim");
-  lua_pushboolean(L, 0);  /* its scratch buffer, made at first use */
-  lua_pushcclosure(L, pm_handle_fresh, 2);
+  push_handle_upvalues(L);  /* its own scratch buffer */
+  lua_pushcclosure(L, pm_handle_fresh, HANDLE_UPVALUES);
   lua_setfield(L, core, "handle_fresh");
   lua_pushcfunction(L, pm_ids_include);
   lua_setfield(L, core, "ids_include");

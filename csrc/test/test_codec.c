@@ -216,6 +216,69 @@ static void test_binary_strings(void **state) {
   }
 }
 
+/* Every length around the 8-byte steps of the UTF-8 check, with one
+** multi-byte character, a bad byte or a cut sequence at every place:
+** str for valid UTF-8, bin for the others. */
+static void test_utf8_at_every_position(void **state) {
+  lua_State *L = *state;
+  char s[40];
+  size_t n, p;
+  for (n = 1; n <= 33; n++)
+    for (p = 0; p < n; p++) {
+      int kind;
+      for (kind = 0; kind < 3; kind++) {
+        Buffer *b;
+        unsigned char tag;
+        memset(s, 'a', n);
+        if (kind == 0 && p + 1 < n) { s[p] = '\xc3'; s[p + 1] = '\xa9'; }  /* e-acute */
+        else if (kind == 1) s[p] = '\xff';
+        else if (kind == 2 && p == n - 1) s[p] = '\xc3';                   /* cut short */
+        else continue;
+        lua_pushlstring(L, s, n);
+        b = encode_top(L);
+        tag = (unsigned char)b->data[0];
+        assert_int_equal(tag, kind == 0 ? (n <= 31 ? 0xa0 | n : 0xd9) : 0xc4);
+        lua_settop(L, 0);
+      }
+    }
+}
+
+/* A snapshot writes a large map without a [1] in one pass: the header is
+** still the shortest, and the map decodes to the same pairs. */
+static void test_snapshot_map_headers(void **state) {
+  static const size_t sizes[] = { 17, 255, 65535, 65536 };
+  static const char *const heads[] = { "\xde\x00\x11", "\xde\x00\xff", "\xde\xff\xff",
+                                       "\xdf\x00\x01\x00\x00" };
+  lua_State *L = *state;
+  size_t i, k;
+  for (i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
+    Buffer *b;
+    size_t pos = 0;
+    lua_createtable(L, 0, (int)sizes[i]);
+    for (k = 1; k <= sizes[i]; k++) {
+      char key[16];
+      snprintf(key, sizeof key, "k%d", (int)k);
+      lua_pushinteger(L, (lua_Integer)k);
+      lua_setfield(L, -2, key);
+    }
+    buffer_new(L, 0);
+    assert_true(codec_encode_snapshot(L, 1, 2, "state"));
+    b = buffer_at(L, 2);
+    assert_memory_equal(b->data, heads[i], sizes[i] < 65536 ? 3 : 5);
+    assert_true(codec_decode(L, b->data, b->len, &pos));
+    assert_int_equal(pos, b->len);
+    for (k = 1; k <= sizes[i]; k += 997) {
+      char key[16];
+      snprintf(key, sizeof key, "k%d", (int)k);
+      lua_getfield(L, -1, key);
+      assert_int_equal(lua_tointeger(L, -1), (lua_Integer)k);
+      lua_pop(L, 1);
+    }
+    assert_int_equal(lua_rawlen(L, -1), 0);
+    lua_settop(L, 0);
+  }
+}
+
 /* ---- tables and nesting -------------------------------------------- */
 
 static void push_nested(lua_State *L, int depth) {
@@ -713,6 +776,8 @@ int main(void) {
     cmocka_unit_test_setup_teardown(test_float32_is_read, setup, teardown),
     cmocka_unit_test_setup_teardown(test_string_lengths, setup, teardown),
     cmocka_unit_test_setup_teardown(test_binary_strings, setup, teardown),
+    cmocka_unit_test_setup_teardown(test_utf8_at_every_position, setup, teardown),
+    cmocka_unit_test_setup_teardown(test_snapshot_map_headers, setup, teardown),
     cmocka_unit_test_setup_teardown(test_nesting_at_the_limit, setup, teardown),
     cmocka_unit_test_setup_teardown(test_nesting_past_the_limit, setup, teardown),
     cmocka_unit_test_setup_teardown(test_refused_values, setup, teardown),

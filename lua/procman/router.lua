@@ -1203,6 +1203,7 @@ return function(given)
     on_divergence = opts.on_divergence == "raise" and "error" or opts.on_divergence or "error",
     warn = opts.warn or function(msg) warn(msg) end,
     journal_path = opts.journal, sync = opts.sync, user_hooks = opts.hooks or {},
+    owns = false,  -- a PostgreSQL worker sets it; a field, so r:handle reads it without __index
   }, meta)
   local names = {}
   for i, spec in ipairs(specs) do
