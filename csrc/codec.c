@@ -889,14 +889,18 @@ static int decode_value(Decoder *d) {
   }
 }
 
+static void decoder_init(Decoder *d, lua_State *L, const char *s, size_t len, size_t pos) {
+  d->L = L;
+  d->s = (const unsigned char *)s;
+  d->len = len;
+  d->pos = pos;
+  d->depth = 0;
+}
+
 int codec_decode(lua_State *L, const char *s, size_t len, size_t *pos) {
   Decoder d;
   int top = lua_gettop(L);
-  d.L = L;
-  d.s = (const unsigned char *)s;
-  d.len = len;
-  d.pos = *pos;
-  d.depth = 0;
+  decoder_init(&d, L, s, len, *pos);
   if (d.pos > len)
     return decode_error(&d, d.pos, "start past the end of a %zu-byte input", len);
   if (decode_value(&d)) {
@@ -948,11 +952,7 @@ int codec_decode_shaped(lua_State *L, const char *s, size_t len, size_t *pos,
                         int keys, int nkeys) {
   Decoder d;
   int top = lua_gettop(L);
-  d.L = L;
-  d.s = (const unsigned char *)s;
-  d.len = len;
-  d.pos = *pos;
-  d.depth = 0;
+  decoder_init(&d, L, s, len, *pos);
   if (decode_shaped(&d, keys, nkeys)) {
     *pos = d.pos;
     return 1;

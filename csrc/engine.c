@@ -37,6 +37,7 @@
 #include "codec.h"
 #include "engine.h"
 #include "journal_lua.h"
+#include "outbox.h"
 #include "pm.h"
 
 /* Targets (flows of different workflows) one event may have here. */
@@ -1238,8 +1239,7 @@ static int engine_ack_record(lua_State *L) {
   lua_getiuservalue(L, 1, UV_SCRATCH);  /* 3 */
   b = buffer_at(L, 3);
   b->len = 0;
-  buffer_append(L, 3, "\x81\xa2" "id", 4);
-  if (!codec_encode(L, 2, 3, "id"))
+  if (!outbox_ack_record(L, 2, 3))
     return lua_error(L);
   b = buffer_at(L, 3);
   lua_pushlstring(L, b->data, b->len);

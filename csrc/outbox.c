@@ -5,197 +5,304 @@
 ** head, tail, count: see outbox.lua), which the engine's step also fills
 ** (engine.c's emit).
 **
-**   count[, error] = core.outbox_dispatch(box, fn, after)
+**   count[, error] = core.outbox_dispatch(box, fn, after[, router])
 **   core.outbox_forget(box, id)
 */
 #include "lauxlib.h"
+#include "buffer.h"
 #include "codec.h"
+#include "journal_lua.h"
 #include "outbox.h"
 
-/* The keys of an envelope, in canonical order (the upvalues of
-** outbox_dispatch, and of core.decode_envelope: procman.c). */
+/* The keys of an envelope, in canonical order (also core.decode_envelope's:
+** procman.c). */
 const char *const outbox_envelope_keys[OUTBOX_ENVELOPE_KEYS] = {
   "command", "flow", "id", "workflow"
 };
 
-/* The outbox's fields, as strings made once (the upvalues of
-** outbox_forget, read with rawget: no C string to look up per call). */
-enum { F_QUEUE = 1, F_IDS, F_BY_ID, F_HEAD, F_TAIL, F_COUNT, F_COUNT_ };
-static const char *const field_names[F_COUNT_] = {
-  NULL, "queue", "ids", "by_id", "head", "tail", "count"
+/* The journal's record type of an ack (procman.records.ACK). */
+#define RECORD_ACK 2
+
+/*
+** The strings both functions read fields with, made once: their upvalues
+** (rawget with a string at hand: no C string to look up per call).
+*/
+enum {
+  U_COMMAND = 1, U_FLOW, U_ID, U_WORKFLOW,  /* the envelope's keys, in order */
+  U_QUEUE, U_IDS, U_BY_ID, U_HEAD, U_TAIL, U_COUNT,  /* the outbox's fields */
+  U_CLOSED, U_HOOKS, U_JOURNAL,  /* the router's */
+  U_COUNT_
+};
+static const char *const upvalue_names[U_COUNT_] = {
+  NULL, "command", "flow", "id", "workflow", "queue", "ids", "by_id", "head", "tail", "count",
+  "closed", "hooks", "journal"
 };
 
-/* Push box[field] (box: stack index 1). */
-static int get_field(lua_State *L, int field) {
-  lua_pushvalue(L, lua_upvalueindex(field));
-  return lua_rawget(L, 1);
+#define U(k) lua_upvalueindex(k)
+
+/* Push t[key] (key: an upvalue). */
+static int get_field(lua_State *L, int t, int key) {
+  lua_pushvalue(L, U(key));
+  return lua_rawget(L, t);
 }
 
-static lua_Integer int_field(lua_State *L, int field) {
+static lua_Integer int_field(lua_State *L, int t, int key) {
   lua_Integer v;
-  get_field(L, field);
+  get_field(L, t, key);
   v = lua_tointeger(L, -1);
   lua_pop(L, 1);
   return v;
 }
 
-/* box[field] = the value at the top (popped). */
-static void set_field(lua_State *L, int field) {
-  lua_pushvalue(L, lua_upvalueindex(field));
+/* t[key] = the value at the top (popped). */
+static void set_field(lua_State *L, int t, int key) {
+  lua_pushvalue(L, U(key));
   lua_insert(L, -2);
-  lua_rawset(L, 1);
+  lua_rawset(L, t);
 }
 
-static void set_int_field(lua_State *L, int field, lua_Integer v) {
+static void set_int_field(lua_State *L, int t, int key, lua_Integer v) {
   lua_pushinteger(L, v);
-  set_field(L, field);
+  set_field(L, t, key);
+}
+
+int outbox_ack_record(lua_State *L, int id, int bidx) {
+  buffer_append(L, bidx, "\x81\xa2" "id", 4);
+  return codec_encode(L, id, bidx, "id");
 }
 
 /*
-** core.outbox_forget(box, id): the command with this id was acked.  Its
-** slot is cleared; when it was the front, the front moves past every
-** cleared slot (otherwise the front is pending and stays), and an outbox
-** left empty gets new tables (a Lua table never shrinks by removals
-** alone: memory after a dispatch is that of the flows, not of past
-** commands).  Those tables are made before anything changes, and nothing
-** else allocates: out of memory, the outbox is as it was.
+** Forget the pending command whose id is at 'id' (box at 'box'; at 'q'
+** and 'ids' its queue and ids).  Its slot is cleared; when it was the
+** front, the front moves past every cleared slot (otherwise the front is
+** pending and stays).  An outbox this leaves empty takes the three tables
+** at the top of the stack as its queue, ids and by_id when 'fresh', and
+** keeps its own otherwise, its front past its last slot (the places go
+** on: a dispatch going through the queue never meets a command emitted
+** meanwhile at a place it has yet to pass).  Allocates nothing.
+*/
+static void forget(lua_State *L, int box, int id, int q, int ids, int fresh) {
+  lua_Integer at, head, tail, front;
+  int by_id;
+  get_field(L, box, U_BY_ID);
+  by_id = lua_gettop(L);
+  lua_pushvalue(L, id);
+  lua_rawget(L, by_id);
+  at = lua_tointeger(L, -1);
+  lua_pop(L, 1);
+  lua_pushvalue(L, id);
+  lua_pushnil(L);
+  lua_rawset(L, by_id);
+  lua_pop(L, 1);
+  set_int_field(L, box, U_COUNT, int_field(L, box, U_COUNT) - 1);
+  head = int_field(L, box, U_HEAD);
+  if (at != head) {
+    lua_pushboolean(L, 0);  /* the slot stays until the front passes it */
+    lua_rawseti(L, q, at);
+    return;
+  }
+  tail = int_field(L, box, U_TAIL);
+  for (front = head; front <= tail; front++) {  /* drop the front's cleared slots */
+    if (front > head) {
+      int pending = lua_rawgeti(L, q, front) != LUA_TNIL && lua_toboolean(L, -1);
+      lua_pop(L, 1);
+      if (pending)
+        break;
+    }
+    lua_pushnil(L);
+    lua_rawseti(L, q, front);
+    lua_pushnil(L);
+    lua_rawseti(L, ids, front);
+  }
+  if (front > tail && fresh) {
+    set_field(L, box, U_BY_ID);
+    set_field(L, box, U_IDS);
+    set_field(L, box, U_QUEUE);
+    set_int_field(L, box, U_TAIL, 0);
+    front = 1;
+  }
+  set_int_field(L, box, U_HEAD, front);
+}
+
+/*
+** core.outbox_forget(box, id): the command with this id was acked (see
+** forget).  An outbox left empty gets new tables (a Lua table never
+** shrinks by removals alone: memory after a dispatch is that of the
+** flows, not of past commands), made before anything changes: out of
+** memory, the outbox is as it was.
 */
 static int outbox_forget(lua_State *L) {
-  lua_Integer at, head, tail, front;
+  lua_Integer at;
   luaL_checktype(L, 1, LUA_TTABLE);
   lua_settop(L, 2);
-  get_field(L, F_BY_ID);  /* 3 */
-  get_field(L, F_QUEUE);  /* 4 */
-  get_field(L, F_IDS);    /* 5 */
+  get_field(L, 1, U_QUEUE);  /* 3 */
+  get_field(L, 1, U_IDS);    /* 4 */
+  get_field(L, 1, U_BY_ID);
   lua_pushvalue(L, 2);
-  if (lua_rawget(L, 3) != LUA_TNUMBER)
+  if (lua_rawget(L, -2) != LUA_TNUMBER)
     return luaL_error(L, "procman.outbox: no pending command with id %s",
                       luaL_tolstring(L, 2, NULL));
   at = lua_tointeger(L, -1);
-  lua_pop(L, 1);
-  head = int_field(L, F_HEAD);
-  tail = int_field(L, F_TAIL);
-  front = head;
-  if (at == head) {  /* where the front goes: past 'at' and the cleared slots after it */
-    int pending = 0;
-    while (++front <= tail && !pending) {
-      lua_rawgeti(L, 4, front);
-      pending = lua_toboolean(L, -1);
-      lua_pop(L, 1);
-    }
-    if (pending)
-      front--;
-  }
-  if (front > tail) {  /* empty: new tables (6, 7, 8), made first */
+  lua_settop(L, 4);
+  if (int_field(L, 1, U_COUNT) == 1 && at == int_field(L, 1, U_HEAD)) {  /* it empties */
     lua_newtable(L);
     lua_newtable(L);
     lua_newtable(L);
   }
-  lua_pushvalue(L, 2);
-  lua_pushnil(L);
-  lua_rawset(L, 3);
-  set_int_field(L, F_COUNT, int_field(L, F_COUNT) - 1);
-  if (at != head) {
-    lua_pushboolean(L, 0);  /* the slot stays until the front passes it */
-    lua_rawseti(L, 4, at);
-    return 0;
-  }
-  for (; head < front; head++) {  /* drop the front's cleared slots (also when the */
-    lua_pushnil(L);                /* tables are replaced: a dispatch may be going */
-    lua_rawseti(L, 4, head);       /* through the old queue) */
-    lua_pushnil(L);
-    lua_rawseti(L, 5, head);
-  }
-  if (front > tail) {
-    set_field(L, F_BY_ID);
-    set_field(L, F_IDS);
-    set_field(L, F_QUEUE);
-    set_int_field(L, F_TAIL, 0);
-    front = 1;
-  }
-  set_int_field(L, F_HEAD, front);
+  forget(L, 1, 2, 3, 4, 1);
   return 0;
 }
 
+/* An emptied outbox that kept its tables (forget without 'fresh') gets
+** new ones, and its places start again. */
+static void renew_if_empty(lua_State *L, int box) {
+  if (int_field(L, box, U_COUNT) != 0 || int_field(L, box, U_TAIL) == 0)
+    return;
+  lua_newtable(L);
+  lua_newtable(L);
+  lua_newtable(L);
+  set_field(L, box, U_BY_ID);
+  set_field(L, box, U_IDS);
+  set_field(L, box, U_QUEUE);
+  set_int_field(L, box, U_TAIL, 0);
+  set_int_field(L, box, U_HEAD, 1);
+}
+
 /*
-** core.outbox_dispatch(box, fn, after) -> count[, error]: for each
-** envelope pending when called, in order: fn(command, envelope) (a copy,
-** decoded at its turn from the queue's bytes), then after(id, pending)
+** The dispatch's own ack of the command at 'id', for a router that is
+** open and has no hooks: its record { id = id } appended to the router's
+** journal when it has one (the bytes core.encode would give, made in the
+** buffer at 'buf'), then the outbox forgets it (allocating nothing: it
+** cannot fail once the journal has the record).  1, or 0 with the
+** journal's message pushed.
+*/
+static int ack(lua_State *L, int router, int id, int buf) {
+  if (get_field(L, router, U_JOURNAL) == LUA_TUSERDATA) {
+    int journal = lua_gettop(L);
+    buffer_at(L, buf)->len = 0;
+    if (!outbox_ack_record(L, id, buf))
+      lua_error(L);  /* (an id is a string: never) */
+    if (!journal_lua_append_at(L, journal, RECORD_ACK, buffer_at(L, buf)->data,
+                               buffer_at(L, buf)->len))
+      return 0;
+  }
+  lua_pop(L, 1);
+  forget(L, 1, id, 5, 6, 0);  /* (the queue and ids read at the start: a pending
+                              ** command's are still the outbox's own) */
+  return 1;
+}
+
+/* May the dispatch ack a command itself? ('router' 0: never.) */
+static int plain_router(lua_State *L, int router) {
+  int plain;
+  if (router == 0)
+    return 0;
+  get_field(L, router, U_CLOSED);
+  get_field(L, router, U_HOOKS);
+  plain = !lua_toboolean(L, -2) && !lua_toboolean(L, -1);
+  lua_pop(L, 2);
+  return plain;
+}
+
+/*
+** core.outbox_dispatch(box, fn, after[, router]) -> count[, error]: for
+** each envelope pending when called, in order: fn(command, envelope) (a
+** copy, decoded at its turn from the queue's bytes), then its ack.  With
+** a router that is open and has no hooks, the ack of a command still
+** pending is the loop's own (see ack: its record in router.journal, if
+** any; a journal that refuses it stops the dispatch with
+** "procman.router: " and its message); otherwise after(id, pending)
 ** (pending: fn did not ack it meanwhile), which returns true to go on or
-** nil, message to stop there; stops at fn's first error.  The envelopes
+** nil, message to stop there.  Stops at fn's first error.  The envelopes
 ** are found by their places, not through a list of ids: one that fn acked
 ** is passed over, one that fn emitted (it handled an event) goes after
-** the last and waits for the next call.  (An outbox that empties gets new
-** tables: the queue read here is then the old one, whose slots forget
-** cleared.)
+** the last and waits for the next call.  (An outbox that empties while fn
+** runs gets new tables: the queue read here is then the old one, whose
+** slots forget cleared.)  An outbox the dispatch emptied gets new tables
+** at the end.
 */
 static int outbox_dispatch(lua_State *L) {
   lua_Integer i, head, tail, count = 0;
-  int k;
+  int router = 0;
   luaL_checktype(L, 1, LUA_TTABLE);
   luaL_checktype(L, 2, LUA_TFUNCTION);
   luaL_checktype(L, 3, LUA_TFUNCTION);
-  lua_settop(L, 3);
-  lua_getfield(L, 1, "queue");  /* 4 */
-  lua_getfield(L, 1, "ids");    /* 5 */
-  lua_getfield(L, 1, "head");
-  lua_getfield(L, 1, "tail");
-  head = lua_tointeger(L, -2);
-  tail = lua_tointeger(L, -1);
-  lua_pop(L, 2);
-  luaL_checkstack(L, OUTBOX_ENVELOPE_KEYS + 8, "procman.outbox");
-  for (k = 1; k <= OUTBOX_ENVELOPE_KEYS; k++)  /* 6 .. 9 */
-    lua_pushvalue(L, lua_upvalueindex(k));
+  if (!lua_isnoneornil(L, 4)) {
+    luaL_checktype(L, 4, LUA_TTABLE);
+    router = 4;
+  }
+  lua_settop(L, 4);
+  get_field(L, 1, U_QUEUE);  /* 5 */
+  get_field(L, 1, U_IDS);    /* 6 */
+  buffer_new(L, 64);         /* 7: an ack record */
+  head = int_field(L, 1, U_HEAD);
+  tail = int_field(L, 1, U_TAIL);
+  luaL_checkstack(L, OUTBOX_ENVELOPE_KEYS + 12, "procman.outbox");
+  for (i = U_COMMAND; i <= U_WORKFLOW; i++)  /* 8 .. 11 */
+    lua_pushvalue(L, U(i));
   for (i = head; i <= tail; i++) {
     size_t len, pos = 0;
     const char *s;
     int pending;
-    lua_rawgeti(L, 4, i);  /* 10 */
-    if (!lua_toboolean(L, 10)) {  /* acked (false), or gone (nil) */
-      lua_settop(L, 9);
+    lua_rawgeti(L, 5, i);  /* 12 */
+    if (!lua_toboolean(L, 12)) {  /* acked (false), or gone (nil) */
+      lua_settop(L, 11);
       continue;
     }
-    s = luaL_checklstring(L, 10, &len);  /* (never an envelope deferred by recovery) */
-    lua_rawgeti(L, 5, i);  /* 11: the id */
-    if (!codec_decode_shaped(L, s, len, &pos, 6, OUTBOX_ENVELOPE_KEYS) || pos != len)
+    s = luaL_checklstring(L, 12, &len);  /* (never an envelope deferred by recovery) */
+    lua_rawgeti(L, 6, i);  /* 13: the id */
+    if (!codec_decode_shaped(L, s, len, &pos, 8, OUTBOX_ENVELOPE_KEYS) || pos != len)
       return luaL_error(L, "procman.outbox: pending command %s does not decode: %s",
-                        lua_tostring(L, 11), pos != len ? "bytes left over" : lua_tostring(L, -1));
+                        lua_tostring(L, 13), pos != len ? "bytes left over" : lua_tostring(L, -1));
     lua_pushvalue(L, 2);  /* fn(command, envelope) */
-    lua_pushvalue(L, 6);
-    lua_rawget(L, 12);
-    lua_pushvalue(L, 12);
+    lua_pushvalue(L, 8);
+    lua_rawget(L, 14);
+    lua_pushvalue(L, 14);
     if (lua_pcall(L, 2, 0, 0) != LUA_OK) {
       lua_pushinteger(L, count);
       lua_insert(L, -2);
       return 2;
     }
-    lua_rawgeti(L, 4, i);
+    lua_rawgeti(L, 5, i);
     pending = lua_toboolean(L, -1);
     lua_pop(L, 1);
-    lua_pushvalue(L, 3);  /* after(id, pending) */
-    lua_pushvalue(L, 11);
-    lua_pushboolean(L, pending);
-    lua_call(L, 2, 2);
-    if (!lua_toboolean(L, -2)) {
-      lua_pushinteger(L, count);
-      lua_insert(L, -2);
-      return 2;
+    if (pending && plain_router(L, router)) {
+      if (!ack(L, router, 13, 7)) {
+        lua_pushinteger(L, count);
+        lua_pushfstring(L, "procman.router: %s", lua_tostring(L, -2));
+        return 2;
+      }
+    }
+    else {
+      lua_pushvalue(L, 3);  /* after(id, pending) */
+      lua_pushvalue(L, 13);
+      lua_pushboolean(L, pending);
+      lua_call(L, 2, 2);
+      if (!lua_toboolean(L, -2)) {
+        lua_pushinteger(L, count);
+        lua_insert(L, -2);
+        return 2;
+      }
     }
     count++;
-    lua_settop(L, 9);
+    lua_settop(L, 11);
   }
+  renew_if_empty(L, 1);
   lua_pushinteger(L, count);
   return 1;
 }
 
-void outbox_register(lua_State *L) {
+/* Both functions, with the strings they read fields with as upvalues. */
+static void push_closure(lua_State *L, lua_CFunction f) {
   int k;
-  for (k = 0; k < OUTBOX_ENVELOPE_KEYS; k++)
-    lua_pushstring(L, outbox_envelope_keys[k]);
-  lua_pushcclosure(L, outbox_dispatch, OUTBOX_ENVELOPE_KEYS);
+  for (k = 1; k < U_COUNT_; k++)
+    lua_pushstring(L, upvalue_names[k]);
+  lua_pushcclosure(L, f, U_COUNT_ - 1);
+}
+
+void outbox_register(lua_State *L) {
+  push_closure(L, outbox_dispatch);
   lua_setfield(L, -2, "outbox_dispatch");
-  for (k = 1; k < F_COUNT_; k++)
-    lua_pushstring(L, field_names[k]);
-  lua_pushcclosure(L, outbox_forget, F_COUNT_ - 1);
+  push_closure(L, outbox_forget);
   lua_setfield(L, -2, "outbox_forget");
 }

@@ -211,6 +211,57 @@ describe("procman.engine", function()
     assert.equal(files.bytes(pl), files.bytes(pe))
   end)
 
+  it("r:dispatch journals its own acks as r:ack does, byte for byte", function()
+    local pd, pa = temp(), temp()
+    local rd, ra = assert(open(pd, "always")), assert(open(pa, "always"))
+    for _, r in ipairs { rd, ra } do
+      for _, i in ipairs { 1, 2, 3, 4, 17, 18, 19 } do r:handle(EVENTS[i]) end  -- ids not UTF-8 too
+    end
+    local ids = {}
+    for _, e in ipairs(ra:pending()) do ids[#ids + 1] = e.id end
+    assert.is_true(#ids >= 5)
+    local seen = {}
+    assert.equal(#ids, rd:dispatch(function(_, e) seen[#seen + 1] = e.id end))
+    assert.same(ids, seen)
+    for _, id in ipairs(ids) do assert(ra:ack(id)) end
+    rd:close()
+    ra:close()
+    assert.equal(files.bytes(pa), files.bytes(pd))
+    assert.same({}, assert(open(pd)):pending())
+  end)
+
+  it("r:dispatch stops at an ack the journal refuses: that command stays pending", function()
+    local path = temp()
+    local r = assert(open(path, "always"))
+    r:handle(EVENTS[1])
+    r:handle(EVENTS[19])
+    local ids = {}
+    for _, e in ipairs(r:pending()) do ids[#ids + 1] = e.id end
+    assert.equal(2, #ids)
+    local sent = {}
+    core.journal_faults(1, "ENOSPC")  -- the first ack's write
+    local count, err = r:dispatch(function(_, e) sent[#sent + 1] = e.id end)
+    core.journal_faults()
+    assert.equal(0, count)
+    assert.matches("^procman.router: .*No space left on device", err)
+    assert.same({ ids[1] }, sent)
+    assert.equal(2, r:stats().pending)
+    assert.equal(2, r:dispatch(function(_, e) sent[#sent + 1] = e.id end))  -- sent again: at least once
+    assert.same({ ids[1], ids[1], ids[2] }, sent)
+    r:close()
+    assert.same({}, assert(open(path)):pending())
+  end)
+
+  it("r:dispatch acks through the router's hooks when it has some", function()
+    local r = assert(open(temp()))
+    for i = 1, 4 do r:handle(EVENTS[i]) end
+    local acks = 0
+    r:hook("journal_append", function(kind) if kind == 2 then acks = acks + 1 end end)
+    assert.equal(3, r:dispatch(function() end))
+    assert.equal(3, acks)
+    assert.equal(0, r:stats().pending)
+  end)
+
   it("routes in memory as with a journal", function()
     local r = procman.router { workflows = { alpha, beta } }
     local count = counting(r)

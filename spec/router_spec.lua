@@ -193,16 +193,23 @@ describe("procman.router", function()
       assert.equal(0, #r:pending())
     end)
 
-    it("dispatch passes over a command its function acked, and leaves those emitted meanwhile", function()
+    -- A router with b1's three commands, dispatched: the ids sent, the
+    -- count, the router. at_a(r) runs while the first one is sent.
+    local function dispatch_b1(at_a)
       local r = procman.router { workflows = { batch } }
       r:handle { event_type = "batch_created", batch_id = "b1", files = { "a", "b", "c" } }
       local sent = {}
       local count = r:dispatch(function(command, envelope)
         sent[#sent + 1] = envelope.id
-        if command.file == "a" then
-          assert(r:ack("batch/b1/1/3"))  -- the gateway answered for c already
-          r:handle { event_type = "batch_created", batch_id = "b2", files = { "x" } }
-        end
+        if command.file == "a" then at_a(r) end
+      end)
+      return sent, count, r
+    end
+
+    it("dispatch passes over a command its function acked, and leaves those emitted meanwhile", function()
+      local sent, count, r = dispatch_b1(function(r)
+        assert(r:ack("batch/b1/1/3"))  -- the gateway answered for c already
+        r:handle { event_type = "batch_created", batch_id = "b2", files = { "x" } }
       end)
       assert.same({ "batch/b1/1/1", "batch/b1/1/2" }, sent)
       assert.equal(2, count)
@@ -210,17 +217,11 @@ describe("procman.router", function()
     end)
 
     it("dispatch goes on right when its function empties the outbox and emits anew", function()
-      local r = procman.router { workflows = { batch } }
-      r:handle { event_type = "batch_created", batch_id = "b1", files = { "a", "b", "c" } }
-      local sent = {}
-      local count = r:dispatch(function(command, envelope)
-        sent[#sent + 1] = envelope.id
-        if command.file == "a" then  -- acked all three: the outbox empties (new tables)...
-          for _, id in ipairs { "batch/b1/1/1", "batch/b1/1/2", "batch/b1/1/3" } do assert(r:ack(id)) end
-          assert.equal(0, r:stats().pending)
-          -- ... then gets new commands, in the places the acked ones had
-          r:handle { event_type = "batch_created", batch_id = "b2", files = { "x", "y", "z" } }
-        end
+      local sent, count, r = dispatch_b1(function(r)  -- acks all three: the outbox empties (new tables)...
+        for _, id in ipairs { "batch/b1/1/1", "batch/b1/1/2", "batch/b1/1/3" } do assert(r:ack(id)) end
+        assert.equal(0, r:stats().pending)
+        -- ... then gets new commands, in the places the acked ones had
+        r:handle { event_type = "batch_created", batch_id = "b2", files = { "x", "y", "z" } }
       end)
       assert.same({ "batch/b1/1/1" }, sent)
       assert.equal(1, count)
@@ -246,6 +247,25 @@ describe("procman.router", function()
       r:handle { event_type = "batch_created", batch_id = "b1", files = { "a", "b" } }
       assert.has_error(function() r:dispatch(function() r:close() end) end,
                        "procman.router: this router is closed")
+    end)
+
+    it("gives back the outbox's memory once r:dispatch sent every command", function()
+      local r = procman.router { workflows = { batch } }
+      local names = {}
+      for i = 1, 3000 do names[i] = "f" .. i end
+      r:handle { event_type = "batch_created", batch_id = "b1", files = names }
+      collectgarbage()
+      collectgarbage()
+      local full = collectgarbage("count")
+      assert.equal(3000, r:dispatch(function() end))
+      collectgarbage()
+      collectgarbage()
+      -- 3000 pending commands are ~300 KB; their emptied slots would be ~100 KB
+      assert.is_true((full - collectgarbage("count")) * 1024 > 250000)
+      assert.equal(0, r.outbox.tail)
+      r:handle { event_type = "batch_created", batch_id = "b2", files = { "x" } }
+      assert.same({ "batch/b2/1/1" }, { r:pending()[1].id })
+      assert.equal(1, r:dispatch(function() end))
     end)
 
     it("gives back the outbox's memory once every command is acked", function()

@@ -90,7 +90,8 @@ end
 --- outbox:forget(id): the command was acked. Its slot is cleared and the
 -- front moves past every cleared slot; an outbox left empty gets new
 -- tables (a Lua table never shrinks by removals alone), so memory after a
--- dispatch is that of the flows, not of past commands (core.outbox_forget).
+-- dispatch is that of the flows, not of past commands (core.outbox_forget,
+-- csrc/outbox.c).
 Outbox.forget = core.outbox_forget
 
 --- outbox:list() -> copies of the pending envelopes, in emission order.
@@ -102,14 +103,16 @@ function Outbox:list()
   return out
 end
 
---- outbox:dispatch(fn, after) -> count[, error]: for each envelope pending
--- when called, in order, fn(command, envelope) (a copy, decoded at its
--- turn), then after(id, pending) (pending: fn did not ack it meanwhile),
--- which returns true to go on, or nil, message to stop there. Stops at
--- fn's first error. The envelopes are found by their places, not through
--- a list of ids: one that fn acked is passed over, and one that fn emitted
--- (it handled an event) goes after the last and waits for the next call
--- (core.outbox_dispatch).
+--- outbox:dispatch(fn, after[, router]) -> count[, error]: for each envelope
+-- pending when called, in order, fn(command, envelope) (a copy, decoded at
+-- its turn), then its ack: the outbox's own while 'router' is open and has
+-- no hooks (the ack record into router.journal, if any, then forget), else
+-- after(id, pending) (pending: fn did not ack it meanwhile), which returns
+-- true to go on, or nil, message to stop there. Stops at fn's first error.
+-- The envelopes are found by their places, not through a list of ids: one
+-- that fn acked is passed over, and one that fn emitted (it handled an
+-- event) goes after the last and waits for the next call
+-- (core.outbox_dispatch, csrc/outbox.c).
 Outbox.dispatch = core.outbox_dispatch
 
 --- outbox:encoded() -> the pending envelopes' bytes, in emission order

@@ -1041,11 +1041,13 @@ function Router:dispatch(fn)
   if type(fn) ~= "function" then fail("dispatch needs a function(command, envelope)") end
   local ready, refused = before_leaving(self)
   if not ready then return 0, refused end
+  -- the outbox acks each command itself while the router is open and has
+  -- no hooks (the record as ack() writes it); else through this function
   return self.outbox:dispatch(fn, function(id, pending)
     if self.closed then check_open(self) end  -- fn closed it
     if pending then return ack(self, id) end  -- (fn may have acked it itself)
     return true
-  end)
+  end, self)
 end
 
 --- r:flow(workflow_name, flow_id) -> the live procman.pm, or nil.
