@@ -40,7 +40,7 @@ export LUA_CPATH := $(CURDIR)/$(BUILD)/?.so;;
 export LUA_PATH_5_4  := $(LUA_PATH)
 export LUA_CPATH_5_4 := $(LUA_CPATH)
 
-.PHONY: all deps test test-lua test-c test-pg bench-pg lint test-rock demo bench sanitize valgrind soak fuzz clean
+.PHONY: all deps test test-lua test-c test-pg bench-pg lint test-rock demo bench sanitize valgrind soak fuzz clean luasym
 
 all: $(BUILD)/procman/core.so $(BUILD)/procman/terminal.so $(BUILD)/procman/lineedit.so
 
@@ -135,6 +135,14 @@ bench: deps-build all
 # procman.pg: 1, 2 and 3 workers, appends, latency; the journal side by side.
 bench-pg: deps all $(BUILD)/procman/pg/core.so
 	$(LUA) bench/pg_bench.lua
+
+# lua5.4 with Lua's own symbols, for callgrind and perf (tools/luasym.c):
+# Debian's lua5.4 is stripped; this links the same release statically.
+luasym: $(BUILD)/luasym
+$(BUILD)/luasym: tools/luasym.c
+	@mkdir -p $(BUILD)
+	$(CC) $(CSTD) $(CFLAGS) $(WARN) $(LUA_CFLAGS) -o $@ $< -Wl,-E \
+	  $(shell pkg-config --variable=libdir $(PKG_LUA))/liblua5.4.a -lm -ldl
 
 # AddressSanitizer + UndefinedBehaviorSanitizer: the C tests, and the
 # busted suite against a sanitized build of the module.
