@@ -55,7 +55,7 @@ enum {
   UV_ROUTER = 1,  /* the router table: seq, hooks, journal, finished_count */
   UV_ROUTES,      /* one route (R_*) per newest spec, in workflow order */
   UV_FINISHED_OF, /* name -> completed flows (a count, for metrics) */
-  UV_OUTBOX,      /* the procman.outbox: queue, ids, by_id, tail, count */
+  UV_OUTBOX,      /* the procman.outbox: queue, ids, by_id (or nil), tail, count */
   UV_PATCHES,     /* procman.patches: its context field */
   UV_LIVE_CTX,    /* patches.LIVE */
   UV_UNDO_CTX,    /* patches.UNDO */
@@ -759,7 +759,7 @@ static void open_queue(lua_State *L, int outbox, Queue *q) {
   q->by_id = q->queue + 2;
   lua_getfield(L, outbox, "queue");
   lua_getfield(L, outbox, "ids");
-  lua_getfield(L, outbox, "by_id");
+  lua_getfield(L, outbox, "by_id");  /* nil until a lookup by id needs it */
   lua_getfield(L, outbox, "tail");
   q->tail = lua_tointeger(L, -1);
   lua_getfield(L, outbox, "count");
@@ -786,9 +786,11 @@ static void emit(lua_State *L, Target *t, Queue *q) {
     lua_rawseti(L, q->queue, at);
     lua_pushvalue(L, id);
     lua_rawseti(L, q->ids, at);
-    lua_pushvalue(L, id);
-    lua_pushinteger(L, at);
-    lua_rawset(L, q->by_id);
+    if (lua_type(L, q->by_id) == LUA_TTABLE) {  /* (the index, when it was made) */
+      lua_pushvalue(L, id);
+      lua_pushinteger(L, at);
+      lua_rawset(L, q->by_id);
+    }
     q->tail = at, q->count++;  /* counted once the slot holds it */
   }
 }

@@ -1,12 +1,13 @@
 /*
 ** outbox.c - the hot paths of procman.outbox (lua/procman/outbox.lua) in
 ** C: handing the pending envelopes out in order, and forgetting an acked
-** one.  Both work on the outbox table's own fields (queue, ids, by_id,
+** one.  They work on the outbox table's own fields (queue, ids, by_id,
 ** head, tail, count: see outbox.lua), which the engine's step also fills
 ** (engine.c's emit).
 **
 **   count[, error] = core.outbox_dispatch(box, fn, after[, router])
 **   core.outbox_forget(box, id)
+**   core.outbox_has(box, id) -> pending?
 */
 #include "lauxlib.h"
 #include "buffer.h"
@@ -72,29 +73,66 @@ int outbox_ack_record(lua_State *L, int id, int bidx) {
 }
 
 /*
-** Forget the pending command whose id is at 'id' (box at 'box'; at 'q'
-** and 'ids' its queue and ids).  Its slot is cleared; when it was the
-** front, the front moves past every cleared slot (otherwise the front is
-** pending and stays).  An outbox this leaves empty takes the three tables
-** at the top of the stack as its queue, ids and by_id when 'fresh', and
-** keeps its own otherwise, its front past its last slot (the places go
-** on: a dispatch going through the queue never meets a command emitted
-** meanwhile at a place it has yet to pass).  Allocates nothing.
+** The outbox's index by id (by_id: id -> place), made when first asked
+** for (a lookup by id: r:ack, outbox:has, recovery's acks) from the
+** pending ids, then kept by emit and forget until the outbox empties.  A
+** dispatch, which finds each command by its place, never needs it: most
+** commands are never indexed.  Pushes it.  Out of memory: the outbox is as
+** it was (the index is set once complete).
 */
-static void forget(lua_State *L, int box, int id, int q, int ids, int fresh) {
-  lua_Integer at, head, tail, front;
-  int by_id;
-  get_field(L, box, U_BY_ID);
-  by_id = lua_gettop(L);
-  lua_pushvalue(L, id);
-  lua_rawget(L, by_id);
-  at = lua_tointeger(L, -1);
+static void push_index(lua_State *L, int box) {
+  lua_Integer i, head, tail;
+  int ids, q;
+  if (get_field(L, box, U_BY_ID) == LUA_TTABLE)
+    return;
   lua_pop(L, 1);
-  lua_pushvalue(L, id);
-  lua_pushnil(L);
-  lua_rawset(L, by_id);
+  head = int_field(L, box, U_HEAD);
+  tail = int_field(L, box, U_TAIL);
+  get_field(L, box, U_QUEUE);
+  q = lua_gettop(L);
+  get_field(L, box, U_IDS);
+  ids = lua_gettop(L);
+  lua_createtable(L, 0, (int)(int_field(L, box, U_COUNT) & 0x3fffffff));
+  for (i = head; i <= tail; i++) {
+    int pending = lua_rawgeti(L, q, i) != LUA_TNIL && lua_toboolean(L, -1);
+    lua_pop(L, 1);
+    if (!pending)
+      continue;
+    lua_rawgeti(L, ids, i);
+    lua_pushinteger(L, i);
+    lua_rawset(L, -3);
+  }
+  lua_replace(L, q);
+  lua_settop(L, q);
+  lua_pushvalue(L, -1);
+  set_field(L, box, U_BY_ID);
+}
+
+/*
+** Forget the pending command at place 'at' (its id at 'id'; box at
+** 'box'; at 'q' and 'ids' its queue and ids).  Its slot is cleared (and
+** its entry in the index, if there is one); when it was the front, the
+** front moves past every cleared slot (otherwise the front is pending and
+** stays).  An outbox this leaves empty takes the two tables at the top of
+** the stack as its queue and ids when 'fresh', and keeps its own
+** otherwise, its front past its last slot (the places go on: a dispatch
+** going through the queue never meets a command emitted meanwhile at a
+** place it has yet to pass); its index goes.  Allocates nothing.
+*/
+static void forget(lua_State *L, int box, lua_Integer at, int id, int q, int ids, int fresh) {
+  lua_Integer head, tail, front, count;
+  if (get_field(L, box, U_BY_ID) == LUA_TTABLE) {
+    lua_pushvalue(L, id);
+    lua_pushnil(L);
+    lua_rawset(L, -3);
+  }
   lua_pop(L, 1);
-  set_int_field(L, box, U_COUNT, int_field(L, box, U_COUNT) - 1);
+  count = int_field(L, box, U_COUNT) - 1;
+  set_int_field(L, box, U_COUNT, count);
+  if (count == 0) {  /* no lookups by id now: the index goes */
+    lua_pushnil(L);
+    set_field(L, box, U_BY_ID);
+  }
   head = int_field(L, box, U_HEAD);
   if (at != head) {
     lua_pushboolean(L, 0);  /* the slot stays until the front passes it */
@@ -115,7 +153,6 @@ static void forget(lua_State *L, int box, int id, int q, int ids, int fresh) {
     lua_rawseti(L, ids, front);
   }
   if (front > tail && fresh) {
-    set_field(L, box, U_BY_ID);
     set_field(L, box, U_IDS);
     set_field(L, box, U_QUEUE);
     set_int_field(L, box, U_TAIL, 0);
@@ -126,10 +163,10 @@ static void forget(lua_State *L, int box, int id, int q, int ids, int fresh) {
 
 /*
 ** core.outbox_forget(box, id): the command with this id was acked (see
-** forget).  An outbox left empty gets new tables (a Lua table never
-** shrinks by removals alone: memory after a dispatch is that of the
-** flows, not of past commands), made before anything changes: out of
-** memory, the outbox is as it was.
+** forget; its place from the index).  An outbox left empty gets new
+** tables (a Lua table never shrinks by removals alone: memory after a
+** dispatch is that of the flows, not of past commands), made before
+** anything changes: out of memory, the outbox is as it was.
 */
 static int outbox_forget(lua_State *L) {
   lua_Integer at;
@@ -137,7 +174,7 @@ static int outbox_forget(lua_State *L) {
   lua_settop(L, 2);
   get_field(L, 1, U_QUEUE);  /* 3 */
   get_field(L, 1, U_IDS);    /* 4 */
-  get_field(L, 1, U_BY_ID);
+  push_index(L, 1);
   lua_pushvalue(L, 2);
   if (lua_rawget(L, -2) != LUA_TNUMBER)
     return luaL_error(L, "procman.outbox: no pending command with id %s",
@@ -147,10 +184,23 @@ static int outbox_forget(lua_State *L) {
   if (int_field(L, 1, U_COUNT) == 1 && at == int_field(L, 1, U_HEAD)) {  /* it empties */
     lua_newtable(L);
     lua_newtable(L);
-    lua_newtable(L);
   }
-  forget(L, 1, 2, 3, 4, 1);
+  forget(L, 1, at, 2, 3, 4, 1);
   return 0;
+}
+
+/* core.outbox_has(box, id) -> is a command with this id pending? */
+static int outbox_has(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TTABLE);
+  lua_settop(L, 2);
+  if (int_field(L, 1, U_COUNT) == 0) {  /* nothing to index */
+    lua_pushboolean(L, 0);
+    return 1;
+  }
+  push_index(L, 1);
+  lua_pushvalue(L, 2);
+  lua_pushboolean(L, lua_rawget(L, -2) != LUA_TNIL);
+  return 1;
 }
 
 /* An emptied outbox that kept its tables (forget without 'fresh') gets
@@ -160,8 +210,6 @@ static void renew_if_empty(lua_State *L, int box) {
     return;
   lua_newtable(L);
   lua_newtable(L);
-  lua_newtable(L);
-  set_field(L, box, U_BY_ID);
   set_field(L, box, U_IDS);
   set_field(L, box, U_QUEUE);
   set_int_field(L, box, U_TAIL, 0);
@@ -169,14 +217,14 @@ static void renew_if_empty(lua_State *L, int box) {
 }
 
 /*
-** The dispatch's own ack of the command at 'id', for a router that is
-** open and has no hooks: its record { id = id } appended to the router's
+** The dispatch's own ack of the command at place 'at' (its id at 'id'),
+** for a router that is open and has no hooks: its record { id = id } appended to the router's
 ** journal when it has one (the bytes core.encode would give, made in the
 ** buffer at 'buf'), then the outbox forgets it (allocating nothing: it
 ** cannot fail once the journal has the record).  1, or 0 with the
 ** journal's message pushed.
 */
-static int ack(lua_State *L, int router, int id, int buf) {
+static int ack(lua_State *L, int router, lua_Integer at, int id, int buf) {
   if (get_field(L, router, U_JOURNAL) == LUA_TUSERDATA) {
     int journal = lua_gettop(L);
     buffer_at(L, buf)->len = 0;
@@ -187,7 +235,7 @@ static int ack(lua_State *L, int router, int id, int buf) {
       return 0;
   }
   lua_pop(L, 1);
-  forget(L, 1, id, 5, 6, 0);  /* (the queue and ids read at the start: a pending
+  forget(L, 1, at, id, 5, 6, 0);  /* (the queue and ids read at the start: a pending
                               ** command's are still the outbox's own) */
   return 1;
 }
@@ -267,7 +315,7 @@ static int outbox_dispatch(lua_State *L) {
     pending = lua_toboolean(L, -1);
     lua_pop(L, 1);
     if (pending && plain_router(L, router)) {
-      if (!ack(L, router, 13, 7)) {
+      if (!ack(L, router, i, 13, 7)) {
         lua_pushinteger(L, count);
         lua_pushfstring(L, "procman.router: %s", lua_tostring(L, -2));
         return 2;
@@ -305,4 +353,6 @@ void outbox_register(lua_State *L) {
   lua_setfield(L, -2, "outbox_dispatch");
   push_closure(L, outbox_forget);
   lua_setfield(L, -2, "outbox_forget");
+  push_closure(L, outbox_has);
+  lua_setfield(L, -2, "outbox_has");
 }

@@ -4,10 +4,13 @@
 -- Each pending envelope { id, workflow, flow, command } is kept encoded (one
 -- string, not four tables): a pending command costs its bytes, an id and
 -- two array slots, and nothing can change it after it was emitted. A queue
--- from 'head' to 'tail' (the envelopes' bytes, with their ids beside them)
--- plus an index by id; acked envelopes are dropped from the front as soon
--- as nothing before them is pending. (Not '#queue': with the front cleared
--- the length of the table is not defined.)
+-- from 'head' to 'tail' (the envelopes' bytes, with their ids beside them);
+-- acked envelopes are dropped from the front as soon as nothing before
+-- them is pending. (Not '#queue': with the front cleared the length of the
+-- table is not defined.) The index by id, 'by_id', is made when a lookup
+-- by id first needs it (has, forget) and kept until the outbox empties: a
+-- dispatch finds each command by its place, so most commands are never
+-- indexed (csrc/outbox.c).
 local core = require "procman.core"
 local records = require "procman.records"
 
@@ -21,13 +24,14 @@ Outbox.__index = Outbox
 local M = {}
 
 function M.new()
-  return setmetatable({ queue = {}, ids = {}, head = 1, tail = 0, by_id = {}, count = 0 }, Outbox)
+  return setmetatable({ queue = {}, ids = {}, head = 1, tail = 0, count = 0 }, Outbox)
 end
 
 local function push(self, id, bytes)
   local tail = self.tail + 1
   self.queue[tail], self.ids[tail] = bytes, id
-  self.by_id[id] = tail
+  local by_id = self.by_id
+  if by_id then by_id[id] = tail end
   self.tail = tail
   self.count = self.count + 1
 end
@@ -82,10 +86,9 @@ function Outbox:undefer()
   self.deferred = nil
 end
 
---- outbox:has(id) -> is a command with this id pending?
-function Outbox:has(id)
-  return self.by_id[id] ~= nil
-end
+--- outbox:has(id) -> is a command with this id pending? (core.outbox_has,
+-- csrc/outbox.c: it makes the index the first time)
+Outbox.has = core.outbox_has
 
 --- outbox:forget(id): the command was acked. Its slot is cleared and the
 -- front moves past every cleared slot; an outbox left empty gets new
