@@ -10,12 +10,6 @@ local function envelope(n)
            command = { command_type = "c", n = n, text = string.rep("x", n % 7) } }
 end
 
-local function ids(list)
-  local out = {}
-  for i, e in ipairs(list) do out[i] = e.id end
-  return out
-end
-
 -- The outbox holds what the model (a list of envelopes) holds, in order.
 local function agrees(box, model)
   assert.equal(#model, box:size())
