@@ -547,6 +547,7 @@ static int encode_envelopes(lua_State *L, Step *s, Target *t) {
     lua_pushinteger(L, (lua_Integer)buffer_at(L, s->staged)->len);  /* where it starts */
     lua_pushinteger(L, (lua_Integer)b->len);
     buffer_append(L, s->staged, b->data, b->len);
+    outbox_will_index(L, s->box, id);
     luaL_checkstack(L, 8, "procman.engine");
   }
   /* the buffer (maybe grown) is the outbox's, with room for the step's

@@ -154,6 +154,19 @@ void outbox_keep(lua_State *L, int box, int bidx, size_t n) {
   reserve_slots(L, box, o, n);
 }
 
+void outbox_will_index(lua_State *L, int box, int id) {
+  if (lua_getiuservalue(L, box, UV_INDEX) == LUA_TTABLE) {
+    lua_pushvalue(L, id);
+    if (lua_rawget(L, -2) == LUA_TNIL) {
+      lua_pushvalue(L, id);
+      lua_pushboolean(L, 0);  /* not pending (yet): place_of reads 0 */
+      lua_rawset(L, -4);
+    }
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 1);
+}
+
 void outbox_commit(lua_State *L, int box, size_t at, size_t len, int id) {
   Outbox *o = (Outbox *)lua_touserdata(L, box);
   Slot *s = slot_at(L, box, o, o->tail + 1);
@@ -165,7 +178,7 @@ void outbox_commit(lua_State *L, int box, size_t at, size_t len, int id) {
   if (lua_getiuservalue(L, box, UV_INDEX) == LUA_TTABLE) {  /* (when it was made) */
     lua_pushvalue(L, id);
     lua_pushinteger(L, o->tail);
-    lua_rawset(L, -3);
+    lua_rawset(L, -3);  /* (an existing key after outbox_will_index: no allocation) */
   }
   lua_pop(L, 1);
 }

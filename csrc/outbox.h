@@ -26,12 +26,16 @@ Outbox *outbox_check(lua_State *L, int idx);
 ** outbox_keep: the buffer at 'bidx' (it may have been replaced while
 ** growing) becomes the outbox's, with room for 'n' more commands (the
 ** step's envelopes staged so far, none committed: this allocates, the
-** commit does not).  outbox_commit: the next staged envelope, at
-** bytes [at, at + len), its id at stack index 'id', is pending; allocates
-** only to index it when an index by id was made.
+** commit does not).  outbox_will_index: the id at stack index 'id' gets
+** its entry in the index by id now, when there is one (allocates; an
+** entry for a command never committed reads as not pending).
+** outbox_commit: the next staged envelope, at bytes [at, at + len), its
+** id at stack index 'id', is pending; allocates nothing after
+** outbox_keep and outbox_will_index.
 */
 size_t outbox_stage(lua_State *L, int box);
 void outbox_keep(lua_State *L, int box, int bidx, size_t n);
+void outbox_will_index(lua_State *L, int box, int id);
 void outbox_commit(lua_State *L, int box, size_t at, size_t len, int id);
 
 /* Append the journal record of an ack, { id = id } as core.encode writes

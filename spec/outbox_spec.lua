@@ -172,6 +172,31 @@ describe("procman.outbox", function()
     agrees(box, { envelope(1) })
   end)
 
+  it("a step taken back leaves no command behind, with or without an index by id", function()
+    local w = procman.workflow {
+      name = "w", correlate = "id", starts = { "go" },
+      on = { go = function(_, e)
+        return { { command_type = "first" }, { command_type = "second", bad = e.bad } }
+      end },
+    }
+    local r = procman.router { workflows = { w } }
+    r:handle { event_type = "go", id = 1 }
+    for _, indexed in ipairs { false, true } do
+      if indexed then assert.is_true(r.outbox:has("w/1/1/1")) end  -- the index is made
+      -- the second command is not data: the step is taken back after the
+      -- first envelope was staged (and, with the index, entered in it)
+      assert.has_error(function() r:handle { event_type = "go", id = 2, bad = print } end)
+      assert.is_false(r.outbox:has("w/2/1/1"))
+      assert.same({ "w/1/1/1", "w/1/1/2" }, { r:pending()[1].id, r:pending()[2].id })
+      assert.equal(2, r:stats().pending)
+    end
+    r:handle { event_type = "go", id = 2 }
+    assert.is_true(r.outbox:has("w/2/1/1"))
+    local seen = {}
+    assert.equal(4, r:dispatch(function(c, e) seen[#seen + 1] = e.id .. ":" .. c.command_type end))
+    assert.same({ "w/1/1/1:first", "w/1/1/2:second", "w/2/1/1:first", "w/2/1/2:second" }, seen)
+  end)
+
   it("keeps a pending command as its bytes and a slot, no Lua object", function()
     local r = procman.router { workflows = { batch } }
     local names = {}
