@@ -78,7 +78,7 @@ local function internals(r)
   return { flows = flows, finished = finished, finished_count = r.finished_count,
            finished_of = r.finished_of, outbox = r.outbox:encoded(), pending = r:pending(),
            seq = r.seq, next_dead_letter = r.dead.next_id, dead = r:dead_letters(), parked = r:parked(),
-           timers = r:timers(), recovered = r.recovered, count = r.outbox.count }
+           timers = r:timers(), recovered = r.recovered, count = r.outbox:size() }
 end
 
 -- The state recovery gives with the scan and with the Lua fold alone, and
