@@ -30,6 +30,7 @@
 ** Lua path builds: keys are written in the codec's canonical order
 ** (strings bytewise), values through the codec itself.
 */
+#include <stdint.h>
 #include <string.h>
 
 #include "lauxlib.h"
@@ -134,6 +135,7 @@ typedef struct Step {
   lua_Integer before[MAX_TARGETS];  /* each flow's version before its run */
   int noted;                        /* command lengths noted */
   lua_Integer out;                  /* envelopes in P_OUT */
+  const Buffer *scratch;            /* the engine's scratch buffer when the step began */
   size_t command_len[MAX_NOTED];    /* each command's bytes in its envelope */
   Target t[MAX_TARGETS];
 } Step;
@@ -232,8 +234,8 @@ static int is_flow_id(lua_State *L, int idx) {
 */
 static int route_one(lua_State *L, Target *t) {
   int r = t->route, found;
-  if (!route_has(L, r, R_TYPES, P_TYPE))
-    return 0;
+  if (!route_has(L, r, R_ON, P_TYPE))  /* the newest version's types are among its types */
+    return route_has(L, r, R_TYPES, P_TYPE) ? -1 : 0;  /* an older version's: not mine */
   if (lua_rawgeti(L, r, R_CORRELATE) != LUA_TSTRING)
     return -1;  /* a correlate function: the Lua path calls it */
   lua_rawget(L, P_EVENT);
@@ -246,7 +248,7 @@ static int route_one(lua_State *L, Target *t) {
   t->pm = lua_gettop(L);
   t->is_new = !found;
   /* pinned to an older version, or completed (a late event, a redelivery) */
-  if (route_has(L, r, found ? R_OLDER : R_FINISHED, t->id) || !route_has(L, r, R_ON, P_TYPE))
+  if (route_has(L, r, found ? R_OLDER : R_FINISHED, t->id))
     return -1;
   if (t->is_new) {
     found = lua_rawgeti(L, r, R_STARTS) == LUA_TTABLE && raw_get(L, -1, P_TYPE) == LUA_TBOOLEAN &&
@@ -377,7 +379,7 @@ static int run_one(lua_State *L, Step *s, int k) {
 ** =================================================================== */
 
 static void put(lua_State *L, const void *p, size_t n) {
-  Buffer *b = buffer_at(L, P_SCRATCH);
+  Buffer *b = (Buffer *)lua_touserdata(L, P_SCRATCH);
   if (b->cap - b->len < n)
     b = buffer_reserve(L, P_SCRATCH, n);
   memcpy(b->data + b->len, p, n);
@@ -412,6 +414,51 @@ static void put_header(lua_State *L, unsigned fix, unsigned tag16, size_t n) {
   }
 }
 
+/* A tag byte, then v's low 'width' bytes, big-endian. */
+static void put_tagged(lua_State *L, unsigned tag, unsigned long long v, int width) {
+  unsigned char out[9];
+  int i;
+  out[0] = (unsigned char)tag;
+  for (i = width; i >= 1; i--, v >>= 8)
+    out[i] = (unsigned char)v;
+  put(L, out, (size_t)width + 1);
+}
+
+/* An integer in the codec's canonical (shortest) form: docs/codec.md. */
+static void put_integer(lua_State *L, lua_Integer v) {
+  unsigned long long u = (unsigned long long)v;
+  if (v >= -32 && v <= 0x7f) {
+    unsigned char c = (unsigned char)(u & 0xff);  /* positive or negative fixint */
+    put(L, &c, 1);
+  }
+  else if (v > 0)
+    put_tagged(L, u <= 0xff ? 0xcc : u <= 0xffff ? 0xcd : u <= 0xffffffffULL ? 0xce : 0xcf, u,
+               u <= 0xff ? 1 : u <= 0xffff ? 2 : u <= 0xffffffffULL ? 4 : 8);
+  else if (v >= INT8_MIN)
+    put_tagged(L, 0xd0, u, 1);
+  else if (v >= INT16_MIN)
+    put_tagged(L, 0xd1, u, 2);
+  else if (v >= INT32_MIN)
+    put_tagged(L, 0xd2, u, 4);
+  else
+    put_tagged(L, 0xd3, u, 8);
+}
+
+/* A string as the codec writes it: a str when valid UTF-8, else a bin
+** (codec_utf8_valid says which), with the shortest header. */
+static void put_string(lua_State *L, const char *s, size_t n) {
+  if (!codec_utf8_valid((const unsigned char *)s, n)) {
+    put_tagged(L, n <= 0xff ? 0xc4 : n <= 0xffff ? 0xc5 : 0xc6, n, n <= 0xff ? 1 : n <= 0xffff ? 2 : 4);
+  }
+  else if (n <= 31) {
+    unsigned char c = (unsigned char)(0xa0 | n);
+    put(L, &c, 1);
+  }
+  else
+    put_tagged(L, n <= 0xff ? 0xd9 : n <= 0xffff ? 0xda : 0xdb, n, n <= 0xff ? 1 : n <= 0xffff ? 2 : 4);
+  put(L, s, n);
+}
+
 /* The value at 'idx', through the codec; 0 when it is not data. */
 static int put_value(lua_State *L, int idx) {
   if (codec_encode(L, idx, P_SCRATCH, "value"))
@@ -420,7 +467,20 @@ static int put_value(lua_State *L, int idx) {
   return 0;
 }
 
-/* The flow id of a target, through the codec once a step. */
+/* The integer or string at 'idx' (a flow id, a status) as the codec
+** writes it. */
+static void put_scalar(lua_State *L, int idx) {
+  size_t n;
+  const char *s;
+  if (lua_isinteger(L, idx)) {
+    put_integer(L, lua_tointeger(L, idx));
+    return;
+  }
+  s = lua_tolstring(L, idx, &n);
+  put_string(L, s, n);
+}
+
+/* The flow id of a target, written once a step. */
 static void put_flow(lua_State *L, Target *t) {
   size_t at, n;
   if (t->flow_len > 0) {
@@ -428,7 +488,7 @@ static void put_flow(lua_State *L, Target *t) {
     return;
   }
   at = buffer_at(L, P_SCRATCH)->len;
-  put_value(L, t->id);  /* an integer or a string: data */
+  put_scalar(L, t->id);  /* an integer or a non-empty string (route_one) */
   n = buffer_at(L, P_SCRATCH)->len - at;
   if (n <= sizeof t->flow_bytes) {
     memcpy(t->flow_bytes, buffer_at(L, P_SCRATCH)->data + at, n);
@@ -694,14 +754,12 @@ static void put_entry(lua_State *L, Step *s, Target *t) {
   put_key(L, "flow");
   put_flow(L, t);
   put_key(L, "status");
-  put_value(L, t->status);
+  put_scalar(L, t->status);  /* a string: pm_settled checked it */
   put_key(L, "workflow");
   put_name(L, t);
   if (pinned) {
     put_key(L, "workflow_version");
-    lua_pushinteger(L, version);
-    put_value(L, lua_gettop(L));
-    lua_pop(L, 1);
+    put_integer(L, version);
   }
 }
 
@@ -718,9 +776,7 @@ static void encode_record(lua_State *L, Step *s, int committed, lua_Integer seq)
     if (s->t[k].committed)
       put_entry(L, s, &s->t[k]);
   put_key(L, "seq");
-  lua_pushinteger(L, seq);
-  put_value(L, lua_gettop(L));
-  lua_pop(L, 1);
+  put_integer(L, seq);
 }
 
 /* ===================================================================
@@ -948,6 +1004,7 @@ static int protected_step(lua_State *L) {
   lua_pushliteral(L, "event_type");
   lua_rawget(L, P_EVENT);                                /* P_TYPE */
   uv(L, P_ENGINE, UV_SCRATCH);                           /* P_SCRATCH */
+  s->scratch = buffer_at(L, P_SCRATCH);
   lua_pushnil(L);                                        /* P_OUT: see make_out */
   uv(L, P_ENGINE, UV_PATCHES);                           /* P_PATCHES */
   uv(L, P_ENGINE, UV_LIVE_CTX);                          /* P_CTX */
@@ -967,9 +1024,9 @@ static int protected_step(lua_State *L) {
   lua_pushinteger(L, seq);
   lua_rawset(L, P_ROUTER);  /* an existing key: no allocation */
   settle(L, s);
-  if (buffer_at(L, P_SCRATCH)->cap <= SCRATCH_KEEP) {
+  if (buffer_at(L, P_SCRATCH) != s->scratch && buffer_at(L, P_SCRATCH)->cap <= SCRATCH_KEEP) {
     lua_pushvalue(L, P_SCRATCH);
-    lua_setiuservalue(L, P_ENGINE, UV_SCRATCH);  /* it may have grown */
+    lua_setiuservalue(L, P_ENGINE, UV_SCRATCH);  /* it grew */
   }
   lua_pushvalue(L, P_OUT);
   return 1;
