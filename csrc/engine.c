@@ -124,6 +124,8 @@ typedef struct Target {
   int commands, status;     /* stack indices, once run */
   int envelopes;            /* stack index of its first envelope's bytes */
   int is_new, committed, done;
+  const char *name_bytes;   /* the codec's bytes for the name (NULL: not yet) */
+  size_t name_len;
 } Target;
 
 /* A step, in the C frame of engine:step (it outlives a longjmp).  Only
@@ -496,14 +498,15 @@ static void put_flow(lua_State *L, Target *t) {
   }
 }
 
-/* The workflow name of a target: the route keeps its bytes. */
+/* The workflow name of a target: the route keeps its bytes (a string
+** the route, on the stack throughout the step, anchors). */
 static void put_name(lua_State *L, Target *t) {
-  size_t n;
-  const char *bytes;
-  lua_rawgeti(L, t->route, R_NAME_BYTES);
-  bytes = lua_tolstring(L, -1, &n);
-  put(L, bytes, n);
-  lua_pop(L, 1);
+  if (t->name_bytes == NULL) {
+    lua_rawgeti(L, t->route, R_NAME_BYTES);
+    t->name_bytes = lua_tolstring(L, -1, &t->name_len);
+    lua_pop(L, 1);
+  }
+  put(L, t->name_bytes, t->name_len);
 }
 
 static void reset_scratch(lua_State *L) {
@@ -746,16 +749,17 @@ static void put_entry(lua_State *L, Step *s, Target *t) {
   version = lua_tointeger(L, -1);
   lua_pop(L, 1);
   pinned = t->is_new && version != 1;
-  put_header(L, 0x80, 0xde, (size_t)(4 + t->done + pinned));
-  put_key(L, "commands");
+  /* a map of 4 to 6 keys (a fixmap), "commands" first */
+  put(L, pinned ? (t->done ? "\x86\xa8" "commands" : "\x85\xa8" "commands")
+                : (t->done ? "\x85\xa8" "commands" : "\x84\xa8" "commands"), 10);
   put_commands(L, s, t);
   if (t->done)
     put(L, "\xa4" "done" "\xc3", 6);
-  put_key(L, "flow");
+  put(L, "\xa4" "flow", 5);
   put_flow(L, t);
-  put_key(L, "status");
+  put(L, "\xa6" "status", 7);
   put_scalar(L, t->status);  /* a string: pm_settled checked it */
-  put_key(L, "workflow");
+  put(L, "\xa8" "workflow", 9);
   put_name(L, t);
   if (pinned) {
     put_key(L, "workflow_version");
@@ -767,15 +771,14 @@ static void put_entry(lua_State *L, Step *s, Target *t) {
 static void encode_record(lua_State *L, Step *s, int committed, lua_Integer seq) {
   int k;
   reset_scratch(L);
-  put_header(L, 0x80, 0xde, 3);
-  put_key(L, "event");
+  put(L, "\x83\xa5" "event", 7);  /* { event, flows, seq } */
   put_event(L, s);
-  put_key(L, "flows");
+  put(L, "\xa5" "flows", 6);
   put_header(L, 0x90, 0xdc, (size_t)committed);
   for (k = 0; k < s->n; k++)
     if (s->t[k].committed)
       put_entry(L, s, &s->t[k]);
-  put_key(L, "seq");
+  put(L, "\xa3" "seq", 4);
   put_integer(L, seq);
 }
 
