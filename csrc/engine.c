@@ -77,11 +77,12 @@ enum {
 */
 enum {
   K_SEQ = 1, K_HOOKS, K_CLOSED, K_JOURNAL, K_PM, K_RECORDED, K_CONTEXT, K_COMMAND, K_FLOW,
-  K_ID, K_WORKFLOW, K_STATUS, K_IDS, K_FINISHED_COUNT, K_COUNT = K_FINISHED_COUNT
+  K_ID, K_WORKFLOW, K_STATUS, K_IDS, K_FINISHED_COUNT, K_EVENT_TYPE, K_COMMAND_TYPE,
+  K_COUNT = K_COMMAND_TYPE
 };
 static const char *const KEYS[K_COUNT] = {
   "seq", "hooks", "closed", "journal", "pm", "recorded", "context", "command", "flow",
-  "id", "workflow", "status", "ids", "finished_count"
+  "id", "workflow", "status", "ids", "finished_count", "event_type", "command_type"
 };
 
 /*
@@ -138,6 +139,7 @@ typedef struct Step {
   int noted;                        /* command lengths noted */
   lua_Integer out;                  /* envelopes in P_OUT */
   const Buffer *scratch;            /* the engine's scratch buffer when the step began */
+  int outside;                      /* no handler is running: the step may set the context */
   size_t command_len[MAX_NOTED];    /* each command's bytes in its envelope */
   Target t[MAX_TARGETS];
 } Step;
@@ -145,7 +147,7 @@ typedef struct Step {
 /* Stack indices of the protected call.  P_OUT is nil until the step
 ** knows how many envelopes it returns. */
 enum {
-  P_ENGINE = 1, P_EVENT, P_STEP, P_TYPE, P_SCRATCH, P_OUT, P_PATCHES, P_CTX, P_KEYS, P_ROUTER,
+  P_ENGINE = 1, P_EVENT, P_STEP, P_KEYS, P_PATCHES, P_CTX, P_SCRATCH, P_OUT, P_TYPE, P_ROUTER,
   P_FIRST
 };
 
@@ -302,8 +304,7 @@ static int route(lua_State *L, Step *s) {
 static int is_directive(lua_State *L) {
   size_t n;
   const char *ct;
-  lua_pushliteral(L, "command_type");
-  lua_rawget(L, -2);  /* a string: pm.c checked it */
+  get_key(L, P_KEYS, lua_gettop(L), K_COMMAND_TYPE);  /* a string: pm.c checked it */
   ct = lua_tolstring(L, -1, &n);
   lua_pop(L, 1);
   if (ct == NULL || n < 10 || memcmp(ct, "procman.", 8) != 0)
@@ -1004,14 +1005,21 @@ static int protected_step(lua_State *L) {
   Step *s = (Step *)lua_touserdata(L, P_STEP);
   lua_Integer seq = 0;
   int committed = 0;
-  lua_pushliteral(L, "event_type");
-  lua_rawget(L, P_EVENT);                                /* P_TYPE */
+  /* nothing here allocates */
+  uv(L, P_ENGINE, UV_KEYS);                              /* P_KEYS */
+  uv(L, P_ENGINE, UV_PATCHES);                           /* P_PATCHES */
+  uv(L, P_ENGINE, UV_LIVE_CTX);                          /* P_CTX */
   uv(L, P_ENGINE, UV_SCRATCH);                           /* P_SCRATCH */
   s->scratch = buffer_at(L, P_SCRATCH);
   lua_pushnil(L);                                        /* P_OUT: see make_out */
-  uv(L, P_ENGINE, UV_PATCHES);                           /* P_PATCHES */
-  uv(L, P_ENGINE, UV_LIVE_CTX);                          /* P_CTX */
-  uv(L, P_ENGINE, UV_KEYS);                              /* P_KEYS */
+  /* from a handler (of any router), r:handle refuses the event: the step
+  ** must not even clear the context the handler runs in (see engine_step) */
+  get_key(L, P_KEYS, P_PATCHES, K_CONTEXT);
+  if (lua_toboolean(L, -1))
+    return 0;
+  s->outside = 1;
+  lua_pop(L, 1);
+  get_key(L, P_KEYS, P_EVENT, K_EVENT_TYPE);             /* P_TYPE */
   uv(L, P_ENGINE, UV_ROUTER);                            /* P_ROUTER */
   if (!covered(L) || !route(L, s))
     return 0;
@@ -1076,29 +1084,17 @@ static Engine *to_engine(lua_State *L) {
   return (Engine *)lua_touserdata(L, 1);
 }
 
-/* Is a handler (of any router) running?  Then r:handle refuses the event;
-** the step must not even clear the context the handler runs in. */
-static int in_handler(lua_State *L) {
-  int running;
-  lua_getiuservalue(L, 1, UV_KEYS);
-  lua_getiuservalue(L, 1, UV_PATCHES);
-  get_key(L, lua_gettop(L) - 1, lua_gettop(L), K_CONTEXT);
-  running = lua_toboolean(L, -1);
-  lua_pop(L, 3);
-  return running;
-}
-
 /* engine:step(event) -> see the top of this file. */
 static int engine_step(lua_State *L) {
   Engine *e = to_engine(L);
   Step s;
   int status;
-  if (lua_type(L, 2) != LUA_TTABLE || e->busy || in_handler(L)) {
+  if (lua_type(L, 2) != LUA_TTABLE || e->busy) {
     lua_pushboolean(L, 0);  /* r:handle says what is wrong */
     return 1;
   }
   lua_settop(L, 2);
-  s.result = s.journaled = s.n = s.noted = 0;  /* each target: when routed */
+  s.result = s.journaled = s.n = s.noted = s.outside = 0;  /* each target: when routed */
   s.out = 0;
   lua_pushcfunction(L, protected_step);
   lua_pushvalue(L, 1);
@@ -1107,7 +1103,7 @@ static int engine_step(lua_State *L) {
   e->busy = 1;
   status = lua_pcall(L, 3, 1, 0);
   e->busy = 0;
-  if (status != LUA_OK)
+  if (status != LUA_OK && s.outside)
     clear_context(L, 1);  /* a handler raised: the step clears it after each one */
   if (s.journaled) {
     clear_targets(L, 1, &s);
