@@ -67,7 +67,8 @@ enum {
   UV_TARGETS,     /* array of MAX_TARGETS slots: the flows run (for undo) */
   UV_WRAP,        /* { x }: see put_nested */
   UV_KEYS,        /* the field names the step reads and writes (K_*) */
-  UV_COUNT = UV_KEYS
+  UV_JOURNAL,     /* the router's journal when the log last took a record (false: none) */
+  UV_COUNT = UV_JOURNAL
 };
 
 /*
@@ -793,13 +794,21 @@ static void encode_record(lua_State *L, Step *s, int committed, lua_Integer seq)
 ** journal's message pushed.
 */
 static int log_record(lua_State *L) {
-  int ok = 1;
   if (get_key(L, P_KEYS, P_ROUTER, K_JOURNAL) == LUA_TUSERDATA) {
     const Buffer *b = buffer_at(L, P_SCRATCH);
-    ok = journal_lua_append_at(L, lua_gettop(L), RECORD_EVENT, b->data, b->len);
+    int journal = lua_gettop(L), known, ok;
+    uv(L, P_ENGINE, UV_JOURNAL);  /* the same as last time: a procman.journal */
+    known = lua_rawequal(L, journal, -1);
+    lua_pop(L, 1);
+    ok = known ? journal_lua_append_known(L, journal, RECORD_EVENT, b->data, b->len)
+               : journal_lua_append_at(L, journal, RECORD_EVENT, b->data, b->len);
     if (!ok) {
       lua_replace(L, -2);  /* the message */
       return 0;
+    }
+    if (!known) {  /* (compaction, recovery replace the router's journal) */
+      lua_pushvalue(L, journal);
+      lua_setiuservalue(L, P_ENGINE, UV_JOURNAL);
     }
   }
   lua_pop(L, 1);
@@ -1277,6 +1286,8 @@ int engine_new(lua_State *L) {
   lua_pushboolean(L, 0);
   lua_rawseti(L, -2, 1);
   lua_setiuservalue(L, 2, UV_WRAP);
+  lua_pushboolean(L, 0);
+  lua_setiuservalue(L, 2, UV_JOURNAL);
   return 1;
 }
 
