@@ -107,7 +107,8 @@ enum {
   R_NAME_BYTES, /* the codec's bytes for the name */
   R_STATUS_FN, /* spec.status (nil: none) */
   R_DONE_FN,   /* spec.done (nil: none) */
-  R_COUNT = R_DONE_FN
+  R_FLOW_MT,   /* the metatable of the workflow's flows (pm.c's) */
+  R_COUNT = R_FLOW_MT
 };
 
 typedef struct Engine {
@@ -322,12 +323,11 @@ static int run_one(lua_State *L, Step *s, int k) {
   Target *t = &s->t[k];
   lua_Integer i, n;
   int recorded;
-  if (t->is_new) {
-    lua_pushcfunction(L, pm_new);
-    lua_pushvalue(L, t->spec);
-    lua_pushvalue(L, t->id);
-    lua_call(L, 2, 1);
+  if (t->is_new) {  /* core.new's flow, made in this protected call */
+    lua_rawgeti(L, t->route, R_FLOW_MT);
+    pm_push_new(L, t->id, -1);
     lua_replace(L, t->pm);
+    lua_pop(L, 1);
   }
   s->before[k] = version_of(L, t->pm);
   uv(L, P_ENGINE, UV_TARGETS);
@@ -1224,6 +1224,8 @@ static void make_routes(lua_State *L, int parts) {
     lua_rawseti(L, route, R_STATUS_FN);
     lua_getfield(L, spec, "done");
     lua_rawseti(L, route, R_DONE_FN);
+    pm_push_flow_metatable(L, spec);
+    lua_rawseti(L, route, R_FLOW_MT);
     route_table(L, parts, "types_of", name, R_TYPES);
     route_table(L, parts, "live", name, R_LIVE);
     route_table(L, parts, "finished", name, R_FINISHED);
