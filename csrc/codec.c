@@ -57,7 +57,8 @@ typedef struct Encoder {
   int stack_ok;                          /* slots are checked up to this index */
   const char *mark;                      /* a key of the root map to find, or NULL */
   size_t mark_len, mark_at;              /* its length; where its value starts */
-  const void *open[CODEC_MAX_DEPTH];     /* those tables, for cycles */
+  int open[CODEC_MAX_DEPTH + 1];         /* their stack indexes, for cycles */
+  int cut;                               /* a cycle: no path below this depth */
   char why[96];                          /* what went wrong */
   char path[PATH_SIZE];                  /* where: filled from the end */
   size_t path_start;
@@ -307,6 +308,8 @@ static int is_identifier(const char *s, size_t n) {
 /* Record "the failing value sits under key 'k'" on the way out. */
 static int fail_under(Encoder *e, const Key *k) {
   char seg[64];
+  if (e->depth > e->cut)
+    return 0;  /* inside the cycle's repeats: see too_deep() */
   switch (k->kind) {
     case KEY_FALSE: snprintf(seg, sizeof seg, "[false]"); break;
     case KEY_TRUE: snprintf(seg, sizeof seg, "[true]"); break;
@@ -717,23 +720,41 @@ static int encode_large_unsorted(Encoder *e, int t) {
   return 1;
 }
 
+/*
+** Tables CODEC_MAX_DEPTH deep are open and 't' would be one more: a cycle
+** when one of them repeats.  Cycles are looked for here, not on every
+** table (a pointer and a scan each), since a cycle always runs into the
+** depth limit; the error names the path to the first repeat, as if it had
+** been caught there (fail_under() leaves out the keys below it).
+*/
+static int too_deep(Encoder *e, int t) {
+  const void *p[CODEC_MAX_DEPTH + 1];
+  int i, j;
+  e->open[CODEC_MAX_DEPTH] = t;
+  for (j = 0; j <= CODEC_MAX_DEPTH; j++) {
+    p[j] = lua_topointer(e->L, e->open[j]);
+    for (i = 0; i < j; i++)
+      if (p[i] == p[j]) {
+        e->cut = j;
+        return fail(e, "a cycle (a table that contains itself)");
+      }
+  }
+  return fail(e, "tables nested more than %d deep", CODEC_MAX_DEPTH);
+}
+
 static int encode_table(Encoder *e, int t) {
   lua_State *L = e->L;
-  const void *p = lua_topointer(L, t);
   Key keys[SMALL_MAP];
   unsigned char order[SMALL_MAP];
-  int i, base = lua_gettop(L), ok, strings, in_order;
+  int base = lua_gettop(L), ok, strings, in_order;
   long n;
-  for (i = 0; i < e->depth; i++)
-    if (e->open[i] == p)
-      return fail(e, "a cycle (a table that contains itself)");
   if (e->depth == CODEC_MAX_DEPTH)
-    return fail(e, "tables nested more than %d deep", CODEC_MAX_DEPTH);
+    return too_deep(e, t);
   if (base + TABLE_SLOTS > e->stack_ok) {  /* checked once per level */
     luaL_checkstack(L, TABLE_SLOTS, "procman: tables nested too deep to encode");
     e->stack_ok = base + TABLE_SLOTS;
   }
-  e->open[e->depth++] = p;
+  e->open[e->depth++] = t;
   n = collect_small(e, t, keys, &strings, &in_order);
   if (n == FAILED)
     return 0;
@@ -811,6 +832,7 @@ static int encode_root(lua_State *L, int idx, int bidx, const char *root,
   e.bidx = lua_absindex(L, bidx);
   e.b = buffer_at(L, e.bidx);
   e.depth = 0;
+  e.cut = CODEC_MAX_DEPTH + 1;
   e.stack_ok = 0;
   e.why[0] = '\0';
   e.path_start = PATH_SIZE - 1;

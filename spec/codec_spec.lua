@@ -224,6 +224,27 @@ describe("the codec", function()
       local t = { x = {} }
       t.x.back = t
       refuses(t, "procman.encode: cannot encode a cycle (a table that contains itself) at value.x.back")
+      -- named where the first repeat begins, whatever the way round
+      local a = { b = { c = {} } }
+      a.b.c.d = a.b
+      refuses({ a = a }, "procman.encode: cannot encode a cycle (a table that contains itself) at value.a.b.c.d")
+      local big, arr = {}, { 1, 2 }
+      for i = 1, 20 do big["k" .. i] = i end
+      big.k5, arr[3] = arr, big
+      refuses(big, "procman.encode: cannot encode a cycle (a table that contains itself) at value.k5[3]")
+      local selfish = {}
+      selfish[1] = selfish
+      refuses(selfish, "procman.encode: cannot encode a cycle (a table that contains itself) at value[1]")
+      local deep = {}
+      local inner = deep
+      for _ = 1, 98 do inner.n = {}; inner = inner.n end
+      inner.n = inner  -- a cycle at the depth limit
+      local ok, err = pcall(encode, deep)
+      assert.is_false(ok)
+      assert.equal("procman.encode: cannot encode a cycle (a table that contains itself) at value"
+                   .. string.rep(".n", 99), err)
+      assert.has_error(function() procman.copy({ x = t }) end,
+        "procman.copy: cannot encode a cycle (a table that contains itself) at value.x.x.back")
     end)
     it("keys that are not strings, numbers or booleans", function()
       refuses({ [{}] = 1 }, "procman.encode: cannot encode a key of type table (keys must be strings, "
