@@ -81,7 +81,7 @@ enum { KEY_FALSE, KEY_TRUE, KEY_INT, KEY_FLOAT, KEY_STRING };
 static int encode_value(Encoder *e, int idx);
 
 /* Room for 'n' more bytes: where they go (commit them with e->b->len). */
-static unsigned char *room(Encoder *e, size_t n) {
+static inline unsigned char *room(Encoder *e, size_t n) {
   if (e->b->cap - e->b->len < n)
     e->b = buffer_reserve(e->L, e->bidx, n);
   return (unsigned char *)e->b->data + e->b->len;
@@ -225,7 +225,7 @@ static int is_utf8(const unsigned char *s, size_t n) {
 ** two halves may overlap), never reading outside s; returns the bytes
 ** OR-ed together, so (result & HIGH_BITS) == 0 means ASCII.
 */
-static uint64_t copy_short(unsigned char *d, const unsigned char *s, size_t n) {
+static inline uint64_t copy_short(unsigned char *d, const unsigned char *s, size_t n) {
   if (n >= 8) {
     uint64_t a, b;
     memcpy(&a, s, 8);
@@ -251,25 +251,33 @@ static uint64_t copy_short(unsigned char *d, const unsigned char *s, size_t n) {
   }
 }
 
-/* A str when s is valid UTF-8, else a bin. */
-static void encode_string(Encoder *e, const char *s, size_t n) {
+/* A str when s is valid UTF-8, else a bin: any string. */
+static void encode_any_string(Encoder *e, const char *s, size_t n) {
   const unsigned char *u = (const unsigned char *)s;
   unsigned char *w = room(e, n + 5);
-  if (n <= 16) {  /* most keys and short values: copy, then look */
-    if ((copy_short(w + 1, u, n) & HIGH_BITS) == 0 || is_utf8(u, n)) {
-      w[0] = (unsigned char)(0xa0 | n);
-      e->b->len += n + 1;
-      return;
-    }
-    w += store_header(w, n, 0, -1, 0xc4, 0xc5, 0xc6);  /* bin 8: one more byte */
-  }
-  else if (is_utf8(u, n))
+  if (is_utf8(u, n))
     w += store_header(w, n, 0xa0, 31, 0xd9, 0xda, 0xdb);
   else
     w += store_header(w, n, 0, -1, 0xc4, 0xc5, 0xc6);
   memcpy(w, s, n);
   e->b->len = (size_t)((char *)w - e->b->data) + n;
 }
+
+/* encode_any_string, with the common case inline: a short string (most
+** keys and values) is copied first and looked at after, in one pass. */
+static inline void encode_string(Encoder *e, const char *s, size_t n) {
+  Buffer *b = e->b;
+  if (n <= 16 && b->cap - b->len > 16) {
+    unsigned char *w = (unsigned char *)b->data + b->len;
+    if ((copy_short(w + 1, (const unsigned char *)s, n) & HIGH_BITS) == 0) {
+      w[0] = (unsigned char)(0xa0 | n);  /* ASCII: a fixstr */
+      b->len += n + 1;
+      return;
+    }
+  }
+  encode_any_string(e, s, n);
+}
+
 /* ---- error reporting: reason plus the path to the value -------------- */
 
 static int fail(Encoder *e, const char *fmt, ...) {
