@@ -378,27 +378,27 @@ static uint64_t key_head(const char *s, size_t n) {
   return h;
 }
 
-/* Bytewise order of two distinct string keys: is a first?  Equal heads
-** mean equal first min(8, lengths) bytes, so a shorter key of at most 8
-** bytes is a prefix of the other. */
-static int string_before(const Key *a, const Key *b) {
+/* Bytewise order of two string keys (-1, 0, 1).  Equal heads mean equal
+** first min(8, lengths) bytes, so a key of at most 8 bytes is then a
+** prefix of the other. */
+static int string_order(const Key *a, const Key *b) {
   size_t n;
   if (a->head != b->head)
-    return a->head < b->head;
+    return a->head < b->head ? -1 : 1;
   n = a->len < b->len ? a->len : b->len;
   if (n > 8) {
     int c = memcmp(a->s + 8, b->s + 8, n - 8);
     if (c != 0)
-      return c < 0;
+      return c < 0 ? -1 : 1;
   }
-  return a->len < b->len;
+  return a->len < b->len ? -1 : a->len > b->len;
 }
 
 /* Sort order of keys; keys of one table are never equal. */
 static int key_compare(const void *pa, const void *pb) {
   const Key *a = (const Key *)pa, *b = (const Key *)pb;
   if (a->kind == KEY_STRING && b->kind == KEY_STRING)  /* the common case */
-    return string_before(a, b) ? -1 : 1;
+    return string_order(a, b);
   if ((a->kind == KEY_INT || a->kind == KEY_FLOAT) &&
       (b->kind == KEY_INT || b->kind == KEY_FLOAT)) {
     if (a->kind == KEY_INT && b->kind == KEY_INT)
@@ -464,7 +464,7 @@ static void sort_small(const Key *keys, size_t n, int strings, unsigned char *or
     const Key *k = &keys[x];
     for (j = i; j > 0; j--) {
       const Key *prev = &keys[order[j - 1]];
-      if (strings ? !string_before(k, prev) : key_compare(prev, k) < 0)
+      if ((strings ? string_order(prev, k) : key_compare(prev, k)) < 0)
         break;
       order[j] = order[j - 1];
     }
