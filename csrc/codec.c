@@ -220,35 +220,33 @@ static int is_utf8(const unsigned char *s, size_t n) {
   return 1;
 }
 
+/* Copy s[0 .. n) to d as two blocks of 'width' bytes (width <= n <= 2 *
+** width), the second ending at n: they overlap when n < 2 * width. */
+static inline uint64_t copy_halves(unsigned char *d, const unsigned char *s, size_t n,
+                                   size_t width) {
+  uint64_t a = 0, b = 0;
+  memcpy(&a, s, width);
+  memcpy(&b, s + n - width, width);
+  memcpy(d, &a, width);
+  memcpy(d + n - width, &b, width);
+  return a | b;
+}
+
 /*
-** Copy n <= 16 bytes from s to d with at most four loads and stores (the
-** two halves may overlap), never reading outside s; returns the bytes
-** OR-ed together, so (result & HIGH_BITS) == 0 means ASCII.
+** Copy n <= 16 bytes from s to d with at most four loads and stores, never
+** reading outside s; returns the bytes OR-ed together, so (result &
+** HIGH_BITS) == 0 means ASCII.
 */
 static inline uint64_t copy_short(unsigned char *d, const unsigned char *s, size_t n) {
-  if (n >= 8) {
-    uint64_t a, b;
-    memcpy(&a, s, 8);
-    memcpy(&b, s + n - 8, 8);
-    memcpy(d, &a, 8);
-    memcpy(d + n - 8, &b, 8);
-    return a | b;
-  }
-  if (n >= 4) {
-    uint32_t a, b;
-    memcpy(&a, s, 4);
-    memcpy(&b, s + n - 4, 4);
-    memcpy(d, &a, 4);
-    memcpy(d + n - 4, &b, 4);
-    return a | b;
-  }
-  {
-    uint64_t any = 0;
-    size_t i;
-    for (i = 0; i < n; i++)
-      any |= (d[i] = s[i]);
-    return any;
-  }
+  uint64_t any = 0;
+  size_t i;
+  if (n >= 8)
+    return copy_halves(d, s, n, 8);
+  if (n >= 4)
+    return copy_halves(d, s, n, 4);
+  for (i = 0; i < n; i++)
+    any |= (d[i] = s[i]);
+  return any;
 }
 
 /* A str when s is valid UTF-8, else a bin: any string. */
