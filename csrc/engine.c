@@ -55,7 +55,7 @@ enum {
   UV_ROUTER = 1,  /* the router table: seq, hooks, journal, finished_count */
   UV_ROUTES,      /* one route (R_*) per newest spec, in workflow order */
   UV_FINISHED_OF, /* name -> completed flows (a count, for metrics) */
-  UV_OUTBOX,      /* the procman.outbox: queue, ids, by_id, tail, count */
+  UV_OUTBOX,      /* the procman.outbox (outbox.h) */
   UV_PATCHES,     /* procman.patches: its context field */
   UV_LIVE_CTX,    /* patches.LIVE */
   UV_UNDO_CTX,    /* patches.UNDO */
@@ -134,6 +134,7 @@ typedef struct Step {
   lua_Integer before[MAX_TARGETS];  /* each flow's version before its run */
   int noted;                        /* command lengths noted */
   lua_Integer out;                  /* envelopes in P_OUT */
+  int box, staged;                  /* stack indices: the outbox, its buffer (0: no command) */
   size_t command_len[MAX_NOTED];    /* each command's bytes in its envelope */
   Target t[MAX_TARGETS];
 } Step;
@@ -493,10 +494,13 @@ static void push_command_id(lua_State *L, Target *t, lua_Integer version, lua_In
 }
 
 /*
-** The envelopes of a committed target's commands: for each, its id and
-** its bytes stay on the stack (for the outbox) and a copy goes to 'out'.
-** Encoded before the log, so commands that are not data are found while
-** everything can still be taken back.  0 when one is not data.
+** The envelopes of a committed target's commands: each is encoded in the
+** scratch buffer, then staged in the outbox's buffer (s->staged: see
+** outbox_stage), where put_commands finds it for the record and settle
+** commits it; its id, where it starts and its length stay on the stack
+** (3 slots per command) and a copy goes to 'out'.  Encoded before the
+** log, so commands that are not data are found while everything can
+** still be taken back.  0 when one is not data.
 */
 static int encode_envelopes(lua_State *L, Step *s, Target *t) {
   lua_Integer i, n = (lua_Integer)lua_rawlen(L, t->commands);
@@ -506,6 +510,7 @@ static int encode_envelopes(lua_State *L, Step *s, Target *t) {
   t->noted = n <= MAX_NOTED - s->noted ? s->noted : -1;
   for (i = 1; i <= n; i++) {
     int id, copy;
+    const Buffer *b;
     push_command_id(L, t, version, i);
     id = lua_gettop(L);
     lua_rawgeti(L, t->commands, i);
@@ -538,10 +543,26 @@ static int encode_envelopes(lua_State *L, Step *s, Target *t) {
     lua_rawset(L, -3);
     lua_rawseti(L, P_OUT, ++s->out);
     lua_pop(L, 2);  /* the copy and the command */
-    lua_pushlstring(L, buffer_at(L, P_SCRATCH)->data, buffer_at(L, P_SCRATCH)->len);
+    b = buffer_at(L, P_SCRATCH);
+    lua_pushinteger(L, (lua_Integer)buffer_at(L, s->staged)->len);  /* where it starts */
+    lua_pushinteger(L, (lua_Integer)b->len);
+    buffer_append(L, s->staged, b->data, b->len);
+    outbox_will_index(L, s->box, id);
     luaL_checkstack(L, 8, "procman.engine");
   }
+  /* the buffer (maybe grown) is the outbox's, with room for the step's
+  ** commands: committing them after the log allocates nothing */
+  if (n > 0)
+    outbox_keep(L, s->box, s->staged, (size_t)s->out);
   return 1;
+}
+
+/* A staged envelope of a target (its i-th command, from 0): where it
+** starts in s->staged, and its length. */
+static const char *staged_envelope(lua_State *L, Step *s, Target *t, lua_Integer i, size_t *len) {
+  int at = t->envelopes + 3 * (int)i + 1;
+  *len = (size_t)lua_tointeger(L, at + 1);
+  return buffer_at(L, s->staged)->data + lua_tointeger(L, at);
 }
 
 /*
@@ -664,7 +685,7 @@ static void put_commands(lua_State *L, Step *s, Target *t) {
   put_header(L, 0x90, 0xdc, (size_t)n);
   for (i = 0; i < n; i++) {
     size_t len;
-    const char *env = lua_tolstring(L, t->envelopes + 2 * (int)i + 1, &len);
+    const char *env = staged_envelope(L, s, t, i, &len);
     const unsigned char *cmd = (const unsigned char *)env + 9, *after;
     int deepest = 0;
     if (t->noted >= 0 && s->command_len[t->noted + i] + 4 <= CODEC_MAX_DEPTH) {
@@ -746,50 +767,13 @@ static int log_record(lua_State *L) {
   return 1;
 }
 
-/* The outbox's parts a step changes, read once (forget replaces the
-** tables when the outbox empties). */
-typedef struct Queue {
-  int queue, ids, by_id;  /* stack indices */
-  lua_Integer tail, count;
-} Queue;
-
-static void open_queue(lua_State *L, int outbox, Queue *q) {
-  q->queue = lua_gettop(L) + 1;
-  q->ids = q->queue + 1;
-  q->by_id = q->queue + 2;
-  lua_getfield(L, outbox, "queue");
-  lua_getfield(L, outbox, "ids");
-  lua_getfield(L, outbox, "by_id");
-  lua_getfield(L, outbox, "tail");
-  q->tail = lua_tointeger(L, -1);
-  lua_getfield(L, outbox, "count");
-  q->count = lua_tointeger(L, -1);
-  lua_pop(L, 2);
-}
-
-/* Write back the counts and drop the tables (the outbox's own fields). */
-static void close_queue(lua_State *L, int outbox, Queue *q) {
-  lua_pushinteger(L, q->tail);
-  lua_setfield(L, outbox, "tail");
-  lua_pushinteger(L, q->count);
-  lua_setfield(L, outbox, "count");
-  lua_settop(L, q->queue - 1);
-}
-
-/* Queue a target's envelopes in the outbox (procman.outbox's push). */
-static void emit(lua_State *L, Target *t, Queue *q) {
+/* Commit a target's staged envelopes: they are pending in the outbox
+** (procman.outbox's push). */
+static void emit(lua_State *L, Step *s, Target *t) {
   lua_Integer i, n = (lua_Integer)lua_rawlen(L, t->commands);
   for (i = 0; i < n; i++) {
-    int id = t->envelopes + 2 * (int)i, bytes = id + 1;
-    lua_Integer at = q->tail + 1;
-    lua_pushvalue(L, bytes);
-    lua_rawseti(L, q->queue, at);
-    lua_pushvalue(L, id);
-    lua_rawseti(L, q->ids, at);
-    lua_pushvalue(L, id);
-    lua_pushinteger(L, at);
-    lua_rawset(L, q->by_id);
-    q->tail = at, q->count++;  /* counted once the slot holds it */
+    int id = t->envelopes + 3 * (int)i;
+    outbox_commit(L, s->box, (size_t)lua_tointeger(L, id + 1), (size_t)lua_tointeger(L, id + 2), id);
   }
 }
 
@@ -855,8 +839,7 @@ static void complete(lua_State *L, Target *t) {
 /* After the log took the record: flows, outbox, completion (procman.fold's
 ** settle, for this kind of event). */
 static void settle(lua_State *L, Step *s) {
-  int k, outbox = 0;
-  Queue q;
+  int k;
   for (k = 0; k < s->n; k++) {
     Target *t = &s->t[k];
     if (!t->committed)
@@ -868,18 +851,7 @@ static void settle(lua_State *L, Step *s) {
       lua_rawset(L, -3);
       lua_pop(L, 1);
     }
-    if (lua_rawlen(L, t->commands) == 0)
-      continue;
-    if (outbox == 0) {  /* most events emit nothing: the outbox is read when one does */
-      uv(L, P_ENGINE, UV_OUTBOX);
-      outbox = lua_gettop(L);
-      open_queue(L, outbox, &q);
-    }
-    emit(L, t, &q);
-  }
-  if (outbox != 0) {
-    close_queue(L, outbox, &q);
-    lua_pop(L, 1);
+    emit(L, s, t);
   }
   for (k = 0; k < s->n; k++)
     if (s->t[k].committed && s->t[k].done)
@@ -904,7 +876,10 @@ static int covered(lua_State *L) {
 }
 
 /* The table of envelopes the step returns, at P_OUT, made once the
-** handlers ran: sized for the commands of the flows that committed. */
+** handlers ran: sized for the commands of the flows that committed.  With
+** commands, the outbox and its buffer are pushed, ready to stage their
+** envelopes (s->box, s->staged: most events emit nothing, and then the
+** outbox is not read). */
 static void make_out(lua_State *L, Step *s) {
   size_t n = 0;
   int k;
@@ -913,6 +888,13 @@ static void make_out(lua_State *L, Step *s) {
       n += lua_rawlen(L, s->t[k].commands);
   lua_createtable(L, n < 1024 ? (int)n : 1024, 0);
   lua_replace(L, P_OUT);
+  s->box = s->staged = 0;
+  if (n == 0)
+    return;
+  uv(L, P_ENGINE, UV_OUTBOX);
+  s->box = lua_gettop(L);
+  outbox_stage(L, s->box);
+  s->staged = lua_gettop(L);
 }
 
 /* Run, encode, log: STEP_* (the message of a failed log pushed). */
@@ -1185,7 +1167,7 @@ static void make_routes(lua_State *L, int parts) {
 int engine_new(lua_State *L) {
   static const struct { const char *key; int type, n; } parts[] = {
     { "router", LUA_TTABLE, UV_ROUTER }, { "finished_of", LUA_TTABLE, UV_FINISHED_OF },
-    { "outbox", LUA_TTABLE, UV_OUTBOX }, { "patches", LUA_TTABLE, UV_PATCHES },
+    { "outbox", LUA_TUSERDATA, UV_OUTBOX }, { "patches", LUA_TTABLE, UV_PATCHES },
     { "undo", LUA_TFUNCTION, UV_UNDO }, { "complete", LUA_TFUNCTION, UV_COMPLETE },
   };
   Engine *e;

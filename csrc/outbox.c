@@ -1,18 +1,37 @@
 /*
-** outbox.c - the hot paths of procman.outbox (lua/procman/outbox.lua) in
-** C: handing the pending envelopes out in order, and forgetting an acked
-** one.  Both work on the outbox table's own fields (queue, ids, by_id,
-** head, tail, count: see outbox.lua), which the engine's step also fills
-** (engine.c's emit).
+** outbox.c - procman.outbox: a router's commands waiting for a gateway, in
+** emission order, with stable ids, until acked (lua/procman/outbox.lua
+** adds emit and add in Lua).
 **
-**   count[, error] = core.outbox_dispatch(box, fn, after[, router])
-**   core.outbox_forget(box, id)
+** The outbox is a userdata: one buffer holding the encoded envelopes
+** { command, flow, id, workflow } end to end, and one slot per command
+** (where its bytes are; none once acked).  A pending command costs its
+** bytes and a slot, no Lua object: nothing can change it after it was
+** emitted, and dispatching it, acking it or emitting it allocates nothing
+** per command but the copies handed out.  Commands have places (head ..
+** tail, never reused: a dispatch going through the places it saw at its
+** start never meets a command emitted meanwhile); the front moves past
+** the acked ones, and storage is moved down once half of it is dead.  An
+** outbox that empties gives back its storage (a large one) and its index.
+**
+** The index by id (id -> place), for r:ack and outbox:has, is made when a
+** lookup by id first needs it, from the pending envelopes' bytes, then
+** kept up to date until the outbox empties: a dispatch finds each command
+** by its place, so most commands are never indexed.
+**
+** Recovery defers: envelopes pushed meanwhile stay Lua tables (most are
+** acked further on in the journal and never need encoding), encoded in
+** order by undefer.
 */
+#include <string.h>
+
 #include "lauxlib.h"
 #include "buffer.h"
 #include "codec.h"
 #include "journal_lua.h"
 #include "outbox.h"
+
+#define OUTBOX_MT "procman.outbox"
 
 /* The keys of an envelope, in canonical order (also core.decode_envelope's:
 ** procman.c). */
@@ -23,161 +42,528 @@ const char *const outbox_envelope_keys[OUTBOX_ENVELOPE_KEYS] = {
 /* The journal's record type of an ack (procman.records.ACK). */
 #define RECORD_ACK 2
 
-/*
-** The strings both functions read fields with, made once: their upvalues
-** (rawget with a string at hand: no C string to look up per call).
-*/
+/* A slot's len: acked (envelopes are never empty), or deferred. */
+#define ACKED 0
+#define DEFERRED ((size_t)-1)
+/* Dead slots at the front before storage is moved down (and at least
+** half of the slots). */
+#define COMPACT_MIN 64
+/* Storage an empty outbox keeps (larger is given back). */
+#define KEEP_BYTES 4096
+
+typedef struct Slot {
+  size_t at, len;  /* the envelope's bytes in the buffer */
+} Slot;
+
+struct Outbox {
+  lua_Integer base;  /* the place of slots[0] */
+  lua_Integer head;  /* the first pending place (tail + 1: none) */
+  lua_Integer tail;  /* the last place used */
+  size_t count;      /* commands pending */
+  size_t used;       /* bytes of the buffer its slots use */
+  int deferring;
+};
+
+/* The outbox's user values. */
 enum {
-  U_COMMAND = 1, U_FLOW, U_ID, U_WORKFLOW,  /* the envelope's keys, in order */
-  U_QUEUE, U_IDS, U_BY_ID, U_HEAD, U_TAIL, U_COUNT,  /* the outbox's fields */
-  U_CLOSED, U_HOOKS, U_JOURNAL,  /* the router's */
-  U_COUNT_
-};
-static const char *const upvalue_names[U_COUNT_] = {
-  NULL, "command", "flow", "id", "workflow", "queue", "ids", "by_id", "head", "tail", "count",
-  "closed", "hooks", "journal"
+  UV_BYTES = 1,  /* Buffer: the envelopes (nil: none yet) */
+  UV_SLOTS,      /* Buffer: Slot per place from base to tail (nil: none yet) */
+  UV_INDEX,      /* id -> place, or nil */
+  UV_DEFERRED,   /* place -> envelope table while deferring, or nil */
+  UV_COUNT = UV_DEFERRED
 };
 
-#define U(k) lua_upvalueindex(k)
-
-/* Push t[key] (key: an upvalue). */
-static int get_field(lua_State *L, int t, int key) {
-  lua_pushvalue(L, U(key));
-  return lua_rawget(L, t);
+Outbox *outbox_check(lua_State *L, int idx) {
+  return (Outbox *)luaL_checkudata(L, idx, OUTBOX_MT);
 }
 
-static lua_Integer int_field(lua_State *L, int t, int key) {
-  lua_Integer v;
-  get_field(L, t, key);
-  v = lua_tointeger(L, -1);
+/* Push user value k; the Buffer it is (NULL: none). */
+static Buffer *push_buffer(lua_State *L, int box, int k) {
+  return lua_getiuservalue(L, box, k) == LUA_TUSERDATA ? buffer_at(L, -1) : NULL;
+}
+
+/* The slot of a place in head .. tail (the slots buffer anchors it: valid
+** until the next allocation). */
+static Slot *slot_at(lua_State *L, int box, Outbox *o, lua_Integer place) {
+  Buffer *b = push_buffer(L, box, UV_SLOTS);
   lua_pop(L, 1);
-  return v;
+  return (Slot *)b->data + (place - o->base);
 }
 
-/* t[key] = the value at the top (popped). */
-static void set_field(lua_State *L, int t, int key) {
-  lua_pushvalue(L, U(key));
-  lua_insert(L, -2);
-  lua_rawset(L, t);
+/* Move the storage down past the dead front once that is at least half
+** of it (amortised O(1) per command).  Allocates nothing. */
+static void compact(lua_State *L, int box, Outbox *o) {
+  size_t dead = (size_t)(o->head - o->base), live, first, i;
+  Buffer *slots, *bytes;
+  Slot *s;
+  if (dead < COMPACT_MIN || dead < (size_t)(o->tail - o->head + 1) || o->count == 0)
+    return;
+  slots = push_buffer(L, box, UV_SLOTS);
+  bytes = push_buffer(L, box, UV_BYTES);
+  lua_pop(L, 2);
+  s = (Slot *)slots->data;
+  live = (size_t)(o->tail - o->head + 1);
+  first = o->used;  /* the bytes before the first pending ones are dead */
+  for (i = dead; i < dead + live; i++)
+    if (s[i].len != ACKED && s[i].len != DEFERRED) {
+      first = s[i].at;
+      break;
+    }
+  memmove(s, s + dead, live * sizeof(Slot));
+  for (i = 0; i < live; i++)
+    if (s[i].len != ACKED && s[i].len != DEFERRED)
+      s[i].at -= first;
+    else
+      s[i].at = 0;
+  memmove(bytes->data, bytes->data + first, o->used - first);
+  o->used -= first;
+  bytes->len = o->used;
+  slots->len = live * sizeof(Slot);
+  o->base = o->head;
 }
 
-static void set_int_field(lua_State *L, int t, int key, lua_Integer v) {
-  lua_pushinteger(L, v);
-  set_field(L, t, key);
+/* Room for n more slots (may replace the slots buffer: allocates). */
+static void reserve_slots(lua_State *L, int box, Outbox *o, size_t n) {
+  Buffer *b = push_buffer(L, box, UV_SLOTS);
+  if (b == NULL) {
+    lua_pop(L, 1);
+    b = buffer_new(L, (n < 8 ? 8 : n) * sizeof(Slot));
+  }
+  b->len = (size_t)(o->tail - o->base + 1) * sizeof(Slot);
+  buffer_reserve(L, -1, n * sizeof(Slot));
+  lua_setiuservalue(L, box, UV_SLOTS);
 }
+
+size_t outbox_stage(lua_State *L, int box) {
+  Outbox *o = (Outbox *)lua_touserdata(L, box);
+  Buffer *b;
+  compact(L, box, o);
+  b = push_buffer(L, box, UV_BYTES);
+  if (b == NULL) {
+    lua_pop(L, 1);
+    b = buffer_new(L, 256);
+  }
+  b->len = o->used;  /* what was staged before and not committed is gone */
+  return o->used;
+}
+
+void outbox_keep(lua_State *L, int box, int bidx, size_t n) {
+  Outbox *o = (Outbox *)lua_touserdata(L, box);
+  lua_pushvalue(L, bidx);
+  lua_setiuservalue(L, box, UV_BYTES);
+  reserve_slots(L, box, o, n);
+}
+
+void outbox_will_index(lua_State *L, int box, int id) {
+  if (lua_getiuservalue(L, box, UV_INDEX) == LUA_TTABLE) {
+    lua_pushvalue(L, id);
+    if (lua_rawget(L, -2) == LUA_TNIL) {
+      lua_pushvalue(L, id);
+      lua_pushboolean(L, 0);  /* not pending (yet): place_of reads 0 */
+      lua_rawset(L, -4);
+    }
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 1);
+}
+
+void outbox_commit(lua_State *L, int box, size_t at, size_t len, int id) {
+  Outbox *o = (Outbox *)lua_touserdata(L, box);
+  Slot *s = slot_at(L, box, o, o->tail + 1);
+  s->at = at, s->len = len;
+  o->tail++;
+  o->count++;
+  if (len != DEFERRED)
+    o->used = at + len;
+  if (lua_getiuservalue(L, box, UV_INDEX) == LUA_TTABLE) {  /* (when it was made) */
+    lua_pushvalue(L, id);
+    lua_pushinteger(L, o->tail);
+    lua_rawset(L, -3);  /* (an existing key after outbox_will_index: no allocation) */
+  }
+  lua_pop(L, 1);
+}
+
+/* ===================================================================
+** Reading a pending command
+** =================================================================== */
+
+/* The bytes of a pending (not deferred) slot; their length in *len. */
+static const char *bytes_of(lua_State *L, int box, const Slot *s, size_t *len) {
+  Buffer *b = push_buffer(L, box, UV_BYTES);
+  lua_pop(L, 1);
+  *len = s->len;
+  return b->data + s->at;
+}
+
+/* Push the id of the pending command at 'place' (from its bytes, or its
+** deferred table). */
+static void push_id(lua_State *L, int box, Outbox *o, lua_Integer place) {
+  Slot *s = slot_at(L, box, o, place);
+  size_t len, pos = 0;
+  const char *p;
+  if (s->len == DEFERRED) {
+    lua_getiuservalue(L, box, UV_DEFERRED);
+    lua_rawgeti(L, -1, place);
+    lua_getfield(L, -1, "id");
+    lua_replace(L, -3);
+    lua_pop(L, 1);
+    return;
+  }
+  p = bytes_of(L, box, s, &len);
+  if (!codec_push_field(L, p, len, &pos, "id"))
+    lua_error(L);
+}
+
+/* Push the index (made now when there is none: out of memory, the outbox
+** is as it was, the index being set once complete). */
+static int push_index(lua_State *L, int box) {
+  Outbox *o = (Outbox *)lua_touserdata(L, box);
+  lua_Integer place;
+  if (lua_getiuservalue(L, box, UV_INDEX) == LUA_TTABLE)
+    return lua_gettop(L);
+  lua_pop(L, 1);
+  lua_createtable(L, 0, (int)(o->count < 0x3fffffff ? o->count : 0x3fffffff));
+  for (place = o->head; place <= o->tail; place++) {
+    if (slot_at(L, box, o, place)->len == ACKED)
+      continue;
+    push_id(L, box, o, place);
+    lua_pushinteger(L, place);
+    lua_rawset(L, -3);
+  }
+  lua_pushvalue(L, -1);
+  lua_setiuservalue(L, box, UV_INDEX);
+  return lua_gettop(L);
+}
+
+/* The place of the pending command with the id at 'id', or 0. */
+static lua_Integer place_of(lua_State *L, int box, int id) {
+  lua_Integer place;
+  if (((Outbox *)lua_touserdata(L, box))->count == 0)
+    return 0;
+  push_index(L, box);
+  lua_pushvalue(L, id);
+  lua_rawget(L, -2);
+  place = lua_tointeger(L, -1);
+  lua_pop(L, 2);
+  return place;
+}
+
+/* ===================================================================
+** Forgetting
+** =================================================================== */
+
+/* An outbox that emptied: its index and deferred envelopes go, its
+** storage too when large (it keeps nothing of past commands). */
+static void emptied(lua_State *L, int box, Outbox *o) {
+  int k;
+  Buffer *b;
+  o->base = o->head = o->tail + 1;
+  o->used = 0;
+  for (k = UV_BYTES; k <= UV_SLOTS; k++) {
+    b = push_buffer(L, box, k);
+    lua_pop(L, 1);
+    if (b == NULL)
+      continue;
+    b->len = 0;
+    if (b->cap > KEEP_BYTES) {
+      lua_pushnil(L);
+      lua_setiuservalue(L, box, k);
+    }
+  }
+  lua_pushnil(L);
+  lua_setiuservalue(L, box, UV_INDEX);
+  lua_pushnil(L);
+  lua_setiuservalue(L, box, UV_DEFERRED);
+}
+
+/*
+** Forget the pending command at 'place' (its id at stack index 'id'): its
+** slot is marked acked (and its entry in the index, if there is one, or
+** its deferred envelope, dropped); when it was the front, the front moves
+** past every acked slot.  Allocates nothing.
+*/
+static void forget(lua_State *L, int box, lua_Integer place, int id) {
+  Outbox *o = (Outbox *)lua_touserdata(L, box);
+  Slot *s = slot_at(L, box, o, place);
+  if (s->len == DEFERRED) {
+    lua_getiuservalue(L, box, UV_DEFERRED);
+    lua_pushnil(L);
+    lua_rawseti(L, -2, place);
+    lua_pop(L, 1);
+  }
+  s->len = ACKED;
+  if (lua_getiuservalue(L, box, UV_INDEX) == LUA_TTABLE) {
+    lua_pushvalue(L, id);
+    lua_pushnil(L);
+    lua_rawset(L, -3);
+  }
+  lua_pop(L, 1);
+  o->count--;
+  if (o->count == 0) {
+    emptied(L, box, o);
+    return;
+  }
+  if (place == o->head)
+    while (o->head <= o->tail && slot_at(L, box, o, o->head)->len == ACKED)
+      o->head++;
+}
+
+/* outbox:forget(id): the command with this id was acked (an unknown id
+** is an error, and changes nothing). */
+static int outbox_forget(lua_State *L) {
+  lua_Integer place;
+  outbox_check(L, 1);
+  lua_settop(L, 2);
+  place = place_of(L, 1, 2);
+  if (place == 0)
+    return luaL_error(L, "procman.outbox: no pending command with id %s",
+                      luaL_tolstring(L, 2, NULL));
+  forget(L, 1, place, 2);
+  return 0;
+}
+
+/* outbox:has(id) -> is a command with this id pending? */
+static int outbox_has(lua_State *L) {
+  outbox_check(L, 1);
+  lua_settop(L, 2);
+  lua_pushboolean(L, place_of(L, 1, 2) != 0);
+  return 1;
+}
+
+/* ===================================================================
+** Adding
+** =================================================================== */
+
+/* outbox:push(bytes, id): keep an encoded envelope whose id is 'id'. */
+static int outbox_push(lua_State *L) {
+  size_t len, at;
+  const char *s;
+  outbox_check(L, 1);
+  s = luaL_checklstring(L, 2, &len);
+  luaL_checktype(L, 3, LUA_TSTRING);
+  luaL_argcheck(L, len > 0, 2, "an envelope is never empty");
+  lua_settop(L, 3);
+  at = outbox_stage(L, 1);  /* 4 */
+  buffer_append(L, 4, s, len);
+  outbox_keep(L, 1, 4, 1);
+  outbox_commit(L, 1, at, len, 3);
+  return 0;
+}
+
+/* outbox:push_deferred(envelope): keep it as it is (deferring). */
+static int outbox_push_deferred(lua_State *L) {
+  Outbox *o = outbox_check(L, 1);
+  luaL_checktype(L, 2, LUA_TTABLE);
+  lua_settop(L, 2);
+  lua_getfield(L, 2, "id");  /* 3 */
+  if (lua_getiuservalue(L, 1, UV_DEFERRED) != LUA_TTABLE) {
+    lua_pop(L, 1);
+    lua_newtable(L);
+    lua_pushvalue(L, -1);
+    lua_setiuservalue(L, 1, UV_DEFERRED);
+  }
+  reserve_slots(L, 1, o, 1);
+  lua_pushvalue(L, 2);
+  lua_rawseti(L, 4, o->tail + 1);
+  outbox_commit(L, 1, o->used, DEFERRED, 3);
+  return 0;
+}
+
+/* outbox:defer(): until outbox:undefer(), emit keeps envelopes as they
+** are (outbox:deferring() says so). */
+static int outbox_defer(lua_State *L) {
+  outbox_check(L, 1)->deferring = 1;
+  return 0;
+}
+
+static int outbox_deferring(lua_State *L) {
+  lua_pushboolean(L, outbox_check(L, 1)->deferring);
+  return 1;
+}
+
+/*
+** outbox:undefer(): encode the deferred envelopes still pending, in
+** place: new storage is built beside the old and replaces it once
+** complete (an envelope that does not encode raises, the outbox as it
+** was).
+*/
+static int outbox_undefer(lua_State *L) {
+  Outbox *o = outbox_check(L, 1);
+  lua_Integer place;
+  size_t n = (size_t)(o->tail - o->base + 1);
+  Slot *fresh;
+  lua_settop(L, 1);
+  if (lua_getiuservalue(L, 1, UV_DEFERRED) != LUA_TTABLE) {  /* 2 */
+    o->deferring = 0;
+    return 0;
+  }
+  buffer_new(L, o->used + 256);  /* 3: the bytes */
+  buffer_new(L, n * sizeof(Slot));  /* 4: the slots */
+  memset(buffer_at(L, 4)->data, 0, n * sizeof(Slot));  /* all ACKED */
+  buffer_at(L, 4)->len = n * sizeof(Slot);
+  for (place = o->head; place <= o->tail; place++) {
+    Slot s = *slot_at(L, 1, o, place);
+    size_t at = buffer_at(L, 3)->len;
+    if (s.len == ACKED)
+      continue;
+    if (s.len == DEFERRED) {
+      lua_rawgeti(L, 2, place);
+      if (!codec_encode(L, -1, 3, "envelope"))
+        return luaL_error(L, "procman.outbox: %s", lua_tostring(L, -1));
+      lua_pop(L, 1);
+    }
+    else {
+      size_t len;
+      const char *p = bytes_of(L, 1, &s, &len);
+      buffer_append(L, 3, p, len);
+    }
+    fresh = (Slot *)buffer_at(L, 4)->data + (place - o->base);
+    fresh->at = at;
+    fresh->len = buffer_at(L, 3)->len - at;
+  }
+  o->used = buffer_at(L, 3)->len;
+  lua_pushvalue(L, 3);
+  lua_setiuservalue(L, 1, UV_BYTES);
+  lua_pushvalue(L, 4);
+  lua_setiuservalue(L, 1, UV_SLOTS);
+  lua_pushnil(L);
+  lua_setiuservalue(L, 1, UV_DEFERRED);
+  o->deferring = 0;
+  return 0;
+}
+
+/* ===================================================================
+** Reading
+** =================================================================== */
+
+/*
+** Decode the envelope of the pending command at 'place' (the envelope's
+** keys at 'keys'); its id is checked to be a string.  1, or 0 with a
+** message pushed.
+*/
+static int push_envelope(lua_State *L, int box, Outbox *o, lua_Integer place, int keys) {
+  Slot *s = slot_at(L, box, o, place);
+  size_t len, pos = 0;
+  const char *p;
+  if (s->len == DEFERRED) {
+    lua_pushliteral(L, "deferred (recovery is running)");
+    return 0;
+  }
+  p = bytes_of(L, box, s, &len);
+  if (!codec_decode_shaped(L, p, len, &pos, keys, OUTBOX_ENVELOPE_KEYS))
+    return 0;
+  if (pos != len || lua_type(L, -1) != LUA_TTABLE) {
+    lua_pop(L, 1);
+    lua_pushstring(L, pos != len ? "bytes left over" : "not an envelope");
+    return 0;
+  }
+  return 1;
+}
+
+/* Push the envelope's keys (from the upvalues); returns the first's index. */
+static int push_keys(lua_State *L) {
+  int i;
+  luaL_checkstack(L, OUTBOX_ENVELOPE_KEYS + 8, "procman.outbox");
+  for (i = 1; i <= OUTBOX_ENVELOPE_KEYS; i++)
+    lua_pushvalue(L, lua_upvalueindex(i));
+  return lua_gettop(L) - OUTBOX_ENVELOPE_KEYS + 1;
+}
+
+/* Raise: the pending command at 'place' does not decode (message pushed). */
+static int undecodable(lua_State *L, Outbox *o, lua_Integer place) {
+  return luaL_error(L, "procman.outbox: pending command %I (from the front) does not decode: %s",
+                    place - o->head + 1, lua_tostring(L, -1));
+}
+
+/* outbox:list() -> copies of the pending envelopes, in emission order. */
+static int outbox_list(lua_State *L) {
+  Outbox *o = outbox_check(L, 1);
+  lua_Integer place, n = 0;
+  int keys;
+  lua_settop(L, 1);
+  lua_createtable(L, (int)(o->count < 1024 ? o->count : 1024), 0);  /* 2 */
+  keys = push_keys(L);
+  for (place = o->head; place <= o->tail; place++) {
+    if (slot_at(L, 1, o, place)->len == ACKED)
+      continue;
+    if (!push_envelope(L, 1, o, place, keys))
+      return undecodable(L, o, place);
+    lua_rawseti(L, 2, ++n);
+  }
+  lua_settop(L, 2);
+  return 1;
+}
+
+/* outbox:encoded() -> the pending envelopes' bytes, in emission order
+** (compaction journals them as they are). */
+static int outbox_encoded(lua_State *L) {
+  Outbox *o = outbox_check(L, 1);
+  lua_Integer place, n = 0;
+  lua_settop(L, 1);
+  lua_createtable(L, (int)(o->count < 1024 ? o->count : 1024), 0);
+  for (place = o->head; place <= o->tail; place++) {
+    Slot *s = slot_at(L, 1, o, place);
+    size_t len;
+    const char *p;
+    if (s->len == ACKED)
+      continue;
+    luaL_argcheck(L, s->len != DEFERRED, 1, "deferred envelopes are not encoded yet");
+    p = bytes_of(L, 1, s, &len);
+    lua_pushlstring(L, p, len);
+    lua_rawseti(L, 2, ++n);
+  }
+  return 1;
+}
+
+/* outbox:size() -> commands pending. */
+static int outbox_size(lua_State *L) {
+  lua_pushinteger(L, (lua_Integer)outbox_check(L, 1)->count);
+  return 1;
+}
+
+/* ===================================================================
+** Dispatch
+** =================================================================== */
 
 int outbox_ack_record(lua_State *L, int id, int bidx) {
   buffer_append(L, bidx, "\x81\xa2" "id", 4);
   return codec_encode(L, id, bidx, "id");
 }
 
-/*
-** Forget the pending command whose id is at 'id' (box at 'box'; at 'q'
-** and 'ids' its queue and ids).  Its slot is cleared; when it was the
-** front, the front moves past every cleared slot (otherwise the front is
-** pending and stays).  An outbox this leaves empty takes the three tables
-** at the top of the stack as its queue, ids and by_id when 'fresh', and
-** keeps its own otherwise, its front past its last slot (the places go
-** on: a dispatch going through the queue never meets a command emitted
-** meanwhile at a place it has yet to pass).  Allocates nothing.
-*/
-static void forget(lua_State *L, int box, int id, int q, int ids, int fresh) {
-  lua_Integer at, head, tail, front;
-  int by_id;
-  get_field(L, box, U_BY_ID);
-  by_id = lua_gettop(L);
-  lua_pushvalue(L, id);
-  lua_rawget(L, by_id);
-  at = lua_tointeger(L, -1);
-  lua_pop(L, 1);
-  lua_pushvalue(L, id);
-  lua_pushnil(L);
-  lua_rawset(L, by_id);
-  lua_pop(L, 1);
-  set_int_field(L, box, U_COUNT, int_field(L, box, U_COUNT) - 1);
-  head = int_field(L, box, U_HEAD);
-  if (at != head) {
-    lua_pushboolean(L, 0);  /* the slot stays until the front passes it */
-    lua_rawseti(L, q, at);
-    return;
-  }
-  tail = int_field(L, box, U_TAIL);
-  for (front = head; front <= tail; front++) {  /* drop the front's cleared slots */
-    if (front > head) {
-      int pending = lua_rawgeti(L, q, front) != LUA_TNIL && lua_toboolean(L, -1);
-      lua_pop(L, 1);
-      if (pending)
-        break;
-    }
-    lua_pushnil(L);
-    lua_rawseti(L, q, front);
-    lua_pushnil(L);
-    lua_rawseti(L, ids, front);
-  }
-  if (front > tail && fresh) {
-    set_field(L, box, U_BY_ID);
-    set_field(L, box, U_IDS);
-    set_field(L, box, U_QUEUE);
-    set_int_field(L, box, U_TAIL, 0);
-    front = 1;
-  }
-  set_int_field(L, box, U_HEAD, front);
+/* The router's fields the dispatch reads, after the envelope's keys in
+** every method's upvalues (raw access with a string at hand: no C string
+** to look up per command). */
+enum { R_CLOSED = OUTBOX_ENVELOPE_KEYS + 1, R_HOOKS, R_JOURNAL, R_COUNT = R_JOURNAL };
+static const char *const router_fields[] = { "closed", "hooks", "journal" };
+
+/* Push router[k] (k: R_*). */
+static int router_field(lua_State *L, int router, int k) {
+  lua_pushvalue(L, lua_upvalueindex(k));
+  return lua_rawget(L, router);
+}
+
+/* May the dispatch ack a command itself? ('router' 0: never.)  An open
+** router without hooks. */
+static int plain_router(lua_State *L, int router) {
+  int plain;
+  if (router == 0)
+    return 0;
+  router_field(L, router, R_CLOSED);
+  router_field(L, router, R_HOOKS);
+  plain = !lua_toboolean(L, -2) && !lua_toboolean(L, -1);
+  lua_pop(L, 2);
+  return plain;
 }
 
 /*
-** core.outbox_forget(box, id): the command with this id was acked (see
-** forget).  An outbox left empty gets new tables (a Lua table never
-** shrinks by removals alone: memory after a dispatch is that of the
-** flows, not of past commands), made before anything changes: out of
-** memory, the outbox is as it was.
+** The dispatch's own ack of the command at 'place' (its id at 'id'): its
+** record { id = id } appended to the router's journal when it has one
+** (the bytes core.encode would give, made in the buffer at 'buf'), then
+** the outbox forgets it (allocating nothing: it cannot fail once the
+** journal has the record).  1, or 0 with the journal's message pushed.
 */
-static int outbox_forget(lua_State *L) {
-  lua_Integer at;
-  luaL_checktype(L, 1, LUA_TTABLE);
-  lua_settop(L, 2);
-  get_field(L, 1, U_QUEUE);  /* 3 */
-  get_field(L, 1, U_IDS);    /* 4 */
-  get_field(L, 1, U_BY_ID);
-  lua_pushvalue(L, 2);
-  if (lua_rawget(L, -2) != LUA_TNUMBER)
-    return luaL_error(L, "procman.outbox: no pending command with id %s",
-                      luaL_tolstring(L, 2, NULL));
-  at = lua_tointeger(L, -1);
-  lua_settop(L, 4);
-  if (int_field(L, 1, U_COUNT) == 1 && at == int_field(L, 1, U_HEAD)) {  /* it empties */
-    lua_newtable(L);
-    lua_newtable(L);
-    lua_newtable(L);
-  }
-  forget(L, 1, 2, 3, 4, 1);
-  return 0;
-}
-
-/* An emptied outbox that kept its tables (forget without 'fresh') gets
-** new ones, and its places start again. */
-static void renew_if_empty(lua_State *L, int box) {
-  if (int_field(L, box, U_COUNT) != 0 || int_field(L, box, U_TAIL) == 0)
-    return;
-  lua_newtable(L);
-  lua_newtable(L);
-  lua_newtable(L);
-  set_field(L, box, U_BY_ID);
-  set_field(L, box, U_IDS);
-  set_field(L, box, U_QUEUE);
-  set_int_field(L, box, U_TAIL, 0);
-  set_int_field(L, box, U_HEAD, 1);
-}
-
-/*
-** The dispatch's own ack of the command at 'id', for a router that is
-** open and has no hooks: its record { id = id } appended to the router's
-** journal when it has one (the bytes core.encode would give, made in the
-** buffer at 'buf'), then the outbox forgets it (allocating nothing: it
-** cannot fail once the journal has the record).  1, or 0 with the
-** journal's message pushed.
-*/
-static int ack(lua_State *L, int router, int id, int buf) {
-  if (get_field(L, router, U_JOURNAL) == LUA_TUSERDATA) {
+static int ack(lua_State *L, int router, lua_Integer place, int id, int buf) {
+  if (router_field(L, router, R_JOURNAL) == LUA_TUSERDATA) {
     int journal = lua_gettop(L);
     buffer_at(L, buf)->len = 0;
     if (!outbox_ack_record(L, id, buf))
@@ -187,44 +573,32 @@ static int ack(lua_State *L, int router, int id, int buf) {
       return 0;
   }
   lua_pop(L, 1);
-  forget(L, 1, id, 5, 6, 0);  /* (the queue and ids read at the start: a pending
-                              ** command's are still the outbox's own) */
+  forget(L, 1, place, id);
   return 1;
 }
 
-/* May the dispatch ack a command itself? ('router' 0: never.) */
-static int plain_router(lua_State *L, int router) {
-  int plain;
-  if (router == 0)
-    return 0;
-  get_field(L, router, U_CLOSED);
-  get_field(L, router, U_HOOKS);
-  plain = !lua_toboolean(L, -2) && !lua_toboolean(L, -1);
-  lua_pop(L, 2);
-  return plain;
+/* Is the command at 'place' still pending? */
+static int is_pending(lua_State *L, int box, Outbox *o, lua_Integer place) {
+  return place >= o->head && place <= o->tail && slot_at(L, box, o, place)->len != ACKED;
 }
 
 /*
-** core.outbox_dispatch(box, fn, after[, router]) -> count[, error]: for
-** each envelope pending when called, in order: fn(command, envelope) (a
-** copy, decoded at its turn from the queue's bytes), then its ack.  With
-** a router that is open and has no hooks, the ack of a command still
-** pending is the loop's own (see ack: its record in router.journal, if
-** any; a journal that refuses it stops the dispatch with
-** "procman.router: " and its message); otherwise after(id, pending)
-** (pending: fn did not ack it meanwhile), which returns true to go on or
-** nil, message to stop there.  Stops at fn's first error.  The envelopes
-** are found by their places, not through a list of ids: one that fn acked
-** is passed over, one that fn emitted (it handled an event) goes after
-** the last and waits for the next call.  (An outbox that empties while fn
-** runs gets new tables: the queue read here is then the old one, whose
-** slots forget cleared.)  An outbox the dispatch emptied gets new tables
-** at the end.
+** outbox:dispatch(fn, after[, router]) -> count[, error]: for each
+** envelope pending when called, in order: fn(command, envelope) (a copy,
+** decoded at its turn from the buffer), then its ack.  With a router that
+** is open and has no hooks, the ack of a command still pending is the
+** loop's own (see ack: its record in router.journal, if any; a journal
+** that refuses it stops the dispatch with "procman.router: " and its
+** message); otherwise after(id, pending) (pending: fn did not ack it
+** meanwhile), which returns true to go on or nil, message to stop there.
+** Stops at fn's first error.  The envelopes are found by their places:
+** one that fn acked is passed over, one that fn emitted (it handled an
+** event) has a later place and waits for the next call.
 */
 static int outbox_dispatch(lua_State *L) {
-  lua_Integer i, head, tail, count = 0;
-  int router = 0;
-  luaL_checktype(L, 1, LUA_TTABLE);
+  Outbox *o = outbox_check(L, 1);
+  lua_Integer place, tail, count = 0;
+  int router = 0, keys, buf, id;
   luaL_checktype(L, 2, LUA_TFUNCTION);
   luaL_checktype(L, 3, LUA_TFUNCTION);
   if (!lua_isnoneornil(L, 4)) {
@@ -232,42 +606,32 @@ static int outbox_dispatch(lua_State *L) {
     router = 4;
   }
   lua_settop(L, 4);
-  get_field(L, 1, U_QUEUE);  /* 5 */
-  get_field(L, 1, U_IDS);    /* 6 */
-  buffer_new(L, 64);         /* 7: an ack record */
-  head = int_field(L, 1, U_HEAD);
-  tail = int_field(L, 1, U_TAIL);
-  luaL_checkstack(L, OUTBOX_ENVELOPE_KEYS + 12, "procman.outbox");
-  for (i = U_COMMAND; i <= U_WORKFLOW; i++)  /* 8 .. 11 */
-    lua_pushvalue(L, U(i));
-  for (i = head; i <= tail; i++) {
-    size_t len, pos = 0;
-    const char *s;
+  buffer_new(L, 64);  /* an ack record */
+  buf = lua_gettop(L);
+  keys = push_keys(L);
+  id = lua_gettop(L) + 1;
+  tail = o->tail;
+  for (place = o->head; place <= tail; place++) {
     int pending;
-    lua_rawgeti(L, 5, i);  /* 12 */
-    if (!lua_toboolean(L, 12)) {  /* acked (false), or gone (nil) */
-      lua_settop(L, 11);
+    if (!is_pending(L, 1, o, place))  /* acked meanwhile */
       continue;
-    }
-    s = luaL_checklstring(L, 12, &len);  /* (never an envelope deferred by recovery) */
-    lua_rawgeti(L, 6, i);  /* 13: the id */
-    if (!codec_decode_shaped(L, s, len, &pos, 8, OUTBOX_ENVELOPE_KEYS) || pos != len)
-      return luaL_error(L, "procman.outbox: pending command %s does not decode: %s",
-                        lua_tostring(L, 13), pos != len ? "bytes left over" : lua_tostring(L, -1));
+    if (!push_envelope(L, 1, o, place, keys))
+      return undecodable(L, o, place);
+    lua_pushvalue(L, keys + 2);  /* "id" */
+    lua_rawget(L, -2);
+    lua_insert(L, id);  /* id, envelope */
     lua_pushvalue(L, 2);  /* fn(command, envelope) */
-    lua_pushvalue(L, 8);
-    lua_rawget(L, 14);
-    lua_pushvalue(L, 14);
+    lua_pushvalue(L, keys);
+    lua_rawget(L, id + 1);
+    lua_pushvalue(L, id + 1);
     if (lua_pcall(L, 2, 0, 0) != LUA_OK) {
       lua_pushinteger(L, count);
       lua_insert(L, -2);
       return 2;
     }
-    lua_rawgeti(L, 5, i);
-    pending = lua_toboolean(L, -1);
-    lua_pop(L, 1);
+    pending = is_pending(L, 1, o, place);
     if (pending && plain_router(L, router)) {
-      if (!ack(L, router, 13, 7)) {
+      if (!ack(L, router, place, id, buf)) {
         lua_pushinteger(L, count);
         lua_pushfstring(L, "procman.router: %s", lua_tostring(L, -2));
         return 2;
@@ -275,7 +639,7 @@ static int outbox_dispatch(lua_State *L) {
     }
     else {
       lua_pushvalue(L, 3);  /* after(id, pending) */
-      lua_pushvalue(L, 13);
+      lua_pushvalue(L, id);
       lua_pushboolean(L, pending);
       lua_call(L, 2, 2);
       if (!lua_toboolean(L, -2)) {
@@ -285,24 +649,59 @@ static int outbox_dispatch(lua_State *L) {
       }
     }
     count++;
-    lua_settop(L, 11);
+    lua_settop(L, id - 1);
   }
-  renew_if_empty(L, 1);
   lua_pushinteger(L, count);
   return 1;
 }
 
-/* Both functions, with the strings they read fields with as upvalues. */
-static void push_closure(lua_State *L, lua_CFunction f) {
-  int k;
-  for (k = 1; k < U_COUNT_; k++)
-    lua_pushstring(L, upvalue_names[k]);
-  lua_pushcclosure(L, f, U_COUNT_ - 1);
+/* ===================================================================
+** Registration
+** =================================================================== */
+
+/* core.outbox_new() -> an empty outbox. */
+static int outbox_new(lua_State *L) {
+  Outbox *o = (Outbox *)lua_newuserdatauv(L, sizeof(Outbox), UV_COUNT);
+  o->base = o->head = 1;
+  o->tail = 0;
+  o->count = o->used = 0;
+  o->deferring = 0;
+  luaL_setmetatable(L, OUTBOX_MT);
+  return 1;
 }
 
+static const luaL_Reg methods[] = {
+  { "push", outbox_push },
+  { "push_deferred", outbox_push_deferred },
+  { "defer", outbox_defer },
+  { "deferring", outbox_deferring },
+  { "undefer", outbox_undefer },
+  { "has", outbox_has },
+  { "forget", outbox_forget },
+  { "list", outbox_list },
+  { "encoded", outbox_encoded },
+  { "size", outbox_size },
+  { "dispatch", outbox_dispatch },
+  { NULL, NULL }
+};
+
 void outbox_register(lua_State *L) {
-  push_closure(L, outbox_dispatch);
-  lua_setfield(L, -2, "outbox_dispatch");
-  push_closure(L, outbox_forget);
-  lua_setfield(L, -2, "outbox_forget");
+  const luaL_Reg *m;
+  int i;
+  luaL_newmetatable(L, OUTBOX_MT);
+  lua_createtable(L, 0, 16);  /* the methods (outbox.lua adds its own) */
+  for (m = methods; m->name != NULL; m++) {
+    for (i = 0; i < OUTBOX_ENVELOPE_KEYS; i++)
+      lua_pushstring(L, outbox_envelope_keys[i]);
+    for (i = 0; i < R_COUNT - OUTBOX_ENVELOPE_KEYS; i++)
+      lua_pushstring(L, router_fields[i]);
+    lua_pushcclosure(L, m->func, R_COUNT);
+    lua_setfield(L, -2, m->name);
+  }
+  lua_pushvalue(L, -1);
+  lua_setfield(L, -3, "__index");
+  lua_setfield(L, -3, "outbox_methods");  /* core.outbox_methods */
+  lua_pop(L, 1);
+  lua_pushcfunction(L, outbox_new);
+  lua_setfield(L, -2, "outbox_new");
 }

@@ -262,7 +262,7 @@ describe("procman.router", function()
       collectgarbage()
       -- 3000 pending commands are ~300 KB; their emptied slots would be ~100 KB
       assert.is_true((full - collectgarbage("count")) * 1024 > 250000)
-      assert.equal(0, r.outbox.tail)
+      assert.equal(0, r.outbox:size())
       r:handle { event_type = "batch_created", batch_id = "b2", files = { "x" } }
       assert.same({ "batch/b2/1/1" }, { r:pending()[1].id })
       assert.equal(1, r:dispatch(function() end))

@@ -1,42 +1,39 @@
 --- procman.outbox: the router's commands waiting for a gateway, in emission
 -- order, with stable ids, until acked.
 --
--- Each pending envelope { id, workflow, flow, command } is kept encoded (one
--- string, not four tables): a pending command costs its bytes, an id and
--- two array slots, and nothing can change it after it was emitted. A queue
--- from 'head' to 'tail' (the envelopes' bytes, with their ids beside them)
--- plus an index by id; acked envelopes are dropped from the front as soon
--- as nothing before them is pending. (Not '#queue': with the front cleared
--- the length of the table is not defined.)
+-- An outbox is a userdata (csrc/outbox.c): one buffer of encoded envelopes
+-- { id, workflow, flow, command } end to end and a slot per command, so a
+-- pending command costs its bytes and a slot (no Lua object), and nothing
+-- can change it after it was emitted. Its methods in C:
+--   outbox:push(bytes, id)       keep an encoded envelope
+--   outbox:has(id), outbox:forget(id)   (the index by id is made when a
+--                                lookup first needs it: a dispatch finds
+--                                each command by its place)
+--   outbox:dispatch(fn, after[, router]) -> count[, error]
+--   outbox:list()                copies of the pending envelopes, in order
+--   outbox:encoded()             their bytes (compaction journals them)
+--   outbox:size()                commands pending
+--   outbox:defer(), outbox:undefer(), outbox:deferring(),
+--   outbox:push_deferred(envelope)   (recovery: see defer below)
+-- This module adds emit and add, and says what each does.
 local core = require "procman.core"
 local records = require "procman.records"
 
--- decode_envelope: core.decode, faster for an envelope's known keys
-local encode, encode_copy, decode = core.encode, core.encode_copy, core.decode_envelope
+local encode, encode_copy = core.encode, core.encode_copy
 local command_prefix = records.command_prefix
 
-local Outbox = {}
-Outbox.__index = Outbox
+local Outbox = core.outbox_methods
 
 local M = {}
 
-function M.new()
-  return setmetatable({ queue = {}, ids = {}, head = 1, tail = 0, by_id = {}, count = 0 }, Outbox)
-end
-
-local function push(self, id, bytes)
-  local tail = self.tail + 1
-  self.queue[tail], self.ids[tail] = bytes, id
-  self.by_id[id] = tail
-  self.tail = tail
-  self.count = self.count + 1
-end
+--- outbox.new() -> an empty outbox.
+M.new = core.outbox_new
 
 --- outbox:add(envelope[, bytes]): keep an envelope { id, workflow, flow,
 -- command } (a copy: its bytes; 'bytes' when they are at hand already, as
 -- in a journal's outbox record).
 function Outbox:add(envelope, bytes)
-  push(self, envelope.id, bytes or encode(envelope))
+  self:push(bytes or encode(envelope), envelope.id)
 end
 
 --- outbox:emit(name, flow_id, version, commands[, out]): the envelopes of a
@@ -48,19 +45,19 @@ end
 function Outbox:emit(name, flow_id, version, commands, out)
   -- raw access, as pm.c checked the list: a metatable on it means nothing
   if rawget(commands, 1) == nil then return end
-  local prefix, deferred = command_prefix(name, flow_id, version), self.deferred
+  local prefix, deferred = command_prefix(name, flow_id, version), self:deferring()
   for i = 1, rawlen(commands) do
     local command = rawget(commands, i)
     local id = prefix .. i
     local envelope = { id = id, workflow = name, flow = flow_id, command = command }
     if out then
       local bytes, copy = encode_copy(envelope)
-      push(self, id, bytes)
+      self:push(bytes, id)
       out[#out + 1] = copy
     elseif deferred then
-      push(self, id, envelope)  -- encoded by undefer, unless acked before
+      self:push_deferred(envelope)  -- encoded by undefer, unless acked before
     else
-      push(self, id, encode(envelope))
+      self:push(encode(envelope), id)
     end
   end
 end
@@ -69,39 +66,13 @@ end
 -- are kept as they are, not encoded (recovery: most were acked later in
 -- the journal, and an acked envelope need never be encoded). Only emit,
 -- has, forget and add may be used meanwhile.
-function Outbox:defer()
-  self.deferred = true
-end
+--- outbox:undefer(): encode the deferred envelopes still pending (in
+-- order, beside the others: out of memory, the outbox is as it was).
 
---- outbox:undefer(): encode the deferred envelopes still pending.
-function Outbox:undefer()
-  local q = self.queue
-  for i = self.head, self.tail do
-    if type(q[i]) == "table" then q[i] = encode(q[i]) end
-  end
-  self.deferred = nil
-end
-
---- outbox:has(id) -> is a command with this id pending?
-function Outbox:has(id)
-  return self.by_id[id] ~= nil
-end
-
---- outbox:forget(id): the command was acked. Its slot is cleared and the
--- front moves past every cleared slot; an outbox left empty gets new
--- tables (a Lua table never shrinks by removals alone), so memory after a
--- dispatch is that of the flows, not of past commands (core.outbox_forget,
--- csrc/outbox.c).
-Outbox.forget = core.outbox_forget
-
---- outbox:list() -> copies of the pending envelopes, in emission order.
-function Outbox:list()
-  local out, q = {}, self.queue
-  for i = self.head, self.tail do
-    if q[i] then out[#out + 1] = decode(q[i]) end
-  end
-  return out
-end
+--- outbox:forget(id): the command was acked (an unknown id raises and
+-- changes nothing). An outbox left empty gives back its storage and its
+-- index, so memory after a dispatch is that of the flows, not of past
+-- commands.
 
 --- outbox:dispatch(fn, after[, router]) -> count[, error]: for each envelope
 -- pending when called, in order, fn(command, envelope) (a copy, decoded at
@@ -111,18 +82,6 @@ end
 -- true to go on, or nil, message to stop there. Stops at fn's first error.
 -- The envelopes are found by their places, not through a list of ids: one
 -- that fn acked is passed over, and one that fn emitted (it handled an
--- event) goes after the last and waits for the next call
--- (core.outbox_dispatch, csrc/outbox.c).
-Outbox.dispatch = core.outbox_dispatch
-
---- outbox:encoded() -> the pending envelopes' bytes, in emission order
--- (for compaction, which journals them as they are).
-function Outbox:encoded()
-  local out, q = {}, self.queue
-  for i = self.head, self.tail do
-    if q[i] then out[#out + 1] = q[i] end
-  end
-  return out
-end
+-- event) goes after the last and waits for the next call.
 
 return M

@@ -49,7 +49,7 @@ local fold_scan = require "procman.fold_scan"
 local describe = require "procman.describe"
 
 local encode, decode, copy, monotonic = core.encode, core.decode, core.copy, core.monotonic
-local forget = core.outbox_forget
+local forget = core.outbox_methods.forget
 
 local RECORD_EVENT, RECORD_ACK, RECORD_FLOW, RECORD_SKIP, RECORD_DEAD, RECORD_DROP =
   records.EVENT, records.ACK, records.FLOW, records.SKIP, records.DEAD, records.DROP
@@ -1086,7 +1086,7 @@ function Router:stats()
   for _, spec in ipairs(self.specs) do
     for _ in pairs(self.live[spec.name]) do live = live + 1 end
   end
-  return { live = live, completed = self.finished_count, pending = self.outbox.count,
+  return { live = live, completed = self.finished_count, pending = self.outbox:size(),
            parked = self.parked_count, timers = self.schedule:size(), dead_letters = self.dead:count(),
            journal_bytes = self.journal and self.journal:size() or 0,
            recovered = self.recovered, dropped = self.dropped, seq = self.seq }
@@ -1130,7 +1130,7 @@ end
 -- The router's state, for metrics.gauges.
 local function gauge_state(self)
   local state = { workflows = {}, live = {}, parked = {}, parked_events = {}, completed = {},
-                  pending = self.outbox.count, timers = self.schedule:size(),
+                  pending = self.outbox:size(), timers = self.schedule:size(),
                   next_due = self.schedule:next_due(), dead_letters = self.dead:count(),
                   oldest_dead_letter = metrics.oldest_time(self.dead.list),
                   journal_bytes = self.journal and self.journal:size() or nil, seq = self.seq }
