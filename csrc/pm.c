@@ -663,8 +663,12 @@ static void check_correlation(lua_State *L, int spec, const char *type) {
     lua_pushnil(L);
     lua_insert(L, -2);  /* no field name to report */
   }
+  if (lua_isnil(L, -1)) {  /* an event without the field is accepted */
+    lua_pop(L, 2);
+    return;
+  }
   push_id(L, 1);                                     /* field, flow, id */
-  if (!lua_isnil(L, -2) && !lua_rawequal(L, -1, -2)) {
+  if (!lua_rawequal(L, -1, -2)) {
     const char *other = luaL_tolstring(L, -2, NULL);  /* field, flow, id, other */
     const char *field = lua_tostring(L, -4);
     const char *types = lua_type(L, -3) == lua_type(L, -2) ? "" :  /* 7 and "7" print alike */
@@ -961,7 +965,7 @@ static int handle_event(lua_State *L, int fresh) {
   note_id_at(L, p, id_at);
   p->state_ok = 0;  /* dirty until committed: any error below replays */
   p->busy = 1;
-  status = budget_pcall_function(L, 2, 1);  /* under the handler's own guard */
+  status = budget_pcall_function(L, 2, 1);  /* under the handler's own guard (anchored at 5) */
   p->busy = 0;
   if (status != LUA_OK)
     return abort_handle(L, status, type);
