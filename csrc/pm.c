@@ -1651,6 +1651,36 @@ void pm_register(lua_State *L, int core) {
   lua_setfield(L, core, "ids_include");
 }
 
+/* For the engine (engine.c): push the metatable its new flows of the
+** workflow at 'spec' get (made once a workflow, kept by the engine). */
+void pm_push_flow_metatable(lua_State *L, int spec) {
+  push_flow_metatable(L, spec);
+}
+
+/* For the engine (engine.c): push a new flow with the id at 'id' (an
+** integer or a non-empty string: the engine checked) and the flows'
+** metatable at 'mt' (pm_push_flow_metatable's), its state from init as
+** core.new builds it, unprotected: the engine's step is, and drops the
+** flow when this raises (core.new then says why, on the Lua path). */
+void pm_push_new(lua_State *L, int id, int mt) {
+  PM *p;
+  int pm;
+  id = lua_absindex(L, id);
+  mt = lua_absindex(L, mt);
+  p = (PM *)lua_newuserdatauv(L, sizeof(PM), UV_COUNT);
+  memset(p, 0, sizeof *p);
+  pm = lua_gettop(L);
+  lua_pushvalue(L, mt);
+  lua_setmetatable(L, pm);
+  lua_pushvalue(L, id);
+  lua_setiuservalue(L, pm, UV_ID);
+  lua_pushcfunction(L, replay);  /* runs init(id) */
+  lua_pushvalue(L, pm);
+  p->busy = 1;
+  lua_call(L, 1, 0);
+  p->busy = 0;
+}
+
 /* For the engine (engine.c): the version of the procman.pm at 'idx'
 ** (unchecked: the engine passes only flows). */
 lua_Integer pm_version_at(lua_State *L, int idx) {
