@@ -97,7 +97,8 @@ static const char LAST_ID = 0;
 #define KEY_EVENT_ID lua_upvalueindex(4)
 #define KEY_ON lua_upvalueindex(5)
 #define KEY_CORRELATE lua_upvalueindex(6)
-#define HANDLE_UPVALUES 6
+#define KEY_COMMAND_TYPE lua_upvalueindex(7)
+#define HANDLE_UPVALUES 7
 
 /* 48 bytes: a flow's fixed cost is this, three user values and its log. */
 typedef struct PM {
@@ -879,7 +880,7 @@ static const char *check_commands(lua_State *L, int r, const char *type) {
   for (i = 1; i <= n; i++) {
     int ok = 0;
     if (lua_rawgeti(L, r, i) == LUA_TTABLE) {
-      lua_pushliteral(L, "command_type");
+      lua_pushvalue(L, KEY_COMMAND_TYPE);
       ok = lua_rawget(L, -2) == LUA_TSTRING && lua_rawlen(L, -1) > 0;
     }
     lua_settop(L, r);
@@ -1596,6 +1597,7 @@ static void push_handle_upvalues(lua_State *L) {
   lua_pushliteral(L, "event_id");
   lua_pushliteral(L, "on");
   lua_pushliteral(L, "correlate");
+  lua_pushliteral(L, "command_type");
 }
 
 void pm_register(lua_State *L, int core) {
