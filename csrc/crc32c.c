@@ -7,6 +7,8 @@
 ** zlib CRC-32 because it detects more error patterns in short records and
 ** is what LevelDB, ext4 and iSCSI use.
 */
+#include <string.h>
+
 #include "crc32c.h"
 
 static const uint32_t crc32c_table[8][256] = {
@@ -377,11 +379,38 @@ static uint32_t load_le32(const unsigned char *p) {
   return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 24);
 }
 
+#if defined(__GNUC__) && defined(__x86_64__)
+#define CRC32C_SSE42 1
+/* SSE 4.2's crc32 instruction computes this very CRC (the reflected
+** 0x82F63B78), eight bytes an instruction: a record's checksum costs a
+** few dozen instructions instead of a few hundred.  'crc' as inverted. */
+__attribute__((target("sse4.2")))
+static uint32_t extend_sse42(uint32_t crc, const unsigned char *p, size_t n) {
+  unsigned long long c = crc;
+  while (n >= 8) {
+    unsigned long long v;
+    memcpy(&v, p, 8);  /* little-endian: the bytes in order */
+    c = __builtin_ia32_crc32di(c, v);
+    p += 8;
+    n -= 8;
+  }
+  crc = (uint32_t)c;
+  while (n-- > 0)
+    crc = __builtin_ia32_crc32qi(crc, *p++);
+  return crc;
+}
+#endif
+
 /* Slicing-by-8: eight bytes a step through eight tables (table k is the
-** CRC of a byte followed by k zero bytes), one byte a step for the rest. */
+** CRC of a byte followed by k zero bytes), one byte a step for the rest;
+** the crc32 instruction instead where the processor has it. */
 uint32_t crc32c_extend(uint32_t crc, const void *data, size_t n) {
   const unsigned char *p = (const unsigned char *)data;
   crc = ~crc;
+#ifdef CRC32C_SSE42
+  if (__builtin_cpu_supports("sse4.2"))
+    return ~extend_sse42(crc, p, n);
+#endif
   while (n >= 8) {
     uint32_t lo = load_le32(p) ^ crc, hi = load_le32(p + 4);
     crc = crc32c_table[7][lo & 0xff] ^ crc32c_table[6][(lo >> 8) & 0xff] ^

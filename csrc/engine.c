@@ -30,6 +30,7 @@
 ** Lua path builds: keys are written in the codec's canonical order
 ** (strings bytewise), values through the codec itself.
 */
+#include <stdint.h>
 #include <string.h>
 
 #include "lauxlib.h"
@@ -66,7 +67,8 @@ enum {
   UV_TARGETS,     /* array of MAX_TARGETS slots: the flows run (for undo) */
   UV_WRAP,        /* { x }: see put_nested */
   UV_KEYS,        /* the field names the step reads and writes (K_*) */
-  UV_COUNT = UV_KEYS
+  UV_JOURNAL,     /* the router's journal when the log last took a record (false: none) */
+  UV_COUNT = UV_JOURNAL
 };
 
 /*
@@ -76,11 +78,12 @@ enum {
 */
 enum {
   K_SEQ = 1, K_HOOKS, K_CLOSED, K_JOURNAL, K_PM, K_RECORDED, K_CONTEXT, K_COMMAND, K_FLOW,
-  K_ID, K_WORKFLOW, K_STATUS, K_IDS, K_FINISHED_COUNT, K_COUNT = K_FINISHED_COUNT
+  K_ID, K_WORKFLOW, K_STATUS, K_IDS, K_FINISHED_COUNT, K_EVENT_TYPE, K_COMMAND_TYPE,
+  K_COUNT = K_COMMAND_TYPE
 };
 static const char *const KEYS[K_COUNT] = {
   "seq", "hooks", "closed", "journal", "pm", "recorded", "context", "command", "flow",
-  "id", "workflow", "status", "ids", "finished_count"
+  "id", "workflow", "status", "ids", "finished_count", "event_type", "command_type"
 };
 
 /*
@@ -104,7 +107,8 @@ enum {
   R_NAME_BYTES, /* the codec's bytes for the name */
   R_STATUS_FN, /* spec.status (nil: none) */
   R_DONE_FN,   /* spec.done (nil: none) */
-  R_COUNT = R_DONE_FN
+  R_FLOW_MT,   /* the metatable of the workflow's flows (pm.c's) */
+  R_COUNT = R_FLOW_MT
 };
 
 typedef struct Engine {
@@ -123,6 +127,8 @@ typedef struct Target {
   int commands, status;     /* stack indices, once run */
   int envelopes;            /* stack index of its first envelope's bytes */
   int is_new, committed, done;
+  const char *name_bytes;   /* the codec's bytes for the name (NULL: not yet) */
+  size_t name_len;
 } Target;
 
 /* A step, in the C frame of engine:step (it outlives a longjmp).  Only
@@ -134,6 +140,8 @@ typedef struct Step {
   lua_Integer before[MAX_TARGETS];  /* each flow's version before its run */
   int noted;                        /* command lengths noted */
   lua_Integer out;                  /* envelopes in P_OUT */
+  const Buffer *scratch;            /* the engine's scratch buffer when the step began */
+  int outside;                      /* no handler is running: the step may set the context */
   int box, staged;                  /* stack indices: the outbox, its buffer (0: no command) */
   size_t command_len[MAX_NOTED];    /* each command's bytes in its envelope */
   Target t[MAX_TARGETS];
@@ -142,7 +150,7 @@ typedef struct Step {
 /* Stack indices of the protected call.  P_OUT is nil until the step
 ** knows how many envelopes it returns. */
 enum {
-  P_ENGINE = 1, P_EVENT, P_STEP, P_TYPE, P_SCRATCH, P_OUT, P_PATCHES, P_CTX, P_KEYS, P_ROUTER,
+  P_ENGINE = 1, P_EVENT, P_STEP, P_KEYS, P_PATCHES, P_CTX, P_SCRATCH, P_OUT, P_TYPE, P_ROUTER,
   P_FIRST
 };
 
@@ -233,8 +241,8 @@ static int is_flow_id(lua_State *L, int idx) {
 */
 static int route_one(lua_State *L, Target *t) {
   int r = t->route, found;
-  if (!route_has(L, r, R_TYPES, P_TYPE))
-    return 0;
+  if (!route_has(L, r, R_ON, P_TYPE))  /* the newest version's types are among its types */
+    return route_has(L, r, R_TYPES, P_TYPE) ? -1 : 0;  /* an older version's: not mine */
   if (lua_rawgeti(L, r, R_CORRELATE) != LUA_TSTRING)
     return -1;  /* a correlate function: the Lua path calls it */
   lua_rawget(L, P_EVENT);
@@ -247,7 +255,7 @@ static int route_one(lua_State *L, Target *t) {
   t->pm = lua_gettop(L);
   t->is_new = !found;
   /* pinned to an older version, or completed (a late event, a redelivery) */
-  if (route_has(L, r, found ? R_OLDER : R_FINISHED, t->id) || !route_has(L, r, R_ON, P_TYPE))
+  if (route_has(L, r, found ? R_OLDER : R_FINISHED, t->id))
     return -1;
   if (t->is_new) {
     found = lua_rawgeti(L, r, R_STARTS) == LUA_TTABLE && raw_get(L, -1, P_TYPE) == LUA_TBOOLEAN &&
@@ -299,8 +307,7 @@ static int route(lua_State *L, Step *s) {
 static int is_directive(lua_State *L) {
   size_t n;
   const char *ct;
-  lua_pushliteral(L, "command_type");
-  lua_rawget(L, -2);  /* a string: pm.c checked it */
+  get_key(L, P_KEYS, lua_gettop(L), K_COMMAND_TYPE);  /* a string: pm.c checked it */
   ct = lua_tolstring(L, -1, &n);
   lua_pop(L, 1);
   if (ct == NULL || n < 10 || memcmp(ct, "procman.", 8) != 0)
@@ -317,12 +324,11 @@ static int run_one(lua_State *L, Step *s, int k) {
   Target *t = &s->t[k];
   lua_Integer i, n;
   int recorded;
-  if (t->is_new) {
-    lua_pushcfunction(L, pm_new);
-    lua_pushvalue(L, t->spec);
-    lua_pushvalue(L, t->id);
-    lua_call(L, 2, 1);
+  if (t->is_new) {  /* core.new's flow, made in this protected call */
+    lua_rawgeti(L, t->route, R_FLOW_MT);
+    pm_push_new(L, t->id, -1);
     lua_replace(L, t->pm);
+    lua_pop(L, 1);
   }
   s->before[k] = version_of(L, t->pm);
   uv(L, P_ENGINE, UV_TARGETS);
@@ -378,7 +384,7 @@ static int run_one(lua_State *L, Step *s, int k) {
 ** =================================================================== */
 
 static void put(lua_State *L, const void *p, size_t n) {
-  Buffer *b = buffer_at(L, P_SCRATCH);
+  Buffer *b = (Buffer *)lua_touserdata(L, P_SCRATCH);
   if (b->cap - b->len < n)
     b = buffer_reserve(L, P_SCRATCH, n);
   memcpy(b->data + b->len, p, n);
@@ -413,6 +419,51 @@ static void put_header(lua_State *L, unsigned fix, unsigned tag16, size_t n) {
   }
 }
 
+/* A tag byte, then v's low 'width' bytes, big-endian. */
+static void put_tagged(lua_State *L, unsigned tag, unsigned long long v, int width) {
+  unsigned char out[9];
+  int i;
+  out[0] = (unsigned char)tag;
+  for (i = width; i >= 1; i--, v >>= 8)
+    out[i] = (unsigned char)v;
+  put(L, out, (size_t)width + 1);
+}
+
+/* An integer in the codec's canonical (shortest) form: docs/codec.md. */
+static void put_integer(lua_State *L, lua_Integer v) {
+  unsigned long long u = (unsigned long long)v;
+  if (v >= -32 && v <= 0x7f) {
+    unsigned char c = (unsigned char)(u & 0xff);  /* positive or negative fixint */
+    put(L, &c, 1);
+  }
+  else if (v > 0)
+    put_tagged(L, u <= 0xff ? 0xcc : u <= 0xffff ? 0xcd : u <= 0xffffffffULL ? 0xce : 0xcf, u,
+               u <= 0xff ? 1 : u <= 0xffff ? 2 : u <= 0xffffffffULL ? 4 : 8);
+  else if (v >= INT8_MIN)
+    put_tagged(L, 0xd0, u, 1);
+  else if (v >= INT16_MIN)
+    put_tagged(L, 0xd1, u, 2);
+  else if (v >= INT32_MIN)
+    put_tagged(L, 0xd2, u, 4);
+  else
+    put_tagged(L, 0xd3, u, 8);
+}
+
+/* A string as the codec writes it: a str when valid UTF-8, else a bin
+** (codec_utf8_valid says which), with the shortest header. */
+static void put_string(lua_State *L, const char *s, size_t n) {
+  if (!codec_utf8_valid((const unsigned char *)s, n)) {
+    put_tagged(L, n <= 0xff ? 0xc4 : n <= 0xffff ? 0xc5 : 0xc6, n, n <= 0xff ? 1 : n <= 0xffff ? 2 : 4);
+  }
+  else if (n <= 31) {
+    unsigned char c = (unsigned char)(0xa0 | n);
+    put(L, &c, 1);
+  }
+  else
+    put_tagged(L, n <= 0xff ? 0xd9 : n <= 0xffff ? 0xda : 0xdb, n, n <= 0xff ? 1 : n <= 0xffff ? 2 : 4);
+  put(L, s, n);
+}
+
 /* The value at 'idx', through the codec; 0 when it is not data. */
 static int put_value(lua_State *L, int idx) {
   if (codec_encode(L, idx, P_SCRATCH, "value"))
@@ -421,7 +472,20 @@ static int put_value(lua_State *L, int idx) {
   return 0;
 }
 
-/* The flow id of a target, through the codec once a step. */
+/* The integer or string at 'idx' (a flow id, a status) as the codec
+** writes it. */
+static void put_scalar(lua_State *L, int idx) {
+  size_t n;
+  const char *s;
+  if (lua_isinteger(L, idx)) {
+    put_integer(L, lua_tointeger(L, idx));
+    return;
+  }
+  s = lua_tolstring(L, idx, &n);
+  put_string(L, s, n);
+}
+
+/* The flow id of a target, written once a step. */
 static void put_flow(lua_State *L, Target *t) {
   size_t at, n;
   if (t->flow_len > 0) {
@@ -429,7 +493,7 @@ static void put_flow(lua_State *L, Target *t) {
     return;
   }
   at = buffer_at(L, P_SCRATCH)->len;
-  put_value(L, t->id);  /* an integer or a string: data */
+  put_scalar(L, t->id);  /* an integer or a non-empty string (route_one) */
   n = buffer_at(L, P_SCRATCH)->len - at;
   if (n <= sizeof t->flow_bytes) {
     memcpy(t->flow_bytes, buffer_at(L, P_SCRATCH)->data + at, n);
@@ -437,14 +501,15 @@ static void put_flow(lua_State *L, Target *t) {
   }
 }
 
-/* The workflow name of a target: the route keeps its bytes. */
+/* The workflow name of a target: the route keeps its bytes (a string
+** the route, on the stack throughout the step, anchors). */
 static void put_name(lua_State *L, Target *t) {
-  size_t n;
-  const char *bytes;
-  lua_rawgeti(L, t->route, R_NAME_BYTES);
-  bytes = lua_tolstring(L, -1, &n);
-  put(L, bytes, n);
-  lua_pop(L, 1);
+  if (t->name_bytes == NULL) {
+    lua_rawgeti(L, t->route, R_NAME_BYTES);
+    t->name_bytes = lua_tolstring(L, -1, &t->name_len);
+    lua_pop(L, 1);
+  }
+  put(L, t->name_bytes, t->name_len);
 }
 
 static void reset_scratch(lua_State *L) {
@@ -707,22 +772,21 @@ static void put_entry(lua_State *L, Step *s, Target *t) {
   version = lua_tointeger(L, -1);
   lua_pop(L, 1);
   pinned = t->is_new && version != 1;
-  put_header(L, 0x80, 0xde, (size_t)(4 + t->done + pinned));
-  put_key(L, "commands");
+  /* a map of 4 to 6 keys (a fixmap), "commands" first */
+  put(L, pinned ? (t->done ? "\x86\xa8" "commands" : "\x85\xa8" "commands")
+                : (t->done ? "\x85\xa8" "commands" : "\x84\xa8" "commands"), 10);
   put_commands(L, s, t);
   if (t->done)
     put(L, "\xa4" "done" "\xc3", 6);
-  put_key(L, "flow");
+  put(L, "\xa4" "flow", 5);
   put_flow(L, t);
-  put_key(L, "status");
-  put_value(L, t->status);
-  put_key(L, "workflow");
+  put(L, "\xa6" "status", 7);
+  put_scalar(L, t->status);  /* a string: pm_settled checked it */
+  put(L, "\xa8" "workflow", 9);
   put_name(L, t);
   if (pinned) {
     put_key(L, "workflow_version");
-    lua_pushinteger(L, version);
-    put_value(L, lua_gettop(L));
-    lua_pop(L, 1);
+    put_integer(L, version);
   }
 }
 
@@ -730,18 +794,15 @@ static void put_entry(lua_State *L, Step *s, Target *t) {
 static void encode_record(lua_State *L, Step *s, int committed, lua_Integer seq) {
   int k;
   reset_scratch(L);
-  put_header(L, 0x80, 0xde, 3);
-  put_key(L, "event");
+  put(L, "\x83\xa5" "event", 7);  /* { event, flows, seq } */
   put_event(L, s);
-  put_key(L, "flows");
+  put(L, "\xa5" "flows", 6);
   put_header(L, 0x90, 0xdc, (size_t)committed);
   for (k = 0; k < s->n; k++)
     if (s->t[k].committed)
       put_entry(L, s, &s->t[k]);
-  put_key(L, "seq");
-  lua_pushinteger(L, seq);
-  put_value(L, lua_gettop(L));
-  lua_pop(L, 1);
+  put(L, "\xa3" "seq", 4);
+  put_integer(L, seq);
 }
 
 /* ===================================================================
@@ -754,13 +815,21 @@ static void encode_record(lua_State *L, Step *s, int committed, lua_Integer seq)
 ** journal's message pushed.
 */
 static int log_record(lua_State *L) {
-  int ok = 1;
   if (get_key(L, P_KEYS, P_ROUTER, K_JOURNAL) == LUA_TUSERDATA) {
     const Buffer *b = buffer_at(L, P_SCRATCH);
-    ok = journal_lua_append_at(L, lua_gettop(L), RECORD_EVENT, b->data, b->len);
+    int journal = lua_gettop(L), known, ok;
+    uv(L, P_ENGINE, UV_JOURNAL);  /* the same as last time: a procman.journal */
+    known = lua_rawequal(L, journal, -1);
+    lua_pop(L, 1);
+    ok = known ? journal_lua_append_known(L, journal, RECORD_EVENT, b->data, b->len)
+               : journal_lua_append_at(L, journal, RECORD_EVENT, b->data, b->len);
     if (!ok) {
       lua_replace(L, -2);  /* the message */
       return 0;
+    }
+    if (!known) {  /* (compaction, recovery replace the router's journal) */
+      lua_pushvalue(L, journal);
+      lua_setiuservalue(L, P_ENGINE, UV_JOURNAL);
     }
   }
   lua_pop(L, 1);
@@ -927,13 +996,21 @@ static int protected_step(lua_State *L) {
   Step *s = (Step *)lua_touserdata(L, P_STEP);
   lua_Integer seq = 0;
   int committed = 0;
-  lua_pushliteral(L, "event_type");
-  lua_rawget(L, P_EVENT);                                /* P_TYPE */
-  uv(L, P_ENGINE, UV_SCRATCH);                           /* P_SCRATCH */
-  lua_pushnil(L);                                        /* P_OUT: see make_out */
+  /* nothing here allocates */
+  uv(L, P_ENGINE, UV_KEYS);                              /* P_KEYS */
   uv(L, P_ENGINE, UV_PATCHES);                           /* P_PATCHES */
   uv(L, P_ENGINE, UV_LIVE_CTX);                          /* P_CTX */
-  uv(L, P_ENGINE, UV_KEYS);                              /* P_KEYS */
+  uv(L, P_ENGINE, UV_SCRATCH);                           /* P_SCRATCH */
+  s->scratch = buffer_at(L, P_SCRATCH);
+  lua_pushnil(L);                                        /* P_OUT: see make_out */
+  /* from a handler (of any router), r:handle refuses the event: the step
+  ** must not even clear the context the handler runs in (see engine_step) */
+  get_key(L, P_KEYS, P_PATCHES, K_CONTEXT);
+  if (lua_toboolean(L, -1))
+    return 0;
+  s->outside = 1;
+  lua_pop(L, 1);
+  get_key(L, P_KEYS, P_EVENT, K_EVENT_TYPE);             /* P_TYPE */
   uv(L, P_ENGINE, UV_ROUTER);                            /* P_ROUTER */
   if (!covered(L) || !route(L, s))
     return 0;
@@ -949,9 +1026,9 @@ static int protected_step(lua_State *L) {
   lua_pushinteger(L, seq);
   lua_rawset(L, P_ROUTER);  /* an existing key: no allocation */
   settle(L, s);
-  if (buffer_at(L, P_SCRATCH)->cap <= SCRATCH_KEEP) {
+  if (buffer_at(L, P_SCRATCH) != s->scratch && buffer_at(L, P_SCRATCH)->cap <= SCRATCH_KEEP) {
     lua_pushvalue(L, P_SCRATCH);
-    lua_setiuservalue(L, P_ENGINE, UV_SCRATCH);  /* it may have grown */
+    lua_setiuservalue(L, P_ENGINE, UV_SCRATCH);  /* it grew */
   }
   lua_pushvalue(L, P_OUT);
   return 1;
@@ -998,29 +1075,17 @@ static Engine *to_engine(lua_State *L) {
   return (Engine *)lua_touserdata(L, 1);
 }
 
-/* Is a handler (of any router) running?  Then r:handle refuses the event;
-** the step must not even clear the context the handler runs in. */
-static int in_handler(lua_State *L) {
-  int running;
-  lua_getiuservalue(L, 1, UV_KEYS);
-  lua_getiuservalue(L, 1, UV_PATCHES);
-  get_key(L, lua_gettop(L) - 1, lua_gettop(L), K_CONTEXT);
-  running = lua_toboolean(L, -1);
-  lua_pop(L, 3);
-  return running;
-}
-
 /* engine:step(event) -> see the top of this file. */
 static int engine_step(lua_State *L) {
   Engine *e = to_engine(L);
   Step s;
   int status;
-  if (lua_type(L, 2) != LUA_TTABLE || e->busy || in_handler(L)) {
+  if (lua_type(L, 2) != LUA_TTABLE || e->busy) {
     lua_pushboolean(L, 0);  /* r:handle says what is wrong */
     return 1;
   }
   lua_settop(L, 2);
-  s.result = s.journaled = s.n = s.noted = 0;  /* each target: when routed */
+  s.result = s.journaled = s.n = s.noted = s.outside = 0;  /* each target: when routed */
   s.out = 0;
   lua_pushcfunction(L, protected_step);
   lua_pushvalue(L, 1);
@@ -1029,7 +1094,7 @@ static int engine_step(lua_State *L) {
   e->busy = 1;
   status = lua_pcall(L, 3, 1, 0);
   e->busy = 0;
-  if (status != LUA_OK)
+  if (status != LUA_OK && s.outside)
     clear_context(L, 1);  /* a handler raised: the step clears it after each one */
   if (s.journaled) {
     clear_targets(L, 1, &s);
@@ -1141,6 +1206,8 @@ static void make_routes(lua_State *L, int parts) {
     lua_rawseti(L, route, R_STATUS_FN);
     lua_getfield(L, spec, "done");
     lua_rawseti(L, route, R_DONE_FN);
+    pm_push_flow_metatable(L, spec);
+    lua_rawseti(L, route, R_FLOW_MT);
     route_table(L, parts, "types_of", name, R_TYPES);
     route_table(L, parts, "live", name, R_LIVE);
     route_table(L, parts, "finished", name, R_FINISHED);
@@ -1203,6 +1270,8 @@ int engine_new(lua_State *L) {
   lua_pushboolean(L, 0);
   lua_rawseti(L, -2, 1);
   lua_setiuservalue(L, 2, UV_WRAP);
+  lua_pushboolean(L, 0);
+  lua_setiuservalue(L, 2, UV_JOURNAL);
   return 1;
 }
 

@@ -226,8 +226,9 @@ static int j_append(lua_State *L) {
   return 1;
 }
 
-int journal_lua_append_at(lua_State *L, int idx, int type, const void *p, size_t n) {
-  LJournal *lj = (LJournal *)luaL_testudata(L, idx, JOURNAL_TYPENAME);
+/* Append to the journal 'lj' (NULL: not a journal): 1, or 0 with
+** j:append's message pushed. */
+static int append_to(lua_State *L, LJournal *lj, int type, const void *p, size_t n) {
   const char *why = "the journal is closed";
   int e = EBADF;
   if (lj != NULL && lj->open)
@@ -238,6 +239,14 @@ int journal_lua_append_at(lua_State *L, int idx, int type, const void *p, size_t
   lua_pop(L, 1);      /* the errno */
   lua_remove(L, -2);  /* the nil */
   return 0;
+}
+
+int journal_lua_append_at(lua_State *L, int idx, int type, const void *p, size_t n) {
+  return append_to(L, (LJournal *)luaL_testudata(L, idx, JOURNAL_TYPENAME), type, p, n);
+}
+
+int journal_lua_append_known(lua_State *L, int idx, int type, const void *p, size_t n) {
+  return append_to(L, (LJournal *)lua_touserdata(L, idx), type, p, n);
 }
 
 /* j:write() and j:sync(): true, or nil, message, errno. */

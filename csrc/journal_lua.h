@@ -43,6 +43,11 @@ int journal_lua_replace(lua_State *L);
 ** message pushed. */
 int journal_lua_append_at(lua_State *L, int idx, int type, const void *p, size_t n);
 
+/* journal_lua_append_at for a value at 'idx' that journal_lua_append_at
+** has taken before (its caller keeps it to compare): no check of its
+** type, which looks the metatable up by name. */
+int journal_lua_append_known(lua_State *L, int idx, int type, const void *p, size_t n);
+
 /* Reading records from C (the recovery scan, fold_scan.c): push a reader
 ** of the procman.journal at 'jidx' from the record at byte 'from' (16: the
 ** first) to the journal's size now; raises if the journal is closed. */

@@ -18,6 +18,15 @@ void pm_register(lua_State *L, int core);
 ** definition built by lua/procman/workflow.lua. */
 int pm_new(lua_State *L);
 
+/* For the engine (engine.c): push the metatable of the flows of the
+** workflow at 'spec' (made at its first flow). */
+void pm_push_flow_metatable(lua_State *L, int spec);
+
+/* For the engine: push a new flow with the id at 'id' (an integer or a
+** non-empty string) and the flows' metatable at 'mt', its state from
+** init; unprotected (the caller's protected call drops it on error). */
+void pm_push_new(lua_State *L, int id, int mt);
+
 /* The version (events committed) of the procman.pm at 'idx', unchecked:
 ** for the engine (engine.c), which passes only flows. */
 lua_Integer pm_version_at(lua_State *L, int idx);

@@ -83,11 +83,24 @@ local two = procman.workflow {
   },
 }
 
+-- A workflow whose init refuses some ids: it raises, loops past its
+-- budget, returns no table (the engine makes new flows in its own step).
+local three = procman.workflow {
+  name = "three", correlate = "id", starts = { "begin" }, budget = 200000,
+  init = function(id)
+    if id == "raises" then error("init refuses " .. id) end
+    if id == "loops" then while true do end end
+    if id == "odd" then return 5 end
+    return { n = 0 }
+  end,
+  on = { begin = function(state) state.n = state.n + 1 end },
+}
+
 -- The three routers, each on a journal of its own.
 local function trio(paths, opts)
   local out = {}
   for i, how in ipairs { "engine", "lua", "metrics" } do
-    local o = { workflows = { one, two }, journal = paths[i], sync = "none", clock = function() return 100 end,
+    local o = { workflows = { one, two, three }, journal = paths[i], sync = "none", clock = function() return 100 end,
                 metrics = how == "metrics" or nil }
     for k, v in pairs(opts or {}) do o[k] = v end
     local r = assert(procman.router(o))
@@ -242,6 +255,21 @@ describe("procman.engine under attack", function()
       { event_type = "shared", id = "s", event_id = "b" },
       { event_type = "shared", id = "new", fail2 = true },
     }
+  end)
+
+  it("an init that raises, loops past its budget or returns no table: refused, nothing changed", function()
+    local snap = same_everywhere {
+      { event_type = "begin", id = "ok", event_id = "1" },
+      { event_type = "begin", id = "raises", event_id = "2" },
+      { event_type = "begin", id = "loops", event_id = "3" },
+      { event_type = "begin", id = "odd", event_id = "4" },
+      { event_type = "begin", id = "ok", event_id = "5" },
+    }
+    local states = {}
+    for name, flow in pairs(snap.flows) do
+      if name:find("three/", 1, true) then states[#states + 1] = flow.state end
+    end
+    assert.same({ { n = 2 } }, states)  -- three/ok, twice; no other flow
   end)
 
   it("a completed flow in one workflow and a live one in another", function()

@@ -262,6 +262,24 @@ describe("procman.engine", function()
     assert.equal(0, r:stats().pending)
   end)
 
+  it("writes to the journal compaction puts in place of the one it wrote to before", function()
+    local path = temp()
+    local r = assert(open(path))
+    local count = counting(r)
+    for i = 1, 2 do assert(r:handle(EVENTS[i])) end
+    local before = r.journal
+    assert(r:compact())
+    assert.are_not.equal(before, r.journal)
+    assert(r:handle(EVENTS[4]))
+    assert.same({ taken = 3, left = 0 }, count)
+    local state = routers.snapshot(r)
+    r:close()
+    local again = assert(open(path))
+    assert.same(state, routers.snapshot(again))
+    assert.equal(3, again:stats().seq)
+    again:close()
+  end)
+
   it("routes in memory as with a journal", function()
     local r = procman.router { workflows = { alpha, beta } }
     local count = counting(r)
