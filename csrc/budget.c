@@ -427,9 +427,8 @@ int budget_pcall_function(lua_State *L, int nargs, int nresults) {
   if (limits.flags & (BUDGET_COPY | HAS_DESCRIBE))  /* guarded_call's own body is */
     return lua_pcall(L, nargs, nresults, 0);        /* needed: call it */
   lua_getupvalue(L, f, UP_FN);
-  lua_insert(L, f + 1);                              /* closure fn args... */
+  lua_replace(L, f);  /* fn args...: the caller anchors the closure (its label) */
   status = budget_guard_pcall(L, nargs, nresults, &limits);
-  lua_remove(L, f);
   return status == LUA_OK ? LUA_OK : LUA_ERRRUN;  /* as guarded_call's raise */
 }
 

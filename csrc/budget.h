@@ -39,6 +39,8 @@ int budget_guard_pcall(lua_State *L, int nargs, int nresults, const BudgetLimits
 ** where a function made by core.guard runs under its limits without a
 ** call of its own (the hot path: a handler per event).  The same results
 ** and errors as calling it; a failure is LUA_ERRRUN, as when it raises.
+** The caller keeps the function anchored elsewhere too (its slot is
+** reused for the function it guards, and the guard's label lives in it).
 */
 int budget_pcall_function(lua_State *L, int nargs, int nresults);
 

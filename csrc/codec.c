@@ -31,9 +31,20 @@
 #define FAILED (-2)
 /* Room for the path of the failing value in an encoder error. */
 #define PATH_SIZE 256
+/* Stack slots a small table's encoding uses: its pairs, twice over. */
+#define TABLE_SLOTS (2 * SMALL_MAP + 8)
+/* The top bit of each of 8 bytes: a byte >= 0x80 is not ASCII. */
+#define HIGH_BITS 0x8080808080808080ULL
 
 /* ===================================================================
 ** Encoder
+**
+** The cost per call is mostly Lua API calls and small writes, so the
+** encoder keeps both few: a small table is read in one lua_next pass with
+** its pairs left on the stack, sorted by index (string keys by their first
+** 8 bytes as one integer), and written through room(), which checks the
+** buffer's space once per item; strings are checked for UTF-8 8 bytes at a
+** time while they are copied.
 ** =================================================================== */
 
 typedef struct Encoder {
@@ -43,9 +54,11 @@ typedef struct Encoder {
   int copy;                              /* also push a copy of the value */
   int unsorted;                          /* large maps in lua_next order */
   int depth;                             /* tables open right now */
+  int stack_ok;                          /* slots are checked up to this index */
   const char *mark;                      /* a key of the root map to find, or NULL */
   size_t mark_len, mark_at;              /* its length; where its value starts */
-  const void *open[CODEC_MAX_DEPTH];     /* those tables, for cycles */
+  int open[CODEC_MAX_DEPTH + 1];         /* their stack indexes, for cycles */
+  int cut;                               /* a cycle: no path below this depth */
   char why[96];                          /* what went wrong */
   char path[PATH_SIZE];                  /* where: filled from the end */
   size_t path_start;
@@ -54,73 +67,93 @@ typedef struct Encoder {
 
 /* One map key, ready to sort and to write. */
 typedef struct Key {
+  uint64_t head;          /* a string's first 8 bytes, big-endian, 0-padded */
   int kind;               /* KEY_FALSE .. KEY_STRING: also the sort order */
+  int slot;               /* where its value is: stack index or pair number */
   lua_Integer i;
   lua_Number f;
   const char *s;
   size_t len;
-  int slot;               /* where its value is: stack index or pair number */
 } Key;
 
 enum { KEY_FALSE, KEY_TRUE, KEY_INT, KEY_FLOAT, KEY_STRING };
 
 static int encode_value(Encoder *e, int idx);
 
-static void put(Encoder *e, const void *p, size_t n) {
+/* Room for 'n' more bytes: where they go (commit them with e->b->len). */
+static inline unsigned char *room(Encoder *e, size_t n) {
   if (e->b->cap - e->b->len < n)
     e->b = buffer_reserve(e->L, e->bidx, n);
-  memcpy(e->b->data + e->b->len, p, n);
+  return (unsigned char *)e->b->data + e->b->len;
+}
+
+static void put(Encoder *e, const void *p, size_t n) {
+  memcpy(room(e, n), p, n);
   e->b->len += n;
 }
 
 static void put_byte(Encoder *e, unsigned char c) {
-  if (e->b->cap == e->b->len)
-    e->b = buffer_reserve(e->L, e->bidx, 1);
-  e->b->data[e->b->len++] = (char)c;
+  *room(e, 1) = c;
+  e->b->len++;
+}
+
+/* 'width' big-endian bytes of 'v' at w. */
+static void store_be(unsigned char *w, unsigned long long v, int width) {
+  int i;
+  for (i = width - 1; i >= 0; i--, v >>= 8)
+    w[i] = (unsigned char)(v & 0xff);
 }
 
 /* A tag byte followed by 'width' big-endian bytes of 'v'. */
 static void put_tagged(Encoder *e, unsigned char tag, unsigned long long v,
                        int width) {
-  unsigned char out[9];
-  int i;
-  out[0] = tag;
-  for (i = width; i >= 1; i--, v >>= 8)
-    out[i] = (unsigned char)(v & 0xff);
-  put(e, out, (size_t)width + 1);
+  unsigned char *w = room(e, 9);
+  w[0] = tag;
+  store_be(w + 1, v, width);
+  e->b->len += (size_t)width + 1;
 }
 
 /*
-** Length header of a str/bin/array/map: the fix form ('fix' | n) when
-** n <= fixmax, else the 8 (if the type has one: tag8 != 0), 16 or 32-bit
-** form.  Types without a fix form pass fixmax = -1 (none fits).
+** Write the length header of a str/bin/array/map at w; returns its size.
+** The fix form ('fix' | n) when n <= fixmax, else the 8 (if the type has
+** one: tag8 != 0), 16 or 32-bit form.  Types without a fix form pass
+** fixmax = -1 (none fits).
 */
+static size_t store_header(unsigned char *w, size_t n, int fix, long fixmax,
+                           unsigned char tag8, unsigned char tag16,
+                           unsigned char tag32) {
+  int width;
+  if ((long)n <= fixmax && n <= 31) {
+    w[0] = (unsigned char)((unsigned)fix | n);
+    return 1;
+  }
+  if (tag8 != 0 && n <= 0xff) { w[0] = tag8; width = 1; }
+  else if (n <= 0xffff) { w[0] = tag16; width = 2; }
+  else { w[0] = tag32; width = 4; }
+  store_be(w + 1, n, width);
+  return (size_t)width + 1;
+}
+
 static void put_header(Encoder *e, size_t n, int fix, long fixmax,
                        unsigned char tag8, unsigned char tag16,
                        unsigned char tag32) {
-  if ((long)n <= fixmax && n <= 31)
-    put_byte(e, (unsigned char)((unsigned)fix | n));
-  else if (tag8 != 0 && n <= 0xff)
-    put_tagged(e, tag8, n, 1);
-  else if (n <= 0xffff)
-    put_tagged(e, tag16, n, 2);
-  else
-    put_tagged(e, tag32, n, 4);
+  e->b->len += store_header(room(e, 5), n, fix, fixmax, tag8, tag16, tag32);
 }
 
 static void encode_integer(Encoder *e, lua_Integer v) {
+  unsigned long long u = (unsigned long long)v;  /* two's complement */
+  if (v >= -32 && v <= 0x7f) {  /* positive or negative fixint */
+    put_byte(e, (unsigned char)(u & 0xff));
+    return;
+  }
   if (v >= 0) {
-    unsigned long long u = (unsigned long long)v;
-    if (u <= 0x7f) put_byte(e, (unsigned char)u);
-    else if (u <= 0xff) put_tagged(e, 0xcc, u, 1);
+    if (u <= 0xff) put_tagged(e, 0xcc, u, 1);
     else if (u <= 0xffff) put_tagged(e, 0xcd, u, 2);
     else if (u <= 0xffffffffULL) put_tagged(e, 0xce, u, 4);
     else put_tagged(e, 0xcf, u, 8);
   }
   else {
-    unsigned long long u = (unsigned long long)v;  /* two's complement */
-    if (v >= -32) put_byte(e, (unsigned char)(u & 0xff));
-    else if (v >= INT8_MIN) put_tagged(e, 0xd0, u & 0xff, 1);
+    if (v >= INT8_MIN) put_tagged(e, 0xd0, u & 0xff, 1);
     else if (v >= INT16_MIN) put_tagged(e, 0xd1, u & 0xffff, 2);
     else if (v >= INT32_MIN) put_tagged(e, 0xd2, u & 0xffffffffULL, 4);
     else put_tagged(e, 0xd3, u, 8);
@@ -138,17 +171,11 @@ static void encode_float(Encoder *e, double f) {
   put_tagged(e, 0xcb, bits, 8);
 }
 
-/* Push what decoding the encoding of the scalar at 'idx' (of type 't')
-** would give. */
-static void push_scalar_copy(lua_State *L, int idx, int t) {
-  if (t == LUA_TNUMBER && !lua_isinteger(L, idx) && isnan(lua_tonumber(L, idx))) {
-    unsigned long long bits = CANONICAL_NAN;
-    double nan;
-    memcpy(&nan, &bits, sizeof nan);
-    lua_pushnumber(L, (lua_Number)nan);
-  }
-  else
-    lua_pushvalue(L, idx);
+static void push_canonical_nan(lua_State *L) {
+  unsigned long long bits = CANONICAL_NAN;
+  double nan;
+  memcpy(&nan, &bits, sizeof nan);
+  lua_pushnumber(L, (lua_Number)nan);
 }
 
 /* Strict UTF-8: no overlongs, no surrogates, nothing past U+10FFFF. */
@@ -165,12 +192,12 @@ static int is_utf8(const unsigned char *s, size_t n) {
   }
   for (; i + 8 <= n; i += 8) {  /* ASCII, the common case, 8 bytes a step */
     memcpy(&w, s + i, 8);
-    if (w & 0x8080808080808080ULL)
+    if (w & HIGH_BITS)
       break;
   }
   if (i < n && i + 8 > n && n >= 8) {  /* the tail: its last 8 bytes at once */
     memcpy(&w, s + n - 8, 8);
-    if (!(w & 0x8080808080808080ULL))
+    if (!(w & HIGH_BITS))
       return 1;
   }
   while (i < n) {
@@ -193,12 +220,60 @@ static int is_utf8(const unsigned char *s, size_t n) {
   return 1;
 }
 
-static void encode_string(Encoder *e, const char *s, size_t n) {
-  if (is_utf8((const unsigned char *)s, n))
-    put_header(e, n, 0xa0, 31, 0xd9, 0xda, 0xdb);
+/* Copy s[0 .. n) to d as two blocks of 'width' bytes (width <= n <= 2 *
+** width), the second ending at n: they overlap when n < 2 * width. */
+static inline uint64_t copy_halves(unsigned char *d, const unsigned char *s, size_t n,
+                                   size_t width) {
+  uint64_t a = 0, b = 0;
+  memcpy(&a, s, width);
+  memcpy(&b, s + n - width, width);
+  memcpy(d, &a, width);
+  memcpy(d + n - width, &b, width);
+  return a | b;
+}
+
+/*
+** Copy n <= 16 bytes from s to d with at most four loads and stores, never
+** reading outside s; returns the bytes OR-ed together, so (result &
+** HIGH_BITS) == 0 means ASCII.
+*/
+static inline uint64_t copy_short(unsigned char *d, const unsigned char *s, size_t n) {
+  uint64_t any = 0;
+  size_t i;
+  if (n >= 8)
+    return copy_halves(d, s, n, 8);
+  if (n >= 4)
+    return copy_halves(d, s, n, 4);
+  for (i = 0; i < n; i++)
+    any |= (d[i] = s[i]);
+  return any;
+}
+
+/* A str when s is valid UTF-8, else a bin: any string. */
+static void encode_any_string(Encoder *e, const char *s, size_t n) {
+  const unsigned char *u = (const unsigned char *)s;
+  unsigned char *w = room(e, n + 5);
+  if (is_utf8(u, n))
+    w += store_header(w, n, 0xa0, 31, 0xd9, 0xda, 0xdb);
   else
-    put_header(e, n, 0, -1, 0xc4, 0xc5, 0xc6);
-  put(e, s, n);
+    w += store_header(w, n, 0, -1, 0xc4, 0xc5, 0xc6);
+  memcpy(w, s, n);
+  e->b->len = (size_t)((char *)w - e->b->data) + n;
+}
+
+/* encode_any_string, with the common case inline: a short string (most
+** keys and values) is copied first and looked at after, in one pass. */
+static inline void encode_string(Encoder *e, const char *s, size_t n) {
+  Buffer *b = e->b;
+  if (n <= 16 && b->cap - b->len > 16) {
+    unsigned char *w = (unsigned char *)b->data + b->len;
+    if ((copy_short(w + 1, (const unsigned char *)s, n) & HIGH_BITS) == 0) {
+      w[0] = (unsigned char)(0xa0 | n);  /* ASCII: a fixstr */
+      b->len += n + 1;
+      return;
+    }
+  }
+  encode_any_string(e, s, n);
 }
 
 /* ---- error reporting: reason plus the path to the value -------------- */
@@ -239,6 +314,8 @@ static int is_identifier(const char *s, size_t n) {
 /* Record "the failing value sits under key 'k'" on the way out. */
 static int fail_under(Encoder *e, const Key *k) {
   char seg[64];
+  if (e->depth > e->cut)
+    return 0;  /* inside the cycle's repeats: see too_deep() */
   switch (k->kind) {
     case KEY_FALSE: snprintf(seg, sizeof seg, "[false]"); break;
     case KEY_TRUE: snprintf(seg, sizeof seg, "[true]"); break;
@@ -257,18 +334,69 @@ static int fail_under(Encoder *e, const Key *k) {
 
 /* ---- tables -------------------------------------------------------- */
 
+/* Big-endian loads: one load and a byte swap where the compiler has one. */
+#if defined(__GNUC__) && defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+static uint64_t load_be64(const unsigned char *u) {
+  uint64_t v;
+  memcpy(&v, u, 8);
+  return __builtin_bswap64(v);
+}
+
+static uint64_t load_be32(const unsigned char *u) {
+  uint32_t v;
+  memcpy(&v, u, 4);
+  return __builtin_bswap32(v);
+}
+#else
+static uint64_t load_be64(const unsigned char *u) {
+  uint64_t v = 0;
+  int i;
+  for (i = 0; i < 8; i++)
+    v = (v << 8) | u[i];
+  return v;
+}
+
+static uint64_t load_be32(const unsigned char *u) {
+  return ((uint64_t)u[0] << 24) | ((uint64_t)u[1] << 16) | ((uint64_t)u[2] << 8) | u[3];
+}
+#endif
+
+/* A string key's first 8 bytes as a big-endian integer, 0-padded: two
+** heads compare as memcmp compares those bytes.  Reads nothing past s[n). */
+static uint64_t key_head(const char *s, size_t n) {
+  const unsigned char *u = (const unsigned char *)s;
+  uint64_t h = 0;
+  size_t i;
+  if (n >= 8)
+    return load_be64(u);
+  if (n >= 4)  /* two 4-byte halves, overlapping when n < 8 */
+    return (load_be32(u) << 32) | (load_be32(u + n - 4) << (8 * (8 - n)));
+  for (i = 0; i < n; i++)
+    h |= (uint64_t)u[i] << (56 - 8 * i);
+  return h;
+}
+
+/* Bytewise order of two string keys (-1, 0, 1).  Equal heads mean equal
+** first min(8, lengths) bytes, so a key of at most 8 bytes is then a
+** prefix of the other. */
+static int string_order(const Key *a, const Key *b) {
+  size_t n;
+  if (a->head != b->head)
+    return a->head < b->head ? -1 : 1;
+  n = a->len < b->len ? a->len : b->len;
+  if (n > 8) {
+    int c = memcmp(a->s + 8, b->s + 8, n - 8);
+    if (c != 0)
+      return c < 0 ? -1 : 1;
+  }
+  return a->len < b->len ? -1 : a->len > b->len;
+}
+
 /* Sort order of keys; keys of one table are never equal. */
 static int key_compare(const void *pa, const void *pb) {
   const Key *a = (const Key *)pa, *b = (const Key *)pb;
-  if (a->kind == KEY_STRING && b->kind == KEY_STRING) {  /* the common case */
-    size_t n = a->len < b->len ? a->len : b->len;
-    int c;
-    if (n > 0 && a->s[0] != b->s[0])  /* most keys differ at once: no call */
-      return (unsigned char)a->s[0] < (unsigned char)b->s[0] ? -1 : 1;
-    c = memcmp(a->s, b->s, n);
-    if (c != 0) return c;
-    return a->len < b->len ? -1 : a->len > b->len;
-  }
+  if (a->kind == KEY_STRING && b->kind == KEY_STRING)  /* the common case */
+    return string_order(a, b);
   if ((a->kind == KEY_INT || a->kind == KEY_FLOAT) &&
       (b->kind == KEY_INT || b->kind == KEY_FLOAT)) {
     if (a->kind == KEY_INT && b->kind == KEY_INT)
@@ -305,6 +433,7 @@ static int key_describe(lua_State *L, int idx, Key *k) {
     case LUA_TSTRING:
       k->kind = KEY_STRING;
       k->s = lua_tolstring(L, idx, &k->len);
+      k->head = key_head(k->s, k->len);
       return 1;
     default:
       return 0;
@@ -313,35 +442,43 @@ static int key_describe(lua_State *L, int idx, Key *k) {
 
 static void encode_key(Encoder *e, const Key *k) {
   switch (k->kind) {
+    case KEY_STRING: encode_string(e, k->s, k->len); break;
     case KEY_FALSE: put_byte(e, 0xc2); break;
     case KEY_TRUE: put_byte(e, 0xc3); break;
     case KEY_INT: encode_integer(e, k->i); break;
-    case KEY_FLOAT: encode_float(e, k->f); break;
-    default: encode_string(e, k->s, k->len);
+    default: encode_float(e, k->f);
   }
 }
 
-/* Sort keys in place: insertion sort for the small maps, which are most. */
-static void sort_keys(Key *keys, size_t n) {
+/* Sort the keys of a small table: order[] gets their indexes, sorted
+** (insertion sort, moving bytes rather than Keys); 'strings' says all
+** are strings, the common case, compared inline. */
+static void sort_small(const Key *keys, size_t n, int strings, unsigned char *order) {
   size_t i, j;
-  if (n > SMALL_MAP) {
-    qsort(keys, n, sizeof(Key), key_compare);
-    return;
-  }
+  for (i = 0; i < n; i++)
+    order[i] = (unsigned char)i;
   for (i = 1; i < n; i++) {
-    Key k = keys[i];
-    for (j = i; j > 0 && key_compare(&keys[j - 1], &k) > 0; j--)
-      keys[j] = keys[j - 1];
-    keys[j] = k;
+    unsigned char x = order[i];
+    const Key *k = &keys[x];
+    for (j = i; j > 0; j--) {
+      const Key *prev = &keys[order[j - 1]];
+      if ((strings ? string_order(prev, k) : key_compare(prev, k)) < 0)
+        break;
+      order[j] = order[j - 1];
+    }
+    order[j] = x;
   }
 }
 
-/* Sorted keys that are exactly the integers 1..n (n >= 1): an array. */
-static int keys_are_sequence(const Key *keys, size_t n) {
+/* Sorted keys (in 'order', or in place when it is NULL) that are exactly
+** the integers 1..n (n >= 1): an array. */
+static int keys_are_sequence(const Key *keys, const unsigned char *order, size_t n) {
   size_t i;
-  for (i = 0; i < n; i++)
-    if (keys[i].kind != KEY_INT || keys[i].i != (lua_Integer)(i + 1))
+  for (i = 0; i < n; i++) {
+    const Key *k = order != NULL ? &keys[order[i]] : &keys[i];
+    if (k->kind != KEY_INT || k->i != (lua_Integer)(i + 1))
       return 0;
+  }
   return n > 0;
 }
 
@@ -370,7 +507,7 @@ static int encode_pair_value(Encoder *e, const Key *k, int store, int copy,
   }
   else {
     push_pair(L, k, store, 0);
-    if (!encode_value(e, -1))
+    if (!encode_value(e, lua_gettop(L)))
       return 0;
     if (copy != 0)
       lua_remove(L, -2);                       /* the value: keep its copy */
@@ -385,12 +522,15 @@ static int encode_pair_value(Encoder *e, const Key *k, int store, int copy,
 }
 
 /*
-** Write the sorted pairs as an array or a map.  In copy mode the copy of
-** the table is built alongside and left at the top.
+** Write the pairs in key order ('order' gives it, or the keys are sorted
+** in place when it is NULL), as an array or a map.  In copy mode the copy
+** of the table is built alongside (sized exactly, filled in key order as
+** the decoder fills it) and left at the top.
 */
-static int encode_pairs(Encoder *e, Key *keys, size_t n, int store) {
+static int encode_pairs(Encoder *e, const Key *keys, const unsigned char *order,
+                        size_t n, int store, int as_array) {
   lua_State *L = e->L;
-  int as_array = keys_are_sequence(keys, n), copy = 0;
+  int copy = 0;
   size_t j;
   if (e->copy) {
     lua_createtable(L, as_array ? (int)n : 0, as_array ? 0 : (int)n);
@@ -401,15 +541,15 @@ static int encode_pairs(Encoder *e, Key *keys, size_t n, int store) {
   else
     put_header(e, n, 0x80, 15, 0, 0xde, 0xdf);
   for (j = 0; j < n; j++) {
+    const Key *k = order != NULL ? &keys[order[j]] : &keys[j];
     if (!as_array) {
-      const Key *k = &keys[j];
       encode_key(e, k);
       if (e->mark != NULL && e->depth == 1 && k->kind == KEY_STRING &&
           k->len == e->mark_len && memcmp(k->s, e->mark, k->len) == 0)
         e->mark_at = e->b->len;
     }
-    if (!encode_pair_value(e, &keys[j], store, copy, as_array ? (lua_Integer)(j + 1) : 0))
-      return fail_under(e, &keys[j]);  /* encode_table restores the stack */
+    if (!encode_pair_value(e, k, store, copy, as_array ? (lua_Integer)(j + 1) : 0))
+      return fail_under(e, k);  /* encode_table restores the stack */
   }
   return 1;
 }
@@ -421,30 +561,45 @@ static int bad_key(Encoder *e, int idx) {
 
 /*
 ** One pass over a table of at most SMALL_MAP pairs: keys and values stay
-** on the stack (anchored) and are described in 'keys'.  Returns the pair
-** count, TOO_LARGE (stack restored) or FAILED (a bad key).
+** on the stack (anchored; pair j at base + 1 + 2j and base + 2 + 2j) and
+** are described in 'keys'.  *strings: every key is a string; *in_order:
+** lua_next gave the keys 1, 2, ..., n (an array's part, in order).
+** Returns the pair count, TOO_LARGE (stack restored) or FAILED (a bad key).
 */
-static long collect_small(Encoder *e, int t, Key *keys) {
+static long collect_small(Encoder *e, int t, Key *keys, int *strings, int *in_order) {
   lua_State *L = e->L;
   int base = lua_gettop(L);
   size_t n = 0;
+  *strings = *in_order = 1;
   lua_pushnil(L);
   while (lua_next(L, t)) {
+    Key *k;
     if (n == SMALL_MAP) {
       lua_settop(L, base);
       return TOO_LARGE;
     }
-    keys[n].slot = lua_gettop(L);
-    if (!key_describe(L, -2, &keys[n])) {
-      bad_key(e, -2);
-      return FAILED;
+    k = &keys[n];
+    k->slot = base + 2 + 2 * (int)n;
+    if (lua_type(L, -2) == LUA_TSTRING) {
+      k->kind = KEY_STRING;
+      k->s = lua_tolstring(L, -2, &k->len);
+      k->head = key_head(k->s, k->len);
+      *in_order = 0;
+    }
+    else {
+      if (!key_describe(L, -2, k)) {
+        bad_key(e, -2);
+        return FAILED;
+      }
+      *strings = 0;
+      if (k->kind != KEY_INT || k->i != (lua_Integer)n + 1)
+        *in_order = 0;
     }
     n++;
     lua_pushvalue(L, -2);  /* the key again, for lua_next */
   }
   return (long)n;
 }
-
 /* A large sequence 1..n, written straight from the table (and copied,
 ** in copy mode, to a table left at the top). */
 static int encode_large_array(Encoder *e, int t, size_t n) {
@@ -520,8 +675,8 @@ static int encode_large(Encoder *e, int t) {
     lua_pop(L, 1);
     j++;
   }
-  sort_keys(keys, n);
-  return encode_pairs(e, keys, n, store);
+  qsort(keys, n, sizeof(Key), key_compare);
+  return encode_pairs(e, keys, NULL, n, store, keys_are_sequence(keys, NULL, n));
 }
 
 /*
@@ -571,27 +726,52 @@ static int encode_large_unsorted(Encoder *e, int t) {
   return 1;
 }
 
+/*
+** Tables CODEC_MAX_DEPTH deep are open and 't' would be one more: a cycle
+** when one of them repeats.  Cycles are looked for here, not on every
+** table (a pointer and a scan each), since a cycle always runs into the
+** depth limit; the error names the path to the first repeat, as if it had
+** been caught there (fail_under() leaves out the keys below it).
+*/
+static int too_deep(Encoder *e, int t) {
+  const void *p[CODEC_MAX_DEPTH + 1];
+  int i, j;
+  e->open[CODEC_MAX_DEPTH] = t;
+  for (j = 0; j <= CODEC_MAX_DEPTH; j++) {
+    p[j] = lua_topointer(e->L, e->open[j]);
+    for (i = 0; i < j; i++)
+      if (p[i] == p[j]) {
+        e->cut = j;
+        return fail(e, "a cycle (a table that contains itself)");
+      }
+  }
+  return fail(e, "tables nested more than %d deep", CODEC_MAX_DEPTH);
+}
+
 static int encode_table(Encoder *e, int t) {
   lua_State *L = e->L;
-  const void *p = lua_topointer(L, t);
   Key keys[SMALL_MAP];
-  int i, base = lua_gettop(L), ok;
+  unsigned char order[SMALL_MAP];
+  int base = lua_gettop(L), ok, strings, in_order;
   long n;
-  for (i = 0; i < e->depth; i++)
-    if (e->open[i] == p)
-      return fail(e, "a cycle (a table that contains itself)");
   if (e->depth == CODEC_MAX_DEPTH)
-    return fail(e, "tables nested more than %d deep", CODEC_MAX_DEPTH);
-  luaL_checkstack(L, 2 * SMALL_MAP + 8, "procman: tables nested too deep to encode");
-  e->open[e->depth++] = p;
-  n = collect_small(e, t, keys);
+    return too_deep(e, t);
+  if (base + TABLE_SLOTS > e->stack_ok) {  /* checked once per level */
+    luaL_checkstack(L, TABLE_SLOTS, "procman: tables nested too deep to encode");
+    e->stack_ok = base + TABLE_SLOTS;
+  }
+  e->open[e->depth++] = t;
+  n = collect_small(e, t, keys, &strings, &in_order);
   if (n == FAILED)
     return 0;
   if (n == TOO_LARGE)
     ok = e->unsorted ? encode_large_unsorted(e, t) : encode_large(e, t);
+  else if (in_order && n > 0)  /* 1..n already */
+    ok = encode_pairs(e, keys, NULL, (size_t)n, 0, 1);
   else {
-    sort_keys(keys, (size_t)n);
-    ok = encode_pairs(e, keys, (size_t)n, 0);
+    sort_small(keys, (size_t)n, strings, order);
+    ok = encode_pairs(e, keys, order, (size_t)n, 0,
+                      !strings && keys_are_sequence(keys, order, (size_t)n));
   }
   e->depth--;
   if (ok && e->copy) {  /* keep only the copy, at the top */
@@ -606,24 +786,31 @@ static int encode_table(Encoder *e, int t) {
 /* Encode the value at 'idx'; in copy mode, push its copy on success. */
 static int encode_value(Encoder *e, int idx) {
   lua_State *L = e->L;
-  int t;
   if (idx < 0)
     idx = lua_absindex(L, idx);
-  switch (t = lua_type(L, idx)) {
-    case LUA_TNIL: put_byte(e, 0xc0); break;
-    case LUA_TBOOLEAN: put_byte(e, lua_toboolean(L, idx) ? 0xc3 : 0xc2); break;
-    case LUA_TNUMBER:
-      if (lua_isinteger(L, idx)) encode_integer(e, lua_tointeger(L, idx));
-      else encode_float(e, (double)lua_tonumber(L, idx));
-      break;
+  switch (lua_type(L, idx)) {
     case LUA_TSTRING: {
       size_t n;
       const char *s = lua_tolstring(L, idx, &n);
       encode_string(e, s, n);
       break;
     }
+    case LUA_TNUMBER:
+      if (lua_isinteger(L, idx))
+        encode_integer(e, lua_tointeger(L, idx));
+      else {
+        lua_Number f = lua_tonumber(L, idx);
+        encode_float(e, (double)f);
+        if (e->copy && isnan(f)) {  /* the copy gets the NaN decoding gives */
+          push_canonical_nan(L);
+          return 1;
+        }
+      }
+      break;
     case LUA_TTABLE:
       return encode_table(e, idx);
+    case LUA_TBOOLEAN: put_byte(e, lua_toboolean(L, idx) ? 0xc3 : 0xc2); break;
+    case LUA_TNIL: put_byte(e, 0xc0); break;
     default: {
       const char *name = luaL_typename(L, idx);
       if (luaL_getmetafield(L, idx, "__name") == LUA_TSTRING)
@@ -633,7 +820,7 @@ static int encode_value(Encoder *e, int idx) {
     }
   }
   if (e->copy)
-    push_scalar_copy(L, idx, t);
+    lua_pushvalue(L, idx);
   return 1;
 }
 
@@ -651,6 +838,8 @@ static int encode_root(lua_State *L, int idx, int bidx, const char *root,
   e.bidx = lua_absindex(L, bidx);
   e.b = buffer_at(L, e.bidx);
   e.depth = 0;
+  e.cut = CODEC_MAX_DEPTH + 1;
+  e.stack_ok = 0;
   e.why[0] = '\0';
   e.path_start = PATH_SIZE - 1;
   e.path[PATH_SIZE - 1] = '\0';

@@ -97,7 +97,8 @@ static const char LAST_ID = 0;
 #define KEY_EVENT_ID lua_upvalueindex(4)
 #define KEY_ON lua_upvalueindex(5)
 #define KEY_CORRELATE lua_upvalueindex(6)
-#define HANDLE_UPVALUES 6
+#define KEY_COMMAND_TYPE lua_upvalueindex(7)
+#define HANDLE_UPVALUES 7
 
 /* 48 bytes: a flow's fixed cost is this, three user values and its log. */
 typedef struct PM {
@@ -663,8 +664,12 @@ static void check_correlation(lua_State *L, int spec, const char *type) {
     lua_pushnil(L);
     lua_insert(L, -2);  /* no field name to report */
   }
+  if (lua_isnil(L, -1)) {  /* an event without the field is accepted */
+    lua_pop(L, 2);
+    return;
+  }
   push_id(L, 1);                                     /* field, flow, id */
-  if (!lua_isnil(L, -2) && !lua_rawequal(L, -1, -2)) {
+  if (!lua_rawequal(L, -1, -2)) {
     const char *other = luaL_tolstring(L, -2, NULL);  /* field, flow, id, other */
     const char *field = lua_tostring(L, -4);
     const char *types = lua_type(L, -3) == lua_type(L, -2) ? "" :  /* 7 and "7" print alike */
@@ -875,7 +880,7 @@ static const char *check_commands(lua_State *L, int r, const char *type) {
   for (i = 1; i <= n; i++) {
     int ok = 0;
     if (lua_rawgeti(L, r, i) == LUA_TTABLE) {
-      lua_pushliteral(L, "command_type");
+      lua_pushvalue(L, KEY_COMMAND_TYPE);
       ok = lua_rawget(L, -2) == LUA_TSTRING && lua_rawlen(L, -1) > 0;
     }
     lua_settop(L, r);
@@ -961,7 +966,7 @@ static int handle_event(lua_State *L, int fresh) {
   note_id_at(L, p, id_at);
   p->state_ok = 0;  /* dirty until committed: any error below replays */
   p->busy = 1;
-  status = budget_pcall_function(L, 2, 1);  /* under the handler's own guard */
+  status = budget_pcall_function(L, 2, 1);  /* under the handler's own guard (anchored at 5) */
   p->busy = 0;
   if (status != LUA_OK)
     return abort_handle(L, status, type);
@@ -1592,6 +1597,7 @@ static void push_handle_upvalues(lua_State *L) {
   lua_pushliteral(L, "event_id");
   lua_pushliteral(L, "on");
   lua_pushliteral(L, "correlate");
+  lua_pushliteral(L, "command_type");
 }
 
 void pm_register(lua_State *L, int core) {

@@ -224,6 +224,27 @@ describe("the codec", function()
       local t = { x = {} }
       t.x.back = t
       refuses(t, "procman.encode: cannot encode a cycle (a table that contains itself) at value.x.back")
+      -- named where the first repeat begins, whatever the way round
+      local a = { b = { c = {} } }
+      a.b.c.d = a.b
+      refuses({ a = a }, "procman.encode: cannot encode a cycle (a table that contains itself) at value.a.b.c.d")
+      local big, arr = {}, { 1, 2 }
+      for i = 1, 20 do big["k" .. i] = i end
+      big.k5, arr[3] = arr, big
+      refuses(big, "procman.encode: cannot encode a cycle (a table that contains itself) at value.k5[3]")
+      local selfish = {}
+      selfish[1] = selfish
+      refuses(selfish, "procman.encode: cannot encode a cycle (a table that contains itself) at value[1]")
+      local deep = {}
+      local inner = deep
+      for _ = 1, 98 do inner.n = {}; inner = inner.n end
+      inner.n = inner  -- a cycle at the depth limit
+      local ok, err = pcall(encode, deep)
+      assert.is_false(ok)
+      assert.equal("procman.encode: cannot encode a cycle (a table that contains itself) at value"
+                   .. string.rep(".n", 99), err)
+      assert.has_error(function() procman.copy({ x = t }) end,
+        "procman.copy: cannot encode a cycle (a table that contains itself) at value.x.x.back")
     end)
     it("keys that are not strings, numbers or booleans", function()
       refuses({ [{}] = 1 }, "procman.encode: cannot encode a key of type table (keys must be strings, "
@@ -364,6 +385,150 @@ describe("the encoder's output", function()
     end
     assert.equal(562918, total)
     assert.equal(354521741, h)
+  end)
+end)
+
+-- A second encoder, in plain Lua, written from docs/codec.md: the C
+-- encoder's fast paths (8-byte key heads, keys sorted by index, arrays taken
+-- in lua_next order, short strings checked for UTF-8 while copied) must give
+-- its bytes on values made to hit each of their edges.
+local function bytes_before(a, b)  -- bytewise, a prefix first
+  for i = 1, math.min(#a, #b) do
+    local x, y = a:byte(i), b:byte(i)
+    if x ~= y then return x < y end
+  end
+  return #a < #b
+end
+
+local function key_rank(k)
+  if k == false then return 0 end
+  if k == true then return 1 end
+  if type(k) == "number" then return 2 end
+  return 3
+end
+
+local function key_before(a, b)
+  local ra, rb = key_rank(a), key_rank(b)
+  if ra ~= rb then return ra < rb end
+  if ra == 2 then return a < b end  -- Lua compares integers and floats exactly
+  if ra == 3 then return bytes_before(a, b) end
+  return false
+end
+
+local function sized(n, fix, fixmax, tag8, tag16, tag32)
+  if fixmax and n <= fixmax then return string.char(fix | n) end
+  if tag8 and n <= 0xff then return string.char(tag8, n) end
+  if n <= 0xffff then return string.char(tag16) .. string.pack(">I2", n) end
+  return string.char(tag32) .. string.pack(">I4", n)
+end
+
+local function reference_encode(v, out)
+  local t = math.type(v) or type(v)
+  if v == nil then out[#out + 1] = "\xc0"
+  elseif t == "boolean" then out[#out + 1] = v and "\xc3" or "\xc2"
+  elseif t == "integer" then
+    if v >= -32 and v <= 127 then out[#out + 1] = string.pack(">i1", v)
+    elseif v > 0 then
+      if v <= 0xff then out[#out + 1] = "\xcc" .. string.pack(">I1", v)
+      elseif v <= 0xffff then out[#out + 1] = "\xcd" .. string.pack(">I2", v)
+      elseif v <= 0xffffffff then out[#out + 1] = "\xce" .. string.pack(">I4", v)
+      else out[#out + 1] = "\xcf" .. string.pack(">i8", v) end
+    elseif v >= -128 then out[#out + 1] = "\xd0" .. string.pack(">i1", v)
+    elseif v >= -32768 then out[#out + 1] = "\xd1" .. string.pack(">i2", v)
+    elseif v >= -2147483648 then out[#out + 1] = "\xd2" .. string.pack(">i4", v)
+    else out[#out + 1] = "\xd3" .. string.pack(">i8", v) end
+  elseif t == "float" then
+    out[#out + 1] = v ~= v and "\xcb\x7f\xf8\0\0\0\0\0\0" or "\xcb" .. string.pack(">d", v)
+  elseif t == "string" then
+    if utf8.len(v) then out[#out + 1] = sized(#v, 0xa0, 31, 0xd9, 0xda, 0xdb)
+    else out[#out + 1] = sized(#v, nil, nil, 0xc4, 0xc5, 0xc6) end
+    out[#out + 1] = v
+  else
+    local keys = {}
+    for k in pairs(v) do keys[#keys + 1] = k end
+    table.sort(keys, key_before)
+    local array = #keys > 0
+    for i, k in ipairs(keys) do array = array and k == i and math.type(k) == "integer" end
+    if array then
+      out[#out + 1] = sized(#keys, 0x90, 15, nil, 0xdc, 0xdd)
+      for i = 1, #keys do reference_encode(v[i], out) end
+    else
+      out[#out + 1] = sized(#keys, 0x80, 15, nil, 0xde, 0xdf)
+      for _, k in ipairs(keys) do
+        reference_encode(k, out)
+        reference_encode(v[k], out)
+      end
+    end
+  end
+  return out
+end
+
+-- Strings around the fast paths' edges: lengths 0 to 40 (8 and 16 bytes
+-- cut the ASCII check and the key heads), shared prefixes, zero bytes,
+-- a multi-byte character or a bad byte anywhere.
+local function edge_string()
+  local n = math.random(0, 40)
+  local bytes = {}
+  for i = 1, n do bytes[i] = string.byte(("ab\0_ez"):sub(math.random(6))) end
+  local s = string.char(table.unpack(bytes))
+  local r, at = math.random(6), math.random(0, n)
+  if r == 1 then s = s:sub(1, at) .. "é" .. s:sub(at + 1)
+  elseif r == 2 then s = s:sub(1, at) .. string.char(math.random(0x80, 0xff)) .. s:sub(at + 1)
+  elseif r == 3 then s = s:sub(1, at) .. "\u{10FFFF}" .. s:sub(at + 1)
+  elseif r == 4 then s = ("event_"):rep(math.random(0, 3)) .. s end
+  return s
+end
+
+local function edge_table(depth)
+  local t = {}
+  local shape = math.random(4)
+  local n = math.random(0, 18)
+  for i = 1, n do
+    local v
+    if depth < 3 and math.random() < 0.2 then v = edge_table(depth + 1)
+    elseif math.random() < 0.5 then v = edge_string()
+    else v = ({ 0, -33, 300, 1.5, 0 / 0, true })[math.random(6)] end
+    if shape == 1 then t[i] = v                             -- an array, built in order
+    elseif shape == 2 then t[n + 1 - i] = v                 -- built backwards
+    elseif shape == 3 then t[edge_string()] = v             -- string keys
+    else                                                    -- any keys
+      local k = ({ edge_string(), math.random(-3, 20), math.random() < 0.5, 2 ^ 53 + 0.0, 0.5 })[math.random(5)]
+      t[k] = v
+    end
+  end
+  return t
+end
+
+-- Deep equality that also asks for the same pairs() order.
+local function same_order(a, b)
+  if type(a) ~= "table" then return a == b or (a ~= a and b ~= b) end
+  if type(b) ~= "table" then return false end
+  local ka, kb = next(a), next(b)
+  while ka ~= nil or kb ~= nil do
+    if ka ~= kb or not same_order(a[ka], b[kb]) then return false end
+    ka, kb = next(a, ka), next(b, kb)
+  end
+  return true
+end
+
+describe("the encoder against a reference encoder in Lua", function()
+  it("gives the reference's bytes on random values and tables made for its fast paths", function()
+    math.randomseed(20261203)
+    local function check(v)
+      local bytes, want = encode(v), table.concat(reference_encode(v, {}))
+      if bytes ~= want then error("encoding differs: " .. hex(bytes) .. " against " .. hex(want)) end
+    end
+    for _ = 1, 300 do check(random_value(0)) end
+    for _ = 1, 1500 do check(edge_table(0)) end
+  end)
+
+  it("copies into tables that iterate as the decoded ones do", function()
+    math.randomseed(11)
+    for _ = 1, 500 do
+      local v = edge_table(0)
+      local copy, decoded = procman.copy(v), decode(encode(v))
+      assert.is_true(same_order(copy, decoded))
+    end
   end)
 end)
 

@@ -70,7 +70,7 @@ local function check_files(files)
   return n
 end
 
-local math_type = math.type
+local math_type, type = math.type, type  -- upvalues: no global lookup per file or event
 
 -- The common case of batch_created, in one pass over the pairs of
 -- 'files' (the hot path with a million files: no set of its own, no
@@ -140,8 +140,14 @@ local function batch_created(state, event)
   end
   state.file_timeout = file_timeout
   local commands = {}
-  for i = 1, n do
-    start_attempt(state, files[i], 1, commands)
+  if file_timeout then
+    for i = 1, n do
+      start_attempt(state, files[i], 1, commands)
+    end
+  else  -- the common case, without a call per file: start_attempt's commands
+    for i = 1, n do
+      commands[i] = { command_type = "process_file", file = files[i] }
+    end
   end
   state.pending = n
   state.status = n == 0 and "success" or "created"
@@ -169,16 +175,19 @@ local function retry(state, id)
   return commands
 end
 
--- Record a file's result; the status follows.
+-- Record a file's result; the status follows (update_status's rule,
+-- written out: this runs once per event).
 local function settle_file(state, id, old, result)
+  local pending, failed = state.pending, state.failed
   if old == "pending" then
-    state.pending = state.pending - 1
+    pending = pending - 1
   elseif old == "error" then
-    state.failed = state.failed - 1
+    failed = failed - 1
   end
-  if result == "error" then state.failed = state.failed + 1 end
+  if result == "error" then failed = failed + 1 end
+  state.pending, state.failed = pending, failed
   state.files[id] = result
-  update_status(state)
+  state.status = failed > 0 and "error" or pending == 0 and "success" or "pending"
 end
 
 -- Checks come before any change, so a refused event costs no replay; the
