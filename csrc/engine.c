@@ -962,6 +962,7 @@ static void make_out(lua_State *L, Step *s) {
     return;
   uv(L, P_ENGINE, UV_OUTBOX);
   s->box = lua_gettop(L);
+  outbox_hold(L, s->box, 1);  /* until engine_step's end */
   outbox_stage(L, s->box);
   s->staged = lua_gettop(L);
 }
@@ -1094,6 +1095,9 @@ static int engine_step(lua_State *L) {
   e->busy = 1;
   status = lua_pcall(L, 3, 1, 0);
   e->busy = 0;
+  lua_getiuservalue(L, 1, UV_OUTBOX);  /* the outbox's methods work again */
+  outbox_hold(L, lua_gettop(L), 0);
+  lua_pop(L, 1);
   if (status != LUA_OK && s.outside)
     clear_context(L, 1);  /* a handler raised: the step clears it after each one */
   if (s.journaled) {
