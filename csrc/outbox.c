@@ -184,6 +184,19 @@ void outbox_will_index(lua_State *L, int box, int id) {
   lua_pop(L, 1);
 }
 
+void outbox_unindex(lua_State *L, int box, int id) {
+  if (lua_getiuservalue(L, box, UV_INDEX) == LUA_TTABLE) {
+    lua_pushvalue(L, id);
+    if (lua_rawget(L, -2) == LUA_TBOOLEAN && !lua_toboolean(L, -1)) {
+      lua_pushvalue(L, id);
+      lua_pushnil(L);
+      lua_rawset(L, -4);
+    }
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 1);
+}
+
 void outbox_commit(lua_State *L, int box, size_t at, size_t len, int id) {
   Outbox *o = (Outbox *)lua_touserdata(L, box);
   Slot *s = slot_at(L, box, o, o->tail + 1);

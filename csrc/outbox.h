@@ -43,6 +43,10 @@ void outbox_hold(lua_State *L, int box, int held);
 void outbox_keep(lua_State *L, int box, int bidx, size_t n);
 void outbox_will_index(lua_State *L, int box, int id);
 void outbox_commit(lua_State *L, int box, size_t at, size_t len, int id);
+/* A step taken back: the id at stack index 'id', if outbox_will_index
+** gave it an entry that no commit filled, has none again (any other
+** value is ignored).  Allocates nothing. */
+void outbox_unindex(lua_State *L, int box, int id);
 
 /* Append the journal record of an ack, { id = id } as core.encode writes
 ** it (the id at stack index 'id'), to the Buffer at 'bidx' (buffer.h):
