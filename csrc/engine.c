@@ -143,6 +143,7 @@ typedef struct Step {
   const Buffer *scratch;            /* the engine's scratch buffer when the step began */
   int outside;                      /* no handler is running: the step may set the context */
   int box, staged;                  /* stack indices: the outbox, its buffer (0: no command) */
+  int first;                        /* stack index of the first staged envelope's id */
   size_t command_len[MAX_NOTED];    /* each command's bytes in its envelope */
   Target t[MAX_TARGETS];
 } Step;
@@ -962,8 +963,22 @@ static void make_out(lua_State *L, Step *s) {
     return;
   uv(L, P_ENGINE, UV_OUTBOX);
   s->box = lua_gettop(L);
+  outbox_hold(L, s->box, 1);  /* until engine_step's end */
   outbox_stage(L, s->box);
   s->staged = lua_gettop(L);
+  s->first = s->staged + 1;  /* encode_envelopes pushes them from here */
+}
+
+/* The step is taken back after staging: the ids it staged (strings from
+** s->first up; other strings there are not in the index) leave the
+** outbox's index, where outbox_will_index put them. */
+static void unindex_staged(lua_State *L, Step *s) {
+  int i, top = lua_gettop(L);
+  if (s->box == 0)
+    return;
+  for (i = s->first; i <= top; i++)
+    if (lua_type(L, i) == LUA_TSTRING)
+      outbox_unindex(L, s->box, i);
 }
 
 /* Run, encode, log: STEP_* (the message of a failed log pushed). */
@@ -977,8 +992,10 @@ static int prepare(lua_State *L, Step *s, lua_Integer *seq, int *committed) {
     if (!s->t[k].committed)
       continue;
     ++*committed;
-    if (!encode_envelopes(L, s, &s->t[k]))
+    if (!encode_envelopes(L, s, &s->t[k])) {
+      unindex_staged(L, s);
       return STEP_NOT_MINE;
+    }
   }
   if (*committed == 0)
     return STEP_DONE;  /* a redelivery everywhere: no record */
@@ -988,7 +1005,10 @@ static int prepare(lua_State *L, Step *s, lua_Integer *seq, int *committed) {
   /* also without a journal: the record is what says the event and the
   ** commands are data (nested within it, for instance) */
   encode_record(L, s, *committed, *seq);
-  return log_record(L) ? STEP_DONE : STEP_LOG_FAILED;
+  if (log_record(L))
+    return STEP_DONE;
+  unindex_staged(L, s);
+  return STEP_LOG_FAILED;
 }
 
 /* (engine, event, step) -> envelopes | message: the protected part. */
@@ -1094,6 +1114,9 @@ static int engine_step(lua_State *L) {
   e->busy = 1;
   status = lua_pcall(L, 3, 1, 0);
   e->busy = 0;
+  lua_getiuservalue(L, 1, UV_OUTBOX);  /* the outbox's methods work again */
+  outbox_hold(L, lua_gettop(L), 0);
+  lua_pop(L, 1);
   if (status != LUA_OK && s.outside)
     clear_context(L, 1);  /* a handler raised: the step clears it after each one */
   if (s.journaled) {

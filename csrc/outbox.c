@@ -62,6 +62,7 @@ struct Outbox {
   size_t count;      /* commands pending */
   size_t used;       /* bytes of the buffer its slots use */
   int deferring;
+  int staging;       /* a step's envelopes are staged: see outbox_stage */
 };
 
 /* The outbox's user values. */
@@ -75,6 +76,18 @@ enum {
 
 Outbox *outbox_check(lua_State *L, int idx) {
   return (Outbox *)luaL_checkudata(L, idx, OUTBOX_MT);
+}
+
+/* The outbox at 'idx', which no step is emitting into: a method that
+** reads or changes its commands raises meanwhile (code that runs inside
+** a step, a finalizer, would otherwise move or drop the storage the
+** step's staged envelopes and their slots are in). */
+static Outbox *check_idle(lua_State *L, int idx) {
+  Outbox *o = outbox_check(L, idx);
+  if (o->staging)
+    luaL_error(L, "procman.outbox: in use by a step that is emitting commands "
+               "(called from a finalizer?)");
+  return o;
 }
 
 /* Push user value k; the Buffer it is (NULL: none). */
@@ -147,6 +160,10 @@ size_t outbox_stage(lua_State *L, int box) {
   return o->used;
 }
 
+void outbox_hold(lua_State *L, int box, int held) {
+  ((Outbox *)lua_touserdata(L, box))->staging = held;
+}
+
 void outbox_keep(lua_State *L, int box, int bidx, size_t n) {
   Outbox *o = (Outbox *)lua_touserdata(L, box);
   lua_pushvalue(L, bidx);
@@ -160,6 +177,19 @@ void outbox_will_index(lua_State *L, int box, int id) {
     if (lua_rawget(L, -2) == LUA_TNIL) {
       lua_pushvalue(L, id);
       lua_pushboolean(L, 0);  /* not pending (yet): place_of reads 0 */
+      lua_rawset(L, -4);
+    }
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 1);
+}
+
+void outbox_unindex(lua_State *L, int box, int id) {
+  if (lua_getiuservalue(L, box, UV_INDEX) == LUA_TTABLE) {
+    lua_pushvalue(L, id);
+    if (lua_rawget(L, -2) == LUA_TBOOLEAN && !lua_toboolean(L, -1)) {
+      lua_pushvalue(L, id);
+      lua_pushnil(L);
       lua_rawset(L, -4);
     }
     lua_pop(L, 1);
@@ -312,7 +342,7 @@ static void forget(lua_State *L, int box, lua_Integer place, int id) {
 ** is an error, and changes nothing). */
 static int outbox_forget(lua_State *L) {
   lua_Integer place;
-  outbox_check(L, 1);
+  check_idle(L, 1);
   lua_settop(L, 2);
   place = place_of(L, 1, 2);
   if (place == 0)
@@ -324,7 +354,7 @@ static int outbox_forget(lua_State *L) {
 
 /* outbox:has(id) -> is a command with this id pending? */
 static int outbox_has(lua_State *L) {
-  outbox_check(L, 1);
+  check_idle(L, 1);
   lua_settop(L, 2);
   lua_pushboolean(L, place_of(L, 1, 2) != 0);
   return 1;
@@ -338,7 +368,7 @@ static int outbox_has(lua_State *L) {
 static int outbox_push(lua_State *L) {
   size_t len, at;
   const char *s;
-  outbox_check(L, 1);
+  check_idle(L, 1);
   s = luaL_checklstring(L, 2, &len);
   luaL_checktype(L, 3, LUA_TSTRING);
   luaL_argcheck(L, len > 0, 2, "an envelope is never empty");
@@ -352,7 +382,7 @@ static int outbox_push(lua_State *L) {
 
 /* outbox:push_deferred(envelope): keep it as it is (deferring). */
 static int outbox_push_deferred(lua_State *L) {
-  Outbox *o = outbox_check(L, 1);
+  Outbox *o = check_idle(L, 1);
   luaL_checktype(L, 2, LUA_TTABLE);
   lua_settop(L, 2);
   lua_getfield(L, 2, "id");  /* 3 */
@@ -388,7 +418,7 @@ static int outbox_deferring(lua_State *L) {
 ** was).
 */
 static int outbox_undefer(lua_State *L) {
-  Outbox *o = outbox_check(L, 1);
+  Outbox *o = check_idle(L, 1);
   lua_Integer place;
   size_t n = (size_t)(o->tail - o->base + 1);
   Slot *fresh;
@@ -596,7 +626,7 @@ static int is_pending(lua_State *L, int box, Outbox *o, lua_Integer place) {
 ** event) has a later place and waits for the next call.
 */
 static int outbox_dispatch(lua_State *L) {
-  Outbox *o = outbox_check(L, 1);
+  Outbox *o = check_idle(L, 1);
   lua_Integer place, tail, count = 0;
   int router = 0, keys, buf, id;
   luaL_checktype(L, 2, LUA_TFUNCTION);
@@ -665,7 +695,7 @@ static int outbox_new(lua_State *L) {
   o->base = o->head = 1;
   o->tail = 0;
   o->count = o->used = 0;
-  o->deferring = 0;
+  o->deferring = o->staging = 0;
   luaL_setmetatable(L, OUTBOX_MT);
   return 1;
 }

@@ -34,9 +34,19 @@ Outbox *outbox_check(lua_State *L, int idx);
 ** outbox_keep and outbox_will_index.
 */
 size_t outbox_stage(lua_State *L, int box);
+/* outbox_hold(L, box, 1): a step stages envelopes in the outbox until
+** outbox_hold(L, box, 0) (it committed them or was taken back); meanwhile
+** the outbox's methods that read or change its commands raise (code run
+** inside the step, a finalizer, could move the storage the staged
+** envelopes and their slots are in).  Allocates nothing. */
+void outbox_hold(lua_State *L, int box, int held);
 void outbox_keep(lua_State *L, int box, int bidx, size_t n);
 void outbox_will_index(lua_State *L, int box, int id);
 void outbox_commit(lua_State *L, int box, size_t at, size_t len, int id);
+/* A step taken back: the id at stack index 'id', if outbox_will_index
+** gave it an entry that no commit filled, has none again (any other
+** value is ignored).  Allocates nothing. */
+void outbox_unindex(lua_State *L, int box, int id);
 
 /* Append the journal record of an ack, { id = id } as core.encode writes
 ** it (the id at stack index 'id'), to the Buffer at 'bidx' (buffer.h):
