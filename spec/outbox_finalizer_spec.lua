@@ -71,7 +71,9 @@ describe("the outbox against a finalizer acking during a step", function()
   it("commits the step's own envelopes, intact", function()
     collectgarbage("incremental", 1, 1000)  -- a collection all the time
     local ok, err = pcall(function()
-      for skip = 0, 40 do
+      -- a few points of the step (each run collects all the time: under
+      -- valgrind every skip costs minutes; skip 0 alone fails without the fix)
+      for _, skip in ipairs { 0, 3, 10, 30 } do
         local problem = run(skip, 1)
         assert(problem == nil, problem)
       end
