@@ -376,6 +376,7 @@ static int outbox_push(lua_State *L) {
   at = outbox_stage(L, 1);  /* 4 */
   buffer_append(L, 4, s, len);
   outbox_keep(L, 1, 4, 1);
+  outbox_will_index(L, 1, 3);  /* allocate before anything changes */
   outbox_commit(L, 1, at, len, 3);
   return 0;
 }
@@ -394,7 +395,8 @@ static int outbox_push_deferred(lua_State *L) {
   }
   reserve_slots(L, 1, o, 1);
   lua_pushvalue(L, 2);
-  lua_rawseti(L, 4, o->tail + 1);
+  lua_rawseti(L, 4, o->tail + 1);  /* past the tail: unseen until the commit */
+  outbox_will_index(L, 1, 3);  /* allocate before anything changes */
   outbox_commit(L, 1, o->used, DEFERRED, 3);
   return 0;
 }

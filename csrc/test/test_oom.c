@@ -729,6 +729,44 @@ static void test_dispatch_under_oom(void **state) {
   dispatch_under_oom(*state, 1);
 }
 
+/*
+** outbox:push and outbox:push_deferred (the Lua path's emission) on an
+** outbox whose index by id is made, each allocation failing in turn: the
+** outbox is as it was (size, and which ids it has), or the command is
+** pending and found by its id.  Outboxes of 1..9 commands before, so that
+** the index's table has to grow at some size.
+*/
+static void test_outbox_push_under_oom(void **state) {
+  Fixture *f = *state;
+  long tried = 0;
+  int before, deferred;
+  for (deferred = 0; deferred <= 1; deferred++)
+    for (before = 1; before <= 9; before++) {
+      lua_pushinteger(f->L, before);
+      lua_setglobal(f->L, "before");
+      lua_pushboolean(f->L, deferred);
+      lua_setglobal(f->L, "deferred");
+      run(f->L, "ob = require('procman.outbox').new()\n"
+                "for i = 1, before do ob:push(procman.encode{ id = 'c' .. i }, 'c' .. i) end\n"
+                "assert(ob:has('c1'))  -- the index is made\n"
+                "if deferred then ob:defer() end\n"
+                "function push_one()\n"
+                "  if deferred then ob:push_deferred{ id = 'new' }\n"
+                "  else ob:push(procman.encode{ id = 'new' }, 'new') end\n"
+                "end\n"
+                "function outbox_snapshot()\n"
+                "  local s = { ob:size() }\n"
+                "  for i = 1, before do s[#s + 1] = tostring(ob:has('c' .. i)) end\n"
+                "  s[#s + 1] = tostring(ob:has('new'))\n"
+                "  return table.concat(s, ' ')\n"
+                "end");
+      tried += fail_each_allocation(f, "push_one", "outbox_snapshot");
+      run(f->L, "assert(ob:size() == before + 1 and ob:has('new'))");
+    }
+  print_message("outbox push: %ld allocations failed in turn\n", tried);
+  assert_true(tried > 0);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
     cmocka_unit_test_setup_teardown(test_handle_atomic_under_oom, setup, teardown),
@@ -744,6 +782,7 @@ int main(void) {
     cmocka_unit_test_setup_teardown(test_compacted_recovery_under_oom, setup, teardown),
     cmocka_unit_test_setup_teardown(test_compaction_under_oom, setup, teardown),
     cmocka_unit_test_setup_teardown(test_dispatch_under_oom, setup, teardown),
+    cmocka_unit_test_setup_teardown(test_outbox_push_under_oom, setup, teardown),
   };
   return cmocka_run_group_tests_name("the core under memory failure", tests, NULL, NULL);
 }
