@@ -6,6 +6,8 @@
 --   guard         the same handler made by core.guard (workflow defaults:
 --                 100M instructions, 512 MiB), called N times
 --   nested        a guarded call inside a guarded call, N times
+--   done          pm:done() of a flow whose workflow has a done function (guarded
+--                 with the defaults: the router asks it after every event)
 --   copy-plain    plain Lua deep copy of a router event (the baseline of a copy)
 --   copy          procman.copy of the same event
 --   encode        procman.encode of the same event
@@ -51,6 +53,13 @@ end
 function cases.nested()
   local state = { count = 0 }
   for _ = 1, n do outer(state, EVENT) end
+end
+
+function cases.done()
+  local wf = procman.workflow { name = "w", on = { go = function() end },
+                                done = function(state) return state.n == 0 end }
+  local pm = wf:new(1)
+  for _ = 1, n do pm:done() end
 end
 
 cases["copy-plain"] = function()

@@ -430,18 +430,35 @@ static int guarded_call(lua_State *L) {
   return lua_gettop(L);
 }
 
-int budget_pcall_function(lua_State *L, int nargs, int nresults) {
-  BudgetLimits limits;
-  int f = lua_gettop(L) - nargs, status;
+/* Is the function at 'f' one of core.guard's that can run without a call
+** of its own (no copy of results, no describe)?  Then 'limits' gets its
+** limits and 'f' the function it guards. */
+static int unwrap_guarded(lua_State *L, int f, BudgetLimits *limits) {
   if (lua_tocfunction(L, f) != guarded_call)
-    return lua_pcall(L, nargs, nresults, 0);
-  read_limits(L, f, &limits);
-  if (limits.flags & (BUDGET_COPY | HAS_DESCRIBE))  /* guarded_call's own body is */
-    return lua_pcall(L, nargs, nresults, 0);        /* needed: call it */
+    return 0;
+  read_limits(L, f, limits);
+  if (limits->flags & (BUDGET_COPY | HAS_DESCRIBE))  /* guarded_call's own body is */
+    return 0;                                       /* needed: call it */
   lua_getupvalue(L, f, UP_FN);
   lua_replace(L, f);  /* fn args...: the caller anchors the closure (its label) */
-  status = budget_guard_pcall(L, nargs, nresults, &limits);
-  return status == LUA_OK ? LUA_OK : LUA_ERRRUN;  /* as guarded_call's raise */
+  return 1;
+}
+
+int budget_pcall_function(lua_State *L, int nargs, int nresults) {
+  BudgetLimits limits;
+  if (!unwrap_guarded(L, lua_gettop(L) - nargs, &limits))
+    return lua_pcall(L, nargs, nresults, 0);
+  if (budget_guard_pcall(L, nargs, nresults, &limits) != LUA_OK)
+    return LUA_ERRRUN;  /* as guarded_call's raise */
+  return LUA_OK;
+}
+
+void budget_call_function(lua_State *L, int nargs, int nresults) {
+  BudgetLimits limits;
+  if (!unwrap_guarded(L, lua_gettop(L) - nargs, &limits))
+    lua_call(L, nargs, nresults);
+  else if (budget_guard_pcall(L, nargs, nresults, &limits) != LUA_OK)
+    lua_error(L);  /* what guarded_call raises */
 }
 
 int budget_guard(lua_State *L) {
