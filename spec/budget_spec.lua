@@ -359,6 +359,7 @@ describe("the guard", function()
       r = router { memory = 100000, status = function(s)
         local t = {}
         for i = 1, s.n * 1e6 do t[i] = i end
+        return #t > 0 and "full" or nil
       end }
       assert.error_matches(function() r:handle { event_type = "go", id = 1 } end, "^w's status: " .. MEMORY)
     end)
