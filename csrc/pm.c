@@ -1073,7 +1073,7 @@ static void status_with(lua_State *L, int pm, int fn) {
   else {
     lua_pushvalue(L, fn);
     lua_getiuservalue(L, pm, UV_STATE);
-    lua_call(L, 1, 1);
+    budget_call_function(L, 1, 1);  /* guarded without a call of its own: anchored at fn */
   }
   t = lua_type(L, -1);
   if (t == LUA_TNIL) {
@@ -1092,7 +1092,7 @@ static int done_with(lua_State *L, int pm, int fn) {
     return 0;
   lua_pushvalue(L, fn);
   lua_getiuservalue(L, pm, UV_STATE);
-  lua_call(L, 1, 1);
+  budget_call_function(L, 1, 1);  /* guarded without a call of its own: anchored at fn */
   done = lua_toboolean(L, -1);
   lua_pop(L, 1);
   return done;
