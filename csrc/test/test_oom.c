@@ -265,6 +265,29 @@ static void test_snapshot_under_oom(void **state) {
             "assert(not pcall(snap_bad) and snap_snapshot() == before)  -- rebuilt from the snapshot\n");
 }
 
+/*
+** A log of 64 KB or more grows ahead, at once, when it is nearly full
+** (grow_log_ahead): failing each allocation of every handle() on the way
+** past that point must leave the flow as it was.
+*/
+static void test_log_growing_ahead_under_oom(void **state) {
+  Fixture *f = *state;
+  long i;
+  run(f->L,
+      "local big = procman.workflow{ name = 'big', init = function() return { n = 0 } end,\n"
+      "  on = { add = function(state, event) state.n = state.n + 1; state.last = event.pad end } }\n"
+      "bf = big:new('b1')\n"
+      "bf:handle{ event_type = 'add', pad = string.rep('p', 100000) }  -- a Buffer log of 200 KB next\n"
+      "function big_snapshot() return procman.encode{ bf:state(), bf:version(), bf:history() } end\n"
+      "function big_event()\n"
+      "  return bf:handle{ event_type = 'add', pad = string.rep('q', 4000) .. bf:version() }\n"
+      "end\n");
+  for (i = 0; i < 30; i++)  /* past the 200 KB: one of them grows the log */
+    assert_true(fail_each_allocation(f, "big_event", "big_snapshot") > 0);
+  run(f->L, "assert(bf:version() == 31 and bf:state().n == 31 and #bf:history() == 31)\n"
+            "assert(bf:history()[31].pad == string.rep('q', 4000) .. 30)");
+}
+
 /* A handler that refuses the event, with allocations failing meanwhile
 ** (in the handler, in the replay that undoes it, anywhere). */
 static void test_refused_event_under_oom(void **state) {
@@ -773,6 +796,7 @@ int main(void) {
     cmocka_unit_test_setup_teardown(test_handler_allocating_after_a_change, setup, teardown),
     cmocka_unit_test_setup_teardown(test_refused_event_under_oom, setup, teardown),
     cmocka_unit_test_setup_teardown(test_snapshot_under_oom, setup, teardown),
+    cmocka_unit_test_setup_teardown(test_log_growing_ahead_under_oom, setup, teardown),
     cmocka_unit_test_setup_teardown(test_codec_under_oom, setup, teardown),
     cmocka_unit_test_setup_teardown(test_router_handle_under_oom, setup, teardown),
     cmocka_unit_test_setup_teardown(test_journal_buffer_under_oom, setup, teardown),
