@@ -817,8 +817,10 @@ static void keep_scratch(lua_State *L, int idx) {
 ** exactly its size (most flows are small): the event is staged in the
 ** scratch buffer after a copy of the committed bytes, and the log becomes
 ** a new string of those bytes and the event's; past LOG_STRING_MAX
-** committed bytes it becomes a Buffer.  An attempt that fails leaves bytes
-** past the committed history, which the next one drops.
+** committed bytes it becomes a Buffer (at once when the flow's first
+** event is larger than SCRATCH_KEEP: the scratch buffer is that Buffer).
+** An attempt that fails leaves bytes past the committed history, which
+** the next one drops.
 **
 ** A short log keeps its small events in shorthand (shorthand.h: the words
 ** of the workflow's dictionary in two bytes; a batch_created of 3 files
@@ -885,7 +887,15 @@ again:
   }
   /* from the history's start: after the committed events, or first */
   *id_at = mark == (size_t)-1 ? mark : mark - (lua_isnil(L, snap) ? p->base_len : at);
-  if (small) {  /* a short log: exactly its size */
+  if (small && at == 0 && n > SCRATCH_KEEP) {
+    /* a large first event (a batch of many files): the scratch buffer,
+    ** which is not kept for the next event anyway, becomes the log as it
+    ** is (the codec's bytes), rather than a short log of a copy that the
+    ** next event copies and expands again */
+    lua_setiuservalue(L, 1, UV_LOG);
+    p->short_log = 0;
+  }
+  else if (small) {  /* a short log: exactly its size */
     push_short_log(L, buffer_at(L, log)->data, at + n);
     if (p->stagings != mine) {  /* (it allocated) */
       lua_settop(L, log - 2);

@@ -523,6 +523,22 @@ describe("procman.pm", function()
       assert.is_true(history_bytes(pm) < 4096 + 200)
     end)
 
+    it("keeps a large first event as it was encoded: history, undo, replay", function()
+      local pm, first = ring:new("r"), string.rep("x", 100000)  -- past 64 KB
+      pm:handle { event_type = "add", event_id = 1, pad = first }
+      assert.same({ { event_type = "add", event_id = 1, pad = first } }, pm:history())
+      core.undo(pm)
+      assert.same({}, pm:history())
+      assert.same({ n = 0, last = {} }, pm:state())
+      pm:handle { event_type = "add", event_id = 1, pad = first }  -- forgotten: applies
+      assert.same({}, pm:handle { event_type = "add", event_id = 1, pad = first })
+      pm:handle { event_type = "add", event_id = 2, pad = "y" }
+      assert.same({ { event_type = "add", event_id = 1, pad = first },
+                    { event_type = "add", event_id = 2, pad = "y" } }, pm:history())
+      flow.refuses(pm, { event_type = "fail" }, "refused")  -- replayed from both
+      assert.same(expected(2, function(j) return j == 1 and first or "y" end), pm:state())
+    end)
+
     it("waits sixteen times a state or event of a megabyte or more", function()
       -- encoding a large state costs a cache miss a key: its snapshots are
       -- rarer (factor 16, not 4); the log grows ahead to that size at once
