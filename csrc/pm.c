@@ -1110,11 +1110,9 @@ static void push_view(lua_State *L, PM *p) {
 
 /* Replace the value at the top by a deep copy, checking that it is data. */
 static void deep_copy(lua_State *L, const char *what) {
-  buffer_new(L, 0);
-  if (!codec_encode_copy(L, -2, -1, what))
+  if (!codec_copy(L, -1, what))
     flow_error(L, 1, "%s is not data: %s", what, lua_tostring(L, -1));
-  lua_replace(L, -3);
-  lua_pop(L, 1);
+  lua_replace(L, -2);
 }
 
 static int pm_state(lua_State *L) {
