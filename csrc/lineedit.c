@@ -155,10 +155,13 @@ static int sigint_pending(void) {
 ** works (redrawing, completing) and let through only while this waits for
 ** a key, atomically (pselect): a Ctrl-C that comes while libedit is busy
 ** is then seen before the next key is read, even when keys were typed
-** ahead (pselect does not report a signal when input is ready: hence the
-** look at the pending signals). libedit's own reader would miss it and read
-** on to the end of the next line, which editor_read() would then drop: the
-** Ctrl-C would eat the line typed after it. */
+** ahead. pselect does not report a signal that came with input ready:
+** hence the look at the pending signals, before waiting and again before
+** reading (the terminal's Ctrl-C flushes what was typed before it, so
+** input still there was typed after it, for the next line). libedit's own
+** reader would miss the Ctrl-C and read on to the end of the next line,
+** which editor_read() would then drop: the Ctrl-C would eat the line typed
+** after it. */
 static int read_key(EditLine *el, wchar_t *key) {
   Editor *e = editor_of(el);
   int fd = fileno(stdin);
@@ -180,6 +183,8 @@ static int read_key(EditLine *el, wchar_t *key) {
         continue;  /* 'interrupted' says whether it was Ctrl-C */
       return -1;
     }
+    if (sigint_pending())
+      continue;  /* a Ctrl-C came while pselect found input */
     got = read(fd, bytes + n, 1);
     if (got == 0)
       return 0;  /* end of input */
