@@ -37,6 +37,7 @@
 #include "buffer.h"
 #include "codec.h"
 #include "engine.h"
+#include "fold_scan.h"
 #include "journal_lua.h"
 #include "outbox.h"
 #include "pm.h"
@@ -78,12 +79,12 @@ enum {
 */
 enum {
   K_SEQ = 1, K_HOOKS, K_CLOSED, K_JOURNAL, K_PM, K_RECORDED, K_CONTEXT, K_COMMAND, K_FLOW,
-  K_ID, K_WORKFLOW, K_STATUS, K_IDS, K_FINISHED_COUNT, K_EVENT_TYPE, K_COMMAND_TYPE,
+  K_ID, K_WORKFLOW, K_FINISHED_COUNT, K_EVENT_TYPE, K_COMMAND_TYPE,
   K_COUNT = K_COMMAND_TYPE
 };
 static const char *const KEYS[K_COUNT] = {
   "seq", "hooks", "closed", "journal", "pm", "recorded", "context", "command", "flow",
-  "id", "workflow", "status", "ids", "finished_count", "event_type", "command_type"
+  "id", "workflow", "finished_count", "event_type", "command_type"
 };
 
 /*
@@ -100,7 +101,7 @@ enum {
   R_STARTS,    /* spec.starts_set: event type -> true (false: none) */
   R_TYPES,     /* types_of[name]: event type -> true (any version) */
   R_LIVE,      /* live[name]: flow id -> procman.pm */
-  R_FINISHED,  /* finished[name]: flow id -> { status, ids } */
+  R_FINISHED,  /* finished[name]: flow id -> procman.fold's final (a string) */
   R_PARKED,    /* parked_of[name]: flow id -> { events, error } */
   R_OLDER,     /* older[name]: flow id -> the older spec the flow runs */
   R_TIMERS,    /* schedule.by_flow[name]: flow id -> its timers */
@@ -864,12 +865,14 @@ static void count_field(lua_State *L, int t, int k, lua_Integer delta) {
 ** A flow is done (procman.fold's complete, for the flows the step takes:
 ** neither parked nor pinned to an older version): it leaves the live set
 ** and is remembered with its final status and the ids it handled, as the
-** codec's bytes for them (core.encoded_event_ids: no table of ids).  One
+** codec's bytes for them (core.encoded_event_ids: no table of ids), in one
+** string (fold_put_final_status: no table, one object a completed flow).  One
 ** with timers goes through the router's complete (the schedule drops them).
 ** The record is logged: the scratch buffer is free.
 */
 static void complete(lua_State *L, Target *t) {
-  size_t start;
+  size_t start, n;
+  const char *status;
   int entry;
   if (route_has(L, t->route, R_TIMERS, t->id)) {
     uv(L, P_ENGINE, UV_COMPLETE);
@@ -879,18 +882,17 @@ static void complete(lua_State *L, Target *t) {
     lua_call(L, 3, 0);
     return;
   }
-  lua_createtable(L, 0, 2);  /* { status = s, ids = bytes (none: nil) } */
-  entry = lua_gettop(L);
-  push_key(L, P_KEYS, K_STATUS);
-  lua_pushvalue(L, t->status);
-  lua_rawset(L, entry);
-  reset_scratch(L);
+  reset_scratch(L);  /* procman.fold's final: the status, then the ids' bytes */
+  status = lua_tolstring(L, t->status, &n);  /* a string: pm_settled checked it */
+  fold_put_final_status(L, P_SCRATCH, status, n);
+  n = buffer_at(L, P_SCRATCH)->len;
   if (pm_encode_event_ids(L, t->pm, P_SCRATCH, &start) > 0) {
-    const Buffer *b = buffer_at(L, P_SCRATCH);
-    push_key(L, P_KEYS, K_IDS);
-    lua_pushlstring(L, b->data + start, b->len - start);
-    lua_rawset(L, entry);
+    Buffer *b = buffer_at(L, P_SCRATCH);
+    memmove(b->data + n, b->data + start, b->len - start);
+    n += b->len - start;
   }
+  lua_pushlstring(L, buffer_at(L, P_SCRATCH)->data, n);
+  entry = lua_gettop(L);
   lua_rawgeti(L, t->route, R_FINISHED);
   lua_pushvalue(L, t->id);
   lua_pushvalue(L, entry);

@@ -1094,10 +1094,18 @@ static void push_ids(lua_State *L, const Ids *ids) {
   }
 }
 
+void fold_put_final_status(lua_State *L, int bidx, const char *status, size_t n) {
+  uint32_t len = (uint32_t)n;
+  if (n > UINT32_MAX)
+    luaL_error(L, "procman: a status of %zu bytes is too long", n);
+  buffer_append(L, bidx, &len, sizeof len);
+  buffer_append(L, bidx, status, n);
+}
+
 /*
 ** scan:finished(finished, finished_of) -> n: the completed flows into the
-** fold's tables (finished[name][id] = { status, ids = the codec's bytes
-** for the array of its event ids, as procman.fold keeps them });
+** fold's tables (finished[name][id] = the entry procman.fold.final makes:
+** the status, then the codec's bytes for the array of its event ids);
 ** finished_of[name] grows by the flows remembered; n is their sum.
 */
 static int scan_finished(lua_State *L) {
@@ -1114,19 +1122,31 @@ static int scan_finished(lua_State *L) {
     push_name(L, sc, f->wf);
     lua_rawget(L, 2);                                  /* finished[name] */
     push_id(L, &f->id);
-    lua_createtable(L, 0, 2);
+    buffer_at(L, 4)->len = 0;
     push_raw(L, &f->fstatus);
-    lua_setfield(L, -2, "status");
+    if (lua_type(L, -1) == LUA_TSTRING) {
+      size_t n;
+      const char *status = lua_tolstring(L, -1, &n);
+      fold_put_final_status(L, 4, status, n);
+    }
     if (f->seen.n > 0) {
-      Buffer *b = buffer_at(L, 4);
-      b->len = 0;
       push_ids(L, &f->seen);
       if (!codec_encode(L, -1, 4, "ids"))
         return lua_error(L);  /* (not reached: strings and integers) */
       lua_pop(L, 1);
-      b = buffer_at(L, 4);
-      lua_pushlstring(L, b->data, b->len);
-      lua_setfield(L, -2, "ids");
+    }
+    if (lua_type(L, -1) == LUA_TSTRING) {
+      lua_pop(L, 1);
+      lua_pushlstring(L, buffer_at(L, 4)->data, buffer_at(L, 4)->len);
+    }
+    else {  /* no status (or not a string): the table procman.fold.final makes */
+      lua_createtable(L, 0, 2);
+      lua_insert(L, -2);
+      lua_setfield(L, -2, "status");
+      if (f->seen.n > 0) {
+        lua_pushlstring(L, buffer_at(L, 4)->data, buffer_at(L, 4)->len);
+        lua_setfield(L, -2, "ids");
+      }
     }
     lua_rawset(L, -3);
     lua_pop(L, 1);

@@ -149,6 +149,36 @@ describe("a completed flow in a router", function()
     check_redeliveries(rl)
   end)
 
+  it("is one string a flow (status, then the ids' bytes), the same from the engine, the Lua path, "
+     .. "the scan in C and the Lua fold", function()
+    local path = temp()
+    local re, rl = open(path), open(temp())
+    rl.engine = false
+    fill(re)
+    fill(rl)
+    re:close()
+    local scanned = open(path)
+    scanned:close()  -- (its tables stay readable)
+    fold_scan.enabled = false
+    local ok, lua_fold = pcall(open, path)
+    fold_scan.enabled = true
+    assert(ok, lua_fold)
+    lua_fold:close()
+    for _, r in ipairs { re, rl, scanned, lua_fold } do
+      for _, name in ipairs { "none", "few", "many" } do
+        local final = r.finished.counter[name]
+        assert.equal("string", type(final))  -- no table: one object a completed flow
+        assert.equal("stopped", fold.final_status(final))
+        assert.equal(final, fold.final("stopped", fold.final_ids(final)))
+      end
+      assert.is_nil(fold.final_ids(r.finished.counter.none))
+      assert.equal(core.encode { "f1", 2, "f3" }, fold.final_ids(r.finished.counter.few))
+    end
+    -- a status that is not a string (a journal's record may lack one) keeps a table
+    assert.same({ ids = "\x91\x01" }, fold.final(nil, "\x91\x01"))
+    assert.is_nil(fold.final_status(fold.final(nil)))
+  end)
+
   it("finds redeliveries after recovery, by the scan in C and by the Lua fold", function()
     local path = temp()
     local r = open(path)
@@ -180,14 +210,14 @@ describe("a completed flow in a router", function()
     local r = open(path)
     fill(r)
     assert(r:compact())
-    assert.is_nil(r.finished.counter.few.ids)
+    assert.is_nil(fold.final_ids(r.finished.counter.few))
     assert.same({}, fold.completed_ids(r.finished.counter.few))
     assert.matches("is complete %(stopped%)",
                    select(2, pcall(r.handle, r, { event_type = "step", c = "few", event_id = "f1" })))
     r:close()
     local again = open(path)
     assert.equal("stopped", again:completed("counter", "few"))
-    assert.is_nil(again.finished.counter.few.ids)
+    assert.is_nil(fold.final_ids(again.finished.counter.few))
     again:close()
   end)
 end)

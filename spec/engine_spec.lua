@@ -182,8 +182,9 @@ describe("procman.engine", function()
     assert.same({ taken = 7, left = 2 }, count)
     for _, r in ipairs { re, rl } do
       assert.same({ "x1", 2, "x3" }, fold.completed_ids(r.finished.alpha.c1))  -- kept as bytes
-      assert.equal(core.encode { "x1", 2, "x3" }, r.finished.alpha.c1.ids)
-      assert.is_nil(r.finished.alpha.c2.ids)
+      assert.equal(core.encode { "x1", 2, "x3" }, fold.final_ids(r.finished.alpha.c1))
+      assert.equal("closed", fold.final_status(r.finished.alpha.c1))
+      assert.is_nil(fold.final_ids(r.finished.alpha.c2))
       assert.same({}, r:timers())
     end
     assert.same(rl.finished, re.finished)

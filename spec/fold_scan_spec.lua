@@ -3,6 +3,7 @@
 -- it takes, and where it hands over to the Lua fold.
 local procman = require "procman"
 local core = require "procman.core"
+local fold = require "procman.fold"
 local fold_scan = require "procman.fold_scan"
 local batch = require "procman.workflows.batch"
 
@@ -71,7 +72,7 @@ local function internals(r)
   table.sort(flows, function(x, y) return x[1] < y[1] end)  -- 7 and "7" apart
   local finished = {}
   for name, by_id in pairs(r.finished) do
-    for id, final in pairs(by_id) do finished[#finished + 1] = { name, id, final.status, final.ids } end
+    for id, final in pairs(by_id) do finished[#finished + 1] = { name, id, fold.final_status(final), fold.final_ids(final) } end
   end
   local function key(x) return x[1] .. "/" .. type(x[2]) .. "/" .. tostring(x[2]) end
   table.sort(finished, function(x, y) return key(x) < key(y) end)

@@ -82,7 +82,7 @@ end
 -- The same, from a folded state (counted flows: no states).
 local function folded(state)
   local completed = {}
-  for id, final in pairs(state.finished.counter or {}) do completed[id] = final.status end
+  for id, final in pairs(state.finished.counter or {}) do completed[id] = fold.final_status(final) end
   local versions = {}
   for id, g in pairs(state.live.counter or {}) do versions[id] = { g:version(), g:status() } end
   return { pending = state.outbox:list(), timers = state.schedule:list(), dead = state.dead.list,

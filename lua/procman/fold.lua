@@ -9,10 +9,11 @@
 --   live[name][flow_id]      a live flow: a procman.pm, or a counted flow
 --                            (fold.counted: version, status and event ids
 --                            as the journal gives them, no code run)
---   finished[name][flow_id]  a completed flow: { status, ids = the event ids it
---                            handled, as the codec's bytes for their array (nil:
---                            none); fold.completed_ids makes them into ids, and
---                            fold.was_seen asks the bytes }
+--   finished[name][flow_id]  a completed flow: one string (fold.final), its final
+--                            status (fold.final_status) and the event ids it
+--                            handled as the codec's bytes for their array
+--                            (fold.final_ids; none once let go): fold.completed_ids
+--                            makes them into ids, and fold.was_seen asks the bytes
 --   finished_count, finished_of[name]   how many
 --   parked_of[name][flow_id] a parked flow: { events, error }; parked_count
 --   older[name][flow_id]     the spec of a flow on an older version (router)
@@ -119,8 +120,38 @@ end
 -- A completed flow is remembered with its final status and, until the
 -- journal is compacted, the event ids it handled (redeliveries stay
 -- no-ops), kept as bytes: a table of them is made only when asked for.
+-- Both are one string (a router may remember millions of flows: a table
+-- and a string each made the collector walk three objects a flow each
+-- cycle): the status with its length before it (string.pack's "s4"),
+-- then the ids' bytes, if any. The engine (csrc/engine.c, complete) and
+-- recovery (csrc/fold_scan.c, scan:finished) write the same bytes. A
+-- status that is not a string (a journal's record may lack one) keeps
+-- the table { status, ids }.
+
+--- final(status, ids) -> a completed flow's entry in finished[name];
+-- ids: the codec's bytes for the array of its event ids, or nil.
+function M.final(status, ids)
+  if type(status) ~= "string" then return { status = status, ids = ids } end
+  local entry = string.pack("s4", status)
+  if ids == nil then return entry end
+  return entry .. ids
+end
+
+--- final_status(final) -> the status of a completed flow's entry.
+function M.final_status(final)
+  if type(final) == "table" then return final.status end
+  return (string.unpack("s4", final))
+end
+
+--- final_ids(final) -> the codec's bytes for its event ids, or nil.
+function M.final_ids(final)
+  if type(final) == "table" then return final.ids end
+  local at = 5 + string.unpack("I4", final)
+  if at > #final then return nil end
+  return final:sub(at)
+end
 local function remember_completed(state, name, flow_id, status, ids)
-  state.finished[name][flow_id] = { status = status, ids = ids }
+  state.finished[name][flow_id] = M.final(status, ids)
   state.finished_count = state.finished_count + 1
   state.finished_of[name] = state.finished_of[name] + 1  -- for metrics: no walk of them all
 end
@@ -399,7 +430,8 @@ function M.state_records(state)
   local names = names_of(state)
   for _, name in ipairs(names) do
     for flow_id, final in pairs(state.finished[name]) do  -- ids are let go here
-      out[#out + 1] = { records.COMPLETED, { workflow = name, flow = flow_id, status = final.status } }
+      out[#out + 1] = { records.COMPLETED,
+                        { workflow = name, flow = flow_id, status = M.final_status(final) } }
     end
     for flow_id, pm in pairs(state.live[name]) do
       out[#out + 1] = { records.FLOW, flow_record(state, name, flow_id, pm) }
@@ -427,7 +459,8 @@ end
 -- (compaction): completed flows' event ids are let go, as after a restart.
 function M.forget_seen(state)
   for _, name in ipairs(names_of(state)) do
-    for _, final in pairs(state.finished[name]) do final.ids = nil end
+    local finished = state.finished[name]
+    for flow_id, final in pairs(finished) do finished[flow_id] = M.final(M.final_status(final)) end
   end
 end
 
@@ -435,14 +468,17 @@ end
 -- of finished[name]) handle that event_id (a redelivery)? Read from its
 -- bytes: no table of ids is made.
 function M.was_seen(final, event_id)
-  return final.ids ~= nil and event_id ~= nil and core.ids_include(final.ids, event_id)
+  if event_id == nil then return false end
+  local ids = M.final_ids(final)
+  return ids ~= nil and core.ids_include(ids, event_id)
 end
 
 --- completed_ids(final) -> the event ids a completed flow handled (an
 -- array, in the order it keeps them; empty once they were let go).
 function M.completed_ids(final)
-  if final.ids == nil then return {} end
-  return core.decode(final.ids)
+  local ids = M.final_ids(final)
+  if ids == nil then return {} end
+  return core.decode(ids)
 end
 
 --- trim_histories(state): the journal now starts each live flow at its

@@ -67,7 +67,7 @@ local function flow_entry(state, name, flow_id)
     f.patches, f.timeline = g.patches, g.timeline
     if g.applied > 0 or g.last_status then f.status = g.last_status or "?" end
   end
-  if final then f.status = final.status end
+  if final then f.status = fold.final_status(final) end
   if f.parked and f.parked.workflow_version then f.workflow_version = f.parked.workflow_version end
   return f
 end

@@ -189,7 +189,7 @@ end
 -- an event, judged after its live targets are known (on_late).
 local function late_part(name, flow_id, final, event_type)
   return string.format("flow %s is complete (%s): event '%s' came after it finished",
-                       label(name, flow_id), final.status, event_type)
+                       label(name, flow_id), fold.final_status(final), event_type)
 end
 
 -- One workflow's target for an event, or nil (a redelivery to a completed
@@ -1076,7 +1076,7 @@ function Router:completed(name, flow_id)
   check_open(self)
   if self.by_name[name] == nil then fail("no workflow named %s", tostring(name)) end
   local final = self.finished[name][flow_id]
-  return final and final.status
+  return final and fold.final_status(final)
 end
 
 --- r:stats() -> counts.

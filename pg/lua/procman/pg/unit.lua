@@ -28,6 +28,7 @@
 -- transitions.
 local procman = require "procman"
 local hooks = require "procman.hooks"
+local fold = require "procman.fold"
 local records = require "procman.records"
 local message = require "procman.message"
 local routes = require "procman.pg.routes"
@@ -112,7 +113,7 @@ end
 local function fill(r, entry)
   local name, id = entry.spec.name, entry.flow
   if entry.done then
-    r.finished[name][id] = { status = entry.status }  -- no ids: the store appends each event once
+    r.finished[name][id] = fold.final(entry.status)  -- no ids: the store appends each event once
     r.finished_count = r.finished_count + 1
     r.finished_of[name] = r.finished_of[name] + 1
     return
@@ -364,7 +365,7 @@ local function store_entry(self, c, timers_of)
   if pm and pm:version() > (e.db_version or 0) then
     e.pm, e.status = pm, pm:status()
   end
-  if final then e.done, e.status = true, final.status end
+  if final then e.done, e.status = true, fold.final_status(final) end
   return e
 end
 
