@@ -1110,11 +1110,9 @@ static void push_view(lua_State *L, PM *p) {
 
 /* Replace the value at the top by a deep copy, checking that it is data. */
 static void deep_copy(lua_State *L, const char *what) {
-  buffer_new(L, 0);
-  if (!codec_encode_copy(L, -2, -1, what))
+  if (!codec_copy(L, -1, what))
     flow_error(L, 1, "%s is not data: %s", what, lua_tostring(L, -1));
-  lua_replace(L, -3);
-  lua_pop(L, 1);
+  lua_replace(L, -2);
 }
 
 static int pm_state(lua_State *L) {
@@ -1138,7 +1136,7 @@ static void status_with(lua_State *L, int pm, int fn) {
   else {
     lua_pushvalue(L, fn);
     lua_getiuservalue(L, pm, UV_STATE);
-    lua_call(L, 1, 1);
+    budget_call_function(L, 1, 1);  /* guarded without a call of its own: anchored at fn */
   }
   t = lua_type(L, -1);
   if (t == LUA_TNIL) {
@@ -1157,7 +1155,7 @@ static int done_with(lua_State *L, int pm, int fn) {
     return 0;
   lua_pushvalue(L, fn);
   lua_getiuservalue(L, pm, UV_STATE);
-  lua_call(L, 1, 1);
+  budget_call_function(L, 1, 1);  /* guarded without a call of its own: anchored at fn */
   done = lua_toboolean(L, -1);
   lua_pop(L, 1);
   return done;

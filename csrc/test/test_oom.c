@@ -498,9 +498,11 @@ static void test_engine_step_under_oom(void **state) {
     "{ event_type = 'batch_created', batch_id = 'b9', event_id = 'n', files = { 'a', 'b' } }",
     "{ event_type = 'file_processed', batch_id = 'b2', event_id = 'x', file = { id = 'b', status = 'success' } }",
     "{ event_type = 'file_processed', batch_id = 'b3', event_id = 'y', file = { id = 'b', status = 'success' } }",
+    /* envelopes encoded straight into the outbox's buffer, which grows */
+    "{ event_type = 'batch_created', batch_id = 'b8', files = { 'f1', 'f2', 'f3', 'f4', 'f5', 'f6', 'f7', 'f8' } }",
   };  /* the second keeping one event id, the third three */
   int i;
-  for (i = 0; i < 3; i++) {
+  for (i = 0; i < 4; i++) {
     engine_step_under_oom(*state, 0, events[i]);
     engine_step_under_oom(*state, 1, events[i]);
   }
