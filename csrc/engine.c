@@ -68,7 +68,8 @@ enum {
   UV_WRAP,        /* { x }: see put_nested */
   UV_KEYS,        /* the field names the step reads and writes (K_*) */
   UV_JOURNAL,     /* the router's journal when the log last took a record (false: none) */
-  UV_COUNT = UV_JOURNAL
+  UV_OUT,         /* during a step with commands, its table of envelopes: see unindex_staged */
+  UV_COUNT = UV_OUT
 };
 
 /*
@@ -143,7 +144,6 @@ typedef struct Step {
   const Buffer *scratch;            /* the engine's scratch buffer when the step began */
   int outside;                      /* no handler is running: the step may set the context */
   int box, staged;                  /* stack indices: the outbox, its buffer (0: no command) */
-  int first;                        /* stack index of the first staged envelope's id */
   size_t command_len[MAX_NOTED];    /* each command's bytes in its envelope */
   Target t[MAX_TARGETS];
 } Step;
@@ -963,24 +963,41 @@ static void make_out(lua_State *L, Step *s) {
   s->box = s->staged = 0;
   if (n == 0)
     return;
+  lua_pushvalue(L, P_OUT);  /* kept past an error: see unindex_staged */
+  lua_setiuservalue(L, P_ENGINE, UV_OUT);
   uv(L, P_ENGINE, UV_OUTBOX);
   s->box = lua_gettop(L);
   outbox_hold(L, s->box, 1);  /* until engine_step's end */
   outbox_stage(L, s->box);
   s->staged = lua_gettop(L);
-  s->first = s->staged + 1;  /* encode_envelopes pushes them from here */
 }
 
-/* The step is taken back after staging: the ids it staged (strings from
-** s->first up; other strings there are not in the index) leave the
-** outbox's index, where outbox_will_index put them. */
-static void unindex_staged(lua_State *L, Step *s) {
-  int i, top = lua_gettop(L);
-  if (s->box == 0)
+/*
+** The step is taken back after staging (a command not data, the log
+** refused the record, or an error: the step's stack is gone by then):
+** the ids it staged leave the outbox's index, where outbox_will_index
+** put them (each after its envelope went into the table UV_OUT holds).
+** Allocates nothing.  Then UV_OUT lets the table go.
+*/
+static void unindex_staged(lua_State *L, int engine, const Step *s, int taken_back) {
+  lua_Integer i;
+  int out, box;
+  if (s->out == 0)
     return;
-  for (i = s->first; i <= top; i++)
-    if (lua_type(L, i) == LUA_TSTRING)
-      outbox_unindex(L, s->box, i);
+  uv(L, engine, UV_OUT);
+  out = lua_gettop(L);
+  uv(L, engine, UV_OUTBOX);
+  box = out + 1;
+  uv(L, engine, UV_KEYS);
+  for (i = 1; taken_back && i <= s->out; i++) {
+    lua_rawgeti(L, out, i);
+    get_key(L, out + 2, lua_gettop(L), K_ID);
+    outbox_unindex(L, box, lua_gettop(L));
+    lua_pop(L, 2);
+  }
+  lua_settop(L, out - 1);
+  lua_pushnil(L);
+  lua_setiuservalue(L, engine, UV_OUT);
 }
 
 /* Run, encode, log: STEP_* (the message of a failed log pushed). */
@@ -994,10 +1011,8 @@ static int prepare(lua_State *L, Step *s, lua_Integer *seq, int *committed) {
     if (!s->t[k].committed)
       continue;
     ++*committed;
-    if (!encode_envelopes(L, s, &s->t[k])) {
-      unindex_staged(L, s);
+    if (!encode_envelopes(L, s, &s->t[k]))
       return STEP_NOT_MINE;
-    }
   }
   if (*committed == 0)
     return STEP_DONE;  /* a redelivery everywhere: no record */
@@ -1009,7 +1024,6 @@ static int prepare(lua_State *L, Step *s, lua_Integer *seq, int *committed) {
   encode_record(L, s, *committed, *seq);
   if (log_record(L))
     return STEP_DONE;
-  unindex_staged(L, s);
   return STEP_LOG_FAILED;
 }
 
@@ -1121,6 +1135,7 @@ static int engine_step(lua_State *L) {
   lua_pop(L, 1);
   if (status != LUA_OK && s.outside)
     clear_context(L, 1);  /* a handler raised: the step clears it after each one */
+  unindex_staged(L, 1, &s, !s.journaled && (status != LUA_OK || s.result != STEP_DONE));
   if (s.journaled) {
     clear_targets(L, 1, &s);
     if (status == LUA_OK)
