@@ -22,7 +22,9 @@
 ** event as it always did, errors and their messages included.  Returns:
 **   envelopes              handled
 **   false                  not mine: nothing changed
-**   nil, message           the log refused the record: nothing changed
+**   nil, message           the log refused the record, or the step
+**                          came from a finalizer during another step
+**                          (see in_finalizer): nothing changed
 **   nil, error, true       failed after the log took the record (the
 **                          router closes: see after_journaling)
 **
@@ -113,7 +115,7 @@ enum {
 };
 
 typedef struct Engine {
-  int busy;  /* a step is running: a nested one is not mine */
+  int busy;  /* a step is running: a nested one is not mine (see in_finalizer) */
 } Engine;
 
 enum { STEP_NOT_MINE, STEP_DONE, STEP_LOG_FAILED };
@@ -1111,11 +1113,36 @@ static Engine *to_engine(lua_State *L) {
   return (Engine *)lua_touserdata(L, 1);
 }
 
+/*
+** A step asked for while the engine's own runs, and no handler runs: code
+** a finalizer runs (at any allocation of the step).  The Lua path would
+** handle that event in the middle of the step, on the tables the step is
+** changing (its outbox held, its sequence number read), and close the
+** router, or worse: it is refused, nothing changed.  From a handler, the
+** Lua path's own check says what is wrong.
+*/
+static int in_finalizer(lua_State *L, const Engine *e) {
+  int handler;
+  if (!e->busy)
+    return 0;
+  uv(L, 1, UV_KEYS);
+  uv(L, 1, UV_PATCHES);
+  handler = get_key(L, -2, lua_gettop(L), K_CONTEXT) != LUA_TNIL && lua_toboolean(L, -1);
+  lua_pop(L, 3);
+  return !handler;
+}
+
 /* engine:step(event) -> see the top of this file. */
 static int engine_step(lua_State *L) {
   Engine *e = to_engine(L);
   Step s;
   int status;
+  if (in_finalizer(L, e)) {
+    lua_pushnil(L);
+    lua_pushliteral(L, "procman.router: r:handle called while the router handles another event "
+                       "(from a finalizer?): nothing changed");
+    return 2;
+  }
   if (lua_type(L, 2) != LUA_TTABLE || e->busy) {
     lua_pushboolean(L, 0);  /* r:handle says what is wrong */
     return 1;
