@@ -35,7 +35,6 @@
 
 #include "lauxlib.h"
 #include "budget.h"
-#include "buffer.h"
 #include "codec.h"
 
 /* Instructions between two looks at the budget. */
@@ -355,11 +354,9 @@ static void copy_tables(lua_State *L, int first) {
   for (i = first; i <= top; i++) {
     if (!lua_istable(L, i))
       continue;
-    buffer_new(L, 0);
-    if (!codec_encode_copy(L, i, -1, "result"))
+    if (!codec_copy(L, i, "result"))
       lua_error(L);
     lua_replace(L, i);
-    lua_pop(L, 1);
   }
 }
 
