@@ -608,11 +608,12 @@ describe("core.decode_envelope (the outbox's decoder for an envelope's known key
   end)
 end)
 
--- core.encode_copy (the engine's and the guard's one pass) must give the
--- bytes core.encode gives, and a copy equal to what decoding them gives:
+-- core.encode_copy (the engine's one pass) must give the bytes core.encode
+-- gives, and it and procman.copy (codec_copy: the guard's copies, pm:state)
+-- a copy equal to what decoding them gives:
 -- same number subtypes, NaN, -0.0, no metatables, no shared tables; and
 -- the same error when the value is not data.
-describe("core.encode_copy", function()
+describe("core.encode_copy and procman.copy", function()
   local core = require "procman.core"
 
   local function alike(a, b, path)
@@ -640,6 +641,13 @@ describe("core.encode_copy", function()
     assert.equal(ok2, ok)
     assert.equal(bytes2, bytes)  -- the bytes, or the same message
     if ok then assert(alike(decode(bytes), copy, "value")) end
+    local ok3, only = pcall(procman.copy, v)  -- codec_copy: the copy without the bytes
+    assert.equal(ok2, ok3)
+    if ok3 then
+      assert(alike(decode(bytes), only, "value"))
+    else
+      assert.equal((bytes2:gsub("^procman%.encode: ", "")), (only:gsub("^procman%.copy: ", "")))
+    end
     return copy
   end
 
