@@ -22,7 +22,9 @@
 ** event as it always did, errors and their messages included.  Returns:
 **   envelopes              handled
 **   false                  not mine: nothing changed
-**   nil, message           the log refused the record: nothing changed
+**   nil, message           the log refused the record, or the step
+**                          came from a finalizer during another step
+**                          (see in_finalizer): nothing changed
 **   nil, error, true       failed after the log took the record (the
 **                          router closes: see after_journaling)
 **
@@ -69,7 +71,8 @@ enum {
   UV_WRAP,        /* { x }: see put_nested */
   UV_KEYS,        /* the field names the step reads and writes (K_*) */
   UV_JOURNAL,     /* the router's journal when the log last took a record (false: none) */
-  UV_COUNT = UV_JOURNAL
+  UV_OUT,         /* during a step with commands, its table of envelopes: see unindex_staged */
+  UV_COUNT = UV_OUT
 };
 
 /*
@@ -113,7 +116,7 @@ enum {
 };
 
 typedef struct Engine {
-  int busy;  /* a step is running: a nested one is not mine */
+  int busy;  /* a step is running: a nested one is not mine (see in_finalizer) */
 } Engine;
 
 enum { STEP_NOT_MINE, STEP_DONE, STEP_LOG_FAILED };
@@ -144,7 +147,6 @@ typedef struct Step {
   const Buffer *scratch;            /* the engine's scratch buffer when the step began */
   int outside;                      /* no handler is running: the step may set the context */
   int box, staged;                  /* stack indices: the outbox, its buffer (0: no command) */
-  int first;                        /* stack index of the first staged envelope's id */
   size_t command_len[MAX_NOTED];    /* each command's bytes in its envelope */
   Target t[MAX_TARGETS];
 } Step;
@@ -965,24 +967,41 @@ static void make_out(lua_State *L, Step *s) {
   s->box = s->staged = 0;
   if (n == 0)
     return;
+  lua_pushvalue(L, P_OUT);  /* kept past an error: see unindex_staged */
+  lua_setiuservalue(L, P_ENGINE, UV_OUT);
   uv(L, P_ENGINE, UV_OUTBOX);
   s->box = lua_gettop(L);
   outbox_hold(L, s->box, 1);  /* until engine_step's end */
   outbox_stage(L, s->box);
   s->staged = lua_gettop(L);
-  s->first = s->staged + 1;  /* encode_envelopes pushes them from here */
 }
 
-/* The step is taken back after staging: the ids it staged (strings from
-** s->first up; other strings there are not in the index) leave the
-** outbox's index, where outbox_will_index put them. */
-static void unindex_staged(lua_State *L, Step *s) {
-  int i, top = lua_gettop(L);
-  if (s->box == 0)
+/*
+** The step is taken back after staging (a command not data, the log
+** refused the record, or an error: the step's stack is gone by then):
+** the ids it staged leave the outbox's index, where outbox_will_index
+** put them (each after its envelope went into the table UV_OUT holds).
+** Allocates nothing.  Then UV_OUT lets the table go.
+*/
+static void unindex_staged(lua_State *L, int engine, const Step *s, int taken_back) {
+  lua_Integer i;
+  int out, box;
+  if (s->out == 0)
     return;
-  for (i = s->first; i <= top; i++)
-    if (lua_type(L, i) == LUA_TSTRING)
-      outbox_unindex(L, s->box, i);
+  uv(L, engine, UV_OUT);
+  out = lua_gettop(L);
+  uv(L, engine, UV_OUTBOX);
+  box = out + 1;
+  uv(L, engine, UV_KEYS);
+  for (i = 1; taken_back && i <= s->out; i++) {
+    lua_rawgeti(L, out, i);
+    get_key(L, out + 2, lua_gettop(L), K_ID);
+    outbox_unindex(L, box, lua_gettop(L));
+    lua_pop(L, 2);
+  }
+  lua_settop(L, out - 1);
+  lua_pushnil(L);
+  lua_setiuservalue(L, engine, UV_OUT);
 }
 
 /* Run, encode, log: STEP_* (the message of a failed log pushed). */
@@ -996,10 +1015,8 @@ static int prepare(lua_State *L, Step *s, lua_Integer *seq, int *committed) {
     if (!s->t[k].committed)
       continue;
     ++*committed;
-    if (!encode_envelopes(L, s, &s->t[k])) {
-      unindex_staged(L, s);
+    if (!encode_envelopes(L, s, &s->t[k]))
       return STEP_NOT_MINE;
-    }
   }
   if (*committed == 0)
     return STEP_DONE;  /* a redelivery everywhere: no record */
@@ -1011,7 +1028,6 @@ static int prepare(lua_State *L, Step *s, lua_Integer *seq, int *committed) {
   encode_record(L, s, *committed, *seq);
   if (log_record(L))
     return STEP_DONE;
-  unindex_staged(L, s);
   return STEP_LOG_FAILED;
 }
 
@@ -1099,11 +1115,36 @@ static Engine *to_engine(lua_State *L) {
   return (Engine *)lua_touserdata(L, 1);
 }
 
+/*
+** A step asked for while the engine's own runs, and no handler runs: code
+** a finalizer runs (at any allocation of the step).  The Lua path would
+** handle that event in the middle of the step, on the tables the step is
+** changing (its outbox held, its sequence number read), and close the
+** router, or worse: it is refused, nothing changed.  From a handler, the
+** Lua path's own check says what is wrong.
+*/
+static int in_finalizer(lua_State *L, const Engine *e) {
+  int handler;
+  if (!e->busy)
+    return 0;
+  uv(L, 1, UV_KEYS);
+  uv(L, 1, UV_PATCHES);
+  handler = get_key(L, -2, lua_gettop(L), K_CONTEXT) != LUA_TNIL && lua_toboolean(L, -1);
+  lua_pop(L, 3);
+  return !handler;
+}
+
 /* engine:step(event) -> see the top of this file. */
 static int engine_step(lua_State *L) {
   Engine *e = to_engine(L);
   Step s;
   int status;
+  if (in_finalizer(L, e)) {
+    lua_pushnil(L);
+    lua_pushliteral(L, "procman.router: r:handle called while the router handles another event "
+                       "(from a finalizer?): nothing changed");
+    return 2;
+  }
   if (lua_type(L, 2) != LUA_TTABLE || e->busy) {
     lua_pushboolean(L, 0);  /* r:handle says what is wrong */
     return 1;
@@ -1123,6 +1164,7 @@ static int engine_step(lua_State *L) {
   lua_pop(L, 1);
   if (status != LUA_OK && s.outside)
     clear_context(L, 1);  /* a handler raised: the step clears it after each one */
+  unindex_staged(L, 1, &s, !s.journaled && (status != LUA_OK || s.result != STEP_DONE));
   if (s.journaled) {
     clear_targets(L, 1, &s);
     if (status == LUA_OK)

@@ -396,6 +396,23 @@ describe("the guard", function()
       assert.error_matches(function() r:handle { event_type = "go", id = 1 } end, "^w's status: " .. BUDGET)
       assert.is_nil(debug.gethook())
     end)
+
+    it("keep a count hook already on the thread: called for its counts, put back as it was", function()
+      local calls = 0
+      local function hook() calls = calls + 1 end
+      local r = router { budget = 1000000, done = function(s)
+        local x = 0
+        for i = 1, 20000 do x = x + i end  -- some 40,000 instructions
+        return s.n > 2 and x > 0
+      end, status = function(s) return "n" .. s.n end }
+      debug.sethook(hook, "", 100)
+      r:handle { event_type = "go", id = 1 }
+      local h, mask, count = debug.gethook()
+      debug.sethook()
+      assert.is_true(calls >= 300, "the hook was called " .. calls .. " times")
+      assert.same({ hook, "", 100 }, { h, mask, count })
+      assert.equal("n1", r:flow("w", 1):status())
+    end)
   end)
 
   it("keeps the budget when Ctrl-C's error is caught (the REPL's interrupt)", function()

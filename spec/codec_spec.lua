@@ -607,3 +607,74 @@ describe("core.decode_envelope (the outbox's decoder for an envelope's known key
     assert.has_error(function() decode_envelope(nil) end)
   end)
 end)
+
+-- core.encode_copy (the engine's one pass) must give the bytes core.encode
+-- gives, and it and procman.copy (codec_copy: the guard's copies, pm:state)
+-- a copy equal to what decoding them gives:
+-- same number subtypes, NaN, -0.0, no metatables, no shared tables; and
+-- the same error when the value is not data.
+describe("core.encode_copy and procman.copy", function()
+  local core = require "procman.core"
+
+  local function alike(a, b, path)
+    if type(a) ~= type(b) or math.type(a) ~= math.type(b) then return false, path .. ": types" end
+    if type(a) == "number" then
+      if a ~= a then return b ~= b, path .. ": NaN" end
+      if a == 0 and 1 / a ~= 1 / b then return false, path .. ": sign of zero" end
+      return a == b, path
+    end
+    if type(a) ~= "table" then return a == b, path end
+    if getmetatable(b) ~= nil then return false, path .. ": a metatable" end
+    for k, v in pairs(a) do
+      local ok, why = alike(v, rawget(b, k), path .. "[" .. tostring(k) .. "]")
+      if not ok then return false, why end
+    end
+    for k in pairs(b) do
+      if rawget(a, k) == nil then return false, path .. ": extra key " .. tostring(k) end
+    end
+    return true
+  end
+
+  local function agrees(v)
+    local ok, bytes, copy = pcall(core.encode_copy, v)
+    local ok2, bytes2 = pcall(encode, v)
+    assert.equal(ok2, ok)
+    assert.equal(bytes2, bytes)  -- the bytes, or the same message
+    if ok then assert(alike(decode(bytes), copy, "value")) end
+    local ok3, only = pcall(procman.copy, v)  -- codec_copy: the copy without the bytes
+    assert.equal(ok2, ok3)
+    if ok3 then
+      assert(alike(decode(bytes), only, "value"))
+    else
+      assert.equal((bytes2:gsub("^procman%.encode: ", "")), (only:gsub("^procman%.copy: ", "")))
+    end
+    return copy
+  end
+
+  it("copies as decoding the bytes does", function()
+    local nan, shared = 0 / 0, { 1 }
+    local cycle = {}
+    cycle.self = cycle
+    local function nest(d)
+      local t = {}
+      for _ = 2, d do t = { t } end
+      return t
+    end
+    local long_list, long_map = {}, {}
+    for i = 1, 70000 do long_list[i], long_map["k" .. i] = i * 1.5, i end
+    local odd = setmetatable({ a = 1 }, { __index = function() return 5 end, __len = function() return 9 end,
+                                         __pairs = function() error("not called") end })
+    for _, v in ipairs {
+      nan, -0.0, 0.0, 1.0, -1.0, 2 ^ 53, 2 ^ 63, -2 ^ 63, math.huge, -math.huge, math.maxinteger,
+      math.mininteger, "\0\1\255", "\xc3\x28", ("\xff"):rep(300), ("a"):rep(70000), "", true,
+      { nan, { -0.0 }, 3.0, [2.5] = 1, [-0.0] = 2, [2 ^ 53] = 3 }, { [true] = 1, [false] = 2 },
+      { 1, nil, 3 }, { [0] = 1, [-1] = 2, 3, x = 4 }, { {}, { {} } }, long_list, long_map, { odd },
+      nest(100), nest(101), cycle, { print }, { [{}] = 1 },
+    } do
+      agrees(v)
+    end
+    local copy = agrees { shared, shared, k = shared }
+    assert.are_not.equal(copy[1], copy[2])
+    assert.are_not.equal(shared, copy[1])
+  end)
+end)

@@ -28,9 +28,11 @@ local one = procman.workflow {
       state.n = (state.n or 0) + 1
       return { { command_type = "went", n = state.n, tag = event.tag } }
     end,
-    shared = function(state)
+    shared = function(state, event)
       state.shared = (state.shared or 0) + 1
-      return { { command_type = "one_shared" } }
+      local out = { { command_type = "one_shared" } }
+      for i = 2, event.n or 1 do out[i] = { command_type = "one_shared", i = i, pad = ("p"):rep(event.pad or 0) } end
+      return out
     end,
     err_obj = function() error({ code = 7 }) end,
     err_tostring = function() error(setmetatable({}, { __tostring = function() return "custom" end })) end,
@@ -255,6 +257,21 @@ describe("procman.engine under attack", function()
       { event_type = "shared", id = "s", event_id = "b" },
       { event_type = "shared", id = "new", fail2 = true },
     }
+  end)
+
+  it("the first workflow's many big commands grow the outbox's buffer, then the second fails", function()
+    -- the envelopes are encoded straight into the outbox's buffer: growing
+    -- it mid-step, then failing, must leave the pending commands (and the
+    -- bytes the next step writes after them) intact
+    for _, park in ipairs { false, true } do
+      same_everywhere({
+        { event_type = "shared", id = "g", event_id = "a", n = 3, pad = 10 },
+        { event_type = "shared", id = "g", event_id = "b", n = 300, pad = 2000, fail2 = true },
+        { event_type = "shared", id = "g2", event_id = "c", n = 300, pad = 2000, fail2 = true },
+        { event_type = "shared", id = "g", event_id = "d", n = 40, pad = 100 },
+        { event_type = "shared", id = "g", event_id = "e", n = 20, pad = 5000 },
+      }, { on_error = park and "park" or "raise" })
+    end
   end)
 
   it("an init that raises, loops past its budget or returns no table: refused, nothing changed", function()

@@ -49,4 +49,37 @@ describe("procman.lineedit", function()
     assert.matches("\nfirst=false second=40 + 2\n", out, 1, true)
   end)
 
+  it("leaves SIGINT unblocked after each read: a line, a completion that raises, an interrupt, the end", function()
+    if not (has_lineedit and has_script) then
+      pending("needs procman.lineedit (libedit) and script(1) (util-linux)")
+      return
+    end
+    -- the reader blocks SIGINT while libedit works: whatever ends a read,
+    -- the mask must be as it was (SigBlk: bit 1 is SIGINT)
+    local out = on_terminal([[
+      local lineedit = require "procman.lineedit"
+      local pid = io.open("/proc/self/stat"):read("n")
+      local tabs = 0
+      local editor = assert(lineedit.new { complete = function()
+        tabs = tabs + 1
+        if tabs == 1 then error("completion fails") end
+        io.popen("kill -INT " .. pid):close()
+        return {}
+      end })
+      local function blocked()
+        local status = io.open("/proc/self/status"):read("a")
+        local mask = tonumber(status:match("SigBlk:%s*(%x+)"), 16)
+        return mask & 2 ~= 0
+      end
+      local got = {}
+      for i = 1, 4 do
+        local line = editor:read("> ")
+        got[i] = tostring(line) .. (blocked() and "/BLOCKED" or "/ok")
+      end
+      io.write("\ngot=", table.concat(got, ","), "\n")
+    ]], "one\\r tw\\to\\r three\\t\\r")
+    -- (the last read ends with the input: what it returns is not the point)
+    assert.matches("\ngot=one/ok, two/ok,false/ok,[^,\n]*/ok\n", out)
+  end)
+
 end)

@@ -83,3 +83,44 @@ describe("the outbox against a finalizer acking during a step", function()
     assert(ok, err)
   end)
 end)
+
+-- A finalizer that handles an event (r:handle) while the engine's step
+-- runs: the step has read the router's sequence number and holds the
+-- outbox, so the Lua path (which the engine's busy step used to hand such
+-- an event to) would journal it, fail to emit its commands and close the
+-- router, or reuse the outer event's sequence number. It is refused
+-- instead, nothing changed; the outer event is handled as usual.
+describe("a finalizer calling r:handle during the engine's step", function()
+  it("is refused with a message, the router open and the outer event handled", function()
+    local r = procman.router { workflows = { w } }
+    local armed, inner = true, nil
+    local function arm()
+      setmetatable({}, { __gc = function()
+        if armed and inner == nil and not patches.context and debug.traceback():find("'step'") then
+          inner = table.pack(pcall(r.handle, r, { event_type = "go", id = "inner", k = 1, pad = 1 }))
+        end
+        if armed then arm() end
+      end })
+    end
+    collectgarbage("incremental", 1, 1000)  -- a collection all the time
+    local ok, err = pcall(function()
+      arm()
+      for round = 1, 200 do
+        local out = r:handle { event_type = "go", id = "outer" .. round, k = 30, pad = 500 }
+        assert.equal(30, #out)
+        if inner then return round end
+      end
+    end)
+    armed = false
+    collectgarbage("incremental", 200, 100)
+    collectgarbage()
+    assert(ok, err)
+    assert.is_not_nil(inner, "no finalizer ran during a step")
+    assert.same({ true, nil, "procman.router: r:handle called while the router handles another event "
+                             .. "(from a finalizer?): nothing changed", n = 3 }, inner)
+    assert.is_nil(r:flow("w", "inner"))
+    assert.equal(err, r:stats().seq)
+    assert.equal(30 * err, r:stats().pending)
+    assert.equal(1, #r:handle { event_type = "go", id = "inner", k = 1, pad = 1 })
+  end)
+end)

@@ -435,7 +435,9 @@ static void test_journal_buffer_under_oom(void **state) {
 ** step gives its envelopes, or leaves router, outbox and journal exactly
 ** as they were (it answers "not mine", which the router takes to its Lua
 ** path), or failed after the log took the record (the router closes: its
-** journal must then hold the event).  'event' is a Lua expression.
+** journal must then hold the event).  "Exactly" includes the outbox's
+** index by id (its third user value): an error after the step staged its
+** envelopes must take their ids out again.  'event' is a Lua expression.
 */
 static void engine_step_under_oom(Fixture *f, int journaled, const char *event) {
   lua_State *L = f->L;
@@ -453,7 +455,17 @@ static void engine_step_under_oom(Fixture *f, int journaled, const char *event) 
          "  fill(r, 3)\n"
          "  after_log, ev = false, the_event()\n"
          "end\n"
-         "function step_snapshot() return router_state(r) .. (path and file_bytes(path) or '') end\n"
+         "function index_state()  -- the outbox's index by id: a step taken back leaves none\n"
+         "  local entries = {}\n"
+         "  for id, place in pairs(debug.getuservalue(r.outbox, 3) or {}) do\n"
+         "    entries[#entries + 1] = id .. '=' .. tostring(place)\n"
+         "  end\n"
+         "  table.sort(entries)\n"
+         "  return table.concat(entries, ' ')\n"
+         "end\n"
+         "function step_snapshot()\n"
+         "  return router_state(r) .. index_state() .. (path and file_bytes(path) or '')\n"
+         "end\n"
          "function step_event()\n"
          "  local out, err, logged = r.engine:step(ev)\n"
          "  if out == false then error('not enough memory (the step left the event)', 0) end\n"
