@@ -1,0 +1,83 @@
+--- The dispatch alone, in a process of its own: N commands pending, then
+-- one dispatch of all of them, timed.
+-- Usage: lua5.4 bench/dispatch_case.lua CASE N [JOURNAL]
+--   plain    plain Lua: a queue of envelope tables, fn(command, envelope)
+--            under pcall per command, then the ack (slot cleared)
+--   memory   r:dispatch of a procman.router without a journal
+--   journal  r:dispatch of a journaled router (sync none): an ack record each
+--   hooked   r:dispatch of a router in memory with a hook (any hook: the
+--            ack goes through Lua)
+-- The commands are the router bench's: batch flows of 3 files, made by
+-- batch_created events (N/3 of them). Prints us_per_command.
+local procman = require "procman"
+local batch = require "procman.workflows.batch"
+
+local case, n, journal = arg[1], tonumber(arg[2]), arg[3]
+local clock = os.clock
+local FILES = { "a", "b", "c" }
+local flows = n // 3
+
+local function created(flow)
+  return { event_type = "batch_created", batch_id = flow, event_id = flow, files = FILES }
+end
+
+local function gateway() end
+
+local function timed(dispatch)
+  collectgarbage()
+  local t0 = clock()
+  local count = dispatch()
+  local s = clock() - t0
+  assert(count == 3 * flows, "dispatched " .. tostring(count))
+  return string.format("us_per_command=%.4f", s / count * 1e6)
+end
+
+local cases = {}
+
+-- What a hand-written router keeps and does: the envelopes it made, in a
+-- queue; the gateway under pcall, then the command is forgotten.
+function cases.plain()
+  local queue, index = {}, {}
+  for flow = 1, flows do
+    for i, f in ipairs(FILES) do
+      local id = "batch/" .. flow .. "/1/" .. i
+      queue[#queue + 1] = { id = id, workflow = "batch", flow = flow,
+                            command = { command_type = "process_file", file = f } }
+      index[id] = #queue
+    end
+  end
+  return timed(function()
+    local count = 0
+    for i = 1, #queue do
+      local envelope = queue[i]
+      local ok = pcall(gateway, envelope.command, envelope)
+      if not ok then break end
+      queue[i], index[envelope.id] = nil, nil
+      count = count + 1
+    end
+    return count
+  end)
+end
+
+local function router_case(options)
+  options.workflows = { batch }
+  local r = assert(procman.router(options))
+  for flow = 1, flows do assert(r:handle(created(flow))) end
+  local result = timed(function() return r:dispatch(gateway) end)
+  assert(r:stats().pending == 0)
+  if options.journal then r:close() os.remove(options.journal) end
+  return result
+end
+
+function cases.memory() return router_case {} end
+
+function cases.journal()
+  os.remove(journal)
+  return router_case { journal = journal, sync = "none" }
+end
+
+function cases.hooked()
+  return router_case { hooks = { event_handled = function() end } }
+end
+
+print((cases[case] or error("no case " .. tostring(case)))())
