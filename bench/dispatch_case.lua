@@ -52,7 +52,8 @@ function cases.plain()
       local envelope = queue[i]
       local ok = pcall(gateway, envelope.command, envelope)
       if not ok then break end
-      queue[i], index[envelope.id] = nil, nil
+      local id = envelope.id  -- acked by id, as r:ack finds it
+      queue[index[id]], index[id] = nil, nil
       count = count + 1
     end
     return count
