@@ -7,6 +7,9 @@
 --   journal  r:dispatch of a journaled router (sync none): an ack record each
 --   hooked   r:dispatch of a router in memory with a hook (any hook: the
 --            ack goes through Lua)
+--   ack-plain, ack-memory, ack-journal: the gateway acks each command itself
+--            by id (r:ack, ids taken from r:pending() beforehand), in
+--            emission order; plain: the queue's index by id
 -- The commands are the router bench's: batch flows of 3 files, made by
 -- batch_created events (N/3 of them). Prints us_per_command.
 local procman = require "procman"
@@ -36,7 +39,7 @@ local cases = {}
 
 -- What a hand-written router keeps and does: the envelopes it made, in a
 -- queue; the gateway under pcall, then the command is forgotten.
-function cases.plain()
+local function plain_queue()
   local queue, index = {}, {}
   for flow = 1, flows do
     for i, f in ipairs(FILES) do
@@ -46,6 +49,11 @@ function cases.plain()
       index[id] = #queue
     end
   end
+  return queue, index
+end
+
+function cases.plain()
+  local queue, index = plain_queue()
   return timed(function()
     local count = 0
     for i = 1, #queue do
@@ -68,6 +76,48 @@ local function router_case(options)
   assert(r:stats().pending == 0)
   if options.journal then r:close() os.remove(options.journal) end
   return result
+end
+
+cases["ack-plain"] = function()
+  local queue, index = plain_queue()
+  local ids = {}
+  for i, envelope in ipairs(queue) do ids[i] = envelope.id end
+  return timed(function()
+    for _, id in ipairs(ids) do
+      local at = index[id]
+      if at == nil then error("no pending command with id " .. id) end
+      queue[at], index[id] = nil, nil
+    end
+    return #ids
+  end)
+end
+
+-- A router with the commands pending, and their ids (r:pending()).
+local function pending_router(options)
+  options.workflows = { batch }
+  local r = assert(procman.router(options))
+  for flow = 1, flows do assert(r:handle(created(flow))) end
+  local ids = {}
+  for i, envelope in ipairs(r:pending()) do ids[i] = envelope.id end
+  return r, ids
+end
+
+local function ack_case(options)
+  local r, ids = pending_router(options)
+  local result = timed(function()
+    for _, id in ipairs(ids) do assert(r:ack(id)) end
+    return #ids
+  end)
+  assert(r:stats().pending == 0)
+  if options.journal then r:close() os.remove(options.journal) end
+  return result
+end
+
+cases["ack-memory"] = function() return ack_case {} end
+
+cases["ack-journal"] = function()
+  os.remove(journal)
+  return ack_case { journal = journal, sync = "none" }
 end
 
 function cases.memory() return router_case {} end

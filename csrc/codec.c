@@ -1429,6 +1429,25 @@ size_t codec_skip(const char *s, size_t len, size_t pos) {
   return pos < len && cursor_skip(&c) ? c.pos : 0;
 }
 
+int codec_find_field(const char *s, size_t len, size_t pos, const char *key,
+                     size_t *at, size_t *end) {
+  Cursor c, v;
+  int found;
+  c.s = v.s = (const unsigned char *)s;
+  c.len = v.len = len;
+  c.pos = pos;
+  if (pos >= len)
+    return -1;
+  found = cursor_find(&c, key, &v.pos);
+  if (found <= 0)
+    return found;
+  *at = v.pos;
+  if (!cursor_skip(&v))
+    return -1;
+  *end = v.pos;
+  return 1;
+}
+
 int codec_push_field(lua_State *L, const char *s, size_t len, size_t *pos, const char *key) {
   Cursor c;
   size_t vpos;

@@ -129,6 +129,13 @@ size_t codec_skip(const char *s, size_t len, size_t pos);
 ** when decoding failed, an error message pushed. */
 int codec_push_field(lua_State *L, const char *s, size_t len, size_t *pos, const char *key);
 
+/* Where the value under string key 'key' of the map at s[pos .. len) is:
+** 1 and its bytes at [*at, *end); 0 when the map has no such key (or the
+** value there is not a map); -1 when the bytes are malformed.  Allocates
+** nothing. */
+int codec_find_field(const char *s, size_t len, size_t pos, const char *key,
+                     size_t *at, size_t *end);
+
 /* Is s[0 .. n) strict UTF-8 (the encoder then writes a str, else a bin)? */
 int codec_utf8_valid(const unsigned char *s, size_t n);
 

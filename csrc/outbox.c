@@ -597,22 +597,8 @@ static int plain_router(lua_State *L, int router) {
   return plain;
 }
 
-/* A dispatch's state, and the stack slots it keeps. */
-typedef struct Dispatch {
-  Outbox *o;
-  int router;     /* the router table, or 0 */
-  int record;     /* Buffer: the current command's ack record */
-  int journaled;  /* the router had a journal when the dispatch began */
-  int ready;      /* the record is made (from the envelope's bytes) */
-  int journal;    /* the journal that took the last ack record (checked), or nil */
-  int values;     /* the current envelope's command, flow, id, workflow */
-  int top;        /* the stack's height between commands */
-  CodecMemo memo;
-  CodecShape shape;
-} Dispatch;
-
-/* The id's place among the envelope's keys. */
-#define ID_KEY 2
+/* An ack record { id = id } whose id is a str of up to 255 bytes. */
+#define ACK_SMALL (4 + 2 + 255)
 
 /* Are p[0 .. n) what core.encode writes for a string: a str, in its
 ** shortest form, of valid UTF-8 (up to 255 bytes)? */
@@ -627,42 +613,109 @@ static int canonical_str(const unsigned char *p, size_t n) {
   return head + len == n && codec_utf8_valid(p + head, len);
 }
 
-/* The ack record { id = id } of the envelope just decoded from 'p', made
-** from the id's bytes there when they are canonical (no encoding again);
-** the record's buffer has room for it (see dispatch_one).  Allocates
-** nothing. */
-static void prepare_record(lua_State *L, Dispatch *d, const char *p) {
-  size_t at = d->shape.value_at[ID_KEY], n;
-  Buffer *b = buffer_at(L, d->record);
-  d->ready = 0;
-  if (!d->journaled || at == (size_t)-1)
-    return;
-  n = d->shape.value_end[ID_KEY] - at;
-  if (!canonical_str((const unsigned char *)p + at, n) || 4 + n > b->cap)
-    return;
-  memcpy(b->data, "\x81\xa2" "id", 4);
-  memcpy(b->data + 4, p + at, n);
-  b->len = 4 + n;
-  d->ready = 1;
+/* The ack record { id = id } in 'out' (ACK_SMALL bytes), made from the
+** id's encoded bytes p[0 .. n) (an envelope's) when they are canonical:
+** its length, else 0 (the record is then encoded: see append_ack). */
+static size_t small_record(char *out, const char *p, size_t n) {
+  if (n > ACK_SMALL - 4 || !canonical_str((const unsigned char *)p, n))
+    return 0;
+  memcpy(out, "\x81\xa2" "id", 4);
+  memcpy(out + 4, p, n);
+  return 4 + n;
 }
 
-/* Append the ack record to the router's journal at 'journal' (1, or 0
-** with the journal's message pushed); its type is checked once. */
-static int journal_ack(lua_State *L, Dispatch *d, int journal) {
-  Buffer *b;
-  int id = d->values + ID_KEY;
-  if (!d->ready) {
-    buffer_at(L, d->record)->len = 0;
-    if (!outbox_ack_record(L, id, d->record))
+/*
+** Append the ack record of the id at stack index 'id' to the journal at
+** 'journal': record[0 .. n) when made (n > 0), else encoded now.  Its type
+** is checked unless it is the value at 'checked' (which then becomes
+** it; 0: none).  1, or 0 with the journal's message pushed.
+*/
+static int append_ack(lua_State *L, int journal, int id, const char *record, size_t n,
+                      int checked) {
+  if (n == 0) {
+    buffer_new(L, 64);
+    if (!outbox_ack_record(L, id, lua_gettop(L)))
       lua_error(L);  /* (an id is a string: never) */
+    record = buffer_at(L, -1)->data, n = buffer_at(L, -1)->len;
   }
-  b = buffer_at(L, d->record);
-  if (lua_rawequal(L, journal, d->journal))
-    return journal_lua_append_known(L, journal, RECORD_ACK, b->data, b->len);
-  if (!journal_lua_append_at(L, journal, RECORD_ACK, b->data, b->len))
+  if (checked != 0 && lua_rawequal(L, journal, checked))
+    return journal_lua_append_known(L, journal, RECORD_ACK, record, n);
+  if (!journal_lua_append_at(L, journal, RECORD_ACK, record, n))
     return 0;
-  lua_copy(L, journal, d->journal);
+  if (checked != 0)
+    lua_copy(L, journal, checked);
   return 1;
+}
+
+/* The ack record of the pending command at 'place' in 'out', from the
+** id's bytes in its envelope: its length, or 0 (see small_record). */
+static size_t envelope_record(lua_State *L, int box, lua_Integer place, char *out) {
+  Slot *s = slot_at(L, box, (Outbox *)lua_touserdata(L, box), place);
+  size_t len, at, end;
+  const char *p;
+  if (s->len == DEFERRED)
+    return 0;
+  p = bytes_of(L, box, s, &len);
+  if (codec_find_field(p, len, 0, "id", &at, &end) != 1)
+    return 0;
+  return small_record(out, p + at, end - at);
+}
+
+/*
+** outbox:ack(id, router) -> true, or nil, message: r:ack's work for an
+** open router without hooks (as the dispatch's own acks): the record
+** { id = id } appended to router.journal, if any (made from the id's
+** bytes in the envelope), then the command forgotten.  false when it is
+** not for this function: the id is not pending, or the router has hooks
+** or is closed (r:ack then goes its Lua way, which raises or calls them).
+*/
+static int outbox_ack(lua_State *L) {
+  lua_Integer place;
+  check_idle(L, 1);
+  luaL_checktype(L, 3, LUA_TTABLE);
+  lua_settop(L, 3);
+  if (lua_type(L, 2) != LUA_TSTRING || !plain_router(L, 3) || (place = place_of(L, 1, 2)) == 0) {
+    lua_pushboolean(L, 0);
+    return 1;
+  }
+  if (router_field(L, 3, R_JOURNAL) == LUA_TUSERDATA) {  /* 4 */
+    char record[ACK_SMALL];
+    size_t n = envelope_record(L, 1, place, record);
+    if (!append_ack(L, 4, 2, record, n, 0)) {
+      lua_pushnil(L);
+      lua_pushfstring(L, "procman.router: %s", lua_tostring(L, -2));
+      return 2;
+    }
+  }
+  forget(L, 1, place, 2);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* A dispatch's state, and the stack slots it keeps. */
+typedef struct Dispatch {
+  Outbox *o;
+  int router;     /* the router table, or 0 */
+  int journaled;  /* the router had a journal when the dispatch began */
+  int journal;    /* the journal that took the last ack record (checked), or nil */
+  int values;     /* the current envelope's command, flow, id, workflow */
+  int top;        /* the stack's height between commands */
+  size_t record_len;         /* the current command's ack record (0: not made) */
+  char record[ACK_SMALL];
+  CodecMemo memo;
+  CodecShape shape;
+} Dispatch;
+
+/* The id's place among the envelope's keys. */
+#define ID_KEY 2
+
+/* The ack record of the envelope just decoded from 'p', from the id's
+** bytes there (no encoding again). */
+static void prepare_record(Dispatch *d, const char *p) {
+  size_t at = d->shape.value_at[ID_KEY];
+  d->record_len = 0;
+  if (d->journaled && at != (size_t)-1)
+    d->record_len = small_record(d->record, p + at, d->shape.value_end[ID_KEY] - at);
 }
 
 /*
@@ -673,11 +726,12 @@ static int journal_ack(lua_State *L, Dispatch *d, int journal) {
 ** message pushed.
 */
 static int ack(lua_State *L, Dispatch *d, lua_Integer place) {
+  int id = d->values + ID_KEY;
   if (router_field(L, d->router, R_JOURNAL) == LUA_TUSERDATA &&
-      !journal_ack(L, d, lua_gettop(L)))
+      !append_ack(L, lua_gettop(L), id, d->record, d->record_len, d->journal))
     return 0;
-  lua_pop(L, 1);
-  forget(L, 1, place, d->values + ID_KEY);
+  lua_settop(L, d->top);
+  forget(L, 1, place, id);
   return 1;
 }
 
@@ -699,17 +753,12 @@ static Slot *pending_slot(lua_State *L, int box, Outbox *o, lua_Integer place) {
 static int decode_one(lua_State *L, Dispatch *d, lua_Integer place) {
   Slot *s = pending_slot(L, 1, d->o, place);
   const char *p;
-  if (d->journaled && s != NULL && s->len != DEFERRED &&
-      4 + s->len > buffer_at(L, d->record)->cap) {
-    buffer_reserve(L, d->record, 4 + s->len);  /* room for the ack record */
-    s = pending_slot(L, 1, d->o, place);  /* (an allocation: a finalizer ran?) */
-  }
   if (s == NULL)
     return -1;
   p = push_envelope(L, 1, s, &d->shape);
   if (p == NULL)
     return 0;
-  prepare_record(L, d, p);
+  prepare_record(d, p);
   return 1;
 }
 
@@ -785,8 +834,6 @@ static int outbox_dispatch(lua_State *L) {
   /* (a router never gains a journal: without one now, no ack record) */
   d.journaled = d.router != 0 && router_field(L, d.router, R_JOURNAL) != LUA_TNIL;
   lua_settop(L, 5);
-  buffer_new(L, 64);
-  d.record = lua_gettop(L);
   codec_shape_init(L, &d.shape, push_keys(L), OUTBOX_ENVELOPE_KEYS);
   codec_memo_init(L, &d.memo);
   d.shape.memo = &d.memo;
@@ -833,6 +880,7 @@ static const luaL_Reg methods[] = {
   { "encoded", outbox_encoded },
   { "size", outbox_size },
   { "dispatch", outbox_dispatch },
+  { "ack", outbox_ack },
   { NULL, NULL }
 };
 
