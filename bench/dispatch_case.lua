@@ -7,6 +7,8 @@
 --   journal  r:dispatch of a journaled router (sync none): an ack record each
 --   hooked   r:dispatch of a router in memory with a hook (any hook: the
 --            ack goes through Lua)
+--   setup    the memory case's run without its dispatch (valgrind and
+--            callgrind: a case's run less this one is the dispatch's cost)
 --   ack-plain, ack-memory, ack-journal: the gateway acks each command itself
 --            by id (r:ack, ids taken from r:pending() beforehand), in
 --            emission order; plain: the queue's index by id
@@ -121,6 +123,14 @@ cases["ack-journal"] = function()
 end
 
 function cases.memory() return router_case {} end
+
+function cases.setup()
+  local r = assert(procman.router { workflows = { batch } })
+  for flow = 1, flows do assert(r:handle(created(flow))) end
+  collectgarbage()
+  assert(r:stats().pending == 3 * flows)
+  return "us_per_command=0"
+end
 
 function cases.journal()
   os.remove(journal)
