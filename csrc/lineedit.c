@@ -15,10 +15,14 @@
 */
 #define _POSIX_C_SOURCE 200809L
 #include <errno.h>
+#include <limits.h>
 #include <locale.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/select.h>
+#include <unistd.h>
+#include <wchar.h>
 
 #include <histedit.h>
 
@@ -38,6 +42,7 @@ typedef struct Editor {
   const char *prompt;   /* during read(): the prompt, a string on the stack */
   lua_State *L;         /* during read(): for completion */
   int index;            /* during read(): the editor's stack index */
+  sigset_t waiting;     /* during read(): the signal mask while waiting for a key */
 } Editor;
 
 static volatile sig_atomic_t interrupted = 0;
@@ -132,17 +137,75 @@ static unsigned char complete_word(EditLine *el, int ch) {
 /* ---- reading --------------------------------------------------------- */
 
 /* Ctrl-C at the prompt: installed without SA_RESTART (and with libedit's
-** own signal handling off), it makes libedit's read fail, el_gets()
-** returns, and editor_read() sees 'interrupted' and drops the line. */
+** own signal handling off), it sets 'interrupted'; read_key() then fails,
+** el_gets() returns, and editor_read() drops the line. */
 static void on_sigint(int sig) {
   (void)sig;
   interrupted = 1;
+}
+
+/* Is a Ctrl-C waiting, blocked? (Delivered when editor_read() restores
+** the signal mask.) */
+static int sigint_pending(void) {
+  sigset_t pending;
+  return sigpending(&pending) == 0 && sigismember(&pending, SIGINT);
+}
+
+/* libedit's character reader (EL_GETCFN). SIGINT is blocked while libedit
+** works (redrawing, completing) and let through only while this waits for
+** a key, atomically (pselect): a Ctrl-C that comes while libedit is busy
+** is then seen before the next key is read, even when keys were typed
+** ahead (pselect does not report a signal when input is ready: hence the
+** look at the pending signals). libedit's own reader would miss it and read
+** on to the end of the next line, which editor_read() would then drop: the
+** Ctrl-C would eat the line typed after it. */
+static int read_key(EditLine *el, wchar_t *key) {
+  Editor *e = editor_of(el);
+  int fd = fileno(stdin);
+  char bytes[MB_LEN_MAX];
+  size_t n = 0;
+  for (;;) {
+    fd_set readable;
+    ssize_t got;
+    size_t used;
+    mbstate_t state;
+    if (interrupted || sigint_pending()) {
+      errno = EINTR;
+      return -1;
+    }
+    FD_ZERO(&readable);
+    FD_SET(fd, &readable);
+    if (pselect(fd + 1, &readable, NULL, NULL, NULL, &e->waiting) < 0) {
+      if (errno == EINTR)
+        continue;  /* 'interrupted' says whether it was Ctrl-C */
+      return -1;
+    }
+    got = read(fd, bytes + n, 1);
+    if (got == 0)
+      return 0;  /* end of input */
+    if (got < 0) {
+      if (errno == EINTR || errno == EAGAIN)
+        continue;
+      return -1;
+    }
+    n++;
+    memset(&state, 0, sizeof state);  /* UTF-8 is stateless: decode from the start */
+    used = mbrtowc(key, bytes, n, &state);
+    if (used == (size_t)-2 && n < sizeof bytes)
+      continue;  /* a character of several bytes: read on */
+    if (used == (size_t)-1 || used == (size_t)-2) {
+      n = 0;  /* not a character: drop the bytes, as libedit's reader does */
+      continue;
+    }
+    return 1;
+  }
 }
 
 /* editor:read(prompt) -> line | false (interrupted) | nil (end of input) */
 static int editor_read(lua_State *L) {
   Editor *e = check_editor(L);
   struct sigaction ours, theirs;
+  sigset_t sigint, saved;
   const char *line;
   int count = 0;
   if (e->el == NULL)
@@ -152,11 +215,17 @@ static int editor_read(lua_State *L) {
   ours.sa_handler = on_sigint;
   ours.sa_flags = 0;
   sigemptyset(&ours.sa_mask);
+  sigemptyset(&sigint);
+  sigaddset(&sigint, SIGINT);
   interrupted = 0;
   e->L = L;
   e->index = 1;
   sigaction(SIGINT, &ours, &theirs);
+  sigprocmask(SIG_BLOCK, &sigint, &saved);
+  e->waiting = saved;
+  sigdelset(&e->waiting, SIGINT);
   line = el_gets(e->el, &count);
+  sigprocmask(SIG_SETMASK, &saved, NULL);  /* a Ctrl-C still pending lands in on_sigint */
   sigaction(SIGINT, &theirs, NULL);
   e->L = NULL;
   if (interrupted) {
@@ -228,6 +297,7 @@ static void start_libedit(Editor *e, const char *history_file) {
   el_set(e->el, EL_CLIENTDATA, (void *)e);
   el_set(e->el, EL_EDITOR, "emacs");
   el_set(e->el, EL_SIGNAL, 0);  /* SIGINT is ours while reading */
+  el_set(e->el, EL_GETCFN, read_key);
   el_set(e->el, EL_PROMPT, prompt_of);
   el_set(e->el, EL_HIST, history, e->history);
   el_set(e->el, EL_ADDFN, "procman-complete", "Complete a Lua name", complete_word);
