@@ -11,7 +11,8 @@
 --            callgrind: a case's run less this one is the dispatch's cost)
 --   ack-plain, ack-memory, ack-journal: the gateway acks each command itself
 --            by id (r:ack, ids taken from r:pending() beforehand), in
---            emission order; plain: the queue's index by id
+--            emission order; plain: the queue's index by id (ack-setup:
+--            the runs without their acks)
 -- The commands are the router bench's: batch flows of 3 files, made by
 -- batch_created events (N/3 of them). Prints us_per_command.
 local procman = require "procman"
@@ -116,6 +117,13 @@ local function ack_case(options)
 end
 
 cases["ack-memory"] = function() return ack_case {} end
+
+cases["ack-setup"] = function()  -- the ack cases' runs without their acks
+  local r, ids = pending_router {}
+  collectgarbage()
+  assert(#ids == 3 * flows and r:stats().pending == #ids)
+  return "us_per_command=0"
+end
 
 cases["ack-journal"] = function()
   os.remove(journal)

@@ -1003,10 +1003,13 @@ static int key_after(const Decoder *d, size_t prev) {
   int c;
   if (d->pos >= d->len || (d->s[d->pos] & 0xe0) != 0xa0)
     return 0;
+  blen = d->s[d->pos] & 0x1f;
+  if (d->len - d->pos - 1 < blen)
+    return 0;  /* cut short: decoding it says so */
   if (prev == (size_t)-1)
     return 1;
   a = d->s + prev + 1, alen = d->s[prev] & 0x1f;
-  b = d->s + d->pos + 1, blen = d->s[d->pos] & 0x1f;
+  b = d->s + d->pos + 1;
   c = memcmp(a, b, alen < blen ? alen : blen);
   return c < 0 || (c == 0 && alen < blen);
 }

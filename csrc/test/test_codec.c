@@ -419,6 +419,13 @@ static void test_bad_keys(void **state) {
   assert_decode_fails(L, "\x83\xa1\x61\x01\xa2\x61\x62\x02\xa2\x61\x62\x03", 12, "duplicate map key at byte 8");
   assert_decode_fails(L, "\x83\x01\x01\xa1\x61\x02\xa1\x61\x03", 9, "duplicate map key at byte 6");
   assert_decode_fails(L, "\x82\xa0\x01\xa0\x02", 5, "duplicate map key at byte 3");
+  {  /* a key cut short after one in order: nothing read past the input (ASan) */
+    char *cut = malloc(7);
+    assert_non_null(cut);
+    memcpy(cut, "\x82\xa1\x61\x01\xa5\x61\x62", 7);
+    assert_decode_fails(L, cut, 7, "input ends inside a str");
+    free(cut);
+  }
   assert_decode_fails(L, "\x81\xc0\x01", 3, "map key nil is not allowed at byte 1");
   assert_decode_fails(L, "\x81\xcb\x7f\xf8\x00\x00\x00\x00\x00\x00\x01", 11, "map key NaN");
   assert_decode_fails(L, "\x81\x90\x01", 3, "map key table is not allowed");
