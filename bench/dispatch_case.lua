@@ -71,14 +71,31 @@ function cases.plain()
   end)
 end
 
-local function router_case(options)
+-- A router with the commands pending (and, with 'with_ids', their ids
+-- from r:pending()).
+local function pending_router(options, with_ids)
   options.workflows = { batch }
   local r = assert(procman.router(options))
   for flow = 1, flows do assert(r:handle(created(flow))) end
-  local result = timed(function() return r:dispatch(gateway) end)
+  local ids = {}
+  if with_ids then
+    for i, envelope in ipairs(r:pending()) do ids[i] = envelope.id end
+  end
+  return r, ids
+end
+
+-- The figure of work(r, ids), timed, on a router with the commands pending:
+-- it leaves the outbox empty.
+local function router_case(options, with_ids, work)
+  local r, ids = pending_router(options, with_ids)
+  local result = timed(function() return work(r, ids) end)
   assert(r:stats().pending == 0)
   if options.journal then r:close() os.remove(options.journal) end
   return result
+end
+
+local function dispatch_case(options)
+  return router_case(options, false, function(r) return r:dispatch(gateway) end)
 end
 
 cases["ack-plain"] = function()
@@ -95,31 +112,17 @@ cases["ack-plain"] = function()
   end)
 end
 
--- A router with the commands pending, and their ids (r:pending()).
-local function pending_router(options)
-  options.workflows = { batch }
-  local r = assert(procman.router(options))
-  for flow = 1, flows do assert(r:handle(created(flow))) end
-  local ids = {}
-  for i, envelope in ipairs(r:pending()) do ids[i] = envelope.id end
-  return r, ids
-end
-
 local function ack_case(options)
-  local r, ids = pending_router(options)
-  local result = timed(function()
+  return router_case(options, true, function(r, ids)
     for _, id in ipairs(ids) do assert(r:ack(id)) end
     return #ids
   end)
-  assert(r:stats().pending == 0)
-  if options.journal then r:close() os.remove(options.journal) end
-  return result
 end
 
 cases["ack-memory"] = function() return ack_case {} end
 
 cases["ack-setup"] = function()  -- the ack cases' runs without their acks
-  local r, ids = pending_router {}
+  local r, ids = pending_router({}, true)
   collectgarbage()
   assert(#ids == 3 * flows and r:stats().pending == #ids)
   return "us_per_command=0"
@@ -130,7 +133,7 @@ cases["ack-journal"] = function()
   return ack_case { journal = journal, sync = "none" }
 end
 
-function cases.memory() return router_case {} end
+function cases.memory() return dispatch_case {} end
 
 function cases.setup()
   local r = assert(procman.router { workflows = { batch } })
@@ -142,11 +145,11 @@ end
 
 function cases.journal()
   os.remove(journal)
-  return router_case { journal = journal, sync = "none" }
+  return dispatch_case { journal = journal, sync = "none" }
 end
 
 function cases.hooked()
-  return router_case { hooks = { event_handled = function() end } }
+  return dispatch_case { hooks = { event_handled = function() end } }
 end
 
 print((cases[case] or error("no case " .. tostring(case)))())
