@@ -6,6 +6,7 @@
 --   recover            write N events (sync none), then time reopening
 --   live               N live flows kept: bytes per flow (plain: CASE live-plain)
 --   no-budget          as memory, with the batch workflow's instruction budget off
+--   sandboxed          as memory, the batch workflow loaded in the sandbox (procman.load)
 --   timeouts           as memory, each batch with file_timeout (a timer per file,
 --                      cancelled by its result)
 --   tick               N/4 flows whose 3 files all time out: time r:tick firing them
@@ -85,6 +86,16 @@ cases["no-budget"] = function()
                                        correlate = batch.correlate, starts = batch.starts,
                                        done = batch.done, view = batch.view, budget = false }
   local r = procman.router { workflows = { unlimited } }
+  local t0 = clock()
+  router_run(r, n)
+  return string.format("events_per_s=%.0f", n / (clock() - t0))
+end
+
+-- As memory, with the batch workflow loaded from its file in the sandbox
+-- (procman.load, as the CLI loads workflows): results copied, errors described.
+function cases.sandboxed()
+  local path = package.searchpath("procman.workflows.batch", package.path)
+  local r = procman.router { workflows = { assert(procman.load(path)) } }
   local t0 = clock()
   router_run(r, n)
   return string.format("events_per_s=%.0f", n / (clock() - t0))

@@ -35,7 +35,6 @@
 
 #include "lauxlib.h"
 #include "budget.h"
-#include "buffer.h"
 #include "codec.h"
 
 /* Instructions between two looks at the budget. */
@@ -78,7 +77,13 @@ static void *guard_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
   Guard *g = (Guard *)ud;
   size_t old = ptr != NULL ? osize : 0;  /* osize is a type tag for new blocks */
   void *block;
-  if (nsize > old) {
+  if (nsize <= old) {  /* a free or a shrink: never refused, never charged */
+    block = g->alloc(g->alloc_ud, ptr, osize, nsize);
+    if (block != NULL || nsize == 0)
+      g->grown -= (lua_Integer)(old - nsize);
+    return block;
+  }
+  {
     size_t grow = nsize - old;
     if (g->memory >= 0 && (grow > (size_t)g->memory ||
                            g->grown > g->memory - (lua_Integer)grow)) {
@@ -94,10 +99,9 @@ static void *guard_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
     }
   }
   block = g->alloc(g->alloc_ud, ptr, osize, nsize);
-  if (block != NULL || nsize == 0) {
-    g->grown += (lua_Integer)nsize - (lua_Integer)old;
-    if (nsize > old)
-      g->refused = 0;  /* e.g. the emergency collection made room */
+  if (block != NULL) {
+    g->grown += (lua_Integer)(nsize - old);
+    g->refused = 0;  /* e.g. the emergency collection made room */
   }
   return block;
 }
@@ -181,8 +185,10 @@ void budget_charge(lua_State *L, lua_Integer units) {
 ** The guarded call
 ** =================================================================== */
 
-/* Set up 'g' for a call with 'limits', inside 'outer' (or NULL). */
-static void guard_init(lua_State *L, Guard *g, Guard *outer, const BudgetLimits *limits) {
+/* Set up 'g' for a call with 'limits', inside 'outer' (or NULL: then
+** 'alloc' and 'alloc_ud' are the state's allocator, read by the caller). */
+static void guard_init(lua_State *L, Guard *g, Guard *outer, const BudgetLimits *limits,
+                       lua_Alloc alloc, void *alloc_ud) {
   lua_Integer units = limits->units > 0 ? limits->units : LUA_MAXINTEGER;
   lua_Integer memory = limits->memory > 0 ? limits->memory : -1;
   g->L = L;
@@ -211,12 +217,16 @@ static void guard_init(lua_State *L, Guard *g, Guard *outer, const BudgetLimits 
   }
   else {
     g->bound_by_outer = 0;
-    g->alloc = lua_getallocf(L, &g->alloc_ud);
+    g->alloc = alloc;
+    g->alloc_ud = alloc_ud;
     g->their_hook = lua_gethook(L);
-    g->their_mask = g->their_hook ? lua_gethookmask(L) : 0;
-    g->their_count = g->their_left = lua_gethookcount(L);
-    if (g->their_count <= 0)
-      g->their_mask &= ~LUA_MASKCOUNT;
+    g->their_mask = g->their_count = g->their_left = 0;
+    if (g->their_hook != NULL) {  /* (the common case has none: no more to ask) */
+      g->their_mask = lua_gethookmask(L);
+      g->their_count = g->their_left = lua_gethookcount(L);
+      if (g->their_count <= 0)
+        g->their_mask &= ~LUA_MASKCOUNT;
+    }
   }
   g->left = g->granted = units;
   g->memory = memory;
@@ -293,9 +303,12 @@ static void restore_string_methods(lua_State *L, int saved) {
 }
 
 int budget_guard_pcall(lua_State *L, int nargs, int nresults, const BudgetLimits *limits) {
-  Guard g, *outer = current_guard(L);
+  Guard g, *outer;
+  void *ud;
+  lua_Alloc alloc = lua_getallocf(L, &ud);
   int status, saved = 0, base = lua_gettop(L) - nargs - 1;
-  guard_init(L, &g, outer, limits);
+  outer = alloc == guard_alloc ? (Guard *)ud : NULL;  /* current_guard(L), asked once */
+  guard_init(L, &g, outer, limits, alloc, ud);
   if (g.flags & BUDGET_SANDBOX) {  /* below the function and its arguments */
     swap_string_methods(L);
     saved = ++base;
@@ -341,11 +354,9 @@ static void copy_tables(lua_State *L, int first) {
   for (i = first; i <= top; i++) {
     if (!lua_istable(L, i))
       continue;
-    buffer_new(L, 0);
-    if (!codec_encode_copy(L, i, -1, "result"))
+    if (!codec_copy(L, i, "result"))
       lua_error(L);
     lua_replace(L, i);
-    lua_pop(L, 1);
   }
 }
 
@@ -381,19 +392,17 @@ static lua_Integer optional_limit(lua_State *L, int arg) {
 ** error object into text), the flags (an integer, for call_body). */
 enum { UP_FN = 1, UP_LIMITS, UP_LABEL, UP_DESCRIBE, UP_FLAGS, UP_COUNT = UP_FLAGS };
 
-/* Its limits, with the label anchored by the closure ('closure' is its
-** stack index, or 0 for the running one). */
+/* Its limits ('closure' is its stack index, or 0 for the running one).
+** Their label points into the string UP_LABEL, which the closure anchors
+** for as long as it can be called. */
 static void read_limits(lua_State *L, int closure, BudgetLimits *limits) {
   if (closure == 0) {
     *limits = *(const BudgetLimits *)lua_touserdata(L, lua_upvalueindex(UP_LIMITS));
-    limits->label = lua_tostring(L, lua_upvalueindex(UP_LABEL));
     return;
   }
   lua_getupvalue(L, closure, UP_LIMITS);
   *limits = *(const BudgetLimits *)lua_touserdata(L, -1);
-  lua_getupvalue(L, closure, UP_LABEL);
-  limits->label = lua_tostring(L, -1);  /* anchored: the closure stays */
-  lua_pop(L, 2);
+  lua_pop(L, 1);
 }
 
 /* Flags in BudgetLimits.flags for the guard's own use: there is a
@@ -418,18 +427,35 @@ static int guarded_call(lua_State *L) {
   return lua_gettop(L);
 }
 
-int budget_pcall_function(lua_State *L, int nargs, int nresults) {
-  BudgetLimits limits;
-  int f = lua_gettop(L) - nargs, status;
+/* Is the function at 'f' one of core.guard's that can run without a call
+** of its own (no copy of results, no describe)?  Then 'limits' gets its
+** limits and 'f' the function it guards. */
+static int unwrap_guarded(lua_State *L, int f, BudgetLimits *limits) {
   if (lua_tocfunction(L, f) != guarded_call)
-    return lua_pcall(L, nargs, nresults, 0);
-  read_limits(L, f, &limits);
-  if (limits.flags & (BUDGET_COPY | HAS_DESCRIBE))  /* guarded_call's own body is */
-    return lua_pcall(L, nargs, nresults, 0);        /* needed: call it */
+    return 0;
+  read_limits(L, f, limits);
+  if (limits->flags & (BUDGET_COPY | HAS_DESCRIBE))  /* guarded_call's own body is */
+    return 0;                                       /* needed: call it */
   lua_getupvalue(L, f, UP_FN);
   lua_replace(L, f);  /* fn args...: the caller anchors the closure (its label) */
-  status = budget_guard_pcall(L, nargs, nresults, &limits);
-  return status == LUA_OK ? LUA_OK : LUA_ERRRUN;  /* as guarded_call's raise */
+  return 1;
+}
+
+int budget_pcall_function(lua_State *L, int nargs, int nresults) {
+  BudgetLimits limits;
+  if (!unwrap_guarded(L, lua_gettop(L) - nargs, &limits))
+    return lua_pcall(L, nargs, nresults, 0);
+  if (budget_guard_pcall(L, nargs, nresults, &limits) != LUA_OK)
+    return LUA_ERRRUN;  /* as guarded_call's raise */
+  return LUA_OK;
+}
+
+void budget_call_function(lua_State *L, int nargs, int nresults) {
+  BudgetLimits limits;
+  if (!unwrap_guarded(L, lua_gettop(L) - nargs, &limits))
+    lua_call(L, nargs, nresults);
+  else if (budget_guard_pcall(L, nargs, nresults, &limits) != LUA_OK)
+    lua_error(L);  /* what guarded_call raises */
 }
 
 int budget_guard(lua_State *L) {
@@ -450,7 +476,7 @@ int budget_guard(lua_State *L) {
   limits->memory = memory;
   limits->flags = (int)(flags & (BUDGET_SANDBOX | BUDGET_COPY)) |
                   (lua_isnil(L, 6) ? 0 : HAS_DESCRIBE);
-  limits->label = NULL;  /* the string is UP_LABEL */
+  limits->label = lua_tostring(L, 5);  /* NULL or UP_LABEL's bytes: anchored by it */
   lua_pushvalue(L, 5);                                     /* UP_LABEL */
   lua_pushvalue(L, 6);                                     /* UP_DESCRIBE */
   lua_pushinteger(L, flags);                               /* UP_FLAGS */

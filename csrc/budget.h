@@ -44,6 +44,11 @@ int budget_guard_pcall(lua_State *L, int nargs, int nresults, const BudgetLimits
 */
 int budget_pcall_function(lua_State *L, int nargs, int nresults);
 
+/* lua_call(L, nargs, nresults) of the function below the arguments, the
+** same way: a function made by core.guard runs without a call of its own
+** and raises what calling it raises.  The caller anchors it elsewhere too. */
+void budget_call_function(lua_State *L, int nargs, int nresults);
+
 /* The instruction budget alone (budget <= 0: no limit). */
 int budget_pcall(lua_State *L, int nargs, int nresults, lua_Integer budget);
 

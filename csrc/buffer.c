@@ -24,9 +24,7 @@ Buffer *buffer_at(lua_State *L, int idx) {
 
 Buffer *buffer_reserve(lua_State *L, int idx, size_t extra) {
   Buffer *old = buffer_at(L, idx);
-  Buffer *b;
   size_t cap;
-  idx = lua_absindex(L, idx);
   if (extra <= old->cap - old->len)
     return old;
   if (extra > (size_t)-1 / 2 - old->len)
@@ -35,6 +33,14 @@ Buffer *buffer_reserve(lua_State *L, int idx, size_t extra) {
   cap = old->cap < BUFFER_MIN_CAP ? BUFFER_MIN_CAP : old->cap;
   while (cap - old->len < extra)
     cap *= 2;
+  return buffer_resize(L, idx, cap);
+}
+
+Buffer *buffer_resize(lua_State *L, int idx, size_t cap) {
+  Buffer *old = buffer_at(L, idx), *b;
+  idx = lua_absindex(L, idx);
+  if (cap < old->len)
+    cap = old->len;
   b = buffer_new(L, cap);
   old = buffer_at(L, idx);  /* still valid: it is anchored at 'idx' */
   memcpy(b->data, old->data, old->len);

@@ -32,6 +32,13 @@ Buffer *buffer_at(lua_State *L, int idx);
 */
 Buffer *buffer_reserve(lua_State *L, int idx, size_t extra);
 
+/*
+** Replace the buffer at stack index 'idx' by a copy with room for exactly
+** 'cap' bytes (at least its length); returns it.  For a caller that knows
+** how much it will need, where doubling would copy several times.
+*/
+Buffer *buffer_resize(lua_State *L, int idx, size_t cap);
+
 /* Append 'n' bytes to the buffer at 'idx'; returns the (maybe new) buffer. */
 Buffer *buffer_append(lua_State *L, int idx, const void *p, size_t n);
 

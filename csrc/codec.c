@@ -52,6 +52,7 @@ typedef struct Encoder {
   int bidx;                              /* stack index of the Buffer */
   Buffer *b;                             /* the Buffer there, right now */
   int copy;                              /* also push a copy of the value */
+  int bytes;                             /* write the bytes (0: the copy alone) */
   int unsorted;                          /* large maps in lua_next order */
   int depth;                             /* tables open right now */
   int stack_ok;                          /* slots are checked up to this index */
@@ -536,13 +537,15 @@ static int encode_pairs(Encoder *e, const Key *keys, const unsigned char *order,
     lua_createtable(L, as_array ? (int)n : 0, as_array ? 0 : (int)n);
     copy = lua_gettop(L);
   }
-  if (as_array)
+  if (!e->bytes)
+    ;  /* the copy alone */
+  else if (as_array)
     put_header(e, n, 0x90, 15, 0, 0xdc, 0xdd);
   else
     put_header(e, n, 0x80, 15, 0, 0xde, 0xdf);
   for (j = 0; j < n; j++) {
     const Key *k = order != NULL ? &keys[order[j]] : &keys[j];
-    if (!as_array) {
+    if (!as_array && e->bytes) {
       encode_key(e, k);
       if (e->mark != NULL && e->depth == 1 && k->kind == KEY_STRING &&
           k->len == e->mark_len && memcmp(k->s, e->mark, k->len) == 0)
@@ -610,7 +613,8 @@ static int encode_large_array(Encoder *e, int t, size_t n) {
     lua_createtable(L, (int)n, 0);
     copy = lua_gettop(L);
   }
-  put_header(e, n, 0x90, 15, 0, 0xdc, 0xdd);
+  if (e->bytes)
+    put_header(e, n, 0x90, 15, 0, 0xdc, 0xdd);
   for (i = 1; i <= n; i++) {
     lua_rawgeti(L, t, (lua_Integer)i);
     if (!encode_value(e, -1)) {
@@ -783,12 +787,37 @@ static int encode_table(Encoder *e, int t) {
   return ok;
 }
 
+static int not_data(Encoder *e, int idx) {
+  const char *name = luaL_typename(e->L, idx);
+  if (luaL_getmetafield(e->L, idx, "__name") == LUA_TSTRING)
+    name = lua_tostring(e->L, -1);  /* "FILE*", "procman.pm": say which */
+  return fail(e, "a %s (only nil, booleans, numbers, strings and tables are data)", name);
+}
+
+/* The copy of the value at 'idx' that is not a table, without its bytes:
+** itself, or the NaN decoding gives. */
+static int copy_scalar(Encoder *e, int idx, int type) {
+  lua_State *L = e->L;
+  if (type == LUA_TNUMBER && !lua_isinteger(L, idx) && isnan(lua_tonumber(L, idx)))
+    push_canonical_nan(L);
+  else if (type == LUA_TSTRING || type == LUA_TNUMBER || type == LUA_TBOOLEAN ||
+           type == LUA_TNIL)
+    lua_pushvalue(L, idx);
+  else
+    return not_data(e, idx);
+  return 1;
+}
+
 /* Encode the value at 'idx'; in copy mode, push its copy on success. */
 static int encode_value(Encoder *e, int idx) {
   lua_State *L = e->L;
+  int type;
   if (idx < 0)
     idx = lua_absindex(L, idx);
-  switch (lua_type(L, idx)) {
+  type = lua_type(L, idx);
+  if (!e->bytes && type != LUA_TTABLE)
+    return copy_scalar(e, idx, type);
+  switch (type) {
     case LUA_TSTRING: {
       size_t n;
       const char *s = lua_tolstring(L, idx, &n);
@@ -811,19 +840,16 @@ static int encode_value(Encoder *e, int idx) {
       return encode_table(e, idx);
     case LUA_TBOOLEAN: put_byte(e, lua_toboolean(L, idx) ? 0xc3 : 0xc2); break;
     case LUA_TNIL: put_byte(e, 0xc0); break;
-    default: {
-      const char *name = luaL_typename(L, idx);
-      if (luaL_getmetafield(L, idx, "__name") == LUA_TSTRING)
-        name = lua_tostring(L, -1);  /* "FILE*", "procman.pm": say which */
-      return fail(e, "a %s (only nil, booleans, numbers, strings and tables are data)",
-                  name);
-    }
+    default:
+      return not_data(e, idx);
   }
   if (e->copy)
     lua_pushvalue(L, idx);
   return 1;
 }
 
+/* Encode the value at 'idx' into the Buffer at 'bidx' (0: no bytes, the
+** copy alone, which 'copy' must then ask for). */
 static int encode_root(lua_State *L, int idx, int bidx, const char *root,
                        int copy, int unsorted, const char *mark, size_t *mark_at) {
   Encoder e;
@@ -835,8 +861,9 @@ static int encode_root(lua_State *L, int idx, int bidx, const char *root,
   e.mark_at = (size_t)-1;
   e.copy = copy;
   e.unsorted = unsorted;
-  e.bidx = lua_absindex(L, bidx);
-  e.b = buffer_at(L, e.bidx);
+  e.bytes = bidx != 0;
+  e.bidx = e.bytes ? lua_absindex(L, bidx) : 0;
+  e.b = e.bytes ? buffer_at(L, e.bidx) : NULL;
   e.depth = 0;
   e.cut = CODEC_MAX_DEPTH + 1;
   e.stack_ok = 0;
@@ -861,6 +888,10 @@ int codec_encode(lua_State *L, int idx, int bidx, const char *root) {
 
 int codec_encode_copy(lua_State *L, int idx, int bidx, const char *root) {
   return encode_root(L, idx, bidx, root, 1, 0, NULL, NULL);
+}
+
+int codec_copy(lua_State *L, int idx, const char *root) {
+  return encode_root(L, idx, 0, root, 1, 0, NULL, NULL);
 }
 
 int codec_encode_marking(lua_State *L, int idx, int bidx, const char *root, int copy,

@@ -37,6 +37,13 @@ int codec_encode(lua_State *L, int idx, int bidx, const char *root);
 int codec_encode_copy(lua_State *L, int idx, int bidx, const char *root);
 
 /*
+** Push the copy codec_encode_copy pushes, without making the bytes (no
+** buffer): procman.copy, pm:state(), the results of sandboxed code.
+** Returns 1, or 0 with the same error message pushed.
+*/
+int codec_copy(lua_State *L, int idx, const char *root);
+
+/*
 ** codec_encode for a value only this process decodes again (a flow's
 ** snapshot): large maps are written in table order, without the sort and
 ** the pairs table that canonical bytes need.  Decoding gives the same

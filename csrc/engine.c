@@ -384,133 +384,125 @@ static int run_one(lua_State *L, Step *s, int k) {
 ** Encode: the envelopes and the record, into the scratch buffer
 ** =================================================================== */
 
-static void put(lua_State *L, const void *p, size_t n) {
-  Buffer *b = (Buffer *)lua_touserdata(L, P_SCRATCH);
+static void put(lua_State *L, int bidx, const void *p, size_t n) {
+  Buffer *b = (Buffer *)lua_touserdata(L, bidx);
   if (b->cap - b->len < n)
-    b = buffer_reserve(L, P_SCRATCH, n);
+    b = buffer_reserve(L, bidx, n);
   memcpy(b->data + b->len, p, n);
   b->len += n;
 }
 
 /* A map key: a string of at most 31 bytes, as the codec writes it. */
-static void put_key(lua_State *L, const char *key) {
+static void put_key(lua_State *L, int bidx, const char *key) {
   char k[32];
   size_t n = strlen(key);
   k[0] = (char)(0xa0 | n);
   memcpy(k + 1, key, n);
-  put(L, k, n + 1);
+  put(L, bidx, k, n + 1);
 }
 
 /* The header of an array or map of n items (0x90 or 0x80 family). */
-static void put_header(lua_State *L, unsigned fix, unsigned tag16, size_t n) {
+static void put_header(lua_State *L, int bidx, unsigned fix, unsigned tag16, size_t n) {
   unsigned char h[5];
   if (n <= 15) {
     h[0] = (unsigned char)(fix | n);
-    put(L, h, 1);
+    put(L, bidx, h, 1);
   }
   else if (n <= 0xffff) {
     h[0] = (unsigned char)tag16, h[1] = (unsigned char)(n >> 8), h[2] = (unsigned char)n;
-    put(L, h, 3);
+    put(L, bidx, h, 3);
   }
   else {
     h[0] = (unsigned char)(tag16 + 1);
     h[1] = (unsigned char)(n >> 24), h[2] = (unsigned char)(n >> 16);
     h[3] = (unsigned char)(n >> 8), h[4] = (unsigned char)n;
-    put(L, h, 5);
+    put(L, bidx, h, 5);
   }
 }
 
 /* A tag byte, then v's low 'width' bytes, big-endian. */
-static void put_tagged(lua_State *L, unsigned tag, unsigned long long v, int width) {
+static void put_tagged(lua_State *L, int bidx, unsigned tag, unsigned long long v, int width) {
   unsigned char out[9];
   int i;
   out[0] = (unsigned char)tag;
   for (i = width; i >= 1; i--, v >>= 8)
     out[i] = (unsigned char)v;
-  put(L, out, (size_t)width + 1);
+  put(L, bidx, out, (size_t)width + 1);
 }
 
 /* An integer in the codec's canonical (shortest) form: docs/codec.md. */
-static void put_integer(lua_State *L, lua_Integer v) {
+static void put_integer(lua_State *L, int bidx, lua_Integer v) {
   unsigned long long u = (unsigned long long)v;
   if (v >= -32 && v <= 0x7f) {
     unsigned char c = (unsigned char)(u & 0xff);  /* positive or negative fixint */
-    put(L, &c, 1);
+    put(L, bidx, &c, 1);
   }
   else if (v > 0)
-    put_tagged(L, u <= 0xff ? 0xcc : u <= 0xffff ? 0xcd : u <= 0xffffffffULL ? 0xce : 0xcf, u,
+    put_tagged(L, bidx, u <= 0xff ? 0xcc : u <= 0xffff ? 0xcd : u <= 0xffffffffULL ? 0xce : 0xcf, u,
                u <= 0xff ? 1 : u <= 0xffff ? 2 : u <= 0xffffffffULL ? 4 : 8);
   else if (v >= INT8_MIN)
-    put_tagged(L, 0xd0, u, 1);
+    put_tagged(L, bidx, 0xd0, u, 1);
   else if (v >= INT16_MIN)
-    put_tagged(L, 0xd1, u, 2);
+    put_tagged(L, bidx, 0xd1, u, 2);
   else if (v >= INT32_MIN)
-    put_tagged(L, 0xd2, u, 4);
+    put_tagged(L, bidx, 0xd2, u, 4);
   else
-    put_tagged(L, 0xd3, u, 8);
+    put_tagged(L, bidx, 0xd3, u, 8);
 }
 
 /* A string as the codec writes it: a str when valid UTF-8, else a bin
 ** (codec_utf8_valid says which), with the shortest header. */
-static void put_string(lua_State *L, const char *s, size_t n) {
+static void put_string(lua_State *L, int bidx, const char *s, size_t n) {
   if (!codec_utf8_valid((const unsigned char *)s, n)) {
-    put_tagged(L, n <= 0xff ? 0xc4 : n <= 0xffff ? 0xc5 : 0xc6, n, n <= 0xff ? 1 : n <= 0xffff ? 2 : 4);
+    put_tagged(L, bidx, n <= 0xff ? 0xc4 : n <= 0xffff ? 0xc5 : 0xc6, n, n <= 0xff ? 1 : n <= 0xffff ? 2 : 4);
   }
   else if (n <= 31) {
     unsigned char c = (unsigned char)(0xa0 | n);
-    put(L, &c, 1);
+    put(L, bidx, &c, 1);
   }
   else
-    put_tagged(L, n <= 0xff ? 0xd9 : n <= 0xffff ? 0xda : 0xdb, n, n <= 0xff ? 1 : n <= 0xffff ? 2 : 4);
-  put(L, s, n);
-}
-
-/* The value at 'idx', through the codec; 0 when it is not data. */
-static int put_value(lua_State *L, int idx) {
-  if (codec_encode(L, idx, P_SCRATCH, "value"))
-    return 1;
-  lua_pop(L, 1);
-  return 0;
+    put_tagged(L, bidx, n <= 0xff ? 0xd9 : n <= 0xffff ? 0xda : 0xdb, n, n <= 0xff ? 1 : n <= 0xffff ? 2 : 4);
+  put(L, bidx, s, n);
 }
 
 /* The integer or string at 'idx' (a flow id, a status) as the codec
 ** writes it. */
-static void put_scalar(lua_State *L, int idx) {
+static void put_scalar(lua_State *L, int bidx, int idx) {
   size_t n;
   const char *s;
   if (lua_isinteger(L, idx)) {
-    put_integer(L, lua_tointeger(L, idx));
+    put_integer(L, bidx, lua_tointeger(L, idx));
     return;
   }
   s = lua_tolstring(L, idx, &n);
-  put_string(L, s, n);
+  put_string(L, bidx, s, n);
 }
 
 /* The flow id of a target, written once a step. */
-static void put_flow(lua_State *L, Target *t) {
+static void put_flow(lua_State *L, int bidx, Target *t) {
   size_t at, n;
   if (t->flow_len > 0) {
-    put(L, t->flow_bytes, t->flow_len);
+    put(L, bidx, t->flow_bytes, t->flow_len);
     return;
   }
-  at = buffer_at(L, P_SCRATCH)->len;
-  put_scalar(L, t->id);  /* an integer or a non-empty string (route_one) */
-  n = buffer_at(L, P_SCRATCH)->len - at;
+  at = buffer_at(L, bidx)->len;
+  put_scalar(L, bidx, t->id);  /* an integer or a non-empty string (route_one) */
+  n = buffer_at(L, bidx)->len - at;
   if (n <= sizeof t->flow_bytes) {
-    memcpy(t->flow_bytes, buffer_at(L, P_SCRATCH)->data + at, n);
+    memcpy(t->flow_bytes, buffer_at(L, bidx)->data + at, n);
     t->flow_len = (unsigned char)n;
   }
 }
 
 /* The workflow name of a target: the route keeps its bytes (a string
 ** the route, on the stack throughout the step, anchors). */
-static void put_name(lua_State *L, Target *t) {
+static void put_name(lua_State *L, int bidx, Target *t) {
   if (t->name_bytes == NULL) {
     lua_rawgeti(L, t->route, R_NAME_BYTES);
     t->name_bytes = lua_tolstring(L, -1, &t->name_len);
     lua_pop(L, 1);
   }
-  put(L, t->name_bytes, t->name_len);
+  put(L, bidx, t->name_bytes, t->name_len);
 }
 
 static void reset_scratch(lua_State *L) {
@@ -559,14 +551,40 @@ static void push_command_id(lua_State *L, Target *t, lua_Integer version, lua_In
   lua_pushlstring(L, id, (size_t)(p - id));
 }
 
+/* The envelope's keys, in canonical order, as the codec writes them: a
+** map of four, then "command"; "flow"; "id"; "workflow". */
+#define ENVELOPE_HEAD "\x84\xa7" "command"
+#define ENVELOPE_FLOW "\xa4" "flow"
+#define ENVELOPE_ID "\xa2" "id"
+#define ENVELOPE_WORKFLOW "\xa8" "workflow"
+
+/* The caller's copy of an envelope, as core.encode_copy makes it: the
+** command's copy at 'copy', the id at 'id'.  Pushed. */
+static void push_envelope(lua_State *L, Target *t, int copy, int id) {
+  lua_createtable(L, 0, 4);
+  push_key(L, P_KEYS, K_COMMAND);
+  lua_pushvalue(L, copy);
+  lua_rawset(L, -3);
+  push_key(L, P_KEYS, K_FLOW);
+  lua_pushvalue(L, t->id);
+  lua_rawset(L, -3);
+  push_key(L, P_KEYS, K_ID);
+  lua_pushvalue(L, id);
+  lua_rawset(L, -3);
+  push_key(L, P_KEYS, K_WORKFLOW);
+  lua_pushvalue(L, t->name);
+  lua_rawset(L, -3);
+}
+
 /*
-** The envelopes of a committed target's commands: each is encoded in the
-** scratch buffer, then staged in the outbox's buffer (s->staged: see
-** outbox_stage), where put_commands finds it for the record and settle
-** commits it; its id, where it starts and its length stay on the stack
-** (3 slots per command) and a copy goes to 'out'.  Encoded before the
-** log, so commands that are not data are found while everything can
-** still be taken back.  0 when one is not data.
+** The envelopes of a committed target's commands: each is encoded
+** straight into the outbox's buffer (s->staged: see outbox_stage), after
+** what the outbox uses, where put_commands finds it for the record and
+** settle commits it; its id, where it starts and its length stay on the
+** stack (3 slots per command) and a copy goes to 'out'.  Encoded before
+** the log, so commands that are not data are found while everything can
+** still be taken back (the bytes staged so far are dropped by the next
+** outbox_stage).  0 when one is not data.
 */
 static int encode_envelopes(lua_State *L, Step *s, Target *t) {
   lua_Integer i, n = (lua_Integer)lua_rawlen(L, t->commands);
@@ -576,43 +594,27 @@ static int encode_envelopes(lua_State *L, Step *s, Target *t) {
   t->noted = n <= MAX_NOTED - s->noted ? s->noted : -1;
   for (i = 1; i <= n; i++) {
     int id, copy;
-    const Buffer *b;
+    size_t start = buffer_at(L, s->staged)->len;
     push_command_id(L, t, version, i);
     id = lua_gettop(L);
     lua_rawgeti(L, t->commands, i);
-    reset_scratch(L);
-    put_header(L, 0x80, 0xde, 4);
-    put_key(L, "command");
-    if (!codec_encode_copy(L, id + 1, P_SCRATCH, "value"))
+    put(L, s->staged, ENVELOPE_HEAD, sizeof ENVELOPE_HEAD - 1);
+    if (!codec_encode_copy(L, id + 1, s->staged, "value"))
       return 0;
-    if (t->noted >= 0)
-      s->command_len[s->noted++] = buffer_at(L, P_SCRATCH)->len - 9;
     copy = lua_gettop(L);
-    put_key(L, "flow");
-    put_flow(L, t);
-    put_key(L, "id");
-    put_value(L, id);
-    put_key(L, "workflow");
-    put_name(L, t);
-    lua_createtable(L, 0, 4);  /* the caller's copy, as core.encode_copy makes it */
-    push_key(L, P_KEYS, K_COMMAND);
-    lua_pushvalue(L, copy);
-    lua_rawset(L, -3);
-    push_key(L, P_KEYS, K_FLOW);
-    lua_pushvalue(L, t->id);
-    lua_rawset(L, -3);
-    push_key(L, P_KEYS, K_ID);
-    lua_pushvalue(L, id);
-    lua_rawset(L, -3);
-    push_key(L, P_KEYS, K_WORKFLOW);
-    lua_pushvalue(L, t->name);
-    lua_rawset(L, -3);
+    if (t->noted >= 0)
+      s->command_len[s->noted++] = buffer_at(L, s->staged)->len - start - (sizeof ENVELOPE_HEAD - 1);
+    put(L, s->staged, ENVELOPE_FLOW, sizeof ENVELOPE_FLOW - 1);
+    put_flow(L, s->staged, t);
+    put(L, s->staged, ENVELOPE_ID, sizeof ENVELOPE_ID - 1);
+    put_scalar(L, s->staged, id);  /* a string */
+    put(L, s->staged, ENVELOPE_WORKFLOW, sizeof ENVELOPE_WORKFLOW - 1);
+    put_name(L, s->staged, t);
+    push_envelope(L, t, copy, id);
     lua_rawseti(L, P_OUT, ++s->out);
     lua_pop(L, 2);  /* the copy and the command */
-    b = buffer_at(L, P_SCRATCH);
-    lua_pushinteger(L, (lua_Integer)buffer_at(L, s->staged)->len);  /* where it starts */
-    lua_pushinteger(L, (lua_Integer)b->len);
-    buffer_append(L, s->staged, b->data, b->len);
+    lua_pushinteger(L, (lua_Integer)start);
+    lua_pushinteger(L, (lua_Integer)(buffer_at(L, s->staged)->len - start));
     outbox_will_index(L, s->box, id);
     luaL_checkstack(L, 8, "procman.engine");
   }
@@ -740,28 +742,28 @@ static void put_event(lua_State *L, Step *s) {
     luaL_error(L, "procman.engine: the event is not data");
 }
 
-/* A target's commands, from the bytes of its envelopes (each is 0x84,
-** "command", then the command's bytes), 3 tables deep in the record. */
+/* A target's commands, from the bytes of its envelopes (each is
+** ENVELOPE_HEAD, then the command's bytes), 3 tables deep in the record. */
 static void put_commands(lua_State *L, Step *s, Target *t) {
   lua_Integer i, n = (lua_Integer)lua_rawlen(L, t->commands);
   if (n == 0) {
-    put(L, "\x80", 1);  /* {}: the codec writes an empty table as a map */
+    put(L, P_SCRATCH, "\x80", 1);  /* {}: the codec writes an empty table as a map */
     return;
   }
-  put_header(L, 0x90, 0xdc, (size_t)n);
+  put_header(L, P_SCRATCH, 0x90, 0xdc, (size_t)n);
   for (i = 0; i < n; i++) {
     size_t len;
     const char *env = staged_envelope(L, s, t, i, &len);
-    const unsigned char *cmd = (const unsigned char *)env + 9, *after;
+    const unsigned char *cmd = (const unsigned char *)env + sizeof ENVELOPE_HEAD - 1, *after;
     int deepest = 0;
     if (t->noted >= 0 && s->command_len[t->noted + i] + 4 <= CODEC_MAX_DEPTH) {
-      put(L, cmd, s->command_len[t->noted + i]);  /* too short to nest too deep */
+      put(L, P_SCRATCH, cmd, s->command_len[t->noted + i]);  /* too short to nest too deep */
       continue;
     }
     after = skip_value(cmd, (const unsigned char *)env + len, 0, &deepest);
     if (after == NULL || deepest + 4 > CODEC_MAX_DEPTH)  /* record, flows, entry, commands */
       luaL_error(L, "procman.engine: commands nested too deep for the record");
-    put(L, cmd, (size_t)(after - cmd));
+    put(L, P_SCRATCH, cmd, (size_t)(after - cmd));
   }
 }
 
@@ -774,20 +776,20 @@ static void put_entry(lua_State *L, Step *s, Target *t) {
   lua_pop(L, 1);
   pinned = t->is_new && version != 1;
   /* a map of 4 to 6 keys (a fixmap), "commands" first */
-  put(L, pinned ? (t->done ? "\x86\xa8" "commands" : "\x85\xa8" "commands")
+  put(L, P_SCRATCH, pinned ? (t->done ? "\x86\xa8" "commands" : "\x85\xa8" "commands")
                 : (t->done ? "\x85\xa8" "commands" : "\x84\xa8" "commands"), 10);
   put_commands(L, s, t);
   if (t->done)
-    put(L, "\xa4" "done" "\xc3", 6);
-  put(L, "\xa4" "flow", 5);
-  put_flow(L, t);
-  put(L, "\xa6" "status", 7);
-  put_scalar(L, t->status);  /* a string: pm_settled checked it */
-  put(L, "\xa8" "workflow", 9);
-  put_name(L, t);
+    put(L, P_SCRATCH, "\xa4" "done" "\xc3", 6);
+  put(L, P_SCRATCH, "\xa4" "flow", 5);
+  put_flow(L, P_SCRATCH, t);
+  put(L, P_SCRATCH, "\xa6" "status", 7);
+  put_scalar(L, P_SCRATCH, t->status);  /* a string: pm_settled checked it */
+  put(L, P_SCRATCH, "\xa8" "workflow", 9);
+  put_name(L, P_SCRATCH, t);
   if (pinned) {
-    put_key(L, "workflow_version");
-    put_integer(L, version);
+    put_key(L, P_SCRATCH, "workflow_version");
+    put_integer(L, P_SCRATCH, version);
   }
 }
 
@@ -795,15 +797,15 @@ static void put_entry(lua_State *L, Step *s, Target *t) {
 static void encode_record(lua_State *L, Step *s, int committed, lua_Integer seq) {
   int k;
   reset_scratch(L);
-  put(L, "\x83\xa5" "event", 7);  /* { event, flows, seq } */
+  put(L, P_SCRATCH, "\x83\xa5" "event", 7);  /* { event, flows, seq } */
   put_event(L, s);
-  put(L, "\xa5" "flows", 6);
-  put_header(L, 0x90, 0xdc, (size_t)committed);
+  put(L, P_SCRATCH, "\xa5" "flows", 6);
+  put_header(L, P_SCRATCH, 0x90, 0xdc, (size_t)committed);
   for (k = 0; k < s->n; k++)
     if (s->t[k].committed)
       put_entry(L, s, &s->t[k]);
-  put(L, "\xa3" "seq", 4);
-  put_integer(L, seq);
+  put(L, P_SCRATCH, "\xa3" "seq", 4);
+  put_integer(L, P_SCRATCH, seq);
 }
 
 /* ===================================================================

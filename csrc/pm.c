@@ -14,7 +14,7 @@
 ** and dedup set exactly as they were.
 **
 ** Memory is bounded by the state, not by the events handled: once the
-** history outgrows SNAPSHOT_FACTOR times the last snapshot (and at least
+** history outgrows snapshot_factor times the last snapshot (and at least
 ** SNAPSHOT_MIN bytes), the next handle() first encodes the committed state
 ** as the new snapshot and drops the history.  The period grows with the
 ** state, so the encoding costs O(1) amortised per byte of events.
@@ -60,9 +60,12 @@ enum {
 ** every id handled. */
 
 /* History bytes before a first snapshot, and the growth (a multiple of
-** the last snapshot's size) that makes the next one. */
+** the last snapshot's size) that makes the next one: SNAPSHOT_FACTOR, or
+** SNAPSHOT_FACTOR_LARGE from SNAPSHOT_LARGE bytes (see snapshot_factor). */
 #define SNAPSHOT_MIN 4096
 #define SNAPSHOT_FACTOR 4
+#define SNAPSHOT_LARGE (1 << 20)
+#define SNAPSHOT_FACTOR_LARGE 16
 
 /* Events a history may hold and still be searched for an event_id. */
 #define SCAN_MAX 4
@@ -80,6 +83,14 @@ enum {
 
 /* The largest event a flow takes, encoded (PM.last_len). */
 #define EVENT_MAX 0xffffffffu
+
+/* A Buffer log of at least LOG_AHEAD_CAP bytes with less than
+** LOG_AHEAD_ROOM left grows at once to what it holds until the next
+** snapshot (at most LOG_AHEAD_MAX times its size), not by doubling: see
+** grow_log_ahead. */
+#define LOG_AHEAD_CAP 65536
+#define LOG_AHEAD_ROOM 4096
+#define LOG_AHEAD_MAX 8
 
 /* Scratch buffers larger than this are not kept for the next event. */
 #define SCRATCH_KEEP 65536
@@ -473,10 +484,31 @@ static void ensure_state(lua_State *L, PM *p) {
 ** Snapshots: the history since the last one is all a flow keeps
 ** =================================================================== */
 
+/*
+** How many times the size of a snapshot (or of a large event) of 'size'
+** bytes the history grows before the next snapshot.  Encoding a state
+** costs far more a byte than an event when the state is large: its map
+** is walked in hash order, a cache miss a key (0.5 s for a million keys,
+** 16 MB, where the events of a batch of that size take 70 bytes each).
+** With the factor 4 of small states, the snapshot alone would cost some
+** 0.5 us an event there, more than a plain-Lua handler's whole event; a
+** factor 16 makes it 0.14 us, for a history of at most 16 times the
+** encoded state (a few times the state's own memory in Lua).
+*/
+static size_t snapshot_factor(size_t size) {
+  return size >= SNAPSHOT_LARGE ? SNAPSHOT_FACTOR_LARGE : SNAPSHOT_FACTOR;
+}
+
+/* 'size' times its snapshot_factor, saturating. */
+static size_t times_factor(size_t size) {
+  size_t f = snapshot_factor(size);
+  return size > ((size_t)-1) / f ? (size_t)-1 : size * f;
+}
+
 /* The history length at which to try the next snapshot, after one of
 ** 'base_len' bytes. */
 static size_t next_snapshot_at(size_t base_len) {
-  size_t at = base_len > ((size_t)-1) / SNAPSHOT_FACTOR ? (size_t)-1 : base_len * SNAPSHOT_FACTOR;
+  size_t at = times_factor(base_len);
   return at < SNAPSHOT_MIN ? SNAPSHOT_MIN : at;
 }
 
@@ -491,14 +523,14 @@ static size_t snapshot_threshold(const PM *p) {
 
 /*
 ** A large event puts the next snapshot off until the history holds
-** SNAPSHOT_FACTOR times its size.  The flow holds that event anyway, and a
+** snapshot_factor times its size.  The flow holds that event anyway, and a
 ** state built from it tends to be as large (a batch's file list): a
 ** snapshot right after it would cost that much and save nothing.  So a
-** flow holds at most about SNAPSHOT_FACTOR times the larger of its last
+** flow holds at most about snapshot_factor times the larger of its last
 ** snapshot and its largest event since.  Allocates nothing (a commit).
 */
 static void wait_after_event(PM *p, size_t n) {
-  size_t want = n > ((size_t)-1) / SNAPSHOT_FACTOR ? (size_t)-1 : n * SNAPSHOT_FACTOR;
+  size_t want = times_factor(n);
   while (p->snapshot_waits < UCHAR_MAX && snapshot_threshold(p) < want)
     p->snapshot_waits++;
 }
@@ -523,6 +555,27 @@ static void push_snapshot(lua_State *L, PM *p) {
     return;
   }
   lua_remove(L, top + 1);
+}
+
+/*
+** A large log about to be full grows at once to the size it reaches at
+** the next snapshot (its bytes then, and room for an event), rather than
+** by doubling as the codec grows a buffer: each doubling of a log of tens
+** of megabytes is a copy, an allocation that runs malloc_consolidate and
+** a debt that makes the collector run, for bytes the flow will hold
+** anyway.  A log that is not large, or whose snapshot is far off (a state
+** that is not data), doubles as before.
+*/
+static void grow_log_ahead(lua_State *L, const PM *p, int log) {
+  const Buffer *b = buffer_at(L, log);
+  size_t want = snapshot_threshold(p), most;
+  if (b->cap < LOG_AHEAD_CAP || b->cap - b->len >= LOG_AHEAD_ROOM)
+    return;
+  most = b->cap > ((size_t)-1) / LOG_AHEAD_MAX ? (size_t)-1 : b->cap * LOG_AHEAD_MAX;
+  want = want > most - p->base_len - LOG_AHEAD_ROOM ? most
+                                                    : p->base_len + want + LOG_AHEAD_ROOM;
+  if (want > b->cap + LOG_AHEAD_ROOM)
+    buffer_resize(L, log, want);
 }
 
 /*
@@ -764,8 +817,10 @@ static void keep_scratch(lua_State *L, int idx) {
 ** exactly its size (most flows are small): the event is staged in the
 ** scratch buffer after a copy of the committed bytes, and the log becomes
 ** a new string of those bytes and the event's; past LOG_STRING_MAX
-** committed bytes it becomes a Buffer.  An attempt that fails leaves bytes
-** past the committed history, which the next one drops.
+** committed bytes it becomes a Buffer (at once when the flow's first
+** event is larger than SCRATCH_KEEP: the scratch buffer is that Buffer).
+** An attempt that fails leaves bytes past the committed history, which
+** the next one drops.
 **
 ** A short log keeps its small events in shorthand (shorthand.h: the words
 ** of the workflow's dictionary in two bytes; a batch_created of 3 files
@@ -811,6 +866,8 @@ again:
   log = lua_gettop(L);
   at = lua_isnil(L, snap) ? p->base_len + history_len : buffer_at(L, log)->len;
   buffer_at(L, log)->len = at;  /* drop an aborted attempt */
+  if (!small && lua_isnil(L, snap))
+    grow_log_ahead(L, p, log);
   if (!codec_encode_marking(L, 2, log, "event", !fresh, "event_id", &mark))
     flow_error(L, 1, "event '%s' is not data: %s", type, lua_tostring(L, -1));
   if (p->stagings != mine && lua_isnil(L, snap)) {
@@ -830,7 +887,15 @@ again:
   }
   /* from the history's start: after the committed events, or first */
   *id_at = mark == (size_t)-1 ? mark : mark - (lua_isnil(L, snap) ? p->base_len : at);
-  if (small) {  /* a short log: exactly its size */
+  if (small && at == 0 && n > SCRATCH_KEEP) {
+    /* a large first event (a batch of many files): the scratch buffer,
+    ** which is not kept for the next event anyway, becomes the log as it
+    ** is (the codec's bytes), rather than a short log of a copy that the
+    ** next event copies and expands again */
+    lua_setiuservalue(L, 1, UV_LOG);
+    p->short_log = 0;
+  }
+  else if (small) {  /* a short log: exactly its size */
     push_short_log(L, buffer_at(L, log)->data, at + n);
     if (p->stagings != mine) {  /* (it allocated) */
       lua_settop(L, log - 2);
@@ -1045,11 +1110,9 @@ static void push_view(lua_State *L, PM *p) {
 
 /* Replace the value at the top by a deep copy, checking that it is data. */
 static void deep_copy(lua_State *L, const char *what) {
-  buffer_new(L, 0);
-  if (!codec_encode_copy(L, -2, -1, what))
+  if (!codec_copy(L, -1, what))
     flow_error(L, 1, "%s is not data: %s", what, lua_tostring(L, -1));
-  lua_replace(L, -3);
-  lua_pop(L, 1);
+  lua_replace(L, -2);
 }
 
 static int pm_state(lua_State *L) {
@@ -1073,7 +1136,7 @@ static void status_with(lua_State *L, int pm, int fn) {
   else {
     lua_pushvalue(L, fn);
     lua_getiuservalue(L, pm, UV_STATE);
-    lua_call(L, 1, 1);
+    budget_call_function(L, 1, 1);  /* guarded without a call of its own: anchored at fn */
   }
   t = lua_type(L, -1);
   if (t == LUA_TNIL) {
@@ -1092,7 +1155,7 @@ static int done_with(lua_State *L, int pm, int fn) {
     return 0;
   lua_pushvalue(L, fn);
   lua_getiuservalue(L, pm, UV_STATE);
-  lua_call(L, 1, 1);
+  budget_call_function(L, 1, 1);  /* guarded without a call of its own: anchored at fn */
   done = lua_toboolean(L, -1);
   lua_pop(L, 1);
   return done;

@@ -70,10 +70,13 @@ static int core_encode(lua_State *L) {
   return 1;
 }
 
-/* procman.copy(v) -> a deep copy of the data v: decode(encode(v)), faster. */
+/* procman.copy(v) -> a deep copy of the data v: decode(encode(v)), faster
+** (and without the bytes). */
 static int core_copy(lua_State *L) {
-  encode_argument(L, "procman.copy", 1);
-  keep_scratch(L, 2);
+  luaL_checkany(L, 1);
+  lua_settop(L, 1);
+  if (!codec_copy(L, 1, "value"))
+    luaL_error(L, "procman.copy: %s", lua_tostring(L, -1));
   return 1;
 }
 

@@ -342,6 +342,62 @@ describe("the guard", function()
     assert.equal(1e5, #t)
   end)
 
+  describe("done and status (called per event, without a call of the guard's own)", function()
+    -- a workflow that is not sandboxed: its done and status are guarded,
+    -- and the router calls them straight under their limits
+    local function router(spec)
+      spec.name, spec.correlate, spec.starts = "w", "id", { "go" }
+      spec.on = { go = function(state) state.n = (state.n or 0) + 1 end }
+      return procman.router { workflows = { procman.workflow(spec) } }
+    end
+
+    it("run past their budgets with the workflow's name, and the flow is as before", function()
+      local r = router { budget = 10000, done = function(s) while s.n > 1 do end end }
+      r:handle { event_type = "go", id = 1 }
+      assert.error_matches(function() r:handle { event_type = "go", id = 1 } end, "^w's done: " .. BUDGET)
+      assert.equal(1, r:flow("w", 1):state().n)
+      r = router { memory = 100000, status = function(s)
+        local t = {}
+        for i = 1, s.n * 1e6 do t[i] = i end
+        return #t > 0 and "full" or nil
+      end }
+      assert.error_matches(function() r:handle { event_type = "go", id = 1 } end, "^w's status: " .. MEMORY)
+    end)
+
+    it("raise what they raise: an error object unchanged, a caught budget error still stops them",
+       function()
+      local object = setmetatable({}, { __tostring = function() return "object" end })
+      local r = router { done = function() error(object) end }
+      local ok, err = pcall(r.handle, r, { event_type = "go", id = 1 })
+      assert.is_false(ok)
+      assert.equal(object, err)
+      r = router { budget = 10000, done = function()
+        pcall(function() while true do end end)
+        return true  -- never reached: the first instruction after the budget raises
+      end }
+      assert.error_matches(function() r:handle { event_type = "go", id = 1 } end, "^w's done: " .. BUDGET)
+    end)
+
+    it("run with no frame of the guard's own below them, a guarded call inside still counted",
+       function()
+      local frames, inner = {}, core.guard(function() while true do end end, 1e9)
+      local r = router { budget = 100000, done = function()
+        for level = 2, 4 do
+          local info = debug.getinfo(level, "f")
+          frames[#frames + 1] = info ~= nil and core.is_guard(info.func)
+        end
+        return false
+      end, status = function(s)
+        if s.n > 1 then inner() end  -- the smaller budget is the outer one's
+        return "fine"
+      end }
+      assert.same({ false, false, false }, (function() r:handle { event_type = "go", id = 1 } return frames end)())
+      assert.equal("fine", r:flow("w", 1):status())
+      assert.error_matches(function() r:handle { event_type = "go", id = 1 } end, "^w's status: " .. BUDGET)
+      assert.is_nil(debug.gethook())
+    end)
+  end)
+
   it("keeps the budget when Ctrl-C's error is caught (the REPL's interrupt)", function()
     local out = child.run([[
       local core = require "procman.core"

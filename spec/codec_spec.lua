@@ -115,6 +115,33 @@ describe("the codec", function()
       "procman.copy: cannot encode a function (only nil, booleans, numbers, strings and tables are data) at value.f")
   end)
 
+  it("copies without making the bytes (procman.copy, pm:state(), a guard's table results)", function()
+    local core = require "procman.core"
+    local big = string.rep("x", 16 * 1024 * 1024)
+    local function growth(f)  -- KB the heap grows by while f runs, with the collector stopped
+      collectgarbage()
+      collectgarbage("stop")
+      local before = collectgarbage("count")
+      local result = f()
+      local kb = collectgarbage("count") - before
+      collectgarbage("restart")
+      return kb, result
+    end
+    local kb, copy = growth(function() return procman.copy { s = big, t = { big, 1 } } end)
+    assert.equal(big, copy.t[1])
+    assert.is_true(kb < 64, kb .. " KB")
+    local wf = procman.workflow { name = "w", on = { go = function(state, e) state.s = e.s end } }
+    local pm = wf:new(1)
+    pm:handle { event_type = "go", s = big }
+    kb, copy = growth(function() return pm:state() end)
+    assert.equal(big, copy.s)
+    assert.is_true(kb < 64, kb .. " KB")
+    local results = core.guard(function() return { big } end, 0, 0, core.guard_flags.copy)
+    kb, copy = growth(results)
+    assert.equal(big, copy[1])
+    assert.is_true(kb < 64, kb .. " KB")
+  end)
+
   it("encodes right when a finalizer encodes while it runs (the scratch buffer is not shared)", function()
     local inner = {}
     local function garbage()

@@ -523,6 +523,59 @@ describe("procman.pm", function()
       assert.is_true(history_bytes(pm) < 4096 + 200)
     end)
 
+    it("keeps a large first event as it was encoded: history, undo, replay", function()
+      local pm, first = ring:new("r"), string.rep("x", 100000)  -- past 64 KB
+      pm:handle { event_type = "add", event_id = 1, pad = first }
+      assert.same({ { event_type = "add", event_id = 1, pad = first } }, pm:history())
+      core.undo(pm)
+      assert.same({}, pm:history())
+      assert.same({ n = 0, last = {} }, pm:state())
+      pm:handle { event_type = "add", event_id = 1, pad = first }  -- forgotten: applies
+      assert.same({}, pm:handle { event_type = "add", event_id = 1, pad = first })
+      pm:handle { event_type = "add", event_id = 2, pad = "y" }
+      assert.same({ { event_type = "add", event_id = 1, pad = first },
+                    { event_type = "add", event_id = 2, pad = "y" } }, pm:history())
+      flow.refuses(pm, { event_type = "fail" }, "refused")  -- replayed from both
+      assert.same(expected(2, function(j) return j == 1 and first or "y" end), pm:state())
+    end)
+
+    it("waits sixteen times a state or event of a megabyte or more", function()
+      -- encoding a large state costs a cache miss a key: its snapshots are
+      -- rarer (factor 16, not 4); the log grows ahead to that size at once
+      local big, pad = 1200 * 1000, string.rep("y", 300 * 1000)
+      local pm = ring:new("r")
+      pm:handle { event_type = "add", pad = string.rep("x", big) }
+      -- the version of the flow's snapshot (nil while it has none): decodes
+      -- only the snapshot, not the history
+      local function snapshot_version()
+        local _, base = core.origin(pm)
+        return base and base.n
+      end
+      local i, bytes = 1, big
+      repeat
+        i = i + 1
+        pm:handle { event_type = "add", pad = pad .. i }
+        bytes = bytes + #pad
+      until snapshot_version()
+      assert.equal(i - 1, snapshot_version())  -- taken before the event that crossed
+      assert.is_true(bytes >= 16 * big)                -- not at 4 times the large event
+      assert.is_true(bytes < 2 * 16 * big + 2 * #pad)  -- nor much after 16 times it
+      -- the state (four pads: over a megabyte) is large too: 16 times it again
+      local first, since = snapshot_version(), #pad
+      repeat
+        i = i + 1
+        pm:handle { event_type = "add", pad = pad .. i }
+        since = since + #pad
+      until snapshot_version() ~= first
+      assert.is_true(since >= 16 * 4 * #pad)
+      assert.is_true(since < 2 * 16 * 4 * #pad)
+      assert.same(expected(i, function(j)
+        return j == 1 and string.rep("x", big) or pad .. j
+      end), pm:state())
+      flow.refuses(pm, { event_type = "fail" }, "refused")  -- rebuilt from the snapshot and history
+      assert.equal(i, pm:state().n)
+    end)
+
     it("rebuilds a failed handle from the snapshot and the history since", function()
       local pm = ring:new("r")
       for i = 1, 500 do

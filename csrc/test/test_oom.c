@@ -265,6 +265,35 @@ static void test_snapshot_under_oom(void **state) {
             "assert(not pcall(snap_bad) and snap_snapshot() == before)  -- rebuilt from the snapshot\n");
 }
 
+/*
+** A first event past 64 KB makes the log a Buffer at once, and a log of
+** 64 KB or more grows ahead, at once, when it is nearly full
+** (grow_log_ahead): failing each allocation of every handle() on the way
+** must leave the flow as it was.
+*/
+static void test_log_growing_ahead_under_oom(void **state) {
+  Fixture *f = *state;
+  long i;
+  run(f->L,
+      "local big = procman.workflow{ name = 'big', init = function() return { n = 0 } end,\n"
+      "  on = { add = function(state, event) state.n = state.n + 1; state.last = event.pad end } }\n"
+      "bf = big:new('b1')\n"
+      "local pad_p, pad_q = string.rep('p', 100000), string.rep('q', 4000)  -- made once:\n"
+      "-- string.rep's buffer under a failed allocation raises Lua's own odd message\n"
+      "function big_first()  -- past 64 KB: the scratch buffer becomes the log\n"
+      "  return bf:handle{ event_type = 'add', pad = pad_p }\n"
+      "end\n"
+      "function big_snapshot() return procman.encode{ bf:state(), bf:version(), bf:history() } end\n"
+      "function big_event()\n"
+      "  return bf:handle{ event_type = 'add', pad = pad_q .. bf:version() }\n"
+      "end\n");
+  assert_true(fail_each_allocation(f, "big_first", "big_snapshot") > 0);
+  for (i = 0; i < 30; i++)  /* past its 128 KB: one of them grows the log */
+    assert_true(fail_each_allocation(f, "big_event", "big_snapshot") > 0);
+  run(f->L, "assert(bf:version() == 31 and bf:state().n == 31 and #bf:history() == 31)\n"
+            "assert(bf:history()[31].pad == string.rep('q', 4000) .. 30)");
+}
+
 /* A handler that refuses the event, with allocations failing meanwhile
 ** (in the handler, in the replay that undoes it, anywhere). */
 static void test_refused_event_under_oom(void **state) {
@@ -469,9 +498,11 @@ static void test_engine_step_under_oom(void **state) {
     "{ event_type = 'batch_created', batch_id = 'b9', event_id = 'n', files = { 'a', 'b' } }",
     "{ event_type = 'file_processed', batch_id = 'b2', event_id = 'x', file = { id = 'b', status = 'success' } }",
     "{ event_type = 'file_processed', batch_id = 'b3', event_id = 'y', file = { id = 'b', status = 'success' } }",
+    /* envelopes encoded straight into the outbox's buffer, which grows */
+    "{ event_type = 'batch_created', batch_id = 'b8', files = { 'f1', 'f2', 'f3', 'f4', 'f5', 'f6', 'f7', 'f8' } }",
   };  /* the second keeping one event id, the third three */
   int i;
-  for (i = 0; i < 3; i++) {
+  for (i = 0; i < 4; i++) {
     engine_step_under_oom(*state, 0, events[i]);
     engine_step_under_oom(*state, 1, events[i]);
   }
@@ -843,6 +874,7 @@ int main(void) {
     cmocka_unit_test_setup_teardown(test_handler_allocating_after_a_change, setup, teardown),
     cmocka_unit_test_setup_teardown(test_refused_event_under_oom, setup, teardown),
     cmocka_unit_test_setup_teardown(test_snapshot_under_oom, setup, teardown),
+    cmocka_unit_test_setup_teardown(test_log_growing_ahead_under_oom, setup, teardown),
     cmocka_unit_test_setup_teardown(test_codec_under_oom, setup, teardown),
     cmocka_unit_test_setup_teardown(test_router_handle_under_oom, setup, teardown),
     cmocka_unit_test_setup_teardown(test_journal_buffer_under_oom, setup, teardown),

@@ -70,27 +70,31 @@ local function check_files(files)
   return n
 end
 
-local math_type, type = math.type, type  -- upvalues: no global lookup per file or event
+local type = type  -- an upvalue: no global lookup per file or event
 
 -- The common case of batch_created, in one pass over the pairs of
 -- 'files' (the hot path with a million files: no set of its own, no
 -- second pass): each file goes into 'into' (state.files, empty) as
--- "pending". Returns #files, or nil when the list is not a clean array
--- of distinct non-empty strings: check_files then raises its error
--- (the handler fails, so what went into 'into' is taken back with it).
-local function fill_pending(files, into)
+-- "pending" and, when 'commands' is given, its process_file command into
+-- it. Returns #files, or nil when the list is not a clean array of
+-- distinct non-empty strings whose pairs come in order 1, 2, ... (an
+-- array's: its copy keeps them in the array part): check_files then
+-- raises its error, or finds the list fine after all (a handler that
+-- fails takes back what went into 'into'; 'commands' is then dropped).
+-- The keys are checked by their place (k == i: no math.type call per
+-- file), and the count makes them exactly 1..#files.
+local function fill_pending(files, into, commands)
   if type(files) ~= "table" or next(into) ~= nil then return nil end
-  local n, count = #files, 0
+  local i = 0
   for k, f in next, files do
-    if math_type(k) ~= "integer" or k < 1 or k > n or type(f) ~= "string" or f == ""
-       or into[f] ~= nil then
+    i = i + 1
+    if k ~= i or type(f) ~= "string" or f == "" or into[f] ~= nil then
       return nil
     end
     into[f] = "pending"
-    count = count + 1
+    if commands then commands[i] = { command_type = "process_file", file = f } end
   end
-  -- n distinct keys, each in 1..n: exactly the array 1..n
-  return count == n and n or nil
+  return i == #files and i or nil
 end
 
 -- The retry options of batch_created: max_attempts, file_timeout (nil
@@ -129,24 +133,28 @@ local function batch_created(state, event)
     error("the batch was already created", 0)
   end
   local files = event.files
-  local n = fill_pending(files, state.files)
+  -- the common case (no timeout) has its commands made in the same pass:
+  -- start_attempt's, without a call per file
+  local commands = event.file_timeout == nil and {} or nil
+  local n = fill_pending(files, state.files, commands)
   if n == nil then  -- not the common case: the checks say why, or it is fine after all
     n = check_files(files)
     for i = 1, n do state.files[files[i]] = "pending" end
+    commands = nil
   end
   local max_attempts, file_timeout = check_options(event)
   if max_attempts and max_attempts > 1 then
     state.max_attempts, state.attempts = max_attempts, {}
   end
   state.file_timeout = file_timeout
-  local commands = {}
-  if file_timeout then
+  if commands == nil then
+    commands = {}
     for i = 1, n do
-      start_attempt(state, files[i], 1, commands)
-    end
-  else  -- the common case, without a call per file: start_attempt's commands
-    for i = 1, n do
-      commands[i] = { command_type = "process_file", file = files[i] }
+      if file_timeout then
+        start_attempt(state, files[i], 1, commands)
+      else
+        commands[i] = { command_type = "process_file", file = files[i] }
+      end
     end
   end
   state.pending = n
