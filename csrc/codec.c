@@ -912,6 +912,7 @@ typedef struct Decoder {
   const unsigned char *s;
   size_t len, pos;
   int depth;
+  CodecMemo *memo;  /* strings decoded before, or NULL */
 } Decoder;
 
 static int decode_value(Decoder *d);
@@ -950,10 +951,38 @@ static int read_length(Decoder *d, int width, const char *what, size_t *n) {
   return 1;
 }
 
+/* The memo's slot for the string p[0 .. n): a cheap hash of its length
+** and three of its bytes (what tells apart the keys and values that
+** recur from one command to the next). */
+static unsigned memo_slot(const unsigned char *p, size_t n) {
+  unsigned h = (unsigned)n * 31u;
+  if (n > 0)
+    h += p[0] * 7u + p[n / 2] * 3u + p[n - 1];
+  return h & (CODEC_MEMO_SLOTS - 1);
+}
+
+/* Push the string p[0 .. n) from the memo, or make it and remember it
+** (Lua interns short strings: a memo hit gives the very same value
+** without hashing it and walking the string table). */
+static void push_memo(lua_State *L, CodecMemo *m, const unsigned char *p, size_t n) {
+  unsigned k = memo_slot(p, n);
+  if (m->s[k] != NULL && m->len[k] == n && memcmp(m->s[k], p, n) == 0) {
+    lua_pushvalue(L, m->base + (int)k);
+    return;
+  }
+  lua_pushlstring(L, (const char *)p, n);
+  lua_copy(L, -1, m->base + (int)k);
+  m->s[k] = lua_tostring(L, -1);  /* anchored in the memo's slot */
+  m->len[k] = n;
+}
+
 static int decode_bytes(Decoder *d, size_t n, const char *what) {
   if (!need(d, n, what))
     return 0;
-  lua_pushlstring(d->L, (const char *)d->s + d->pos, n);
+  if (d->memo != NULL && n <= CODEC_MEMO_MAX_LEN)
+    push_memo(d->L, d->memo, d->s + d->pos, n);
+  else
+    lua_pushlstring(d->L, (const char *)d->s + d->pos, n);
   d->pos += n;
   return 1;
 }
@@ -996,21 +1025,48 @@ static int check_key(Decoder *d, size_t at) {
                       t == LUA_TNUMBER ? "NaN" : lua_typename(d->L, t));
 }
 
+/* Is the key at d->pos a fixstr that sorts (bytewise, as the encoder
+** sorts string keys) after the fixstr key at 'prev' (none: (size_t)-1)?
+** Then it differs from every key before it, when those were in order. */
+static int key_after(const Decoder *d, size_t prev) {
+  const unsigned char *a, *b;
+  size_t alen, blen;
+  int c;
+  if (d->pos >= d->len || (d->s[d->pos] & 0xe0) != 0xa0)
+    return 0;
+  blen = d->s[d->pos] & 0x1f;
+  if (d->len - d->pos - 1 < blen)
+    return 0;  /* cut short: decoding it says so */
+  if (prev == (size_t)-1)
+    return 1;
+  a = d->s + prev + 1, alen = d->s[prev] & 0x1f;
+  b = d->s + d->pos + 1;
+  c = memcmp(a, b, alen < blen ? alen : blen);
+  return c < 0 || (c == 0 && alen < blen);
+}
+
 static int decode_map(Decoder *d, size_t start, size_t n) {
   lua_State *L = d->L;
-  size_t i;
+  size_t i, prev = (size_t)-1;
+  int sorted = 1;  /* the keys so far: fixstrs in canonical order */
   if (!check_count(d, start, n, 2, "map"))
     return 0;
   lua_createtable(L, 0, (int)n);
   d->depth++;
   for (i = 0; i < n; i++) {
     size_t at = d->pos;
+    int fresh = sorted && key_after(d, prev);  /* no duplicate: no lookup */
     if (!decode_value(d) || !check_key(d, at))
       return 0;
-    lua_pushvalue(L, -1);
-    if (lua_rawget(L, -3) != LUA_TNIL)
-      return decode_error(d, at, "duplicate map key");
-    lua_pop(L, 1);
+    if (fresh)
+      prev = at;
+    else {
+      sorted = 0;
+      lua_pushvalue(L, -1);
+      if (lua_rawget(L, -3) != LUA_TNIL)
+        return decode_error(d, at, "duplicate map key");
+      lua_pop(L, 1);
+    }
     if (!decode_value(d))
       return 0;
     lua_rawset(L, -3);  /* a nil value just leaves the key absent */
@@ -1115,12 +1171,26 @@ static void decoder_init(Decoder *d, lua_State *L, const char *s, size_t len, si
   d->len = len;
   d->pos = pos;
   d->depth = 0;
+  d->memo = NULL;
 }
 
-int codec_decode(lua_State *L, const char *s, size_t len, size_t *pos) {
+void codec_memo_init(lua_State *L, CodecMemo *m) {
+  int i;
+  luaL_checkstack(L, CODEC_MEMO_SLOTS, "procman: decoding");
+  m->base = lua_gettop(L) + 1;
+  for (i = 0; i < CODEC_MEMO_SLOTS; i++) {
+    lua_pushnil(L);
+    m->s[i] = NULL;
+    m->len[i] = 0;
+  }
+}
+
+/* codec_decode, remembering strings in 'memo' (NULL: none). */
+static int decode_root(lua_State *L, const char *s, size_t len, size_t *pos, CodecMemo *memo) {
   Decoder d;
   int top = lua_gettop(L);
   decoder_init(&d, L, s, len, *pos);
+  d.memo = memo;
   if (d.pos > len)
     return decode_error(&d, d.pos, "start past the end of a %zu-byte input", len);
   if (decode_value(&d)) {
@@ -1132,6 +1202,10 @@ int codec_decode(lua_State *L, const char *s, size_t len, size_t *pos) {
   return 0;
 }
 
+int codec_decode(lua_State *L, const char *s, size_t len, size_t *pos) {
+  return decode_root(L, s, len, pos, NULL);
+}
+
 /*
 ** A map of known keys: the bytes an encoder of this codec writes for a
 ** table with exactly these string keys (a fixmap header, then each key as
@@ -1139,14 +1213,25 @@ int codec_decode(lua_State *L, const char *s, size_t len, size_t *pos) {
 ** followed by its value).  The keys are not decoded: each is compared with
 ** the bytes and the string given for it is used (no interning, no
 ** duplicate check: they are distinct).  Values are decoded as ever, at the
-** depth they have in the map.  0 when the bytes have another shape, or a
-** value does not decode: the caller then goes the generic way (which
-** gives the same value, or the same error).
+** depth they have in the map, and copied to the shape's value slots.  0
+** when the bytes have another shape, or a value does not decode: the
+** caller then goes the generic way (which gives the same value, or the
+** same error).
 */
-static int decode_shaped(Decoder *d, int keys, int nkeys) {
+void codec_shape_init(lua_State *L, CodecShape *shape, int keys, int nkeys) {
+  int i;
+  shape->keys = keys;
+  shape->nkeys = nkeys;
+  shape->values = 0;
+  shape->memo = NULL;
+  for (i = 0; i < nkeys && i < CODEC_SHAPE_MAX_KEYS; i++)
+    shape->name[i] = lua_tolstring(L, keys + i, &shape->name_len[i]);
+}
+
+static int decode_shaped(Decoder *d, CodecShape *shape) {
   lua_State *L = d->L;
-  int i, t;
-  if (nkeys > 15 || d->pos >= d->len || d->s[d->pos] != (0x80 | nkeys))
+  int i, t, nkeys = shape->nkeys;
+  if (nkeys > CODEC_SHAPE_MAX_KEYS || d->pos >= d->len || d->s[d->pos] != (0x80 | nkeys))
     return 0;
   d->pos++;
   luaL_checkstack(L, 4, "procman: decoding a map");
@@ -1154,31 +1239,56 @@ static int decode_shaped(Decoder *d, int keys, int nkeys) {
   t = lua_gettop(L);
   d->depth = 1;  /* the values are inside the map */
   for (i = 0; i < nkeys; i++) {
-    size_t klen;
-    const char *k = lua_tolstring(L, keys + i, &klen);
+    size_t klen = shape->name_len[i];
     if (klen > 31 || d->len - d->pos <= klen || d->s[d->pos] != (0xa0 | klen) ||
-        memcmp(d->s + d->pos + 1, k, klen) != 0)
+        memcmp(d->s + d->pos + 1, shape->name[i], klen) != 0)
       return 0;
     d->pos += klen + 1;
-    lua_pushvalue(L, keys + i);
+    lua_pushvalue(L, shape->keys + i);
+    shape->value_at[i] = d->pos;
     if (!decode_value(d))
       return 0;
+    shape->value_end[i] = d->pos;
+    if (shape->values != 0)
+      lua_copy(L, -1, shape->values + i);
     lua_rawset(L, t);  /* a nil value just leaves the key absent */
   }
   return 1;
 }
 
+/* The shape's value slots from the decoded value at the top (nil for a
+** key it lacks, all nil when it is not a table). */
+static void fill_values(lua_State *L, const CodecShape *shape) {
+  int i, table = lua_type(L, -1) == LUA_TTABLE;
+  for (i = 0; i < shape->nkeys; i++) {
+    if (table) {
+      lua_pushvalue(L, shape->keys + i);
+      lua_rawget(L, -2);
+    }
+    else
+      lua_pushnil(L);
+    lua_replace(L, shape->values + i);
+  }
+}
+
 int codec_decode_shaped(lua_State *L, const char *s, size_t len, size_t *pos,
-                        int keys, int nkeys) {
+                        CodecShape *shape) {
   Decoder d;
-  int top = lua_gettop(L);
+  int i, top = lua_gettop(L);
   decoder_init(&d, L, s, len, *pos);
-  if (decode_shaped(&d, keys, nkeys)) {
+  d.memo = shape->memo;
+  if (decode_shaped(&d, shape)) {
     *pos = d.pos;
     return 1;
   }
   lua_settop(L, top);
-  return codec_decode(L, s, len, pos);
+  for (i = 0; i < shape->nkeys && i < CODEC_SHAPE_MAX_KEYS; i++)
+    shape->value_at[i] = (size_t)-1;
+  if (!decode_root(L, s, len, pos, shape->memo))
+    return 0;
+  if (shape->values != 0)
+    fill_values(L, shape);
+  return 1;
 }
 
 /* ===================================================================
@@ -1351,6 +1461,25 @@ size_t codec_skip(const char *s, size_t len, size_t pos) {
   c.len = len;
   c.pos = pos;
   return pos < len && cursor_skip(&c) ? c.pos : 0;
+}
+
+int codec_find_field(const char *s, size_t len, size_t pos, const char *key,
+                     size_t *at, size_t *end) {
+  Cursor c, v;
+  int found;
+  c.s = v.s = (const unsigned char *)s;
+  c.len = v.len = len;
+  c.pos = pos;
+  if (pos >= len)
+    return -1;
+  found = cursor_find(&c, key, &v.pos);
+  if (found <= 0)
+    return found;
+  *at = v.pos;
+  if (!cursor_skip(&v))
+    return -1;
+  *end = v.pos;
+  return 1;
 }
 
 int codec_push_field(lua_State *L, const char *s, size_t len, size_t *pos, const char *key) {

@@ -60,16 +60,56 @@ int codec_encode_snapshot(lua_State *L, int idx, int bidx, const char *root);
 int codec_decode(lua_State *L, const char *s, size_t len, size_t *pos);
 
 /*
-** codec_decode for a map whose string keys are known: the 'nkeys' (at most
-** 15) strings at stack indices keys .. keys + nkeys - 1, each shorter than
-** 32 bytes, in the canonical order (as the encoder writes them).  Bytes of
-** that shape are decoded without decoding, interning or checking the keys
-** again (a pending command's envelope, decoded for each dispatch); any
-** other bytes go through codec_decode: the result, or the error, is
-** always exactly codec_decode's.
+** A memo of strings decoded before, for a run of decodes whose values
+** share strings (the keys and most values of one command after another):
+** a string found in it is pushed from there, without hashing and looking
+** it up in Lua's string table (which, large, costs cache misses).  The
+** same string results either way: a memo changes the cost, never the
+** value.  Its strings are anchored in CODEC_MEMO_SLOTS stack slots that
+** codec_memo_init pushes (nil): leave them there while the memo is used.
+*/
+#define CODEC_MEMO_SLOTS 32
+#define CODEC_MEMO_MAX_LEN 40  /* longer strings are not remembered */
+typedef struct CodecMemo {
+  int base;                             /* the first slot's stack index */
+  const char *s[CODEC_MEMO_SLOTS];      /* each slot's string, or NULL */
+  size_t len[CODEC_MEMO_SLOTS];
+} CodecMemo;
+
+void codec_memo_init(lua_State *L, CodecMemo *m);
+
+/* A map whose string keys are known, for codec_decode_shaped. */
+#define CODEC_SHAPE_MAX_KEYS 15
+typedef struct CodecShape {
+  int keys;         /* stack index of the first key */
+  int nkeys;        /* at most 15, each shorter than 32 bytes, in canonical order */
+  int values;       /* stack index of 'nkeys' slots for the values (0: none) */
+  CodecMemo *memo;  /* strings decoded before (NULL: none) */
+  const char *name[CODEC_SHAPE_MAX_KEYS];  /* the keys' bytes (set by codec_shape_init) */
+  size_t name_len[CODEC_SHAPE_MAX_KEYS];
+  /* Set by codec_decode_shaped: where each value's bytes are in the input,
+  ** [at, end); at (size_t)-1 when not known (bytes of another shape). */
+  size_t value_at[CODEC_SHAPE_MAX_KEYS], value_end[CODEC_SHAPE_MAX_KEYS];
+} CodecShape;
+
+/* A shape of the 'nkeys' strings at stack indices keys .., which stay
+** there while it is used; no value slots, no memo (set them after). */
+void codec_shape_init(lua_State *L, CodecShape *shape, int keys, int nkeys);
+
+/*
+** codec_decode for a map whose string keys are known: the shape's keys,
+** strings at stack indices keys .. keys + nkeys - 1, in the canonical
+** order (as the encoder writes them).  Bytes of that shape are decoded
+** without decoding, interning or checking the keys again (a pending
+** command's envelope, decoded for each dispatch); any other bytes go
+** through codec_decode: the result, or the error, is always exactly
+** codec_decode's.  On success, with 'values', the value under each key is
+** also copied to its slot (nil when the key is absent or the result is
+** not a table), so that the caller need not look them up; value_at and
+** value_end tell where each value's bytes were.
 */
 int codec_decode_shaped(lua_State *L, const char *s, size_t len, size_t *pos,
-                        int keys, int nkeys);
+                        CodecShape *shape);
 
 /*
 ** codec_encode ('copy' 0) or codec_encode_copy ('copy' 1), also telling
@@ -95,6 +135,13 @@ size_t codec_skip(const char *s, size_t len, size_t pos);
 ** when it has none, or is not a map); 1, or 0 with *pos unchanged and,
 ** when decoding failed, an error message pushed. */
 int codec_push_field(lua_State *L, const char *s, size_t len, size_t *pos, const char *key);
+
+/* Where the value under string key 'key' of the map at s[pos .. len) is:
+** 1 and its bytes at [*at, *end); 0 when the map has no such key (or the
+** value there is not a map); -1 when the bytes are malformed.  Allocates
+** nothing. */
+int codec_find_field(const char *s, size_t len, size_t pos, const char *key,
+                     size_t *at, size_t *end);
 
 /* Is s[0 .. n) strict UTF-8 (the encoder then writes a str, else a bin)? */
 int codec_utf8_valid(const unsigned char *s, size_t n);

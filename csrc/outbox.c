@@ -103,6 +103,13 @@ static Slot *slot_at(lua_State *L, int box, Outbox *o, lua_Integer place) {
   return (Slot *)b->data + (place - o->base);
 }
 
+/* The slots, from base to tail (valid until the next allocation). */
+static Slot *slots_of(lua_State *L, int box) {
+  Buffer *b = push_buffer(L, box, UV_SLOTS);
+  lua_pop(L, 1);
+  return (Slot *)b->data;
+}
+
 /* Move the storage down past the dead front once that is at least half
 ** of it (amortised O(1) per command).  Allocates nothing. */
 static void compact(lua_State *L, int box, Outbox *o) {
@@ -314,7 +321,7 @@ static void emptied(lua_State *L, int box, Outbox *o) {
 */
 static void forget(lua_State *L, int box, lua_Integer place, int id) {
   Outbox *o = (Outbox *)lua_touserdata(L, box);
-  Slot *s = slot_at(L, box, o, place);
+  Slot *slots = slots_of(L, box), *s = slots + (place - o->base);
   if (s->len == DEFERRED) {
     lua_getiuservalue(L, box, UV_DEFERRED);
     lua_pushnil(L);
@@ -333,8 +340,8 @@ static void forget(lua_State *L, int box, lua_Integer place, int id) {
     emptied(L, box, o);
     return;
   }
-  if (place == o->head)
-    while (o->head <= o->tail && slot_at(L, box, o, o->head)->len == ACKED)
+  if (place == o->head)  /* (nothing above allocates: 'slots' is still valid) */
+    while (o->head <= o->tail && slots[o->head - o->base].len == ACKED)
       o->head++;
 }
 
@@ -469,27 +476,26 @@ static int outbox_undefer(lua_State *L) {
 ** =================================================================== */
 
 /*
-** Decode the envelope of the pending command at 'place' (the envelope's
-** keys at 'keys'); its id is checked to be a string.  1, or 0 with a
-** message pushed.
+** Decode the envelope of the pending command in slot 's' (the outbox at
+** 'box'), as 'shape' says (the envelope's keys).  Its bytes (valid until
+** the next allocation), or NULL with a message pushed.
 */
-static int push_envelope(lua_State *L, int box, Outbox *o, lua_Integer place, int keys) {
-  Slot *s = slot_at(L, box, o, place);
+static const char *push_envelope(lua_State *L, int box, const Slot *s, CodecShape *shape) {
   size_t len, pos = 0;
   const char *p;
   if (s->len == DEFERRED) {
     lua_pushliteral(L, "deferred (recovery is running)");
-    return 0;
+    return NULL;
   }
   p = bytes_of(L, box, s, &len);
-  if (!codec_decode_shaped(L, p, len, &pos, keys, OUTBOX_ENVELOPE_KEYS))
-    return 0;
+  if (!codec_decode_shaped(L, p, len, &pos, shape))
+    return NULL;
   if (pos != len || lua_type(L, -1) != LUA_TTABLE) {
     lua_pop(L, 1);
     lua_pushstring(L, pos != len ? "bytes left over" : "not an envelope");
-    return 0;
+    return NULL;
   }
-  return 1;
+  return p;
 }
 
 /* Push the envelope's keys (from the upvalues); returns the first's index. */
@@ -511,14 +517,18 @@ static int undecodable(lua_State *L, Outbox *o, lua_Integer place) {
 static int outbox_list(lua_State *L) {
   Outbox *o = outbox_check(L, 1);
   lua_Integer place, n = 0;
-  int keys;
+  CodecMemo memo;
+  CodecShape shape;
   lua_settop(L, 1);
   lua_createtable(L, (int)(o->count < 1024 ? o->count : 1024), 0);  /* 2 */
-  keys = push_keys(L);
+  codec_shape_init(L, &shape, push_keys(L), OUTBOX_ENVELOPE_KEYS);
+  codec_memo_init(L, &memo);
+  shape.memo = &memo;
   for (place = o->head; place <= o->tail; place++) {
-    if (slot_at(L, 1, o, place)->len == ACKED)
+    Slot *s = slot_at(L, 1, o, place);
+    if (s->len == ACKED)
       continue;
-    if (!push_envelope(L, 1, o, place, keys))
+    if (push_envelope(L, 1, s, &shape) == NULL)
       return undecodable(L, o, place);
     lua_rawseti(L, 2, ++n);
   }
@@ -587,31 +597,210 @@ static int plain_router(lua_State *L, int router) {
   return plain;
 }
 
+/* An ack record { id = id } whose id is a str of up to 255 bytes. */
+#define ACK_SMALL (4 + 2 + 255)
+
+/* Are p[0 .. n) what core.encode writes for a string: a str, in its
+** shortest form, of valid UTF-8 (up to 255 bytes)? */
+static int canonical_str(const unsigned char *p, size_t n) {
+  size_t len, head;
+  if (n >= 1 && (p[0] & 0xe0) == 0xa0)
+    len = p[0] & 0x1f, head = 1;
+  else if (n >= 2 && p[0] == 0xd9 && p[1] >= 32)
+    len = p[1], head = 2;
+  else
+    return 0;
+  return head + len == n && codec_utf8_valid(p + head, len);
+}
+
+/* The ack record { id = id } in 'out' (ACK_SMALL bytes), made from the
+** id's encoded bytes p[0 .. n) (an envelope's) when they are canonical:
+** its length, else 0 (the record is then encoded: see append_ack). */
+static size_t small_record(char *out, const char *p, size_t n) {
+  if (n > ACK_SMALL - 4 || !canonical_str((const unsigned char *)p, n))
+    return 0;
+  memcpy(out, "\x81\xa2" "id", 4);
+  memcpy(out + 4, p, n);
+  return 4 + n;
+}
+
 /*
-** The dispatch's own ack of the command at 'place' (its id at 'id'): its
-** record { id = id } appended to the router's journal when it has one
-** (the bytes core.encode would give, made in the buffer at 'buf'), then
-** the outbox forgets it (allocating nothing: it cannot fail once the
-** journal has the record).  1, or 0 with the journal's message pushed.
+** Append the ack record of the id at stack index 'id' to the journal at
+** 'journal': record[0 .. n) when made (n > 0), else encoded now.  Its type
+** is checked unless it is the value at 'checked' (which then becomes
+** it; 0: none).  1, or 0 with the journal's message pushed.
 */
-static int ack(lua_State *L, int router, lua_Integer place, int id, int buf) {
-  if (router_field(L, router, R_JOURNAL) == LUA_TUSERDATA) {
-    int journal = lua_gettop(L);
-    buffer_at(L, buf)->len = 0;
-    if (!outbox_ack_record(L, id, buf))
+static int append_ack(lua_State *L, int journal, int id, const char *record, size_t n,
+                      int checked) {
+  if (n == 0) {
+    buffer_new(L, 64);
+    if (!outbox_ack_record(L, id, lua_gettop(L)))
       lua_error(L);  /* (an id is a string: never) */
-    if (!journal_lua_append_at(L, journal, RECORD_ACK, buffer_at(L, buf)->data,
-                               buffer_at(L, buf)->len))
-      return 0;
+    record = buffer_at(L, -1)->data, n = buffer_at(L, -1)->len;
   }
-  lua_pop(L, 1);
+  if (checked != 0 && lua_rawequal(L, journal, checked))
+    return journal_lua_append_known(L, journal, RECORD_ACK, record, n);
+  if (!journal_lua_append_at(L, journal, RECORD_ACK, record, n))
+    return 0;
+  if (checked != 0)
+    lua_copy(L, journal, checked);
+  return 1;
+}
+
+/* The ack record of the pending command at 'place' in 'out', from the
+** id's bytes in its envelope: its length, or 0 (see small_record). */
+static size_t envelope_record(lua_State *L, int box, lua_Integer place, char *out) {
+  Slot *s = slot_at(L, box, (Outbox *)lua_touserdata(L, box), place);
+  size_t len, at, end;
+  const char *p;
+  if (s->len == DEFERRED)
+    return 0;
+  p = bytes_of(L, box, s, &len);
+  if (codec_find_field(p, len, 0, "id", &at, &end) != 1)
+    return 0;
+  return small_record(out, p + at, end - at);
+}
+
+/*
+** outbox:ack(id, router) -> true, or nil, message: r:ack's work for an
+** open router without hooks (as the dispatch's own acks): the record
+** { id = id } appended to router.journal, if any (made from the id's
+** bytes in the envelope), then the command forgotten.  false when it is
+** not for this function: the id is not pending, or the router has hooks
+** or is closed (r:ack then goes its Lua way, which raises or calls them).
+*/
+static int outbox_ack(lua_State *L) {
+  lua_Integer place;
+  check_idle(L, 1);
+  luaL_checktype(L, 3, LUA_TTABLE);
+  lua_settop(L, 3);
+  if (lua_type(L, 2) != LUA_TSTRING || !plain_router(L, 3) || (place = place_of(L, 1, 2)) == 0) {
+    lua_pushboolean(L, 0);
+    return 1;
+  }
+  if (router_field(L, 3, R_JOURNAL) == LUA_TUSERDATA) {  /* 4 */
+    char record[ACK_SMALL];
+    size_t n = envelope_record(L, 1, place, record);
+    if (!append_ack(L, 4, 2, record, n, 0)) {
+      lua_pushnil(L);
+      lua_pushfstring(L, "procman.router: %s", lua_tostring(L, -2));
+      return 2;
+    }
+  }
+  forget(L, 1, place, 2);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* A dispatch's state, and the stack slots it keeps. */
+typedef struct Dispatch {
+  Outbox *o;
+  int router;     /* the router table, or 0 */
+  int journaled;  /* the router had a journal when the dispatch began */
+  int journal;    /* the journal that took the last ack record (checked), or nil */
+  int values;     /* the current envelope's command, flow, id, workflow */
+  int top;        /* the stack's height between commands */
+  size_t record_len;         /* the current command's ack record (0: not made) */
+  char record[ACK_SMALL];
+  CodecMemo memo;
+  CodecShape shape;
+} Dispatch;
+
+/* The id's place among the envelope's keys. */
+#define ID_KEY 2
+
+/* The ack record of the envelope just decoded from 'p', from the id's
+** bytes there (no encoding again). */
+static void prepare_record(Dispatch *d, const char *p) {
+  size_t at = d->shape.value_at[ID_KEY];
+  d->record_len = 0;
+  if (d->journaled && at != (size_t)-1)
+    d->record_len = small_record(d->record, p + at, d->shape.value_end[ID_KEY] - at);
+}
+
+/*
+** The dispatch's own ack of the command at 'place': its record { id = id }
+** appended to the router's journal when it has one (the bytes core.encode
+** would give), then the outbox forgets it (allocating nothing: it cannot
+** fail once the journal has the record).  1, or 0 with the journal's
+** message pushed.
+*/
+static int ack(lua_State *L, Dispatch *d, lua_Integer place) {
+  int id = d->values + ID_KEY;
+  if (router_field(L, d->router, R_JOURNAL) == LUA_TUSERDATA &&
+      !append_ack(L, lua_gettop(L), id, d->record, d->record_len, d->journal))
+    return 0;
+  lua_settop(L, d->top);
   forget(L, 1, place, id);
   return 1;
 }
 
-/* Is the command at 'place' still pending? */
-static int is_pending(lua_State *L, int box, Outbox *o, lua_Integer place) {
-  return place >= o->head && place <= o->tail && slot_at(L, box, o, place)->len != ACKED;
+/* The slot of the command at 'place' if it is still pending, else NULL
+** (valid until the next allocation). */
+static Slot *pending_slot(lua_State *L, int box, Outbox *o, lua_Integer place) {
+  Slot *s;
+  if (place < o->head || place > o->tail)
+    return NULL;
+  s = slots_of(L, box) + (place - o->base);
+  return s->len == ACKED ? NULL : s;
+}
+
+/*
+** Decode the envelope at 'place', still pending, and its ack record; push
+** the envelope (its values in d->values ..).  1, or 0 with a message
+** pushed; -1 when the command is not pending any more.
+*/
+static int decode_one(lua_State *L, Dispatch *d, lua_Integer place) {
+  Slot *s = pending_slot(L, 1, d->o, place);
+  const char *p;
+  if (s == NULL)
+    return -1;
+  p = push_envelope(L, 1, s, &d->shape);
+  if (p == NULL)
+    return 0;
+  prepare_record(d, p);
+  return 1;
+}
+
+/*
+** Hand the command at 'place' to fn (at 2), then ack it.  1 to go on, 0
+** to stop with count and a message pushed, -1: not pending any more.
+*/
+static int dispatch_one(lua_State *L, Dispatch *d, lua_Integer place, lua_Integer count) {
+  int pending, decoded = decode_one(L, d, place);
+  if (decoded < 0)
+    return -1;
+  if (decoded == 0)
+    return undecodable(L, d->o, place);
+  lua_pushvalue(L, 2);  /* fn(command, envelope) */
+  lua_pushvalue(L, d->values);
+  lua_rotate(L, -3, -1);
+  if (lua_pcall(L, 2, 0, 0) != LUA_OK) {
+    lua_pushinteger(L, count);
+    lua_insert(L, -2);
+    return 0;
+  }
+  pending = pending_slot(L, 1, d->o, place) != NULL;
+  if (pending && plain_router(L, d->router)) {
+    if (!ack(L, d, place)) {
+      lua_pushinteger(L, count);
+      lua_pushfstring(L, "procman.router: %s", lua_tostring(L, -2));
+      return 0;
+    }
+  }
+  else {
+    lua_pushvalue(L, 3);  /* after(id, pending) */
+    lua_pushvalue(L, d->values + ID_KEY);
+    lua_pushboolean(L, pending);
+    lua_call(L, 2, 2);
+    if (!lua_toboolean(L, -2)) {
+      lua_pushinteger(L, count);
+      lua_insert(L, -2);
+      return 0;
+    }
+  }
+  lua_settop(L, d->top);
+  return 1;
 }
 
 /*
@@ -625,63 +814,40 @@ static int is_pending(lua_State *L, int box, Outbox *o, lua_Integer place) {
 ** meanwhile), which returns true to go on or nil, message to stop there.
 ** Stops at fn's first error.  The envelopes are found by their places:
 ** one that fn acked is passed over, one that fn emitted (it handled an
-** event) has a later place and waits for the next call.
+** event) has a later place and waits for the next call.  The strings of
+** one envelope recur in the next (keys, types, the workflow, often the
+** flow): a memo shares them across the decodes.
 */
 static int outbox_dispatch(lua_State *L) {
-  Outbox *o = check_idle(L, 1);
+  Dispatch d;
   lua_Integer place, tail, count = 0;
-  int router = 0, keys, buf, id;
+  d.o = check_idle(L, 1);
+  d.router = 0;
   luaL_checktype(L, 2, LUA_TFUNCTION);
   luaL_checktype(L, 3, LUA_TFUNCTION);
   if (!lua_isnoneornil(L, 4)) {
     luaL_checktype(L, 4, LUA_TTABLE);
-    router = 4;
+    d.router = 4;
   }
-  lua_settop(L, 4);
-  buffer_new(L, 64);  /* an ack record */
-  buf = lua_gettop(L);
-  keys = push_keys(L);
-  id = lua_gettop(L) + 1;
-  tail = o->tail;
-  for (place = o->head; place <= tail; place++) {
-    int pending;
-    if (!is_pending(L, 1, o, place))  /* acked meanwhile */
-      continue;
-    if (!push_envelope(L, 1, o, place, keys))
-      return undecodable(L, o, place);
-    lua_pushvalue(L, keys + 2);  /* "id" */
-    lua_rawget(L, -2);
-    lua_insert(L, id);  /* id, envelope */
-    lua_pushvalue(L, 2);  /* fn(command, envelope) */
-    lua_pushvalue(L, keys);
-    lua_rawget(L, id + 1);
-    lua_pushvalue(L, id + 1);
-    if (lua_pcall(L, 2, 0, 0) != LUA_OK) {
-      lua_pushinteger(L, count);
-      lua_insert(L, -2);
+  lua_settop(L, 5);  /* 5: the journal that took the last ack record */
+  d.journal = 5;
+  /* (a router never gains a journal: without one now, no ack record) */
+  d.journaled = d.router != 0 && router_field(L, d.router, R_JOURNAL) != LUA_TNIL;
+  lua_settop(L, 5);
+  codec_shape_init(L, &d.shape, push_keys(L), OUTBOX_ENVELOPE_KEYS);
+  codec_memo_init(L, &d.memo);
+  d.shape.memo = &d.memo;
+  luaL_checkstack(L, OUTBOX_ENVELOPE_KEYS + 8, "procman.outbox");
+  d.shape.values = d.values = lua_gettop(L) + 1;
+  d.top = d.values + OUTBOX_ENVELOPE_KEYS - 1;
+  lua_settop(L, d.top);
+  tail = d.o->tail;
+  for (place = d.o->head; place <= tail; place++) {
+    int went = dispatch_one(L, &d, place, count);
+    if (went == 0)
       return 2;
-    }
-    pending = is_pending(L, 1, o, place);
-    if (pending && plain_router(L, router)) {
-      if (!ack(L, router, place, id, buf)) {
-        lua_pushinteger(L, count);
-        lua_pushfstring(L, "procman.router: %s", lua_tostring(L, -2));
-        return 2;
-      }
-    }
-    else {
-      lua_pushvalue(L, 3);  /* after(id, pending) */
-      lua_pushvalue(L, id);
-      lua_pushboolean(L, pending);
-      lua_call(L, 2, 2);
-      if (!lua_toboolean(L, -2)) {
-        lua_pushinteger(L, count);
-        lua_insert(L, -2);
-        return 2;
-      }
-    }
-    count++;
-    lua_settop(L, id - 1);
+    if (went > 0)
+      count++;
   }
   lua_pushinteger(L, count);
   return 1;
@@ -714,6 +880,7 @@ static const luaL_Reg methods[] = {
   { "encoded", outbox_encoded },
   { "size", outbox_size },
   { "dispatch", outbox_dispatch },
+  { "ack", outbox_ack },
   { NULL, NULL }
 };
 

@@ -115,12 +115,14 @@ static int core_decode(lua_State *L) {
 static int core_decode_envelope(lua_State *L) {
   size_t len, pos = 0;
   const char *s = luaL_checklstring(L, 1, &len);
+  CodecShape shape;
   int i, ok;
   lua_settop(L, 1);
   luaL_checkstack(L, OUTBOX_ENVELOPE_KEYS, "procman.decode");
   for (i = 1; i <= OUTBOX_ENVELOPE_KEYS; i++)
     lua_pushvalue(L, lua_upvalueindex(i));
-  ok = codec_decode_shaped(L, s, len, &pos, 2, OUTBOX_ENVELOPE_KEYS);
+  codec_shape_init(L, &shape, 2, OUTBOX_ENVELOPE_KEYS);
+  ok = codec_decode_shaped(L, s, len, &pos, &shape);
   return decoded(L, ok, pos, len);
 }
 

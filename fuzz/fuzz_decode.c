@@ -49,30 +49,41 @@ static int encode_top(lua_State *L) {
 }
 
 /* codec_decode_shaped with an envelope's keys on s: the same as the
-** generic decode at stack index 3 (ok 1: a value, 0: a message). */
+** generic decode at stack index 3 (ok 1: a value, 0: a message), without
+** a memo, then twice with one (cold, then warm). */
 static void check_shaped(lua_State *L, const char *s, size_t size, int ok, size_t pos) {
   static const char *const keys[] = { "command", "flow", "id", "workflow" };
-  size_t pos2 = 0, len1, len2;
-  const char *a, *b;
-  int i, top = lua_gettop(L);
+  CodecMemo memo;
+  CodecShape shape;
+  int i, round, base, top = lua_gettop(L);
   for (i = 0; i < 4; i++)
     lua_pushstring(L, keys[i]);
-  if (codec_decode_shaped(L, s, size, &pos2, top + 1, 4) != ok || pos2 != pos)
-    abort();
-  if (ok) {  /* compare the values by their canonical bytes */
-    int shaped = lua_gettop(L);
-    if (!encode_top(L))  /* shaped + 1 */
+  codec_memo_init(L, &memo);
+  base = lua_gettop(L);
+  for (round = 0; round < 3; round++) {
+    size_t pos2 = 0, len1, len2;
+    const char *a, *b;
+    codec_shape_init(L, &shape, top + 1, 4);
+    if (round > 0)
+      shape.memo = &memo;
+    if (codec_decode_shaped(L, s, size, &pos2, &shape) != ok || pos2 != pos)
       abort();
-    lua_pushvalue(L, 3);
-    if (!encode_top(L))  /* shaped + 3 */
+    if (ok) {  /* compare the values by their canonical bytes */
+      int shaped = lua_gettop(L);
+      if (!encode_top(L))  /* shaped + 1 */
+        abort();
+      lua_pushvalue(L, 3);
+      if (!encode_top(L))  /* shaped + 3 */
+        abort();
+      a = lua_tolstring(L, shaped + 1, &len1);
+      b = lua_tolstring(L, shaped + 3, &len2);
+      if (len1 != len2 || memcmp(a, b, len1) != 0)
+        abort();
+    }
+    else if (strcmp(lua_tostring(L, 3), lua_tostring(L, -1)) != 0)
       abort();
-    a = lua_tolstring(L, shaped + 1, &len1);
-    b = lua_tolstring(L, shaped + 3, &len2);
-    if (len1 != len2 || memcmp(a, b, len1) != 0)
-      abort();
+    lua_settop(L, base);
   }
-  else if (strcmp(lua_tostring(L, 3), lua_tostring(L, -1)) != 0)
-    abort();
   lua_settop(L, top);
 }
 

@@ -410,6 +410,22 @@ static void test_lengths_beyond_input(void **state) {
 static void test_bad_keys(void **state) {
   lua_State *L = *state;
   assert_decode_fails(L, "\x82\xa1\x61\x01\xa1\x61\x02", 7, "duplicate map key at byte 4");
+  /* keys in canonical order need no lookup: a duplicate after them, or
+  ** out of order, or written otherwise (str8, bin) is still found */
+  assert_decode_fails(L, "\x83\xa1\x61\x01\xa1\x62\x02\xa1\x61\x03", 10, "duplicate map key at byte 7");
+  assert_decode_fails(L, "\x83\xa1\x62\x01\xa1\x61\x02\xa1\x62\x03", 10, "duplicate map key at byte 7");
+  assert_decode_fails(L, "\x82\xa1\x61\x01\xd9\x01\x61\x02", 8, "duplicate map key at byte 4");
+  assert_decode_fails(L, "\x82\xa1\x61\x01\xc4\x01\x61\x02", 8, "duplicate map key at byte 4");
+  assert_decode_fails(L, "\x83\xa1\x61\x01\xa2\x61\x62\x02\xa2\x61\x62\x03", 12, "duplicate map key at byte 8");
+  assert_decode_fails(L, "\x83\x01\x01\xa1\x61\x02\xa1\x61\x03", 9, "duplicate map key at byte 6");
+  assert_decode_fails(L, "\x82\xa0\x01\xa0\x02", 5, "duplicate map key at byte 3");
+  {  /* a key cut short after one in order: nothing read past the input (ASan) */
+    char *cut = malloc(7);
+    assert_non_null(cut);
+    memcpy(cut, "\x82\xa1\x61\x01\xa5\x61\x62", 7);
+    assert_decode_fails(L, cut, 7, "input ends inside a str");
+    free(cut);
+  }
   assert_decode_fails(L, "\x81\xc0\x01", 3, "map key nil is not allowed at byte 1");
   assert_decode_fails(L, "\x81\xcb\x7f\xf8\x00\x00\x00\x00\x00\x00\x01", 11, "map key NaN");
   assert_decode_fails(L, "\x81\x90\x01", 3, "map key table is not allowed");
@@ -608,35 +624,82 @@ static void push_envelope_keys(lua_State *L) {
   lua_pushliteral(L, "workflow");
 }
 
+/* The values at stack indices a and b have the same canonical bytes. */
+static void assert_same_bytes(lua_State *L, int a, int b) {
+  int top = lua_gettop(L);
+  Buffer *x, *y;
+  a = lua_absindex(L, a), b = lua_absindex(L, b);
+  buffer_new(L, 0);
+  buffer_new(L, 0);
+  assert_int_equal(codec_encode(L, a, top + 1, "v"), 1);
+  assert_int_equal(codec_encode(L, b, top + 2, "v"), 1);
+  x = buffer_at(L, top + 1), y = buffer_at(L, top + 2);
+  assert_int_equal(x->len, y->len);
+  assert_memory_equal(x->data, y->data, x->len);
+  lua_settop(L, top);
+}
+
+/* The shape's value slots hold the decoded map's values (the very same
+** Lua values), and its value_at .. value_end, when known, are where each
+** value's bytes are in s. */
+static void assert_shape_values(lua_State *L, const CodecShape *shape, int map,
+                                const char *s) {
+  int i;
+  for (i = 0; i < shape->nkeys; i++) {
+    if (lua_istable(L, map)) {
+      lua_pushvalue(L, shape->keys + i);
+      lua_rawget(L, map);
+    }
+    else
+      lua_pushnil(L);
+    assert_true(lua_rawequal(L, -1, shape->values + i));
+    lua_pop(L, 1);
+    if (shape->value_at[i] != (size_t)-1) {
+      size_t pos = shape->value_at[i];
+      assert_int_equal(codec_decode(L, s, shape->value_end[i], &pos), 1);
+      assert_int_equal(pos, shape->value_end[i]);
+      assert_same_bytes(L, -1, shape->values + i);
+      lua_pop(L, 1);
+    }
+  }
+}
+
 /* codec_decode_shaped gives exactly codec_decode's result on s[0 .. n):
 ** the same return, position, stack height, and the same value (by its
-** canonical bytes) or the same message. Keys at 1 .. 4; the stack is left
-** at 4. */
+** canonical bytes) or the same message; without a memo, then twice with
+** one (cold and warm), giving the values too. Keys at 1 .. 4; the stack
+** is left at 4. */
 static void assert_shaped_is_generic(lua_State *L, const char *s, size_t n) {
-  size_t pos1 = 0, pos2 = 0;
-  int ok1, ok2;
+  CodecMemo memo;
+  CodecShape shape;
+  int round, values, base;
   lua_settop(L, 4);
-  ok1 = codec_decode(L, s, n, &pos1);       /* 5 */
-  ok2 = codec_decode_shaped(L, s, n, &pos2, 1, 4);  /* 6 */
-  assert_int_equal(ok1, ok2);
-  assert_int_equal(pos1, pos2);
-  assert_int_equal(lua_gettop(L), 6);
-  if (ok1) {
-    const char *a, *b;
-    size_t na, nb;
-    buffer_new(L, 0);  /* 7 */
-    buffer_new(L, 0);  /* 8 */
-    assert_int_equal(codec_encode(L, 5, 7, "v"), 1);
-    assert_int_equal(codec_encode(L, 6, 8, "v"), 1);
-    a = buffer_at(L, 7)->data, na = buffer_at(L, 7)->len;
-    b = buffer_at(L, 8)->data, nb = buffer_at(L, 8)->len;
-    assert_int_equal(na, nb);
-    assert_memory_equal(a, b, na);
-    if (lua_istable(L, 5))
-      assert_false(lua_rawequal(L, 5, 6));  /* two tables, not one */
+  codec_memo_init(L, &memo);
+  values = lua_gettop(L) + 1;
+  base = values + 3;
+  lua_settop(L, base);
+  for (round = 0; round < 3; round++) {
+    size_t pos1 = 0, pos2 = 0;
+    int ok1, ok2;
+    codec_shape_init(L, &shape, 1, 4);
+    if (round > 0)
+      shape.memo = &memo, shape.values = values;
+    ok1 = codec_decode(L, s, n, &pos1);              /* base + 1 */
+    ok2 = codec_decode_shaped(L, s, n, &pos2, &shape);  /* base + 2 */
+    assert_int_equal(ok1, ok2);
+    assert_int_equal(pos1, pos2);
+    assert_int_equal(lua_gettop(L), base + 2);
+    if (ok1) {
+      assert_same_bytes(L, base + 1, base + 2);
+      if (lua_istable(L, base + 1))
+        assert_false(lua_rawequal(L, base + 1, base + 2));  /* two tables, not one */
+      if (round > 0)
+        assert_shape_values(L, &shape, base + 2, s);
+    }
+    else
+      assert_string_equal(lua_tostring(L, base + 1), lua_tostring(L, base + 2));
+    lua_settop(L, base);
   }
-  else
-    assert_string_equal(lua_tostring(L, 5), lua_tostring(L, 6));
   lua_settop(L, 4);
 }
 
@@ -675,10 +738,12 @@ static void test_shaped_envelope(void **state) {
   lua_State *L = *state;
   size_t n, pos = 0;
   char *s;
+  CodecShape shape;
   push_envelope_keys(L);
   s = envelope_bytes(L, &n);
   assert_int_equal((unsigned char)s[0], 0x84);
-  assert_int_equal(codec_decode_shaped(L, s, n, &pos, 1, 4), 1);
+  codec_shape_init(L, &shape, 1, 4);
+  assert_int_equal(codec_decode_shaped(L, s, n, &pos, &shape), 1);
   assert_int_equal(pos, n);
   lua_getfield(L, 5, "id");
   assert_string_equal(lua_tostring(L, -1), "batch/17/1/1");
@@ -710,6 +775,7 @@ static void test_shaped_other_shapes(void **state) {
   lua_State *L = *state;
   size_t i, pos = 3;
   char deep[140];
+  CodecShape shape;
   push_envelope_keys(L);
   for (i = 0; i < sizeof cases / sizeof cases[0]; i++)
     assert_shaped_is_generic(L, cases[i].s, cases[i].n);
@@ -723,7 +789,8 @@ static void test_shaped_other_shapes(void **state) {
     memcpy(deep + at, "\xa4" "flow" "\x01\xa2" "id" "\xa1x\xa8" "workflow" "\xa1w", 23);
     assert_shaped_is_generic(L, deep, at + 23);
   }
-  assert_int_equal(codec_decode_shaped(L, "\x01", 1, &pos, 1, 4), 0);  /* past the end */
+  codec_shape_init(L, &shape, 1, 4);
+  assert_int_equal(codec_decode_shaped(L, "\x01", 1, &pos, &shape), 0);  /* past the end */
   assert_int_equal(pos, 3);
   assert_non_null(strstr(lua_tostring(L, -1), "start past the end"));
 }
@@ -768,6 +835,45 @@ static void test_shaped_mutations(void **state) {
   free(s);
 }
 
+/* A memo gives each string exactly as Lua would (the same interned
+** value), across decodes: strings that share a memo slot (same length,
+** same first, middle and last bytes), the empty string, the longest one
+** remembered and one longer, a bin with a str's bytes. */
+static void test_memo_strings(void **state) {
+  static const char input[] =
+    "\x9a\xa4" "abxa" "\xa4" "acxa" "\xa4" "abxa" "\xa0" "\xa0"
+    "\xd9\x28" "0123456789012345678901234567890123456789"
+    "\xd9\x29" "01234567890123456789012345678901234567890"
+    "\xc4\x04" "acxa" "\xa4" "acxa" "\xa4" "abxa";
+  static const char *const expected[] = {
+    "abxa", "acxa", "abxa", "", "",
+    "0123456789012345678901234567890123456789",
+    "01234567890123456789012345678901234567890", "acxa", "acxa", "abxa",
+  };
+  lua_State *L = *state;
+  CodecMemo memo;
+  CodecShape shape;
+  int round, i, list;
+  lua_settop(L, 0);
+  push_envelope_keys(L);
+  codec_memo_init(L, &memo);
+  for (round = 0; round < 2; round++) {  /* cold, then warm */
+    size_t pos = 0;
+    codec_shape_init(L, &shape, 1, 4);
+    shape.memo = &memo;
+    assert_int_equal(codec_decode_shaped(L, input, sizeof input - 1, &pos, &shape), 1);
+    assert_int_equal(pos, sizeof input - 1);
+    list = lua_gettop(L);
+    for (i = 0; i < 10; i++) {
+      lua_rawgeti(L, list, i + 1);
+      lua_pushstring(L, expected[i]);
+      assert_true(lua_rawequal(L, -1, -2));
+      lua_pop(L, 2);
+    }
+    lua_pop(L, 1);
+  }
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
     cmocka_unit_test_setup_teardown(test_integer_limits, setup, teardown),
@@ -797,6 +903,7 @@ int main(void) {
     cmocka_unit_test_setup_teardown(test_shaped_envelope, setup, teardown),
     cmocka_unit_test_setup_teardown(test_shaped_other_shapes, setup, teardown),
     cmocka_unit_test_setup_teardown(test_shaped_mutations, setup, teardown),
+    cmocka_unit_test_setup_teardown(test_memo_strings, setup, teardown),
   };
   return cmocka_run_group_tests_name("codec", tests, NULL, NULL);
 }

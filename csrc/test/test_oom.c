@@ -774,6 +774,76 @@ static void test_dispatch_under_oom(void **state) {
 }
 
 /*
+** r:ack of every pending command (the outbox's own ack: a router without
+** hooks; the first makes the index by id), in memory and with a journal,
+** each allocation failing in turn:
+** an ack that fails changes nothing (its command is still pending, and
+** reopening the journal gives the same outbox); those that worked are
+** gone, there too; the rest can be acked once memory is back.
+*/
+static void ack_under_oom(Fixture *f, int journaled) {
+  lua_State *L = f->L;
+  long k;
+  lua_pushboolean(L, journaled);
+  lua_setglobal(L, "with_journal");
+  run(L, "function ack_fresh()\n"
+         "  if r then r:close() end\n"
+         "  if path then os.remove(path) end\n"
+         "  path = with_journal and temp_journal() or nil\n"
+         "  r = path and open_router(path) or procman.router{ workflows = { batch } }\n"
+         "  for i = 1, 3 do  -- (no ack yet: the first makes the index by id)\n"
+         "    r:handle{ event_type = 'batch_created', batch_id = 'b' .. i, files = { 'a', 'b' } }\n"
+         "  end\n"
+         "  before, acked = {}, {}\n"
+         "  for _, e in ipairs(r:pending()) do before[#before + 1] = e.id; acked[e.id] = false end\n"
+         "end\n"
+         "function ack_run()\n"
+         "  for _, id in ipairs(before) do\n"
+         "    if r:ack(id) then acked[id] = true end  -- (no allocation: the key exists)\n"
+         "  end\n"
+         "end\n"
+         "function pending_ids(router)\n"
+         "  local ids = {}\n"
+         "  for _, e in ipairs(router:pending()) do ids[#ids + 1] = e.id end\n"
+         "  return table.concat(ids, ' ')\n"
+         "end\n"
+         "function ack_check()\n"
+         "  local left = {}\n"
+         "  for _, id in ipairs(before) do if not acked[id] then left[#left + 1] = id end end\n"
+         "  assert(pending_ids(r) == table.concat(left, ' '), 'outbox: ' .. pending_ids(r))\n"
+         "  if path then\n"
+         "    r:close(); collectgarbage(); r = open_router(path)\n"
+         "    assert(pending_ids(r) == table.concat(left, ' '), 'journal: ' .. pending_ids(r))\n"
+         "  end\n"
+         "  for _, id in ipairs(left) do assert(r:ack(id)) end\n"
+         "  assert(r:stats().pending == 0 and #r:pending() == 0)\n"
+         "end");
+  for (k = 1; k < 100000; k++) {
+    int status;
+    lua_settop(L, 0);
+    f->limit.fail_at = 0;
+    run(L, "r, path = nil, nil; ack_fresh()");
+    status = call_failing_at(f, "ack_run", k);
+    if (status == LUA_OK)
+      break;
+    if (strstr(luaL_tolstring(L, -1, NULL), "not enough memory") == NULL)
+      fail_msg("k=%ld: unexpected error: %s", k, lua_tostring(L, -1));
+    f->limit.fail_at = 0;
+    run(L, "ack_check()");
+  }
+  f->limit.fail_at = 0;
+  run(L, "ack_check(); r:close(); if path then os.remove(path) end; r, path = nil, nil");
+  print_message("r:ack (%s): %ld allocations failed in turn\n",
+                journaled ? "journal" : "memory", k - 1);
+  assert_true(k > 1 && k < 100000);
+}
+
+static void test_ack_under_oom(void **state) {
+  ack_under_oom(*state, 0);
+  ack_under_oom(*state, 1);
+}
+
+/*
 ** outbox:push and outbox:push_deferred (the Lua path's emission) on an
 ** outbox whose index by id is made, each allocation failing in turn: the
 ** outbox is as it was (size, and which ids it has), or the command is
@@ -827,6 +897,7 @@ int main(void) {
     cmocka_unit_test_setup_teardown(test_compacted_recovery_under_oom, setup, teardown),
     cmocka_unit_test_setup_teardown(test_compaction_under_oom, setup, teardown),
     cmocka_unit_test_setup_teardown(test_dispatch_under_oom, setup, teardown),
+    cmocka_unit_test_setup_teardown(test_ack_under_oom, setup, teardown),
     cmocka_unit_test_setup_teardown(test_outbox_push_under_oom, setup, teardown),
   };
   return cmocka_run_group_tests_name("the core under memory failure", tests, NULL, NULL);

@@ -10,6 +10,8 @@
 --                                lookup first needs it: a dispatch finds
 --                                each command by its place)
 --   outbox:dispatch(fn, after[, router]) -> count[, error]
+--   outbox:ack(id, router) -> true | nil, message | false   (r:ack's own
+--                                work for an open router without hooks)
 --   outbox:list()                copies of the pending envelopes, in order
 --   outbox:encoded()             their bytes (compaction journals them)
 --   outbox:size()                commands pending

@@ -1024,6 +1024,10 @@ end
 function Router:ack(id)
   check_open(self)
   check_not_in_handler("ack")
+  -- an open router without hooks: the outbox journals the record and
+  -- forgets the command itself (false: not its case, the way below)
+  local acked, err = self.outbox:ack(id, self)
+  if acked ~= false then return acked, err end
   if type(id) ~= "string" or not self.outbox:has(id) then
     fail("no pending command with id %s", tostring(id))
   end
