@@ -12,12 +12,22 @@
 ** closes itself, and reopening the journal must give the state with the
 ** event.  Run under ASan and valgrind by `make sanitize` and `make
 ** valgrind`, which also catch leaks.
+**
+** Each test keeps its journals in a directory of its own (temp_journal),
+** removed by teardown, which fails the test if a journal was left there:
+** names from os.tmpname() with '.pmj' appended could be journals other
+** runs left in /tmp, and a router opened on one starts with their flows.
 */
+#define _POSIX_C_SOURCE 200809L  /* mkdtemp */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include <dirent.h>
+#include <unistd.h>
 
 #include <cmocka.h>
 
@@ -35,6 +45,7 @@ LUAMOD_API int luaopen_procman_core(lua_State *L);
 typedef struct Fixture {
   lua_State *L;
   Limit limit;
+  char dir[32];  /* the test's own directory, for its journals */
 } Fixture;
 
 static void run(lua_State *L, const char *code) {
@@ -47,10 +58,17 @@ static int setup(void **state) {
   Fixture *f = calloc(1, sizeof *f);
   if (f == NULL)
     return -1;
+  strcpy(f->dir, "/tmp/procman-oom-XXXXXX");
+  if (mkdtemp(f->dir) == NULL) {
+    free(f);
+    return -1;
+  }
   f->L = lua_newstate(limited_alloc, &f->limit);
   if (f->L == NULL)
     return -1;
   luaL_openlibs(f->L);
+  lua_pushstring(f->L, f->dir);
+  lua_setglobal(f->L, "journal_dir");
   luaL_getsubtable(f->L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
   lua_pushcfunction(f->L, luaopen_procman_core);
   lua_setfield(f->L, -2, "procman.core");
@@ -94,10 +112,12 @@ static int setup(void **state) {
       "  file:close()\n"
       "  return s\n"
       "end\n"
-      "function temp_journal()\n"
-      "  local p = os.tmpname()\n"
-      "  os.remove(p)\n"
-      "  return p .. '.pmj'\n"
+      "journals = 0\n"
+      "function temp_journal()  -- a new name in the test's own directory\n"
+      "  journals = journals + 1\n"
+      "  local p = journal_dir .. '/j' .. journals .. '.pmj'\n"
+      "  assert(io.open(p) == nil, 'a journal is already at ' .. p)\n"
+      "  return p\n"
       "end\n"
       "function open_router(path)\n"
       "  return assert(procman.router{ workflows = { batch }, journal = path, sync = 'none' })\n"
@@ -145,11 +165,29 @@ static int setup(void **state) {
   return 0;
 }
 
+/* Remove the test's directory; a file left in it is a journal the test
+** forgot to remove: an error (fixtures that leak fill /tmp). */
 static int teardown(void **state) {
   Fixture *f = *state;
+  int left = 0;
+  char path[300];
+  struct dirent *e;
+  DIR *d;
   lua_close(f->L);
+  d = opendir(f->dir);
+  while (d != NULL && (e = readdir(d)) != NULL) {
+    if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
+      continue;
+    snprintf(path, sizeof path, "%s/%s", f->dir, e->d_name);
+    print_error("left behind: %s\n", path);
+    unlink(path);
+    left++;
+  }
+  if (d != NULL)
+    closedir(d);
+  rmdir(f->dir);
   free(f);
-  return 0;
+  return left == 0 ? 0 : -1;
 }
 
 /* Push a flow's snapshot, made by global 'fn' (allocation unlimited). */
@@ -476,7 +514,7 @@ static void engine_step_under_oom(Fixture *f, int journaled, const char *event) 
     int status;
     lua_settop(L, 0);
     f->limit.fail_at = 0;
-    run(L, "r, path = nil, nil; fresh()");
+    run(L, "fresh()");  /* closes and removes the last one */
     push_snapshot_by(f, "step_snapshot");                   /* 1: before */
     status = call_failing_at(f, "step_event", k);
     if (status == LUA_OK)
@@ -746,7 +784,7 @@ static void dispatch_under_oom(Fixture *f, int journaled) {
     int status;
     lua_settop(L, 0);
     f->limit.fail_at = 0;
-    run(L, "r, path = nil, nil; dispatch_fresh()");
+    run(L, "dispatch_fresh()");
     status = call_failing_at(f, "dispatch_run", k);
     if (status == LUA_OK)
       break;
@@ -822,7 +860,7 @@ static void ack_under_oom(Fixture *f, int journaled) {
     int status;
     lua_settop(L, 0);
     f->limit.fail_at = 0;
-    run(L, "r, path = nil, nil; ack_fresh()");
+    run(L, "ack_fresh()");
     status = call_failing_at(f, "ack_run", k);
     if (status == LUA_OK)
       break;
