@@ -26,12 +26,13 @@ end
 describe("procman.lineedit", function()
   local has_lineedit = pcall(require, "procman.lineedit")
   local has_script = os.execute("command -v script >/dev/null 2>&1")
+  local function can_run()
+    if has_lineedit and has_script then return true end
+    pending("needs procman.lineedit (libedit) and script(1) (util-linux)")
+  end
 
   it("a Ctrl-C that comes while the editor is busy drops that line only, not the next one", function()
-    if not (has_lineedit and has_script) then
-      pending("needs procman.lineedit (libedit) and script(1) (util-linux)")
-      return
-    end
+    if not can_run() then return end
     -- Tab runs the completion, which sends this process SIGINT: the Ctrl-C
     -- arrives while libedit is completing, not while it waits for a key,
     -- and the next line has already been typed.
@@ -50,10 +51,7 @@ describe("procman.lineedit", function()
   end)
 
   it("leaves SIGINT unblocked after each read: a line, a completion that raises, an interrupt, the end", function()
-    if not (has_lineedit and has_script) then
-      pending("needs procman.lineedit (libedit) and script(1) (util-linux)")
-      return
-    end
+    if not can_run() then return end
     -- the reader blocks SIGINT while libedit works: whatever ends a read,
     -- the mask must be as it was (SigBlk: bit 1 is SIGINT)
     local out = on_terminal([[
