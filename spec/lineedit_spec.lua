@@ -80,4 +80,20 @@ describe("procman.lineedit", function()
     assert.matches("\ngot=one/ok, two/ok,false/ok,[^,\n]*/ok\n", out)
   end)
 
+  it("a completion that returns what is not a list of strings, or raises, beeps and reading goes on", function()
+    if not can_run() then return end
+    local out = on_terminal([[
+      local lineedit = require "procman.lineedit"
+      local answers = { { "abc", {} }, { 1, 2 }, "abc", false }
+      local tabs = 0
+      local editor = assert(lineedit.new { complete = function()
+        tabs = tabs + 1
+        if tabs > #answers then error("completion fails") end
+        return answers[tabs]
+      end })
+      local line = editor:read("> ")
+      io.write("\nline=", tostring(line), " tabs=", tabs, "\n")
+    ]], "ab\\t\\t\\t\\t\\tc\\r")
+    assert.matches("\nline=abc tabs=5\n", out, 1, true)
+  end)
 end)
