@@ -97,39 +97,74 @@ static void list_candidates(lua_State *L, int list, lua_Integer n) {
   fflush(stdout);
 }
 
-/* Bound to Tab: complete the word before the cursor. */
-static unsigned char complete_word(EditLine *el, int ch) {
-  Editor *e = editor_of(el);
-  lua_State *L = e->L;
+/* How many candidates the completion returned at 'list': 0 unless it is
+** an array of strings (anything else: no completion, a beep). */
+static lua_Integer count_candidates(lua_State *L, int list) {
+  lua_Integer n, k;
+  if (!lua_istable(L, list))
+    return 0;
+  n = (lua_Integer)lua_rawlen(L, list);
+  for (k = 1; k <= n; k++) {
+    int is_string = lua_rawgeti(L, list, k) == LUA_TSTRING;
+    lua_pop(L, 1);
+    if (!is_string)
+      return 0;
+  }
+  return n;
+}
+
+/* The completion's work, in a protected call (complete_word): any error,
+** out of memory included, must not jump out of el_gets(). Arguments: the
+** editor's userdata, the EditLine (light userdata). Returns the libedit
+** result code. */
+static int complete_protected(lua_State *L) {
+  EditLine *el = (EditLine *)lua_touserdata(L, 2);
   const LineInfo *li = el_line(el);
   const char *start = li->cursor;
-  unsigned char result = CC_REFRESH_BEEP;
-  int top;
-  lua_Integer n = 0;
+  int result = CC_REFRESH_BEEP;
+  lua_Integer n;
   size_t typed, common;
-  (void)ch;
-  if (L == NULL)
-    return CC_ERROR;
-  top = lua_gettop(L);
   while (start > li->buffer && strchr(WORD_BREAKS, start[-1]) == NULL)
     start--;
   typed = (size_t)(li->cursor - start);
-  lua_getiuservalue(L, e->index, UV_COMPLETE);
+  lua_getiuservalue(L, 1, UV_COMPLETE);  /* 3 */
   lua_pushlstring(L, start, typed);
-  if (lua_isfunction(L, top + 1) && lua_pcall(L, 1, 1, 0) == LUA_OK && lua_istable(L, -1))
-    n = (lua_Integer)lua_rawlen(L, -1);
+  if (!lua_isfunction(L, 3) || lua_pcall(L, 1, 1, 0) != LUA_OK)
+    lua_pushnil(L);  /* no completion, or it failed: a beep */
+  n = count_candidates(L, 3);
   if (n > 0) {
-    common = common_prefix(L, top + 1, n);
-    lua_rawgeti(L, top + 1, 1);
+    common = common_prefix(L, 3, n);
+    lua_rawgeti(L, 3, 1);
     if (common > typed) {  /* insert what all candidates share */
       lua_pushlstring(L, lua_tostring(L, -1) + typed, common - typed);
       el_insertstr(el, lua_tostring(L, -1));
       result = CC_REFRESH;
     } else if (n > 1) {
-      list_candidates(L, top + 1, n);
+      list_candidates(L, 3, n);
       result = CC_REDISPLAY;
     }
   }
+  lua_pushinteger(L, result);
+  return 1;
+}
+
+/* Bound to Tab: complete the word before the cursor. */
+static unsigned char complete_word(EditLine *el, int ch) {
+  Editor *e = editor_of(el);
+  lua_State *L = e->L;
+  unsigned char result = CC_REFRESH_BEEP;
+  int top;
+  (void)ch;
+  if (L == NULL)
+    return CC_ERROR;
+  top = lua_gettop(L);
+  if (!lua_checkstack(L, 8))
+    return result;
+  lua_pushcfunction(L, complete_protected);
+  lua_pushvalue(L, e->index);
+  lua_pushlightuserdata(L, el);
+  if (lua_pcall(L, 2, 1, 0) == LUA_OK)
+    result = (unsigned char)lua_tointeger(L, -1);
   lua_settop(L, top);
   return result;
 }

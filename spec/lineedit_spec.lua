@@ -26,12 +26,13 @@ end
 describe("procman.lineedit", function()
   local has_lineedit = pcall(require, "procman.lineedit")
   local has_script = os.execute("command -v script >/dev/null 2>&1")
+  local function can_run()
+    if has_lineedit and has_script then return true end
+    pending("needs procman.lineedit (libedit) and script(1) (util-linux)")
+  end
 
   it("a Ctrl-C that comes while the editor is busy drops that line only, not the next one", function()
-    if not (has_lineedit and has_script) then
-      pending("needs procman.lineedit (libedit) and script(1) (util-linux)")
-      return
-    end
+    if not can_run() then return end
     -- Tab runs the completion, which sends this process SIGINT: the Ctrl-C
     -- arrives while libedit is completing, not while it waits for a key,
     -- and the next line has already been typed.
@@ -50,10 +51,7 @@ describe("procman.lineedit", function()
   end)
 
   it("leaves SIGINT unblocked after each read: a line, a completion that raises, an interrupt, the end", function()
-    if not (has_lineedit and has_script) then
-      pending("needs procman.lineedit (libedit) and script(1) (util-linux)")
-      return
-    end
+    if not can_run() then return end
     -- the reader blocks SIGINT while libedit works: whatever ends a read,
     -- the mask must be as it was (SigBlk: bit 1 is SIGINT)
     local out = on_terminal([[
@@ -82,4 +80,20 @@ describe("procman.lineedit", function()
     assert.matches("\ngot=one/ok, two/ok,false/ok,[^,\n]*/ok\n", out)
   end)
 
+  it("a completion that returns what is not a list of strings, or raises, beeps and reading goes on", function()
+    if not can_run() then return end
+    local out = on_terminal([[
+      local lineedit = require "procman.lineedit"
+      local answers = { { "abc", {} }, { 1, 2 }, "abc", false }
+      local tabs = 0
+      local editor = assert(lineedit.new { complete = function()
+        tabs = tabs + 1
+        if tabs > #answers then error("completion fails") end
+        return answers[tabs]
+      end })
+      local line = editor:read("> ")
+      io.write("\nline=", tostring(line), " tabs=", tabs, "\n")
+    ]], "ab\\t\\t\\t\\t\\tc\\r")
+    assert.matches("\nline=abc tabs=5\n", out, 1, true)
+  end)
 end)
