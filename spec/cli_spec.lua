@@ -411,6 +411,10 @@ describe("the REPL on a terminal (tmux)", function()
     os.remove(home)
     os.execute("mkdir -p " .. home)
     local session = "procman-spec-" .. tostring(os.time())
+    finally(function()  -- also when the test fails: no REPL left running (a loop, once)
+      os.execute(TMUX .. " kill-session -t " .. session .. " 2>/dev/null")
+      os.execute("rm -rf " .. home)
+    end)
     local function start()
       os.execute(string.format("%s new-session -d -s %s -x 120 -y 30 'HOME=%s LUA_PATH_5_4=%q "
                                .. "LUA_CPATH_5_4=%q lua5.4 bin/procman'", TMUX, session, home, package.path,
